@@ -1,0 +1,36 @@
+# perf_analytics: every target sets up what it needs on a fresh machine.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup demo test lint typecheck bench server-stop clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+# The embedded server: mongod if on PATH, else FerretDB built once into ~/.cache/perf_analytics.
+setup: $(STAMP)
+	@command -v mongod >/dev/null || $(BIN)/perf-analytics localdb install
+
+demo: setup
+	$(BIN)/python pipelines/demo.py
+
+test: setup
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+bench: setup
+	$(BIN)/python bench/run_all.py
+
+server-stop: $(STAMP)
+	$(BIN)/perf-analytics localdb stop
+
+clean:
+	rm -rf $(VENV) data/localdb data/lake .pytest_cache

@@ -1,0 +1,34 @@
+"""`perf-analytics init`: create the snapshot indexes."""
+
+from __future__ import annotations
+
+import click
+
+from perf_analytics.commands._common import db_of
+from perf_analytics.store import ensure_indexes, probe_capabilities
+
+
+@click.command("init")
+@click.option("--ttl-days", type=int, help="Also expire snapshots older than N days (TTL index), where supported.")
+@click.pass_context
+def command(ctx: click.Context, ttl_days: int | None) -> None:
+    """Create the indexes on performance_snapshots (idempotent).
+
+    The (orgId, assetId, timestamp) index is unique: it makes every load idempotent.
+
+    \b
+    Examples:
+      perf-analytics init
+      perf-analytics --uri mongodb://127.0.0.1:27017 init --ttl-days 90
+    """
+    db = db_of(ctx)
+    caps = probe_capabilities(db)
+    report = ensure_indexes(db, ttl_days=ttl_days)
+    for name in report.created:
+        click.echo(f"created index {name}")
+    for name in report.existing:
+        click.echo(f"index {name} already present")
+    for note in report.notes:
+        click.echo(note)
+    for missing in caps.missing():
+        click.echo(f"note: {caps.server} lacks {missing}")

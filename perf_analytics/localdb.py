@@ -1,0 +1,260 @@
+"""The embedded default server: a private MongoDB-compatible server on 127.0.0.1.
+
+`mongod` when one is on PATH, otherwise FerretDB 1.24 with its SQLite backend. State
+(data files, log, a small JSON record of the running server) lives in one directory of
+ours, so a second call reuses the server the first one started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from pymongo import MongoClient
+from pymongo.errors import PyMongoError
+
+from perf_analytics.errors import ServerError
+
+FERRETDB_MODULE = "github.com/FerretDB/FerretDB"
+FERRETDB_VERSION = "v1.24.2"
+START_TIMEOUT_S = 30.0
+
+
+def cache_dir() -> Path:
+    """Where installed tools live (PERF_CACHE_DIR, else ~/.cache/perf_analytics)."""
+    if os.environ.get("PERF_CACHE_DIR"):
+        return Path(os.environ["PERF_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "perf_analytics"
+
+
+def ferretdb_path() -> Path:
+    return cache_dir() / "bin" / "ferretdb"
+
+
+@dataclass(frozen=True)
+class LocalServer:
+    kind: str  # "mongod" or "ferretdb"
+    pid: int
+    port: int
+    state_dir: str
+
+    @property
+    def uri(self) -> str:
+        return f"mongodb://127.0.0.1:{self.port}/?directConnection=true"
+
+
+def find_server_binary() -> tuple[str, Path | None]:
+    """Return (kind, path): mongod on PATH first, else FerretDB (path None if not installed)."""
+    mongod = shutil.which("mongod")
+    if mongod:
+        return "mongod", Path(mongod)
+    explicit = os.environ.get("PERF_FERRETDB")
+    if explicit:
+        return "ferretdb", Path(explicit)
+    on_path = shutil.which("ferretdb")
+    if on_path:
+        return "ferretdb", Path(on_path)
+    cached = ferretdb_path()
+    return "ferretdb", cached if cached.exists() else None
+
+
+def install_ferretdb(*, force: bool = False) -> Path:
+    """Build FerretDB from its Go module into the cache directory, once.
+
+    FerretDB's main package panics at start unless build/version/version.txt exists, a
+    file its own build tooling generates and the Go module does not ship; so a plain
+    `go install .../cmd/ferretdb@v1.24.2` yields a binary that cannot run. We download the
+    same module version with the Go tool, add that file to a private copy and build it.
+    """
+    target = ferretdb_path()
+    if target.exists() and not force:
+        return target
+    go = shutil.which("go")
+    if go is None:
+        raise ServerError(
+            "FerretDB is not installed and Go is not on PATH to build it; "
+            "install Go, put mongod on PATH, or set MONGODB_URI"
+        )
+    proc = subprocess.run(
+        [go, "mod", "download", "-json", f"{FERRETDB_MODULE}@{FERRETDB_VERSION}"],
+        capture_output=True,
+        text=True,
+        cwd=tempfile.gettempdir(),
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise ServerError(f"could not download FerretDB {FERRETDB_VERSION}: {proc.stderr.strip()[-300:]}")
+    source = Path(json.loads(proc.stdout)["Dir"])
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp) / "ferretdb"
+        shutil.copytree(source, work)
+        for path in [work, *work.rglob("*")]:
+            path.chmod(path.stat().st_mode | 0o200)
+        (work / "build" / "version" / "version.txt").write_text(FERRETDB_VERSION + "\n")
+        (work / "build" / "version" / "package.txt").write_text("go-module\n")
+        partial = target.with_suffix(".partial")
+        env = {**os.environ, "GOFLAGS": "-mod=mod"}
+        built = subprocess.run(
+            [go, "build", "-trimpath", "-o", str(partial), "./cmd/ferretdb"],
+            cwd=work,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if built.returncode != 0:
+            raise ServerError(f"building FerretDB failed: {built.stderr.strip()[-500:]}")
+        partial.replace(target)
+    return target
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _ping(port: int, timeout_ms: int = 1000) -> bool:
+    client: MongoClient[dict[str, object]] = MongoClient(
+        f"mongodb://127.0.0.1:{port}/?directConnection=true",
+        serverSelectionTimeoutMS=timeout_ms,
+        connectTimeoutMS=timeout_ms,
+    )
+    try:
+        client.admin.command("ping")
+        return True
+    except PyMongoError:
+        return False
+    finally:
+        client.close()
+
+
+@contextlib.contextmanager
+def _locked(state: Path) -> Iterator[None]:
+    state.mkdir(parents=True, exist_ok=True)
+    with (state / "server.lock").open("w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _record_path(state: Path) -> Path:
+    return state / "server.json"
+
+
+def server_status(state_dir: str | os.PathLike[str]) -> LocalServer | None:
+    """The server running from `state_dir`, or None when none answers."""
+    record = _record_path(Path(state_dir))
+    try:
+        info = json.loads(record.read_text())
+        server = LocalServer(**info)
+    except (FileNotFoundError, ValueError, TypeError):
+        return None
+    if _alive(server.pid) and _ping(server.port):
+        return server
+    return None
+
+
+def _command(kind: str, binary: Path, state: Path, port: int) -> list[str]:
+    if kind == "mongod":
+        dbpath = state / "mongod"
+        dbpath.mkdir(parents=True, exist_ok=True)
+        return [str(binary), "--dbpath", str(dbpath), "--bind_ip", "127.0.0.1", "--port", str(port)]
+    sqlite_dir = state / "ferretdb"
+    sqlite_dir.mkdir(parents=True, exist_ok=True)
+    return [
+        str(binary),
+        "--handler=sqlite",
+        f"--sqlite-url=file:{sqlite_dir}/",
+        f"--state-dir={state}",
+        f"--listen-addr=127.0.0.1:{port}",
+        "--debug-addr=-",
+        "--telemetry=disable",
+        "--log-level=warn",
+    ]
+
+
+def start_server(
+    state_dir: str | os.PathLike[str], *, port: int | None = None, install: bool = True
+) -> LocalServer:
+    """Start the private server for `state_dir`, or return the one already running there."""
+    state = Path(state_dir).resolve()
+    with _locked(state):
+        running = server_status(state)
+        if running is not None:
+            return running
+        kind, binary = find_server_binary()
+        if binary is None:
+            if not install:
+                raise ServerError("no mongod on PATH and FerretDB is not installed; run `make setup`")
+            binary = install_ferretdb()
+        port = port or _free_port()
+        log = (state / "server.log").open("ab")
+        proc = subprocess.Popen(
+            _command(kind, binary, state, port),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=state,
+            start_new_session=True,
+        )
+        log.close()
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                tail = (state / "server.log").read_text(errors="replace")[-400:]
+                raise ServerError(f"{kind} exited at start (code {proc.returncode}): {tail.strip()}")
+            if _ping(port, timeout_ms=300):
+                server = LocalServer(kind=kind, pid=proc.pid, port=port, state_dir=str(state))
+                tmp = _record_path(state).with_suffix(".tmp")
+                tmp.write_text(json.dumps(asdict(server)))
+                tmp.replace(_record_path(state))
+                return server
+            time.sleep(0.1)
+        proc.kill()
+        raise ServerError(f"{kind} did not answer on 127.0.0.1:{port} within {START_TIMEOUT_S:.0f}s")
+
+
+def stop_server(state_dir: str | os.PathLike[str]) -> LocalServer | None:
+    """Stop the server running from `state_dir`; return what was stopped (None if nothing)."""
+    state = Path(state_dir).resolve()
+    with _locked(state):
+        server = server_status(state)
+        if server is None:
+            _record_path(state).unlink(missing_ok=True)
+            return None
+        os.kill(server.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while _alive(server.pid) and time.monotonic() < deadline:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(server.pid, os.WNOHANG)
+            time.sleep(0.05)
+        if _alive(server.pid):
+            os.kill(server.pid, signal.SIGKILL)
+        _record_path(state).unlink(missing_ok=True)
+        return server

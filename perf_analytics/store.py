@@ -1,0 +1,218 @@
+"""MongoDB access: connecting, indexes, what the server supports, one-snapshot store/get.
+
+Every function that touches tenant data takes an org id and puts it in its filter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from pymongo import ASCENDING, DESCENDING, MongoClient, UpdateOne
+from pymongo.database import Database
+from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError
+
+from perf_analytics import localdb
+from perf_analytics.config import Settings
+from perf_analytics.errors import ConfigError, ServerError, UnsupportedFeature
+from perf_analytics.schema import ASSETS, SNAPSHOTS, TIME_WINDOWS, asset_id_filter, validate_snapshot
+
+Doc = dict[str, Any]
+Db = Database[Doc]
+
+KEY_INDEX = "orgId_1_assetId_1_timestamp_-1"
+INDEXES: dict[str, tuple[list[tuple[str, int]], bool]] = {
+    KEY_INDEX: ([("orgId", ASCENDING), ("assetId", ASCENDING), ("timestamp", DESCENDING)], True),
+    "assetId_1_timestamp_-1": ([("assetId", ASCENDING), ("timestamp", DESCENDING)], False),
+    "orgId_1_timestamp_-1": ([("orgId", ASCENDING), ("timestamp", DESCENDING)], False),
+}
+TTL_INDEX = "timestamp_ttl"
+
+
+def connect(settings: Settings) -> Db:
+    """The configured database: MONGODB_URI's server, else the embedded local one."""
+    uri = settings.uri
+    if uri is None:
+        uri = localdb.start_server(settings.state_dir).uri
+    return connect_uri(uri, settings.db)
+
+
+def connect_uri(uri: str, db_name: str) -> Db:
+    try:
+        client: MongoClient[Doc] = MongoClient(uri, tz_aware=True, serverSelectionTimeoutMS=10_000)
+    except (PyMongoError, ValueError) as exc:
+        raise ConfigError(f"invalid MongoDB URI: {exc}") from None
+    try:
+        client.admin.command("ping")
+    except PyMongoError as exc:
+        raise ServerError(f"cannot reach MongoDB at {_redact(uri)}: {str(exc).splitlines()[0]}") from None
+    return client[db_name]
+
+
+def _redact(uri: str) -> str:
+    if "@" in uri and "://" in uri:
+        scheme, rest = uri.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return uri
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    server: str
+    ttl_indexes: bool
+    time_series: bool
+
+    def missing(self) -> list[str]:
+        out = []
+        if not self.ttl_indexes:
+            out.append("TTL indexes (expire old snapshots with `retention` instead)")
+        if not self.time_series:
+            out.append("time-series collections (snapshots stay in a plain collection)")
+        return out
+
+
+def probe_capabilities(db: Db) -> Capabilities:
+    """Ask the server what it is and what it supports."""
+    info = db.client.admin.command("buildInfo")
+    if "ferretdbVersion" in info:
+        # FerretDB 1.x answers NotImplemented for TTL options and timeseries collections.
+        return Capabilities(f"FerretDB {info['ferretdbVersion']}", ttl_indexes=False, time_series=False)
+    version = str(info.get("version", "?"))
+    major = int(version.split(".")[0]) if version[:1].isdigit() else 0
+    return Capabilities(f"MongoDB {version}", ttl_indexes=True, time_series=major >= 5)
+
+
+@dataclass(frozen=True)
+class IndexReport:
+    created: list[str]
+    existing: list[str]
+    notes: list[str]
+
+
+def ensure_indexes(db: Db, *, ttl_days: int | None = None) -> IndexReport:
+    """Create the snapshot indexes that are missing; safe to run any number of times."""
+    coll = db[SNAPSHOTS]
+    have = {ix["name"]: ix for ix in coll.list_indexes()}
+    created, existing, notes = [], [], []
+    for name, (keys, unique) in INDEXES.items():
+        if name in have:
+            if unique and not have[name].get("unique"):
+                raise ServerError(
+                    f"index {name} exists but is not unique; drop it and run init again "
+                    "(duplicates must be removed first: see `doctor`)"
+                )
+            existing.append(name)
+            continue
+        try:
+            coll.create_index(keys, name=name, unique=unique)
+        except DuplicateKeyError as exc:
+            raise ServerError(f"cannot create unique index {name}: duplicate snapshots exist ({exc})") from None
+        except OperationFailure as exc:
+            raise ServerError(f"cannot create index {name}: {exc.details or exc}") from None
+        created.append(name)
+    if ttl_days is not None:
+        if ttl_days <= 0:
+            raise ConfigError("--ttl-days must be a positive number of days")
+        caps = probe_capabilities(db)
+        if not caps.ttl_indexes:
+            raise UnsupportedFeature(
+                "TTL indexes",
+                caps.server,
+                "the other indexes are in place; expire old snapshots with `retention` instead",
+            )
+        seconds = ttl_days * 86400
+        if TTL_INDEX in have:
+            if have[TTL_INDEX].get("expireAfterSeconds") != seconds:
+                db.command("collMod", SNAPSHOTS, index={"name": TTL_INDEX, "expireAfterSeconds": seconds})
+                notes.append(f"TTL changed to {ttl_days} days")
+            existing.append(TTL_INDEX)
+        else:
+            coll.create_index("timestamp", name=TTL_INDEX, expireAfterSeconds=seconds)
+            created.append(TTL_INDEX)
+    return IndexReport(created, existing, notes)
+
+
+def missing_indexes(db: Db) -> list[str]:
+    have = {ix["name"] for ix in db[SNAPSHOTS].list_indexes()}
+    return [name for name in INDEXES if name not in have]
+
+
+def touch_assets(db: Db, org_id: str, last_seen: Mapping[str, datetime]) -> set[str]:
+    """Move each asset's lastSeen forward to the given time; return the ids with no asset.
+
+    One round trip to find which assets exist in the org, one bulk write for the updates;
+    `$max` never moves lastSeen backwards, and the orgId filter keeps other tenants out.
+    """
+    if not last_seen:
+        return set()
+    ids: list[Any] = []
+    for asset_id in last_seen:
+        f = asset_id_filter(asset_id)
+        ids.extend(f["$in"] if isinstance(f, dict) else [f])
+    found = {str(d["_id"]) for d in db[ASSETS].find({"orgId": org_id, "_id": {"$in": ids}}, {"_id": 1})}
+    now = datetime.now(UTC)
+    ops = [
+        UpdateOne(
+            {"_id": asset_id_filter(asset_id), "orgId": org_id},
+            {"$max": {"lastSeen": seen}, "$set": {"updatedAt": now}},
+        )
+        for asset_id, seen in last_seen.items()
+        if asset_id in found
+    ]
+    if ops:
+        db[ASSETS].bulk_write(ops, ordered=False)
+    return set(last_seen) - found
+
+
+@dataclass(frozen=True)
+class StoreResult:
+    inserted: bool  # False: a snapshot with this (orgId, assetId, timestamp) was already stored
+    orphaned: bool  # the org has no asset with this id
+    id: Any
+
+
+def store_snapshot(db: Db, org_id: str, snapshot: Mapping[str, Any]) -> StoreResult:
+    """Validate and store one agent snapshot for `org_id`, then move the asset's lastSeen.
+
+    Storing the same snapshot twice stores it once (the unique key decides).
+    """
+    doc = validate_snapshot(snapshot, org_id=org_id)
+    try:
+        result = db[SNAPSHOTS].insert_one(doc)
+        inserted, doc_id = True, result.inserted_id
+    except DuplicateKeyError:
+        inserted = False
+        existing = db[SNAPSHOTS].find_one(
+            {"orgId": org_id, "assetId": doc["assetId"], "timestamp": doc["timestamp"]}, {"_id": 1}
+        )
+        doc_id = existing["_id"] if existing else doc.get("_id")
+    orphans = touch_assets(db, org_id, {doc["assetId"]: doc["timestamp"]})
+    return StoreResult(inserted=inserted, orphaned=bool(orphans), id=doc_id)
+
+
+def get_asset_performance(
+    db: Db,
+    asset_id: str,
+    org_id: str,
+    time_window: str = "1hour",
+    limit: int = 60,
+    *,
+    now: datetime | None = None,
+) -> list[Doc]:
+    """The asset's snapshots of the last `time_window`, newest first, at most `limit`."""
+    if time_window not in TIME_WINDOWS:
+        raise ConfigError(f"unknown time window {time_window!r}; valid: {', '.join(TIME_WINDOWS)}")
+    if limit <= 0:
+        raise ConfigError(f"limit must be positive, got {limit}")
+    end = now or datetime.now(UTC)
+    start = end - TIME_WINDOWS[time_window]
+    cursor = (
+        db[SNAPSHOTS]
+        .find({"orgId": org_id, "assetId": asset_id, "timestamp": {"$gte": start, "$lte": end}})
+        .sort("timestamp", DESCENDING)
+        .limit(limit)
+    )
+    return list(cursor)
+

@@ -1,0 +1,81 @@
+"""Fixtures: a real MongoDB wire-protocol server for the whole session, a throwaway db per test.
+
+MONGODB_URI set: tests run against that server. Unset: a private FerretDB (or mongod)
+is started on a free loopback port in a temporary directory and stopped at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pymongo import MongoClient
+
+from perf_analytics import localdb
+from perf_analytics.config import Settings
+from perf_analytics.store import Db, connect_uri, ensure_indexes
+
+_SERVER_NOTE: list[str] = []
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    if os.environ.get("MONGODB_URI"):
+        return "database: MONGODB_URI (external server)"
+    kind, binary = localdb.find_server_binary()
+    return f"database: private {kind} started for this session ({binary or 'to be built'})"
+
+
+@pytest.fixture(scope="session")
+def server_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    uri = os.environ.get("MONGODB_URI")
+    if uri:
+        yield uri
+        return
+    state = tmp_path_factory.mktemp("localdb")
+    server = localdb.start_server(state)
+    _SERVER_NOTE.append(f"{server.kind} on port {server.port}")
+    try:
+        yield server.uri
+    finally:
+        localdb.stop_server(state)
+
+
+@pytest.fixture
+def db_name() -> str:
+    return f"t_{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def raw_db(server_uri: str, db_name: str) -> Iterator[Db]:
+    """An empty database of its own for one test, dropped afterwards."""
+    db = connect_uri(server_uri, db_name)
+    try:
+        yield db
+    finally:
+        db.client.drop_database(db_name)
+        db.client.close()
+
+
+@pytest.fixture
+def db(raw_db: Db) -> Db:
+    """An empty database with the snapshot indexes in place."""
+    ensure_indexes(raw_db)
+    return raw_db
+
+
+@pytest.fixture
+def settings(server_uri: str, db_name: str, tmp_path: Path) -> Settings:
+    """Settings pointing the library and CLI at this test's database and a private lake."""
+    return Settings(uri=server_uri, db=db_name, lake=str(tmp_path / "lake"), state_dir=str(tmp_path / "state"))
+
+
+@pytest.fixture
+def client(server_uri: str) -> Iterator[MongoClient[dict[str, object]]]:
+    c: MongoClient[dict[str, object]] = MongoClient(server_uri, tz_aware=True)
+    try:
+        yield c
+    finally:
+        c.close()
