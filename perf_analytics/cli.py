@@ -15,7 +15,7 @@ import click
 from perf_analytics.config import load_settings
 from perf_analytics.errors import PerfAnalyticsError
 
-COMMANDS = ("localdb", "init")
+COMMANDS = ("localdb", "init", "ingest", "migrate", "doctor", "generate")
 
 
 class _Group(click.Group):
