@@ -15,4 +15,7 @@ def settings_of(ctx: click.Context) -> Settings:
 
 
 def db_of(ctx: click.Context) -> Db:
-    return connect(settings_of(ctx))
+    """The configured database; its client is closed when the command ends."""
+    db = connect(settings_of(ctx))
+    ctx.call_on_close(db.client.close)
+    return db

@@ -1,11 +1,102 @@
-"""`perf-analytics ingest` (being built)."""
+"""`perf-analytics ingest PATH...`: bulk-load snapshot archives."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import click
+import orjson
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
+
+from perf_analytics.commands._common import db_of
+from perf_analytics.ingest import FORMATS, IngestSummary, ingest_archives
+from perf_analytics.ingest.checkpoint import DEFAULT_DIR
+from perf_analytics.ingest.readers import COMPRESSIONS
 
 
 @click.command("ingest")
-def command() -> None:
-    """Not available yet."""
-    raise click.ClickException("ingest is not available yet")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--rejects", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write each rejected record, with its reason and position, to this NDJSON file.")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), help="Archive format (default: detected).")
+@click.option("--compression", type=click.Choice(COMPRESSIONS), help="Compression (default: detected).")
+@click.option("--org", "org_id", help="Load only this organisation's records; others are rejected.")
+@click.option("--batch-size", default=2000, show_default=True, help="Records per insert batch.")
+@click.option("--checkpoint-dir", default=DEFAULT_DIR, show_default=True, type=click.Path(file_okay=False),
+              help="Where interrupted loads keep their checkpoint.")
+@click.option("--restart", is_flag=True, help="Ignore the checkpoint of an interrupted load and start over.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.pass_context
+def command(
+    ctx: click.Context,
+    paths: tuple[Path, ...],
+    rejects: Path | None,
+    fmt: str | None,
+    compression: str | None,
+    org_id: str | None,
+    batch_size: int,
+    checkpoint_dir: str,
+    restart: bool,
+    as_json: bool,
+) -> None:
+    """Load snapshot archives into performance_snapshots.
+
+    Reads NDJSON, JSON arrays, mongoexport output (relaxed or canonical Extended JSON)
+    and mongodump .bson files, each optionally gzip- or zstd-compressed. Records already
+    stored are counted as duplicates, so loading twice adds nothing. Interrupted, the
+    same command resumes after the last committed batch.
+
+    \b
+    Examples:
+      perf-analytics ingest snapshots-2026-03.ndjson.zst --rejects rejects.ndjson
+      perf-analytics ingest dump/deskwise/performance_snapshots.bson.gz --json
+      perf-analytics ingest export.json --org org-7 --format json
+    """
+    db = db_of(ctx)
+    total = sum(p.stat().st_size for p in paths)
+    console = Console(stderr=True)
+    show = console.is_terminal and not as_json
+    with Progress(
+        TextColumn("[bold]ingest"),
+        BarColumn(),
+        DownloadColumn(),
+        TextColumn("{task.fields[docs]:,} docs · {task.fields[rate]:,.0f} docs/s"),
+        TimeElapsedColumn(),
+        console=console,
+        disable=not show,
+        transient=True,
+    ) as bar:
+        task = bar.add_task("ingest", total=total, docs=0, rate=0.0)
+
+        def progress(done_bytes: int, docs: int) -> None:
+            elapsed = bar.tasks[0].elapsed or 1e-9
+            bar.update(task, completed=done_bytes, docs=docs, rate=docs / elapsed)
+
+        summary = ingest_archives(
+            db, paths, rejects=rejects, fmt=fmt, compression=compression, org_id=org_id,
+            batch_size=batch_size, checkpoint_dir=checkpoint_dir, resume=not restart, progress=progress,
+        )
+    if as_json:
+        sys.stdout.write(orjson.dumps(summary.as_dict(), option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        click.echo(format_summary(summary))
+
+
+def format_summary(s: IngestSummary) -> str:
+    rate = s.read / s.seconds if s.seconds else 0.0
+    lines = [
+        f"read {s.read:,} · inserted {s.inserted:,} · duplicates {s.duplicates:,} · "
+        f"rejected {s.rejected:,} · orphaned {s.orphaned:,} · {s.seconds:.1f}s ({rate:,.0f} docs/s)"
+    ]
+    if s.resumed_from:
+        lines.append(f"resumed an interrupted load after {s.resumed_from:,} committed records")
+    if s.rejected and s.rejects_path:
+        lines.append(f"rejected records and reasons: {s.rejects_path}")
+    elif s.rejected:
+        lines.append("rejected records were not kept: pass --rejects FILE to see them")
+    if s.orphan_assets:
+        shown = ", ".join(s.orphan_assets[:5]) + (" ..." if len(s.orphan_assets) > 5 else "")
+        lines.append(f"{len(s.orphan_assets)} asset(s) not found in assets (snapshots kept): {shown}")
+    return "\n".join(lines)

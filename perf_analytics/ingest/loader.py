@@ -1,0 +1,340 @@
+"""Bulk loading of snapshot archives into performance_snapshots.
+
+Records stream out of the archives, are validated one by one, and go to the server in
+unordered batches; the unique (orgId, assetId, timestamp) index turns a record loaded
+before into a counted duplicate, so loading twice adds nothing. Each batch is followed
+by one `$max` lastSeen update per asset, then the rejects it produced are written and a
+checkpoint records that the batch is done. A writer thread commits batch N while the
+main thread parses batch N+1.
+
+Killed at any point and run again with the same arguments, the load resumes after the
+last checkpointed batch; a batch that was inserted but not checkpointed is inserted
+again and meets only duplicates. The collections, and the rejects file, end exactly as
+after one clean run.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+import zstandard
+from pymongo.errors import BulkWriteError, PyMongoError
+
+from perf_analytics.errors import ConfigError, ServerError, ValidationError
+from perf_analytics.ingest import checkpoint as ckpt
+from perf_analytics.ingest.readers import Record, open_archive, record_as_text
+from perf_analytics.schema import SNAPSHOTS, validate_snapshot
+from perf_analytics.store import Db, touch_assets
+
+DUPLICATE_KEY = 11000
+ProgressFn = Callable[[int, int], None]  # (archive bytes read so far, records read so far)
+
+
+@dataclass
+class IngestSummary:
+    read: int = 0
+    inserted: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    orphaned: int = 0
+    seconds: float = 0.0
+    archives: list[str] = field(default_factory=list)
+    orphan_assets: list[str] = field(default_factory=list)
+    rejects_path: str | None = None
+    resumed_from: int = 0  # records skipped because a previous run had committed them
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def counts(self) -> dict[str, int]:
+        return {k: getattr(self, k) for k in ("read", "inserted", "duplicates", "rejected", "orphaned")}
+
+
+@dataclass
+class _Batch:
+    archive_index: int
+    records_done: int  # records of this archive covered once this batch commits
+    docs: list[dict[str, Any]] = field(default_factory=list)
+    positions: list[str] = field(default_factory=list)  # parallel to docs
+    rejects: list[tuple[Record, str, str]] = field(default_factory=list)  # record, field, reason
+    read: int = 0
+
+
+class _Writer:
+    """Commits batches in order on its own thread; keeps the running totals."""
+
+    def __init__(
+        self,
+        db: Db,
+        cp: ckpt.LoadCheckpoint,
+        cp_dir: Path,
+        rejects: IO[bytes] | None,
+        summary: IngestSummary,
+        archives: Sequence[Path],
+    ) -> None:
+        self.db = db
+        self.cp = cp
+        self.cp_dir = cp_dir
+        self.rejects = rejects
+        self.summary = summary
+        self.archives = archives
+        self.queue: queue.Queue[_Batch | None] = queue.Queue(maxsize=2)
+        self.error: BaseException | None = None
+        self.orphans: set[tuple[str, str]] = set()
+        self.thread = threading.Thread(target=self._run, name="ingest-writer", daemon=True)
+        self.thread.start()
+
+    def put(self, batch: _Batch) -> None:
+        while self.thread.is_alive():
+            try:
+                self.queue.put(batch, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+        self._raise()
+
+    def close(self) -> None:
+        """Commit what is queued, stop the thread, and raise what it met."""
+        if self.thread.is_alive():
+            self.queue.put(None)
+            self.thread.join()
+        self._raise()
+
+    def _raise(self) -> None:
+        if self.error is None:
+            return
+        if isinstance(self.error, PyMongoError):
+            raise ServerError(f"the server failed during the load: {self.error}") from self.error
+        raise self.error
+
+    def _run(self) -> None:
+        try:
+            while (batch := self.queue.get()) is not None:
+                self._commit(batch)
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread by _raise
+            self.error = exc
+
+    def _insert(self, batch: _Batch) -> tuple[int, int]:
+        """Insert the batch; records the server refuses (other than duplicates) become rejects."""
+        if not batch.docs:
+            return 0, 0
+        try:
+            result = self.db[SNAPSHOTS].insert_many(batch.docs, ordered=False)
+            return len(result.inserted_ids), 0
+        except BulkWriteError as exc:
+            details = exc.details
+            duplicates = 0
+            refused: set[int] = set()
+            for err in details.get("writeErrors", []):
+                if err.get("code") == DUPLICATE_KEY:
+                    duplicates += 1
+                    continue
+                i = err["index"]
+                refused.add(i)
+                rec = Record(-1, batch.positions[i], payload=batch.docs[i])
+                batch.rejects.append((rec, "", f"refused by the server: {err.get('errmsg')}"))
+            if refused:
+                batch.docs = [d for i, d in enumerate(batch.docs) if i not in refused]
+            return int(details.get("nInserted", 0)), duplicates
+
+    def _touch(self, docs: list[dict[str, Any]]) -> int:
+        """One lastSeen update per asset of the batch; return how many docs are orphaned."""
+        latest: dict[str, dict[str, datetime]] = {}
+        for doc in docs:
+            per_org = latest.setdefault(doc["orgId"], {})
+            seen = per_org.get(doc["assetId"])
+            if seen is None or doc["timestamp"] > seen:
+                per_org[doc["assetId"]] = doc["timestamp"]
+        orphaned = 0
+        for org, last_seen in latest.items():
+            missing = touch_assets(self.db, org, last_seen)
+            if missing:
+                self.orphans.update((org, a) for a in missing)
+                orphaned += sum(1 for d in docs if d["orgId"] == org and d["assetId"] in missing)
+        return orphaned
+
+    def _write_rejects(self, batch: _Batch) -> None:
+        if self.rejects is None or not batch.rejects:
+            return
+        source = str(self.archives[batch.archive_index])
+        lines = [
+            orjson.dumps(
+                {
+                    "source": source,
+                    "position": rec.position,
+                    "field": field_path,
+                    "reason": reason,
+                    "record": record_as_text(rec),
+                }
+            )
+            + b"\n"
+            for rec, field_path, reason in batch.rejects
+        ]
+        self.rejects.write(b"".join(lines))
+        self.rejects.flush()
+
+    def _commit(self, batch: _Batch) -> None:
+        inserted, duplicates = self._insert(batch)
+        # Duplicates count too: after a crash they may be the records whose update was lost.
+        orphaned = self._touch(batch.docs)
+        self._write_rejects(batch)
+        s = self.summary
+        s.read += batch.read
+        s.inserted += inserted
+        s.duplicates += duplicates
+        s.rejected += len(batch.rejects)
+        s.orphaned += orphaned
+        self.cp.counts = s.counts()
+        self.cp.archive_index = batch.archive_index
+        self.cp.records_done = batch.records_done
+        self.cp.rejects_bytes = self.rejects.tell() if self.rejects is not None else 0
+        ckpt.save_checkpoint(self.cp_dir, self.cp)
+
+
+def ingest_archives(
+    db: Db,
+    paths: Sequence[str | Path],
+    *,
+    rejects: str | Path | None = None,
+    fmt: str | None = None,
+    compression: str | None = None,
+    org_id: str | None = None,
+    batch_size: int = 2000,
+    checkpoint_dir: str | Path = ckpt.DEFAULT_DIR,
+    resume: bool = True,
+    progress: ProgressFn | None = None,
+) -> IngestSummary:
+    """Load snapshot archives; return what was read, inserted, skipped and rejected.
+
+    `org_id` restricts the load to one organisation: records of any other are rejected.
+    Without it, each record goes to the org it names (records naming none are rejected).
+    With `resume` (the default) an interrupted identical load continues where it stopped.
+    """
+    if batch_size < 1:
+        raise ConfigError("batch size must be at least 1")
+    archives = [Path(p) for p in paths]
+    if not archives:
+        raise ConfigError("no archive given")
+    for p in archives:
+        if not p.is_file():
+            raise ConfigError(f"{p}: no such file")
+    rejects_path = Path(rejects) if rejects else None
+    cp_dir = Path(checkpoint_dir)
+    run = ckpt.run_key(archives, db.name, rejects_path)
+    started = time.perf_counter()
+    summary = IngestSummary(
+        archives=[str(p) for p in archives], rejects_path=str(rejects_path) if rejects_path else None
+    )
+
+    cp = ckpt.load_checkpoint(cp_dir, run, archives) if resume else None
+    if cp is not None:
+        for key in summary.counts():
+            setattr(summary, key, cp.counts.get(key, 0))
+        summary.resumed_from = summary.read
+    else:
+        cp = ckpt.LoadCheckpoint(run=run, fingerprint=ckpt.fingerprint(archives))
+    rejects_fh = _open_rejects(rejects_path, cp.rejects_bytes)
+    writer = _Writer(db, cp, cp_dir, rejects_fh, summary, archives)
+    try:
+        _read_all(archives, cp.archive_index, cp.records_done, writer, batch_size,
+                  fmt=fmt, compression=compression, org_id=org_id, progress=progress)
+        writer.close()
+    finally:
+        writer.close()  # on an error: commit what was queued, then let the error through
+        if rejects_fh is not None:
+            rejects_fh.close()
+    ckpt.clear_checkpoint(cp_dir, run)
+    summary.orphan_assets = sorted(f"{org}/{asset}" for org, asset in writer.orphans)
+    summary.seconds = round(time.perf_counter() - started, 3)
+    return summary
+
+
+def _read_all(
+    archives: Sequence[Path],
+    first: int,
+    skip: int,
+    writer: _Writer,
+    batch_size: int,
+    *,
+    fmt: str | None,
+    compression: str | None,
+    org_id: str | None,
+    progress: ProgressFn | None,
+) -> None:
+    """Parse and validate every record into batches for the writer, archive by archive."""
+    done_bytes = sum(p.stat().st_size for p in archives[:first])
+    read = 0
+    for index in range(first, len(archives)):
+        path = archives[index]
+        start = skip if index == first else 0
+        archive = open_archive(path, fmt=fmt, compression=compression, skip=start)
+        batch = _Batch(index, start)
+        try:
+            for record in _guarded(archive.records, path, batch):
+                batch.read += 1
+                read += 1
+                _classify(record, batch, org_id)
+                batch.records_done = record.index + 1
+                if batch.read >= batch_size:
+                    writer.put(batch)
+                    batch = _Batch(index, batch.records_done)
+                    if progress is not None:
+                        progress(done_bytes + archive.counter.consumed, writer.summary.resumed_from + read)
+        finally:
+            archive.close()
+        writer.put(batch)
+        writer.put(_Batch(index + 1, 0))  # checkpoints "this archive is finished"
+        done_bytes += path.stat().st_size
+        if progress is not None:
+            progress(done_bytes, writer.summary.resumed_from + read)
+
+
+def _guarded(records: Iterator[Record], path: Path, batch: _Batch) -> Iterator[Record]:
+    """Records, until the file itself turns out unreadable (a cut or corrupt compressed
+    stream): then the rest of the archive becomes one reject saying why and where."""
+    last = -1
+    try:
+        for record in records:
+            last = record.index
+            yield record
+    except (OSError, EOFError, zstandard.ZstdError) as exc:
+        rec = Record(last + 1, f"after record {last + 1}", error=f"archive unreadable from here on: {exc}")
+        batch.read += 1
+        batch.rejects.append((rec, "", rec.error or ""))
+
+
+def _classify(record: Record, batch: _Batch, org_id: str | None) -> None:
+    """Put one record into the batch's documents or its rejects."""
+    if record.error is not None:
+        batch.rejects.append((record, "", record.error))
+        return
+    try:
+        doc = validate_snapshot(record.payload)
+        if org_id is not None and doc["orgId"] != org_id:
+            raise ValidationError(
+                "orgId", f"record belongs to org {doc['orgId']!r}; this load is for org {org_id!r}"
+            )
+    except ValidationError as exc:
+        batch.rejects.append((record, exc.field, exc.reason))
+        return
+    batch.docs.append(doc)
+    batch.positions.append(record.position)
+
+
+def _open_rejects(path: Path | None, keep_bytes: int) -> IO[bytes] | None:
+    """Open the rejects file: emptied for a new load, cut back to the checkpoint on resume."""
+    if path is None:
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fh = path.open("r+b" if keep_bytes and path.exists() else "wb")
+    fh.truncate(keep_bytes)
+    fh.seek(0, 2)
+    return fh
