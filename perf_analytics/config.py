@@ -1,7 +1,7 @@
 """Settings: CLI flags beat environment variables, which beat an optional TOML file.
 
 The TOML file is `perf-analytics.toml` in the working directory, or the path in
-PERF_CONFIG. Keys: uri, db, lake (top level or under [perf_analytics]).
+PERF_CONFIG. Keys: uri, db, lake, state_dir (top level or under [perf_analytics]).
 """
 
 from __future__ import annotations
@@ -40,13 +40,22 @@ def _read_toml(path: Path) -> dict[str, Any]:
     try:
         with path.open("rb") as fh:
             data = tomllib.load(fh)
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
     section = data.get("perf_analytics", data)
-    unknown = sorted(set(section) - set(_KEYS) - {"perf_analytics"})
+    if not isinstance(section, dict):
+        raise ConfigError(f"{path}: perf_analytics must be a table of settings")
+    # Keys beside a [perf_analytics] table are not read, so they are unknown too.
+    outside = set(data) - {"perf_analytics"} if section is not data else set()
+    unknown = sorted((set(section) - set(_KEYS)) | outside)
     if unknown:
         raise ConfigError(f"{path}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(_KEYS)}")
-    return {k: str(v) for k, v in section.items() if k in _KEYS}
+    for key, value in section.items():
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: {key} must be a string, got {value!r}")
+    return dict(section)
 
 
 def load_settings(

@@ -30,6 +30,12 @@ FERRETDB_MODULE = "github.com/FerretDB/FerretDB"
 FERRETDB_VERSION = "v1.24.2"
 START_TIMEOUT_S = 30.0
 
+# Servers this process started, by pid. The server outlives the call that started it, so
+# its Popen must not be garbage-collected while it runs: Popen.__del__ would raise a
+# ResourceWarning ("subprocess ... is still running"). Keeping it also lets stop_server
+# reap its own child instead of leaving a zombie.
+_STARTED: dict[int, subprocess.Popen[bytes]] = {}
+
 
 def cache_dir() -> Path:
     """Where installed tools live (PERF_CACHE_DIR, else ~/.cache/perf_analytics)."""
@@ -134,7 +140,14 @@ def _alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    # A zombie (exited, not yet reaped) still answers kill(pid, 0). A server started by
+    # another process is reaped by init, which in containers can take seconds or never
+    # happen, so on Linux ask /proc whether the process has exited.
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[-1].split()[:1] != ["Z"]
 
 
 def _ping(port: int, timeout_ms: int = 1000) -> bool:
@@ -230,6 +243,7 @@ def start_server(
                 tail = (state / "server.log").read_text(errors="replace")[-400:]
                 raise ServerError(f"{kind} exited at start (code {proc.returncode}): {tail.strip()}")
             if _ping(port, timeout_ms=300):
+                _STARTED[proc.pid] = proc
                 server = LocalServer(kind=kind, pid=proc.pid, port=port, state_dir=str(state))
                 tmp = _record_path(state).with_suffix(".tmp")
                 tmp.write_text(json.dumps(asdict(server)))
@@ -237,6 +251,7 @@ def start_server(
                 return server
             time.sleep(0.1)
         proc.kill()
+        proc.wait()
         raise ServerError(f"{kind} did not answer on 127.0.0.1:{port} within {START_TIMEOUT_S:.0f}s")
 
 
@@ -248,13 +263,22 @@ def stop_server(state_dir: str | os.PathLike[str]) -> LocalServer | None:
         if server is None:
             _record_path(state).unlink(missing_ok=True)
             return None
-        os.kill(server.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        while _alive(server.pid) and time.monotonic() < deadline:
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(server.pid, os.WNOHANG)
-            time.sleep(0.05)
-        if _alive(server.pid):
-            os.kill(server.pid, signal.SIGKILL)
+        own = _STARTED.pop(server.pid, None)
+        if own is not None:
+            own.terminate()
+            try:
+                own.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                own.kill()
+                own.wait()
+        else:
+            os.kill(server.pid, signal.SIGTERM)
+            deadline = time.monotonic() + 10
+            while _alive(server.pid) and time.monotonic() < deadline:
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(server.pid, os.WNOHANG)
+                time.sleep(0.05)
+            if _alive(server.pid):
+                os.kill(server.pid, signal.SIGKILL)
         _record_path(state).unlink(missing_ok=True)
         return server

@@ -5,19 +5,26 @@ Every function that touches tenant data takes an org id and puts it in its filte
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from pymongo import ASCENDING, DESCENDING, MongoClient, UpdateOne
+from pymongo import ASCENDING, DESCENDING, MongoClient, UpdateMany
 from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError
 
 from perf_analytics import localdb
 from perf_analytics.config import Settings
-from perf_analytics.errors import ConfigError, ServerError, UnsupportedFeature
-from perf_analytics.schema import ASSETS, SNAPSHOTS, TIME_WINDOWS, asset_id_filter, validate_snapshot
+from perf_analytics.errors import ConfigError, ServerError, UnsupportedFeature, ValidationError
+from perf_analytics.schema import (
+    ASSETS,
+    SNAPSHOTS,
+    TIME_WINDOWS,
+    asset_id_filter,
+    validate_snapshot,
+)
 
 Doc = dict[str, Any]
 Db = Database[Doc]
@@ -29,6 +36,8 @@ INDEXES: dict[str, tuple[list[tuple[str, int]], bool]] = {
     "orgId_1_timestamp_-1": ([("orgId", ASCENDING), ("timestamp", DESCENDING)], False),
 }
 TTL_INDEX = "timestamp_ttl"
+SERVER_TIMEOUT_ENV = "PERF_SERVER_TIMEOUT_MS"
+DEFAULT_SERVER_TIMEOUT_MS = 10_000
 
 
 def connect(settings: Settings) -> Db:
@@ -40,15 +49,34 @@ def connect(settings: Settings) -> Db:
 
 
 def connect_uri(uri: str, db_name: str) -> Db:
+    """The database `db_name` on the server at `uri`, after checking that the server answers.
+
+    How long to wait for the server: env PERF_SERVER_TIMEOUT_MS, default 10 s.
+    """
+    timeout_ms = _server_timeout_ms()
     try:
-        client: MongoClient[Doc] = MongoClient(uri, tz_aware=True, serverSelectionTimeoutMS=10_000)
+        client: MongoClient[Doc] = MongoClient(uri, tz_aware=True, serverSelectionTimeoutMS=timeout_ms)
     except (PyMongoError, ValueError) as exc:
         raise ConfigError(f"invalid MongoDB URI: {exc}") from None
     try:
         client.admin.command("ping")
     except PyMongoError as exc:
+        client.close()  # an unclosed client warns (ResourceWarning) when collected
         raise ServerError(f"cannot reach MongoDB at {_redact(uri)}: {str(exc).splitlines()[0]}") from None
     return client[db_name]
+
+
+def _server_timeout_ms() -> int:
+    raw = os.environ.get(SERVER_TIMEOUT_ENV, "").strip()
+    if not raw:
+        return DEFAULT_SERVER_TIMEOUT_MS
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise ConfigError(f"{SERVER_TIMEOUT_ENV} must be a positive whole number of milliseconds, got {raw!r}")
+    return value
 
 
 def _redact(uri: str) -> str:
@@ -93,6 +121,8 @@ class IndexReport:
 
 def ensure_indexes(db: Db, *, ttl_days: int | None = None) -> IndexReport:
     """Create the snapshot indexes that are missing; safe to run any number of times."""
+    if ttl_days is not None and ttl_days <= 0:
+        raise ConfigError("--ttl-days must be a positive number of days")
     coll = db[SNAPSHOTS]
     have = {ix["name"]: ix for ix in coll.list_indexes()}
     created, existing, notes = [], [], []
@@ -107,14 +137,17 @@ def ensure_indexes(db: Db, *, ttl_days: int | None = None) -> IndexReport:
             continue
         try:
             coll.create_index(keys, name=name, unique=unique)
-        except DuplicateKeyError as exc:
-            raise ServerError(f"cannot create unique index {name}: duplicate snapshots exist ({exc})") from None
         except OperationFailure as exc:
+            # MongoDB answers DuplicateKeyError; FerretDB/SQLite an InternalError naming the
+            # UNIQUE constraint. Both mean the same thing to the user.
+            if unique and (isinstance(exc, DuplicateKeyError) or "UNIQUE constraint failed" in str(exc)):
+                raise ServerError(
+                    f"cannot create unique index {name}: duplicate snapshots exist "
+                    "(remove them first: see `doctor`)"
+                ) from None
             raise ServerError(f"cannot create index {name}: {exc.details or exc}") from None
         created.append(name)
     if ttl_days is not None:
-        if ttl_days <= 0:
-            raise ConfigError("--ttl-days must be a positive number of days")
         caps = probe_capabilities(db)
         if not caps.ttl_indexes:
             raise UnsupportedFeature(
@@ -147,23 +180,28 @@ def touch_assets(db: Db, org_id: str, last_seen: Mapping[str, datetime]) -> set[
     """
     if not last_seen:
         return set()
-    ids: list[Any] = []
+    candidates: dict[str, list[Any]] = {}
     for asset_id in last_seen:
         f = asset_id_filter(asset_id)
-        ids.extend(f["$in"] if isinstance(f, dict) else [f])
-    found = {str(d["_id"]) for d in db[ASSETS].find({"orgId": org_id, "_id": {"$in": ids}}, {"_id": 1})}
+        candidates[asset_id] = f["$in"] if isinstance(f, dict) else [f]
+    ids = [value for values in candidates.values() for value in values]
+    # Compare the _id values themselves, not their text: str(ObjectId) is lower-case hex,
+    # so an upper-case assetId would otherwise look like an orphan.
+    found = {d["_id"] for d in db[ASSETS].find({"orgId": org_id, "_id": {"$in": ids}}, {"_id": 1})}
+    present = {asset_id for asset_id, values in candidates.items() if any(v in found for v in values)}
     now = datetime.now(UTC)
     ops = [
-        UpdateOne(
+        # Many: a 24-hex id names both an ObjectId asset and a string asset of the same text.
+        UpdateMany(
             {"_id": asset_id_filter(asset_id), "orgId": org_id},
             {"$max": {"lastSeen": seen}, "$set": {"updatedAt": now}},
         )
         for asset_id, seen in last_seen.items()
-        if asset_id in found
+        if asset_id in present
     ]
     if ops:
         db[ASSETS].bulk_write(ops, ordered=False)
-    return set(last_seen) - found
+    return set(last_seen) - present
 
 
 @dataclass(frozen=True)
@@ -187,7 +225,10 @@ def store_snapshot(db: Db, org_id: str, snapshot: Mapping[str, Any]) -> StoreRes
         existing = db[SNAPSHOTS].find_one(
             {"orgId": org_id, "assetId": doc["assetId"], "timestamp": doc["timestamp"]}, {"_id": 1}
         )
-        doc_id = existing["_id"] if existing else doc.get("_id")
+        if existing is None:
+            # The clash is on _id, not on the snapshot key: nothing of this snapshot is stored.
+            raise ValidationError("_id", f"{doc['_id']!r} is already the id of another snapshot") from None
+        doc_id = existing["_id"]
     orphans = touch_assets(db, org_id, {doc["assetId"]: doc["timestamp"]})
     return StoreResult(inserted=inserted, orphaned=bool(orphans), id=doc_id)
 

@@ -22,8 +22,11 @@ def command(ctx: click.Context, ttl_days: int | None) -> None:
       perf-analytics --uri mongodb://127.0.0.1:27017 init --ttl-days 90
     """
     db = db_of(ctx)
-    caps = probe_capabilities(db)
-    report = ensure_indexes(db, ttl_days=ttl_days)
+    try:
+        caps = probe_capabilities(db)
+        report = ensure_indexes(db, ttl_days=ttl_days)
+    finally:
+        db.client.close()  # an unclosed client warns (ResourceWarning) when collected
     for name in report.created:
         click.echo(f"created index {name}")
     for name in report.existing:

@@ -1,0 +1,114 @@
+"""The `perf-analytics` shell: help on every command, one-line errors, exit codes."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner, Result
+
+from perf_analytics import __version__
+from perf_analytics.cli import app
+
+
+def _command_paths(command: click.Command, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    paths = [path]
+    if isinstance(command, click.Group):
+        for name, sub in sorted(command.commands.items()):
+            paths.extend(_command_paths(sub, (*path, name)))
+    return paths
+
+
+COMMAND_PATHS = _command_paths(app)
+
+
+@pytest.fixture
+def cli(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> CliRunner:
+    monkeypatch.chdir(tmp_path)
+    for var in ("PERF_CONFIG", "PERF_DB", "PERF_LAKE", "PERF_STATE_DIR", "PERF_SERVER_TIMEOUT_MS"):
+        monkeypatch.delenv(var, raising=False)
+    return CliRunner()
+
+
+def _closed_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _one_error_line(result: Result) -> str:
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit)
+    assert "Traceback" not in result.output
+    assert result.stderr.endswith("\n") and result.stderr.count("\n") == 1, result.stderr
+    return result.stderr.rstrip("\n")
+
+
+def test_the_walk_finds_the_nested_commands() -> None:
+    assert ("localdb", "status") in COMMAND_PATHS
+    assert {path[0] for path in COMMAND_PATHS if path} >= {"init", "ingest", "migrate", "doctor", "generate"}
+
+
+@pytest.mark.parametrize("path", COMMAND_PATHS, ids=lambda p: " ".join(p) or "perf-analytics")
+def test_every_command_has_help_with_an_example(cli: CliRunner, path: tuple[str, ...]) -> None:
+    result = cli.invoke(app, [*path, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Example" in result.stdout, result.stdout
+
+
+def test_the_version_is_printed(cli: CliRunner) -> None:
+    result = cli.invoke(app, ["--version"])
+    assert result.exit_code == 0
+    assert __version__ in result.stdout
+
+
+def test_an_unreachable_server_is_one_error_line_and_exit_code_1(cli: CliRunner) -> None:
+    port = _closed_port()
+    result = cli.invoke(
+        app,
+        ["--uri", f"mongodb://127.0.0.1:{port}/?directConnection=true", "init"],
+        env={"PERF_SERVER_TIMEOUT_MS": "200"},
+    )
+    line = _one_error_line(result)
+    assert line.startswith(f"Error: cannot reach MongoDB at mongodb://127.0.0.1:{port}/")
+    assert result.stdout == ""
+
+
+def test_the_password_in_an_unreachable_uri_is_not_printed(cli: CliRunner) -> None:
+    port = _closed_port()
+    result = cli.invoke(
+        app,
+        ["--uri", f"mongodb://ops:s3cret@127.0.0.1:{port}/?directConnection=true", "init"],
+        env={"PERF_SERVER_TIMEOUT_MS": "200"},
+    )
+    line = _one_error_line(result)
+    assert line.startswith(f"Error: cannot reach MongoDB at mongodb://***@127.0.0.1:{port}/")
+    assert "s3cret" not in result.output
+
+
+def test_a_malformed_uri_is_one_error_line(cli: CliRunner) -> None:
+    result = cli.invoke(app, ["--uri", "http://example.com", "init"])
+    assert _one_error_line(result).startswith("Error: invalid MongoDB URI: ")
+
+
+@pytest.mark.parametrize("value", ["soon", "0", "-5"])
+def test_a_bad_server_timeout_is_one_error_line(cli: CliRunner, value: str) -> None:
+    result = cli.invoke(app, ["--uri", "mongodb://127.0.0.1:1/", "init"], env={"PERF_SERVER_TIMEOUT_MS": value})
+    line = _one_error_line(result)
+    assert line == (
+        f"Error: PERF_SERVER_TIMEOUT_MS must be a positive whole number of milliseconds, got {value!r}"
+    )
+
+
+@pytest.mark.parametrize("name", ["a/b", "my.db", "has space", "$x"])
+def test_an_invalid_db_name_is_one_error_line(cli: CliRunner, name: str) -> None:
+    result = cli.invoke(app, ["--uri", "mongodb://127.0.0.1:1/", "--db", name, "init"])
+    assert _one_error_line(result) == f"Error: invalid database name {name!r}"
+    assert result.stdout == ""
+
+
+def test_the_db_name_from_the_environment_is_checked_too(cli: CliRunner) -> None:
+    result = cli.invoke(app, ["--uri", "mongodb://127.0.0.1:1/", "init"], env={"PERF_DB": "a/b"})
+    assert _one_error_line(result) == "Error: invalid database name 'a/b'"

@@ -1,0 +1,158 @@
+"""Settings: flags beat environment variables, which beat an optional TOML file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from perf_analytics.cli import app
+from perf_analytics.config import DEFAULT_DB, DEFAULT_LAKE, Settings, load_settings
+from perf_analytics.errors import ConfigError
+
+
+@pytest.fixture(autouse=True)
+def _empty_cwd(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def _one_line(exc: ConfigError) -> str:
+    message = str(exc)
+    assert "\n" not in message
+    return message
+
+
+def test_without_flags_env_or_file_the_defaults_apply() -> None:
+    settings = load_settings(env={})
+    assert settings == Settings(uri=None, db="deskwise", lake="data/lake")
+    assert (DEFAULT_DB, DEFAULT_LAKE) == ("deskwise", "data/lake")
+
+
+def test_a_toml_file_in_the_working_directory_is_read() -> None:
+    _write(Path("perf-analytics.toml"), 'uri = "mongodb://toml:1"\ndb = "from_toml"\nlake = "/lake/toml"\n')
+    settings = load_settings(env={})
+    assert (settings.uri, settings.db, settings.lake) == ("mongodb://toml:1", "from_toml", "/lake/toml")
+
+
+def test_the_settings_may_sit_under_a_perf_analytics_table() -> None:
+    _write(Path("perf-analytics.toml"), '[perf_analytics]\ndb = "tabled"\nstate_dir = "/tmp/x"\n')
+    settings = load_settings(env={})
+    assert (settings.db, settings.state_dir, settings.lake) == ("tabled", "/tmp/x", DEFAULT_LAKE)
+
+
+def test_env_beats_the_toml_file() -> None:
+    _write(Path("perf-analytics.toml"), 'uri = "mongodb://toml:1"\ndb = "from_toml"\nlake = "/lake/toml"\n')
+    settings = load_settings(env={"MONGODB_URI": "mongodb://env:2", "PERF_DB": "from_env"})
+    assert (settings.uri, settings.db, settings.lake) == ("mongodb://env:2", "from_env", "/lake/toml")
+
+
+def test_flags_beat_env_and_the_toml_file() -> None:
+    _write(Path("perf-analytics.toml"), 'db = "from_toml"\nlake = "/lake/toml"\n')
+    env = {"MONGODB_URI": "mongodb://env:2", "PERF_DB": "from_env", "PERF_LAKE": "/lake/env"}
+    settings = load_settings(env=env, uri="mongodb://flag:3", db="from_flag")
+    assert (settings.uri, settings.db, settings.lake) == ("mongodb://flag:3", "from_flag", "/lake/env")
+
+
+def test_a_flag_left_unset_does_not_hide_env() -> None:
+    settings = load_settings(env={"PERF_DB": "from_env"}, db=None, uri=None)
+    assert settings.db == "from_env"
+
+
+def test_an_empty_env_variable_counts_as_unset() -> None:
+    _write(Path("perf-analytics.toml"), 'db = "from_toml"\n')
+    assert load_settings(env={"PERF_DB": ""}).db == "from_toml"
+
+
+def test_perf_config_names_the_file_instead_of_the_working_directory(tmp_path: Path) -> None:
+    _write(Path("perf-analytics.toml"), 'db = "from_cwd"\n')
+    elsewhere = _write(tmp_path / "other.toml", 'db = "from_perf_config"\n')
+    assert load_settings(env={"PERF_CONFIG": str(elsewhere)}).db == "from_perf_config"
+
+
+def test_the_config_flag_beats_perf_config(tmp_path: Path) -> None:
+    by_env = _write(tmp_path / "env.toml", 'db = "from_env_file"\n')
+    by_flag = _write(tmp_path / "flag.toml", 'db = "from_flag_file"\n')
+    assert load_settings(config_file=by_flag, env={"PERF_CONFIG": str(by_env)}).db == "from_flag_file"
+
+
+@pytest.mark.parametrize(
+    "text",
+    ['colour = "blue"\n', '[perf_analytics]\ncolour = "blue"\n', 'colour = "blue"\n[perf_analytics]\ndb = "x"\n'],
+    ids=["top-level", "in-table", "beside-table"],
+)
+def test_an_unknown_toml_key_is_a_one_line_config_error(text: str) -> None:
+    _write(Path("perf-analytics.toml"), text)
+    with pytest.raises(ConfigError) as info:
+        load_settings(env={})
+    message = _one_line(info.value)
+    assert "unknown setting(s) colour" in message
+    assert "perf-analytics.toml" in message
+
+
+@pytest.mark.parametrize("text", ['db = \n', 'db = "a"\ndb = "b"\n', "[perf_analytics\n"])
+def test_invalid_toml_is_a_one_line_config_error(text: str) -> None:
+    _write(Path("perf-analytics.toml"), text)
+    with pytest.raises(ConfigError) as info:
+        load_settings(env={})
+    assert "perf-analytics.toml: not valid TOML" in _one_line(info.value)
+
+
+def test_a_file_that_is_not_utf8_is_a_one_line_config_error() -> None:
+    Path("perf-analytics.toml").write_bytes(b'db = "\xff"\n')
+    with pytest.raises(ConfigError) as info:
+        load_settings(env={})
+    assert "not valid TOML" in _one_line(info.value)
+
+
+@pytest.mark.parametrize("text", ["db = 5\n", 'lake = ["a", "b"]\n', "perf_analytics = 3\n"])
+def test_a_setting_that_is_not_a_string_is_a_one_line_config_error(text: str) -> None:
+    _write(Path("perf-analytics.toml"), text)
+    with pytest.raises(ConfigError) as info:
+        load_settings(env={})
+    assert "perf-analytics.toml: " in _one_line(info.value)
+
+
+def test_a_missing_config_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(config_file=tmp_path / "nope.toml", env={})
+    assert _one_line(info.value) == f"config file {tmp_path / 'nope.toml'} does not exist"
+
+
+def test_a_missing_perf_config_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_settings(env={"PERF_CONFIG": str(tmp_path / "nope.toml")})
+
+
+def test_an_unknown_flag_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="unknown setting"):
+        load_settings(env={}, colour="blue")
+
+
+@pytest.mark.parametrize("name", ["a/b", "a.b", "a b", "a$b", 'a"b', "a\\b"])
+def test_an_invalid_database_name_is_a_config_error(name: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(env={}, db=name)
+    assert _one_line(info.value) == f"invalid database name {name!r}"
+
+
+def test_the_cli_reports_a_missing_config_file_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PERF_CONFIG", raising=False)
+    result = CliRunner().invoke(app, ["--config", "nope.toml", "localdb", "status"])
+    assert result.exit_code == 1
+    assert result.stderr == "Error: config file nope.toml does not exist\n"
+    assert result.stdout == ""
+
+
+def test_the_cli_reads_the_toml_file_of_the_working_directory(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("PERF_CONFIG", "PERF_DB"):
+        monkeypatch.delenv(var, raising=False)
+    _write(Path("perf-analytics.toml"), 'db = "a/b"\n')
+    result = CliRunner().invoke(app, ["localdb", "status"])
+    assert result.exit_code == 1
+    assert result.stderr == "Error: invalid database name 'a/b'\n"
