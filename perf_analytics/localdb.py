@@ -203,7 +203,7 @@ def _command(kind: str, binary: Path, state: Path, port: int) -> list[str]:
     return [
         str(binary),
         "--handler=sqlite",
-        f"--sqlite-url=file:{sqlite_dir}/",
+        f"--sqlite-url=file:{sqlite_dir}/?_pragma=synchronous(normal)",
         f"--state-dir={state}",
         f"--listen-addr=127.0.0.1:{port}",
         "--debug-addr=-",
