@@ -1,11 +1,116 @@
-"""`perf-analytics generate` (being built)."""
+"""`perf-analytics generate`: write a synthetic fleet archive with its anomaly labels."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from pathlib import Path
+
 import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from perf_analytics.generate import GenerateSummary, write_fleet
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count:,} {word}" if count == 1 else f"{count:,} {word}s"
+
+
+def summary_line(summary: GenerateSummary) -> str:
+    """The one line the command prints when done (kept stable for scripts and tests)."""
+    line = (
+        f"wrote {_plural(summary.snapshots, 'snapshot')} of {_plural(summary.assets, 'asset')} "
+        f"in {_plural(summary.orgs, 'org')} to {summary.path} in {summary.seconds:.1f}s; "
+        f"{_plural(summary.labels, 'label')} ({summary.injected:,} injected anomalies) in {summary.labels_path}"
+    )
+    if summary.assets_path is not None:
+        line += f"; asset documents in {summary.assets_path}"
+    return line
 
 
 @click.command("generate")
-def command() -> None:
-    """Not available yet."""
-    raise click.ClickException("generate is not available yet")
+@click.option("--orgs", type=click.IntRange(min=1), default=2, show_default=True, help="Number of organisations.")
+@click.option(
+    "--assets", "assets_per_org", type=click.IntRange(min=1), default=5, show_default=True, help="Assets per organisation."
+)
+@click.option("--days", type=click.IntRange(min=1), default=1, show_default=True, help="Days of data per asset.")
+@click.option(
+    "--interval",
+    type=click.IntRange(1, 86400),
+    default=60,
+    show_default=True,
+    help="Seconds between two snapshots of an asset.",
+)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Same seed, same bytes.")
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="NDJSON output; .gz or .zst compresses.",
+)
+@click.option(
+    "--labels",
+    "labels_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Labels JSON (default: next to --out, e.g. fleet.labels.json for fleet.ndjson.zst).",
+)
+@click.option(
+    "--assets-out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write the asset documents (Extended JSON lines) here.",
+)
+@click.option(
+    "--start",
+    type=click.DateTime(formats=["%Y-%m-%d"]),
+    help="First day, UTC (default 2026-01-05).",
+)
+@click.option("--no-anomalies", is_flag=True, help="Only routine fleet life: no injected anomalies.")
+def command(
+    orgs: int,
+    assets_per_org: int,
+    days: int,
+    interval: int,
+    seed: int,
+    out: Path,
+    labels_path: Path | None,
+    assets_out: Path | None,
+    start: datetime | None,
+    no_anomalies: bool,
+) -> None:
+    """Write a synthetic fleet's snapshots, with labels of what is anomalous in them.
+
+    Each asset sends a snapshot every --interval seconds for --days days: working-day
+    CPU, slowly growing memory and disks, network bursts, reboots and agent outages. A
+    share of the assets also gets labelled anomalies (CPU saturation, memory leak, disk
+    filling, flatline, level shift, outage, reboot, network burst). The same arguments
+    always give the same bytes.
+
+    \b
+    Examples:
+      perf-analytics generate --orgs 2 --assets 5 --days 1 --out fleet.ndjson.zst
+      perf-analytics generate --orgs 10 --assets 100 --days 7 --seed 42 \\
+          --out data/bench.ndjson.zst --assets-out data/bench.assets.ndjson
+      perf-analytics generate --assets 3 --days 2 --interval 300 --no-anomalies --out clean.ndjson
+    """
+    console = Console(stderr=True)
+    columns = (TextColumn("generating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as bar:
+        task = bar.add_task("generate", total=None)
+
+        def advance(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        summary = write_fleet(
+            out,
+            labels_path=labels_path,
+            assets_path=assets_out,
+            progress=advance,
+            orgs=orgs,
+            assets=assets_per_org,
+            days=days,
+            interval_s=interval,
+            seed=seed,
+            start=start.replace(tzinfo=UTC) if start is not None else None,
+            anomalies=not no_anomalies,
+        )
+    click.echo(summary_line(summary))
