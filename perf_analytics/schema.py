@@ -158,7 +158,19 @@ def _name(path: str, value: Any) -> str:
     return value
 
 
-def _fields(path: str, section: Mapping[str, Any], spec: tuple[tuple[str, str, bool], ...]) -> dict[str, Any]:
+def _numeric_string(path: str, value: Any, coerce: bool) -> Any:
+    """With `coerce`, turn a numeric string ("45.2") into a float; anything else passes through."""
+    if not coerce or not isinstance(value, str):
+        return value
+    try:
+        return float(value.strip())
+    except ValueError:
+        raise ValidationError(path, f"expected a number, got string {value!r}") from None
+
+
+def _fields(
+    path: str, section: Mapping[str, Any], spec: tuple[tuple[str, str, bool], ...], coerce: bool = False
+) -> dict[str, Any]:
     """Copy `section`, checking and converting the fields that `spec` names."""
     out = dict(section)
     for field, kind, required in spec:
@@ -168,7 +180,7 @@ def _fields(path: str, section: Mapping[str, Any], spec: tuple[tuple[str, str, b
                 raise ValidationError(f"{path}.{field}", "is required")
             out.pop(field, None)  # null optional fields are stored as absent
             continue
-        out[field] = _CHECKERS[kind](f"{path}.{field}", value)
+        out[field] = _CHECKERS[kind](f"{path}.{field}", _numeric_string(f"{path}.{field}", value, coerce))
     return out
 
 
@@ -224,11 +236,14 @@ def _millis(moment: datetime) -> datetime:
     return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
 
 
-def validate_snapshot(payload: Any, *, org_id: str | None = None) -> dict[str, Any]:
+def validate_snapshot(payload: Any, *, org_id: str | None = None, coerce: bool = False) -> dict[str, Any]:
     """Check one agent payload and return the document to store.
 
     `org_id`, when given, is the organisation the caller acts for: a payload without
-    orgId takes it, a payload naming another org is rejected.
+    orgId takes it, a payload naming another org is rejected. `coerce` also accepts
+    numeric strings ("45.2") for numeric fields and converts them: for repairing documents
+    that older or other code stored with off types (`migrate`, `doctor --fix`), never for
+    agent payloads.
     """
     doc = dict(_object("", payload))
     if org_id is not None:
@@ -258,16 +273,17 @@ def validate_snapshot(payload: Any, *, org_id: str | None = None) -> dict[str, A
         if perf.get(section) is None:
             raise ValidationError(f"performanceData.{section}", "is required")
 
-    cpu = _fields("performanceData.cpu", _object("performanceData.cpu", perf["cpu"]), CPU_FIELDS)
+    cpu = _fields("performanceData.cpu", _object("performanceData.cpu", perf["cpu"]), CPU_FIELDS, coerce)
     if cpu.get("perCore") is not None:
         cores = _array("performanceData.cpu.perCore", cpu["perCore"])
-        cpu["perCore"] = [_percent(f"performanceData.cpu.perCore[{i}]", v) for i, v in enumerate(cores)]
+        paths = [f"performanceData.cpu.perCore[{i}]" for i in range(len(cores))]
+        cpu["perCore"] = [_percent(p, _numeric_string(p, v, coerce)) for p, v in zip(paths, cores, strict=True)]
     else:
         cpu.pop("perCore", None)
     perf["cpu"] = cpu
 
     memory = _fields(
-        "performanceData.memory", _object("performanceData.memory", perf["memory"]), MEMORY_FIELDS
+        "performanceData.memory", _object("performanceData.memory", perf["memory"]), MEMORY_FIELDS, coerce
     )
     _used_within_total("performanceData.memory", memory)
     perf["memory"] = memory
@@ -276,7 +292,7 @@ def validate_snapshot(payload: Any, *, org_id: str | None = None) -> dict[str, A
         disks = []
         for i, item in enumerate(_array("performanceData.disk", perf["disk"])):
             path = f"performanceData.disk[{i}]"
-            disk = _fields(path, _object(path, item), DISK_FIELDS)
+            disk = _fields(path, _object(path, item), DISK_FIELDS, coerce)
             disk["name"] = _name(f"{path}.name", disk.get("name"))
             _used_within_total(path, disk)
             disks.append(disk)
@@ -288,14 +304,15 @@ def validate_snapshot(payload: Any, *, org_id: str | None = None) -> dict[str, A
         network = dict(_object("performanceData.network", perf["network"]))
         if network.get("totalUsage") is None:
             raise ValidationError("performanceData.network.totalUsage", "is required")
-        network["totalUsage"] = _non_negative("performanceData.network.totalUsage", network["totalUsage"])
+        total_path = "performanceData.network.totalUsage"
+        network["totalUsage"] = _non_negative(total_path, _numeric_string(total_path, network["totalUsage"], coerce))
         interfaces = []
         raw_interfaces = network.get("interfaces")
         if raw_interfaces is None:
             raise ValidationError("performanceData.network.interfaces", "is required")
         for i, item in enumerate(_array("performanceData.network.interfaces", raw_interfaces)):
             path = f"performanceData.network.interfaces[{i}]"
-            interface = _fields(path, _object(path, item), INTERFACE_FIELDS)
+            interface = _fields(path, _object(path, item), INTERFACE_FIELDS, coerce)
             interface["name"] = _name(f"{path}.name", interface.get("name"))
             interfaces.append(interface)
         network["interfaces"] = interfaces
@@ -305,7 +322,7 @@ def validate_snapshot(payload: Any, *, org_id: str | None = None) -> dict[str, A
 
     if perf.get("system") is not None:
         perf["system"] = _fields(
-            "performanceData.system", _object("performanceData.system", perf["system"]), SYSTEM_FIELDS
+            "performanceData.system", _object("performanceData.system", perf["system"]), SYSTEM_FIELDS, coerce
         )
     else:
         perf.pop("system", None)

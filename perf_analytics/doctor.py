@@ -1,0 +1,493 @@
+"""Health checks for one org's snapshots, and the repairs that are safe to automate.
+
+`diagnose` looks for what breaks extraction or misleads dashboards: missing indexes,
+snapshots stored with off types (a string timestamp, a metric as string or int, a count
+as string), legacy snapshots still in `assets`, snapshots whose asset does not exist, and
+assets whose lastSeen is behind their newest snapshot. With `fix` it creates the indexes,
+re-normalises off-type snapshots with the snapshot contract and moves lastSeen forward;
+legacy documents are left to `migrate`, and orphans to a person.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from bson import Decimal128
+from pymongo.errors import OperationFailure
+
+from perf_analytics.errors import ConfigError, PerfAnalyticsError, ValidationError
+from perf_analytics.migrate import legacy_filter, legacy_org_ids
+from perf_analytics.schema import (
+    ASSETS,
+    COUNT,
+    CPU_FIELDS,
+    DISK_FIELDS,
+    INTERFACE_FIELDS,
+    MEMORY_FIELDS,
+    SNAPSHOTS,
+    SYSTEM_FIELDS,
+    asset_id_filter,
+    validate_snapshot,
+)
+from perf_analytics.store import (
+    KEY_INDEX,
+    Db,
+    Doc,
+    ensure_indexes,
+    missing_indexes,
+    probe_capabilities,
+    touch_assets,
+)
+
+EXAMPLES = 5  # example ids kept per finding
+MAX_LISTED = 20  # unrepairable snapshots and assets listed by name; the counts are complete
+BATCH_SIZE = 1000
+_ID_CHUNK = 1000  # ids per $in when looking assets up
+_DUPLICATE_KEY = 11000
+_NOT_IMPLEMENTED = 238
+
+# Where each field table of the snapshot contract lives in a stored document. The tables
+# in schema.py decide which fields are metrics and which are counts, so a field added
+# there is checked here without a change; a new *section* needs a line here.
+_SECTIONS = (
+    ("performanceData.cpu", CPU_FIELDS),
+    ("performanceData.memory", MEMORY_FIELDS),
+    ("performanceData.disk", DISK_FIELDS),
+    ("performanceData.network.interfaces", INTERFACE_FIELDS),
+    ("performanceData.system", SYSTEM_FIELDS),
+)
+# Metrics that validate_snapshot checks outside the tables.
+_EXTRA_METRICS = ("performanceData.cpu.perCore", "performanceData.network.totalUsage")
+
+METRIC_PATHS: tuple[str, ...] = tuple(
+    f"{prefix}.{name}" for prefix, spec in _SECTIONS for name, kind, _ in spec if kind != COUNT
+) + _EXTRA_METRICS
+COUNT_PATHS: tuple[str, ...] = tuple(
+    f"{prefix}.{name}" for prefix, spec in _SECTIONS for name, kind, _ in spec if kind == COUNT
+)
+
+TIMESTAMP_NOT_DATE = "timestamp not a date"
+METRIC_STRING = "metric stored as string"
+METRIC_INTEGER = "metric stored as int/long"
+METRIC_OTHER = "metric of another type"
+COUNT_STRING = "count stored as string"
+COUNT_OTHER = "count stored as double or another type"
+KINDS = (TIMESTAMP_NOT_DATE, METRIC_STRING, METRIC_INTEGER, METRIC_OTHER, COUNT_STRING, COUNT_OTHER)
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One line of a check's breakdown: a kind of problem, how often, a few examples."""
+
+    label: str
+    count: int
+    examples: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Check:
+    """The outcome of one check: how many problems it found and how many `fix` repaired."""
+
+    name: str
+    found: int = 0
+    fixed: int = 0
+    fixable: bool = True
+    examples: list[str] = field(default_factory=list)
+    kinds: list[Kind] = field(default_factory=list)
+    hint: str = ""
+
+    @property
+    def remaining(self) -> int:
+        return self.found - self.fixed
+
+
+@dataclass(frozen=True)
+class Unrepairable:
+    """An off-type snapshot that `fix` left untouched, and why."""
+
+    id: Any
+    reason: str
+
+
+@dataclass(frozen=True)
+class DoctorReport:
+    """One org's checks, in the order they ran."""
+
+    org_id: str
+    fix: bool
+    indexes: Check
+    off_type: Check
+    legacy: Check
+    orphaned: Check
+    stale_last_seen: Check
+    unrepairable: list[Unrepairable] = field(default_factory=list)
+
+    @property
+    def checks(self) -> list[Check]:
+        return [self.indexes, self.off_type, self.legacy, self.orphaned, self.stale_last_seen]
+
+    @property
+    def healthy(self) -> bool:
+        """True when no check has a problem left (after the repairs, with `fix`)."""
+        return all(check.remaining == 0 for check in self.checks)
+
+
+@dataclass(frozen=True)
+class AllOrgsReport:
+    """The admin run over every org: the collection-level index check, then each org."""
+
+    fix: bool
+    indexes: Check
+    orgs: list[DoctorReport]
+
+    @property
+    def healthy(self) -> bool:
+        return self.indexes.remaining == 0 and all(report.healthy for report in self.orgs)
+
+
+def diagnose(db: Db, org_id: str, *, fix: bool = False) -> DoctorReport:
+    """Check `org_id`'s snapshots and assets; with `fix`, repair what can be repaired safely.
+
+    Every query and write is filtered by `org_id`, except the index check, which is about
+    the collection. Repairs run before the lastSeen check, so lastSeen moves to the newest
+    snapshot with its timestamp repaired.
+    """
+    if not org_id:
+        raise ConfigError("an org id is required")
+    indexes = diagnose_indexes(db, fix=fix)
+    off_type, unrepairable = _check_off_type(db, org_id, fix=fix)
+    legacy = _check_legacy(db, org_id)
+    orphaned, stale = _check_assets(db, org_id, fix=fix)
+    return DoctorReport(
+        org_id=org_id,
+        fix=fix,
+        indexes=indexes,
+        off_type=off_type,
+        legacy=legacy,
+        orphaned=orphaned,
+        stale_last_seen=stale,
+        unrepairable=unrepairable,
+    )
+
+
+def diagnose_all_orgs(db: Db, *, fix: bool = False) -> AllOrgsReport:
+    """Admin call across tenants: `diagnose` every org that has snapshots or legacy documents.
+
+    Lists the distinct orgIds, then runs the per-org checks one org at a time, so each of
+    them stays filtered by one org. The index check runs first, once, and also on an
+    empty database.
+    """
+    indexes = diagnose_indexes(db, fix=fix)
+    orgs = sorted(
+        {org for org in db[SNAPSHOTS].distinct("orgId") if isinstance(org, str) and org}
+        | set(legacy_org_ids(db))
+    )
+    return AllOrgsReport(fix=fix, indexes=indexes, orgs=[diagnose(db, org, fix=fix) for org in orgs])
+
+
+def diagnose_indexes(db: Db, *, fix: bool = False) -> Check:
+    """Which snapshot indexes are missing; with `fix`, create them."""
+    name = "missing indexes"
+    missing = missing_indexes(db)
+    if not missing or not fix:
+        hint = "run `perf-analytics doctor --fix` or `init`" if missing else ""
+        return Check(name, found=len(missing), examples=missing, hint=hint)
+    try:
+        created = ensure_indexes(db).created
+    except PerfAnalyticsError as exc:
+        # Typically duplicate snapshot keys block the unique index: report it and go on
+        # with the other checks rather than stop the whole run.
+        return Check(name, found=len(missing), examples=missing, hint=str(exc))
+    fixed = sum(1 for index in missing if index in created)
+    return Check(name, found=len(missing), fixed=fixed, examples=missing)
+
+
+# -- off-type snapshots -------------------------------------------------------------
+
+
+def _off_type_filter(db: Db, org_id: str) -> Doc:
+    """The server-side filter for `org_id`'s off-type snapshots: one `$type` clause per field.
+
+    `$type` on a path through an array ("performanceData.disk.usagePercent") matches when
+    any element matches, in MongoDB and, as checked against FerretDB 1.24, there too; so
+    metrics inside disk[], network.interfaces[] and cpu.perCore need no client-side scan.
+    Only positive `$type` lists are used: FerretDB evaluates `$not` over array paths
+    element by element, unlike MongoDB. FerretDB rejects the "decimal" alias (it stores
+    no Decimal128), so that type is only asked of MongoDB. One clause per path, with every
+    wrong type in it, keeps FerretDB's per-document filter cost down; the few documents
+    found are sorted into kinds here (`_kinds_of`).
+    """
+    bad_metric = ["string", "int", "long", "bool", "object"]
+    bad_count = ["string", "double", "bool", "object"]
+    if not probe_capabilities(db).server.startswith("FerretDB"):
+        bad_metric.append("decimal")
+        bad_count.append("decimal")
+    clauses: list[Doc] = [{"timestamp": {"$not": {"$type": "date"}}}]
+    clauses += [{path: {"$type": bad_metric}} for path in METRIC_PATHS]
+    clauses += [{path: {"$type": bad_count}} for path in COUNT_PATHS]
+    return {"orgId": org_id, "$or": clauses}
+
+
+def _values(doc: Any, path: str) -> Iterator[Any]:
+    """The values at a dotted path, stepping into arrays as MongoDB's path matching does."""
+    head, _, rest = path.partition(".")
+    if isinstance(doc, list):
+        for item in doc:
+            yield from _values(item, path)
+        return
+    if not isinstance(doc, Mapping) or head not in doc:
+        return
+    value = doc[head]
+    if rest:
+        yield from _values(value, rest)
+    elif isinstance(value, list):
+        yield from value
+    else:
+        yield value
+
+
+def _kinds_of(doc: Doc) -> list[str]:
+    """Which off-type kinds one document shows, judged here to break the server's finds down."""
+    kinds = []
+    if not isinstance(doc.get("timestamp"), datetime):
+        kinds.append(TIMESTAMP_NOT_DATE)
+    metrics = [v for p in METRIC_PATHS for v in _values(doc, p)]
+    counts = [v for p in COUNT_PATHS for v in _values(doc, p)]
+    if any(isinstance(v, str) for v in metrics):
+        kinds.append(METRIC_STRING)
+    if any(isinstance(v, int) and not isinstance(v, bool) for v in metrics):
+        kinds.append(METRIC_INTEGER)
+    if any(isinstance(v, bool | Mapping | Decimal128) for v in metrics):
+        kinds.append(METRIC_OTHER)
+    if any(isinstance(v, str) for v in counts):
+        kinds.append(COUNT_STRING)
+    if any(isinstance(v, float | bool | Mapping | Decimal128) for v in counts):
+        kinds.append(COUNT_OTHER)
+    return kinds
+
+
+def _off_type_batches(db: Db, query: Doc, *, fix: bool, skip: Sequence[Any]) -> Iterator[list[Doc]]:
+    """The off-type documents in batches.
+
+    Read-only: one cursor. With fix, repaired documents stop matching, so each batch is a
+    fresh query minus those left unrepaired (`skip` grows as the caller records them); no
+    cursor stays open across the writes and no assumption is made about _id's type.
+    """
+    if not fix:
+        batch: list[Doc] = []
+        for doc in db[SNAPSHOTS].find(query, sort=[("_id", 1)], batch_size=BATCH_SIZE):
+            batch.append(doc)
+            if len(batch) == BATCH_SIZE:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+        return
+    while True:
+        page = dict(query)
+        if skip:
+            page["_id"] = {"$nin": list(skip)}
+        batch = list(db[SNAPSHOTS].find(page, sort=[("_id", 1)], limit=BATCH_SIZE))
+        if not batch:
+            return
+        yield batch
+
+
+def _check_off_type(db: Db, org_id: str, *, fix: bool) -> tuple[Check, list[Unrepairable]]:
+    query = _off_type_filter(db, org_id)
+    counts: dict[str, int] = dict.fromkeys(KINDS, 0)
+    examples: dict[str, list[str]] = {kind: [] for kind in KINDS}
+    found = repaired = 0
+    skip: list[Any] = []
+    seen: set[Any] = set()
+    unrepairable: list[Unrepairable] = []
+    # Without the unique index (it could not be created) the server would accept a
+    # repaired timestamp that duplicates another snapshot's key, so check it here.
+    check_key = fix and KEY_INDEX in missing_indexes(db)
+
+    def leave(doc_id: Any, reason: str) -> None:
+        skip.append(doc_id)
+        if len(unrepairable) < MAX_LISTED:
+            unrepairable.append(Unrepairable(doc_id, reason))
+
+    for batch in _off_type_batches(db, query, fix=fix, skip=skip):
+        for doc in batch:
+            doc_id = doc["_id"]
+            if doc_id in seen:
+                # Repaired, yet still matching: the repair and the checks disagree. Never
+                # loop on it; report it so the disagreement gets fixed.
+                repaired -= 1
+                leave(doc_id, "still off-type after repair")
+                continue
+            seen.add(doc_id)
+            found += 1
+            for kind in _kinds_of(doc):
+                counts[kind] += 1
+                if len(examples[kind]) < EXAMPLES:
+                    examples[kind].append(str(doc_id))
+            if not fix:
+                continue
+            reason = _repair(db, org_id, doc, check_key=check_key)
+            if reason is None:
+                repaired += 1
+            else:
+                leave(doc_id, reason)
+    kinds = [Kind(kind, counts[kind], examples[kind]) for kind in KINDS if counts[kind]]
+    check = Check(
+        "off-type snapshots",
+        found=found,
+        fixed=repaired,
+        examples=[e for kind in kinds for e in kind.examples][:EXAMPLES],
+        kinds=kinds,
+        hint=_off_type_hint(found - repaired, fix=fix),
+    )
+    return check, unrepairable
+
+
+def _repair(db: Db, org_id: str, doc: Doc, *, check_key: bool) -> str | None:
+    """Re-normalise one off-type snapshot in place; return why not, or None when repaired."""
+    try:
+        fixed = validate_snapshot(doc, org_id=org_id, coerce=True)
+    except ValidationError as exc:
+        return f"invalid: {exc}"
+    duplicate = "another snapshot has the same (orgId, assetId, timestamp)"
+    if check_key and fixed["timestamp"] != doc.get("timestamp"):
+        key = {"orgId": org_id, "assetId": fixed["assetId"], "timestamp": fixed["timestamp"]}
+        if db[SNAPSHOTS].find_one({**key, "_id": {"$ne": doc["_id"]}}, {"_id": 1}) is not None:
+            return duplicate
+    # Without _id: FerretDB 1.24 skips a replacement that carries _id and differs only in
+    # numeric type (long 4e9 vs double 4e9), answering nModified 0.
+    fixed.pop("_id", None)
+    try:
+        db[SNAPSHOTS].replace_one({"_id": doc["_id"], "orgId": org_id}, fixed)
+    except OperationFailure as exc:
+        if not _is_duplicate_key(exc):
+            raise
+        return duplicate
+    return None
+
+
+def _is_duplicate_key(exc: OperationFailure) -> bool:
+    """MongoDB's duplicate-key error, or FerretDB 1.24's: on an update or replace its SQLite
+    backend answers InternalError "UNIQUE constraint failed" instead of code 11000."""
+    return exc.code == _DUPLICATE_KEY or "UNIQUE constraint failed" in str(exc)
+
+
+def _off_type_hint(remaining: int, *, fix: bool) -> str:
+    if not remaining:
+        return ""
+    return "could not be repaired: see the list; fix or delete by hand" if fix else "run `perf-analytics doctor --fix`"
+
+
+# -- legacy snapshots, orphans, lastSeen ----------------------------------------------
+
+
+def _check_legacy(db: Db, org_id: str) -> Check:
+    query = legacy_filter(org_id)
+    count = db[ASSETS].count_documents(query)
+    if not count:
+        return Check("legacy snapshots in assets", fixable=False)
+    found = db[ASSETS].find(query, {"_id": 1}, sort=[("_id", 1)], limit=EXAMPLES)
+    return Check(
+        "legacy snapshots in assets",
+        found=count,
+        fixable=False,
+        examples=[str(doc["_id"]) for doc in found],
+        hint=f"not repaired by doctor: run `perf-analytics migrate --org {org_id}`",
+    )
+
+
+def _chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
+    return (items[i : i + size] for i in range(0, len(items), size))
+
+
+def _asset_stats(db: Db, org_id: str) -> dict[Any, tuple[int, datetime | None]]:
+    """Per assetId of `org_id`'s snapshots: how many, and the newest BSON-date timestamp.
+
+    One `$group` on servers with a `$max` accumulator. FerretDB 1.24 has none (and no
+    `$first`), and sorts without an index, so one find_one per asset would scan the
+    collection once per asset; there this is one projected scan reduced here instead.
+    """
+    newest_date = {"$max": {"$cond": [{"$eq": [{"$type": "$timestamp"}, "date"]}, "$timestamp", None]}}
+    pipeline: list[Doc] = [
+        {"$match": {"orgId": org_id}},
+        {"$group": {"_id": "$assetId", "n": {"$sum": 1}, "newest": newest_date}},
+    ]
+    try:
+        return {row["_id"]: (row["n"], row["newest"]) for row in db[SNAPSHOTS].aggregate(pipeline)}
+    except OperationFailure as exc:
+        if exc.code != _NOT_IMPLEMENTED:
+            raise
+    stats: dict[Any, tuple[int, datetime | None]] = {}
+    projection = {"_id": 0, "assetId": 1, "timestamp": 1}
+    for doc in db[SNAPSHOTS].find({"orgId": org_id}, projection, batch_size=BATCH_SIZE):
+        asset_id, moment = doc.get("assetId"), doc.get("timestamp")
+        count, newest = stats.get(asset_id, (0, None))
+        if isinstance(moment, datetime) and (newest is None or moment > newest):
+            newest = moment
+        stats[asset_id] = (count + 1, newest)
+    return stats
+
+
+def _check_assets(db: Db, org_id: str, *, fix: bool) -> tuple[Check, Check]:
+    """Orphaned snapshots (no asset in the org) and assets whose lastSeen lags.
+
+    An assetId matches an asset the way `store.touch_assets` matches it: a 24-hex id
+    names the ObjectId or the string _id, compared as values (not as text).
+    """
+    stats = _asset_stats(db, org_id)
+    named = sorted(a for a in stats if isinstance(a, str))
+    candidates = {asset_id: _id_values(asset_id) for asset_id in named}
+    last_seen: dict[Any, Any] = {}
+    all_ids = [v for values in candidates.values() for v in values]
+    for chunk in _chunks(all_ids, _ID_CHUNK):
+        query = {"orgId": org_id, "_id": {"$in": list(chunk)}}
+        for asset in db[ASSETS].find(query, {"_id": 1, "lastSeen": 1}):
+            last_seen[asset["_id"]] = asset.get("lastSeen")
+
+    orphans = sorted(
+        (a for a in stats if a not in candidates or not any(v in last_seen for v in candidates[a])),
+        key=repr,
+    )
+    orphaned = Check(
+        "orphaned snapshots",
+        found=sum(stats[a][0] for a in orphans),
+        fixable=False,
+        kinds=[Kind(str(a), stats[a][0]) for a in orphans[:MAX_LISTED]],
+        examples=[str(a) for a in orphans[:EXAMPLES]],
+        hint=(
+            f"{len(orphans)} assetId(s) with no asset in org {org_id}: "
+            "create the assets or delete their snapshots"
+            if orphans
+            else ""
+        ),
+    )
+
+    stale: dict[str, datetime] = {}
+    for asset_id in named:
+        newest = stats[asset_id][1]
+        seen = [last_seen[v] for v in candidates[asset_id] if v in last_seen]
+        if newest is None or not seen:
+            continue
+        if any(not isinstance(value, datetime) or value < newest for value in seen):
+            stale[asset_id] = newest
+    fixed = 0
+    if fix and stale:
+        missing = touch_assets(db, org_id, stale)
+        fixed = len(stale) - len(missing)
+    stale_check = Check(
+        "stale lastSeen",
+        found=len(stale),
+        fixed=fixed,
+        examples=sorted(stale)[:EXAMPLES],
+        hint="run `perf-analytics doctor --fix`" if len(stale) > fixed else "",
+    )
+    return orphaned, stale_check
+
+
+def _id_values(asset_id: str) -> list[Any]:
+    f = asset_id_filter(asset_id)
+    return list(f["$in"]) if isinstance(f, dict) else [f]

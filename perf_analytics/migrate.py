@@ -1,0 +1,247 @@
+"""Move legacy snapshots that older code wrote into `assets` over to performance_snapshots.
+
+Older code stored each snapshot as a document in `assets` (it carries performanceData and
+timestamp). For one org at a time, `migrate_legacy_snapshots` normalises each such
+document with the snapshot contract, inserts it into performance_snapshots under its own
+_id, checks by the unique key (orgId, assetId, timestamp) that it is there, moves the
+asset's lastSeen forward, and only then deletes it from `assets`. Each step is safe to
+repeat, so a crash at any point is finished by the next run, and a run after a
+successful one moves nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from pymongo.errors import BulkWriteError
+
+from perf_analytics.errors import ConfigError, ServerError, ValidationError
+from perf_analytics.schema import ASSETS, SNAPSHOTS, validate_snapshot
+from perf_analytics.store import KEY_INDEX, Db, Doc, ensure_indexes, missing_indexes, touch_assets
+
+DEFAULT_BATCH_SIZE = 1000
+_DUPLICATE_KEY = 11000
+_MAX_REASON_CHARS = 300
+
+
+def legacy_filter(org_id: str) -> Doc:
+    """The filter for `org_id`'s legacy snapshot documents in `assets`."""
+    return {"orgId": org_id, "performanceData": {"$exists": True}, "timestamp": {"$exists": True}}
+
+
+@dataclass(frozen=True)
+class LeftInAssets:
+    """A legacy document that stays in `assets`, and why."""
+
+    id: Any
+    reason: str
+
+
+@dataclass(frozen=True)
+class MigrateReport:
+    """What one org's migration did (or, with dry_run, would do).
+
+    `moved` counts the documents removed from `assets` (or that would be), of which
+    `already_present` were already in performance_snapshots: a crashed earlier run, or
+    the same snapshot stored both ways. `left` are the documents that stay in `assets`.
+    """
+
+    org_id: str
+    dry_run: bool
+    moved: int = 0
+    already_present: int = 0
+    left: list[LeftInAssets] = field(default_factory=list)
+    unknown_assets: list[str] = field(default_factory=list)
+    created_indexes: list[str] = field(default_factory=list)
+
+    @property
+    def inserted(self) -> int:
+        return self.moved - self.already_present
+
+    @property
+    def ok(self) -> bool:
+        """True when no legacy document is (or would be) left behind in `assets`."""
+        return not self.left
+
+
+def migrate_legacy_snapshots(
+    db: Db, org_id: str, *, dry_run: bool = False, batch_size: int = DEFAULT_BATCH_SIZE
+) -> MigrateReport:
+    """Move `org_id`'s legacy snapshot documents from `assets` to performance_snapshots.
+
+    Per batch: normalise (coercing the string numbers and dates older code wrote), insert
+    unordered keeping each _id (a duplicate key means "already there"), verify presence by
+    (orgId, assetId, timestamp), move lastSeen forward with `$max`, then delete the verified
+    documents by _id and orgId. Documents that fail validation or verification stay in
+    `assets` and are listed in the report. A real run first creates the snapshot indexes
+    if the unique one is missing. With `dry_run` nothing is written.
+    """
+    if not org_id:
+        raise ConfigError("an org id is required")
+    if batch_size <= 0:
+        raise ConfigError(f"batch size must be positive, got {batch_size}")
+    # The unique (orgId, assetId, timestamp) index is what turns a second copy of a
+    # snapshot into a duplicate-key error instead of a duplicate; a real run creates it.
+    created: list[str] = []
+    if not dry_run and KEY_INDEX in missing_indexes(db):
+        created = ensure_indexes(db).created
+    moved = already = 0
+    left: list[LeftInAssets] = []
+    orphans: set[str] = set()
+    for batch in _legacy_batches(db, org_id, dry_run=dry_run, batch_size=batch_size, left=left):
+        valid: list[Doc] = []
+        for raw in batch:
+            try:
+                valid.append(validate_snapshot(raw, org_id=org_id, coerce=True))
+            except ValidationError as exc:
+                left.append(LeftInAssets(raw["_id"], f"invalid: {exc}"))
+        if dry_run:
+            present = _present_keys(db, org_id, valid)
+            moved += len(valid)
+            already += sum(1 for doc in valid if _key(doc) in present)
+            continue
+        duplicates, failed = _insert(db, valid)
+        present = _present_keys(db, org_id, valid)
+        verified: list[Doc] = []
+        for doc in valid:
+            if _key(doc) in present:
+                verified.append(doc)
+            elif doc["_id"] in failed:
+                left.append(LeftInAssets(doc["_id"], f"insert failed: {failed[doc['_id']]}"))
+            else:
+                left.append(
+                    LeftInAssets(
+                        doc["_id"],
+                        "not found in performance_snapshots after insert: its _id belongs "
+                        "to another snapshot",
+                    )
+                )
+        if not verified:
+            continue
+        newest: dict[str, datetime] = {}
+        for doc in verified:
+            if doc["assetId"] not in newest or doc["timestamp"] > newest[doc["assetId"]]:
+                newest[doc["assetId"]] = doc["timestamp"]
+        # lastSeen moves before the delete: a crash in between leaves the document in
+        # assets, and the re-run repeats the (idempotent) $max and then deletes it.
+        orphans |= touch_assets(db, org_id, newest)
+        result = db[ASSETS].delete_many({"_id": {"$in": [doc["_id"] for doc in verified]}, "orgId": org_id})
+        moved += result.deleted_count
+        already += sum(1 for doc in verified if doc["_id"] in duplicates)
+    return MigrateReport(
+        org_id=org_id,
+        dry_run=dry_run,
+        moved=moved,
+        already_present=already,
+        left=left,
+        unknown_assets=sorted(orphans),
+        created_indexes=created,
+    )
+
+
+def migrate_all_orgs(
+    db: Db, *, dry_run: bool = False, batch_size: int = DEFAULT_BATCH_SIZE
+) -> list[MigrateReport]:
+    """Admin call across tenants: migrate every org that has legacy snapshots in `assets`.
+
+    Lists the distinct orgIds of legacy documents and runs `migrate_legacy_snapshots` for
+    each, so every read and write is still filtered by one org. Legacy documents without
+    an orgId belong to no org and are not touched.
+    """
+    return [
+        migrate_legacy_snapshots(db, org_id, dry_run=dry_run, batch_size=batch_size)
+        for org_id in legacy_org_ids(db)
+    ]
+
+
+def legacy_org_ids(db: Db) -> list[str]:
+    """Admin call across tenants: the orgIds that have legacy snapshots in `assets`."""
+    query = {"performanceData": {"$exists": True}, "timestamp": {"$exists": True}}
+    return sorted(org for org in db[ASSETS].distinct("orgId", query) if isinstance(org, str) and org)
+
+
+def _legacy_batches(
+    db: Db, org_id: str, *, dry_run: bool, batch_size: int, left: Sequence[LeftInAssets]
+) -> Iterator[list[Doc]]:
+    """The org's legacy documents in batches of at most `batch_size`.
+
+    A dry run only reads, so one cursor walks the collection. A real run deletes what it
+    moved, so each batch is a fresh query for what is still there, minus the documents
+    already left behind (`left` grows as the caller reports them). That needs no
+    assumption about the type of _id, and no cursor stays open across the writes.
+    """
+    if dry_run:
+        batch: list[Doc] = []
+        for doc in db[ASSETS].find(legacy_filter(org_id), sort=[("_id", 1)], batch_size=batch_size):
+            batch.append(doc)
+            if len(batch) == batch_size:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+        return
+    seen: set[Any] = set()
+    while True:
+        query = legacy_filter(org_id)
+        skipped = [item.id for item in left]
+        if skipped:
+            query["_id"] = {"$nin": skipped}
+        batch = list(db[ASSETS].find(query, sort=[("_id", 1)], limit=batch_size))
+        if not batch:
+            return
+        again = [doc["_id"] for doc in batch if doc["_id"] in seen]
+        if again:
+            # Verified but not deleted: only a concurrent writer explains it. Stop rather
+            # than loop; the next run picks these up again.
+            raise ServerError(
+                f"legacy snapshot(s) {', '.join(map(str, again[:5]))} of org {org_id!r} "
+                "were moved but are still in assets; run migrate again"
+            )
+        seen.update(doc["_id"] for doc in batch)
+        yield batch
+
+
+def _insert(db: Db, docs: list[Doc]) -> tuple[set[Any], dict[Any, str]]:
+    """Insert unordered; return the _ids that hit a duplicate key and the other failures."""
+    if not docs:
+        return set(), {}
+    try:
+        db[SNAPSHOTS].insert_many(docs, ordered=False)
+    except BulkWriteError as exc:
+        duplicates: set[Any] = set()
+        failed: dict[Any, str] = {}
+        for error in exc.details.get("writeErrors", []):
+            doc_id = docs[error["index"]]["_id"]
+            if error.get("code") == _DUPLICATE_KEY:
+                duplicates.add(doc_id)
+            else:
+                failed[doc_id] = str(error.get("errmsg", error))[:_MAX_REASON_CHARS]
+        return duplicates, failed
+    return set(), {}
+
+
+def _key(doc: Mapping[str, Any]) -> tuple[str, datetime]:
+    return (doc["assetId"], doc["timestamp"])
+
+
+def _present_keys(db: Db, org_id: str, docs: Sequence[Doc]) -> set[tuple[str, datetime]]:
+    """Which of `docs`' (assetId, timestamp) keys performance_snapshots holds for `org_id`.
+
+    One query per batch: a superset by assetId and timestamp, narrowed to exact pairs here.
+    """
+    if not docs:
+        return set()
+    wanted = {_key(doc) for doc in docs}
+    query = {
+        "orgId": org_id,
+        "assetId": {"$in": sorted({asset for asset, _ in wanted})},
+        "timestamp": {"$in": sorted({moment for _, moment in wanted})},
+    }
+    found = {
+        (doc["assetId"], doc["timestamp"])
+        for doc in db[SNAPSHOTS].find(query, {"_id": 0, "assetId": 1, "timestamp": 1})
+    }
+    return wanted & found
