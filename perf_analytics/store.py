@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from pymongo import ASCENDING, DESCENDING, MongoClient, UpdateMany
+from pymongo import ASCENDING, DESCENDING, MongoClient, UpdateOne
 from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError
 
@@ -190,14 +190,14 @@ def touch_assets(db: Db, org_id: str, last_seen: Mapping[str, datetime]) -> set[
     found = {d["_id"] for d in db[ASSETS].find({"orgId": org_id, "_id": {"$in": ids}}, {"_id": 1})}
     present = {asset_id for asset_id, values in candidates.items() if any(v in found for v in values)}
     now = datetime.now(UTC)
+    # One update per _id found, by exact _id: a 24-hex id may name both an ObjectId asset
+    # and a string asset of the same text, and an equality on _id is what servers index
+    # (FerretDB scans the whole collection for an `$in` on _id in an update).
     ops = [
-        # Many: a 24-hex id names both an ObjectId asset and a string asset of the same text.
-        UpdateMany(
-            {"_id": asset_id_filter(asset_id), "orgId": org_id},
-            {"$max": {"lastSeen": seen}, "$set": {"updatedAt": now}},
-        )
+        UpdateOne({"_id": value, "orgId": org_id}, {"$max": {"lastSeen": seen}, "$set": {"updatedAt": now}})
         for asset_id, seen in last_seen.items()
-        if asset_id in present
+        for value in candidates[asset_id]
+        if value in found
     ]
     if ops:
         db[ASSETS].bulk_write(ops, ordered=False)

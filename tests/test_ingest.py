@@ -61,7 +61,7 @@ def test_loading_an_archive_stores_every_valid_record(db: Db, tmp_path: Path) ->
     assert (summary.read, summary.inserted, summary.duplicates, summary.rejected) == (50, 50, 0, 0)
     docs = stored(db)
     assert len(docs) == 50
-    assert docs[0] == {k: v for k, v in validate_snapshot(series(1)[0]).items()}
+    assert docs[0] == validate_snapshot(series(1)[0])
     assert db[ASSETS].count_documents({}) == 0  # snapshots never go into assets
 
 
@@ -261,7 +261,7 @@ def test_kill_9_during_a_load_then_rerun_ends_exactly_like_one_clean_run(
     partial = db[SNAPSHOTS].count_documents({})
     assert 0 < partial < len(records)
 
-    rerun = subprocess.run(cmd + ["--json"], env=_cli_env(settings), capture_output=True, text=True, check=False)
+    rerun = subprocess.run([*cmd, "--json"], env=_cli_env(settings), capture_output=True, text=True, check=False)
     assert rerun.returncode == 0, rerun.stderr
     summary = json.loads(rerun.stdout)
     assert summary["resumed_from"] > 0
@@ -307,3 +307,26 @@ def test_cli_ingest_of_a_missing_file_is_a_usage_error(settings: Settings, tmp_p
     result = CliRunner().invoke(app, ["--uri", str(settings.uri), "ingest", str(tmp_path / "nope.ndjson")])
     assert result.exit_code == 2
     assert "does not exist" in result.stderr
+
+
+def test_parallel_writers_keep_the_rejects_in_archive_order(db: Db, tmp_path: Path) -> None:
+    records: list[Any] = series(90)
+    bad_lines = [4, 17, 18, 40, 77, 90]
+    for line in bad_lines:
+        records[line - 1] = set_path(records[line - 1], "performanceData.cpu.usage", -1)
+    archive = write_ndjson(tmp_path / "a.ndjson", records)
+    rejects = tmp_path / "r.ndjson"
+    summary = load(db, [archive], tmp_path, batch_size=3, workers=4, rejects=rejects)
+    assert (summary.read, summary.inserted, summary.rejected) == (90, 84, 6)
+    positions = [orjson.loads(x)["position"] for x in rejects.read_bytes().splitlines()]
+    assert positions == [f"line {n}" for n in bad_lines]
+    assert db[SNAPSHOTS].count_documents({}) == 84
+
+
+def test_last_seen_ends_at_the_newest_snapshot_with_parallel_writers(db: Db, tmp_path: Path) -> None:
+    db[ASSETS].insert_many([{"_id": "a1", "orgId": "org-a"}, {"_id": "a2", "orgId": "org-a"}])
+    records = [r for pair in zip(series(300, asset="a1"), series(300, asset="a2"), strict=True) for r in pair]
+    archive = write_ndjson(tmp_path / "a.ndjson", records)
+    load(db, [archive], tmp_path, batch_size=4, workers=4)
+    newest = T0 + timedelta(minutes=299)
+    assert [a["lastSeen"] for a in db[ASSETS].find({}).sort("_id")] == [newest, newest]

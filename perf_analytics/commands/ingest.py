@@ -24,6 +24,8 @@ from perf_analytics.ingest.readers import COMPRESSIONS
 @click.option("--compression", type=click.Choice(COMPRESSIONS), help="Compression (default: detected).")
 @click.option("--org", "org_id", help="Load only this organisation's records; others are rejected.")
 @click.option("--batch-size", default=2000, show_default=True, help="Records per insert batch.")
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 16),
+              help="Batches sent to the server at once.")
 @click.option("--checkpoint-dir", default=DEFAULT_DIR, show_default=True, type=click.Path(file_okay=False),
               help="Where interrupted loads keep their checkpoint.")
 @click.option("--restart", is_flag=True, help="Ignore the checkpoint of an interrupted load and start over.")
@@ -37,6 +39,7 @@ def command(
     compression: str | None,
     org_id: str | None,
     batch_size: int,
+    workers: int,
     checkpoint_dir: str,
     restart: bool,
     as_json: bool,
@@ -76,7 +79,7 @@ def command(
 
         summary = ingest_archives(
             db, paths, rejects=rejects, fmt=fmt, compression=compression, org_id=org_id,
-            batch_size=batch_size, checkpoint_dir=checkpoint_dir, resume=not restart, progress=progress,
+            batch_size=batch_size, workers=workers, checkpoint_dir=checkpoint_dir, resume=not restart, progress=progress,
         )
     if as_json:
         sys.stdout.write(orjson.dumps(summary.as_dict(), option=orjson.OPT_INDENT_2).decode() + "\n")

@@ -66,10 +66,18 @@ class _Batch:
     positions: list[str] = field(default_factory=list)  # parallel to docs
     rejects: list[tuple[Record, str, str]] = field(default_factory=list)  # record, field, reason
     read: int = 0
+    seq: int = -1  # order of the batch in the load, set by the writer
 
 
 class _Writer:
-    """Commits batches in order on its own thread; keeps the running totals."""
+    """Inserts batches on `workers` threads; books them strictly in batch order.
+
+    Inserts of different batches may run at once (the unique key makes their order
+    irrelevant). lastSeen updates, rejects, totals and the checkpoint advance only over
+    the contiguous prefix of inserted batches, one batch at a time, so the checkpoint
+    never claims a batch whose predecessors are not in, and the rejects file keeps
+    archive order.
+    """
 
     def __init__(
         self,
@@ -79,6 +87,7 @@ class _Writer:
         rejects: IO[bytes] | None,
         summary: IngestSummary,
         archives: Sequence[Path],
+        workers: int = 2,
     ) -> None:
         self.db = db
         self.cp = cp
@@ -86,14 +95,23 @@ class _Writer:
         self.rejects = rejects
         self.summary = summary
         self.archives = archives
-        self.queue: queue.Queue[_Batch | None] = queue.Queue(maxsize=2)
+        self.queue: queue.Queue[_Batch | None] = queue.Queue(maxsize=2 * workers)
         self.error: BaseException | None = None
         self.orphans: set[tuple[str, str]] = set()
-        self.thread = threading.Thread(target=self._run, name="ingest-writer", daemon=True)
-        self.thread.start()
+        self._lock = threading.Lock()
+        self._finished: dict[int, tuple[_Batch, int, int]] = {}
+        self._next_seq = 0  # next batch number handed out by put()
+        self._next_done = 0  # next batch number whose bookkeeping is due
+        self.threads = [
+            threading.Thread(target=self._run, name=f"ingest-writer-{i}", daemon=True) for i in range(workers)
+        ]
+        for thread in self.threads:
+            thread.start()
 
     def put(self, batch: _Batch) -> None:
-        while self.thread.is_alive():
+        batch.seq = self._next_seq
+        self._next_seq += 1
+        while self.error is None:
             try:
                 self.queue.put(batch, timeout=0.2)
                 return
@@ -102,10 +120,13 @@ class _Writer:
         self._raise()
 
     def close(self) -> None:
-        """Commit what is queued, stop the thread, and raise what it met."""
-        if self.thread.is_alive():
-            self.queue.put(None)
-            self.thread.join()
+        """Commit what is queued, stop the threads, and raise what they met."""
+        for thread in self.threads:
+            if thread.is_alive():
+                self.queue.put(None)
+        for thread in self.threads:
+            thread.join()
+        self.threads = []
         self._raise()
 
     def _raise(self) -> None:
@@ -118,9 +139,16 @@ class _Writer:
     def _run(self) -> None:
         try:
             while (batch := self.queue.get()) is not None:
-                self._commit(batch)
+                if self.error is not None:
+                    continue  # drain: after a failure nothing more is committed
+                inserted, duplicates = self._insert(batch)
+                with self._lock:
+                    self._finished[batch.seq] = (batch, inserted, duplicates)
+                    self._advance()
         except BaseException as exc:  # noqa: BLE001 - handed to the main thread by _raise
             self.error = exc
+            while self.queue.get() is not None:  # let put() and close() finish
+                pass
 
     def _insert(self, batch: _Batch) -> tuple[int, int]:
         """Insert the batch; records the server refuses (other than duplicates) become rejects."""
@@ -181,23 +209,27 @@ class _Writer:
         self.rejects.write(b"".join(lines))
         self.rejects.flush()
 
-    def _commit(self, batch: _Batch) -> None:
-        inserted, duplicates = self._insert(batch)
-        # Duplicates count too: after a crash they may be the records whose update was lost.
-        orphaned = self._touch(batch.docs)
-        self._write_rejects(batch)
-        s = self.summary
-        s.read += batch.read
-        s.inserted += inserted
-        s.duplicates += duplicates
-        s.rejected += len(batch.rejects)
-        s.orphaned += orphaned
-        self.cp.counts = s.counts()
-        self.cp.archive_index = batch.archive_index
-        self.cp.records_done = batch.records_done
-        self.cp.rejects_bytes = self.rejects.tell() if self.rejects is not None else 0
-        ckpt.save_checkpoint(self.cp_dir, self.cp)
-
+    def _advance(self) -> None:
+        """Book every finished batch that is next in order (called with the lock held)."""
+        while self._next_done in self._finished:
+            batch, inserted, duplicates = self._finished.pop(self._next_done)
+            self._next_done += 1
+            # lastSeen updates run one at a time, in order: some servers (FerretDB) apply
+            # concurrent `$max` updates of one document as read-modify-write and lose one.
+            # Duplicates count too: after a crash they may be the records whose update was lost.
+            orphaned = self._touch(batch.docs)
+            self._write_rejects(batch)
+            s = self.summary
+            s.read += batch.read
+            s.inserted += inserted
+            s.duplicates += duplicates
+            s.rejected += len(batch.rejects)
+            s.orphaned += orphaned
+            self.cp.counts = s.counts()
+            self.cp.archive_index = batch.archive_index
+            self.cp.records_done = batch.records_done
+            self.cp.rejects_bytes = self.rejects.tell() if self.rejects is not None else 0
+            ckpt.save_checkpoint(self.cp_dir, self.cp)
 
 def ingest_archives(
     db: Db,
@@ -210,6 +242,7 @@ def ingest_archives(
     batch_size: int = 2000,
     checkpoint_dir: str | Path = ckpt.DEFAULT_DIR,
     resume: bool = True,
+    workers: int = 2,
     progress: ProgressFn | None = None,
 ) -> IngestSummary:
     """Load snapshot archives; return what was read, inserted, skipped and rejected.
@@ -217,9 +250,13 @@ def ingest_archives(
     `org_id` restricts the load to one organisation: records of any other are rejected.
     Without it, each record goes to the org it names (records naming none are rejected).
     With `resume` (the default) an interrupted identical load continues where it stopped.
+    `workers` batches are sent to the server at once (the server parses documents on
+    each connection in parallel; bookkeeping stays in order).
     """
     if batch_size < 1:
         raise ConfigError("batch size must be at least 1")
+    if workers < 1:
+        raise ConfigError("workers must be at least 1")
     archives = [Path(p) for p in paths]
     if not archives:
         raise ConfigError("no archive given")
@@ -242,7 +279,7 @@ def ingest_archives(
     else:
         cp = ckpt.LoadCheckpoint(run=run, fingerprint=ckpt.fingerprint(archives))
     rejects_fh = _open_rejects(rejects_path, cp.rejects_bytes)
-    writer = _Writer(db, cp, cp_dir, rejects_fh, summary, archives)
+    writer = _Writer(db, cp, cp_dir, rejects_fh, summary, archives, workers)
     try:
         _read_all(archives, cp.archive_index, cp.records_done, writer, batch_size,
                   fmt=fmt, compression=compression, org_id=org_id, progress=progress)
