@@ -7,7 +7,6 @@ A PerfAnalyticsError becomes one `Error: ...` line on stderr and exit code 1.
 from __future__ import annotations
 
 import importlib
-import sys
 from typing import Any
 
 import click
@@ -60,4 +59,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()
