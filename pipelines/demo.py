@@ -19,7 +19,7 @@ from perf_analytics.commands.ingest import format_summary
 from perf_analytics.config import load_settings
 from perf_analytics.doctor import diagnose_all_orgs
 from perf_analytics.generate import fleet_assets, write_fleet
-from perf_analytics.ingest import ingest_archives
+from perf_analytics.ingest import ingest_archives_all_orgs
 from perf_analytics.schema import ASSETS
 from perf_analytics.store import connect, ensure_indexes, get_asset_performance, probe_capabilities
 
@@ -42,7 +42,8 @@ def main() -> int:
     for asset in fleet_assets(orgs=FLEET["orgs"], assets=FLEET["assets"], seed=FLEET["seed"]):
         db[ASSETS].update_one({"_id": asset["_id"], "orgId": asset["orgId"]}, {"$setOnInsert": asset}, upsert=True)
 
-    loaded = ingest_archives(db, [archive], rejects=OUT / "rejects.ndjson")
+    # An admin load across the demo's orgs; `ingest_archives(db, paths, org_id)` loads one.
+    loaded = ingest_archives_all_orgs(db, [archive], rejects=OUT / "rejects.ndjson")
     print(format_summary(loaded))
 
     for report in diagnose_all_orgs(db).orgs:

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
 
 from perf_analytics.commands._common import db_of
-from perf_analytics.ingest import FORMATS, IngestSummary, ingest_archives
+from perf_analytics.ingest import FORMATS, IngestSummary, ingest_archives, ingest_archives_all_orgs
 from perf_analytics.ingest.checkpoint import DEFAULT_DIR
 from perf_analytics.ingest.readers import COMPRESSIONS
 
@@ -22,7 +22,8 @@ from perf_analytics.ingest.readers import COMPRESSIONS
               help="Write each rejected record, with its reason and position, to this NDJSON file.")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), help="Archive format (default: detected).")
 @click.option("--compression", type=click.Choice(COMPRESSIONS), help="Compression (default: detected).")
-@click.option("--org", "org_id", help="Load only this organisation's records; others are rejected.")
+@click.option("--org", "org_id",
+              help="Load only this organisation's records; others are rejected. Default: every org (admin load).")
 @click.option("--batch-size", default=2000, show_default=True, help="Records per insert batch.")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 16),
               help="Batches sent to the server at once.")
@@ -77,10 +78,14 @@ def command(
             elapsed = bar.tasks[0].elapsed or 1e-9
             bar.update(task, completed=done_bytes, docs=docs, rate=docs / elapsed)
 
-        summary = ingest_archives(
-            db, paths, rejects=rejects, fmt=fmt, compression=compression, org_id=org_id,
-            batch_size=batch_size, workers=workers, checkpoint_dir=checkpoint_dir, resume=not restart, progress=progress,
-        )
+        options = {
+            "rejects": rejects, "fmt": fmt, "compression": compression, "batch_size": batch_size,
+            "workers": workers, "checkpoint_dir": checkpoint_dir, "resume": not restart, "progress": progress,
+        }
+        if org_id:
+            summary = ingest_archives(db, paths, org_id, **options)
+        else:
+            summary = ingest_archives_all_orgs(db, paths, **options)
     if as_json:
         sys.stdout.write(orjson.dumps(summary.as_dict(), option=orjson.OPT_INDENT_2).decode() + "\n")
     else:

@@ -1,6 +1,6 @@
 """Bulk loading of snapshot archives (NDJSON, JSON arrays, mongoexport, mongodump; gzip/zstd)."""
 
-from perf_analytics.ingest.loader import IngestSummary, ingest_archives
+from perf_analytics.ingest.loader import IngestSummary, ingest_archives, ingest_archives_all_orgs
 from perf_analytics.ingest.readers import FORMATS, open_archive
 
-__all__ = ["FORMATS", "IngestSummary", "ingest_archives", "open_archive"]
+__all__ = ["FORMATS", "IngestSummary", "ingest_archives", "ingest_archives_all_orgs", "open_archive"]

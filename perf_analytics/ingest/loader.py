@@ -231,14 +231,33 @@ class _Writer:
             self.cp.rejects_bytes = self.rejects.tell() if self.rejects is not None else 0
             ckpt.save_checkpoint(self.cp_dir, self.cp)
 
-def ingest_archives(
+def ingest_archives(db: Db, paths: Sequence[str | Path], org_id: str, **options: Any) -> IngestSummary:
+    """Load one organisation's snapshots from archives; records of any other org are rejected.
+
+    Options as for `ingest_archives_all_orgs`.
+    """
+    if not org_id:
+        raise ConfigError("an org id is required (ingest_archives_all_orgs loads every org)")
+    return _ingest(db, paths, org_id, **options)
+
+
+def ingest_archives_all_orgs(db: Db, paths: Sequence[str | Path], **options: Any) -> IngestSummary:
+    """Admin load across tenants: each record goes to the org it names.
+
+    Records naming no org are rejected. Every write is still filtered by the record's
+    own orgId (assets of one org are never touched by another org's snapshots).
+    """
+    return _ingest(db, paths, None, **options)
+
+
+def _ingest(
     db: Db,
     paths: Sequence[str | Path],
+    org_id: str | None,
     *,
     rejects: str | Path | None = None,
     fmt: str | None = None,
     compression: str | None = None,
-    org_id: str | None = None,
     batch_size: int = 2000,
     checkpoint_dir: str | Path = ckpt.DEFAULT_DIR,
     resume: bool = True,
@@ -247,8 +266,7 @@ def ingest_archives(
 ) -> IngestSummary:
     """Load snapshot archives; return what was read, inserted, skipped and rejected.
 
-    `org_id` restricts the load to one organisation: records of any other are rejected.
-    Without it, each record goes to the org it names (records naming none are rejected).
+    `org_id` restricts the load to one organisation; None loads every org (admin).
     With `resume` (the default) an interrupted identical load continues where it stopped.
     `workers` batches are sent to the server at once (the server parses documents on
     each connection in parallel; bookkeeping stays in order).
