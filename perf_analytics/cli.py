@@ -14,7 +14,7 @@ import click
 from perf_analytics.config import load_settings
 from perf_analytics.errors import PerfAnalyticsError
 
-COMMANDS = ("localdb", "init", "ingest", "migrate", "doctor", "generate")
+COMMANDS = ("localdb", "init", "ingest", "generate", "extract", "migrate", "doctor")
 
 
 class _Group(click.Group):

@@ -208,7 +208,7 @@ def diagnose_indexes(db: Db, *, fix: bool = False) -> Check:
 # -- off-type snapshots -------------------------------------------------------------
 
 
-def _off_type_filter(db: Db, org_id: str) -> Doc:
+def off_type_filter(db: Db, org_id: str) -> Doc:
     """The server-side filter for `org_id`'s off-type snapshots: one `$type` clause per field.
 
     `$type` on a path through an array ("performanceData.disk.usagePercent") matches when
@@ -218,7 +218,7 @@ def _off_type_filter(db: Db, org_id: str) -> Doc:
     element by element, unlike MongoDB. FerretDB rejects the "decimal" alias (it stores
     no Decimal128), so that type is only asked of MongoDB. One clause per path, with every
     wrong type in it, keeps FerretDB's per-document filter cost down; the few documents
-    found are sorted into kinds here (`_kinds_of`).
+    found are sorted into kinds here (`off_type_kinds`).
     """
     bad_metric = ["string", "int", "long", "bool", "object"]
     bad_count = ["string", "double", "bool", "object"]
@@ -249,7 +249,7 @@ def _values(doc: Any, path: str) -> Iterator[Any]:
         yield value
 
 
-def _kinds_of(doc: Doc) -> list[str]:
+def off_type_kinds(doc: Doc) -> list[str]:
     """Which off-type kinds one document shows, judged here to break the server's finds down."""
     kinds = []
     if not isinstance(doc.get("timestamp"), datetime):
@@ -297,7 +297,7 @@ def _off_type_batches(db: Db, query: Doc, *, fix: bool, skip: Sequence[Any]) -> 
 
 
 def _check_off_type(db: Db, org_id: str, *, fix: bool) -> tuple[Check, list[Unrepairable]]:
-    query = _off_type_filter(db, org_id)
+    query = off_type_filter(db, org_id)
     counts: dict[str, int] = dict.fromkeys(KINDS, 0)
     examples: dict[str, list[str]] = {kind: [] for kind in KINDS}
     found = repaired = 0
@@ -324,7 +324,7 @@ def _check_off_type(db: Db, org_id: str, *, fix: bool) -> tuple[Check, list[Unre
                 continue
             seen.add(doc_id)
             found += 1
-            for kind in _kinds_of(doc):
+            for kind in off_type_kinds(doc):
                 counts[kind] += 1
                 if len(examples[kind]) < EXAMPLES:
                     examples[kind].append(str(doc_id))
