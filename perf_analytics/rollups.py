@@ -1,0 +1,502 @@
+"""Rollups of the snapshot frames into UTC time buckets, and the daily availability figure.
+
+`compute_rollups(frames)` turns the three flat frames of `frames.py` into, per window
+(`1min`, `5min`, `15min`, `1hour`, `1day`), a `Rollups` of three Polars frames:
+
+- `assets`: one row per (orgId, assetId, bucket): `samples`, `interval_s`, `coverage`,
+  `longest_gap_s`, `anomaly_flags`, then mean/min/max/p95/last of `cpu_usage`,
+  `memory_usage_percent`, `memory_swap_used`, `system_process_count`,
+  `system_thread_count` (columns `<metric>_<stat>`);
+- `disks`: one row per (orgId, assetId, disk, bucket): `samples`, `usage_percent_max`,
+  `usage_percent_last`, `used_bytes_last`, `free_bytes_last`, and mean/max of the read/write
+  bytes and ops per second;
+- `interfaces`: one row per (orgId, assetId, interface, bucket): `samples`, mean/max of
+  bytes and packets per second (received and sent), `bytes_recv_total`,
+  `bytes_sent_total`, `bytes_total`.
+
+`compute_availability(frames)` gives one row per (orgId, assetId, date) with samples.
+
+Definitions (the tests check them against an independent DuckDB SQL / plain-loop reference):
+
+- bucket: `timestamp` truncated to the window in UTC; [bucket, bucket + window). Every
+  window divides a day, so a bucket never straddles two UTC dates.
+- interval (`interval_s`): an asset's reporting interval, per asset and UTC day, is the
+  median (mean of the two middle values for an even count) of the differences between its
+  successive timestamps within that day. Per day, so an asset that changes interval is
+  measured with the interval it mostly used that day; the median ignores outages. A day
+  with a single sample falls back to the duration of that day's first `timeWindow`
+  ("1min" -> 60 s); without it the interval is unknown (null) and so are coverage,
+  interface totals and availability.
+- coverage: `min(1, samples / (window_s / interval_s))`: samples received over samples
+  expected (window length / interval), capped at 1.
+- longest gap (`longest_gap_s`): the longest stretch of the bucket without a sample: the
+  largest of (first sample - bucket start), the differences between successive samples in
+  the bucket, and (bucket end - last sample). A bucket is [start, end), so a 1-minute
+  bucket with one sample at :17 has a longest gap of 43 s.
+- anomaly flags: flags (optional frame with orgId, assetId, start) whose `start` falls in
+  the bucket. Flags in buckets where the asset sent nothing are not counted anywhere.
+- p95: linear interpolation between closest ranks (position (n-1)*0.95), the definition
+  of DuckDB `quantile_cont(x, 0.95)` and numpy's default.
+- last: the value of the latest sample in the bucket at which the metric is not null
+  (the last known value: an optional field missing from the very last snapshot does not
+  blank the bucket).
+- mean/min/max/p95 ignore nulls; a metric null in every sample of a bucket gives nulls.
+- interface totals: `bytes_recv_total = interval_s * sum(bytes_recv_per_sec)` (each sample
+  stands for one reporting interval; time lost to an outage is not invented back), same
+  for sent; `bytes_total` is their sum.
+- availability: each sample covers the time before it, back to the latest of
+  (timestamp - interval), the previous sample and the machine's boot (timestamp - uptime),
+  and never more than a day. Time covered is split across midnight; `availability` is the
+  covered share of the UTC day (86,400 s, also for a day that is not over yet). Because a
+  sample never reaches back past the boot, the downtime of a reboot counts as unavailable
+  even when the first post-boot sample comes within one interval of the last pre-reboot
+  one. `reboots` counts samples whose uptime is lower than the previous sample's.
+
+Bad data never fails the whole run: duplicate (orgId, assetId, timestamp) rows keep the
+first in frame order (per disk / interface for those frames); NaN is null; percentages
+outside [0, 100] and negative bytes, rates and counts are null (impossible values, not
+measurements); rows without orgId, assetId or timestamp are dropped; optional columns
+missing from a hand-made frame are null. A frame that lacks a key column or has a column
+of the wrong type raises `RollupError` naming it.
+
+Everything is Polars lazy expressions, collected for all windows at once; no Python loop
+touches rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import polars as pl
+from pymongo import ReplaceOne
+from pymongo.collection import Collection
+from pymongo.errors import PyMongoError
+
+from perf_analytics.errors import PerfAnalyticsError, ServerError
+from perf_analytics.frames import Frames
+from perf_analytics.schema import TIME_WINDOWS
+from perf_analytics.store import Db
+
+WINDOWS: tuple[str, ...] = tuple(TIME_WINDOWS)
+WINDOW_SECONDS: dict[str, int] = {w: int(d.total_seconds()) for w, d in TIME_WINDOWS.items()}
+_TRUNCATE: dict[str, str] = {"1min": "1m", "5min": "5m", "15min": "15m", "1hour": "1h", "1day": "1d"}
+DAY_S = 86_400
+P95 = 0.95
+
+TS_TYPE = pl.Datetime("ms", "UTC")
+
+ASSET_METRICS: tuple[str, ...] = (
+    "cpu_usage",
+    "memory_usage_percent",
+    "memory_swap_used",
+    "system_process_count",
+    "system_thread_count",
+)
+ASSET_STATS: tuple[str, ...] = ("mean", "min", "max", "p95", "last")
+
+DISK_STATS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("usage_percent", ("max", "last")),
+    ("used_bytes", ("last",)),
+    ("free_bytes", ("last",)),
+    ("read_bytes_per_sec", ("mean", "max")),
+    ("write_bytes_per_sec", ("mean", "max")),
+    ("read_ops_per_sec", ("mean", "max")),
+    ("write_ops_per_sec", ("mean", "max")),
+)
+INTERFACE_RATES: tuple[str, ...] = (
+    "bytes_recv_per_sec",
+    "bytes_sent_per_sec",
+    "packets_recv_per_sec",
+    "packets_sent_per_sec",
+)
+
+# Value checks applied before aggregating: (columns, lower bound, upper bound or None).
+_PERCENT_COLUMNS = ("cpu_usage", "memory_usage_percent", "usage_percent")
+_NON_NEGATIVE_COLUMNS = (
+    "memory_swap_used",
+    "memory_used_bytes",
+    "memory_total_bytes",
+    "system_process_count",
+    "system_thread_count",
+    "system_uptime",
+    "used_bytes",
+    "free_bytes",
+    "total_bytes",
+    *(name for name, _ in DISK_STATS if name.endswith("_per_sec")),
+    *INTERFACE_RATES,
+)
+
+# Columns each frame must or may have, with their types (missing optional ones become null).
+_SNAPSHOT_COLUMNS: dict[str, pl.DataType] = {
+    "cpu_usage": pl.Float64(),
+    "memory_usage_percent": pl.Float64(),
+    "memory_swap_used": pl.Float64(),
+    "system_uptime": pl.Float64(),
+    "system_process_count": pl.Int64(),
+    "system_thread_count": pl.Int64(),
+    "timeWindow": pl.String(),
+}
+_DISK_COLUMNS: dict[str, pl.DataType] = {name: pl.Float64() for name, _ in DISK_STATS}
+_INTERFACE_COLUMNS: dict[str, pl.DataType] = {name: pl.Float64() for name in INTERFACE_RATES}
+
+_KEYS = ("orgId", "assetId")
+
+
+class RollupError(PerfAnalyticsError):
+    """The input frames cannot be rolled up at all (a key column missing or mistyped)."""
+
+    def __init__(self, frame: str, column: str, reason: str) -> None:
+        self.frame = frame
+        self.column = column
+        super().__init__(f"{frame}.{column}: {reason}")
+
+
+@dataclass(frozen=True)
+class Rollups:
+    """The rollups of one window: per asset, per disk and per interface, by bucket."""
+
+    window: str
+    assets: pl.DataFrame
+    disks: pl.DataFrame
+    interfaces: pl.DataFrame
+
+
+# ---- input cleaning -----------------------------------------------------------------------
+
+
+def _prepare(frame: pl.DataFrame, name: str, item: str | None, optional: Mapping[str, pl.DataType]) -> pl.LazyFrame:
+    """Check key columns, add missing optional ones, null out bad values, drop duplicates."""
+    keys = [*_KEYS, "timestamp", *([item] if item else [])]
+    for column in keys:
+        if column not in frame.columns:
+            raise RollupError(name, column, "column is missing")
+        dtype = frame.schema[column]
+        if column == "timestamp":
+            if not isinstance(dtype, pl.Datetime):
+                raise RollupError(name, column, f"expected a datetime column, got {dtype}")
+        elif dtype != pl.String:
+            raise RollupError(name, column, f"expected a string column, got {dtype}")
+    for column, want in optional.items():
+        if column in frame.columns and not _compatible(frame.schema[column], want):
+            raise RollupError(name, column, f"expected a {want} column, got {frame.schema[column]}")
+
+    lf = frame.lazy().with_columns(_utc_ms("timestamp", frame.schema["timestamp"]))
+    missing = [pl.lit(None, dtype=t).alias(c) for c, t in optional.items() if c not in frame.columns]
+    if missing:
+        lf = lf.with_columns(missing)
+    clean = []
+    for column, want in optional.items():
+        expr = pl.col(column).cast(want)
+        if want == pl.Float64:
+            expr = expr.fill_nan(None)
+        if column in _PERCENT_COLUMNS:
+            expr = pl.when(expr.is_between(0.0, 100.0)).then(expr)
+        elif column in _NON_NEGATIVE_COLUMNS:
+            expr = pl.when(expr >= 0).then(expr)
+        clean.append(expr.alias(column))
+    lf = lf.select(*keys, *clean).drop_nulls(keys)
+    # A stable sort keeps frame order among duplicates; the first of each key survives.
+    lf = lf.sort(keys, maintain_order=True)
+    duplicate = pl.all_horizontal(pl.col(k) == pl.col(k).shift(1) for k in keys).fill_null(False)
+    return lf.filter(~duplicate)
+
+
+def _utc_ms(column: str, dtype: pl.DataType) -> pl.Expr:
+    """`column` as UTC milliseconds; a naive datetime is taken to be UTC already."""
+    col = pl.col(column)
+    zone = getattr(dtype, "time_zone", None)
+    utc = col.dt.replace_time_zone("UTC") if zone is None else col.dt.convert_time_zone("UTC")
+    return utc.dt.cast_time_unit("ms").alias(column)
+
+
+def _compatible(have: pl.DataType, want: pl.DataType) -> bool:
+    return have == want or (have.is_numeric() and want.is_numeric()) or have == pl.Null
+
+
+def _divide(expr: pl.Expr, divisor: float) -> pl.Expr:
+    """`expr / divisor`, correctly rounded.
+
+    Polars divides a column by a scalar as a multiplication by its reciprocal, which is
+    one ulp off for about one value in eight (x / 1000 against x * 0.001). Dividing by a
+    column holding the divisor is IEEE division, so seconds and shares come out exactly
+    as the SQL reference computes them.
+    """
+    numerator = expr.cast(pl.Float64)
+    return numerator / (numerator * 0.0 + divisor)
+
+
+def _same_asset() -> pl.Expr:
+    """True where a row continues the previous row's asset (frames sorted by key)."""
+    return pl.all_horizontal(pl.col(k) == pl.col(k).shift(1) for k in _KEYS).fill_null(False)
+
+
+def _day() -> pl.Expr:
+    return pl.col("timestamp").dt.truncate("1d")
+
+
+def _intervals(snapshots: pl.LazyFrame) -> pl.LazyFrame:
+    """(orgId, assetId, day, interval_s): the reporting interval of each asset and day."""
+    step_ms = (pl.col("timestamp") - pl.col("timestamp").shift(1)).dt.total_milliseconds()
+    within_day = _same_asset() & (pl.col("day") == pl.col("day").shift(1))
+    fallback = pl.col("timeWindow").first().replace_strict(
+        {w: float(s) for w, s in WINDOW_SECONDS.items()}, default=None, return_dtype=pl.Float64
+    )
+    return (
+        snapshots.with_columns(_day().alias("day"))
+        .with_columns(pl.when(within_day).then(step_ms).alias("_step_ms"))
+        .group_by([*_KEYS, "day"])
+        .agg(pl.col("_step_ms").median().alias("_median_ms"), fallback.alias("_fallback_s"))
+        .select(*_KEYS, "day", pl.coalesce(_divide(pl.col("_median_ms"), 1000.0), "_fallback_s").alias("interval_s"))
+    )
+
+
+# ---- rollups ------------------------------------------------------------------------------
+
+
+def _stat(column: str, stat: str) -> pl.Expr:
+    col = pl.col(column)
+    expr = {
+        "mean": col.mean(),
+        "min": col.min(),
+        "max": col.max(),
+        "p95": col.quantile(P95, interpolation="linear"),
+        "last": col.last(ignore_nulls=True),
+    }[stat]
+    return expr.alias(f"{column}_{stat}")
+
+
+def _asset_rollup(
+    snapshots: pl.LazyFrame, intervals: pl.LazyFrame, flags: pl.LazyFrame | None, window: str
+) -> pl.LazyFrame:
+    seconds = WINDOW_SECONDS[window]
+    ts = pl.col("timestamp")
+    bucket = ts.dt.truncate(_TRUNCATE[window])
+    same_bucket = _same_asset() & (pl.col("bucket") == pl.col("bucket").shift(1))
+    step_ms = (ts - ts.shift(1)).dt.total_milliseconds()
+    grouped = (
+        snapshots.with_columns(bucket.alias("bucket"))
+        .with_columns(pl.when(same_bucket).then(step_ms).alias("_step_ms"))
+        .group_by([*_KEYS, "bucket"])
+        .agg(
+            pl.len().cast(pl.Int64).alias("samples"),
+            ts.min().alias("_first"),
+            ts.max().alias("_last"),
+            pl.col("_step_ms").max().alias("_max_step_ms"),
+            *(_stat(m, s) for m in ASSET_METRICS for s in ASSET_STATS),
+        )
+    )
+    end = pl.col("bucket").dt.offset_by(f"{seconds}s")
+    lead_ms = (pl.col("_first") - pl.col("bucket")).dt.total_milliseconds()
+    tail_ms = (end - pl.col("_last")).dt.total_milliseconds()
+    expected = float(seconds) / pl.col("interval_s")  # samples expected in the bucket
+    out = (
+        grouped.with_columns(pl.col("bucket").dt.truncate("1d").alias("day"))
+        .join(intervals, on=[*_KEYS, "day"], how="left")
+        .with_columns(
+            pl.min_horizontal(pl.lit(1.0), pl.col("samples") / expected).alias("coverage"),
+            _divide(pl.max_horizontal(lead_ms, pl.col("_max_step_ms"), tail_ms), 1000.0).alias("longest_gap_s"),
+        )
+    )
+    # min_horizontal ignores nulls: an unknown interval must leave coverage unknown.
+    out = out.with_columns(pl.when(pl.col("interval_s").is_not_null()).then(pl.col("coverage")).alias("coverage"))
+    if flags is None:
+        out = out.with_columns(pl.lit(0, dtype=pl.Int64).alias("anomaly_flags"))
+    else:
+        counts = (
+            flags.with_columns(pl.col("start").dt.truncate(_TRUNCATE[window]).alias("bucket"))
+            .group_by([*_KEYS, "bucket"])
+            .agg(pl.len().cast(pl.Int64).alias("anomaly_flags"))
+        )
+        out = out.join(counts, on=[*_KEYS, "bucket"], how="left").with_columns(pl.col("anomaly_flags").fill_null(0))
+    metrics = [f"{m}_{s}" for m in ASSET_METRICS for s in ASSET_STATS]
+    return out.select(
+        *_KEYS, "bucket", "samples", "interval_s", "coverage", "longest_gap_s", "anomaly_flags", *metrics
+    ).sort([*_KEYS, "bucket"])
+
+
+def _disk_rollup(disks: pl.LazyFrame, window: str) -> pl.LazyFrame:
+    keys = [*_KEYS, "disk", "bucket"]
+    return (
+        disks.with_columns(pl.col("timestamp").dt.truncate(_TRUNCATE[window]).alias("bucket"))
+        .group_by(keys)
+        .agg(
+            pl.len().cast(pl.Int64).alias("samples"),
+            *(_stat(column, stat) for column, stats in DISK_STATS for stat in stats),
+        )
+        .sort(keys)
+    )
+
+
+def _interface_rollup(interfaces: pl.LazyFrame, intervals: pl.LazyFrame, window: str) -> pl.LazyFrame:
+    keys = [*_KEYS, "interface", "bucket"]
+    totals = {"bytes_recv_total": "bytes_recv_per_sec", "bytes_sent_total": "bytes_sent_per_sec"}
+    grouped = (
+        interfaces.with_columns(pl.col("timestamp").dt.truncate(_TRUNCATE[window]).alias("bucket"))
+        .group_by(keys)
+        .agg(
+            pl.len().cast(pl.Int64).alias("samples"),
+            *(_stat(rate, stat) for rate in INTERFACE_RATES for stat in ("mean", "max")),
+            *(pl.col(rate).sum().alias(f"_sum_{rate}") for rate in totals.values()),
+            *(pl.col(rate).count().alias(f"_n_{rate}") for rate in totals.values()),
+        )
+        .with_columns(pl.col("bucket").dt.truncate("1d").alias("day"))
+        .join(intervals, on=[*_KEYS, "day"], how="left")
+        .with_columns(
+            pl.when(pl.col(f"_n_{rate}") > 0).then(pl.col(f"_sum_{rate}") * pl.col("interval_s")).alias(total)
+            for total, rate in totals.items()
+        )
+        .with_columns((pl.col("bytes_recv_total") + pl.col("bytes_sent_total")).alias("bytes_total"))
+    )
+    stats = [f"{rate}_{stat}" for rate in INTERFACE_RATES for stat in ("mean", "max")]
+    return grouped.select(*keys, "samples", *stats, *totals, "bytes_total").sort(keys)
+
+
+def _prepare_flags(flags: pl.DataFrame) -> pl.LazyFrame:
+    for column in (*_KEYS, "start"):
+        if column not in flags.columns:
+            raise RollupError("flags", column, "column is missing")
+    if not isinstance(flags.schema["start"], pl.Datetime):
+        raise RollupError("flags", "start", f"expected a datetime column, got {flags.schema['start']}")
+    return flags.lazy().select(*_KEYS, _utc_ms("start", flags.schema["start"])).drop_nulls()
+
+
+def compute_rollups(
+    frames: Frames, *, windows: Sequence[str] = WINDOWS, flags: pl.DataFrame | None = None
+) -> dict[str, Rollups]:
+    """Roll the frames up into UTC buckets of each window (see the module docstring).
+
+    `flags` is an optional frame of anomaly flags (orgId, assetId, start) counted per
+    bucket. Returns {window: Rollups}, each frame sorted by its key. The caller's frames are
+    not modified.
+    """
+    unknown = [w for w in windows if w not in WINDOW_SECONDS]
+    if unknown:
+        raise RollupError("windows", str(unknown[0]), f"unknown window; expected one of {', '.join(WINDOWS)}")
+    snapshots = _prepare(frames.snapshots, "snapshots", None, _SNAPSHOT_COLUMNS)
+    disks = _prepare(frames.disks, "disks", "disk", _DISK_COLUMNS)
+    interfaces = _prepare(frames.interfaces, "interfaces", "interface", _INTERFACE_COLUMNS)
+    intervals = _intervals(snapshots)
+    flag_frame = _prepare_flags(flags) if flags is not None else None
+
+    plans: list[pl.LazyFrame] = []
+    for window in windows:
+        plans += [
+            _asset_rollup(snapshots, intervals, flag_frame, window),
+            _disk_rollup(disks, window),
+            _interface_rollup(interfaces, intervals, window),
+        ]
+    done = pl.collect_all(plans)
+    return {
+        window: Rollups(window, *done[3 * i : 3 * i + 3]) for i, window in enumerate(windows)
+    }
+
+
+# ---- availability -------------------------------------------------------------------------
+
+
+def compute_availability(frames: Frames) -> pl.DataFrame:
+    """Per (orgId, assetId, date): the share of the UTC day the agent was reporting.
+
+    Columns: orgId, assetId, date, samples, interval_s, reboots, covered_s, availability
+    (see the module docstring for the definition). One row per asset and day with at
+    least one sample.
+    """
+    snapshots = _prepare(frames.snapshots, "snapshots", None, _SNAPSHOT_COLUMNS)
+    intervals = _intervals(snapshots)
+    ts = pl.col("timestamp")
+    same = _same_asset()
+    since_prev_s = _divide((ts - ts.shift(1)).dt.total_milliseconds(), 1000.0)
+    into_day_s = _divide((ts - pl.col("day")).dt.total_milliseconds(), 1000.0)
+    # min_horizontal skips nulls: no previous sample or no uptime means no limit from them.
+    reach = pl.min_horizontal(
+        pl.col("interval_s"), pl.when(same).then(since_prev_s), pl.col("system_uptime"), pl.lit(float(DAY_S))
+    )
+    per_sample = (
+        snapshots.with_columns(_day().alias("day"))
+        .join(intervals, on=[*_KEYS, "day"], how="left", maintain_order="left")
+        .with_columns(
+            pl.when(pl.col("interval_s").is_not_null()).then(reach).alias("_cover_s"),
+            (same & (pl.col("system_uptime") < pl.col("system_uptime").shift(1))).fill_null(False).alias("_reboot"),
+        )
+        .with_columns(
+            pl.when(pl.col("_cover_s").is_not_null())
+            .then(pl.min_horizontal(pl.col("_cover_s"), into_day_s))
+            .alias("_today_s"),
+        )
+        .with_columns((pl.col("_cover_s") - pl.col("_today_s")).alias("_spill_s"))
+    )
+    today = per_sample.group_by([*_KEYS, "day"]).agg(
+        pl.len().cast(pl.Int64).alias("samples"),
+        pl.col("interval_s").first(),
+        pl.col("_reboot").sum().cast(pl.Int64).alias("reboots"),
+        pl.col("_today_s").sum().alias("_today_s"),
+    )
+    spill = (
+        per_sample.filter(pl.col("_spill_s") > 0)
+        .with_columns(pl.col("day").dt.offset_by("-1d"))
+        .group_by([*_KEYS, "day"])
+        .agg(pl.col("_spill_s").sum())
+    )
+    covered = pl.col("_today_s") + pl.col("_spill_s").fill_null(0.0)
+    result = (
+        today.join(spill, on=[*_KEYS, "day"], how="left")
+        .with_columns(pl.when(pl.col("interval_s").is_not_null()).then(covered).alias("covered_s"))
+        .with_columns(_divide(pl.col("covered_s"), float(DAY_S)).alias("availability"))
+        .select(*_KEYS, pl.col("day").dt.date().alias("date"), "samples", "interval_s", "reboots", "covered_s", "availability")
+        .sort([*_KEYS, "date"])
+    )
+    return result.collect()
+
+
+def rollup_frames(rollups: Mapping[str, Rollups]) -> Iterable[tuple[str, str, pl.DataFrame]]:
+    """(window, level, frame) for every frame of `rollups`; level is assets, disks or interfaces."""
+    for window, r in rollups.items():
+        yield window, "assets", r.assets
+        yield window, "disks", r.disks
+        yield window, "interfaces", r.interfaces
+
+
+# ---- the optional MongoDB sink ------------------------------------------------------------
+
+ROLLUPS_COLLECTION = "performance_rollups"
+_KIND = {"assets": ("asset", None), "disks": ("disk", "disk"), "interfaces": ("interface", "interface")}
+
+
+def upsert_rollups(db: Db, org_id: str, rollups: Mapping[str, Rollups], *, batch_size: int = 1000) -> int:
+    """Replace-or-insert the org's rollup rows into `performance_rollups`; returns rows written.
+
+    One document per row with `kind` ("asset", "disk", "interface"), orgId, assetId,
+    `window`, `bucket` and, for disks and interfaces, their name: the natural key, which
+    also makes up the string `_id`, so a re-run replaces each document instead of adding
+    one, without a secondary index. Rows of other orgs in `rollups` are left out: writing
+    several tenants is the caller's loop, one org at a time. Unordered bulk writes.
+    """
+    collection = db[ROLLUPS_COLLECTION]
+    written = 0
+    batch: list[ReplaceOne[dict[str, Any]]] = []
+    for window, level, frame in rollup_frames(rollups):
+        kind, name_column = _KIND[level]
+        for row in frame.filter(pl.col("orgId") == org_id).iter_rows(named=True):
+            name = row[name_column] if name_column else None
+            key = "|".join(
+                [org_id, row["assetId"], window, row["bucket"].isoformat(), kind, *([name] if name else [])]
+            )
+            doc = {"_id": key, "kind": kind, "window": window, **row}
+            batch.append(ReplaceOne({"_id": key, "orgId": org_id}, doc, upsert=True))
+            if len(batch) >= batch_size:
+                written += _flush(collection, batch)
+    return written + _flush(collection, batch)
+
+
+def _flush(collection: Collection[dict[str, Any]], batch: list[ReplaceOne[dict[str, Any]]]) -> int:
+    if not batch:
+        return 0
+    try:
+        collection.bulk_write(batch, ordered=False)
+    except PyMongoError as exc:
+        raise ServerError(f"writing rollups to {collection.name}: {str(exc).splitlines()[0]}") from None
+    count = len(batch)
+    batch.clear()
+    return count
