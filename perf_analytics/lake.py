@@ -1,0 +1,277 @@
+"""The Parquet lake: Hive partitions written atomically, DuckDB views scoped to one org.
+
+Layout under the lake root (`Settings.lake`, default `data/lake/`), UTC dates, zstd:
+
+```
+rollups/window=<w>/orgId=<org>/date=<YYYY-MM-DD>/part-0.parquet             per asset
+rollups_disks/window=<w>/orgId=<org>/date=<YYYY-MM-DD>/part-0.parquet       per disk
+rollups_interfaces/window=<w>/orgId=<org>/date=<YYYY-MM-DD>/part-0.parquet  per interface
+anomalies/orgId=<org>/date=<YYYY-MM-DD>/part-0.parquet
+snapshots/orgId=<org>/date=<YYYY-MM-DD>/part-<id>.parquet                   (retention's)
+```
+
+The rollups are three datasets with the same partitioning rather than one, because the
+three levels have different columns; `date` is the bucket's UTC date (a bucket never
+straddles two dates). Partition columns live in the path only: they are dropped from the
+file, and DuckDB's `hive_partitioning` adds them back with fixed types (`window`, `orgId`
+VARCHAR; `date` DATE), so an org named "42" stays a string. Views list them last, in path
+order. `window` is an SQL keyword: quote it in queries (`WHERE "window" = '1hour'`). Spark, Trino and Athena read
+the same layout.
+
+Derived partitions are replaced whole: `write_partition` writes a hidden temp file in the
+partition's directory, fsyncs it, renames it over `part-0.parquet` (atomic on POSIX),
+removes any other `part-*.parquet` the partition held, and fsyncs the directory. A crash
+leaves either the old or the new partition, plus at worst a hidden `.part-*.tmp` that no
+reader lists. A partition holds exactly the rows the last writer passed for it: roll up
+whole UTC days, or the partition of a partial day holds a partial day.
+
+`connect_lake(root, org_id=...)` returns an in-memory DuckDB connection whose views
+(`rollups`, `rollups_disks`, `rollups_interfaces`, `anomalies`, and `snapshots` when that
+dataset has files) read an explicit list of that org's files, never a glob over all orgs.
+The connection is then locked: file access is limited to exactly those files and the
+setting cannot be changed back, so SQL on it cannot reach another tenant's data. A view
+over a dataset without files yet exists and is empty, with the dataset's columns. The
+file list is taken at connect time; reconnect to see partitions written later.
+`connect_lake_all_orgs(root)` is the explicitly named admin variant over every org,
+without the lock.
+
+The root is a local directory (atomic rename and fsync are filesystem operations).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import duckdb
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from perf_analytics.errors import PerfAnalyticsError
+from perf_analytics.frames import empty_frames
+from perf_analytics.rollups import Rollups, compute_rollups
+
+PART = "part-0.parquet"
+ROLLUP_DATASETS = {"assets": "rollups", "disks": "rollups_disks", "interfaces": "rollups_interfaces"}
+ANOMALIES = "anomalies"
+SNAPSHOTS = "snapshots"
+
+# Partition keys of each dataset, in path order, with their DuckDB types.
+PARTITIONING: dict[str, tuple[tuple[str, str], ...]] = {
+    **dict.fromkeys(ROLLUP_DATASETS.values(), (("window", "VARCHAR"), ("orgId", "VARCHAR"), ("date", "DATE"))),
+    ANOMALIES: (("orgId", "VARCHAR"), ("date", "DATE")),
+    SNAPSHOTS: (("orgId", "VARCHAR"), ("date", "DATE")),
+}
+
+ANOMALY_SCHEMA = pa.schema(
+    [
+        ("orgId", pa.string()),
+        ("assetId", pa.string()),
+        ("metric", pa.string()),
+        ("detector", pa.string()),
+        ("start", pa.timestamp("ms", tz="UTC")),
+        ("end", pa.timestamp("ms", tz="UTC")),
+        ("severity", pa.string()),
+        ("score", pa.float64()),
+        ("message", pa.string()),
+    ]
+)
+
+_FORBIDDEN = ("/", "\\", "=", "\0")
+
+
+class LakeError(PerfAnalyticsError):
+    """A lake operation cannot be done: a bad partition value, a missing column, a bad root."""
+
+
+# ---- writing ------------------------------------------------------------------------------
+
+
+def _check_part(what: str, value: str) -> str:
+    if not isinstance(value, str) or not value or value in (".", "..") or any(c in value for c in _FORBIDDEN):
+        raise LakeError(f"{what} {value!r} cannot be a partition path segment (empty, '.', '..', or holds / \\ =)")
+    return value
+
+
+def partition_dir(root: str | os.PathLike[str], dataset: str, partition: Mapping[str, str]) -> Path:
+    """`<root>/<dataset>/key=value/...` for the partition, keys in the order given."""
+    path = Path(root) / _check_part("dataset", dataset)
+    for key, value in partition.items():
+        path /= f"{_check_part('partition key', key)}={_check_part(f'value of {key}', value)}"
+    return path
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_partition(
+    root: str | os.PathLike[str], dataset: str, partition: Mapping[str, str], table: pa.Table | pl.DataFrame
+) -> Path:
+    """Replace the partition's content with `table`, atomically; returns the file written.
+
+    Columns named like the partition keys are dropped (the path carries them).
+    """
+    directory = partition_dir(root, dataset, partition)
+    arrow = table.to_arrow() if isinstance(table, pl.DataFrame) else table
+    arrow = arrow.drop_columns([c for c in partition if c in arrow.column_names])
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise LakeError(f"cannot create partition directory {directory}: {exc.strerror or exc}") from None
+    final = directory / PART
+    tmp = directory / f".{PART}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        pq.write_table(arrow, tmp, compression="zstd")
+        with tmp.open("rb+") as fh:
+            os.fsync(fh.fileno())
+        tmp.replace(final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    for stale in directory.glob("part-*.parquet"):
+        if stale.name != PART:
+            stale.unlink()
+    _fsync_dir(directory)
+    return final
+
+
+def write_rollups(root: str | os.PathLike[str], rollups: Mapping[str, Rollups]) -> list[Path]:
+    """Write each window's rollups to `rollups*/window=/orgId=/date=/`, one file per partition.
+
+    Every (window, org, date) present in `rollups` is replaced; others are left alone.
+    """
+    written: list[Path] = []
+    for window, r in rollups.items():
+        for level, frame in (("assets", r.assets), ("disks", r.disks), ("interfaces", r.interfaces)):
+            dataset = ROLLUP_DATASETS[level]
+            dated = frame.with_columns(pl.col("bucket").dt.date().alias("date"))
+            for (org, day), part in _partitions(dated):
+                written.append(
+                    write_partition(root, dataset, {"window": window, "orgId": org, "date": day}, part.drop("date"))
+                )
+    return written
+
+
+def write_anomalies(root: str | os.PathLike[str], flags: pl.DataFrame) -> list[Path]:
+    """Write anomaly flags to `anomalies/orgId=/date=/` (date: `start`'s UTC date).
+
+    `flags` needs the columns of `ANOMALY_SCHEMA`; each (org, date) present is replaced,
+    so pass all of a date's flags at once.
+    """
+    missing = [name for name in ANOMALY_SCHEMA.names if name not in flags.columns]
+    if missing:
+        raise LakeError(f"anomaly flags lack column(s) {', '.join(missing)}")
+    try:
+        table = flags.select(ANOMALY_SCHEMA.names).to_arrow().cast(ANOMALY_SCHEMA)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
+        raise LakeError(f"anomaly flags do not fit the lake's schema: {exc}") from None
+    typed = pl.from_arrow(table)
+    assert isinstance(typed, pl.DataFrame)
+    dated = typed.with_columns(pl.col("start").dt.date().alias("date"))
+    return [
+        write_partition(root, ANOMALIES, {"orgId": org, "date": day}, part.drop("date"))
+        for (org, day), part in _partitions(dated)
+    ]
+
+
+def _partitions(frame: pl.DataFrame) -> Iterable[tuple[tuple[str, str], pl.DataFrame]]:
+    """(orgId, ISO date) and the rows of each, in key order."""
+    if frame.height == 0:
+        return
+    if frame["orgId"].null_count() or frame["date"].null_count():
+        raise LakeError("rows without orgId or date cannot be placed in a partition")
+    groups = frame.partition_by(["orgId", "date"], as_dict=True, maintain_order=True)
+    for key in sorted(groups, key=lambda k: (str(k[0]), str(k[1]))):
+        org, day = key
+        yield (str(org), str(day)), groups[key]
+
+
+# ---- reading ------------------------------------------------------------------------------
+
+
+def lake_files(root: str | os.PathLike[str], dataset: str, *, org_id: str | None = None) -> list[Path]:
+    """The Parquet files of a dataset, sorted; only under `orgId=<org_id>` when given.
+
+    Directories of other orgs are not entered; hidden files (temp files of a crashed
+    writer) and files that are not `.parquet` are not listed.
+    """
+    base = Path(root) / _check_part("dataset", dataset)
+    wanted = None if org_id is None else f"orgId={_check_part('org id', org_id)}"
+    found: list[Path] = []
+    for current, dirs, files in os.walk(base):
+        dirs[:] = sorted(
+            d for d in dirs
+            if not d.startswith((".", "_")) and (wanted is None or not d.startswith("orgId=") or d == wanted)
+        )
+        if wanted is not None and wanted not in Path(current).relative_to(base).parts:
+            continue
+        found += [Path(current) / f for f in files if f.endswith(".parquet") and not f.startswith((".", "_"))]
+    return sorted(found)
+
+
+def _empty_table(dataset: str) -> pa.Table | None:
+    """The columns a dataset's view has when it has no files yet (None: no view)."""
+    if dataset in ROLLUP_DATASETS.values():
+        level = next(k for k, v in ROLLUP_DATASETS.items() if v == dataset)
+        frame: pl.DataFrame = getattr(compute_rollups(empty_frames(), windows=["1min"])["1min"], level)
+        schema = frame.to_arrow().schema
+    elif dataset == ANOMALIES:
+        schema = ANOMALY_SCHEMA
+    else:
+        return None
+    keys = [k for k, _ in PARTITIONING[dataset]]
+    fields = [f for f in schema if f.name not in keys]
+    fields += [pa.field(k, pa.date32() if t == "DATE" else pa.string()) for k, t in PARTITIONING[dataset]]
+    return pa.schema(fields).empty_table()
+
+
+def _sql_list(paths: Iterable[Path]) -> str:
+    return "[" + ", ".join("'" + str(p).replace("'", "''") + "'" for p in paths) + "]"
+
+
+def _connect(root: str | os.PathLike[str], org_id: str | None) -> tuple[duckdb.DuckDBPyConnection, list[Path]]:
+    if not Path(root).is_dir() and Path(root).exists():
+        raise LakeError(f"lake root {root} is not a directory")
+    con = duckdb.connect()
+    every: list[Path] = []
+    for dataset, keys in PARTITIONING.items():
+        files = [p.resolve() for p in lake_files(root, dataset, org_id=org_id)]
+        every += files
+        if files:
+            types = ", ".join(f"'{k}': '{t}'" for k, t in keys)
+            names = ", ".join(f'"{k}"' for k, _ in keys)  # path order, as in the empty views
+            con.execute(
+                f"CREATE VIEW {dataset} AS SELECT * EXCLUDE ({names}), {names} FROM read_parquet("
+                f"{_sql_list(files)}, hive_partitioning = true, hive_types = {{{types}}}, union_by_name = true)"
+            )
+        else:
+            empty = _empty_table(dataset)
+            if empty is not None:
+                con.register(f"_empty_{dataset}", empty)
+                con.execute(f"CREATE VIEW {dataset} AS SELECT * FROM _empty_{dataset}")
+    return con, every
+
+
+def connect_lake(root: str | os.PathLike[str], *, org_id: str) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection over one org's lake partitions only, locked to those files."""
+    _check_part("org id", org_id)
+    con, files = _connect(root, org_id)
+    if files:
+        con.execute(f"SET allowed_paths = {_sql_list(files)}")
+    con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")
+    return con
+
+
+def connect_lake_all_orgs(root: str | os.PathLike[str]) -> duckdb.DuckDBPyConnection:
+    """Admin: a DuckDB connection over every org's partitions (cross-tenant, unlocked)."""
+    con, _ = _connect(root, None)
+    return con
