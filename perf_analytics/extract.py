@@ -8,7 +8,8 @@ per document. Long windows are read in time slices to keep memory bounded;
 A document written by other code with an off-type field (a metric stored as a string,
 say) would make pymongoarrow refuse the whole slice. Such a slice is read again without
 those documents, which are counted and reported with their _id for `doctor --fix`.
-Documents whose timestamp is not a date cannot fall in any window; they are counted too.
+Documents whose timestamp is not a date cannot fall in any window (a date range never
+matches a string); `doctor` counts and repairs those.
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ from perf_analytics.frames import KEYS, Frames, arrow_schema, empty_frames, fram
 from perf_analytics.schema import SNAPSHOTS
 from perf_analytics.store import Db, Doc
 
-DEFAULT_SLICE = timedelta(hours=6)
+# One query per slice: servers without range pushdown (FerretDB 1.x) scan the org's
+# documents once per slice, so slices are as long as memory comfortably allows.
+DEFAULT_SLICE = timedelta(days=1)
 MAX_REPORTED = 100  # skipped documents listed by _id; the count is complete
 
 
@@ -50,7 +53,6 @@ class Extraction:
     frames: Frames
     skipped: list[Skipped] = field(default_factory=list)
     skipped_count: int = 0  # all skipped documents (the list keeps the first MAX_REPORTED)
-    undated: int = 0  # documents of the org whose timestamp is not a date at all
 
 
 def _mongo_schema() -> Schema:
@@ -159,9 +161,7 @@ def extract_window(
     """`org_id`'s snapshots of [start, end) as three frames, plus what had to be skipped."""
     if not org_id:
         raise ConfigError("an org id is required (extract_window_all_orgs reads every org)")
-    result = _combine(_iter(db, org_id, start, end, asset_ids, slice_length))
-    result.undated = db[SNAPSHOTS].count_documents({"orgId": org_id, "timestamp": {"$not": {"$type": "date"}}})
-    return result
+    return _combine(_iter(db, org_id, start, end, asset_ids, slice_length))
 
 
 def extract_window_all_orgs(
@@ -172,9 +172,7 @@ def extract_window_all_orgs(
     slice_length: timedelta = DEFAULT_SLICE,
 ) -> Extraction:
     """Admin read across tenants: every org's snapshots of [start, end)."""
-    result = _combine(_iter(db, None, start, end, None, slice_length))
-    result.undated = db[SNAPSHOTS].count_documents({"timestamp": {"$not": {"$type": "date"}}})
-    return result
+    return _combine(_iter(db, None, start, end, None, slice_length))
 
 
 def _combine(parts: Iterator[Extraction]) -> Extraction:
