@@ -67,7 +67,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import polars as pl
 from pymongo import ReplaceOne
@@ -86,6 +86,9 @@ DAY_S = 86_400
 P95 = 0.95
 
 TS_TYPE = pl.Datetime("ms", "UTC")
+# Polars' default (streaming) engine hashes every group key; the in-memory engine
+# aggregates groups of a sorted key as contiguous slices, 10x faster on 1-minute buckets.
+ENGINE: Final = "in-memory"
 
 ASSET_METRICS: tuple[str, ...] = (
     "cpu_usage",
@@ -167,8 +170,15 @@ class Rollups:
 
 
 def _prepare(frame: pl.DataFrame, name: str, item: str | None, optional: Mapping[str, pl.DataType]) -> pl.LazyFrame:
-    """Check key columns, add missing optional ones, null out bad values, drop duplicates."""
-    keys = [*_KEYS, "timestamp", *([item] if item else [])]
+    """Check key columns, add missing optional ones, null out bad values, drop duplicates.
+
+    The result is sorted by (orgId, assetId[, item], timestamp) and numbers each series
+    (orgId, assetId[, item]) in that order in `_series`, so that every later grouping is
+    by a sorted integer: Polars then groups by contiguous slices instead of hashing
+    strings, which is what makes the 1-minute window cheap.
+    """
+    series = [*_KEYS, *([item] if item else [])]
+    keys = [*series, "timestamp"]
     for column in keys:
         if column not in frame.columns:
             raise RollupError(name, column, "column is missing")
@@ -196,11 +206,42 @@ def _prepare(frame: pl.DataFrame, name: str, item: str | None, optional: Mapping
         elif column in _NON_NEGATIVE_COLUMNS:
             expr = pl.when(expr >= 0).then(expr)
         clean.append(expr.alias(column))
-    lf = lf.select(*keys, *clean).drop_nulls(keys)
-    # A stable sort keeps frame order among duplicates; the first of each key survives.
-    lf = lf.sort(keys, maintain_order=True)
+    df = _sort(lf.select(*keys, *clean).drop_nulls(keys).collect(engine=ENGINE), series, item)
     duplicate = pl.all_horizontal(pl.col(k) == pl.col(k).shift(1) for k in keys).fill_null(False)
-    return lf.filter(~duplicate)
+    new_series = ~pl.all_horizontal(pl.col(k) == pl.col(k).shift(1) for k in series).fill_null(False)
+    return (
+        df.lazy()
+        .filter(~duplicate)
+        .with_columns((new_series.cum_sum().cast(pl.Int64) - 1).set_sorted().alias("_series"))
+    )
+
+
+def _in_order(frame: pl.DataFrame, keys: Sequence[str]) -> bool:
+    """Whether the rows are already sorted by `keys` (ties allowed)."""
+    at_least = pl.lit(True)
+    for k in reversed(keys):
+        at_least = (pl.col(k) > pl.col(k).shift(1)) | ((pl.col(k) == pl.col(k).shift(1)) & at_least)
+    return bool(frame.select(at_least.fill_null(True).all()).item())
+
+
+def _sort(frame: pl.DataFrame, series: list[str], item: str | None) -> pl.DataFrame:
+    """`frame` sorted by (series..., timestamp), stably (the first of duplicates stays first).
+
+    Frames from `frames.py` come sorted by (orgId, assetId, timestamp[, item]): snapshots
+    then need nothing, and disks and interfaces only a stable sort by one integer, (asset
+    run, item's rank among the item names), instead of a sort by strings, which took most
+    of the time of the whole rollup. Any other order takes the general sort.
+    """
+    contract = [*_KEYS, "timestamp", *([item] if item else [])]
+    if _in_order(frame, contract):
+        if item is None:
+            return frame
+        names = frame.get_column(item).unique().sort()
+        asset_run = (~pl.all_horizontal(pl.col(k) == pl.col(k).shift(1) for k in _KEYS).fill_null(False)).cum_sum()
+        rank = pl.col(item).cast(pl.Enum(names)).to_physical()
+        key = asset_run.cast(pl.Int64) * (names.len() + 1) + rank.cast(pl.Int64)
+        return frame.sort(key, maintain_order=True)
+    return frame.sort([*series, "timestamp"], maintain_order=True)
 
 
 def _utc_ms(column: str, dtype: pl.DataType) -> pl.Expr:
@@ -227,9 +268,20 @@ def _divide(expr: pl.Expr, divisor: float) -> pl.Expr:
     return numerator / (numerator * 0.0 + divisor)
 
 
-def _same_asset() -> pl.Expr:
-    """True where a row continues the previous row's asset (frames sorted by key)."""
-    return pl.all_horizontal(pl.col(k) == pl.col(k).shift(1) for k in _KEYS).fill_null(False)
+def _same_series() -> pl.Expr:
+    """True where a row continues the previous row's series (frames as `_prepare` leaves them)."""
+    return (pl.col("_series") == pl.col("_series").shift(1)).fill_null(False)
+
+
+def _run_id(by: str) -> pl.Expr:
+    """A sorted integer numbering the runs of equal (series, `by`): the group of each row."""
+    return (~(_same_series() & (pl.col(by) == pl.col(by).shift(1)).fill_null(False))).cum_sum().set_sorted()
+
+
+def _step_in_run() -> pl.Expr:
+    """Milliseconds since the previous row of the same run (`_g`), else null."""
+    step = (pl.col("timestamp") - pl.col("timestamp").shift(1)).dt.total_milliseconds()
+    return pl.when(pl.col("_g") == pl.col("_g").shift(1)).then(step)
 
 
 def _day() -> pl.Expr:
@@ -237,19 +289,28 @@ def _day() -> pl.Expr:
 
 
 def _intervals(snapshots: pl.LazyFrame) -> pl.LazyFrame:
-    """(orgId, assetId, day, interval_s): the reporting interval of each asset and day."""
-    step_ms = (pl.col("timestamp") - pl.col("timestamp").shift(1)).dt.total_milliseconds()
-    within_day = _same_asset() & (pl.col("day") == pl.col("day").shift(1))
+    """(_series, day, interval_s): the reporting interval of each asset and day."""
     fallback = pl.col("timeWindow").first().replace_strict(
         {w: float(s) for w, s in WINDOW_SECONDS.items()}, default=None, return_dtype=pl.Float64
     )
     return (
         snapshots.with_columns(_day().alias("day"))
-        .with_columns(pl.when(within_day).then(step_ms).alias("_step_ms"))
-        .group_by([*_KEYS, "day"])
-        .agg(pl.col("_step_ms").median().alias("_median_ms"), fallback.alias("_fallback_s"))
-        .select(*_KEYS, "day", pl.coalesce(_divide(pl.col("_median_ms"), 1000.0), "_fallback_s").alias("interval_s"))
+        .with_columns(_run_id("day").alias("_g"))
+        .with_columns(_step_in_run().alias("_step_ms"))
+        .group_by("_g")
+        .agg(
+            pl.col("_series").first(),
+            pl.col("day").first(),
+            pl.col("_step_ms").median().alias("_median_ms"),
+            fallback.alias("_fallback_s"),
+        )
+        .select("_series", "day", pl.coalesce(_divide(pl.col("_median_ms"), 1000.0), "_fallback_s").alias("interval_s"))
     )
+
+
+def _series_names(lf: pl.LazyFrame, *names: str) -> pl.LazyFrame:
+    """One row per series: `_series` and its key columns."""
+    return lf.filter(~_same_series()).select("_series", *names)
 
 
 # ---- rollups ------------------------------------------------------------------------------
@@ -267,19 +328,35 @@ def _stat(column: str, stat: str) -> pl.Expr:
     return expr.alias(f"{column}_{stat}")
 
 
+def _bucketed(lf: pl.LazyFrame, window: str, *, steps: bool = False) -> pl.LazyFrame:
+    """Rows with their `bucket`, group number `_g` (one per series and bucket) and, with
+    `steps`, `_step_ms` (time since the previous sample of the group).
+
+    Collected here on purpose: a group_by in the same plan as the columns it groups by
+    does not know that `_g` is sorted and hashes it, which made the 1-minute window several
+    times slower; on a materialised sorted column it aggregates contiguous slices.
+    """
+    bucket = pl.col("timestamp").dt.truncate(_TRUNCATE[window]).alias("bucket")
+    out = lf.with_columns(bucket).with_columns(_run_id("bucket").alias("_g"))
+    if steps:
+        out = out.with_columns(_step_in_run().alias("_step_ms"))
+    return out.collect(engine=ENGINE).lazy()
+
+
+def _firsts(*names: str) -> list[pl.Expr]:
+    return [pl.col(n).first() for n in names]
+
+
 def _asset_rollup(
     snapshots: pl.LazyFrame, intervals: pl.LazyFrame, flags: pl.LazyFrame | None, window: str
 ) -> pl.LazyFrame:
     seconds = WINDOW_SECONDS[window]
     ts = pl.col("timestamp")
-    bucket = ts.dt.truncate(_TRUNCATE[window])
-    same_bucket = _same_asset() & (pl.col("bucket") == pl.col("bucket").shift(1))
-    step_ms = (ts - ts.shift(1)).dt.total_milliseconds()
     grouped = (
-        snapshots.with_columns(bucket.alias("bucket"))
-        .with_columns(pl.when(same_bucket).then(step_ms).alias("_step_ms"))
-        .group_by([*_KEYS, "bucket"])
+        _bucketed(snapshots, window, steps=True)
+        .group_by("_g")
         .agg(
+            *_firsts(*_KEYS, "_series", "bucket"),
             pl.len().cast(pl.Int64).alias("samples"),
             ts.min().alias("_first"),
             ts.max().alias("_last"),
@@ -293,56 +370,60 @@ def _asset_rollup(
     expected = float(seconds) / pl.col("interval_s")  # samples expected in the bucket
     out = (
         grouped.with_columns(pl.col("bucket").dt.truncate("1d").alias("day"))
-        .join(intervals, on=[*_KEYS, "day"], how="left")
+        .join(intervals, on=["_series", "day"], how="left")
         .with_columns(
-            pl.min_horizontal(pl.lit(1.0), pl.col("samples") / expected).alias("coverage"),
+            # min_horizontal ignores nulls: an unknown interval must leave coverage unknown.
+            pl.when(pl.col("interval_s").is_not_null())
+            .then(pl.min_horizontal(pl.lit(1.0), pl.col("samples") / expected))
+            .alias("coverage"),
             _divide(pl.max_horizontal(lead_ms, pl.col("_max_step_ms"), tail_ms), 1000.0).alias("longest_gap_s"),
         )
     )
-    # min_horizontal ignores nulls: an unknown interval must leave coverage unknown.
-    out = out.with_columns(pl.when(pl.col("interval_s").is_not_null()).then(pl.col("coverage")).alias("coverage"))
     if flags is None:
         out = out.with_columns(pl.lit(0, dtype=pl.Int64).alias("anomaly_flags"))
     else:
         counts = (
-            flags.with_columns(pl.col("start").dt.truncate(_TRUNCATE[window]).alias("bucket"))
-            .group_by([*_KEYS, "bucket"])
+            flags.join(_series_names(snapshots, *_KEYS), on=list(_KEYS), how="inner")
+            .with_columns(pl.col("start").dt.truncate(_TRUNCATE[window]).alias("bucket"))
+            .group_by("_series", "bucket")
             .agg(pl.len().cast(pl.Int64).alias("anomaly_flags"))
         )
-        out = out.join(counts, on=[*_KEYS, "bucket"], how="left").with_columns(pl.col("anomaly_flags").fill_null(0))
+        out = out.join(counts, on=["_series", "bucket"], how="left").with_columns(pl.col("anomaly_flags").fill_null(0))
     metrics = [f"{m}_{s}" for m in ASSET_METRICS for s in ASSET_STATS]
-    return out.select(
+    return out.sort("_g").select(
         *_KEYS, "bucket", "samples", "interval_s", "coverage", "longest_gap_s", "anomaly_flags", *metrics
-    ).sort([*_KEYS, "bucket"])
-
-
-def _disk_rollup(disks: pl.LazyFrame, window: str) -> pl.LazyFrame:
-    keys = [*_KEYS, "disk", "bucket"]
-    return (
-        disks.with_columns(pl.col("timestamp").dt.truncate(_TRUNCATE[window]).alias("bucket"))
-        .group_by(keys)
-        .agg(
-            pl.len().cast(pl.Int64).alias("samples"),
-            *(_stat(column, stat) for column, stats in DISK_STATS for stat in stats),
-        )
-        .sort(keys)
     )
 
 
-def _interface_rollup(interfaces: pl.LazyFrame, intervals: pl.LazyFrame, window: str) -> pl.LazyFrame:
-    keys = [*_KEYS, "interface", "bucket"]
+def _disk_rollup(disks: pl.LazyFrame, window: str) -> pl.LazyFrame:
+    return (
+        _bucketed(disks, window)
+        .group_by("_g")
+        .agg(
+            *_firsts(*_KEYS, "disk", "bucket"),
+            pl.len().cast(pl.Int64).alias("samples"),
+            *(_stat(column, stat) for column, stats in DISK_STATS for stat in stats),
+        )
+        .sort("_g")
+        .drop("_g")
+    )
+
+
+def _interface_rollup(interfaces: pl.LazyFrame, assets: pl.LazyFrame, intervals: pl.LazyFrame, window: str) -> pl.LazyFrame:
     totals = {"bytes_recv_total": "bytes_recv_per_sec", "bytes_sent_total": "bytes_sent_per_sec"}
     grouped = (
-        interfaces.with_columns(pl.col("timestamp").dt.truncate(_TRUNCATE[window]).alias("bucket"))
-        .group_by(keys)
+        _bucketed(interfaces, window)
+        .group_by("_g")
         .agg(
+            *_firsts(*_KEYS, "interface", "_series", "bucket"),
             pl.len().cast(pl.Int64).alias("samples"),
             *(_stat(rate, stat) for rate in INTERFACE_RATES for stat in ("mean", "max")),
             *(pl.col(rate).sum().alias(f"_sum_{rate}") for rate in totals.values()),
             *(pl.col(rate).count().alias(f"_n_{rate}") for rate in totals.values()),
         )
         .with_columns(pl.col("bucket").dt.truncate("1d").alias("day"))
-        .join(intervals, on=[*_KEYS, "day"], how="left")
+        .join(assets, on="_series", how="left")
+        .join(intervals.rename({"_series": "_asset"}), on=["_asset", "day"], how="left")
         .with_columns(
             pl.when(pl.col(f"_n_{rate}") > 0).then(pl.col(f"_sum_{rate}") * pl.col("interval_s")).alias(total)
             for total, rate in totals.items()
@@ -350,7 +431,16 @@ def _interface_rollup(interfaces: pl.LazyFrame, intervals: pl.LazyFrame, window:
         .with_columns((pl.col("bytes_recv_total") + pl.col("bytes_sent_total")).alias("bytes_total"))
     )
     stats = [f"{rate}_{stat}" for rate in INTERFACE_RATES for stat in ("mean", "max")]
-    return grouped.select(*keys, "samples", *stats, *totals, "bytes_total").sort(keys)
+    return grouped.sort("_g").select(*_KEYS, "interface", "bucket", "samples", *stats, *totals, "bytes_total")
+
+
+def _interface_assets(interfaces: pl.LazyFrame, snapshots: pl.LazyFrame) -> pl.LazyFrame:
+    """(_series of an interface, _asset: the `_series` of its asset among the snapshots)."""
+    return (
+        _series_names(interfaces, *_KEYS)
+        .join(_series_names(snapshots, *_KEYS).rename({"_series": "_asset"}), on=list(_KEYS), how="inner")
+        .select("_series", "_asset")
+    )
 
 
 def _prepare_flags(flags: pl.DataFrame) -> pl.LazyFrame:
@@ -374,10 +464,12 @@ def compute_rollups(
     unknown = [w for w in windows if w not in WINDOW_SECONDS]
     if unknown:
         raise RollupError("windows", str(unknown[0]), f"unknown window; expected one of {', '.join(WINDOWS)}")
-    snapshots = _prepare(frames.snapshots, "snapshots", None, _SNAPSHOT_COLUMNS)
-    disks = _prepare(frames.disks, "disks", "disk", _DISK_COLUMNS)
-    interfaces = _prepare(frames.interfaces, "interfaces", "interface", _INTERFACE_COLUMNS)
-    intervals = _intervals(snapshots)
+    # Cleaned once and shared by every window's plan.
+    snapshots = _prepare(frames.snapshots, "snapshots", None, _SNAPSHOT_COLUMNS).collect(engine=ENGINE).lazy()
+    disks = _prepare(frames.disks, "disks", "disk", _DISK_COLUMNS).collect(engine=ENGINE).lazy()
+    interfaces = _prepare(frames.interfaces, "interfaces", "interface", _INTERFACE_COLUMNS).collect(engine=ENGINE).lazy()
+    intervals = _intervals(snapshots).collect(engine=ENGINE).lazy()
+    interface_assets = _interface_assets(interfaces, snapshots).collect(engine=ENGINE).lazy()
     flag_frame = _prepare_flags(flags) if flags is not None else None
 
     plans: list[pl.LazyFrame] = []
@@ -385,12 +477,10 @@ def compute_rollups(
         plans += [
             _asset_rollup(snapshots, intervals, flag_frame, window),
             _disk_rollup(disks, window),
-            _interface_rollup(interfaces, intervals, window),
+            _interface_rollup(interfaces, interface_assets, intervals, window),
         ]
-    done = pl.collect_all(plans)
-    return {
-        window: Rollups(window, *done[3 * i : 3 * i + 3]) for i, window in enumerate(windows)
-    }
+    done = pl.collect_all(plans, engine=ENGINE)
+    return {window: Rollups(window, *done[3 * i : 3 * i + 3]) for i, window in enumerate(windows)}
 
 
 # ---- availability -------------------------------------------------------------------------
@@ -403,10 +493,10 @@ def compute_availability(frames: Frames) -> pl.DataFrame:
     (see the module docstring for the definition). One row per asset and day with at
     least one sample.
     """
-    snapshots = _prepare(frames.snapshots, "snapshots", None, _SNAPSHOT_COLUMNS)
+    snapshots = _prepare(frames.snapshots, "snapshots", None, _SNAPSHOT_COLUMNS).collect(engine=ENGINE).lazy()
     intervals = _intervals(snapshots)
     ts = pl.col("timestamp")
-    same = _same_asset()
+    same = _same_series()
     since_prev_s = _divide((ts - ts.shift(1)).dt.total_milliseconds(), 1000.0)
     into_day_s = _divide((ts - pl.col("day")).dt.total_milliseconds(), 1000.0)
     # min_horizontal skips nulls: no previous sample or no uptime means no limit from them.
@@ -415,7 +505,7 @@ def compute_availability(frames: Frames) -> pl.DataFrame:
     )
     per_sample = (
         snapshots.with_columns(_day().alias("day"))
-        .join(intervals, on=[*_KEYS, "day"], how="left", maintain_order="left")
+        .join(intervals, on=["_series", "day"], how="left", maintain_order="left")
         .with_columns(
             pl.when(pl.col("interval_s").is_not_null()).then(reach).alias("_cover_s"),
             (same & (pl.col("system_uptime") < pl.col("system_uptime").shift(1))).fill_null(False).alias("_reboot"),
@@ -425,29 +515,31 @@ def compute_availability(frames: Frames) -> pl.DataFrame:
             .then(pl.min_horizontal(pl.col("_cover_s"), into_day_s))
             .alias("_today_s"),
         )
-        .with_columns((pl.col("_cover_s") - pl.col("_today_s")).alias("_spill_s"))
+        .with_columns((pl.col("_cover_s") - pl.col("_today_s")).alias("_spill_s"), _run_id("day").alias("_g"))
     )
-    today = per_sample.group_by([*_KEYS, "day"]).agg(
+    today = per_sample.group_by("_g").agg(
+        *_firsts(*_KEYS, "_series", "day", "interval_s"),
         pl.len().cast(pl.Int64).alias("samples"),
-        pl.col("interval_s").first(),
         pl.col("_reboot").sum().cast(pl.Int64).alias("reboots"),
         pl.col("_today_s").sum().alias("_today_s"),
     )
     spill = (
         per_sample.filter(pl.col("_spill_s") > 0)
         .with_columns(pl.col("day").dt.offset_by("-1d"))
-        .group_by([*_KEYS, "day"])
+        .group_by("_series", "day")
         .agg(pl.col("_spill_s").sum())
     )
     covered = pl.col("_today_s") + pl.col("_spill_s").fill_null(0.0)
     result = (
-        today.join(spill, on=[*_KEYS, "day"], how="left")
+        today.join(spill, on=["_series", "day"], how="left")
         .with_columns(pl.when(pl.col("interval_s").is_not_null()).then(covered).alias("covered_s"))
         .with_columns(_divide(pl.col("covered_s"), float(DAY_S)).alias("availability"))
-        .select(*_KEYS, pl.col("day").dt.date().alias("date"), "samples", "interval_s", "reboots", "covered_s", "availability")
-        .sort([*_KEYS, "date"])
+        .sort("_g")
+        .select(
+            *_KEYS, pl.col("day").dt.date().alias("date"), "samples", "interval_s", "reboots", "covered_s", "availability"
+        )
     )
-    return result.collect()
+    return result.collect(engine=ENGINE)
 
 
 def rollup_frames(rollups: Mapping[str, Rollups]) -> Iterable[tuple[str, str, pl.DataFrame]]:

@@ -304,6 +304,17 @@ def test_every_window_has_one_row_per_asset_and_bucket_with_samples() -> None:
     assert rollups["1day"].assets.height == 2 * 2 * 2  # orgs x assets x days
 
 
+def test_row_order_of_the_input_does_not_change_the_rollups() -> None:
+    frames = fleet_frames()  # in the frames' own order: the fast path that skips the string sort
+    shuffled = Frames(*(f.sample(fraction=1.0, shuffle=True, seed=3) for f in (frames.snapshots, frames.disks,
+                                                                              frames.interfaces)))
+    assert not shuffled.disks.equals(frames.disks)
+    ordered, scrambled = compute_rollups(frames), compute_rollups(shuffled)
+    for window in WINDOWS:
+        for level in ("assets", "disks", "interfaces"):
+            assert getattr(scrambled[window], level).equals(getattr(ordered[window], level), null_equal=True)
+
+
 # ---- definitions, one by one --------------------------------------------------------------
 
 
