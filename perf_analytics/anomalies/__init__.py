@@ -1,0 +1,165 @@
+"""Anomaly flags: per asset and metric episodes from the snapshot frames.
+
+`flag_anomalies(frames, day=...)` runs every detector over the frames and returns one
+row per episode (`EPISODE_COLUMNS`). With `day`, only data up to the end of that UTC day
+is read and only episodes starting that day are returned, so a day's flags never change
+when later days arrive; the frames may (and should) include the days before it as
+history. `AnomalyConfig` holds every threshold.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, date, datetime, timedelta
+
+import polars as pl
+
+from perf_analytics.anomalies.config import AnomalyConfig
+from perf_analytics.anomalies.detectors import (
+    DETECTORS,
+    SEVERITIES,
+    detect_disk_forecasts,
+    detect_flatlines,
+    detect_gaps,
+    detect_level_shifts,
+    detect_offline,
+    detect_outliers,
+    detect_peers,
+    detect_reboots,
+    detect_thresholds,
+)
+from perf_analytics.anomalies.episodes import (
+    EPISODE_COLUMNS,
+    EPISODE_SCHEMA,
+    empty_episodes,
+    merge_episodes,
+)
+from perf_analytics.anomalies.series import agent_frame, point_frame
+from perf_analytics.errors import PerfAnalyticsError
+from perf_analytics.frames import Frames
+
+__all__ = [
+    "DETECTORS",
+    "EPISODE_COLUMNS",
+    "EPISODE_SCHEMA",
+    "SEVERITIES",
+    "AnomalyConfig",
+    "AnomalyInputError",
+    "flag_anomalies",
+]
+
+log = logging.getLogger(__name__)
+
+_REQUIRED = ("orgId", "assetId", "timestamp")
+
+
+class AnomalyInputError(PerfAnalyticsError):
+    """The frames given to `flag_anomalies` cannot be read (not bad values: a bad shape)."""
+
+
+def _as_day(day: date | datetime | str) -> date:
+    if isinstance(day, datetime):
+        return day.astimezone(UTC).date() if day.tzinfo else day.date()
+    if isinstance(day, date):
+        return day
+    try:
+        return date.fromisoformat(str(day))
+    except ValueError:
+        raise AnomalyInputError(f"day {day!r} is not a date (YYYY-MM-DD)") from None
+
+
+def _check(frames: Frames) -> None:
+    for name in ("snapshots", "disks", "interfaces"):
+        frame = getattr(frames, name, None)
+        if not isinstance(frame, pl.DataFrame):
+            raise AnomalyInputError(f"frames.{name} must be a polars DataFrame, got {type(frame).__name__}")
+        missing = [c for c in _REQUIRED if c not in frame.columns and (frame.height or frame.columns)]
+        if missing:
+            raise AnomalyInputError(f"frames.{name} lacks the column(s) {', '.join(missing)}")
+
+
+def _combine(history: Frames | None, frames: Frames) -> Frames:
+    """History and current frames as one (duplicates are dropped later, keeping the current)."""
+    if history is None:
+        return frames
+    _check(history)
+    return Frames(
+        *(
+            pl.concat([getattr(history, name), getattr(frames, name)], how="diagonal_relaxed")
+            for name in ("snapshots", "disks", "interfaces")
+        )
+    )
+
+
+def _window(frames: Frames, lo: datetime, hi: datetime) -> Frames:
+    """Rows with lo <= timestamp < hi, in each frame."""
+    ts = pl.col("timestamp")
+    return Frames(
+        *(
+            getattr(frames, name).filter((ts >= lo) & (ts < hi))
+            for name in ("snapshots", "disks", "interfaces")
+        )
+    )
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def flag_anomalies(
+    frames: Frames,
+    *,
+    day: date | datetime | str | None = None,
+    history: Frames | None = None,
+    config: AnomalyConfig | None = None,
+    last_seen: pl.DataFrame | None = None,
+    now: datetime | None = None,
+) -> pl.DataFrame:
+    """The anomaly episodes in the frames, one row each (columns `EPISODE_COLUMNS`).
+
+    - `day`: return only episodes starting on this UTC day, computed from data up to the
+      end of it (and `config.history_days` before it) whatever else the frames hold.
+    - `history`: earlier frames to use as baseline only (a lake partition, say).
+    - `last_seen`: the assets' `lastSeen` (columns orgId, assetId, lastSeen) and `now`:
+      with them (or with `day`, whose end is then `now`), assets silent for more than
+      `config.gap_intervals` intervals get an `offline` flag.
+
+    Bad values (NaN, out of range, duplicate timestamps) are dropped before detection;
+    a frame of the wrong shape raises `AnomalyInputError`.
+    """
+    config = config if config is not None else AnomalyConfig()
+    _check(frames)
+    frames = _combine(history, frames)
+    day_start: datetime | None = None
+    as_of: datetime | None = _utc(now) if now is not None else None
+    if day is not None:
+        d = _as_day(day)
+        day_start = datetime(d.year, d.month, d.day, tzinfo=UTC)
+        day_end = day_start + timedelta(days=1)
+        as_of = day_end if as_of is None else min(as_of, day_end)
+        frames = _window(frames, day_start - timedelta(days=config.history_days), as_of)
+    elif as_of is not None:
+        frames = _window(frames, datetime(1970, 1, 1, tzinfo=UTC), as_of + timedelta(microseconds=1))
+    if frames.snapshots.is_empty() and frames.disks.is_empty() and frames.interfaces.is_empty() and last_seen is None:
+        return empty_episodes()
+
+    agents = agent_frame(frames)
+    points = point_frame(frames, agents)
+    parts = [
+        detect_thresholds(points, config),
+        detect_outliers(points, config),
+        detect_level_shifts(points, config),
+        detect_flatlines(points, config),
+        detect_disk_forecasts(points, config),
+        detect_peers(points, config),
+        detect_gaps(agents, config),
+        detect_reboots(agents, config),
+    ]
+    if as_of is not None and (day is not None or last_seen is not None):
+        parts.append(detect_offline(agents, config, now=as_of, last_seen=last_seen))
+    episodes = merge_episodes(pl.concat(parts), config)
+    if day_start is not None:
+        day_end = day_start + timedelta(days=1)
+        episodes = episodes.filter((pl.col("start") >= day_start) & (pl.col("start") < day_end))
+    log.debug("flag_anomalies: %d points, %d episodes", points.height, episodes.height)
+    return episodes

@@ -1,0 +1,94 @@
+"""Every threshold of the anomaly detectors, in one frozen dataclass.
+
+One configuration serves every asset and every kind of series: the values below were
+chosen for server metrics (percentages, byte rates, temperatures sampled every 1 to 15
+minutes), not for any one data set. Change one with `dataclasses.replace(config, ...)`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from perf_analytics.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class AnomalyConfig:
+    """Thresholds, windows and tolerances of the detectors (minutes unless named otherwise)."""
+
+    # Sustained thresholds: above `*_threshold` for at least the sustain time is a warning,
+    # a peak above `*_critical` makes it critical.
+    cpu_threshold: float = 90.0
+    cpu_critical: float = 98.0
+    memory_threshold: float = 90.0
+    memory_critical: float = 95.0
+    disk_threshold: float = 90.0
+    disk_critical: float = 95.0
+    sustain_minutes: float = 5.0
+    disk_sustain_minutes: float = 0.0
+    sustain_min_points: int = 2  # one sample shows a level, not that it was sustained
+
+    # Learning period: baselines of a series younger than this are not trusted yet
+    # (outliers, level shifts and flatlines wait for it).
+    learn_hours: float = 24.0
+
+    # Robust outliers against the asset's own trailing baseline at the same time of day.
+    outlier_z: float = 6.0
+    outlier_critical_z: float = 12.0
+    baseline_days: float = 7.0
+    time_of_day_hours: int = 3  # width of the time-of-day bucket the baseline is drawn from
+    baseline_min_points: int = 24
+    recent_hours: float = 24.0  # the recent baseline, used with the time-of-day one
+    outlier_novel_only: bool = True  # and beyond the range of the baseline days
+
+    # Level shifts: the median of the last `level_recent_minutes` against the median of
+    # the `level_baseline_hours` before them, in robust spread units.
+    level_shift_z: float = 3.0
+    level_recent_minutes: float = 60.0
+    level_baseline_hours: float = 24.0
+    level_min_change: float = 0.25  # and at least this share of the baseline's level...
+    level_min_percent_points: float = 8.0  # ...or this many points on a percent metric
+
+    # Flatlines: a metric that moves on at least `flatline_moving_share` of its samples
+    # (over the previous day) repeats the same value for `flatline_minutes` or longer.
+    flatline_minutes: float = 60.0
+    flatline_min_points: int = 4
+    flatline_moving_share: float = 0.8
+
+    # Gaps and offline agents: no snapshot for more than `gap_intervals` reporting intervals.
+    gap_intervals: float = 3.0
+
+    # Disk-full forecast: the trend of the last `forecast_window_hours` reaches 100% in
+    # fewer than `forecast_days` days.
+    forecast_days: float = 7.0
+    forecast_window_hours: float = 6.0
+    forecast_min_points: int = 6
+
+    # Peers: an asset this many robust spreads away from its org's median at the same
+    # time, by at least `peer_min_percent_points`, with at least `peer_min_assets` reporting.
+    peer_z: float = 6.0
+    peer_min_assets: int = 5
+    peer_bucket_minutes: int = 15
+    peer_min_percent_points: float = 40.0
+
+    # Episodes: flagged points of the same asset, metric and detector at most this far
+    # apart (or two reporting intervals, whichever is longer) are one episode.
+    merge_gap_minutes: float = 60.0
+
+    # Trailing data a day's flags need (the longest window above): `flag_anomalies` with
+    # `day` uses no data older than this before the day.
+    history_days: float = 8.0
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, bool) and f.type in ("bool", bool):
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or value < 0:
+                raise ConfigError(f"anomaly setting {f.name} must be a number >= 0, got {value!r}")
+        if self.time_of_day_hours < 1 or 24 % self.time_of_day_hours:
+            raise ConfigError(f"time_of_day_hours must divide 24, got {self.time_of_day_hours}")
+        if self.history_days * 24 < max(self.baseline_days * 24, self.level_baseline_hours, self.recent_hours):
+            raise ConfigError("history_days must cover the longest baseline window")
+        if self.peer_min_assets < 2:
+            raise ConfigError(f"peer_min_assets must be at least 2, got {self.peer_min_assets}")

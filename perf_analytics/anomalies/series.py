@@ -1,0 +1,150 @@
+"""The frames reshaped for the detectors: one long frame of metric points, one of agents.
+
+Detectors work on `(orgId, assetId, metric, timestamp, value)` points, whatever frame
+the metric came from, so a disk or interface is just another metric name
+(`disk[C:].usagePercent`, `network.interfaces[eth0].bytesRecvPerSec`). Bad values are
+dropped here, once, so no detector sees them: non-finite numbers, percentages outside
+0-100, negative rates, impossible temperatures, and the second of two rows with the same
+timestamp. Each point carries its asset's reporting interval at that moment (from
+`timeWindow`, or from the recent spacing of its snapshots when that is longer), so an
+asset that changes interval is judged by its current one.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+from perf_analytics.frames import Frames
+from perf_analytics.schema import TIME_WINDOWS
+
+PERCENT = "percent"
+RATE = "rate"
+LEVEL = "level"
+
+ASSET = ["orgId", "assetId"]
+SERIES = ["orgId", "assetId", "metric"]
+
+# (frame column, metric name, kind) of the snapshot metrics the detectors watch.
+SNAPSHOT_METRICS = (
+    ("cpu_usage", "cpu.usage", PERCENT),
+    ("memory_usage_percent", "memory.usagePercent", PERCENT),
+    ("cpu_temperature", "cpu.temperature", LEVEL),
+)
+DISK_METRICS = (
+    ("usage_percent", "usagePercent", PERCENT),
+    ("read_bytes_per_sec", "readBytesPerSec", RATE),
+    ("write_bytes_per_sec", "writeBytesPerSec", RATE),
+)
+INTERFACE_METRICS = (
+    ("bytes_recv_per_sec", "bytesRecvPerSec", RATE),
+    ("bytes_sent_per_sec", "bytesSentPerSec", RATE),
+)
+_WINDOW_SECONDS = {name: delta.total_seconds() for name, delta in TIME_WINDOWS.items()}
+_RECENT_SPACINGS = 5  # the interval estimate is the median of this many previous spacings
+_DEFAULT_INTERVAL_S = 300.0  # for an asset with a single snapshot and no timeWindow
+
+
+def _valid(value: pl.Expr, kind: str) -> pl.Expr:
+    """`value` where it is a possible reading of its kind, else null."""
+    finite = value.is_not_null() & value.is_finite()
+    if kind == PERCENT:
+        ok = finite & (value >= 0.0) & (value <= 100.0)
+    elif kind == RATE:
+        ok = finite & (value >= 0.0)
+    else:
+        ok = finite & (value > -100.0) & (value < 250.0)
+    return pl.when(ok).then(value).otherwise(None)
+
+
+def _column(frame: pl.DataFrame, name: str) -> pl.Expr:
+    """A float column of the frame, or nulls when an older frame lacks it."""
+    return pl.col(name).cast(pl.Float64) if name in frame.columns else pl.lit(None, dtype=pl.Float64)
+
+
+def agent_frame(frames: Frames) -> pl.DataFrame:
+    """One row per (org, asset, timestamp): the reporting interval and the uptime.
+
+    Rows without an org, asset or timestamp are dropped; duplicates keep their last row.
+    """
+    snaps = frames.snapshots
+    window = (
+        pl.col("timeWindow").replace_strict(_WINDOW_SECONDS, default=None, return_dtype=pl.Float64)
+        if "timeWindow" in snaps.columns
+        else pl.lit(None, dtype=pl.Float64)
+    )
+    uptime = _column(snaps, "system_uptime")
+    df = (
+        snaps.select(
+            pl.col("orgId").cast(pl.String),
+            pl.col("assetId").cast(pl.String),
+            pl.col("timestamp").cast(pl.Datetime("ms", "UTC")),
+            window.alias("window_s"),
+            pl.when(uptime.is_finite() & (uptime >= 0)).then(uptime).otherwise(None).alias("uptime"),
+        )
+        .drop_nulls(["orgId", "assetId", "timestamp"])
+        .sort([*ASSET, "timestamp"])
+        .unique([*ASSET, "timestamp"], keep="last", maintain_order=True)
+    )
+    spacing = pl.col("timestamp").diff().dt.total_milliseconds().cast(pl.Float64) / 1000.0
+    recent = (
+        spacing.shift(1).rolling_median(_RECENT_SPACINGS, min_samples=1).over(ASSET)
+    )
+    return df.with_columns(
+        pl.max_horizontal(pl.col("window_s"), recent)
+        .fill_null(pl.col("window_s").fill_null(spacing.median().over(ASSET)))
+        .fill_null(_DEFAULT_INTERVAL_S)
+        .alias("interval_s")
+    ).drop("window_s")
+
+
+def _long(frame: pl.DataFrame, name: pl.Expr, column: str, kind: str, keys: list[str]) -> pl.DataFrame:
+    return (
+        frame.select(
+            pl.col("orgId").cast(pl.String),
+            pl.col("assetId").cast(pl.String),
+            name.alias("metric"),
+            pl.lit(kind).alias("kind"),
+            pl.col("timestamp").cast(pl.Datetime("ms", "UTC")),
+            _valid(_column(frame, column), kind).alias("value"),
+            *(pl.col(k) for k in keys),
+        )
+        .drop_nulls(["orgId", "assetId", "metric", "timestamp", "value"])
+    )
+
+
+def point_frame(frames: Frames, agents: pl.DataFrame) -> pl.DataFrame:
+    """Every valid metric point, long: orgId, assetId, metric, kind, timestamp, value, interval_s.
+
+    Sorted by (orgId, assetId, metric, timestamp), one row per timestamp and metric.
+    """
+    parts = [
+        _long(frames.snapshots, pl.lit(metric), column, kind, [])
+        for column, metric, kind in SNAPSHOT_METRICS
+    ]
+    if frames.disks.height and "disk" in frames.disks.columns:
+        disk_name = pl.col("disk").cast(pl.String)
+        parts += [
+            _long(frames.disks, pl.format("disk[{}].{}", disk_name, pl.lit(field)), column, kind, [])
+            for column, field, kind in DISK_METRICS
+        ]
+    if frames.interfaces.height and "interface" in frames.interfaces.columns:
+        iface = pl.col("interface").cast(pl.String)
+        parts += [
+            _long(frames.interfaces, pl.format("network.interfaces[{}].{}", iface, pl.lit(field)), column, kind, [])
+            for column, field, kind in INTERFACE_METRICS
+        ]
+    points = (
+        pl.concat(parts)
+        .sort([*SERIES, "timestamp"])
+        .unique([*SERIES, "timestamp"], keep="last", maintain_order=True)
+    )
+    intervals = agents.select(*ASSET, "timestamp", "interval_s")
+    points = points.join(intervals, on=[*ASSET, "timestamp"], how="left")
+    # A disk or interface row whose snapshot row went missing still gets its asset's interval.
+    fallback = agents.group_by(ASSET).agg(pl.col("interval_s").median().alias("_fallback"))
+    return (
+        points.join(fallback, on=ASSET, how="left")
+        .with_columns(pl.col("interval_s").fill_null(pl.col("_fallback")).fill_null(_DEFAULT_INTERVAL_S))
+        .drop("_fallback")
+        .sort([*SERIES, "timestamp"])
+    )

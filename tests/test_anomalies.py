@@ -1,0 +1,427 @@
+"""Anomaly flags: each detector fires where it must and stays quiet where it must not."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pytest
+
+from perf_analytics.anomalies import (
+    EPISODE_COLUMNS,
+    AnomalyConfig,
+    AnomalyInputError,
+    flag_anomalies,
+)
+from perf_analytics.anomalies.detectors import FLAG_SCHEMA
+from perf_analytics.anomalies.episodes import merge_episodes
+from perf_analytics.errors import ConfigError
+from perf_analytics.frames import Frames, frames_from_documents
+
+T0 = datetime(2026, 3, 2, tzinfo=UTC)  # a Monday
+DAY2 = date(2026, 3, 3)
+Edit = Callable[[np.ndarray, dict[str, np.ndarray]], None]
+
+
+def asset_docs(
+    *,
+    days: float = 2.0,
+    interval: int = 300,
+    org: str = "org-a",
+    asset: str = "asset-1",
+    seed: int = 0,
+    edit: Edit | None = None,
+    disks: tuple[str, ...] = ("C:",),
+) -> list[dict[str, Any]]:
+    """Snapshots of one ordinary asset: a daily CPU cycle and noise on every metric.
+
+    `edit(t, cols)` changes the arrays in place (t: seconds since T0); `cols["keep"]`
+    set to False drops a snapshot.
+    """
+    n = round(days * 86400 / interval)
+    rng = np.random.default_rng(seed)
+    t = np.arange(n, dtype=np.float64) * interval
+    cols = {
+        "cpu": 30 + 10 * np.sin(2 * np.pi * t / 86400) + rng.normal(0, 2, n),
+        "memory": 50 + rng.normal(0, 1, n),
+        "disk": 40 + t / 86400 * 0.1 + rng.normal(0, 0.01, n),
+        "recv": 1e5 * np.exp(rng.normal(0, 0.3, n)),
+        "temp": 50 + rng.normal(0, 1, n),
+        "uptime": 1e6 + t,
+        "keep": np.ones(n, dtype=bool),
+    }
+    if edit is not None:
+        edit(t, cols)
+    window = {60: "1min", 300: "5min"}.get(interval, "5min")
+    docs = []
+    for i in np.flatnonzero(cols["keep"]):
+        docs.append(
+            {
+                "orgId": org,
+                "agentId": f"agent-{asset}",
+                "assetId": asset,
+                "timestamp": T0 + timedelta(seconds=float(t[i])),
+                "timeWindow": window,
+                "performanceData": {
+                    "cpu": {"usage": float(cols["cpu"][i]), "temperature": float(cols["temp"][i])},
+                    "memory": {
+                        "usagePercent": float(cols["memory"][i]),
+                        "usedBytes": 4e9,
+                        "totalBytes": 8e9,
+                        "availableBytes": 4e9,
+                    },
+                    "disk": [
+                        {
+                            "name": name,
+                            "usagePercent": float(cols["disk"][i]),
+                            "totalBytes": 1e11,
+                            "usedBytes": 4e10,
+                            "freeBytes": 6e10,
+                        }
+                        for name in disks
+                    ],
+                    "network": {
+                        "totalUsage": float(cols["recv"][i]),
+                        "interfaces": [
+                            {
+                                "name": "eth0",
+                                "bytesRecvPerSec": float(cols["recv"][i]),
+                                "bytesSentPerSec": 100.0,
+                                "packetsRecvPerSec": 1.0,
+                                "packetsSentPerSec": 1.0,
+                            }
+                        ],
+                    },
+                    "system": {"uptime": float(cols["uptime"][i]), "processCount": 100, "threadCount": 1000},
+                },
+            }
+        )
+    return docs
+
+
+def frames_of(*docs_lists: list[dict[str, Any]]) -> Frames:
+    return frames_from_documents([d for docs in docs_lists for d in docs])
+
+
+def at(hours: float) -> float:
+    """Seconds since T0 of an hour of the second day."""
+    return 86400 + hours * 3600
+
+
+def only(flags: pl.DataFrame, detector: str, metric: str | None = None) -> pl.DataFrame:
+    out = flags.filter(pl.col("detector") == detector)
+    return out if metric is None else out.filter(pl.col("metric") == metric)
+
+
+# ---- the ordinary asset ---------------------------------------------------------------
+
+
+def test_an_ordinary_asset_raises_no_flags() -> None:
+    flags = flag_anomalies(frames_of(asset_docs()))
+    assert flags.columns == list(EPISODE_COLUMNS)
+    assert flags.is_empty(), flags.select("detector", "metric", "message").to_dicts()
+
+
+# ---- thresholds -----------------------------------------------------------------------
+
+
+def test_cpu_above_90_for_half_an_hour_is_one_critical_episode_with_duration_and_peak() -> None:
+    def edit(t: np.ndarray, c: dict[str, np.ndarray]) -> None:
+        span = (t >= at(10)) & (t < at(10.5))
+        c["cpu"][span] = 95.0
+        c["cpu"][np.flatnonzero(span)[2]] = 99.2
+
+    flags = only(flag_anomalies(frames_of(asset_docs(edit=edit))), "threshold")
+    assert flags.height == 1
+    row = flags.row(0, named=True)
+    assert row["metric"] == "cpu.usage"
+    assert row["severity"] == "critical"
+    assert row["start"] == T0 + timedelta(seconds=at(10) + 300)  # the second sample makes it sustained
+    assert row["message"] == "CPU above 90% for 30 minutes (peak 99.2%)."
+
+
+def test_cpu_above_90_for_less_than_five_minutes_is_not_flagged() -> None:
+    def edit(t: np.ndarray, c: dict[str, np.ndarray]) -> None:
+        c["cpu"][(t >= at(10)) & (t < at(10) + 180)] = 97.0
+
+    flags = flag_anomalies(frames_of(asset_docs(interval=60, edit=edit)))
+    assert only(flags, "threshold").is_empty()
+
+
+def test_thresholds_are_configurable() -> None:
+    def edit(t: np.ndarray, c: dict[str, np.ndarray]) -> None:
+        c["memory"][(t >= at(10)) & (t < at(11))] = 85.0
+
+    frames = frames_of(asset_docs(edit=edit))
+    assert only(flag_anomalies(frames), "threshold").is_empty()
+    lowered = flag_anomalies(frames, config=AnomalyConfig(memory_threshold=80.0))
+    assert only(lowered, "threshold", "memory.usagePercent").height == 1
+
+
+# ---- outliers, level shifts, flatlines --------------------------------------------------
+
+
+def test_a_network_burst_is_an_outlier_of_its_interface() -> None:
+    def edit(t: np.ndarray, c: dict[str, np.ndarray]) -> None:
+        c["recv"][(t >= at(14)) & (t < at(14.25))] = 5e6
+
+    flags = only(flag_anomalies(frames_of(asset_docs(edit=edit))), "outlier")
+    assert flags.get_column("metric").to_list() == ["network.interfaces[eth0].bytesRecvPerSec"]
+    assert flags.item(0, "start") == T0 + timedelta(seconds=at(14))
+    assert "Interface eth0 received bytes/s reached 5000000" in flags.item(0, "message")
+
+
+def test_a_value_the_asset_reached_before_is_not_an_outlier() -> None:
+    def edit(t: np.ndarray, c: dict[str, np.ndarray]) -> None:
+        c["recv"][(t >= 3 * 3600) & (t < 3 * 3600 + 900)] = 5e6  # day one: part of its history
+        c["recv"][(t >= at(14)) & (t < at(14.25))] = 4e6
+
+    flags = flag_anomalies(frames_of(asset_docs(edit=edit)))
+    assert only(flags, "outlier").is_empty()
+
+
+def test_a_lasting_cpu_jump_is_a_level_shift() -> None:
+    def edit(t: np.ndarray, c: dict[str, np.ndarray]) -> None:
+        c["cpu"][t >= at(12)] += 35.0
+
+    flags = only(flag_anomalies(frames_of(asset_docs(edit=edit))), "level_shift", "cpu.usage")
+    assert flags.height == 1
+    start = flags.item(0, "start")
+    assert T0 + timedelta(seconds=at(12)) < start <= T0 + timedelta(seconds=at(13))
+    assert "stayed there" in flags.item(0, "message")
+
+
+def test_a_stuck_cpu_is_a_flatline_but_a_metric_that_never_moves_is_not() -> None:
+    def edit(t: np.ndarray, c: dict[str, np.ndarray]) -> None:
+        c["cpu"][(t >= at(9)) & (t < at(12))] = 31.25
+        c["temp"][:] = 45.0
+
+    flags = only(flag_anomalies(frames_of(asset_docs(edit=edit))), "flatline")
+    assert flags.get_column("metric").to_list() == ["cpu.usage"]
+    assert flags.item(0, "message").startswith("CPU stuck at exactly 31.25% for 1")
+
+
+# ---- disks ----------------------------------------------------------------------------
+
+
+def test_a_disk_filling_five_points_a_day_from_70_is_forecast_full_within_a_week() -> None:
+    def edit(t: np.ndarray, c: dict[str, np.ndarray]) -> None:
+        c["disk"][:] = 70 + 5 * t / 86400
+
+    flags = only(flag_anomalies(frames_of(asset_docs(edit=edit))), "disk_forecast")
+    assert flags.get_column("metric").to_list() == ["disk[C:].usagePercent"]
+    assert "would reach 100% in" in flags.item(0, "message")
+
+
+def test_a_disk_filling_slowly_has_no_forecast_flag() -> None:
+    def edit(t: np.ndarray, c: dict[str, np.ndarray]) -> None:
+        c["disk"][:] = 70 + 1 * t / 86400
+
+    assert only(flag_anomalies(frames_of(asset_docs(edit=edit))), "disk_forecast").is_empty()
+
+
+def test_a_disk_above_90_is_flagged_per_disk() -> None:
+    def edit(t: np.ndarray, c: dict[str, np.ndarray]) -> None:
+        c["disk"][t >= at(0)] = 93.0
+
+    flags = only(flag_anomalies(frames_of(asset_docs(edit=edit, disks=("C:",)))), "threshold")
+    assert flags.get_column("metric").to_list() == ["disk[C:].usagePercent"]
+    assert flags.item(0, "message").startswith("Disk C: usage above 90% for ")
+
+
+# ---- agent level ----------------------------------------------------------------------
+
+
+def test_an_hour_without_snapshots_is_a_gap_and_two_missing_samples_are_not() -> None:
+    def edit(t: np.ndarray, c: dict[str, np.ndarray]) -> None:
+        c["keep"][(t >= at(5)) & (t < at(6))] = False
+        c["keep"][(t >= at(15)) & (t < at(15) + 600)] = False
+
+    flags = only(flag_anomalies(frames_of(asset_docs(edit=edit))), "gap")
+    assert flags.height == 1
+    row = flags.row(0, named=True)
+    assert row["metric"] == "*"
+    assert row["start"] == T0 + timedelta(seconds=at(5))
+    assert row["end"] == T0 + timedelta(seconds=at(6) - 300)
+    assert row["message"].startswith("No snapshot for 65 minutes from 2026-03-03 05:00 UTC")
+
+
+def test_an_agent_silent_at_the_end_of_the_day_is_offline_unless_last_seen_is_recent() -> None:
+    def edit(t: np.ndarray, c: dict[str, np.ndarray]) -> None:
+        c["keep"][t >= at(20)] = False
+
+    frames = frames_of(asset_docs(edit=edit))
+    flags = only(flag_anomalies(frames, day=DAY2), "offline")
+    assert flags.height == 1
+    assert flags.item(0, "start") == T0 + timedelta(seconds=at(20))
+    seen = pl.DataFrame({"orgId": ["org-a"], "assetId": ["asset-1"], "lastSeen": [T0 + timedelta(seconds=at(23.9))]})
+    assert only(flag_anomalies(frames, day=DAY2, last_seen=seen), "offline").is_empty()
+
+
+def test_uptime_going_down_is_a_reboot() -> None:
+    def edit(t: np.ndarray, c: dict[str, np.ndarray]) -> None:
+        later = t >= at(3)
+        c["uptime"][later] = 120 + t[later] - at(3)
+
+    flags = only(flag_anomalies(frames_of(asset_docs(edit=edit))), "reboot")
+    assert flags.height == 1
+    assert flags.item(0, "metric") == "system.uptime"
+    assert flags.item(0, "message").startswith("Asset rebooted around 2026-03-03 02:58 UTC after 12.7 days up")
+
+
+# ---- peers and tenants ----------------------------------------------------------------
+
+
+def test_peers_compare_an_asset_only_with_its_own_org() -> None:
+    def busy(t: np.ndarray, c: dict[str, np.ndarray]) -> None:
+        c["memory"][:] = 92.0 + np.random.default_rng(1).normal(0, 1, len(t)).clip(-1.5, 1.5)
+
+    org_a = [asset_docs(days=1, org="org-a", asset=f"a{i}", seed=i, edit=busy if i == 0 else None) for i in range(6)]
+    # In org-b everyone runs memory high: nobody stands out there, and org-a's busy asset
+    # must not make org-b's assets look low.
+    org_b = [asset_docs(days=1, org="org-b", asset=f"b{i}", seed=10 + i, edit=busy) for i in range(6)]
+    flags = flag_anomalies(frames_of(*org_a, *org_b))
+    peers = only(flags, "peer")
+    assert set(peers.get_column("assetId").to_list()) == {"a0"}
+    assert (peers.get_column("orgId") == "org-a").all()
+    org_of = {f"a{i}": "org-a" for i in range(6)} | {f"b{i}": "org-b" for i in range(6)}
+    assert all(org_of[a] == o for o, a in flags.select("orgId", "assetId").iter_rows())
+    assert "median of the org's other assets" in peers.item(0, "message")
+
+
+# ---- episodes, causality, messages ----------------------------------------------------
+
+
+def test_points_close_in_time_merge_into_one_episode_with_the_highest_severity_and_score() -> None:
+    base = T0
+    times = [base, base + timedelta(minutes=10), base + timedelta(minutes=20), base + timedelta(hours=5)]
+    flags = pl.DataFrame(
+        {
+            "orgId": ["o"] * 4,
+            "assetId": ["a"] * 4,
+            "metric": ["cpu.usage"] * 4,
+            "detector": ["outlier"] * 4,
+            "timestamp": times,
+            "end": times,
+            "since": times,
+            "value": [50.0, 70.0, 60.0, 55.0],
+            "ref": [20.0] * 4,
+            "score": [7.0, 13.0, 8.0, 6.5],
+            "severity": [1, 2, 1, 1],
+            "interval_s": [60.0] * 4,
+        },
+        schema=FLAG_SCHEMA,
+    )
+    episodes = merge_episodes(flags, AnomalyConfig(merge_gap_minutes=30))
+    assert episodes.height == 2
+    first = episodes.row(0, named=True)
+    assert (first["start"], first["end"]) == (times[0], times[2])
+    assert (first["severity"], first["score"]) == ("critical", 13.0)
+    assert "reached 70%" in first["message"]
+
+
+def test_a_days_flags_do_not_change_when_the_next_day_arrives() -> None:
+    def edit(t: np.ndarray, c: dict[str, np.ndarray]) -> None:
+        c["cpu"][t >= at(23.5)] = 96.0  # runs over midnight into day three
+        c["recv"][(t >= at(30)) & (t < at(31))] = 1e7
+        c["keep"][(t >= at(23.9))] &= t[t >= at(23.9)] >= at(24.5)
+
+    docs = asset_docs(days=3, edit=edit)
+    until_day2 = [d for d in docs if d["timestamp"] < T0 + timedelta(days=2)]
+    alone = flag_anomalies(frames_of(until_day2), day=DAY2)
+    with_next = flag_anomalies(frames_of(docs), day=DAY2)
+    assert not alone.is_empty()
+    assert alone.equals(with_next)
+    day3 = flag_anomalies(frames_of(docs), day="2026-03-04")
+    assert (day3.get_column("start") >= T0 + timedelta(days=2)).all()
+
+
+def test_every_message_is_a_sentence_with_its_numbers() -> None:
+    def edit(t: np.ndarray, c: dict[str, np.ndarray]) -> None:
+        c["cpu"][(t >= at(10)) & (t < at(11))] = 97.0
+        c["memory"][t >= at(14)] += 20.0
+        c["recv"][(t >= at(16)) & (t < at(16.2))] = 1e7
+        c["keep"][(t >= at(18)) & (t < at(19))] = False
+        c["uptime"][t >= at(20)] = 300 + t[t >= at(20)] - at(20)
+
+    flags = flag_anomalies(frames_of(asset_docs(edit=edit)), day=DAY2)
+    assert set(flags.get_column("detector")) >= {"threshold", "level_shift", "outlier", "gap", "reboot"}
+    for message in flags.get_column("message"):
+        assert message[0].isupper() and message.endswith("."), message
+        assert any(ch.isdigit() for ch in message), message
+        assert "null" not in message, message
+
+
+# ---- bad data -------------------------------------------------------------------------
+
+
+def test_nan_and_impossible_values_are_ignored_not_flagged() -> None:
+    def edit(t: np.ndarray, c: dict[str, np.ndarray]) -> None:
+        c["cpu"][(t >= at(10)) & (t < at(11))] = np.nan
+        c["memory"][(t >= at(12)) & (t < at(13))] = 250.0
+        c["recv"][(t >= at(14)) & (t < at(15))] = -1.0
+        c["temp"][(t >= at(15)) & (t < at(16))] = np.inf
+
+    flags = flag_anomalies(frames_of(asset_docs(edit=edit)))
+    assert flags.is_empty(), flags.get_column("message").to_list()
+
+
+def test_a_single_snapshot_gives_no_flags() -> None:
+    flags = flag_anomalies(frames_of(asset_docs()[:1]))
+    assert flags.is_empty()
+    assert flags.columns == list(EPISODE_COLUMNS)
+
+
+def test_empty_frames_give_an_empty_result() -> None:
+    assert flag_anomalies(frames_of([]), day=DAY2).is_empty()
+
+
+def test_duplicate_timestamps_count_once() -> None:
+    def edit(t: np.ndarray, c: dict[str, np.ndarray]) -> None:
+        c["cpu"][(t >= at(10)) & (t < at(10.5))] = 95.0
+
+    docs = asset_docs(edit=edit)
+    flags = flag_anomalies(frames_of(docs, docs[100:300]))
+    assert flags.equals(flag_anomalies(frames_of(docs)))
+    assert only(flags, "threshold").height == 1
+
+
+def test_an_asset_that_slows_its_reporting_interval_has_no_gaps() -> None:
+    fast = asset_docs(days=1, interval=60)
+    slow = [d for d in asset_docs(days=2, interval=300) if d["timestamp"] >= T0 + timedelta(days=1)]
+    flags = flag_anomalies(frames_of(fast, slow))
+    assert only(flags, "gap").is_empty()
+
+
+def test_disks_and_interfaces_that_come_and_go_and_missing_sections_do_not_break_the_run() -> None:
+    docs = asset_docs(disks=("C:", "D:"))
+    for i, doc in enumerate(docs):
+        perf = doc["performanceData"]
+        if i > len(docs) // 2:
+            perf["disk"] = perf["disk"][:1]  # D: is unplugged
+        if i % 7 == 0:
+            del perf["network"]
+        if i % 11 == 0:
+            del perf["system"]
+            perf["cpu"].pop("temperature")
+    flags = flag_anomalies(frames_of(docs))
+    assert only(flags, "gap").is_empty()
+    assert only(flags, "reboot").is_empty()
+
+
+def test_frames_of_the_wrong_shape_raise_a_clear_error() -> None:
+    bad = Frames(pl.DataFrame({"x": [1]}), pl.DataFrame(), pl.DataFrame())
+    with pytest.raises(AnomalyInputError, match="lacks the column"):
+        flag_anomalies(bad)
+    with pytest.raises(AnomalyInputError, match="not a date"):
+        flag_anomalies(frames_of(asset_docs(days=0.1)), day="yesterday")
+
+
+def test_a_negative_threshold_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="cpu_threshold"):
+        AnomalyConfig(cpu_threshold=-1.0)
+    assert replace(AnomalyConfig(), cpu_threshold=80.0).cpu_threshold == 80.0
