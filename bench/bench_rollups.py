@@ -1,0 +1,346 @@
+"""Rollups of a fleet-day, all five windows: `compute_rollups` against a pandas baseline.
+
+Data: N assets (default 1,000, in 10 orgs) x 1 day at one snapshot a minute (1.44M
+snapshots at N=1,000), each asset at its own second within the minute, 0.5% of snapshots
+missing at random (gaps), two disks and two interfaces per asset (2.88M rows each). The
+flat frames are built directly with numpy, in the column names and types of
+`frames.py`, not through `generate_fleet` -> `validate_snapshot` -> `frames_from_documents`
+(that path takes minutes and gigabytes for 1.44M documents and is not what is measured).
+The same seed gives both sides the same values.
+
+The frames are built once and cached as Parquet in bench/.cache/rollups-<N>/. Measured,
+each in a child process of its own that reads that cache before the clock starts (so
+each peak RSS is its own, and the RSS after loading the data is reported beside it):
+
+- `polars-assets`: `compute_rollups` with empty disk and interface frames: the per-asset
+  rollups only, like the baseline;
+- `polars-full`: `compute_rollups` on all three frames (assets, disks, interfaces);
+- `pandas`: the baseline, per window `df.groupby(["orgId", "assetId"]).resample(rule,
+  on="timestamp")` then `size`, `mean`, `min`, `max`, `quantile(0.95)` (linear) and `last`
+  of the five asset metrics (cpu_usage, memory_usage_percent, memory_swap_used,
+  system_process_count, system_thread_count), joined into one frame. It computes no
+  coverage, gaps, intervals or flags, and no disks or interfaces: less than
+  `polars-assets`.
+
+Before timing, both are run on 20 assets and their common columns compared (1e-9
+relative; empty pandas buckets dropped), so the race is between equal results.
+
+    python bench/bench_rollups.py                 # 1,000 assets (1.44M snapshots)
+    python bench/bench_rollups.py --assets 100    # a quick look
+
+Prints a markdown table and writes bench/results/rollups.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+START = datetime(2026, 1, 5, tzinfo=UTC)
+STEPS = 1440  # one a minute, one day
+ORGS = 10
+METRICS = ("cpu_usage", "memory_usage_percent", "memory_swap_used", "system_process_count", "system_thread_count")
+WINDOWS = {"1min": "1min", "5min": "5min", "15min": "15min", "1hour": "1h", "1day": "1D"}
+SIDES = ("polars-assets", "polars-full", "pandas")
+
+
+def build_columns(assets: int, seed: int = 42) -> dict[str, dict[str, npt.NDArray[Any]]]:
+    """Flat columns of snapshots, disks and interfaces, sorted by (org, asset, timestamp)."""
+    rng = np.random.default_rng(seed)
+    asset_ids = np.array([f"asset-{i:05d}" for i in range(assets)])
+    org_ids = np.array([f"org-{i % ORGS:02d}" for i in range(assets)])
+    order = np.lexsort((asset_ids, org_ids))  # sorted by org, then asset
+    asset_ids, org_ids = asset_ids[order], org_ids[order]
+    start_ms = int(START.timestamp() * 1000)
+    offsets = rng.integers(0, 60, assets) * 1000
+    ts = start_ms + offsets[:, None] + np.arange(STEPS)[None, :] * 60_000
+    keep = rng.random((assets, STEPS)) >= 0.005
+    rows = int(keep.sum())
+    asset_of = np.repeat(np.arange(assets), STEPS)[keep.ravel()]
+    t = ts.ravel()[keep.ravel()]
+    hour = (t - start_ms) / 3_600_000.0
+    base = rng.uniform(5, 60, assets)[asset_of]
+    snapshots = {
+        "orgId": org_ids[asset_of],
+        "assetId": asset_ids[asset_of],
+        "timestamp": t,
+        "timeWindow": np.full(rows, "1min"),
+        "cpu_usage": np.clip(base + 15 * np.sin(hour / 24 * 2 * np.pi) + rng.normal(0, 8, rows), 0, 100),
+        "memory_usage_percent": np.clip(base + 20 + rng.normal(0, 3, rows), 0, 100),
+        "memory_swap_used": np.abs(rng.normal(2e8, 5e7, rows)),
+        "system_uptime": 86_400.0 + (t - start_ms) / 1000.0,
+        "system_process_count": rng.integers(150, 300, rows),
+        "system_thread_count": rng.integers(1500, 4000, rows),
+    }
+    items: dict[str, dict[str, npt.NDArray[Any]]] = {}
+    for kind, names in (("disks", ("C:", "D:")), ("interfaces", ("eth0", "lo"))):
+        n = rows * len(names)
+        cols: dict[str, npt.NDArray[Any]] = {
+            "orgId": np.repeat(snapshots["orgId"], len(names)),
+            "assetId": np.repeat(snapshots["assetId"], len(names)),
+            "timestamp": np.repeat(t, len(names)),
+            kind[:-1] if kind == "disks" else "interface": np.tile(np.array(names), rows),
+        }
+        if kind == "disks":
+            usage = rng.uniform(10, 95, n)
+            cols |= {
+                "usage_percent": usage,
+                "total_bytes": np.full(n, 5e11),
+                "used_bytes": usage / 100 * 5e11,
+                "free_bytes": (100 - usage) / 100 * 5e11,
+                **{c: rng.exponential(1e6, n) for c in ("read_bytes_per_sec", "write_bytes_per_sec")},
+                **{c: rng.exponential(50, n) for c in ("read_ops_per_sec", "write_ops_per_sec")},
+            }
+        else:
+            cols |= {c: rng.exponential(1e5, n) for c in ("bytes_recv_per_sec", "bytes_sent_per_sec")}
+            cols |= {c: rng.exponential(100, n) for c in ("packets_recv_per_sec", "packets_sent_per_sec")}
+        items[kind] = cols
+    return {"snapshots": snapshots, **items}
+
+
+def polars_frames(columns: dict[str, dict[str, npt.NDArray[Any]]], *, assets_only: bool) -> Any:
+    import polars as pl
+
+    from perf_analytics.frames import Frames, empty_frames
+
+    def frame(cols: dict[str, npt.NDArray[Any]], empty: pl.DataFrame) -> pl.DataFrame:
+        df = pl.DataFrame(cols)
+        return df.with_columns(pl.from_epoch("timestamp", time_unit="ms").dt.replace_time_zone("UTC")).select(
+            [c for c in empty.columns if c in df.columns]
+        )
+
+    empty = empty_frames()
+    snapshots = frame(columns["snapshots"], empty.snapshots)
+    if assets_only:
+        return Frames(snapshots, empty.disks, empty.interfaces)
+    return Frames(snapshots, frame(columns["disks"], empty.disks), frame(columns["interfaces"], empty.interfaces))
+
+
+def pandas_frame(columns: dict[str, dict[str, npt.NDArray[Any]]]) -> Any:
+    import pandas as pd
+
+    cols = dict(columns["snapshots"])
+    cols["timestamp"] = pd.to_datetime(cols["timestamp"], unit="ms", utc=True)
+    return pd.DataFrame({k: cols[k] for k in ("orgId", "assetId", "timestamp", *METRICS)})
+
+
+def pandas_rollups(df: Any) -> dict[str, Any]:
+    """The baseline: groupby-resample per asset, the same per-asset statistics."""
+    import pandas as pd
+
+    out = {}
+    for window, rule in WINDOWS.items():
+        buckets = df.groupby(["orgId", "assetId"]).resample(rule, on="timestamp")
+        r = buckets[list(METRICS)]
+        parts = [buckets.size().rename("samples")]
+        for stat, frame in (
+            ("mean", r.mean()),
+            ("min", r.min()),
+            ("max", r.max()),
+            ("p95", r.quantile(0.95)),
+            ("last", r.last()),
+        ):
+            parts.append(frame.add_suffix(f"_{stat}"))
+        result = pd.concat(parts, axis=1)
+        out[window] = result[result["samples"] > 0]
+    return out
+
+
+def check_equal(assets: int = 20) -> int:
+    """Both sides on a small fleet: the common columns must agree; returns values compared."""
+    from perf_analytics.rollups import compute_rollups
+
+    columns = build_columns(assets, seed=7)
+    ours = compute_rollups(polars_frames(columns, assets_only=True))
+    theirs = pandas_rollups(pandas_frame(columns))
+    compared = 0
+    for window, frame in theirs.items():
+        mine = ours[window].assets.to_pandas().set_index(["orgId", "assetId", "bucket"])
+        frame = frame.copy()
+        frame.index = frame.index.set_names(["orgId", "assetId", "bucket"])
+        mine.index = mine.index.set_levels(mine.index.levels[2].as_unit("ns"), level=2)
+        frame.index = frame.index.set_levels(frame.index.levels[2].as_unit("ns"), level=2)
+        assert len(mine) == len(frame), (window, len(mine), len(frame))
+        joined = mine.join(frame.add_suffix("_pd"), how="inner")
+        assert len(joined) == len(frame), window
+        for column in frame.columns:
+            a = joined[column].to_numpy(dtype=float)
+            b = joined[f"{column}_pd"].to_numpy(dtype=float)
+            assert np.allclose(a, b, rtol=1e-9, atol=0, equal_nan=True), (window, column)
+            compared += len(a)
+    return compared
+
+
+def peak_rss_mb() -> float:
+    """The process's high-water mark (ru_maxrss is in KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def cache_dir(assets: int) -> Path:
+    return HERE / ".cache" / f"rollups-{assets}"
+
+
+def write_cache(assets: int) -> Path:
+    """Build the frames once and keep them as Parquet, so each child only reads them."""
+    directory = cache_dir(assets)
+    if (directory / "interfaces.parquet").exists():
+        return directory
+    frames = polars_frames(build_columns(assets), assets_only=False)
+    directory.mkdir(parents=True, exist_ok=True)
+    for name in ("snapshots", "disks", "interfaces"):
+        getattr(frames, name).write_parquet(directory / f"{name}.parquet")
+    return directory
+
+
+def read_side_data(side: str, directory: Path) -> Any:
+    if side == "pandas":
+        import pandas as pd
+
+        return pd.read_parquet(directory / "snapshots.parquet", columns=["orgId", "assetId", "timestamp", *METRICS])
+    import polars as pl
+
+    from perf_analytics.frames import Frames, empty_frames
+
+    snapshots = pl.read_parquet(directory / "snapshots.parquet")
+    if side == "polars-assets":
+        empty = empty_frames()
+        return Frames(snapshots, empty.disks, empty.interfaces)
+    return Frames(snapshots, pl.read_parquet(directory / "disks.parquet"), pl.read_parquet(directory / "interfaces.parquet"))
+
+
+class RssSampler:
+    """The highest resident set size seen while running, sampled every 5 ms by a thread.
+
+    ru_maxrss is a high-water mark for the whole process (reading the data included), so
+    the peak of the computation itself is sampled instead.
+    """
+
+    def __init__(self) -> None:
+        import psutil
+
+        self._process = psutil.Process()
+        self.peak = self._process.memory_info().rss
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, self._process.memory_info().rss)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._process.memory_info().rss)
+
+
+def rss_mb() -> float:
+    import psutil
+
+    return float(psutil.Process().memory_info().rss) / 2**20
+
+
+def run_side(side: str, assets: int) -> dict[str, Any]:
+    """Read the cached data, then time one side; runs in a child process of its own."""
+    t0 = time.perf_counter()
+    data = read_side_data(side, cache_dir(assets))
+    snapshots = len(data) if side == "pandas" else data.snapshots.height
+    loaded_s = time.perf_counter() - t0
+    rss_loaded = rss_mb()
+    with RssSampler() as sampler:
+        t1 = time.perf_counter()
+        if side == "pandas":
+            result = pandas_rollups(data)
+            rows = sum(len(f) for f in result.values())
+        else:
+            from perf_analytics.rollups import compute_rollups
+
+            rollups = compute_rollups(data)
+            rows = sum(r.assets.height + r.disks.height + r.interfaces.height for r in rollups.values())
+        seconds = time.perf_counter() - t1
+    return {
+        "side": side,
+        "snapshots": snapshots,
+        "load_s": round(loaded_s, 2),
+        "seconds": round(seconds, 3),
+        "output_rows": rows,
+        "rss_after_load_mb": round(rss_loaded, 1),
+        "peak_rss_during_compute_mb": round(sampler.peak / 2**20, 1),
+        "process_max_rss_mb": round(peak_rss_mb(), 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--assets", type=int, default=1000, help="assets in the fleet (1 day at 60 s each)")
+    parser.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)  # child process mode
+    args = parser.parse_args()
+    if args.side:
+        print(json.dumps(run_side(args.side, args.assets)))
+        return
+
+    write_cache(args.assets)
+    compared = check_equal()
+    print(f"check: pandas and polars agree on {compared:,} values (20 assets, 5 windows)", file=sys.stderr)
+    runs = {}
+    for side in SIDES:
+        child = subprocess.run(
+            [sys.executable, __file__, "--assets", str(args.assets), "--side", side],
+            check=True,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(HERE.parent)},
+        )
+        runs[side] = json.loads(child.stdout.strip().splitlines()[-1])
+        print(f"{side}: {runs[side]['seconds']} s", file=sys.stderr)
+    baseline = runs["pandas"]["seconds"]
+    result = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cpus, Python {platform.python_version()}",
+        "assets": args.assets,
+        "snapshots": runs["pandas"]["snapshots"],
+        "windows": list(WINDOWS),
+        "values_checked_equal": compared,
+        "runs": runs,
+        "speedup_assets_only": round(baseline / runs["polars-assets"]["seconds"], 1),
+        "speedup_full": round(baseline / runs["polars-full"]["seconds"], 1),
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "rollups.json").write_text(json.dumps(result, indent=2) + "\n")
+
+    print(f"\nRollups, {args.assets:,} assets x 1 day at 60 s ({result['snapshots']:,} snapshots), "
+          f"all five windows; {result['machine']}\n")
+    print("| run | computes | seconds | vs pandas | peak RSS MB during compute (after loading data) |")
+    print("|---|---|---:|---:|---:|")
+    what = {
+        "pandas": "baseline: groupby-resample, per-asset stats",
+        "polars-assets": "`compute_rollups`, per-asset rollups only",
+        "polars-full": "`compute_rollups`, assets + disks + interfaces",
+    }
+    for side in ("pandas", "polars-assets", "polars-full"):
+        r = runs[side]
+        ratio = baseline / r["seconds"]
+        print(f"| {side} | {what[side]} | {r['seconds']:.2f} | {ratio:.1f}x | "
+              f"{r['peak_rss_during_compute_mb']:,.0f} ({r['rss_after_load_mb']:,.0f}) |")
+
+
+if __name__ == "__main__":
+    main()
