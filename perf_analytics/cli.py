@@ -14,7 +14,9 @@ import click
 from perf_analytics.config import load_settings
 from perf_analytics.errors import PerfAnalyticsError
 
-COMMANDS = ("localdb", "init", "ingest", "generate", "extract", "migrate", "doctor")
+COMMANDS = (
+    "localdb", "init", "ingest", "generate", "extract", "anomalies", "rollup", "query", "migrate", "doctor",
+)
 
 
 class _Group(click.Group):

@@ -1,0 +1,38 @@
+"""`perf-analytics anomalies --org ORG --date D`: one org's day of anomaly flags."""
+
+from __future__ import annotations
+
+import click
+
+from perf_analytics.commands._common import db_of, settings_of
+from perf_analytics.commands.rollup import parse_day
+from perf_analytics.pipeline import run_day
+
+
+@click.command("anomalies")
+@click.option("--org", "org_id", required=True, help="The organisation.")
+@click.option("--date", "day", required=True, help="The UTC day, YYYY-MM-DD.")
+@click.option("--to-mongo", is_flag=True, help="Also write the flags to the anomaly_flags collection.")
+@click.option("--limit", default=20, show_default=True, help="Flags to print (all go to the lake).")
+@click.pass_context
+def command(ctx: click.Context, org_id: str, day: str, to_mongo: bool, limit: int) -> None:
+    """Flag one org's anomalies of a day and write them to the lake (anomalies/orgId=/date=).
+
+    Detectors see only that day and the history before it, so a day's flags do not
+    change when later days arrive. The day's partition is replaced on re-run.
+
+    \b
+    Examples:
+      perf-analytics anomalies --org org-01 --date 2026-01-06
+      perf-analytics anomalies --org org-01 --date 2026-01-06 --to-mongo --limit 50
+    """
+    result = run_day(db_of(ctx), org_id, parse_day(day), lake=settings_of(ctx).lake, rollups=False,
+                     to_mongo=to_mongo)
+    flags = result.flags
+    click.echo(f"{org_id} {result.day}: {result.snapshots:,} snapshots, {flags.height} anomaly flags")
+    for row in flags.sort(["start", "assetId"]).head(limit).iter_rows(named=True):
+        click.echo(f"  {row['start']:%H:%M}  {row['severity']:<8} {row['assetId']}  {row['metric']}: {row['message']}")
+    if flags.height > limit:
+        click.echo(f"  ... {flags.height - limit} more in the lake")
+    if result.skipped_count:
+        click.echo(f"skipped {result.skipped_count} off-type snapshot(s); run `doctor --fix`", err=True)

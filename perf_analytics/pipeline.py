@@ -1,0 +1,127 @@
+"""One org's day, end to end: extract → anomaly flags → rollups → lake (→ optional sinks).
+
+`run_day` is what the nightly run does for each org and what `perf-analytics rollup` and
+`perf-analytics anomalies` do for one: flags of day D are computed from D and the
+configured history before it, never from later days, so re-running D after D+1 arrived
+gives the same flags. Every output for (org, D) is replaced as a whole: lake partitions
+are rewritten (an empty day writes empty partitions, so stale flags never survive), and
+the Mongo sinks upsert by natural key and remove what the new run no longer produces.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+from pymongo import ReplaceOne
+
+from perf_analytics.anomalies import AnomalyConfig, flag_anomalies
+from perf_analytics.extract import Skipped, extract_window
+from perf_analytics.frames import Frames
+from perf_analytics.lake import (
+    ANOMALIES,
+    ANOMALY_SCHEMA,
+    write_anomalies,
+    write_partition,
+    write_rollups,
+)
+from perf_analytics.rollups import WINDOWS, compute_rollups, upsert_rollups
+from perf_analytics.store import Db
+
+ANOMALY_FLAGS = "anomaly_flags"
+
+
+@dataclass
+class DayResult:
+    org_id: str
+    day: date
+    snapshots: int = 0
+    flags: pl.DataFrame = field(default_factory=pl.DataFrame)
+    rollup_rows: dict[str, int] = field(default_factory=dict)
+    paths: list[Path] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+    skipped_count: int = 0
+    sink_writes: int = 0
+
+
+def day_bounds(day: date) -> tuple[datetime, datetime]:
+    start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+    return start, start + timedelta(days=1)
+
+
+def _only(frames: Frames, start: datetime, end: datetime) -> Frames:
+    def cut(df: pl.DataFrame) -> pl.DataFrame:
+        return df.filter((pl.col("timestamp") >= start) & (pl.col("timestamp") < end))
+
+    return Frames(cut(frames.snapshots), cut(frames.disks), cut(frames.interfaces))
+
+
+def run_day(
+    db: Db,
+    org_id: str,
+    day: date,
+    *,
+    lake: str | Path,
+    windows: Sequence[str] = WINDOWS,
+    config: AnomalyConfig | None = None,
+    rollups: bool = True,
+    anomalies: bool = True,
+    to_mongo: bool = False,
+) -> DayResult:
+    """Flag and roll up `org_id`'s snapshots of `day` (UTC) into the lake."""
+    cfg = config or AnomalyConfig()
+    start, end = day_bounds(day)
+    got = extract_window(db, org_id, start - timedelta(days=cfg.history_days), end)
+    result = DayResult(org_id, day, skipped=got.skipped, skipped_count=got.skipped_count)
+    today = _only(got.frames, start, end)
+    result.snapshots = today.snapshots.height
+
+    flags = flag_anomalies(got.frames, day=day, config=cfg) if anomalies else None
+    if flags is not None:
+        result.flags = flags
+        result.paths += _replace_flags(lake, org_id, day, flags)
+        if to_mongo:
+            result.sink_writes += upsert_flags(db, org_id, day, flags)
+    if rollups:
+        computed = compute_rollups(today, windows=windows, flags=flags)
+        result.rollup_rows = {w: r.assets.height for w, r in computed.items()}
+        result.paths += write_rollups(lake, computed)
+        if to_mongo:
+            result.sink_writes += upsert_rollups(db, org_id, computed)
+    return result
+
+
+def _replace_flags(lake: str | Path, org_id: str, day: date, flags: pl.DataFrame) -> list[Path]:
+    """Write the day's flags; a day without flags gets an empty partition, replacing old ones."""
+    if flags.height:
+        return write_anomalies(lake, flags)
+    empty = pl.from_arrow(ANOMALY_SCHEMA.empty_table())
+    assert isinstance(empty, pl.DataFrame)
+    return [write_partition(lake, ANOMALIES, {"orgId": org_id, "date": day.isoformat()}, empty)]
+
+
+def _flag_id(row: dict[str, Any]) -> str:
+    key = f"{row['orgId']}\0{row['assetId']}\0{row['metric']}\0{row['detector']}\0{row['start'].isoformat()}"
+    return hashlib.sha256(key.encode()).hexdigest()[:24]
+
+
+def upsert_flags(db: Db, org_id: str, day: date, flags: pl.DataFrame) -> int:
+    """Make `anomaly_flags` hold exactly these flags for (org, day): upsert, then prune."""
+    start, end = day_bounds(day)
+    ops = []
+    ids = []
+    for row in flags.filter(pl.col("orgId") == org_id).iter_rows(named=True):
+        doc = {**row, "_id": _flag_id(row), "date": day.isoformat()}
+        ids.append(doc["_id"])
+        ops.append(ReplaceOne({"_id": doc["_id"], "orgId": org_id}, doc, upsert=True))
+    if ops:
+        db[ANOMALY_FLAGS].bulk_write(ops, ordered=False)
+    removed = db[ANOMALY_FLAGS].delete_many(
+        {"orgId": org_id, "start": {"$gte": start, "$lt": end}, "_id": {"$nin": ids}}
+    )
+    return len(ops) + removed.deleted_count
