@@ -7,6 +7,7 @@ rollups/window=<w>/orgId=<org>/date=<YYYY-MM-DD>/part-0.parquet             per 
 rollups_disks/window=<w>/orgId=<org>/date=<YYYY-MM-DD>/part-0.parquet       per disk
 rollups_interfaces/window=<w>/orgId=<org>/date=<YYYY-MM-DD>/part-0.parquet  per interface
 anomalies/orgId=<org>/date=<YYYY-MM-DD>/part-0.parquet
+availability/orgId=<org>/date=<YYYY-MM-DD>/part-0.parquet                   per asset and day
 snapshots/orgId=<org>/date=<YYYY-MM-DD>/part-<id>.parquet                   (retention's)
 ```
 
@@ -26,7 +27,8 @@ reader lists. A partition holds exactly the rows the last writer passed for it: 
 whole UTC days, or the partition of a partial day holds a partial day.
 
 `connect_lake(root, org_id=...)` returns an in-memory DuckDB connection whose views
-(`rollups`, `rollups_disks`, `rollups_interfaces`, `anomalies`, and `snapshots` when that
+(`rollups`, `rollups_disks`, `rollups_interfaces`, `anomalies`, `availability`, and
+`snapshots` when that
 dataset has files) read an explicit list of that org's files, never a glob over all orgs.
 The connection is then locked: file access is limited to exactly those files and the
 setting cannot be changed back, so SQL on it cannot reach another tenant's data. A view
@@ -52,17 +54,19 @@ import pyarrow.parquet as pq
 
 from perf_analytics.errors import PerfAnalyticsError
 from perf_analytics.frames import empty_frames
-from perf_analytics.rollups import Rollups, compute_rollups
+from perf_analytics.rollups import Rollups, compute_availability, compute_rollups
 
 PART = "part-0.parquet"
 ROLLUP_DATASETS = {"assets": "rollups", "disks": "rollups_disks", "interfaces": "rollups_interfaces"}
 ANOMALIES = "anomalies"
+AVAILABILITY = "availability"
 SNAPSHOTS = "snapshots"
 
 # Partition keys of each dataset, in path order, with their DuckDB types.
 PARTITIONING: dict[str, tuple[tuple[str, str], ...]] = {
     **dict.fromkeys(ROLLUP_DATASETS.values(), (("window", "VARCHAR"), ("orgId", "VARCHAR"), ("date", "DATE"))),
     ANOMALIES: (("orgId", "VARCHAR"), ("date", "DATE")),
+    AVAILABILITY: (("orgId", "VARCHAR"), ("date", "DATE")),
     SNAPSHOTS: (("orgId", "VARCHAR"), ("date", "DATE")),
 }
 
@@ -182,6 +186,17 @@ def write_anomalies(root: str | os.PathLike[str], flags: pl.DataFrame) -> list[P
     ]
 
 
+def write_availability(root: str | os.PathLike[str], availability: pl.DataFrame) -> list[Path]:
+    """Write `compute_availability`'s frame to `availability/orgId=/date=/`, replacing each."""
+    missing = [c for c in ("orgId", "assetId", "date") if c not in availability.columns]
+    if missing:
+        raise LakeError(f"availability lacks column(s) {', '.join(missing)}")
+    return [
+        write_partition(root, AVAILABILITY, {"orgId": org, "date": day}, part)
+        for (org, day), part in _partitions(availability)
+    ]
+
+
 def _partitions(frame: pl.DataFrame) -> Iterable[tuple[tuple[str, str], pl.DataFrame]]:
     """(orgId, ISO date) and the rows of each, in key order."""
     if frame.height == 0:
@@ -225,6 +240,8 @@ def _empty_table(dataset: str) -> pa.Table | None:
         schema = frame.to_arrow().schema
     elif dataset == ANOMALIES:
         schema = ANOMALY_SCHEMA
+    elif dataset == AVAILABILITY:
+        schema = compute_availability(empty_frames()).to_arrow().schema
     else:
         return None
     keys = [k for k, _ in PARTITIONING[dataset]]

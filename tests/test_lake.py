@@ -18,10 +18,11 @@ from perf_analytics.lake import (
     connect_lake_all_orgs,
     lake_files,
     write_anomalies,
+    write_availability,
     write_partition,
     write_rollups,
 )
-from perf_analytics.rollups import Rollups, compute_rollups
+from perf_analytics.rollups import Rollups, compute_availability, compute_rollups
 from tests.test_rollups import T0, frames_of, snap
 
 DAY = date(2026, 3, 1)
@@ -170,3 +171,17 @@ def test_partition_values_that_would_escape_their_directory_are_refused(tmp_path
     with pytest.raises(LakeError):
         connect_lake(tmp_path, org_id="../org-a")
     assert not any(tmp_path.iterdir())
+
+
+def test_availability_is_written_per_org_and_date_and_read_back(tmp_path: Path) -> None:
+    availability = compute_availability(two_org_frames())
+    written = write_availability(tmp_path, availability)
+    assert sorted(str(p.relative_to(tmp_path)) for p in written) == [
+        "availability/orgId=org-a/date=2026-03-01/part-0.parquet",
+        "availability/orgId=org-a/date=2026-03-02/part-0.parquet",
+        "availability/orgId=org-b/date=2026-03-01/part-0.parquet",
+    ]
+    con = connect_lake(tmp_path, org_id="org-a")
+    rows = con.execute("SELECT date, samples, availability FROM availability ORDER BY date").fetchall()
+    expected = availability.filter(pl.col("orgId") == "org-a").select("date", "samples", "availability").rows()
+    assert rows == expected
