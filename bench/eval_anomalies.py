@@ -24,6 +24,7 @@ import sys
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -350,9 +351,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--assets", type=int, default=10, help="assets per org")
     parser.add_argument("--days", type=int, default=7)
     parser.add_argument("--interval", type=int, default=60, help="reporting interval in seconds")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="NAME=VALUE", help="override one AnomalyConfig setting"
+    )
     args = parser.parse_args(argv)
     run_all = not args.generator and args.nab is None
     config = AnomalyConfig()
+    for item in args.set:
+        name, _, text = item.partition("=")
+        current = getattr(config, name)
+        value = text.lower() in ("1", "true", "yes") if isinstance(current, bool) else type(current)(text)
+        config = replace(config, **{name: value})
     out: dict[str, Any] = {"measured": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), "config": config.__dict__}
     if args.generator or run_all:
         out["generator"] = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
@@ -140,7 +141,7 @@ def test_cpu_above_90_for_half_an_hour_is_one_critical_episode_with_duration_and
     row = flags.row(0, named=True)
     assert row["metric"] == "cpu.usage"
     assert row["severity"] == "critical"
-    assert row["start"] == T0 + timedelta(seconds=at(10) + 300)  # the second sample makes it sustained
+    assert row["start"] == T0 + timedelta(seconds=at(10) + 600)  # the third sample makes it sustained
     assert row["message"] == "CPU above 90% for 30 minutes (peak 99.2%)."
 
 
@@ -184,15 +185,22 @@ def test_a_value_the_asset_reached_before_is_not_an_outlier() -> None:
     assert only(flags, "outlier").is_empty()
 
 
-def test_a_lasting_cpu_jump_is_a_level_shift() -> None:
+def test_a_lasting_memory_jump_is_a_level_shift() -> None:
     def edit(t: np.ndarray, c: dict[str, np.ndarray]) -> None:
-        c["cpu"][t >= at(12)] += 35.0
+        c["memory"][t >= at(12)] += 25.0
 
-    flags = only(flag_anomalies(frames_of(asset_docs(edit=edit))), "level_shift", "cpu.usage")
+    flags = only(flag_anomalies(frames_of(asset_docs(edit=edit))), "level_shift", "memory.usagePercent")
     assert flags.height == 1
     start = flags.item(0, "start")
-    assert T0 + timedelta(seconds=at(12)) < start <= T0 + timedelta(seconds=at(13))
-    assert "stayed there" in flags.item(0, "message")
+    assert T0 + timedelta(seconds=at(12)) < start <= T0 + timedelta(seconds=at(14))
+    assert re.match(r"Memory moved from about (49|50)\S*% to about 7[45]\S*% and stayed there", flags.item(0, "message"))
+
+
+def test_a_spike_shorter_than_the_recent_window_is_no_level_shift() -> None:
+    def edit(t: np.ndarray, c: dict[str, np.ndarray]) -> None:
+        c["memory"][(t >= at(12)) & (t < at(13))] += 25.0
+
+    assert only(flag_anomalies(frames_of(asset_docs(edit=edit))), "level_shift").is_empty()
 
 
 def test_a_stuck_cpu_is_a_flatline_but_a_metric_that_never_moves_is_not() -> None:

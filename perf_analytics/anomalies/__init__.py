@@ -145,15 +145,16 @@ def flag_anomalies(
 
     agents = agent_frame(frames)
     points = point_frame(frames, agents)
+    reboots = detect_reboots(agents, config)
     parts = [
+        reboots,
         detect_thresholds(points, config),
-        detect_outliers(points, config),
-        detect_level_shifts(points, config),
+        detect_outliers(points, config, reboots),
+        detect_level_shifts(points, config, reboots),
         detect_flatlines(points, config),
         detect_disk_forecasts(points, config),
         detect_peers(points, config),
         detect_gaps(agents, config),
-        detect_reboots(agents, config),
     ]
     if as_of is not None and (day is not None or last_seen is not None):
         parts.append(detect_offline(agents, config, now=as_of, last_seen=last_seen))

@@ -26,7 +26,7 @@ class AnomalyConfig:
     disk_critical: float = 95.0
     sustain_minutes: float = 5.0
     disk_sustain_minutes: float = 0.0
-    sustain_min_points: int = 2  # one sample shows a level, not that it was sustained
+    sustain_min_points: int = 3  # at coarse sampling two readings are too few to call sustained
 
     # Learning period: baselines of a series younger than this are not trusted yet
     # (outliers, level shifts and flatlines wait for it).
@@ -39,12 +39,18 @@ class AnomalyConfig:
     time_of_day_hours: int = 3  # width of the time-of-day bucket the baseline is drawn from
     baseline_min_points: int = 24
     recent_hours: float = 24.0  # the recent baseline, used with the time-of-day one
-    outlier_novel_only: bool = True  # and beyond the range of the baseline days
+    outlier_novel_only: bool = True  # and beyond the range of the baseline days...
+    outlier_novel_margin: float = 0.1  # ...by this share of that range's distance from the median
+    outlier_novel_time_of_day: bool = False  # the range of the same time of day only
+
+    # After a reboot, values below the baseline (memory, processes, caches start afresh) are
+    # not flagged for this long.
+    reboot_settle_hours: float = 24.0
 
     # Level shifts: the median of the last `level_recent_minutes` against the median of
     # the `level_baseline_hours` before them, in robust spread units.
-    level_shift_z: float = 3.0
-    level_recent_minutes: float = 60.0
+    level_shift_z: float = 6.0
+    level_recent_minutes: float = 180.0
     level_baseline_hours: float = 24.0
     level_min_change: float = 0.25  # and at least this share of the baseline's level...
     level_min_percent_points: float = 8.0  # ...or this many points on a percent metric

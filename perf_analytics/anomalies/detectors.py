@@ -97,6 +97,25 @@ def _learned(config: AnomalyConfig) -> pl.Expr:
     return _seconds(pl.col("timestamp") - first) >= config.learn_hours * 3600.0
 
 
+def _settling(df: pl.DataFrame, boots: pl.DataFrame | None, config: AnomalyConfig) -> pl.DataFrame:
+    """Add `settling`: the asset rebooted less than `reboot_settle_hours` before the point.
+
+    A reboot resets memory, caches and process counts: values lower than the baseline in
+    the hours after one are the reboot's doing, not a new anomaly.
+    """
+    if boots is None or boots.is_empty() or df.is_empty():
+        return df.with_columns(pl.lit(False).alias("settling"))
+    last_boot = boots.select(*ASSET, pl.col("timestamp").alias("_boot")).sort("_boot")
+    joined = (
+        df.with_row_index("_row")
+        .sort("timestamp")
+        .join_asof(last_boot, left_on="timestamp", right_on="_boot", by=ASSET, strategy="backward", check_sortedness=False)
+        .sort("_row")
+    )
+    settling = _seconds(pl.col("timestamp") - pl.col("_boot")) < config.reboot_settle_hours * 3600.0
+    return joined.with_columns(settling.fill_null(False).alias("settling")).drop("_row", "_boot")
+
+
 def _transformed(points: pl.DataFrame) -> pl.Expr:
     """Byte rates are judged on a log scale (a burst is a ratio), the rest as they are."""
     return pl.when(pl.col("kind") == RATE).then(pl.col("value").log1p()).otherwise(pl.col("value"))
@@ -159,6 +178,7 @@ def _baselines(df: pl.DataFrame, config: AnomalyConfig) -> pl.DataFrame:
     week = _duration(config.baseline_days * 86400)
     day = _duration(config.recent_hours * 3600)
     x = pl.col("x")
+    novel_by = [*SERIES, "tod"] if config.outlier_novel_time_of_day else SERIES
 
     def stats(window: str, by: list[str], tag: str) -> list[pl.Expr]:
         return [
@@ -173,13 +193,15 @@ def _baselines(df: pl.DataFrame, config: AnomalyConfig) -> pl.DataFrame:
         .with_columns(
             *stats(week, [*SERIES, "tod"], "tod"),
             *stats(day, SERIES, "day"),
-            x.rolling_max_by("timestamp", week, closed="left").over(SERIES).alias("max_week"),
-            x.rolling_min_by("timestamp", week, closed="left").over(SERIES).alias("min_week"),
+            x.rolling_max_by("timestamp", week, closed="left").over(novel_by).alias("max_week"),
+            x.rolling_min_by("timestamp", week, closed="left").over(novel_by).alias("min_week"),
         )
     )
 
 
-def detect_outliers(points: pl.DataFrame, config: AnomalyConfig) -> pl.DataFrame:
+def detect_outliers(
+    points: pl.DataFrame, config: AnomalyConfig, boots: pl.DataFrame | None = None
+) -> pl.DataFrame:
     """Points far from both the same time of day on previous days and the last day.
 
     The z-score is the smaller of the two robust z-scores (median and interquartile
@@ -204,15 +226,20 @@ def detect_outliers(points: pl.DataFrame, config: AnomalyConfig) -> pl.DataFrame
         .otherwise(None)
     )
     ref = pl.when(enough_tod).then(pl.col("med_tod")).otherwise(pl.col("med_day"))
+    margin = config.outlier_novel_margin
     # Beyond everything the series did in the baseline days: a value that recurs (a nightly
     # backup, a periodic burst) is part of the asset's life, however far from the median.
     novel = (
-        pl.when(pl.col("z") > 0).then(x > pl.col("max_week")).otherwise(x < pl.col("min_week"))
+        pl.when(pl.col("z") > 0)
+        .then(x > pl.col("max_week") + margin * (pl.col("max_week") - pl.col("ref_x")))
+        .otherwise(x < pl.col("min_week") - margin * (pl.col("ref_x") - pl.col("min_week")))
         if config.outlier_novel_only
         else pl.lit(True)
     )
-    df = df.with_columns(z.alias("z"), ref.alias("ref_x"))
-    flagged = df.filter((pl.col("z").abs() >= config.outlier_z) & novel & _learned(config)).with_columns(
+    df = _settling(df.with_columns(z.alias("z"), ref.alias("ref_x")), boots, config)
+    flagged = df.filter(
+        (pl.col("z").abs() >= config.outlier_z) & novel & _learned(config) & ~(pl.col("settling") & (pl.col("z") < 0))
+    ).with_columns(
         pl.when(pl.col("kind") == RATE).then(pl.col("ref_x").exp() - 1.0).otherwise(pl.col("ref_x")).alias("ref"),
         pl.col("z").abs().alias("score"),
         pl.when(pl.col("z").abs() >= config.outlier_critical_z).then(CRITICAL).otherwise(WARNING).alias("severity"),
@@ -223,7 +250,9 @@ def detect_outliers(points: pl.DataFrame, config: AnomalyConfig) -> pl.DataFrame
 # ---- level shifts ---------------------------------------------------------------------
 
 
-def detect_level_shifts(points: pl.DataFrame, config: AnomalyConfig) -> pl.DataFrame:
+def detect_level_shifts(
+    points: pl.DataFrame, config: AnomalyConfig, boots: pl.DataFrame | None = None
+) -> pl.DataFrame:
     """The median of the last hour far from the median of the day before that hour.
 
     Both medians are robust to single spikes, so this fires on a lasting change of level
@@ -286,15 +315,22 @@ def detect_level_shifts(points: pl.DataFrame, config: AnomalyConfig) -> pl.DataF
         .otherwise(change.abs() >= config.level_min_change * pl.col("med_base").abs())
     )
     min_recent = max(3.0, 0.5 * recent_s)
-    flagged = df.filter(
+    df = _settling(df, boots, config)
+    shifted = (
         _learned(config)
+        & ~(pl.col("settling") & (change < 0))
         & (pl.col("n_base") >= config.baseline_min_points)
         & (pl.col("n_recent") * pl.col("interval_s") >= min_recent)
         & (pl.col("n_recent") >= 3)
         & (z.abs() >= config.level_shift_z)
         & big_enough
-        & novel
-    ).with_columns(
+    ).fill_null(False)
+    # A shift stays flagged while it lasts, once it has reached a new level at some point.
+    df = df.with_columns(shifted.alias("shifted"), (novel & shifted).alias("novel")).with_columns(
+        (pl.col("shifted") != pl.col("shifted").shift(1)).fill_null(True).cum_sum().over(SERIES).alias("run")
+    )
+    reached = pl.col("novel").cast(pl.Int8).cum_max().over([*SERIES, "run"]) == 1
+    flagged = df.filter(pl.col("shifted") & reached).with_columns(
         pl.when(is_rate).then(pl.col("med_recent").exp() - 1.0).otherwise(pl.col("med_recent")).alias("value"),
         pl.when(is_rate).then(pl.col("med_base").exp() - 1.0).otherwise(pl.col("med_base")).alias("ref"),
         z.abs().alias("score"),

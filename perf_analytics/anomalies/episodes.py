@@ -90,7 +90,11 @@ def _unit() -> pl.Expr:
     return pl.when(percent).then(pl.lit("%")).otherwise(pl.lit(""))
 
 
-def _messages() -> pl.Expr:
+def _num_text(value: float) -> str:
+    return str(int(value)) if value == int(value) else f"{value:.1f}"
+
+
+def _messages(config: AnomalyConfig) -> pl.Expr:
     """One sentence per episode, with its numbers, chosen by detector."""
     label, unit = pl.col("label"), pl.col("unit")
     minutes = pl.col("held_minutes")
@@ -114,8 +118,9 @@ def _messages() -> pl.Expr:
         .when(det == LEVEL_SHIFT)
         .then(
             pl.format(
-                "{} moved from about {}{} to about {}{} and stayed there for at least an hour (robust z-score {}).",
-                label, _num(pl.col("ref_top")), unit, _num(pl.col("value_top")), unit, _num(pl.col("score")),
+                "{} moved from about {}{} to about {}{} and stayed there (median of the last {} minutes; robust z-score {}).",
+                label, _num(pl.col("ref_top")), unit, _num(pl.col("value_top")), unit,
+                pl.lit(_num_text(config.level_recent_minutes)), _num(pl.col("score")),
             )
         )
         .when(det == FLATLINE)
@@ -193,7 +198,7 @@ def merge_episodes(flags: pl.DataFrame, config: AnomalyConfig) -> pl.DataFrame:
     return (
         episodes.with_columns(_label().alias("label"), _unit().alias("unit"), held.alias("held_minutes"))
         .with_columns(
-            _messages().alias("message"),
+            _messages(config).alias("message"),
             pl.col("severity").cast(pl.Int64).replace_strict(dict(enumerate(SEVERITIES)), return_dtype=pl.String),
         )
         .select(*(pl.col(name).cast(dtype) for name, dtype in EPISODE_SCHEMA.items()))
