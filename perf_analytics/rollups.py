@@ -318,16 +318,69 @@ def _series_names(lf: pl.LazyFrame, *names: str) -> pl.LazyFrame:
 # ---- rollups ------------------------------------------------------------------------------
 
 
-def _stat(column: str, stat: str) -> pl.Expr:
+def _stat(column: str, stat: str) -> tuple[str, str, str]:
+    """The aggregation spec (kind, column, output name) of a statistic of the module docstring."""
+    return (stat, column, f"{column}_{stat}")
+
+
+def _agg_exprs(kind: str, column: str, alias: str) -> tuple[pl.Expr, pl.Expr]:
+    """(the aggregation over a group, the same result for a group of one row).
+
+    Both give the same type and, for one row, the same value: the mean, p95 or last of one
+    value is that value, a sum of nothing is 0.
+    """
     col = pl.col(column)
-    expr = {
+    group = {
+        "first": col.first(),
+        "len": pl.len().cast(pl.Int64),
         "mean": col.mean(),
         "min": col.min(),
         "max": col.max(),
         "p95": col.quantile(P95, interpolation="linear"),
         "last": col.last(ignore_nulls=True),
-    }[stat]
-    return expr.alias(f"{column}_{stat}")
+        "sum": col.sum(),
+        "count": col.count().cast(pl.Int64),
+    }[kind]
+    single = {
+        "first": col,
+        "len": pl.lit(1, dtype=pl.Int64),
+        "mean": col.cast(pl.Float64),
+        "min": col,
+        "max": col,
+        "p95": col.cast(pl.Float64),
+        "last": col,
+        "sum": col.fill_null(0),
+        "count": col.is_not_null().cast(pl.Int64),
+    }[kind]
+    return group.alias(alias), single.alias(alias)
+
+
+def _aggregate(rows: pl.LazyFrame, specs: Sequence[tuple[str, str, str]]) -> pl.LazyFrame:
+    """Aggregate `rows` (from `_bucketed`) per group `_g`, in `_g` order.
+
+    Groups of one row (nearly all of them in 1-minute buckets of a 1-minute agent) skip the
+    group machinery: their results are plain column projections, merged back in order with
+    the aggregated larger groups. Aggregating a group has a fixed cost per group that made
+    the 1-minute window the slowest of all.
+    """
+    pairs = [_agg_exprs(*spec) for spec in specs]
+    g = pl.col("_g")
+    alone = (g != g.shift(1)).fill_null(True) & (g != g.shift(-1)).fill_null(True)
+    marked = rows.with_columns(alone.alias("_alone")).collect(engine=ENGINE)
+    lone = int(marked.get_column("_alone").sum())
+    singles = marked.lazy().filter(pl.col("_alone")).select("_g", *(single for _, single in pairs))
+    if lone == marked.height:
+        return singles
+    if lone < marked.height // 10:  # too few to pay for the split and the merge
+        return rows.group_by("_g", maintain_order=True).agg(*(group for group, _ in pairs))
+    groups = (
+        marked.filter(~pl.col("_alone"))
+        .with_columns(pl.col("_g").set_sorted())  # a filter drops the flag; slices need it
+        .lazy()
+        .group_by("_g", maintain_order=True)
+        .agg(*(group for group, _ in pairs))
+    )
+    return singles.merge_sorted(groups, key="_g")
 
 
 def _bucketed(lf: pl.LazyFrame, window: str, *, steps: bool = False) -> pl.LazyFrame:
@@ -345,26 +398,24 @@ def _bucketed(lf: pl.LazyFrame, window: str, *, steps: bool = False) -> pl.LazyF
     return out.collect(engine=ENGINE).lazy()
 
 
-def _firsts(*names: str) -> list[pl.Expr]:
-    return [pl.col(n).first() for n in names]
+def _firsts(*names: str) -> list[tuple[str, str, str]]:
+    return [("first", n, n) for n in names]
 
 
 def _asset_rollup(
     snapshots: pl.LazyFrame, intervals: pl.LazyFrame, flags: pl.LazyFrame | None, window: str
 ) -> pl.LazyFrame:
     seconds = WINDOW_SECONDS[window]
-    ts = pl.col("timestamp")
-    grouped = (
-        _bucketed(snapshots, window, steps=True)
-        .group_by("_g", maintain_order=True)
-        .agg(
+    grouped = _aggregate(
+        _bucketed(snapshots, window, steps=True),
+        [
             *_firsts(*_KEYS, "_series", "bucket"),
-            pl.len().cast(pl.Int64).alias("samples"),
-            ts.min().alias("_first"),
-            ts.max().alias("_last"),
-            pl.col("_step_ms").max().alias("_max_step_ms"),
+            ("len", "", "samples"),
+            ("min", "timestamp", "_first"),
+            ("max", "timestamp", "_last"),
+            ("max", "_step_ms", "_max_step_ms"),
             *(_stat(m, s) for m in ASSET_METRICS for s in ASSET_STATS),
-        )
+        ],
     )
     end = pl.col("bucket").dt.offset_by(f"{seconds}s")
     lead_ms = (pl.col("_first") - pl.col("bucket")).dt.total_milliseconds()
@@ -399,30 +450,25 @@ def _asset_rollup(
 
 
 def _disk_rollup(disks: pl.LazyFrame, window: str) -> pl.LazyFrame:
-    return (
-        _bucketed(disks, window)
-        .group_by("_g", maintain_order=True)
-        .agg(
-            *_firsts(*_KEYS, "disk", "bucket"),
-            pl.len().cast(pl.Int64).alias("samples"),
-            *(_stat(column, stat) for column, stats in DISK_STATS for stat in stats),
-        )
-        .drop("_g")
-    )
+    specs = [
+        *_firsts(*_KEYS, "disk", "bucket"),
+        ("len", "", "samples"),
+        *(_stat(column, stat) for column, stats in DISK_STATS for stat in stats),
+    ]
+    return _aggregate(_bucketed(disks, window), specs).drop("_g")
 
 
 def _interface_rollup(interfaces: pl.LazyFrame, assets: pl.LazyFrame, intervals: pl.LazyFrame, window: str) -> pl.LazyFrame:
     totals = {"bytes_recv_total": "bytes_recv_per_sec", "bytes_sent_total": "bytes_sent_per_sec"}
+    specs = [
+        *_firsts(*_KEYS, "interface", "_series", "bucket"),
+        ("len", "", "samples"),
+        *(_stat(rate, stat) for rate in INTERFACE_RATES for stat in ("mean", "max")),
+        *(("sum", rate, f"_sum_{rate}") for rate in totals.values()),
+        *(("count", rate, f"_n_{rate}") for rate in totals.values()),
+    ]
     grouped = (
-        _bucketed(interfaces, window)
-        .group_by("_g", maintain_order=True)
-        .agg(
-            *_firsts(*_KEYS, "interface", "_series", "bucket"),
-            pl.len().cast(pl.Int64).alias("samples"),
-            *(_stat(rate, stat) for rate in INTERFACE_RATES for stat in ("mean", "max")),
-            *(pl.col(rate).sum().alias(f"_sum_{rate}") for rate in totals.values()),
-            *(pl.col(rate).count().alias(f"_n_{rate}") for rate in totals.values()),
-        )
+        _aggregate(_bucketed(interfaces, window), specs)
         .with_columns(pl.col("bucket").dt.truncate("1d").alias("day"))
         .join(assets, on="_series", how="left", maintain_order="left")
         .join(intervals.rename({"_series": "_asset"}), on=["_asset", "day"], how="left", maintain_order="left")
@@ -523,7 +569,7 @@ def compute_availability(frames: Frames) -> pl.DataFrame:
         .with_columns((pl.col("_cover_s") - pl.col("_today_s")).alias("_spill_s"), _run_id("day").alias("_g"))
     )
     today = per_sample.group_by("_g", maintain_order=True).agg(
-        *_firsts(*_KEYS, "_series", "day", "interval_s"),
+        *(pl.col(c).first() for c in (*_KEYS, "_series", "day", "interval_s")),
         pl.len().cast(pl.Int64).alias("samples"),
         pl.col("_reboot").sum().cast(pl.Int64).alias("reboots"),
         pl.col("_today_s").sum().alias("_today_s"),

@@ -117,6 +117,9 @@ def messy_frames() -> Frames:
         *(snap(m, orgId="org-b", assetId="asset-3") for m in range(0, 20)),
         *(snap(m, orgId="org-b", assetId="asset-3") for m in range(20, 120, 5)),
         *(snap(24 * 60 + m, orgId="org-b", assetId="asset-3") for m in range(0, 60, 5)),
+        # asset-4: every 40 s, so 1-minute buckets hold one or two samples
+        *(snap(m * 40 / 60, orgId="org-b", assetId="asset-4", cpu_usage=float(m % 5),
+               memory_swap_used=None if m % 3 else 1.0) for m in range(45)),
     ]
     disks = [
         *({"orgId": "org-a", "assetId": "asset-1", "timestamp": T0 + timedelta(minutes=m), "disk": "C:",
@@ -138,6 +141,9 @@ def messy_frames() -> Frames:
         *({"orgId": "org-b", "assetId": "asset-3", "timestamp": T0 + timedelta(minutes=m), "interface": "wlan0",
            "bytes_recv_per_sec": 5.0, "bytes_sent_per_sec": 6.0,
            "packets_recv_per_sec": 1.0, "packets_sent_per_sec": 1.0} for m in range(0, 120, 5)),
+        *({"orgId": "org-b", "assetId": "asset-4", "timestamp": T0 + timedelta(seconds=40 * m), "interface": "eth1",
+           "bytes_recv_per_sec": float(m), "bytes_sent_per_sec": None if m % 4 else 2.0,
+           "packets_recv_per_sec": 1.0, "packets_sent_per_sec": 1.0} for m in range(45)),
     ]
     return frames_of(snaps, disks, interfaces)
 
