@@ -15,6 +15,9 @@
   `bytes_sent_total`, `bytes_total`.
 
 `compute_availability(frames)` gives one row per (orgId, assetId, date) with samples.
+`upsert_rollups(db, org_id, rollups)` copies one org's rollups into the optional
+`performance_rollups` collection for the application's dashboards. `lake.write_rollups`
+puts them in the Parquet lake.
 
 Definitions (the tests check them against an independent DuckDB SQL / plain-loop reference):
 
@@ -42,8 +45,8 @@ Definitions (the tests check them against an independent DuckDB SQL / plain-loop
   blank the bucket).
 - mean/min/max/p95 ignore nulls; a metric null in every sample of a bucket gives nulls.
 - interface totals: `bytes_recv_total = interval_s * sum(bytes_recv_per_sec)` (each sample
-  stands for one reporting interval; time lost to an outage is not invented back), same
-  for sent; `bytes_total` is their sum.
+  stands for one reporting interval of its asset; time lost to an outage is not invented
+  back; null when no sample has the rate), same for sent; `bytes_total` is their sum.
 - availability: each sample covers the time before it, back to the latest of
   (timestamp - interval), the previous sample and the machine's boot (timestamp - uptime),
   and never more than a day. Time covered is split across midnight; `availability` is the
