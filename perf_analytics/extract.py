@@ -28,10 +28,10 @@ from perf_analytics.doctor import off_type_filter, off_type_kinds
 from perf_analytics.errors import ConfigError, PerfAnalyticsError
 from perf_analytics.frames import KEYS, Frames, arrow_schema, empty_frames, frames_from_arrow
 from perf_analytics.schema import SNAPSHOTS
-from perf_analytics.store import Db, Doc
+from perf_analytics.store import Db, Doc, probe_capabilities
 
-# One query per slice: servers without range pushdown (FerretDB 1.x) scan the org's
-# documents once per slice, so slices are as long as memory comfortably allows.
+# One query per slice. Servers without range pushdown (FerretDB 1.x) read all of the org's
+# documents for every slice, so there the whole window is one slice (see `_slice_length`).
 DEFAULT_SLICE = timedelta(days=1)
 MAX_REPORTED = 100  # skipped documents listed by _id; the count is complete
 
@@ -67,6 +67,12 @@ def _check_window(start: datetime, end: datetime, slice_length: timedelta) -> No
         raise ConfigError(f"empty window: end {end.isoformat()} is not after start {start.isoformat()}")
     if slice_length <= timedelta(0):
         raise ConfigError("slice length must be positive")
+
+
+def _slice_length(db: Db, start: datetime, end: datetime, asked: timedelta | None) -> timedelta:
+    if asked is not None:
+        return asked
+    return DEFAULT_SLICE if probe_capabilities(db).range_pushdown else max(end - start, DEFAULT_SLICE)
 
 
 def _slices(start: datetime, end: datetime, length: timedelta) -> Iterator[tuple[datetime, datetime]]:
@@ -108,8 +114,9 @@ def _iter(
     start: datetime,
     end: datetime,
     asset_ids: Sequence[str] | None,
-    slice_length: timedelta,
+    asked: timedelta | None,
 ) -> Iterator[Extraction]:
+    slice_length = _slice_length(db, start, end, asked)
     _check_window(start, end, slice_length)
     schema = _mongo_schema()
     for lo, hi in _slices(start, end, slice_length):
@@ -141,9 +148,13 @@ def iter_window(
     end: datetime,
     *,
     asset_ids: Sequence[str] | None = None,
-    slice_length: timedelta = DEFAULT_SLICE,
+    slice_length: timedelta | None = None,
 ) -> Iterator[Extraction]:
-    """`org_id`'s snapshots of [start, end), one time slice at a time (bounded memory)."""
+    """`org_id`'s snapshots of [start, end), one time slice at a time (bounded memory).
+
+    `slice_length` defaults to one day, or to the whole window on a server that cannot
+    narrow a scan by time (each slice would read every document of the org).
+    """
     if not org_id:
         raise ConfigError("an org id is required (extract_window_all_orgs reads every org)")
     return _iter(db, org_id, start, end, asset_ids, slice_length)
@@ -156,7 +167,7 @@ def extract_window(
     end: datetime,
     *,
     asset_ids: Sequence[str] | None = None,
-    slice_length: timedelta = DEFAULT_SLICE,
+    slice_length: timedelta | None = None,
 ) -> Extraction:
     """`org_id`'s snapshots of [start, end) as three frames, plus what had to be skipped."""
     if not org_id:
@@ -169,7 +180,7 @@ def extract_window_all_orgs(
     start: datetime,
     end: datetime,
     *,
-    slice_length: timedelta = DEFAULT_SLICE,
+    slice_length: timedelta | None = None,
 ) -> Extraction:
     """Admin read across tenants: every org's snapshots of [start, end)."""
     return _combine(_iter(db, None, start, end, None, slice_length))

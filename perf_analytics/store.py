@@ -91,6 +91,7 @@ class Capabilities:
     server: str
     ttl_indexes: bool
     time_series: bool
+    range_pushdown: bool = True  # a date range filter narrows the scan (uses the index)
 
     def missing(self) -> list[str]:
         out = []
@@ -98,6 +99,8 @@ class Capabilities:
             out.append("TTL indexes (expire old snapshots with `retention` instead)")
         if not self.time_series:
             out.append("time-series collections (snapshots stay in a plain collection)")
+        if not self.range_pushdown:
+            out.append("range-filter pushdown (a time window reads all of an org's snapshots)")
         return out
 
 
@@ -106,7 +109,11 @@ def probe_capabilities(db: Db) -> Capabilities:
     info = db.client.admin.command("buildInfo")
     if "ferretdbVersion" in info:
         # FerretDB 1.x answers NotImplemented for TTL options and timeseries collections.
-        return Capabilities(f"FerretDB {info['ferretdbVersion']}", ttl_indexes=False, time_series=False)
+        # FerretDB 1.x: no TTL option, no timeseries collections, and range filters are
+        # evaluated after reading every document the equality filters select.
+        return Capabilities(
+            f"FerretDB {info['ferretdbVersion']}", ttl_indexes=False, time_series=False, range_pushdown=False
+        )
     version = str(info.get("version", "?"))
     major = int(version.split(".")[0]) if version[:1].isdigit() else 0
     return Capabilities(f"MongoDB {version}", ttl_indexes=True, time_series=major >= 5)
