@@ -72,6 +72,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, Final
 
 import polars as pl
@@ -610,17 +611,26 @@ _KIND = {"assets": ("asset", None), "disks": ("disk", "disk"), "interfaces": ("i
 
 
 def upsert_rollups(db: Db, org_id: str, rollups: Mapping[str, Rollups], *, batch_size: int = 1000) -> int:
-    """Replace-or-insert the org's rollup rows into `performance_rollups`; returns rows written.
+    """Make `performance_rollups` hold exactly the org's rollups of the (window, UTC date)s
+    present in `rollups`, like a lake partition; returns the documents written.
 
     One document per row with `kind` ("asset", "disk", "interface"), orgId, assetId,
     `window`, `bucket` and, for disks and interfaces, their name: the natural key, which
-    also makes up the string `_id`, so a re-run replaces each document instead of adding
-    one, without a secondary index. Rows of other orgs in `rollups` are left out: writing
+    also makes up the string `_id`. Documents of those (org, window, date)s that the new
+    rollups no longer have (a disk that vanished, an asset now excluded) are deleted first;
+    the rows are then written as ReplaceOne upserts, so a run interrupted in between is
+    completed by running it again. Rows of other orgs in `rollups` are left out: writing
     several tenants is the caller's loop, one org at a time. Unordered bulk writes.
     """
     collection = db[ROLLUPS_COLLECTION]
     written = 0
     batch: list[ReplaceOne[dict[str, Any]]] = []
+    for window, r in rollups.items():
+        mine = [f.filter(pl.col("orgId") == org_id) for f in (r.assets, r.disks, r.interfaces)]
+        days = pl.concat([f.select(pl.col("bucket").dt.truncate("1d")) for f in mine]).unique()
+        for (day,) in days.rows():
+            span = {"$gte": day, "$lt": day + timedelta(days=1)}
+            _delete(collection, {"orgId": org_id, "window": window, "bucket": span})
     for window, level, frame in rollup_frames(rollups):
         kind, name_column = _KIND[level]
         for row in frame.filter(pl.col("orgId") == org_id).iter_rows(named=True):
@@ -633,6 +643,13 @@ def upsert_rollups(db: Db, org_id: str, rollups: Mapping[str, Rollups], *, batch
             if len(batch) >= batch_size:
                 written += _flush(collection, batch)
     return written + _flush(collection, batch)
+
+
+def _delete(collection: Collection[dict[str, Any]], query: dict[str, Any]) -> None:
+    try:
+        collection.delete_many(query)
+    except PyMongoError as exc:
+        raise ServerError(f"pruning {collection.name}: {str(exc).splitlines()[0]}") from None
 
 
 def _flush(collection: Collection[dict[str, Any]], batch: list[ReplaceOne[dict[str, Any]]]) -> int:

@@ -579,9 +579,14 @@ def test_upserting_rollups_twice_replaces_and_keeps_other_orgs_apart(db: Db) -> 
     assert coll.count_documents({"orgId": "org-b"}) == 0
     doc = coll.find_one({"window": "1hour", "kind": "asset"})
     assert doc is not None and doc["cpu_usage_max"] == 9.0 and doc["bucket"] == T0
-    changed = compute_rollups(frames_of([snap(m, cpu_usage=1.0) for m in range(0, 10)], disks, ifaces),
+    other_day = compute_rollups(frames_of([snap(24 * 60 + m) for m in range(3)]), windows=["1hour"])
+    upsert_rollups(db, "org-a", other_day)
+    assert coll.count_documents({}) == 8
+    # a re-run of the first day without the disk: documents replaced, the disk's removed
+    changed = compute_rollups(frames_of([snap(m, cpu_usage=1.0) for m in range(0, 10)], (), ifaces),
                               windows=["5min", "1hour"])
     upsert_rollups(db, "org-a", changed)
-    assert coll.count_documents({}) == 7
-    doc = coll.find_one({"window": "1hour", "kind": "asset"})
+    assert coll.count_documents({"kind": "disk"}) == 0
+    assert coll.count_documents({}) == 8 - 2
+    doc = coll.find_one({"window": "1hour", "kind": "asset", "bucket": T0})
     assert doc is not None and doc["cpu_usage_max"] == 1.0
