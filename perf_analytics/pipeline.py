@@ -27,10 +27,11 @@ from perf_analytics.lake import (
     ANOMALIES,
     ANOMALY_SCHEMA,
     write_anomalies,
+    write_availability,
     write_partition,
     write_rollups,
 )
-from perf_analytics.rollups import WINDOWS, compute_rollups, upsert_rollups
+from perf_analytics.rollups import WINDOWS, compute_availability, compute_rollups, upsert_rollups
 from perf_analytics.store import Db
 
 ANOMALY_FLAGS = "anomaly_flags"
@@ -91,6 +92,7 @@ def run_day(
         computed = compute_rollups(today, windows=windows, flags=flags)
         result.rollup_rows = {w: r.assets.height for w, r in computed.items()}
         result.paths += write_rollups(lake, computed)
+        result.paths += write_availability(lake, compute_availability(today))
         if to_mongo:
             result.sink_writes += upsert_rollups(db, org_id, computed)
     return result

@@ -2,8 +2,10 @@
 
 Generates a small synthetic fleet (3 orgs, 4 assets each, 2 days at one snapshot a
 minute), registers its assets the way the application would, creates the indexes,
-bulk-loads the archive, checks the database with `doctor`, and shows one asset's last
-hour. Run it again and the load finds only duplicates: nothing is added twice.
+bulk-loads the archive, checks the database with `doctor`, shows one asset's last
+minutes, then runs the nightly job for the last day (anomaly flags and rollups of each
+org into the Parquet lake) and asks DuckDB for org-01's strongest anomalies. Run it again
+and the load finds only duplicates and the lake partitions are replaced, not added to.
 
 Settings come from the environment like the CLI's (MONGODB_URI, PERF_DB, ...); with no
 MONGODB_URI the embedded server under data/localdb is started (and left running for the
@@ -13,13 +15,16 @@ next command; `perf-analytics localdb stop` stops it).
 from __future__ import annotations
 
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 from perf_analytics.commands.ingest import format_summary
 from perf_analytics.config import load_settings
 from perf_analytics.doctor import diagnose_all_orgs
-from perf_analytics.generate import fleet_assets, write_fleet
+from perf_analytics.generate import DEFAULT_START, fleet_assets, write_fleet
 from perf_analytics.ingest import ingest_archives_all_orgs
+from perf_analytics.lake import connect_lake
+from perf_analytics.pipeline import run_day
 from perf_analytics.schema import ASSETS
 from perf_analytics.store import connect, ensure_indexes, get_asset_performance, probe_capabilities
 
@@ -62,6 +67,23 @@ def main() -> int:
             f"  {snap['timestamp']:%Y-%m-%d %H:%M}  cpu {perf['cpu']['usage']:5.1f}%  "
             f"memory {perf['memory']['usagePercent']:5.1f}%  uptime {perf['system']['uptime']:>9,.0f}s"
         )
+
+    # The nightly job for the fleet's last day: flags and rollups of each org into the lake.
+    day = (DEFAULT_START + timedelta(days=FLEET["days"] - 1)).date()
+    for org in (f"org-{i:02d}" for i in range(1, FLEET["orgs"] + 1)):
+        result = run_day(db, org, day, lake=settings.lake)
+        n = result.flags.height
+        print(f"{org} {day}: {result.snapshots:,} snapshots, {n} anomaly flag{'' if n == 1 else 's'}, "
+              f"{sum(result.rollup_rows.values()):,} asset rollup rows -> {settings.lake}")
+    con = connect_lake(settings.lake, org_id="org-01")
+    top = con.sql(
+        "select strftime(start, '%H:%M') as at, severity, metric, message from anomalies "
+        "order by score desc limit 5"
+    ).fetchall()
+    print("org-01's strongest anomalies (DuckDB over the lake):")
+    for at, severity, metric, message in top:
+        print(f"  {at}  {severity:<8} {metric:<28} {message}")
+    con.close()
     db.client.close()
     return 0
 

@@ -48,6 +48,7 @@ def test_a_day_lands_in_the_lake_and_duckdb_reads_only_that_org(db: Db, tmp_path
     orgs = con.execute("select distinct orgId from rollups").fetchall()
     assert orgs == [("org-01",)]
     assert con.execute("select count(*) from rollups where \"window\" = '1hour'").fetchone() == (48,)
+    assert con.execute("select count(*), min(availability) > 0.5 from availability").fetchone() == (2, True)
     flags = con.execute("select count(*) from anomalies").fetchone()
     assert flags == (result.flags.height,)
 
