@@ -206,7 +206,9 @@ def detect_outliers(
 
     The z-score is the smaller of the two robust z-scores (median and interquartile
     spread): a morning peak is normal against earlier mornings, a quiet weekend is normal
-    against the hours just before, and only what is unusual against both is flagged.
+    against the hours just before, and only what is unusual against both is flagged. The
+    point must also pass the highest (or lowest) value of the baseline days by a margin:
+    what the asset already did this week is part of its life.
     """
     df = points.filter(~pl.col("metric").str.contains(_DISK_USAGE))
     if df.is_empty():
@@ -253,11 +255,13 @@ def detect_outliers(
 def detect_level_shifts(
     points: pl.DataFrame, config: AnomalyConfig, boots: pl.DataFrame | None = None
 ) -> pl.DataFrame:
-    """The median of the last hour far from the median of the day before that hour.
+    """The median of the recent window (3 hours) far from the median of the day before it.
 
     Both medians are robust to single spikes, so this fires on a lasting change of level
     (a service that now runs hotter, a memory footprint that jumped), about half the
-    recent window after it began.
+    recent window after it began. The new level must also lie beyond every recent median
+    seen at the same time of day over the baseline days, so daily rhythms and on/off
+    services that have been there before are not flagged.
     """
     df = points.filter(~pl.col("metric").str.contains(_DISK_USAGE))
     if df.is_empty():

@@ -82,7 +82,7 @@ def agent_frame(frames: Frames) -> pl.DataFrame:
             pl.when(uptime.is_finite() & (uptime >= 0)).then(uptime).otherwise(None).alias("uptime"),
         )
         .drop_nulls(["orgId", "assetId", "timestamp"])
-        .sort([*ASSET, "timestamp"])
+        .sort([*ASSET, "timestamp"], maintain_order=True)  # stable: "last" stays the last given
         .unique([*ASSET, "timestamp"], keep="last", maintain_order=True)
     )
     spacing = pl.col("timestamp").diff().dt.total_milliseconds().cast(pl.Float64) / 1000.0
@@ -135,7 +135,7 @@ def point_frame(frames: Frames, agents: pl.DataFrame) -> pl.DataFrame:
         ]
     points = (
         pl.concat(parts)
-        .sort([*SERIES, "timestamp"])
+        .sort([*SERIES, "timestamp"], maintain_order=True)
         .unique([*SERIES, "timestamp"], keep="last", maintain_order=True)
     )
     intervals = agents.select(*ASSET, "timestamp", "interval_s")
