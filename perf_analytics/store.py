@@ -48,14 +48,23 @@ def connect(settings: Settings) -> Db:
     return connect_uri(uri, settings.db)
 
 
+SOCKET_TIMEOUT_MS = 600_000  # far above any single batch or getMore, even on FerretDB
+
+
 def connect_uri(uri: str, db_name: str) -> Db:
     """The database `db_name` on the server at `uri`, after checking that the server answers.
 
-    How long to wait for the server: env PERF_SERVER_TIMEOUT_MS, default 10 s.
+    How long to wait for the server: env PERF_SERVER_TIMEOUT_MS, default 10 s. A request
+    the server never answers fails after SOCKET_TIMEOUT_MS (unless the URI sets
+    socketTimeoutMS) instead of hanging: a stuck server then ends a load with an error,
+    and the re-run resumes from the checkpoint.
     """
     timeout_ms = _server_timeout_ms()
+    options: dict[str, Any] = {"tz_aware": True, "serverSelectionTimeoutMS": timeout_ms}
+    if "sockettimeoutms" not in uri.lower():
+        options["socketTimeoutMS"] = SOCKET_TIMEOUT_MS
     try:
-        client: MongoClient[Doc] = MongoClient(uri, tz_aware=True, serverSelectionTimeoutMS=timeout_ms)
+        client: MongoClient[Doc] = MongoClient(uri, **options)
     except (PyMongoError, ValueError) as exc:
         raise ConfigError(f"invalid MongoDB URI: {exc}") from None
     try:
