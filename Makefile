@@ -26,8 +26,12 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
+# Long on FerretDB (an hour or more); each script also takes options for a quick look.
 bench: setup
-	$(BIN)/python bench/run_all.py
+	$(BIN)/python bench/bench_ingest.py
+	$(BIN)/python bench/bench_extract.py
+	$(BIN)/python bench/bench_rollups.py
+	$(BIN)/python bench/eval_anomalies.py
 
 server-stop: $(STAMP)
 	$(BIN)/perf-analytics localdb stop
