@@ -32,7 +32,7 @@ from perf_analytics.lake import (
     write_rollups,
 )
 from perf_analytics.rollups import WINDOWS, compute_availability, compute_rollups, upsert_rollups
-from perf_analytics.store import Db
+from perf_analytics.store import Db, bulk_write_chunked
 
 ANOMALY_FLAGS = "anomaly_flags"
 
@@ -121,8 +121,7 @@ def upsert_flags(db: Db, org_id: str, day: date, flags: pl.DataFrame) -> int:
         doc = {**row, "_id": _flag_id(row), "date": day.isoformat()}
         ids.append(doc["_id"])
         ops.append(ReplaceOne({"_id": doc["_id"], "orgId": org_id}, doc, upsert=True))
-    if ops:
-        db[ANOMALY_FLAGS].bulk_write(ops, ordered=False)
+    bulk_write_chunked(db[ANOMALY_FLAGS], ops)
     removed = db[ANOMALY_FLAGS].delete_many(
         {"orgId": org_id, "start": {"$gte": start, "$lt": end}, "_id": {"$nin": ids}}
     )

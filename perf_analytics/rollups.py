@@ -83,7 +83,7 @@ from pymongo.errors import PyMongoError
 from perf_analytics.errors import PerfAnalyticsError, ServerError
 from perf_analytics.frames import Frames
 from perf_analytics.schema import TIME_WINDOWS
-from perf_analytics.store import Db
+from perf_analytics.store import Db, bulk_write_chunked
 
 WINDOWS: tuple[str, ...] = tuple(TIME_WINDOWS)
 WINDOW_SECONDS: dict[str, int] = {w: int(d.total_seconds()) for w, d in TIME_WINDOWS.items()}
@@ -656,7 +656,7 @@ def _flush(collection: Collection[dict[str, Any]], batch: list[ReplaceOne[dict[s
     if not batch:
         return 0
     try:
-        collection.bulk_write(batch, ordered=False)
+        bulk_write_chunked(collection, batch)
     except PyMongoError as exc:
         raise ServerError(f"writing rollups to {collection.name}: {str(exc).splitlines()[0]}") from None
     count = len(batch)

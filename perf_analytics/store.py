@@ -6,12 +6,13 @@ Every function that touches tenant data takes an org id and puts it in its filte
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from pymongo import ASCENDING, DESCENDING, MongoClient, UpdateOne
+from pymongo.collection import Collection
 from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError
 
@@ -188,6 +189,19 @@ def missing_indexes(db: Db) -> list[str]:
     return [name for name in INDEXES if name not in have]
 
 
+# FerretDB 1.24 (SQLite) never answers an update command of more than 100 statements
+# (seen with UpdateOne and ReplaceOne batches; 100 answer at once, 101 hang). Every
+# bulk update goes out in chunks below that.
+WRITE_CHUNK = 64
+
+
+def bulk_write_chunked(collection: Collection[Doc], ops: Sequence[Any]) -> int:
+    """Unordered `bulk_write` of `ops` in chunks of WRITE_CHUNK; returns how many were sent."""
+    for i in range(0, len(ops), WRITE_CHUNK):
+        collection.bulk_write(list(ops[i : i + WRITE_CHUNK]), ordered=False)
+    return len(ops)
+
+
 def touch_assets(db: Db, org_id: str, last_seen: Mapping[str, datetime]) -> set[str]:
     """Move each asset's lastSeen forward to the given time; return the ids with no asset.
 
@@ -215,8 +229,7 @@ def touch_assets(db: Db, org_id: str, last_seen: Mapping[str, datetime]) -> set[
         for value in candidates[asset_id]
         if value in found
     ]
-    if ops:
-        db[ASSETS].bulk_write(ops, ordered=False)
+    bulk_write_chunked(db[ASSETS], ops)
     return set(last_seen) - present
 
 

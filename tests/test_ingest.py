@@ -332,3 +332,13 @@ def test_last_seen_ends_at_the_newest_snapshot_with_parallel_writers(db: Db, tmp
     load(db, [archive], tmp_path, batch_size=4, workers=4)
     newest = T0 + timedelta(minutes=299)
     assert [a["lastSeen"] for a in db[ASSETS].find({}).sort("_id")] == [newest, newest]
+
+
+def test_a_batch_touching_hundreds_of_assets_updates_every_last_seen(db: Db, tmp_path: Path) -> None:
+    # One update command of more than 100 statements never returns on FerretDB 1.24:
+    # lastSeen updates must go out in smaller chunks.
+    assets = [f"host-{i:03d}" for i in range(150)]
+    db[ASSETS].insert_many([{"_id": a, "orgId": "org-a"} for a in assets])
+    records = [snapshot(assetId=a, timestamp=T0.isoformat()) for a in assets]
+    load(db, [write_ndjson(tmp_path / "a.ndjson", records)], tmp_path, batch_size=500)
+    assert db[ASSETS].count_documents({"lastSeen": T0}) == 150
