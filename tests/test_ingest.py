@@ -197,9 +197,10 @@ def test_a_cut_compressed_archive_keeps_what_was_readable_and_rejects_the_rest(d
     whole = gzip.compress(("\n".join(json.dumps(r) for r in series(400)) + "\n").encode())
     path = tmp_path / "cut.ndjson.gz"
     path.write_bytes(whole[: len(whole) // 2])
-    summary = load(db, [path], tmp_path, rejects=tmp_path / "r.ndjson")
+    summary = load(db, [path], tmp_path, rejects=tmp_path / "r.ndjson", batch_size=7)
     assert 0 < summary.inserted < 400
     assert summary.rejected == 1
+    assert summary.read == summary.inserted + 1
     reject = orjson.loads((tmp_path / "r.ndjson").read_bytes())
     assert "archive unreadable from here on" in reject["reason"]
 

@@ -333,7 +333,7 @@ def _read_all(
         archive = open_archive(path, fmt=fmt, compression=compression, skip=start)
         batch = _Batch(index, start)
         try:
-            for record in _guarded(archive.records, path, batch):
+            for record in _guarded(archive.records):
                 batch.read += 1
                 read += 1
                 _classify(record, batch, org_id)
@@ -352,18 +352,16 @@ def _read_all(
             progress(done_bytes, writer.summary.resumed_from + read)
 
 
-def _guarded(records: Iterator[Record], path: Path, batch: _Batch) -> Iterator[Record]:
+def _guarded(records: Iterator[Record]) -> Iterator[Record]:
     """Records, until the file itself turns out unreadable (a cut or corrupt compressed
-    stream): then the rest of the archive becomes one reject saying why and where."""
+    stream): then one last record stands for the rest of the archive, saying why and where."""
     last = -1
     try:
         for record in records:
             last = record.index
             yield record
     except (OSError, EOFError, zstandard.ZstdError) as exc:
-        rec = Record(last + 1, f"after record {last + 1}", error=f"archive unreadable from here on: {exc}")
-        batch.read += 1
-        batch.rejects.append((rec, "", rec.error or ""))
+        yield Record(last + 1, f"after record {last + 1}", error=f"archive unreadable from here on: {exc}")
 
 
 def _classify(record: Record, batch: _Batch, org_id: str | None) -> None:
