@@ -102,6 +102,7 @@ class Capabilities:
     ttl_indexes: bool
     time_series: bool
     range_pushdown: bool = True  # a date range filter narrows the scan (uses the index)
+    compound_pushdown: bool = True  # `{_id, other}` in an update still uses the _id key
 
     def missing(self) -> list[str]:
         out = []
@@ -122,7 +123,11 @@ def probe_capabilities(db: Db) -> Capabilities:
         # FerretDB 1.x: no TTL option, no timeseries collections, and range filters are
         # evaluated after reading every document the equality filters select.
         return Capabilities(
-            f"FerretDB {info['ferretdbVersion']}", ttl_indexes=False, time_series=False, range_pushdown=False
+            f"FerretDB {info['ferretdbVersion']}",
+            ttl_indexes=False,
+            time_series=False,
+            range_pushdown=False,
+            compound_pushdown=False,
         )
     version = str(info.get("version", "?"))
     major = int(version.split(".")[0]) if version[:1].isdigit() else 0
@@ -205,8 +210,12 @@ def bulk_write_chunked(collection: Collection[Doc], ops: Sequence[Any]) -> int:
 def touch_assets(db: Db, org_id: str, last_seen: Mapping[str, datetime]) -> set[str]:
     """Move each asset's lastSeen forward to the given time; return the ids with no asset.
 
-    One round trip to find which assets exist in the org, one bulk write for the updates;
-    `$max` never moves lastSeen backwards, and the orgId filter keeps other tenants out.
+    One org-filtered read finds which of the ids are assets of this org; only those are
+    updated, with `$max`, which never moves lastSeen backwards. The updates filter by
+    orgId too, except on servers that cannot narrow a compound filter (FerretDB 1.x scans
+    the whole collection for `{_id, orgId}` but uses the key for `{_id}`: 11 ms against
+    0.7 ms an update at 700 assets). There they filter by the `_id` values that the
+    org-filtered read just returned, which are unique and belong to this org.
     """
     if not last_seen:
         return set()
@@ -223,8 +232,12 @@ def touch_assets(db: Db, org_id: str, last_seen: Mapping[str, datetime]) -> set[
     # One update per _id found, by exact _id: a 24-hex id may name both an ObjectId asset
     # and a string asset of the same text, and an equality on _id is what servers index
     # (FerretDB scans the whole collection for an `$in` on _id in an update).
+    scoped = probe_capabilities(db).compound_pushdown
     ops = [
-        UpdateOne({"_id": value, "orgId": org_id}, {"$max": {"lastSeen": seen}, "$set": {"updatedAt": now}})
+        UpdateOne(
+            {"_id": value, "orgId": org_id} if scoped else {"_id": value},
+            {"$max": {"lastSeen": seen}, "$set": {"updatedAt": now}},
+        )
         for asset_id, seen in last_seen.items()
         for value in candidates[asset_id]
         if value in found
