@@ -6,6 +6,7 @@ Every function that touches tenant data takes an org id and puts it in its filte
 from __future__ import annotations
 
 import os
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -115,8 +116,18 @@ class Capabilities:
         return out
 
 
+_PROBED: weakref.WeakKeyDictionary[MongoClient[Doc], Capabilities] = weakref.WeakKeyDictionary()
+
+
 def probe_capabilities(db: Db) -> Capabilities:
-    """Ask the server what it is and what it supports."""
+    """What the server is and what it supports (asked once per client: hot paths call it)."""
+    known = _PROBED.get(db.client)
+    if known is None:
+        known = _PROBED[db.client] = _probe(db)
+    return known
+
+
+def _probe(db: Db) -> Capabilities:
     info = db.client.admin.command("buildInfo")
     if "ferretdbVersion" in info:
         # FerretDB 1.x answers NotImplemented for TTL options and timeseries collections.
