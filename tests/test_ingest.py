@@ -248,7 +248,7 @@ def test_kill_9_during_a_load_then_rerun_ends_exactly_like_one_clean_run(
     cp_dir = tmp_path / "cp"
     rejects = tmp_path / "rejects.ndjson"
     cmd = [sys.executable, "-m", "perf_analytics.cli", "--uri", server_uri, "--db", db.name, "ingest",
-           str(archive), "--rejects", str(rejects), "--batch-size", "250", "--checkpoint-dir", str(cp_dir)]
+           str(archive), "--rejects", str(rejects), "--batch-size", "250", "--commit-seconds", "0", "--checkpoint-dir", str(cp_dir)]
     proc = subprocess.Popen(cmd, env=_cli_env(settings), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:

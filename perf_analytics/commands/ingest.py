@@ -27,6 +27,8 @@ from perf_analytics.ingest.readers import COMPRESSIONS
 @click.option("--batch-size", default=2000, show_default=True, help="Records per insert batch.")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 16),
               help="Batches sent to the server at once.")
+@click.option("--commit-seconds", default=2.0, show_default=True, type=click.FloatRange(0),
+              help="How often lastSeen updates and the checkpoint are committed (0: every batch).")
 @click.option("--checkpoint-dir", default=DEFAULT_DIR, show_default=True, type=click.Path(file_okay=False),
               help="Where interrupted loads keep their checkpoint.")
 @click.option("--restart", is_flag=True, help="Ignore the checkpoint of an interrupted load and start over.")
@@ -41,6 +43,7 @@ def command(
     org_id: str | None,
     batch_size: int,
     workers: int,
+    commit_seconds: float,
     checkpoint_dir: str,
     restart: bool,
     as_json: bool,
@@ -80,7 +83,7 @@ def command(
 
         options = {
             "rejects": rejects, "fmt": fmt, "compression": compression, "batch_size": batch_size,
-            "workers": workers, "checkpoint_dir": checkpoint_dir, "resume": not restart, "progress": progress,
+            "workers": workers, "commit_seconds": commit_seconds, "checkpoint_dir": checkpoint_dir, "resume": not restart, "progress": progress,
         }
         if org_id:
             summary = ingest_archives(db, paths, org_id, **options)

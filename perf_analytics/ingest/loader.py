@@ -88,6 +88,7 @@ class _Writer:
         summary: IngestSummary,
         archives: Sequence[Path],
         workers: int = 2,
+        commit_seconds: float = 2.0,
     ) -> None:
         self.db = db
         self.cp = cp
@@ -102,6 +103,11 @@ class _Writer:
         self._finished: dict[int, tuple[_Batch, int, int]] = {}
         self._next_seq = 0  # next batch number handed out by put()
         self._next_done = 0  # next batch number whose bookkeeping is due
+        self.commit_seconds = commit_seconds
+        self._committed_at = time.monotonic()
+        self._booked: _Batch | None = None  # the last batch booked since the last commit
+        self._pending: dict[tuple[str, str], datetime] = {}  # newest timestamp per asset
+        self._pending_docs: dict[tuple[str, str], int] = {}  # documents per asset
         self.threads = [
             threading.Thread(target=self._run, name=f"ingest-writer-{i}", daemon=True) for i in range(workers)
         ]
@@ -128,6 +134,8 @@ class _Writer:
             thread.join()
         self.threads = []
         self._raise()
+        with self._lock:
+            self._commit()
 
     def _raise(self) -> None:
         if self.error is None:
@@ -173,22 +181,6 @@ class _Writer:
                 batch.docs = [d for i, d in enumerate(batch.docs) if i not in refused]
             return int(details.get("nInserted", 0)), duplicates
 
-    def _touch(self, docs: list[dict[str, Any]]) -> int:
-        """One lastSeen update per asset of the batch; return how many docs are orphaned."""
-        latest: dict[str, dict[str, datetime]] = {}
-        for doc in docs:
-            per_org = latest.setdefault(doc["orgId"], {})
-            seen = per_org.get(doc["assetId"])
-            if seen is None or doc["timestamp"] > seen:
-                per_org[doc["assetId"]] = doc["timestamp"]
-        orphaned = 0
-        for org, last_seen in latest.items():
-            missing = touch_assets(self.db, org, last_seen)
-            if missing:
-                self.orphans.update((org, a) for a in missing)
-                orphaned += sum(1 for d in docs if d["orgId"] == org and d["assetId"] in missing)
-        return orphaned
-
     def _write_rejects(self, batch: _Batch) -> None:
         if self.rejects is None or not batch.rejects:
             return
@@ -210,26 +202,58 @@ class _Writer:
         self.rejects.flush()
 
     def _advance(self) -> None:
-        """Book every finished batch that is next in order (called with the lock held)."""
+        """Book every finished batch that is next in order (called with the lock held).
+
+        Rejects are written and totals counted per batch; lastSeen updates and the
+        checkpoint go out together once per `commit_seconds` (and at the end), so a fleet
+        of many assets costs one update per asset per interval, not per batch. The
+        checkpoint is saved only after those updates: a crash before it makes the re-run
+        redo the batches since the last one (duplicates, then the same updates).
+        """
         while self._next_done in self._finished:
             batch, inserted, duplicates = self._finished.pop(self._next_done)
             self._next_done += 1
-            # lastSeen updates run one at a time, in order: some servers (FerretDB) apply
-            # concurrent `$max` updates of one document as read-modify-write and lose one.
-            # Duplicates count too: after a crash they may be the records whose update was lost.
-            orphaned = self._touch(batch.docs)
+            for doc in batch.docs:
+                key = (doc["orgId"], doc["assetId"])
+                seen = self._pending.get(key)
+                if seen is None or doc["timestamp"] > seen:
+                    self._pending[key] = doc["timestamp"]
+                self._pending_docs[key] = self._pending_docs.get(key, 0) + 1
             self._write_rejects(batch)
             s = self.summary
             s.read += batch.read
             s.inserted += inserted
             s.duplicates += duplicates
             s.rejected += len(batch.rejects)
-            s.orphaned += orphaned
-            self.cp.counts = s.counts()
-            self.cp.archive_index = batch.archive_index
-            self.cp.records_done = batch.records_done
-            self.cp.rejects_bytes = self.rejects.tell() if self.rejects is not None else 0
-            ckpt.save_checkpoint(self.cp_dir, self.cp)
+            self._booked = batch
+            if time.monotonic() - self._committed_at >= self.commit_seconds:
+                self._commit()
+
+    def _commit(self) -> None:
+        """lastSeen updates for what was booked, then the checkpoint (lock held)."""
+        if self._booked is None:
+            return
+        # lastSeen updates run one at a time, in order: some servers (FerretDB) apply
+        # concurrent `$max` updates of one document as read-modify-write and lose one.
+        # Duplicates count too: after a crash they may be the records whose update was lost.
+        per_org: dict[str, dict[str, datetime]] = {}
+        for (org, asset), seen in self._pending.items():
+            per_org.setdefault(org, {})[asset] = seen
+        for org, last_seen in per_org.items():
+            missing = touch_assets(self.db, org, last_seen)
+            self.orphans.update((org, a) for a in missing)
+            self.summary.orphaned += sum(self._pending_docs[(org, a)] for a in missing)
+        self._pending.clear()
+        self._pending_docs.clear()
+        s = self.summary
+        self.cp.counts = s.counts()
+        self.cp.archive_index = self._booked.archive_index
+        self.cp.records_done = self._booked.records_done
+        self.cp.rejects_bytes = self.rejects.tell() if self.rejects is not None else 0
+        ckpt.save_checkpoint(self.cp_dir, self.cp)
+        self._booked = None
+        self._committed_at = time.monotonic()
+
 
 def ingest_archives(db: Db, paths: Sequence[str | Path], org_id: str, **options: Any) -> IngestSummary:
     """Load one organisation's snapshots from archives; records of any other org are rejected.
@@ -262,6 +286,7 @@ def _ingest(
     checkpoint_dir: str | Path = ckpt.DEFAULT_DIR,
     resume: bool = True,
     workers: int = 2,
+    commit_seconds: float = 2.0,
     progress: ProgressFn | None = None,
 ) -> IngestSummary:
     """Load snapshot archives; return what was read, inserted, skipped and rejected.
@@ -269,7 +294,8 @@ def _ingest(
     `org_id` restricts the load to one organisation; None loads every org (admin).
     With `resume` (the default) an interrupted identical load continues where it stopped.
     `workers` batches are sent to the server at once (the server parses documents on
-    each connection in parallel; bookkeeping stays in order).
+    each connection in parallel; bookkeeping stays in order). lastSeen updates and the
+    checkpoint are committed every `commit_seconds` (0: after every batch).
     """
     if batch_size < 1:
         raise ConfigError("batch size must be at least 1")
@@ -297,7 +323,7 @@ def _ingest(
     else:
         cp = ckpt.LoadCheckpoint(run=run, fingerprint=ckpt.fingerprint(archives))
     rejects_fh = _open_rejects(rejects_path, cp.rejects_bytes)
-    writer = _Writer(db, cp, cp_dir, rejects_fh, summary, archives, workers)
+    writer = _Writer(db, cp, cp_dir, rejects_fh, summary, archives, workers, commit_seconds)
     try:
         _read_all(archives, cp.archive_index, cp.records_done, writer, batch_size,
                   fmt=fmt, compression=compression, org_id=org_id, progress=progress)
