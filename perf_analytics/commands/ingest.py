@@ -27,7 +27,7 @@ from perf_analytics.ingest.readers import COMPRESSIONS
 @click.option("--batch-size", default=2000, show_default=True, help="Records per insert batch.")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 16),
               help="Batches sent to the server at once.")
-@click.option("--commit-seconds", default=2.0, show_default=True, type=click.FloatRange(0),
+@click.option("--commit-seconds", default=10.0, show_default=True, type=click.FloatRange(0),
               help="How often lastSeen updates and the checkpoint are committed (0: every batch).")
 @click.option("--checkpoint-dir", default=DEFAULT_DIR, show_default=True, type=click.Path(file_okay=False),
               help="Where interrupted loads keep their checkpoint.")

@@ -88,7 +88,7 @@ class _Writer:
         summary: IngestSummary,
         archives: Sequence[Path],
         workers: int = 2,
-        commit_seconds: float = 2.0,
+        commit_seconds: float = 10.0,
     ) -> None:
         self.db = db
         self.cp = cp
@@ -286,7 +286,7 @@ def _ingest(
     checkpoint_dir: str | Path = ckpt.DEFAULT_DIR,
     resume: bool = True,
     workers: int = 2,
-    commit_seconds: float = 2.0,
+    commit_seconds: float = 10.0,
     progress: ProgressFn | None = None,
 ) -> IngestSummary:
     """Load snapshot archives; return what was read, inserted, skipped and rejected.
