@@ -331,11 +331,6 @@ def validate_snapshot(payload: Any, *, org_id: str | None = None, coerce: bool =
     return doc
 
 
-def snapshot_key(doc: Mapping[str, Any]) -> tuple[str, str, datetime]:
-    """The identity of a snapshot: (orgId, assetId, timestamp)."""
-    return (doc["orgId"], doc["assetId"], doc["timestamp"])
-
-
 def asset_id_filter(asset_id: str) -> Any:
     """Filter value for `assets._id`: a 24-hex id matches its ObjectId or the string itself."""
     if ObjectId.is_valid(asset_id) and len(asset_id) == 24:

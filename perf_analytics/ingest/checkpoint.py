@@ -1,10 +1,10 @@
 """Checkpoints of bulk loads, so a re-run after a crash skips what was already committed.
 
 A load (the ordered list of archives, the rejects file, the target database) has one
-small JSON checkpoint, replaced atomically (temp file, fsync, rename) after each batch
-is committed to the server. It only ever describes committed work: a crash between a
-batch's insert and its checkpoint makes the re-run insert that batch again, which the
-unique key turns into counted duplicates. A finished load removes its checkpoint, so
+small JSON checkpoint, replaced atomically (temp file, fsync, rename) at each commit,
+after the batches it covers are inserted and their lastSeen updates made. It only ever
+describes committed work: a crash between a batch's insert and the next checkpoint makes
+the re-run insert that batch again, which the unique key turns into counted duplicates. A finished load removes its checkpoint, so
 loading the same archives later re-reads them and finds every record a duplicate.
 """
 

@@ -2,14 +2,14 @@
 
 Records stream out of the archives, are validated one by one, and go to the server in
 unordered batches; the unique (orgId, assetId, timestamp) index turns a record loaded
-before into a counted duplicate, so loading twice adds nothing. Each batch is followed
-by one `$max` lastSeen update per asset, then the rejects it produced are written and a
-checkpoint records that the batch is done. A writer thread commits batch N while the
-main thread parses batch N+1.
+before into a counted duplicate, so loading twice adds nothing. Writer threads insert
+batches while the main thread parses the next ones; in batch order, each batch's rejects
+are written, and every `commit_seconds` one `$max` lastSeen update per asset is made and
+then a checkpoint records how far the load got.
 
 Killed at any point and run again with the same arguments, the load resumes after the
-last checkpointed batch; a batch that was inserted but not checkpointed is inserted
-again and meets only duplicates. The collections, and the rejects file, end exactly as
+last checkpoint; batches inserted since are inserted again and meet only duplicates, and
+their lastSeen updates are made again. The collections, and the rejects file, end exactly as
 after one clean run.
 """
 

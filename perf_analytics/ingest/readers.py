@@ -232,10 +232,6 @@ class Archive:
     counter: CountingReader
     stream: io.BufferedIOBase
 
-    @property
-    def size(self) -> int:
-        return self.path.stat().st_size
-
     def close(self) -> None:
         self.stream.close()
         self.counter.close()
