@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from itertools import islice
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -52,6 +52,7 @@ import orjson
 import zstandard
 from bson import ObjectId, json_util
 
+from perf_analytics.atomic import atomic_path, write_atomic
 from perf_analytics.errors import ConfigError
 from perf_analytics.schema import TIME_WINDOWS
 
@@ -947,49 +948,19 @@ class _Sink(Protocol):
     def close(self) -> None: ...
 
 
-class _AtomicFile:
-    """A file written under a temporary name, renamed into place only when complete."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        self.raw: IO[bytes] = self.tmp.open("wb")
-
-    def commit(self) -> None:
-        self.raw.flush()
-        os.fsync(self.raw.fileno())
-        self.raw.close()
-        self.tmp.replace(self.path)
-
-    def discard(self) -> None:
-        self.raw.close()
-        self.tmp.unlink(missing_ok=True)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    target = _AtomicFile(path)
-    try:
-        target.raw.write(data)
-        target.commit()
-    except BaseException:
-        target.discard()
-        raise
-
-
 def _write_snapshots(path: Path, fleet: _Fleet, progress: Progress | None) -> int:
-    target = _AtomicFile(path)
     expected = fleet.expected_snapshots()
     written = 0
     dumps, newline = orjson.dumps, orjson.OPT_APPEND_NEWLINE
-    try:
+    with atomic_path(path) as tmp, tmp.open("wb") as raw:
         stream: _Sink
         if path.name.endswith(".gz"):
             # No file name and mtime 0 in the header, so equal data gives equal bytes.
-            stream = gzip.GzipFile(filename="", mode="wb", fileobj=target.raw, mtime=0, compresslevel=GZIP_LEVEL)
+            stream = gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=GZIP_LEVEL)
         elif path.name.endswith(".zst"):
-            stream = zstandard.ZstdCompressor(level=ZSTD_LEVEL).stream_writer(target.raw, closefd=False)
+            stream = zstandard.ZstdCompressor(level=ZSTD_LEVEL).stream_writer(raw, closefd=False)
         else:
-            stream = target.raw
+            stream = raw
         was_enabled = gc.isenabled()
         gc.disable()  # the payloads are acyclic and short-lived; collections only cost time here
         try:
@@ -1002,12 +973,8 @@ def _write_snapshots(path: Path, fleet: _Fleet, progress: Progress | None) -> in
         finally:
             if was_enabled:
                 gc.enable()
-        if stream is not target.raw:
+        if stream is not raw:
             stream.close()
-        target.commit()
-    except BaseException:
-        target.discard()
-        raise
     return written
 
 
@@ -1065,13 +1032,13 @@ def write_fleet(
         "snapshots": fleet.expected_snapshots(),
         "labels": labels,
     }
-    _write_atomic(labels_out, orjson.dumps(header, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE))
+    write_atomic(labels_out, orjson.dumps(header, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE))
     if assets_out is not None:
         lines = [
             json_util.dumps(doc, json_options=json_util.RELAXED_JSON_OPTIONS) + "\n"
             for doc in fleet_assets(orgs=orgs, assets=assets, seed=seed)
         ]
-        _write_atomic(assets_out, "".join(lines).encode())
+        write_atomic(assets_out, "".join(lines).encode())
     written = _write_snapshots(out, fleet, progress)
     return GenerateSummary(
         snapshots=written,

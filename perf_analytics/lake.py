@@ -43,7 +43,6 @@ The root is a local directory (atomic rename and fsync are filesystem operations
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -52,6 +51,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from perf_analytics.atomic import atomic_path, fsync_dir
 from perf_analytics.errors import PerfAnalyticsError
 from perf_analytics.frames import empty_frames
 from perf_analytics.rollups import Rollups, compute_availability, compute_rollups
@@ -108,14 +108,6 @@ def partition_dir(root: str | os.PathLike[str], dataset: str, partition: Mapping
     return path
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_partition(
     root: str | os.PathLike[str], dataset: str, partition: Mapping[str, str], table: pa.Table | pl.DataFrame
 ) -> Path:
@@ -131,19 +123,13 @@ def write_partition(
     except OSError as exc:
         raise LakeError(f"cannot create partition directory {directory}: {exc.strerror or exc}") from None
     final = directory / PART
-    tmp = directory / f".{PART}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
+    with atomic_path(final) as tmp:
         pq.write_table(arrow, tmp, compression="zstd")
-        with tmp.open("rb+") as fh:
-            os.fsync(fh.fileno())
-        tmp.replace(final)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    for stale in directory.glob("part-*.parquet"):
-        if stale.name != PART:
-            stale.unlink()
-    _fsync_dir(directory)
+    stale = [p for p in directory.glob("part-*.parquet") if p.name != PART]
+    for path in stale:
+        path.unlink()
+    if stale:
+        fsync_dir(directory)
     return final
 
 

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from perf_analytics.atomic import write_atomic
 
 DEFAULT_DIR = "data/checkpoints"
 
@@ -62,17 +63,7 @@ def load_checkpoint(directory: Path, run: str, archives: Sequence[Path]) -> Load
 def save_atomic(path: Path, data: bytes) -> None:
     """Write `data` to `path` so that a crash leaves either the old or the new content."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    tmp.replace(path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    write_atomic(path, data)
 
 
 def save_checkpoint(directory: Path, cp: LoadCheckpoint) -> None:
