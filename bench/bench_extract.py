@@ -3,8 +3,9 @@
 Loads a generated fleet once (cached in a database of its own), then reads every org's
 whole day three ways, each in a child process of its own so that its peak RSS is its own:
 
-- toolkit: `extract_window` (pymongoarrow, server-side filter and projection, time slices,
-  flattened into the snapshots/disks/interfaces frames);
+- toolkit: `extract_window` (pymongoarrow, server-side filter and projection, time slices
+  with range pushdown, else one cursor cut into parts, flattened into the
+  snapshots/disks/interfaces frames);
 - plain: what one writes by hand: `find` into Python dicts, then `polars.from_dicts`;
 - limit: `find_raw_batches` with the same filter, bytes only, no decoding.
 

@@ -1,39 +1,73 @@
 """Windowed extraction: one org's snapshots of [start, end) as Arrow, flattened into Polars.
 
 The server filters (orgId, optional assetIds, time range) and projects (the fields of the
-Arrow schema in `frames.py`); pymongoarrow builds Arrow in C, so no Python dict is made
-per document. Long windows are read in time slices to keep memory bounded;
-`iter_window` yields one slice at a time, `extract_window` concatenates them.
+Arrow schema in `frames.py`); pymongoarrow's builder turns the raw BSON batches of
+`find_raw_batches` into Arrow in C, so no Python dict is made per document.
+
+Memory is bounded by parts: each query's documents are cut client-side, at document
+boundaries in the raw batches, into Arrow tables of at most `chunk_rows` documents, and
+each table is flattened into frames on its own. Which queries run depends on the server:
+
+- with range pushdown (MongoDB), one query per time slice (`slice_length`, one day by
+  default), each read in parts of at most `chunk_rows`;
+- without it (FerretDB 1.x reads every document of the org for each query), ONE query for
+  the whole window, read in parts of at most `chunk_rows`.
+
+No server-side sort: FerretDB 1.24 sorts by loading every matching document into memory
+(`SortIterator` consumes the whole cursor), so parts of one query come in the server's
+natural order, not time order. Each part is sorted by (orgId, assetId, timestamp) within
+itself; `extract_window` concatenates the parts and sorts the whole window, and
+`write_window_parquet` (`perf-analytics extract`) writes them to Parquet as they come.
 
 A document written by other code with an off-type field (a metric stored as a string,
-say) would make pymongoarrow refuse the whole slice. Such a slice is read again without
-those documents, which are counted and reported with their _id for `doctor --fix`.
-Documents whose timestamp is not a date cannot fall in any window (a date range never
-matches a string); `doctor` counts and repairs those.
+say) makes pymongoarrow refuse the part it is in. That part is built again by halving it
+until the refused documents are isolated; they are left out, counted and reported with
+their _id and kind for `doctor --fix`, the rest of the part is kept. Only refused
+documents are left out (pymongoarrow reads an integer metric as a double), so what is
+skipped does not depend on where the parts are cut. A refused document
+that is none of the kinds `doctor` repairs stops the read with an ExtractError. Documents
+whose timestamp is not a date cannot fall in any window (a date range never matches a
+string); `doctor` counts and repairs those.
 """
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterator, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
+import bson
 import polars as pl
 import pyarrow as pa
-from pymongoarrow.api import Schema, find_arrow_all
+import pyarrow.parquet as pq
+from bson.codec_options import CodecOptions
+from pymongoarrow.api import Schema
+from pymongoarrow.context import PyMongoArrowContext
 from pymongoarrow.types import ObjectIdType
 
-from perf_analytics.doctor import off_type_filter, off_type_kinds
+from perf_analytics.atomic import atomic_path
+from perf_analytics.doctor import off_type_kinds
 from perf_analytics.errors import ConfigError, PerfAnalyticsError
 from perf_analytics.frames import KEYS, Frames, arrow_schema, empty_frames, frames_from_arrow
 from perf_analytics.schema import SNAPSHOTS
 from perf_analytics.store import Db, Doc, probe_capabilities
 
-# One query per slice. Servers without range pushdown (FerretDB 1.x) read all of the org's
-# documents for every slice, so there the whole window is one slice (see `_slice_length`).
+# One query per slice on servers with range pushdown. Servers without it (FerretDB 1.x)
+# read all of the org's documents for every query, so there the whole window is one
+# query (see `_slice_length`), cut into parts client-side.
 DEFAULT_SLICE = timedelta(days=1)
+DEFAULT_CHUNK_ROWS = 100_000  # documents per yielded part: what bounds memory
+# Documents per server batch. FerretDB 1.24 takes batchSize literally (no 16 MiB cap on a
+# reply) and answers a getMore without one with 250 documents; a few thousand projected
+# snapshots keep each reply to a few MiB on both servers.
+RAW_BATCH_DOCS = 2_000
 MAX_REPORTED = 100  # skipped documents listed by _id; the count is complete
+
+_DOC_LENGTH = struct.Struct("<i")  # every BSON document starts with its length in bytes
 
 
 class ExtractError(PerfAnalyticsError):
@@ -60,13 +94,15 @@ def _mongo_schema() -> Schema:
     return Schema({"_id": ObjectIdType(), **fields})
 
 
-def _check_window(start: datetime, end: datetime, slice_length: timedelta) -> None:
+def _check_window(start: datetime, end: datetime, slice_length: timedelta | None, chunk_rows: int) -> None:
     if start.tzinfo is None or end.tzinfo is None:
         raise ConfigError("window bounds must be timezone-aware (UTC)")
     if end <= start:
         raise ConfigError(f"empty window: end {end.isoformat()} is not after start {start.isoformat()}")
-    if slice_length <= timedelta(0):
+    if slice_length is not None and slice_length <= timedelta(0):
         raise ConfigError("slice length must be positive")
+    if chunk_rows <= 0:
+        raise ConfigError("chunk rows must be a positive number of snapshots")
 
 
 def _slice_length(db: Db, start: datetime, end: datetime, asked: timedelta | None) -> timedelta:
@@ -83,29 +119,129 @@ def _slices(start: datetime, end: datetime, length: timedelta) -> Iterator[tuple
         lo = hi
 
 
-def _read_slice(db: Db, query: Doc, schema: Schema) -> tuple[pa.Table, list[Skipped]]:
-    """One slice as Arrow; off-type documents are found, left out and reported."""
-    try:
-        return find_arrow_all(db[SNAPSHOTS], query, schema=schema), []
-    except TypeError as first:
-        bad_query = {**query, **{k: v for k, v in off_type_filter(db, query["orgId"]).items() if k != "orgId"}}
-        bad = list(db[SNAPSHOTS].find(bad_query))
-        if not bad:
-            raise ExtractError(f"the server returned a document pymongoarrow cannot read: {first}") from None
-        skipped = [Skipped(d["_id"], ", ".join(off_type_kinds(d)) or "off-type field") for d in bad]
-        clean = {**query, "_id": {"$nin": [d["_id"] for d in bad]}}
-        try:
-            return find_arrow_all(db[SNAPSHOTS], clean, schema=schema), skipped
-        except TypeError as again:
-            raise ExtractError(f"a document with an unexpected type remains after skipping: {again}") from None
-
-
 def _query(org_id: str | None, lo: datetime, hi: datetime, asset_ids: Sequence[str] | None) -> Doc:
     query: Doc = {} if org_id is None else {"orgId": org_id}
     query["timestamp"] = {"$gte": lo, "$lt": hi}
     if asset_ids:
         query["assetId"] = {"$in": list(asset_ids)}
     return query
+
+
+def _step(batch: bytes, offset: int, limit: int) -> tuple[int, int]:
+    """Step over at most `limit` documents of a raw batch from `offset`: (new offset, count).
+
+    Reads only the length prefixes; nothing is decoded.
+    """
+    count, size = 0, len(batch)
+    while count < limit and offset < size:
+        offset += _DOC_LENGTH.unpack_from(batch, offset)[0]
+        count += 1
+    return offset, count
+
+
+def _documents(pieces: Sequence[bytes]) -> list[bytes]:
+    """The documents of raw BSON pieces, one bytes object each (only when a part is refused)."""
+    docs = []
+    for piece in pieces:
+        offset = 0
+        while offset < len(piece):
+            end = offset + _DOC_LENGTH.unpack_from(piece, offset)[0]
+            docs.append(piece[offset:end])
+            offset = end
+    return docs
+
+
+def _arrow(pieces: Sequence[bytes], schema: Schema, codec: CodecOptions[Any]) -> pa.Table:
+    """Raw BSON through pymongoarrow's builder, as `find_arrow_all` does with its batches."""
+    context = PyMongoArrowContext(schema, codec_options=codec)
+    for piece in pieces:
+        context.process_bson_stream(piece)
+    table: pa.Table = context.finish()
+    return table
+
+
+def _bisect(
+    docs: list[bytes], schema: Schema, codec: CodecOptions[Any]
+) -> tuple[list[pa.Table], list[tuple[bytes, str]]]:
+    """Documents pymongoarrow refused as a whole: tables of the readable runs, in order,
+    and each refused document with pymongoarrow's reason.
+
+    A refused build leaves the builder half-filled, so each half gets a builder of its
+    own; k refused documents among n cost about k * log2(n) extra builds.
+    """
+    if len(docs) == 1:
+        try:
+            return [_arrow(docs, schema, codec)], []
+        except TypeError as exc:
+            return [], [(docs[0], str(exc))]
+    tables: list[pa.Table] = []
+    refused: list[tuple[bytes, str]] = []
+    mid = len(docs) // 2
+    for half in (docs[:mid], docs[mid:]):
+        try:
+            tables.append(_arrow(half, schema, codec))
+        except TypeError:
+            more_tables, more_refused = _bisect(half, schema, codec)
+            tables += more_tables
+            refused += more_refused
+    return tables, refused
+
+
+def _skipped(raw: bytes, reason: str, codec: CodecOptions[Any]) -> Skipped:
+    doc = bson.decode(raw, codec_options=codec)
+    kinds = off_type_kinds(doc)
+    if not kinds:
+        raise ExtractError(
+            f"snapshot {doc.get('_id')} cannot be read ({reason}) and is none of the "
+            "off-type kinds `doctor --fix` repairs"
+        )
+    return Skipped(doc.get("_id"), ", ".join(kinds))
+
+
+def _build(pieces: list[bytes], schema: Schema, codec: CodecOptions[Any]) -> tuple[pa.Table, list[Skipped]]:
+    """One part as Arrow; documents pymongoarrow refuses are isolated, left out and reported."""
+    try:
+        return _arrow(pieces, schema, codec), []
+    except TypeError:
+        tables, refused = _bisect(_documents(pieces), schema, codec)
+    skipped = [_skipped(raw, reason, codec) for raw, reason in refused]
+    return (pa.concat_tables(tables) if tables else _arrow([], schema, codec)), skipped
+
+
+def _read_parts(db: Db, query: Doc, schema: Schema, chunk_rows: int) -> Iterator[tuple[pa.Table, list[Skipped]]]:
+    """One query's documents (one server cursor) as tables of at most `chunk_rows` rows.
+
+    At least one table, empty when nothing matched. Held at a time: the server batch
+    being cut (at most RAW_BATCH_DOCS documents), the raw BSON of the part being
+    gathered, and the part the consumer has.
+    """
+    collection = db[SNAPSHOTS]
+    codec = collection.codec_options
+    pieces: list[bytes] = []
+    rows = 0
+    produced = False
+    cursor = collection.find_raw_batches(
+        query,
+        # The projection `find_arrow_all` sends for this schema: exactly its fields.
+        projection=schema._get_projection(),
+        batch_size=min(chunk_rows, RAW_BATCH_DOCS),
+    )
+    with cursor:
+        for raw in cursor:
+            batch: bytes = raw  # type: ignore[assignment]  # raw batches are bytes, not documents
+            offset = 0
+            while offset < len(batch):
+                end, count = _step(batch, offset, chunk_rows - rows)
+                pieces.append(batch[offset:end])  # a whole batch is the batch itself, not a copy
+                rows += count
+                offset = end
+                if rows == chunk_rows:
+                    part = _build(pieces, schema, codec)
+                    pieces, rows = [], 0  # the raw BSON goes before the consumer gets the part
+                    produced = True
+                    yield part
+    if rows or not produced:
+        yield _build(pieces, schema, codec)
 
 
 def _iter(
@@ -115,30 +251,28 @@ def _iter(
     end: datetime,
     asset_ids: Sequence[str] | None,
     asked: timedelta | None,
+    chunk_rows: int,
 ) -> Iterator[Extraction]:
-    slice_length = _slice_length(db, start, end, asked)
-    _check_window(start, end, slice_length)
+    """Checks the window now (not at the first part), then reads it lazily."""
+    _check_window(start, end, asked, chunk_rows)
+    return _parts(db, org_id, start, end, asset_ids, _slice_length(db, start, end, asked), chunk_rows)
+
+
+def _parts(
+    db: Db,
+    org_id: str | None,
+    start: datetime,
+    end: datetime,
+    asset_ids: Sequence[str] | None,
+    slice_length: timedelta,
+    chunk_rows: int,
+) -> Iterator[Extraction]:
     schema = _mongo_schema()
     for lo, hi in _slices(start, end, slice_length):
-        query = _query(org_id, lo, hi, asset_ids)
-        if org_id is None:
-            # The off-type lookup is per org; the admin read resolves it org by org.
-            table, skipped = _read_all_orgs_slice(db, query, schema)
-        else:
-            table, skipped = _read_slice(db, query, schema)
-        yield Extraction(frames_from_arrow(table), skipped[:MAX_REPORTED], len(skipped))
-
-
-def _read_all_orgs_slice(db: Db, query: Doc, schema: Schema) -> tuple[pa.Table, list[Skipped]]:
-    try:
-        return find_arrow_all(db[SNAPSHOTS], query, schema=schema), []
-    except TypeError:
-        tables, skipped = [], []
-        for org in db[SNAPSHOTS].distinct("orgId", query):
-            table, bad = _read_slice(db, {**query, "orgId": org}, schema)
-            tables.append(table)
-            skipped += bad
-        return pa.concat_tables(tables), skipped
+        for table, skipped in _read_parts(db, _query(org_id, lo, hi, asset_ids), schema, chunk_rows):
+            part = Extraction(frames_from_arrow(table), skipped[:MAX_REPORTED], len(skipped))
+            del table  # the consumer gets the frames; the Arrow copy need not wait for the next part
+            yield part
 
 
 def iter_window(
@@ -149,15 +283,22 @@ def iter_window(
     *,
     asset_ids: Sequence[str] | None = None,
     slice_length: timedelta | None = None,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
 ) -> Iterator[Extraction]:
-    """`org_id`'s snapshots of [start, end), one time slice at a time (bounded memory).
+    """`org_id`'s snapshots of [start, end) in parts of at most `chunk_rows` snapshots.
 
-    `slice_length` defaults to one day, or to the whole window on a server that cannot
-    narrow a scan by time (each slice would read every document of the org).
+    With range pushdown (MongoDB) the window is read one time slice at a time
+    (`slice_length`, default one day): slices come in time order, a slice of more than
+    `chunk_rows` snapshots comes as several parts, and every slice yields at least one
+    part (empty if it holds nothing). Without it (FerretDB 1.x) `slice_length` defaults
+    to the whole window, read with one query and cut into parts in the server's natural
+    order, not time order. Each part's frames are sorted by (orgId, assetId, timestamp)
+    within the part; sort the concatenation for the window's order (`extract_window`
+    does). Bad windows raise ConfigError here, not at the first part.
     """
     if not org_id:
         raise ConfigError("an org id is required (extract_window_all_orgs reads every org)")
-    return _iter(db, org_id, start, end, asset_ids, slice_length)
+    return _iter(db, org_id, start, end, asset_ids, slice_length, chunk_rows)
 
 
 def extract_window(
@@ -168,11 +309,15 @@ def extract_window(
     *,
     asset_ids: Sequence[str] | None = None,
     slice_length: timedelta | None = None,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
 ) -> Extraction:
-    """`org_id`'s snapshots of [start, end) as three frames, plus what had to be skipped."""
+    """`org_id`'s snapshots of [start, end) as three sorted frames, plus what had to be skipped.
+
+    The whole window is held in memory; `iter_window` reads it in bounded parts.
+    """
     if not org_id:
         raise ConfigError("an org id is required (extract_window_all_orgs reads every org)")
-    return _combine(_iter(db, org_id, start, end, asset_ids, slice_length))
+    return _combine(_iter(db, org_id, start, end, asset_ids, slice_length, chunk_rows))
 
 
 def extract_window_all_orgs(
@@ -181,9 +326,10 @@ def extract_window_all_orgs(
     end: datetime,
     *,
     slice_length: timedelta | None = None,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
 ) -> Extraction:
     """Admin read across tenants: every org's snapshots of [start, end)."""
-    return _combine(_iter(db, None, start, end, None, slice_length))
+    return _combine(_iter(db, None, start, end, None, slice_length, chunk_rows))
 
 
 def _combine(parts: Iterator[Extraction]) -> Extraction:
@@ -201,3 +347,63 @@ def _combine(parts: Iterator[Extraction]) -> Extraction:
         pl.concat([f.interfaces for f in frames]).sort([*keys, "interface"]),
     )
     return Extraction(combined, skipped[:MAX_REPORTED], count)
+
+
+@dataclass(frozen=True)
+class WrittenWindow:
+    """What `write_window_parquet` wrote: three files and their row counts."""
+
+    paths: tuple[Path, Path, Path]  # snapshots, disks, interfaces
+    rows: tuple[int, int, int]
+    skipped: list[Skipped]
+    skipped_count: int
+
+
+def parquet_paths(out: Path) -> tuple[Path, Path, Path]:
+    """`out` for the snapshots, `<stem>.disks.parquet` and `<stem>.interfaces.parquet` beside it."""
+    stem = out.name.removesuffix(".parquet")
+    return out, out.with_name(f"{stem}.disks.parquet"), out.with_name(f"{stem}.interfaces.parquet")
+
+
+def _tables(frames: Frames) -> tuple[pa.Table, pa.Table, pa.Table]:
+    return frames.snapshots.to_arrow(), frames.disks.to_arrow(), frames.interfaces.to_arrow()
+
+
+def write_window_parquet(
+    db: Db,
+    org_id: str,
+    start: datetime,
+    end: datetime,
+    out: Path,
+    *,
+    asset_ids: Sequence[str] | None = None,
+    slice_length: timedelta | None = None,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+) -> WrittenWindow:
+    """Stream `org_id`'s window into three zstd Parquet files (`parquet_paths(out)`).
+
+    Each part of `iter_window` is written (one row group per part and file) as it
+    arrives, so memory stays bounded by `chunk_rows`. Rows are in the order the parts
+    come, each part sorted by (orgId, assetId, timestamp): a window of at most
+    `chunk_rows` snapshots is sorted as a whole. Each file is replaced atomically once
+    the whole window is written; a failed read leaves the previous files as they were.
+    """
+    parts = iter_window(db, org_id, start, end, asset_ids=asset_ids, slice_length=slice_length,
+                        chunk_rows=chunk_rows)
+    paths = parquet_paths(out)
+    rows = [0, 0, 0]
+    skipped: list[Skipped] = []
+    skipped_count = 0
+    with ExitStack() as stack:
+        writers = []
+        for path, empty in zip(paths, _tables(empty_frames()), strict=True):
+            tmp = stack.enter_context(atomic_path(path))
+            writers.append(stack.enter_context(pq.ParquetWriter(tmp, empty.schema, compression="zstd")))
+        for part in parts:
+            for i, (writer, table) in enumerate(zip(writers, _tables(part.frames), strict=True)):
+                if table.num_rows:
+                    writer.write_table(table)
+                    rows[i] += table.num_rows
+            skipped += part.skipped[: MAX_REPORTED - len(skipped)]
+            skipped_count += part.skipped_count
+    return WrittenWindow(paths, (rows[0], rows[1], rows[2]), skipped, skipped_count)

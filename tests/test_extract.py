@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import polars as pl
+import pyarrow.parquet as pq
 import pytest
 from bson import ObjectId
+from pymongo import MongoClient, monitoring
 
 from perf_analytics.errors import ConfigError
-from perf_analytics.extract import extract_window, extract_window_all_orgs, iter_window
-from perf_analytics.frames import frames_from_documents
+from perf_analytics.extract import (
+    ExtractError,
+    extract_window,
+    extract_window_all_orgs,
+    iter_window,
+)
+from perf_analytics.frames import KEYS, frames_from_documents
 from perf_analytics.schema import SNAPSHOTS, validate_snapshot
 from perf_analytics.store import Db
 from tests.factories import T0, series, set_path
@@ -95,6 +103,118 @@ def test_missing_optional_sections_come_out_as_nulls(db: Db) -> None:
     assert got.frames.snapshots.height == 1
 
 
+def _heights(parts: list[Any]) -> list[int]:
+    return [p.frames.snapshots.height for p in parts]
+
+
+def test_a_window_read_in_parts_equals_the_one_shot_read(db: Db) -> None:
+    mine = _store(db, series(30, asset="a1") + series(30, asset="a2"))
+    _store(db, series(30, org="org-b", asset="a1"))
+    start, end = T0, T0 + timedelta(hours=1)
+    one_shot = extract_window(db, "org-a", start, end)
+    in_parts = extract_window(db, "org-a", start, end, chunk_rows=7)
+    expected = frames_from_documents(mine)
+    for got in (one_shot, in_parts):
+        assert got.frames.snapshots.equals(expected.snapshots)
+        assert got.frames.disks.equals(expected.disks)
+        assert got.frames.interfaces.equals(expected.interfaces)
+
+
+def test_each_part_holds_at_most_chunk_rows_snapshots(db: Db) -> None:
+    _store(db, series(30, asset="a1") + series(30, asset="a2"))
+    parts = list(iter_window(db, "org-a", T0, T0 + timedelta(hours=1), chunk_rows=7))
+    # One time slice on MongoDB, the one query of the window on FerretDB: cut the same way.
+    assert _heights(parts) == [7, 7, 7, 7, 7, 7, 7, 7, 4]
+    assert [p.frames.disks.height for p in parts] == [7, 7, 7, 7, 7, 7, 7, 7, 4]
+    for part in parts:
+        assert part.frames.snapshots.sort(list(KEYS)).equals(part.frames.snapshots)
+    rows = pl.concat([p.frames.snapshots for p in parts])
+    assert rows.height == rows["_id"].n_unique() == 60
+
+
+def test_the_first_part_arrives_before_the_rest_of_the_window_is_fetched(server_uri: str, db: Db) -> None:
+    class Commands(monitoring.CommandListener):
+        def __init__(self) -> None:
+            self.names: list[str] = []
+
+        def started(self, event: monitoring.CommandStartedEvent) -> None:
+            self.names.append(event.command_name)
+
+        def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+            pass
+
+        def failed(self, event: monitoring.CommandFailedEvent) -> None:
+            pass
+
+    _store(db, series(60))
+    commands = Commands()
+    watched: MongoClient[dict[str, Any]] = MongoClient(server_uri, tz_aware=True, event_listeners=[commands])
+    try:
+        parts = iter_window(watched[db.name], "org-a", T0, T0 + timedelta(hours=1), chunk_rows=5)
+        assert next(parts).frames.snapshots.height == 5
+        assert commands.names.count("find") == 1
+        assert commands.names.count("getMore") == 0  # one server batch of 5 made the first part
+        assert _heights([next(parts) for _ in range(11)]) == [5] * 11
+        assert commands.names.count("find") == 1  # one cursor for the whole window
+        assert commands.names.count("getMore") >= 11
+    finally:
+        watched.close()
+
+
+def test_off_type_documents_are_skipped_and_reported_whichever_part_they_fall_in(db: Db) -> None:
+    docs = _store(db, series(30))
+    bad = {
+        docs[1]["_id"]: ("performanceData.cpu.usage", "45.5", "metric stored as string"),
+        docs[2]["_id"]: ("performanceData.system.processCount", "120", "count stored as string"),
+        docs[13]["_id"]: ("performanceData.memory.usedBytes", {"v": 1}, "metric of another type"),
+        docs[29]["_id"]: ("performanceData.disk.0.freeBytes", "1", "metric stored as string"),
+    }
+    for bad_id, (path, value, _) in bad.items():
+        db[SNAPSHOTS].update_one({"_id": bad_id}, {"$set": {path: value}})
+    # pymongoarrow reads an integer metric as a double: kept, in every part size.
+    db[SNAPSHOTS].update_one({"_id": docs[3]["_id"]}, {"$set": {"performanceData.cpu.usage": 37}})
+    docs[3]["performanceData"]["cpu"]["usage"] = 37.0
+    expected = frames_from_documents([d for d in docs if d["_id"] not in bad])
+    for chunk_rows in (1, 4, 100_000):
+        got = extract_window(db, "org-a", T0, T0 + timedelta(hours=1), chunk_rows=chunk_rows)
+        assert got.frames.snapshots.equals(expected.snapshots)
+        assert got.frames.disks.equals(expected.disks)
+        assert got.skipped_count == 4
+        assert {s.id: s.reason for s in got.skipped} == {k: v[2] for k, v in bad.items()}
+    parts = list(iter_window(db, "org-a", T0, T0 + timedelta(hours=1), chunk_rows=4))
+    # 30 documents cut by 4 before the refused ones are left out; the rest of each part stays.
+    assert len(parts) == 8
+    assert sum(_heights(parts)) == 26
+    assert max(_heights(parts)) <= 4
+    assert sum(p.skipped_count for p in parts) == 4
+
+
+def test_a_refused_document_that_doctor_cannot_repair_stops_the_read(db: Db) -> None:
+    docs = _store(db, series(10))
+    db[SNAPSHOTS].update_one({"_id": docs[6]["_id"]}, {"$set": {"agentId": 7}})
+    with pytest.raises(ExtractError) as info:
+        extract_window(db, "org-a", T0, T0 + timedelta(hours=1), chunk_rows=4)
+    assert str(info.value) == (
+        f"snapshot {docs[6]['_id']} cannot be read (Got unexpected type `int32` instead of expected type "
+        "`string`) and is none of the off-type kinds `doctor --fix` repairs"
+    )
+
+
+def test_parts_of_one_cursor_never_hold_another_orgs_documents(db: Db) -> None:
+    mine, theirs = series(20, asset="a1"), series(20, org="org-b", asset="a1")
+    _store(db, [p for pair in zip(mine, theirs, strict=True) for p in pair])  # interleaved on disk
+    parts = list(iter_window(db, "org-a", T0, T0 + timedelta(hours=1), chunk_rows=3))
+    assert _heights(parts) == [3, 3, 3, 3, 3, 3, 2]
+    assert pl.concat([p.frames.snapshots for p in parts])["orgId"].unique().to_list() == ["org-a"]
+    both = extract_window_all_orgs(db, T0, T0 + timedelta(hours=1), chunk_rows=3)
+    assert both.frames.snapshots.group_by("orgId").len().sort("orgId").rows() == [("org-a", 20), ("org-b", 20)]
+
+
+def test_a_bad_chunk_size_is_a_clear_error_before_any_read(db: Db) -> None:
+    with pytest.raises(ConfigError, match="chunk rows must be a positive number"):
+        iter_window(db, "org-a", T0, T0 + timedelta(hours=1), chunk_rows=0)
+
+
 def test_cli_extract_writes_three_parquet_files_that_duckdb_reads(db: Db, tmp_path: Any) -> None:
     import duckdb
     from click.testing import CliRunner
@@ -111,6 +231,64 @@ def test_cli_extract_writes_three_parquet_files_that_duckdb_reads(db: Db, tmp_pa
     con = duckdb.connect()
     assert con.execute(f"select count(*), max(cpu_usage) from '{out}'").fetchone() == (10, 37.5)
     assert con.execute(f"select count(*) from '{tmp_path / 'w.disks.parquet'}'").fetchone() == (10,)
+
+
+def _cli(db: Db, *args: str) -> Any:
+    from click.testing import CliRunner
+
+    from perf_analytics.cli import app
+
+    return CliRunner().invoke(app, ["--uri", _uri(db), "--db", db.name, "extract", *args])
+
+
+def test_cli_extract_streams_parts_into_the_parquet_the_one_shot_write_gave(db: Db, tmp_path: Path) -> None:
+    docs = _store(db, series(30, asset="a1") + series(30, asset="a2"))
+    db[SNAPSHOTS].update_one({"_id": docs[4]["_id"]}, {"$set": {"performanceData.cpu.usage": "45.5"}})
+    out = tmp_path / "w.parquet"
+    result = _cli(db, "--org", "org-a", "--from", "2026-03-01T12:00", "--to", "2026-03-01T12:10",
+                  "--chunk-rows", "4", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    names = ("w.parquet", "w.disks.parquet", "w.interfaces.parquet")
+    assert result.stdout == (
+        f"19 snapshots, 19 disk rows, 19 interface rows -> {', '.join(str(tmp_path / n) for n in names)}\n"
+    )
+    assert result.stderr == f"skipped 1 off-type snapshot(s) ({docs[4]['_id']}); run `doctor --fix`\n"
+    assert pq.ParquetFile(out).metadata.num_row_groups == 5  # 20 documents in parts of 4, written as they came
+    # What the command wrote before streaming: the one-shot frames, through Polars.
+    whole = extract_window(db, "org-a", T0, T0 + timedelta(minutes=10)).frames
+    for name, frame, extra in zip(names, (whole.snapshots, whole.disks, whole.interfaces),
+                                  ([], ["disk"], ["interface"]), strict=True):
+        frame.write_parquet(tmp_path / f"before-{name}", compression="zstd")
+        before = pl.read_parquet(tmp_path / f"before-{name}")
+        assert pl.read_parquet(tmp_path / name).sort([*KEYS, *extra]).equals(before)
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("before-")) == sorted(names)
+
+
+def test_cli_extract_leaves_the_previous_files_when_the_read_fails(db: Db, tmp_path: Path) -> None:
+    docs = _store(db, series(10))
+    db[SNAPSHOTS].update_one({"_id": docs[7]["_id"]}, {"$set": {"agentId": 7}})
+    out = tmp_path / "w.parquet"
+    out.write_bytes(b"the previous extract")
+    result = _cli(db, "--org", "org-a", "--from", "2026-03-01T12:00", "--to", "2026-03-01T13:00",
+                  "--chunk-rows", "3", "--out", str(out))
+    assert result.exit_code == 1
+    assert result.stderr == (
+        f"Error: snapshot {docs[7]['_id']} cannot be read (Got unexpected type `int32` instead of expected "
+        "type `string`) and is none of the off-type kinds `doctor --fix` repairs\n"
+    )
+    assert out.read_bytes() == b"the previous extract"
+    assert [p.name for p in tmp_path.iterdir()] == ["w.parquet"]  # no temporary file left behind
+
+
+def test_cli_extract_of_an_empty_window_writes_three_empty_files_with_every_column(db: Db, tmp_path: Path) -> None:
+    out = tmp_path / "w.parquet"
+    result = _cli(db, "--org", "org-a", "--from", "2026-03-01", "--to", "2026-03-02", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("0 snapshots, 0 disk rows, 0 interface rows -> ")
+    empty = extract_window(db, "org-a", T0, T0 + timedelta(hours=1)).frames
+    assert pl.read_parquet(out).equals(empty.snapshots)
+    assert pl.read_parquet(tmp_path / "w.disks.parquet").equals(empty.disks)
+    assert pl.read_parquet(tmp_path / "w.interfaces.parquet").equals(empty.interfaces)
 
 
 def test_cli_extract_rejects_a_bad_time_in_one_line(db: Db) -> None:

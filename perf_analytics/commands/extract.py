@@ -1,4 +1,4 @@
-"""`perf-analytics extract`: one org's window of snapshots to Parquet."""
+"""`perf-analytics extract`: one org's window of snapshots to Parquet, streamed part by part."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import click
 
 from perf_analytics.commands._common import db_of
 from perf_analytics.errors import ConfigError, ValidationError
-from perf_analytics.extract import extract_window
+from perf_analytics.extract import DEFAULT_CHUNK_ROWS, write_window_parquet
 from perf_analytics.schema import parse_timestamp
 
 
@@ -28,13 +28,20 @@ def parse_time(value: str, option: str) -> datetime:
 @click.option("--asset", "assets", multiple=True, help="Only this asset (repeatable).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Parquet file for the snapshots; disks and interfaces go beside it.")
+@click.option("--chunk-rows", type=click.IntRange(min=1), default=DEFAULT_CHUNK_ROWS, show_default=True,
+              help="Snapshots read and written per part (bounds memory).")
 @click.pass_context
-def command(ctx: click.Context, org_id: str, start: str, end: str, assets: tuple[str, ...], out: Path) -> None:
+def command(
+    ctx: click.Context, org_id: str, start: str, end: str, assets: tuple[str, ...], out: Path, chunk_rows: int
+) -> None:
     """Extract one org's snapshots of [--from, --to) into Parquet.
 
     Writes three files: OUT (one row per snapshot), OUT with .disks.parquet and
-    .interfaces.parquet (one row per snapshot and disk or interface). Documents with an
-    off-type field are skipped and listed; `doctor --fix` repairs them.
+    .interfaces.parquet (one row per snapshot and disk or interface). They are written
+    part by part (--chunk-rows snapshots at a time) and each replaces its old version only
+    when the whole window is written. Rows are sorted by org, asset and time within each
+    part; a window of more parts is not sorted as a whole (ORDER BY when querying).
+    Documents with an off-type field are skipped and listed; `doctor --fix` repairs them.
 
     \b
     Examples:
@@ -43,16 +50,13 @@ def command(ctx: click.Context, org_id: str, start: str, end: str, assets: tuple
           --asset 65d0404708d133d664214eb3 --out hour.parquet
     """
     lo, hi = parse_time(start, "--from"), parse_time(end, "--to")
-    result = extract_window(db_of(ctx), org_id, lo, hi, asset_ids=list(assets) or None)
-    stem = out.name.removesuffix(".parquet")
-    paths = [out, out.with_name(f"{stem}.disks.parquet"), out.with_name(f"{stem}.interfaces.parquet")]
-    frames = result.frames
-    for frame, path in zip((frames.snapshots, frames.disks, frames.interfaces), paths, strict=True):
-        frame.write_parquet(path, compression="zstd")
+    written = write_window_parquet(db_of(ctx), org_id, lo, hi, out, asset_ids=list(assets) or None,
+                                  chunk_rows=chunk_rows)
+    snapshots, disks, interfaces = written.rows
     click.echo(
-        f"{frames.snapshots.height:,} snapshots, {frames.disks.height:,} disk rows, "
-        f"{frames.interfaces.height:,} interface rows -> {', '.join(str(p) for p in paths)}"
+        f"{snapshots:,} snapshots, {disks:,} disk rows, {interfaces:,} interface rows -> "
+        f"{', '.join(str(p) for p in written.paths)}"
     )
-    if result.skipped_count:
-        shown = ", ".join(str(s.id) for s in result.skipped[:5])
-        click.echo(f"skipped {result.skipped_count} off-type snapshot(s) ({shown}); run `doctor --fix`", err=True)
+    if written.skipped_count:
+        shown = ", ".join(str(s.id) for s in written.skipped[:5])
+        click.echo(f"skipped {written.skipped_count} off-type snapshot(s) ({shown}); run `doctor --fix`", err=True)
