@@ -4,7 +4,8 @@ Generates a small synthetic fleet (3 orgs, 4 assets each, 2 days at one snapshot
 minute), registers its assets the way the application would, creates the indexes,
 bulk-loads the archive, checks the database with `doctor`, shows one asset's last
 minutes, then runs the nightly job for the last day (anomaly flags and rollups of each
-org into the Parquet lake) and asks DuckDB for org-01's strongest anomalies. Run it again
+org into the Parquet lake), asks DuckDB for org-01's strongest anomalies and draws two
+pictures of that day into data/demo (the fleet, and its most flagged asset). Run it again
 and the load finds only duplicates and the lake partitions are replaced, not added to.
 
 Settings come from the environment like the CLI's (MONGODB_URI, PERF_DB, ...); with no
@@ -14,6 +15,7 @@ next command; `perf-analytics localdb stop` stops it).
 
 from __future__ import annotations
 
+import argparse
 import sys
 from datetime import timedelta
 from pathlib import Path
@@ -25,6 +27,7 @@ from perf_analytics.generate import DEFAULT_START, fleet_assets, write_fleet
 from perf_analytics.ingest import ingest_archives_all_orgs
 from perf_analytics.lake import connect_lake
 from perf_analytics.pipeline import run_day
+from perf_analytics.plots import asset_figure, fleet_figure, save_figure
 from perf_analytics.schema import ASSETS
 from perf_analytics.store import connect, ensure_indexes, get_asset_performance, probe_capabilities
 
@@ -32,12 +35,17 @@ FLEET = {"orgs": 3, "assets": 4, "days": 2, "interval_s": 60, "seed": 7}
 OUT = Path("data/demo")
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--interval", type=int, default=FLEET["interval_s"],
+                        help="seconds between an asset's snapshots (default %(default)s)")
+    args = parser.parse_args(argv)
+    fleet = {**FLEET, "interval_s": args.interval}
     settings = load_settings()
-    archive = OUT / "fleet.ndjson.zst"
+    archive = OUT / f"fleet-{fleet['interval_s']}s.ndjson.zst"
     if not archive.exists():
         OUT.mkdir(parents=True, exist_ok=True)
-        summary = write_fleet(archive, **FLEET)
+        summary = write_fleet(archive, **fleet)
         print(f"generated {summary.snapshots:,} snapshots of {summary.assets} assets -> {archive}")
     db = connect(settings)
     caps = probe_capabilities(db)
@@ -83,7 +91,16 @@ def main() -> int:
     print("org-01's strongest anomalies (DuckDB over the lake):")
     for at, severity, metric, message in top:
         print(f"  {at}  {severity:<8} {metric:<28} {message}")
+    busiest = con.execute(
+        "select assetId from anomalies group by assetId order by count(*) desc, assetId limit 1"
+    ).fetchall()
     con.close()
+
+    # Pictures of the same day: the org's fleet, and the asset with the most flags.
+    fleet_png = save_figure(fleet_figure(settings.lake, "org-01", day), OUT / "org-01-fleet.png")
+    shown = busiest[0][0] if busiest else str(asset["_id"])
+    asset_png = save_figure(asset_figure(db, settings.lake, "org-01", shown, day), OUT / "org-01-asset.png")
+    print(f"pictures: {fleet_png} (the fleet), {asset_png} (asset {shown}); notebooks/ has both views")
     db.client.close()
     return 0
 

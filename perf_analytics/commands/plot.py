@@ -1,0 +1,52 @@
+"""`perf-analytics plot --org ORG --date D [--asset ID] --out FILE.png`: a picture of a day."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from perf_analytics.commands._common import db_of, settings_of
+from perf_analytics.commands.rollup import parse_day
+from perf_analytics.errors import ConfigError
+from perf_analytics.plots import SUFFIXES, asset_figure, fleet_figure, save_figure
+from perf_analytics.rollups import WINDOWS
+
+
+@click.command("plot")
+@click.option("--org", "org_id", required=True, help="The organisation.")
+@click.option("--date", "day", required=True, help="The first UTC day, YYYY-MM-DD.")
+@click.option("--days", default=1, show_default=True, type=click.IntRange(1, 31), help="How many days from --date.")
+@click.option("--asset", "asset_id", help="Plot this asset's metrics (from the database) instead of the fleet.")
+@click.option("--metric", default="cpu_usage_mean", show_default=True,
+              help="Fleet view: the rollup column to colour by (e.g. memory_usage_percent_max, coverage).")
+@click.option("--window", default="1hour", show_default=True, type=click.Choice(WINDOWS),
+              help="Fleet view: the rollup window of the heatmap's cells.")
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False),
+              help="Image file: .png, .svg or .pdf.")
+@click.pass_context
+def command(ctx: click.Context, org_id: str, day: str, days: int, asset_id: str | None, metric: str,
+            window: str, out: str) -> None:
+    """Draw a day: one asset's metrics with its anomaly episodes, or the org's fleet.
+
+    With --asset, the asset's snapshots come from the database and its flags from the
+    lake: CPU, memory, disks, network and processes over time, episodes shaded by
+    severity, reboots dotted, silences left blank. Without it, the fleet heatmap comes
+    from the lake's rollups (run `rollup` for the day first): one row per asset, flags
+    as markers, availability on the right.
+
+    \b
+    Examples:
+      perf-analytics plot --org org-01 --date 2026-01-06 --out fleet.png
+      perf-analytics plot --org org-01 --date 2026-01-06 --metric memory_usage_percent_max --out memory.png
+      perf-analytics plot --org org-01 --date 2026-01-05 --days 2 --asset 65d0404708d133d664214eb3 --out asset.svg
+    """
+    if Path(out).suffix.lower() not in SUFFIXES:
+        raise ConfigError(f"--out: choose a .png, .svg or .pdf file name, not {out!r}")
+    first = parse_day(day)
+    lake = settings_of(ctx).lake
+    if asset_id:
+        fig = asset_figure(db_of(ctx), lake, org_id, asset_id, first, days=days)
+    else:
+        fig = fleet_figure(lake, org_id, first, days=days, metric=metric, window=window)
+    click.echo(f"wrote {save_figure(fig, out)}")

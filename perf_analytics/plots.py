@@ -1,0 +1,343 @@
+"""Plots for when a person would rather look than read: one asset's window, one org's day.
+
+`plot_asset` draws an asset's CPU, memory, disks and network over time from extraction
+frames, with its anomaly episodes shaded on the panel of their metric and reboots marked;
+lines break where the agent was silent instead of bridging the gap. `plot_fleet` draws
+an org's hourly rollups as a heatmap (one row per asset), with the anomaly episodes as
+markers and each asset's availability beside its row.
+
+Both return a `PlotFigure`, a matplotlib Figure built without pyplot's global state (safe
+in scripts and schedulers) that Jupyter shows as an image. `asset_figure` and
+`fleet_figure` first load what they plot (the database window, the lake partitions) and
+are what `perf-analytics plot` calls; `save_figure` writes PNG, SVG or PDF atomically.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import os
+from collections.abc import Sequence
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import cast
+
+import numpy as np
+import polars as pl
+from matplotlib import colormaps
+from matplotlib import dates as mdates
+from matplotlib.figure import Figure
+
+from perf_analytics.atomic import atomic_path
+from perf_analytics.errors import PerfAnalyticsError
+from perf_analytics.frames import Frames
+from perf_analytics.store import Db
+
+SEVERITY_COLOURS = {"info": "#4c72b0", "warning": "#dd8452", "critical": "#c44e52"}
+SUFFIXES = (".png", ".svg", ".pdf")
+# A silence longer than this many reporting intervals breaks the line.
+GAP_INTERVALS = 2.5
+
+
+class PlotError(PerfAnalyticsError):
+    """Nothing to plot, or an unusable output path."""
+
+
+class PlotFigure(Figure):
+    """A Figure that Jupyter shows as an image without pyplot or `%matplotlib inline`."""
+
+    def _repr_png_(self) -> bytes:
+        buffer = io.BytesIO()
+        self.savefig(buffer, format="png", dpi=100)
+        return buffer.getvalue()
+
+
+def _panel_of(metric: str) -> str | None:
+    """The panel a flag's metric belongs to (None: every panel, e.g. gaps and offline)."""
+    if metric.startswith("cpu"):
+        return "cpu"
+    if metric.startswith("memory"):
+        return "memory"
+    if metric.startswith("disk"):
+        return "disk"
+    if metric.startswith("network"):
+        return "network"
+    if metric.startswith("system.process") or metric.startswith("system.thread"):
+        return "processes"
+    return None
+
+
+def _broken(times: np.ndarray, values: np.ndarray, interval_s: float) -> tuple[np.ndarray, np.ndarray]:
+    """Insert a NaN after each silence longer than GAP_INTERVALS reporting intervals."""
+    if len(times) < 2:
+        return times, values
+    step = np.diff(times).astype("timedelta64[ms]").astype(np.float64) / 1000.0
+    cuts = np.nonzero(step > GAP_INTERVALS * interval_s)[0] + 1
+    if not len(cuts):
+        return times, values
+    gap_times = times[cuts - 1] + (times[cuts] - times[cuts - 1]) / 2
+    return np.insert(times, cuts, gap_times), np.insert(values.astype(np.float64), cuts, np.nan)
+
+
+def _series(frame: pl.DataFrame, column: str, interval_s: float) -> tuple[np.ndarray, np.ndarray]:
+    rows = frame.select("timestamp", column).drop_nulls("timestamp").sort("timestamp")
+    times = rows["timestamp"].dt.replace_time_zone(None).to_numpy()
+    values = rows[column].cast(pl.Float64).fill_null(float("nan")).to_numpy()
+    return _broken(times, values, interval_s)
+
+
+def _naive_utc(value: datetime) -> datetime:
+    return value.astimezone(UTC).replace(tzinfo=None) if value.tzinfo else value
+
+
+def _shade(axes: dict[str, object], flags: pl.DataFrame, interval_s: float) -> list[str]:
+    """Shade each episode on its panel; returns the severities drawn (for the legend)."""
+    drawn: list[str] = []
+    minimum = timedelta(seconds=interval_s)
+    for row in flags.iter_rows(named=True):
+        start, end = _naive_utc(row["start"]), _naive_utc(row["end"])
+        end = max(end, start + minimum)  # a one-sample episode still shows
+        colour = SEVERITY_COLOURS.get(row["severity"], "#8c8c8c")
+        panel = _panel_of(row["metric"])
+        targets = [axes[panel]] if panel in axes else list(axes.values())
+        for ax in targets:
+            ax.axvspan(start, end, color=colour, alpha=0.25 if panel else 0.12, lw=0)  # type: ignore[attr-defined]
+        drawn.append(row["severity"])
+    return drawn
+
+
+def plot_asset(
+    frames: Frames,
+    asset_id: str,
+    *,
+    flags: pl.DataFrame | None = None,
+    title: str | None = None,
+) -> PlotFigure:
+    """One asset over the frames' window: CPU, memory, disks, network, processes.
+
+    `flags` is a frame of anomaly episodes (as `flag_anomalies` returns or the lake's
+    `anomalies` view holds); only this asset's are drawn.
+    """
+    snaps = frames.snapshots.filter(pl.col("assetId") == asset_id).sort("timestamp")
+    if snaps.is_empty():
+        raise PlotError(f"no snapshots of asset {asset_id!r} in this window")
+    steps = snaps["timestamp"].diff().dt.total_seconds().drop_nulls()
+    steps = steps.filter(steps > 0)
+    interval_s = float(steps.median()) if len(steps) else 60.0  # type: ignore[arg-type]
+    disks = frames.disks.filter(pl.col("assetId") == asset_id)
+    interfaces = frames.interfaces.filter(pl.col("assetId") == asset_id)
+
+    fig = PlotFigure(figsize=(11, 9.5), layout="constrained")
+    names = ["cpu", "memory", "disk", "network", "processes"]
+    grid = fig.subplots(len(names), 1, sharex=True)
+    axes = dict(zip(names, grid, strict=True))
+
+    ax = axes["cpu"]
+    ax.plot(*_series(snaps, "cpu_usage", interval_s), lw=0.9, color="#4c72b0", label="CPU usage")
+    ax.set_ylabel("CPU %")
+    ax.set_ylim(0, 105)
+    ax = axes["memory"]
+    ax.plot(*_series(snaps, "memory_usage_percent", interval_s), lw=0.9, color="#55a868", label="memory used")
+    ax.set_ylabel("memory %")
+    ax.set_ylim(0, 105)
+    ax = axes["disk"]
+    for (name,), part in disks.sort("disk").group_by("disk", maintain_order=True):
+        ax.plot(*_series(part, "usage_percent", interval_s), lw=0.9, label=str(name))
+    ax.set_ylabel("disk full %")
+    ax.set_ylim(0, 105)
+    ax = axes["network"]
+    scale = 1 / 1e6
+    for (name,), part in interfaces.sort("interface").group_by("interface", maintain_order=True):
+        both = part.with_columns(
+            ((pl.col("bytes_recv_per_sec").fill_null(0) + pl.col("bytes_sent_per_sec").fill_null(0)) * scale).alias("mb")
+        )
+        ax.plot(*_series(both, "mb", interval_s), lw=0.9, label=str(name))
+    ax.set_ylabel("network MB/s")
+    ax = axes["processes"]
+    ax.plot(*_series(snaps, "system_process_count", interval_s), lw=0.9, color="#8172b3", label="processes")
+    ax.set_ylabel("processes")
+
+    for panel in ("cpu", "memory"):
+        axes[panel].axhline(90, color="#c44e52", lw=0.6, ls="--")
+    uptime = snaps.select("timestamp", "system_uptime").drop_nulls()
+    reboots = uptime.filter(pl.col("system_uptime").diff() < 0)["timestamp"].dt.replace_time_zone(None).to_list()
+    for at in reboots:
+        for a in axes.values():
+            a.axvline(at, color="#333333", lw=0.8, ls=":")
+
+    drawn: list[str] = []
+    if flags is not None and not flags.is_empty():
+        drawn = _shade(axes, flags.filter(pl.col("assetId") == asset_id), interval_s)
+    for name, a in axes.items():
+        a.grid(True, alpha=0.3)
+        if name in ("disk", "network") and a.get_legend_handles_labels()[0]:
+            a.legend(loc="upper left", fontsize="small", ncols=4, frameon=False)
+    legend = [f"{s} flag" for s in ("critical", "warning", "info") if s in drawn]
+    if reboots:
+        legend.append("reboot (dotted)")
+    org = snaps["orgId"][0]
+    first, last = cast(datetime, snaps["timestamp"].min()), cast(datetime, snaps["timestamp"].max())
+    heading = title or f"{org} / {asset_id}: {first:%Y-%m-%d %H:%M} to {last:%Y-%m-%d %H:%M} UTC"
+    if legend:
+        heading += "   [" + ", ".join(legend) + "]"
+    fig.suptitle(heading, fontsize="medium")
+    axes["processes"].xaxis.set_major_formatter(mdates.ConciseDateFormatter(axes["processes"].xaxis.get_major_locator()))
+    return fig
+
+
+def plot_fleet(
+    rollups: pl.DataFrame,
+    *,
+    metric: str = "cpu_usage_mean",
+    flags: pl.DataFrame | None = None,
+    availability: pl.DataFrame | None = None,
+    title: str | None = None,
+) -> PlotFigure:
+    """An org's assets as rows of a heatmap of one rollup column, over the rollups' buckets.
+
+    `rollups` is one window's asset rollups (the lake's `rollups` view, e.g. 1hour);
+    flags are drawn as markers at their start on their asset's row, availability as a
+    percentage beside the row.
+    """
+    if rollups.is_empty():
+        raise PlotError("no rollups to plot (has the day been rolled up?)")
+    if metric not in rollups.columns:
+        numeric = [c for c, t in rollups.schema.items() if t.is_numeric() and c not in ("samples", "interval_s")]
+        raise PlotError(f"unknown rollup column {metric!r}; choose one of: {', '.join(numeric)}")
+    table = rollups.select(
+        pl.col("assetId"), pl.col("bucket").dt.replace_time_zone(None), pl.col(metric).cast(pl.Float64)
+    )
+    assets = sorted(table["assetId"].unique().to_list())
+    buckets = sorted(table["bucket"].unique().to_list())
+    if len(buckets) > 1:
+        width = min(b - a for a, b in itertools.pairwise(buckets))
+    else:
+        width = timedelta(hours=1)
+    first = buckets[0]
+    columns = int((buckets[-1] - first) / width) + 1
+    grid = np.full((len(assets), columns), np.nan)
+    row_of = {a: i for i, a in enumerate(assets)}
+    for asset, bucket, value in table.iter_rows():
+        grid[row_of[asset], int((bucket - first) / width)] = np.nan if value is None else value
+
+    fig = PlotFigure(figsize=(11, 1.2 + 0.38 * len(assets)), layout="constrained")
+    ax = fig.subplots()
+    left, right = mdates.date2num(first), mdates.date2num(first + width * columns)
+    percent = "percent" in metric or metric.startswith("cpu_usage") or metric == "coverage"
+    cmap = colormaps["viridis"].with_extremes(bad="#e4e4e4")  # grey: no snapshot in the bucket
+    image = ax.imshow(
+        grid, aspect="auto", interpolation="nearest", cmap=cmap,
+        extent=(left, right, len(assets) - 0.5, -0.5),
+        vmin=0 if percent else None, vmax=(1 if metric == "coverage" else 100) if percent else None,
+    )
+    fig.colorbar(image, ax=ax, label=metric, pad=0.01)
+    ax.set_yticks(range(len(assets)), assets, fontsize="small")
+    ax.xaxis_date()
+    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(ax.xaxis.get_major_locator()))
+
+    if flags is not None and not flags.is_empty():
+        for severity, colour in SEVERITY_COLOURS.items():
+            mine = flags.filter((pl.col("severity") == severity) & pl.col("assetId").is_in(assets))
+            if mine.is_empty():
+                continue
+            xs = mdates.date2num(mine["start"].dt.replace_time_zone(None).to_list())
+            ys = [row_of[a] for a in mine["assetId"].to_list()]
+            ax.scatter(xs, ys, marker="v", s=36, color=colour, edgecolors="white", linewidths=0.6,
+                       label=f"{severity} ({mine.height})", zorder=3)
+        ax.set_xlim(left, right)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.08), ncols=3, fontsize="small", frameon=False)
+    if availability is not None and not availability.is_empty():
+        share = availability.group_by("assetId").agg(pl.col("availability").mean())
+        labels = dict(share.iter_rows())
+        twin = ax.secondary_yaxis("right")
+        twin.set_yticks(range(len(assets)),
+                        [f"{labels[a]:.0%}" if labels.get(a) is not None else "" for a in assets],
+                        fontsize="small")
+        twin.set_ylabel("available")
+    org = rollups["orgId"][0] if "orgId" in rollups.columns else None
+    fig.suptitle(title or f"{org + ': ' if org else ''}{metric} by asset", fontsize="medium")
+    return fig
+
+
+def save_figure(fig: Figure, path: str | os.PathLike[str], *, dpi: int = 110) -> Path:
+    """Write the figure (format from the suffix: .png, .svg, .pdf) via a temp file and rename."""
+    target = Path(path)
+    if target.suffix.lower() not in SUFFIXES:
+        raise PlotError(f"{target}: choose a .png, .svg or .pdf file name")
+    if not target.parent.is_dir():
+        raise PlotError(f"{target.parent} is not a directory")
+    with atomic_path(target) as tmp:
+        fig.savefig(tmp, dpi=dpi, format=target.suffix.lower()[1:])
+    return target
+
+
+def _day_window(day: date, days: int) -> tuple[datetime, datetime]:
+    start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+    return start, start + timedelta(days=days)
+
+
+def asset_figure(
+    db: Db,
+    lake: str | os.PathLike[str],
+    org_id: str,
+    asset_id: str,
+    day: date,
+    *,
+    days: int = 1,
+) -> PlotFigure:
+    """Extract `days` UTC days of one asset from the database and plot them with the
+    anomaly episodes the lake holds for them."""
+    from perf_analytics.extract import extract_window
+    from perf_analytics.lake import connect_lake
+
+    start, end = _day_window(day, days)
+    extraction = extract_window(db, org_id, start, end, asset_ids=[asset_id])
+    con = connect_lake(lake, org_id=org_id)
+    try:
+        flags = con.sql(
+            'SELECT * FROM anomalies WHERE assetId = ? AND "start" < ? AND "end" >= ?', params=[asset_id, end, start]
+        ).pl()
+    finally:
+        con.close()
+    return plot_asset(extraction.frames, asset_id, flags=flags)
+
+
+def fleet_figure(
+    lake: str | os.PathLike[str],
+    org_id: str,
+    day: date,
+    *,
+    days: int = 1,
+    metric: str = "cpu_usage_mean",
+    window: str = "1hour",
+) -> PlotFigure:
+    """Plot an org's rolled-up days from the lake: `window` rollups, flags, availability."""
+    from perf_analytics.lake import connect_lake
+
+    start, end = _day_window(day, days)
+    con = connect_lake(lake, org_id=org_id)
+    try:
+        between = [start.date(), (end - timedelta(days=1)).date()]
+        rollups = con.sql(
+            'SELECT * FROM rollups WHERE "window" = ? AND "date" BETWEEN ? AND ? ORDER BY assetId, bucket',
+            params=[window, *between],
+        ).pl()
+        flags = con.sql('SELECT * FROM anomalies WHERE "date" BETWEEN ? AND ?', params=between).pl()
+        availability = con.sql('SELECT * FROM availability WHERE "date" BETWEEN ? AND ?', params=between).pl()
+    finally:
+        con.close()
+    if rollups.is_empty():
+        raise PlotError(
+            f"the lake has no {window} rollups of {org_id} for {start:%Y-%m-%d}"
+            + (f" to {end - timedelta(days=1):%Y-%m-%d}" if days > 1 else "")
+            + f" (run: perf-analytics rollup --org {org_id} --date {start:%Y-%m-%d})"
+        )
+    span = f"{start:%Y-%m-%d}" + (f" to {end - timedelta(days=1):%Y-%m-%d}" if days > 1 else "")
+    return plot_fleet(rollups, metric=metric, flags=flags, availability=availability,
+                      title=f"{org_id}, {span}: {metric} per {window} by asset")
+
+
+__all__: Sequence[str] = (
+    "PlotError", "PlotFigure", "asset_figure", "fleet_figure", "plot_asset", "plot_fleet", "save_figure",
+)
