@@ -1,7 +1,8 @@
 """One org's day, end to end: extract → anomaly flags → rollups → lake (→ optional sinks).
 
 `run_day` is what the nightly run does for each org and what `perf-analytics rollup` and
-`perf-analytics anomalies` do for one: flags of day D are computed from D and the
+`perf-analytics anomalies` do for one. It reads the org's assets a batch at a time, so
+memory follows the batch size, not the fleet. The flags of day D are computed from D and the
 configured history before it, never from later days, so re-running D after D+1 arrived
 gives the same flags. Every output for (org, D) is replaced as a whole: lake partitions
 are rewritten (an empty day writes empty partitions, so stale flags never survive), and
@@ -11,7 +12,7 @@ the Mongo sinks upsert by natural key and remove what the new run no longer prod
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -20,9 +21,10 @@ from typing import Any
 import polars as pl
 from pymongo import ReplaceOne
 
-from perf_analytics.anomalies import AnomalyConfig, flag_anomalies
-from perf_analytics.extract import Skipped, extract_window
-from perf_analytics.frames import Frames
+from perf_analytics.anomalies import AnomalyConfig, combine_episodes, flag_assets, flag_peers
+from perf_analytics.errors import ConfigError
+from perf_analytics.extract import MAX_REPORTED, Skipped, extract_window
+from perf_analytics.frames import Frames, empty_frames
 from perf_analytics.lake import (
     ANOMALIES,
     ANOMALY_SCHEMA,
@@ -31,7 +33,14 @@ from perf_analytics.lake import (
     write_partition,
     write_rollups,
 )
-from perf_analytics.rollups import WINDOWS, compute_availability, compute_rollups, upsert_rollups
+from perf_analytics.rollups import (
+    WINDOWS,
+    Rollups,
+    compute_availability,
+    compute_rollups,
+    upsert_rollups,
+)
+from perf_analytics.schema import SNAPSHOTS
 from perf_analytics.store import Db, bulk_write_chunked
 
 ANOMALY_FLAGS = "anomaly_flags"
@@ -62,6 +71,32 @@ def _only(frames: Frames, start: datetime, end: datetime) -> Frames:
     return Frames(cut(frames.snapshots), cut(frames.disks), cut(frames.interfaces))
 
 
+DEFAULT_ASSET_BATCH = 100
+_ROLLUP_KEYS = ("orgId", "assetId", "disk", "interface", "bucket")
+
+
+def _assets_in(db: Db, org_id: str, start: datetime, end: datetime) -> list[str]:
+    """The org's asset ids with snapshots in [start, end), sorted."""
+    ids = db[SNAPSHOTS].distinct("assetId", {"orgId": org_id, "timestamp": {"$gte": start, "$lt": end}})
+    return sorted(str(a) for a in ids)
+
+
+def _concat_rollups(parts: list[dict[str, Rollups]], windows: Sequence[str]) -> dict[str, Rollups]:
+    def joined(frames: list[pl.DataFrame]) -> pl.DataFrame:
+        frame = pl.concat(frames) if len(frames) > 1 else frames[0]
+        return frame.sort([k for k in _ROLLUP_KEYS if k in frame.columns], maintain_order=True)
+
+    return {
+        w: Rollups(
+            w,
+            joined([p[w].assets for p in parts]),
+            joined([p[w].disks for p in parts]),
+            joined([p[w].interfaces for p in parts]),
+        )
+        for w in windows
+    }
+
+
 def run_day(
     db: Db,
     org_id: str,
@@ -73,26 +108,61 @@ def run_day(
     rollups: bool = True,
     anomalies: bool = True,
     to_mongo: bool = False,
+    asset_batch: int = DEFAULT_ASSET_BATCH,
+    progress: Callable[[int, int], None] | None = None,
 ) -> DayResult:
-    """Flag and roll up `org_id`'s snapshots of `day` (UTC) into the lake."""
+    """Flag and roll up `org_id`'s snapshots of `day` (UTC) into the lake.
+
+    The org's assets are read `asset_batch` at a time (the day and its history of
+    `config.history_days`), so memory follows the batch, not the fleet; the only
+    comparison across assets (peers) runs once over small per-asset summaries, and the
+    result does not depend on the batch size. `progress(assets_done, assets)` is called
+    after each batch.
+    """
+    if asset_batch < 1:
+        raise ConfigError(f"asset_batch must be at least 1, got {asset_batch}")
     cfg = config or AnomalyConfig()
     start, end = day_bounds(day)
-    got = extract_window(db, org_id, start - timedelta(days=cfg.history_days), end)
-    result = DayResult(org_id, day, skipped=got.skipped, skipped_count=got.skipped_count)
-    today = _only(got.frames, start, end)
-    result.snapshots = today.snapshots.height
+    history_start = start - timedelta(days=cfg.history_days)
+    assets = _assets_in(db, org_id, history_start, end)
+    batches = [assets[i : i + asset_batch] for i in range(0, len(assets), asset_batch)] or [[]]
+    result = DayResult(org_id, day)
+    todays: list[Frames] = []
+    own_flags: list[pl.DataFrame] = []
+    buckets: list[pl.DataFrame] = []
+    done = 0
+    for batch in batches:
+        got = extract_window(db, org_id, history_start, end, asset_ids=batch) if batch else None
+        frames = got.frames if got is not None else empty_frames()
+        if got is not None:
+            result.skipped += got.skipped
+            result.skipped_count += got.skipped_count
+        today = _only(frames, start, end)
+        todays.append(today)
+        result.snapshots += today.snapshots.height
+        if anomalies:
+            found = flag_assets(frames, day=day, config=cfg)
+            own_flags.append(found.episodes)
+            buckets.append(found.peer_buckets)
+        done += len(batch)
+        if progress is not None:
+            progress(done, len(assets))
+    result.skipped = result.skipped[:MAX_REPORTED]
 
-    flags = flag_anomalies(got.frames, day=day, config=cfg) if anomalies else None
-    if flags is not None:
+    flags: pl.DataFrame | None = None
+    if anomalies:
+        flags = combine_episodes([*own_flags, flag_peers(buckets, day=day, config=cfg)])
         result.flags = flags
         result.paths += _replace_flags(lake, org_id, day, flags)
         if to_mongo:
             result.sink_writes += upsert_flags(db, org_id, day, flags)
     if rollups:
-        computed = compute_rollups(today, windows=windows, flags=flags)
+        parts = [compute_rollups(today, windows=windows, flags=flags) for today in todays]
+        computed = _concat_rollups(parts, windows)
         result.rollup_rows = {w: r.assets.height for w, r in computed.items()}
         result.paths += write_rollups(lake, computed)
-        result.paths += write_availability(lake, compute_availability(today))
+        availability = [compute_availability(today) for today in todays]
+        result.paths += write_availability(lake, pl.concat(availability).sort(["orgId", "assetId", "date"]))
         if to_mongo:
             result.sink_writes += upsert_rollups(db, org_id, computed)
     return result

@@ -7,11 +7,15 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
+import polars as pl
+import pytest
 from bson import ObjectId
 from click.testing import CliRunner
 
+from perf_analytics.anomalies import AnomalyConfig
 from perf_analytics.cli import app
 from perf_analytics.config import Settings
+from perf_analytics.errors import ConfigError
 from perf_analytics.generate import DEFAULT_START, generate_fleet
 from perf_analytics.lake import connect_lake
 from perf_analytics.pipeline import ANOMALY_FLAGS, run_day
@@ -60,6 +64,29 @@ def test_rerunning_a_day_rewrites_identical_partitions(db: Db, tmp_path: Path) -
     first = _files(lake)
     run_day(db, "org-01", DAY2, lake=lake)
     assert _files(lake) == first
+
+
+def test_reading_the_fleet_in_batches_of_assets_gives_the_same_lake_and_flags(db: Db, tmp_path: Path) -> None:
+    docs = [{"_id": ObjectId(), **validate_snapshot(p)}
+            for p in generate_fleet(orgs=2, assets=5, days=2, interval_s=300, seed=8)]
+    db[SNAPSHOTS].insert_many(docs)
+    # Peers compared loosely, so that the one comparison across assets has work to do.
+    cfg = AnomalyConfig(peer_min_assets=2, peer_z=1.0, peer_min_percent_points=1.0)
+    calls: list[tuple[int, int]] = []
+    whole = run_day(db, "org-01", DAY2, lake=tmp_path / "whole", config=cfg)
+    batched = run_day(db, "org-01", DAY2, lake=tmp_path / "batched", config=cfg, asset_batch=2,
+                      progress=lambda done, total: calls.append((done, total)))
+    assert calls == [(2, 5), (4, 5), (5, 5)]
+    assert (batched.flags["detector"] == "peer").sum() > 0
+    assert batched.flags.equals(whole.flags)
+    assert batched.snapshots == whole.snapshots > 0
+    assert _files(tmp_path / "batched") == _files(tmp_path / "whole")
+    assert not batched.flags.filter(pl.col("orgId") != "org-01").height
+
+
+def test_a_batch_size_below_one_is_a_config_error(db: Db, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="asset_batch must be at least 1, got 0"):
+        run_day(db, "org-01", DAY2, lake=tmp_path, asset_batch=0)
 
 
 def test_a_days_flags_do_not_change_when_the_next_day_arrives(db: Db, tmp_path: Path) -> None:

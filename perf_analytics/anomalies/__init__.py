@@ -10,6 +10,8 @@ history. `AnomalyConfig` holds every threshold.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
 import polars as pl
@@ -24,9 +26,10 @@ from perf_analytics.anomalies.detectors import (
     detect_level_shifts,
     detect_offline,
     detect_outliers,
-    detect_peers,
+    detect_peers_in,
     detect_reboots,
     detect_thresholds,
+    peer_buckets,
 )
 from perf_analytics.anomalies.episodes import (
     EPISODE_COLUMNS,
@@ -45,7 +48,11 @@ __all__ = [
     "SEVERITIES",
     "AnomalyConfig",
     "AnomalyInputError",
+    "AssetFlags",
+    "combine_episodes",
     "flag_anomalies",
+    "flag_assets",
+    "flag_peers",
 ]
 
 log = logging.getLogger(__name__)
@@ -106,6 +113,103 @@ def _utc(moment: datetime) -> datetime:
     return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
+@dataclass(frozen=True)
+class AssetFlags:
+    """What `flag_assets` found: its assets' episodes, and their inputs to the peer comparison."""
+
+    episodes: pl.DataFrame  # every detector but peers (EPISODE_COLUMNS)
+    peer_buckets: pl.DataFrame  # per asset, metric and bucket: for `flag_peers` over the whole org
+
+
+def _day_start(day: date | datetime | str | None) -> datetime | None:
+    if day is None:
+        return None
+    d = _as_day(day)
+    return datetime(d.year, d.month, d.day, tzinfo=UTC)
+
+
+def _starting_on(episodes: pl.DataFrame, day_start: datetime | None) -> pl.DataFrame:
+    if day_start is None:
+        return episodes
+    day_end = day_start + timedelta(days=1)
+    return episodes.filter((pl.col("start") >= day_start) & (pl.col("start") < day_end))
+
+
+def flag_assets(
+    frames: Frames,
+    *,
+    day: date | datetime | str | None = None,
+    history: Frames | None = None,
+    config: AnomalyConfig | None = None,
+    last_seen: pl.DataFrame | None = None,
+    now: datetime | None = None,
+) -> AssetFlags:
+    """Every detector that looks at one asset at a time (all but peers), as episodes.
+
+    The arguments mean what they mean for `flag_anomalies`. Because nothing here compares
+    assets, a fleet can be flagged in batches of assets, each batch's frames read on its
+    own (bounded memory), with `flag_peers` run once over all the batches' peer buckets.
+    """
+    config = config if config is not None else AnomalyConfig()
+    _check(frames)
+    frames = _combine(history, frames)
+    day_start = _day_start(day)
+    as_of: datetime | None = _utc(now) if now is not None else None
+    if day_start is not None:
+        day_end = day_start + timedelta(days=1)
+        as_of = day_end if as_of is None else min(as_of, day_end)
+        frames = _window(frames, day_start - timedelta(days=config.history_days), as_of)
+    elif as_of is not None:
+        frames = _window(frames, datetime(1970, 1, 1, tzinfo=UTC), as_of + timedelta(microseconds=1))
+    if frames.snapshots.is_empty() and frames.disks.is_empty() and frames.interfaces.is_empty() and last_seen is None:
+        return AssetFlags(empty_episodes(), peer_buckets(point_frame(frames, agent_frame(frames)), config))
+
+    agents = agent_frame(frames)
+    points = point_frame(frames, agents)
+    reboots = detect_reboots(agents, config)
+    parts = [
+        reboots,
+        detect_thresholds(points, config),
+        detect_outliers(points, config, reboots),
+        detect_level_shifts(points, config, reboots),
+        detect_flatlines(points, config),
+        detect_disk_forecasts(points, config),
+        detect_gaps(agents, config),
+    ]
+    if as_of is not None and (day is not None or last_seen is not None):
+        parts.append(detect_offline(agents, config, now=as_of, last_seen=last_seen))
+    episodes = _starting_on(merge_episodes(pl.concat(parts), config), day_start)
+    log.debug("flag_assets: %d points, %d episodes", points.height, episodes.height)
+    return AssetFlags(episodes, peer_buckets(points, config))
+
+
+def flag_peers(
+    buckets: pl.DataFrame | Iterable[pl.DataFrame],
+    *,
+    day: date | datetime | str | None = None,
+    config: AnomalyConfig | None = None,
+) -> pl.DataFrame:
+    """Peer episodes from the `peer_buckets` of `flag_assets` (one frame, or one per batch).
+
+    Pass the buckets of a whole org: an asset is compared with the rest of its org's fleet.
+    """
+    config = config if config is not None else AnomalyConfig()
+    frames = [buckets] if isinstance(buckets, pl.DataFrame) else list(buckets)
+    frames = [f for f in frames if not f.is_empty()]
+    if not frames:
+        return empty_episodes()
+    flags = detect_peers_in(pl.concat(frames), config)
+    return _starting_on(merge_episodes(flags, config), _day_start(day))
+
+
+def combine_episodes(parts: Iterable[pl.DataFrame]) -> pl.DataFrame:
+    """Episode frames of several batches or detectors as one, in the usual order."""
+    frames = [p for p in parts if not p.is_empty()]
+    if not frames:
+        return empty_episodes()
+    return pl.concat(frames).sort(["orgId", "assetId", "start", "metric", "detector"])
+
+
 def flag_anomalies(
     frames: Frames,
     *,
@@ -125,42 +229,8 @@ def flag_anomalies(
       `config.gap_intervals` intervals get an `offline` flag.
 
     Bad values (NaN, out of range, duplicate timestamps) are dropped before detection;
-    a frame of the wrong shape raises `AnomalyInputError`.
+    a frame of the wrong shape raises `AnomalyInputError`. For a fleet too large to hold
+    at once, `flag_assets` per batch of assets plus one `flag_peers` give the same result.
     """
-    config = config if config is not None else AnomalyConfig()
-    _check(frames)
-    frames = _combine(history, frames)
-    day_start: datetime | None = None
-    as_of: datetime | None = _utc(now) if now is not None else None
-    if day is not None:
-        d = _as_day(day)
-        day_start = datetime(d.year, d.month, d.day, tzinfo=UTC)
-        day_end = day_start + timedelta(days=1)
-        as_of = day_end if as_of is None else min(as_of, day_end)
-        frames = _window(frames, day_start - timedelta(days=config.history_days), as_of)
-    elif as_of is not None:
-        frames = _window(frames, datetime(1970, 1, 1, tzinfo=UTC), as_of + timedelta(microseconds=1))
-    if frames.snapshots.is_empty() and frames.disks.is_empty() and frames.interfaces.is_empty() and last_seen is None:
-        return empty_episodes()
-
-    agents = agent_frame(frames)
-    points = point_frame(frames, agents)
-    reboots = detect_reboots(agents, config)
-    parts = [
-        reboots,
-        detect_thresholds(points, config),
-        detect_outliers(points, config, reboots),
-        detect_level_shifts(points, config, reboots),
-        detect_flatlines(points, config),
-        detect_disk_forecasts(points, config),
-        detect_peers(points, config),
-        detect_gaps(agents, config),
-    ]
-    if as_of is not None and (day is not None or last_seen is not None):
-        parts.append(detect_offline(agents, config, now=as_of, last_seen=last_seen))
-    episodes = merge_episodes(pl.concat(parts), config)
-    if day_start is not None:
-        day_end = day_start + timedelta(days=1)
-        episodes = episodes.filter((pl.col("start") >= day_start) & (pl.col("start") < day_end))
-    log.debug("flag_anomalies: %d points, %d episodes", points.height, episodes.height)
-    return episodes
+    got = flag_assets(frames, day=day, history=history, config=config, last_seen=last_seen, now=now)
+    return combine_episodes([got.episodes, flag_peers(got.peer_buckets, day=day, config=config)])

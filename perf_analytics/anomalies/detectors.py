@@ -436,24 +436,30 @@ def detect_disk_forecasts(points: pl.DataFrame, config: AnomalyConfig) -> pl.Dat
 # ---- peers ----------------------------------------------------------------------------
 
 
-def detect_peers(points: pl.DataFrame, config: AnomalyConfig) -> pl.DataFrame:
-    """An asset far from the rest of its own org's fleet in the same time bucket.
+PEER_METRICS = ("cpu.usage", "memory.usagePercent")
 
-    Compared only within one org: the median and spread come from that org's assets.
+
+def peer_buckets(points: pl.DataFrame, config: AnomalyConfig) -> pl.DataFrame:
+    """Each asset's mean of the peer metrics per `peer_bucket_minutes` bucket.
+
+    Small (one row per asset, metric and bucket) and computed per asset, so a fleet flagged
+    in batches of assets collects these and compares them once (`detect_peers_in`).
     """
-    df = points.filter(pl.col("metric").is_in(["cpu.usage", "memory.usagePercent"]))
-    if df.is_empty():
-        return empty_flags()
+    df = points.filter(pl.col("metric").is_in(PEER_METRICS))
     every = f"{config.peer_bucket_minutes}m"
-    per_asset = df.group_by(
-        *SERIES, pl.col("timestamp").dt.truncate(every).alias("bucket")
-    ).agg(
+    return df.group_by(*SERIES, pl.col("timestamp").dt.truncate(every).alias("bucket")).agg(
         pl.col("value").mean().alias("value"),
         pl.col("timestamp").max().alias("timestamp"),
         pl.col("interval_s").max().alias("interval_s"),
     )
+
+
+def detect_peers_in(buckets: pl.DataFrame, config: AnomalyConfig) -> pl.DataFrame:
+    """Peer flags of a whole org's `peer_buckets` (see `detect_peers`)."""
+    if buckets.is_empty():
+        return empty_flags()
     fleet = ["orgId", "metric", "bucket"]
-    per_asset = per_asset.with_columns(
+    per_asset = buckets.with_columns(
         pl.col("value").median().over(fleet).alias("ref"),
         pl.len().over(fleet).alias("n"),
     ).with_columns((pl.col("value") - pl.col("ref")).abs().median().over(fleet).alias("mad"))
@@ -469,6 +475,14 @@ def detect_peers(points: pl.DataFrame, config: AnomalyConfig) -> pl.DataFrame:
         pl.lit(INFO).alias("severity"),
     )
     return _flags(flagged, PEER)
+
+
+def detect_peers(points: pl.DataFrame, config: AnomalyConfig) -> pl.DataFrame:
+    """An asset far from the rest of its own org's fleet in the same time bucket.
+
+    Compared only within one org: the median and spread come from that org's assets.
+    """
+    return detect_peers_in(peer_buckets(points, config), config)
 
 
 # ---- agent-level: gaps, offline agents, reboots ----------------------------------------

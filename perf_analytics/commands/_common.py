@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
 import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from perf_analytics.config import Settings
+from perf_analytics.pipeline import DEFAULT_ASSET_BATCH
 from perf_analytics.store import Db, connect
 
 
@@ -19,3 +25,23 @@ def db_of(ctx: click.Context) -> Db:
     db = connect(settings_of(ctx))
     ctx.call_on_close(db.client.close)
     return db
+
+
+@contextmanager
+def asset_progress(what: str) -> Iterator[Callable[[int, int], None]]:
+    """A progress bar of assets done (on a terminal only), as a `progress(done, total)` callback."""
+    console = Console(stderr=True)
+    columns = (TextColumn(what), BarColumn(), MofNCompleteColumn(), TextColumn("assets"), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as bar:
+        task = bar.add_task(what, total=None)
+
+        def advance(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield advance
+
+
+asset_batch_option = click.option(
+    "--asset-batch", default=DEFAULT_ASSET_BATCH, show_default=True, type=click.IntRange(min=1),
+    help="Assets read and flagged at a time: memory follows this, not the fleet.",
+)

@@ -6,7 +6,7 @@ from datetime import date
 
 import click
 
-from perf_analytics.commands._common import db_of, settings_of
+from perf_analytics.commands._common import asset_batch_option, asset_progress, db_of, settings_of
 from perf_analytics.errors import ConfigError
 from perf_analytics.pipeline import run_day
 from perf_analytics.rollups import WINDOWS
@@ -25,8 +25,9 @@ def parse_day(value: str) -> date:
 @click.option("--windows", default=",".join(WINDOWS), show_default=True,
               help="Comma-separated windows among " + ", ".join(WINDOWS) + ".")
 @click.option("--to-mongo", is_flag=True, help="Also upsert into the performance_rollups collection.")
+@asset_batch_option
 @click.pass_context
-def command(ctx: click.Context, org_id: str, day: str, windows: str, to_mongo: bool) -> None:
+def command(ctx: click.Context, org_id: str, day: str, asset_batch: int, windows: str, to_mongo: bool) -> None:
     """Roll one org's day up into the lake (rollups/window=/orgId=/date=).
 
     The day's partitions are replaced, so a re-run gives the same files. The number of
@@ -41,8 +42,9 @@ def command(ctx: click.Context, org_id: str, day: str, windows: str, to_mongo: b
     unknown = [w for w in chosen if w not in WINDOWS]
     if unknown or not chosen:
         raise ConfigError(f"--windows: unknown window {unknown[0] if unknown else '(none)'}; valid: {', '.join(WINDOWS)}")
-    result = run_day(db_of(ctx), org_id, parse_day(day), lake=settings_of(ctx).lake, windows=chosen,
-                     anomalies=True, to_mongo=to_mongo)
+    with asset_progress("rolling up") as progress:
+        result = run_day(db_of(ctx), org_id, parse_day(day), lake=settings_of(ctx).lake, windows=chosen,
+                         anomalies=True, to_mongo=to_mongo, asset_batch=asset_batch, progress=progress)
     rows = ", ".join(f"{w} {n:,}" for w, n in result.rollup_rows.items())
     click.echo(f"{org_id} {result.day}: {result.snapshots:,} snapshots -> asset rollup rows: {rows}; "
                f"{result.flags.height} anomaly flags; lake {settings_of(ctx).lake}")
