@@ -244,6 +244,8 @@ def _connect(root: str | os.PathLike[str], org_id: str | None) -> tuple[duckdb.D
     if not Path(root).is_dir() and Path(root).exists():
         raise LakeError(f"lake root {root} is not a directory")
     con = duckdb.connect()
+    # The lake is UTC: timestamps come back in UTC whatever the machine's time zone.
+    con.execute("SET TimeZone = 'UTC'")
     every: list[Path] = []
     for dataset, keys in PARTITIONING.items():
         files = [p.resolve() for p in lake_files(root, dataset, org_id=org_id)]

@@ -1,12 +1,13 @@
 """One org's day, end to end: extract → anomaly flags → rollups → lake (→ optional sinks).
 
 `run_day` is what the nightly run does for each org and what `perf-analytics rollup` and
-`perf-analytics anomalies` do for one. It reads the org's assets a batch at a time, so
-memory follows the batch size, not the fleet. The flags of day D are computed from D and the
-configured history before it, never from later days, so re-running D after D+1 arrived
-gives the same flags. Every output for (org, D) is replaced as a whole: lake partitions
-are rewritten (an empty day writes empty partitions, so stale flags never survive), and
-the Mongo sinks upsert by natural key and remove what the new run no longer produces.
+`perf-analytics anomalies` do for one. It reads the org's assets a batch at a time with
+their history, so the history is held one batch at a time. The flags of day D come from
+D and the configured history before it, never from later days, so re-running D after
+D+1 arrived gives the same flags. Every output for (org, D) is replaced as a whole: lake
+partitions are rewritten (a dataset without rows that day gets an empty partition, so
+nothing stale survives), and the Mongo sinks upsert by natural key and remove what the
+new run no longer produces.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from perf_analytics.frames import Frames, empty_frames
 from perf_analytics.lake import (
     ANOMALIES,
     ANOMALY_SCHEMA,
+    AVAILABILITY,
+    ROLLUP_DATASETS,
     write_anomalies,
     write_availability,
     write_partition,
@@ -41,7 +44,7 @@ from perf_analytics.rollups import (
     upsert_rollups,
 )
 from perf_analytics.schema import SNAPSHOTS
-from perf_analytics.store import Db, bulk_write_chunked
+from perf_analytics.store import Db, bulk_write_chunked, probe_capabilities
 
 ANOMALY_FLAGS = "anomaly_flags"
 
@@ -75,10 +78,24 @@ DEFAULT_ASSET_BATCH = 100
 _ROLLUP_KEYS = ("orgId", "assetId", "disk", "interface", "bucket")
 
 
-def _assets_in(db: Db, org_id: str, start: datetime, end: datetime) -> list[str]:
-    """The org's asset ids with snapshots in [start, end), sorted."""
+def _assets_in(db: Db, org_id: str, start: datetime, end: datetime) -> list[Any]:
+    """The org's distinct assetId values with snapshots in [start, end), as stored.
+
+    Kept as stored (not turned into strings), so a batch's `$in` matches exactly the
+    documents the whole-org read would have, and an off-type id fails the read as loudly.
+    """
     ids = db[SNAPSHOTS].distinct("assetId", {"orgId": org_id, "timestamp": {"$gte": start, "$lt": end}})
-    return sorted(str(a) for a in ids)
+    return sorted(ids, key=lambda a: (type(a).__name__, str(a)))
+
+
+def _batch_size(db: Db, asked: int | None, assets: int) -> int:
+    """Without range pushdown (FerretDB 1.x) every batch's query scans the whole
+    collection, so there one batch holds the org unless a size is asked for."""
+    if asked is not None:
+        if asked < 1:
+            raise ConfigError(f"asset_batch must be at least 1, got {asked}")
+        return asked
+    return DEFAULT_ASSET_BATCH if probe_capabilities(db).range_pushdown else max(assets, 1)
 
 
 def _concat_rollups(parts: list[dict[str, Rollups]], windows: Sequence[str]) -> dict[str, Rollups]:
@@ -108,24 +125,27 @@ def run_day(
     rollups: bool = True,
     anomalies: bool = True,
     to_mongo: bool = False,
-    asset_batch: int = DEFAULT_ASSET_BATCH,
+    asset_batch: int | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> DayResult:
     """Flag and roll up `org_id`'s snapshots of `day` (UTC) into the lake.
 
-    The org's assets are read `asset_batch` at a time (the day and its history of
-    `config.history_days`), so memory follows the batch, not the fleet; the only
-    comparison across assets (peers) runs once over small per-asset summaries, and the
-    result does not depend on the batch size. `progress(assets_done, assets)` is called
-    after each batch.
+    The org's assets are read `asset_batch` at a time with the day's history of
+    `config.history_days` (default: 100 on a server with range pushdown, all at once
+    without it, where each batch would scan the whole collection), so the history, which
+    is most of what is read, is held one batch at a time; the day itself is kept for the
+    whole org until the rollups. The only comparison across assets (peers) runs once over
+    small per-asset summaries, so the result does not depend on the batch size.
+    `progress(assets_done, assets)` is called after each batch.
     """
-    if asset_batch < 1:
+    if asset_batch is not None and asset_batch < 1:
         raise ConfigError(f"asset_batch must be at least 1, got {asset_batch}")
     cfg = config or AnomalyConfig()
     start, end = day_bounds(day)
     history_start = start - timedelta(days=cfg.history_days)
     assets = _assets_in(db, org_id, history_start, end)
-    batches = [assets[i : i + asset_batch] for i in range(0, len(assets), asset_batch)] or [[]]
+    size = _batch_size(db, asset_batch, len(assets))
+    batches = [assets[i : i + size] for i in range(0, len(assets), size)] or [[]]
     result = DayResult(org_id, day)
     todays: list[Frames] = []
     own_flags: list[pl.DataFrame] = []
@@ -160,12 +180,28 @@ def run_day(
         parts = [compute_rollups(today, windows=windows, flags=flags) for today in todays]
         computed = _concat_rollups(parts, windows)
         result.rollup_rows = {w: r.assets.height for w, r in computed.items()}
+        availability = pl.concat([compute_availability(today) for today in todays]).sort(["orgId", "assetId", "date"])
         result.paths += write_rollups(lake, computed)
-        availability = [compute_availability(today) for today in todays]
-        result.paths += write_availability(lake, pl.concat(availability).sort(["orgId", "assetId", "date"]))
+        result.paths += write_availability(lake, availability)
+        result.paths += _replace_empty_days(lake, org_id, day, computed, availability)
         if to_mongo:
             result.sink_writes += upsert_rollups(db, org_id, computed)
     return result
+
+
+def _replace_empty_days(
+    lake: str | Path, org_id: str, day: date, computed: dict[str, Rollups], availability: pl.DataFrame
+) -> list[Path]:
+    """An empty partition for each dataset the day has no rows in, replacing stale ones."""
+    written = []
+    key = day.isoformat()
+    for window, r in computed.items():
+        for level, frame in (("assets", r.assets), ("disks", r.disks), ("interfaces", r.interfaces)):
+            if frame.is_empty():
+                written.append(write_partition(lake, ROLLUP_DATASETS[level], {"window": window, "orgId": org_id, "date": key}, frame))
+    if availability.is_empty():
+        written.append(write_partition(lake, AVAILABILITY, {"orgId": org_id, "date": key}, availability))
+    return written
 
 
 def _replace_flags(lake: str | Path, org_id: str, day: date, flags: pl.DataFrame) -> list[Path]:

@@ -31,6 +31,7 @@ from matplotlib.figure import Figure
 from perf_analytics.atomic import atomic_path
 from perf_analytics.errors import PerfAnalyticsError
 from perf_analytics.frames import Frames
+from perf_analytics.rollups import WINDOW_SECONDS
 from perf_analytics.store import Db
 
 SEVERITY_COLOURS = {"info": "#4c72b0", "warning": "#dd8452", "critical": "#c44e52"}
@@ -81,9 +82,17 @@ def _broken(times: np.ndarray, values: np.ndarray, interval_s: float) -> tuple[n
 
 def _series(frame: pl.DataFrame, column: str, interval_s: float) -> tuple[np.ndarray, np.ndarray]:
     rows = frame.select("timestamp", column).drop_nulls("timestamp").sort("timestamp")
-    times = rows["timestamp"].dt.replace_time_zone(None).to_numpy()
+    times = _utc_naive(rows["timestamp"]).to_numpy()
     values = rows[column].cast(pl.Float64).fill_null(float("nan")).to_numpy()
     return _broken(times, values, interval_s)
+
+
+def _utc_naive(series: pl.Series) -> pl.Series:
+    """Timestamps as naive UTC (matplotlib's dates), whatever zone the frame carries."""
+    dtype = series.dtype
+    if isinstance(dtype, pl.Datetime) and dtype.time_zone is not None:
+        series = series.dt.convert_time_zone("UTC").dt.replace_time_zone(None)
+    return series
 
 
 def _naive_utc(value: datetime) -> datetime:
@@ -160,7 +169,7 @@ def plot_asset(
     for panel in ("cpu", "memory"):
         axes[panel].axhline(90, color="#c44e52", lw=0.6, ls="--")
     uptime = snaps.select("timestamp", "system_uptime").drop_nulls()
-    reboots = uptime.filter(pl.col("system_uptime").diff() < 0)["timestamp"].dt.replace_time_zone(None).to_list()
+    reboots = _utc_naive(uptime.filter(pl.col("system_uptime").diff() < 0)["timestamp"]).to_list()
     for at in reboots:
         for a in axes.values():
             a.axvline(at, color="#333333", lw=0.8, ls=":")
@@ -204,12 +213,19 @@ def plot_fleet(
     if metric not in rollups.columns:
         numeric = [c for c, t in rollups.schema.items() if t.is_numeric() and c not in ("samples", "interval_s")]
         raise PlotError(f"unknown rollup column {metric!r}; choose one of: {', '.join(numeric)}")
-    table = rollups.select(
-        pl.col("assetId"), pl.col("bucket").dt.replace_time_zone(None), pl.col(metric).cast(pl.Float64)
-    )
+    table = pl.DataFrame({
+        "assetId": rollups["assetId"],
+        "bucket": _utc_naive(rollups["bucket"]),
+        "value": rollups[metric].cast(pl.Float64),
+    })
     assets = sorted(table["assetId"].unique().to_list())
     buckets = sorted(table["bucket"].unique().to_list())
-    if len(buckets) > 1:
+    windows = rollups["window"].unique().to_list() if "window" in rollups.columns else []
+    if len(windows) > 1:
+        raise PlotError(f"rollups of several windows ({', '.join(sorted(windows))}): plot one at a time")
+    if windows and windows[0] in WINDOW_SECONDS:
+        width = timedelta(seconds=WINDOW_SECONDS[windows[0]])
+    elif len(buckets) > 1:
         width = min(b - a for a, b in itertools.pairwise(buckets))
     else:
         width = timedelta(hours=1)
@@ -240,7 +256,7 @@ def plot_fleet(
             mine = flags.filter((pl.col("severity") == severity) & pl.col("assetId").is_in(assets))
             if mine.is_empty():
                 continue
-            xs = mdates.date2num(mine["start"].dt.replace_time_zone(None).to_list())
+            xs = mdates.date2num(_utc_naive(mine["start"]).to_list())
             ys = [row_of[a] for a in mine["assetId"].to_list()]
             ax.scatter(xs, ys, marker="v", s=36, color=colour, edgecolors="white", linewidths=0.6,
                        label=f"{severity} ({mine.height})", zorder=3)

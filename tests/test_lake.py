@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -185,3 +186,17 @@ def test_availability_is_written_per_org_and_date_and_read_back(tmp_path: Path) 
     rows = con.execute("SELECT date, samples, availability FROM availability ORDER BY date").fetchall()
     expected = availability.filter(pl.col("orgId") == "org-a").select("date", "samples", "availability").rows()
     assert rows == expected
+
+
+def test_timestamps_come_back_in_utc_whatever_the_machines_zone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_rollups(tmp_path, rollups_of(two_org_frames()))
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        con = connect_lake(tmp_path, org_id="org-a")
+        back = con.sql("SELECT bucket FROM rollups WHERE \"window\" = '1hour' ORDER BY bucket LIMIT 1").pl()
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    assert back.schema["bucket"] == pl.Datetime("us", "UTC")
+    assert back["bucket"][0] == T0

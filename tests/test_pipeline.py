@@ -12,10 +12,11 @@ import pytest
 from bson import ObjectId
 from click.testing import CliRunner
 
-from perf_analytics.anomalies import AnomalyConfig
+from perf_analytics.anomalies import AnomalyConfig, flag_anomalies
 from perf_analytics.cli import app
 from perf_analytics.config import Settings
 from perf_analytics.errors import ConfigError
+from perf_analytics.extract import ExtractError, extract_window
 from perf_analytics.generate import DEFAULT_START, generate_fleet
 from perf_analytics.lake import connect_lake
 from perf_analytics.pipeline import ANOMALY_FLAGS, run_day
@@ -80,8 +81,35 @@ def test_reading_the_fleet_in_batches_of_assets_gives_the_same_lake_and_flags(db
     assert (batched.flags["detector"] == "peer").sum() > 0
     assert batched.flags.equals(whole.flags)
     assert batched.snapshots == whole.snapshots > 0
+    # And both equal flagging the org read whole, without any assetId filter.
+    start = DEFAULT_START + timedelta(days=1)
+    read_whole = extract_window(db, "org-01", start - timedelta(days=cfg.history_days), start + timedelta(days=1))
+    assert flag_anomalies(read_whole.frames, day=DAY2, config=cfg).equals(whole.flags)
     assert _files(tmp_path / "batched") == _files(tmp_path / "whole")
     assert not batched.flags.filter(pl.col("orgId") != "org-01").height
+
+
+def test_an_asset_id_stored_as_an_objectid_fails_the_day_loudly_as_a_whole_org_read_does(
+    db: Db, tmp_path: Path
+) -> None:
+    _load(db, days=2, orgs=1)
+    victim = sorted(db[SNAPSHOTS].distinct("assetId"))[0]
+    db[SNAPSHOTS].update_one({"assetId": victim}, {"$set": {"assetId": ObjectId(victim)}})
+    for batch in (None, 1):
+        with pytest.raises(ExtractError):
+            run_day(db, "org-01", DAY2, lake=tmp_path, asset_batch=batch)
+
+
+def test_a_day_that_lost_its_snapshots_replaces_every_partition_with_an_empty_one(db: Db, tmp_path: Path) -> None:
+    _load(db, days=2, orgs=1)
+    run_day(db, "org-01", DAY2, lake=tmp_path)
+    db[SNAPSHOTS].delete_many({})
+    run_day(db, "org-01", DAY2, lake=tmp_path)
+    con = connect_lake(tmp_path, org_id="org-01")
+    for view in ("rollups", "rollups_disks", "rollups_interfaces", "availability", "anomalies"):
+        assert con.execute(f"select count(*) from {view}").fetchall() == [(0,)], view
+    con.close()
+    assert len(list((tmp_path / "rollups").rglob("part-0.parquet"))) == 5
 
 
 def test_a_batch_size_below_one_is_a_config_error(db: Db, tmp_path: Path) -> None:

@@ -11,15 +11,17 @@ import polars as pl
 import pytest
 from bson import ObjectId
 from click.testing import CliRunner
+from matplotlib import dates as mdates
 
 from perf_analytics.cli import app
 from perf_analytics.config import Settings
 from perf_analytics.frames import frames_from_documents
 from perf_analytics.generate import DEFAULT_START, generate_fleet
-from perf_analytics.lake import connect_lake
+from perf_analytics.lake import connect_lake_all_orgs
 from perf_analytics.pipeline import run_day
 from perf_analytics.plots import (
     PlotError,
+    _panel_of,
     asset_figure,
     fleet_figure,
     plot_asset,
@@ -115,6 +117,24 @@ def test_the_fleet_plot_names_the_columns_it_could_use() -> None:
         plot_fleet(_rollups(1, 2), metric="nope")
 
 
+def test_the_heatmap_is_in_utc_whatever_zone_the_frame_carries() -> None:
+    utc = _rollups(2, 24)
+    local = utc.with_columns(pl.col("bucket").dt.convert_time_zone("America/New_York"))
+    grids = [np.ma.getdata(plot_fleet(f).axes[0].images[0].get_array()) for f in (utc, local)]
+    assert np.array_equal(grids[0], grids[1], equal_nan=True)
+    extent = plot_fleet(local).axes[0].images[0].get_extent()
+    assert mdates.num2date(extent[0]).replace(tzinfo=None) == DEFAULT_START.replace(tzinfo=None)
+
+
+def test_a_one_day_rollup_is_one_cell_a_day_wide_with_its_flags_inside() -> None:
+    day = _rollups(2, 1).with_columns(pl.lit("1day").alias("window"))
+    fig = plot_fleet(day, flags=pl.DataFrame([_flag("as1", "cpu.usage", 600, 610)]))
+    left, right = fig.axes[0].get_xlim()
+    assert right - left == pytest.approx(1.0)  # matplotlib dates count in days
+    (markers,) = fig.axes[0].collections
+    assert left < markers.get_offsets()[0][0] < right
+
+
 def test_save_figure_writes_the_format_of_the_suffix_and_refuses_others(tmp_path: Path) -> None:
     fig = plot_fleet(_rollups(2, 3))
     assert save_figure(fig, tmp_path / "f.png").read_bytes().startswith(PNG)
@@ -153,14 +173,16 @@ def test_cli_plots_an_orgs_fleet_day_with_only_its_assets(db: Db, day_in_lake: S
 
 
 def test_cli_plots_one_assets_day_with_its_lake_flags(db: Db, day_in_lake: Settings, tmp_path: Path) -> None:
-    con = connect_lake(day_in_lake.lake, org_id="org-01")
-    flagged = con.execute("select assetId, count(*) from anomalies group by assetId order by 2 desc").fetchall()
+    con = connect_lake_all_orgs(day_in_lake.lake)
+    org, asset = con.execute("select orgId, assetId from anomalies order by start, assetId limit 1").fetchall()[0]
+    flags = con.sql("select * from anomalies where assetId = ?", params=[asset]).pl()
     con.close()
-    asset = flagged[0][0] if flagged else sorted(db[SNAPSHOTS].distinct("assetId", {"orgId": "org-01"}))[0]
-    shaded = sum(len(ax.patches) for ax in asset_figure(db, day_in_lake.lake, "org-01", asset, DAY).axes)
-    assert shaded >= (flagged[0][1] if flagged else 0)
+    # Each episode is shaded once on its metric's panel, or on all five (gaps, offline).
+    expected = sum(1 if panel is not None else 5 for panel in map(_panel_of, flags["metric"]))
+    fig = asset_figure(db, day_in_lake.lake, org, asset, DAY)
+    assert sum(len(ax.patches) for ax in fig.axes) == expected > 0
     out = tmp_path / "asset.svg"
-    code, stdout, _ = _invoke(day_in_lake, "plot", "--org", "org-01", "--date", DAY.isoformat(),
+    code, stdout, _ = _invoke(day_in_lake, "plot", "--org", org, "--date", DAY.isoformat(),
                               "--asset", asset, "--out", str(out))
     assert (code, stdout) == (0, f"wrote {out}\n")
     assert "<svg" in out.read_text()

@@ -16,7 +16,7 @@ from perf_analytics.pipeline import run_day
 @click.option("--limit", default=20, show_default=True, help="Flags to print (all go to the lake).")
 @asset_batch_option
 @click.pass_context
-def command(ctx: click.Context, org_id: str, day: str, asset_batch: int, to_mongo: bool, limit: int) -> None:
+def command(ctx: click.Context, org_id: str, day: str, asset_batch: int | None, to_mongo: bool, limit: int) -> None:
     """Flag one org's anomalies of a day and write them to the lake (anomalies/orgId=/date=).
 
     Detectors see only that day and the history before it, so a day's flags do not

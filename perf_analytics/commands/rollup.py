@@ -27,7 +27,7 @@ def parse_day(value: str) -> date:
 @click.option("--to-mongo", is_flag=True, help="Also upsert into the performance_rollups collection.")
 @asset_batch_option
 @click.pass_context
-def command(ctx: click.Context, org_id: str, day: str, asset_batch: int, windows: str, to_mongo: bool) -> None:
+def command(ctx: click.Context, org_id: str, day: str, asset_batch: int | None, windows: str, to_mongo: bool) -> None:
     """Roll one org's day up into the lake (rollups/window=/orgId=/date=).
 
     The day's partitions are replaced, so a re-run gives the same files. The number of
