@@ -220,12 +220,11 @@ def _read_parts(db: Db, query: Doc, schema: Schema, chunk_rows: int) -> Iterator
     pieces: list[bytes] = []
     rows = 0
     produced = False
-    cursor = collection.find_raw_batches(
-        query,
-        # The projection `find_arrow_all` sends for this schema: exactly its fields.
-        projection=schema._get_projection(),
-        batch_size=min(chunk_rows, RAW_BATCH_DOCS),
-    )
+    # The projection `find_arrow_all` sends for this schema: exactly its fields. Where it
+    # costs the server more than it saves (FerretDB), whole documents come and the builder
+    # reads only the schema's fields from them.
+    projection = schema._get_projection() if probe_capabilities(db).cheap_projection else None
+    cursor = collection.find_raw_batches(query, projection=projection, batch_size=min(chunk_rows, RAW_BATCH_DOCS))
     with cursor:
         for raw in cursor:
             batch: bytes = raw  # type: ignore[assignment]  # raw batches are bytes, not documents

@@ -104,6 +104,10 @@ class Capabilities:
     time_series: bool
     range_pushdown: bool = True  # a date range filter narrows the scan (uses the index)
     compound_pushdown: bool = True  # `{_id, other}` in an update still uses the _id key
+    # A projection costs the server less than the bytes it saves. FerretDB 1.24 applies one
+    # in Go after reading each whole document: reading a day with the snapshot schema's
+    # projection took 15% longer than without, for the same bytes.
+    cheap_projection: bool = True
 
     def missing(self) -> list[str]:
         out = []
@@ -139,6 +143,7 @@ def _probe(db: Db) -> Capabilities:
             time_series=False,
             range_pushdown=False,
             compound_pushdown=False,
+            cheap_projection=False,
         )
     version = str(info.get("version", "?"))
     major = int(version.split(".")[0]) if version[:1].isdigit() else 0

@@ -210,6 +210,25 @@ def test_parts_of_one_cursor_never_hold_another_orgs_documents(db: Db) -> None:
     assert both.frames.snapshots.group_by("orgId").len().sort("orgId").rows() == [("org-a", 20), ("org-b", 20)]
 
 
+def test_unknown_extra_fields_of_any_type_neither_change_nor_break_the_frames(db: Db) -> None:
+    plain = series(20)
+    _store(db, plain)
+    expected = extract_window(db, "org-a", T0, T0 + timedelta(hours=1)).frames
+    db[SNAPSHOTS].delete_many({})
+    extra = []
+    for i, p in enumerate(series(20)):
+        p["agentVersion"] = ["7", 7, None][i % 3]  # other code's fields, any type
+        p["performanceData"]["gpu"] = {"usage": "busy", "cores": [1, "2"]}
+        p["performanceData"]["cpu"]["vendor"] = {"name": "x"}
+        extra.append(p)
+    _store(db, extra)
+    got = extract_window(db, "org-a", T0, T0 + timedelta(hours=1))
+    assert got.skipped_count == 0
+    assert got.frames.snapshots.drop("_id").equals(expected.snapshots.drop("_id"))
+    assert got.frames.disks.equals(expected.disks)
+    assert got.frames.interfaces.equals(expected.interfaces)
+
+
 def test_a_bad_chunk_size_is_a_clear_error_before_any_read(db: Db) -> None:
     with pytest.raises(ConfigError, match="chunk rows must be a positive number"):
         iter_window(db, "org-a", T0, T0 + timedelta(hours=1), chunk_rows=0)
