@@ -18,7 +18,7 @@ import io
 import itertools
 import os
 from collections.abc import Sequence
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import cast
 
@@ -26,11 +26,15 @@ import numpy as np
 import polars as pl
 from matplotlib import colormaps
 from matplotlib import dates as mdates
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from perf_analytics.atomic import atomic_path
 from perf_analytics.errors import PerfAnalyticsError
+from perf_analytics.extract import extract_window
 from perf_analytics.frames import Frames
+from perf_analytics.lake import connect_lake
+from perf_analytics.pipeline import day_bounds
 from perf_analytics.rollups import WINDOW_SECONDS
 from perf_analytics.store import Db
 
@@ -95,22 +99,18 @@ def _utc_naive(series: pl.Series) -> pl.Series:
     return series
 
 
-def _naive_utc(value: datetime) -> datetime:
-    return value.astimezone(UTC).replace(tzinfo=None) if value.tzinfo else value
-
-
-def _shade(axes: dict[str, object], flags: pl.DataFrame, interval_s: float) -> list[str]:
+def _shade(axes: dict[str, Axes], flags: pl.DataFrame, interval_s: float) -> list[str]:
     """Shade each episode on its panel; returns the severities drawn (for the legend)."""
     drawn: list[str] = []
     minimum = timedelta(seconds=interval_s)
-    for row in flags.iter_rows(named=True):
-        start, end = _naive_utc(row["start"]), _naive_utc(row["end"])
-        end = max(end, start + minimum)  # a one-sample episode still shows
+    spans = flags.with_columns(_utc_naive(flags["start"]), _utc_naive(flags["end"]))
+    for row in spans.iter_rows(named=True):
+        start, end = row["start"], max(row["end"], row["start"] + minimum)  # a one-sample episode still shows
         colour = SEVERITY_COLOURS.get(row["severity"], "#8c8c8c")
         panel = _panel_of(row["metric"])
         targets = [axes[panel]] if panel in axes else list(axes.values())
         for ax in targets:
-            ax.axvspan(start, end, color=colour, alpha=0.25 if panel else 0.12, lw=0)  # type: ignore[attr-defined]
+            ax.axvspan(start, end, color=colour, alpha=0.25 if panel else 0.12, lw=0)
         drawn.append(row["severity"])
     return drawn
 
@@ -289,7 +289,7 @@ def save_figure(fig: Figure, path: str | os.PathLike[str], *, dpi: int = 110) ->
 
 
 def _day_window(day: date, days: int) -> tuple[datetime, datetime]:
-    start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+    start, _ = day_bounds(day)
     return start, start + timedelta(days=days)
 
 
@@ -304,9 +304,6 @@ def asset_figure(
 ) -> PlotFigure:
     """Extract `days` UTC days of one asset from the database and plot them with the
     anomaly episodes the lake holds for them."""
-    from perf_analytics.extract import extract_window
-    from perf_analytics.lake import connect_lake
-
     start, end = _day_window(day, days)
     extraction = extract_window(db, org_id, start, end, asset_ids=[asset_id])
     con = connect_lake(lake, org_id=org_id)
@@ -329,8 +326,6 @@ def fleet_figure(
     window: str = "1hour",
 ) -> PlotFigure:
     """Plot an org's rolled-up days from the lake: `window` rollups, flags, availability."""
-    from perf_analytics.lake import connect_lake
-
     start, end = _day_window(day, days)
     con = connect_lake(lake, org_id=org_id)
     try:

@@ -43,6 +43,6 @@ def asset_progress(what: str) -> Iterator[Callable[[int, int], None]]:
 
 asset_batch_option = click.option(
     "--asset-batch", type=click.IntRange(min=1),
-    help=f"Assets read and flagged at a time (memory follows it). Default: {DEFAULT_ASSET_BATCH} on a server "
+    help=f"Assets read and flagged at a time with their history (that memory follows it). Default: {DEFAULT_ASSET_BATCH} on a server "
     "that narrows scans by time (MongoDB), the whole org on one that does not (FerretDB).",
 )
