@@ -112,18 +112,21 @@ def open_checkpoint(directory: Path, identity: dict[str, Any], *, resume: bool) 
     """The checkpoint to continue from: the stored one if it is this same load, else a new one.
 
     Also returns, when a checkpoint of another load of these archives was set aside, what
-    differed. Raises CheckpointError for a checkpoint that cannot be understood (unknown
-    version, unreadable), which `resume=False` (--restart) overrides.
+    differed. A checkpoint set aside, or ignored with `resume=False` (--restart), is removed
+    at once, so the file always describes the load started last. Raises CheckpointError for
+    a checkpoint that cannot be understood (unknown version, unreadable) unless `resume` is
+    False.
     """
     run = run_key(identity)
     fresh = LoadCheckpoint(run=run, identity=identity)
     path = _path(directory, run)
-    if not resume or not path.exists():
+    if not path.exists():
         return fresh, None
-    stored = _read(path)
-    if stored.identity != identity:
-        return fresh, ", ".join(differences(stored.identity, identity))
-    return stored, None
+    stored = _read(path) if resume else None
+    if stored is not None and stored.identity == identity:
+        return stored, None
+    path.unlink()
+    return fresh, ", ".join(differences(stored.identity, identity)) if stored is not None else None
 
 
 def _read(path: Path) -> LoadCheckpoint:

@@ -57,6 +57,9 @@ ProgressFn = Callable[[int, int], None]  # (archive bytes read so far, records r
 
 @dataclass
 class IngestSummary:
+    """What a load did, counted over the whole load (a resumed one includes the committed
+    part), and where it fell short (damaged archives, a checkpoint set aside)."""
+
     read: int = 0
     inserted: int = 0
     duplicates: int = 0
