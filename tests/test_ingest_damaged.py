@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import struct
 import zlib
 from pathlib import Path
 from typing import Any
@@ -90,6 +91,14 @@ def test_every_frame_of_a_multi_frame_zstd_archive_loads(db: Db, tmp_path: Path)
     path = tmp_path / "frames.ndjson.zst"
     path.write_bytes(b"".join(zstd_frames(*(ndjson_bytes(RECORDS[i : i + 10]) for i in range(0, 55, 10)))))
     summary = load(db, [path], tmp_path, batch_size=7)
+    assert (summary.read, summary.inserted, summary.rejected) == (55, 55, 0)
+
+
+def test_a_zstd_archive_opening_with_a_skippable_frame_is_detected_and_loads(db: Db, tmp_path: Path) -> None:
+    skippable = struct.pack("<II", 0x184D2A5E, 4) + b"meta"
+    path = tmp_path / "with-metadata.ndjson.zst"
+    path.write_bytes(skippable + b"".join(zstd_frames(ndjson_bytes(RECORDS[:20]), ndjson_bytes(RECORDS[20:]))))
+    summary = load(db, [path], tmp_path)
     assert (summary.read, summary.inserted, summary.rejected) == (55, 55, 0)
 
 

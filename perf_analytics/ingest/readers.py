@@ -33,6 +33,7 @@ COMPRESSIONS = ("none", "gzip", "zstd")
 
 _GZIP_MAGIC = b"\x1f\x8b"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+_ZSTD_SKIPPABLE = 0x184D2A50  # magic of zstd's skippable frames, low 4 bits free
 _JSON_OPTIONS = json_util.JSONOptions(tz_aware=True, tzinfo=None)
 _CODEC: bson.CodecOptions[dict[str, Any]] = bson.CodecOptions(tz_aware=True)
 _MAX_BSON = 48 * 1024 * 1024  # larger than MongoDB's 16 MiB limit, catches garbage lengths
@@ -140,11 +141,16 @@ class ZstdFrames(io.RawIOBase):
 def detect_compression(head: bytes, name: str) -> str:
     if head.startswith(_GZIP_MAGIC):
         return "gzip"
-    if head.startswith(_ZSTD_MAGIC):
+    if head.startswith(_ZSTD_MAGIC) or _is_skippable_frame(head):
         return "zstd"
     if name.endswith((".gz", ".zst", ".zstd")):
         raise ArchiveError(name, "the name says compressed but the content is not gzip or zstd")
     return "none"
+
+
+def _is_skippable_frame(head: bytes) -> bool:
+    """A zstd skippable frame (metadata, e.g. a seek table) may open a zstd file."""
+    return len(head) == 4 and struct.unpack("<I", head)[0] & ~0xF == _ZSTD_SKIPPABLE
 
 
 def _strip_compression_suffix(name: str) -> str:
