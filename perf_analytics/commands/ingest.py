@@ -58,7 +58,9 @@ def command(
     Reads NDJSON, JSON arrays, mongoexport output (relaxed or canonical Extended JSON)
     and mongodump .bson files, each optionally gzip- or zstd-compressed. Records already
     stored are counted as duplicates, so loading twice adds nothing. Interrupted, the
-    same command resumes after the last committed batch.
+    same command resumes after the last committed batch; a load of the same archives
+    with other options (--org, --format, --compression, --rejects) or a changed archive
+    starts from the beginning instead.
 
     An archive unreadable part-way (a cut download, a corrupt block) gives one reject at
     the byte where it broke; the summary is printed, then the command fails (exit 1)
