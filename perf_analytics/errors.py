@@ -52,3 +52,20 @@ class ArchiveError(PerfAnalyticsError):
 
 class NotFound(PerfAnalyticsError):
     """A named thing (asset, run, partition) does not exist."""
+
+
+class CheckpointError(PerfAnalyticsError):
+    """A saved load state cannot be used as it stands (unknown format version, unreadable,
+    or the rejects file it counts on is gone); the message says how to go on."""
+
+
+class IncompleteLoad(PerfAnalyticsError):
+    """A load met damaged archives and was not allowed to stop short of their end.
+
+    `summary` is the load's summary (what was read, inserted and rejected, and where each
+    archive broke), so a caller can still report how far the load got.
+    """
+
+    def __init__(self, message: str, summary: object) -> None:
+        self.summary = summary
+        super().__init__(message)

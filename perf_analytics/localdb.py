@@ -29,6 +29,7 @@ from perf_analytics.errors import ServerError
 FERRETDB_MODULE = "github.com/FerretDB/FerretDB"
 FERRETDB_VERSION = "v1.24.2"
 START_TIMEOUT_S = 30.0
+STATE_VERSION = 1  # format of server.json; a record without one predates versions, same shape
 
 # Servers this process started, by pid. The server outlives the call that started it, so
 # its Popen must not be garbage-collected while it runs: Popen.__del__ would raise a
@@ -181,12 +182,25 @@ def _record_path(state: Path) -> Path:
 
 
 def server_status(state_dir: str | os.PathLike[str]) -> LocalServer | None:
-    """The server running from `state_dir`, or None when none answers."""
+    """The server running from `state_dir`, or None when none answers.
+
+    A record of a format version this code does not know is refused (ServerError), not
+    taken for "no server": that would start a second server over the same data files.
+    """
     record = _record_path(Path(state_dir))
     try:
         info = json.loads(record.read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+    version = info.pop("version", STATE_VERSION) if isinstance(info, dict) else None
+    if version != STATE_VERSION:
+        raise ServerError(
+            f"{record} has format version {version!r}; this perf_analytics reads version {STATE_VERSION}: "
+            "stop that server with the perf_analytics that started it, or remove the file once it is stopped"
+        )
+    try:
         server = LocalServer(**info)
-    except (FileNotFoundError, ValueError, TypeError):
+    except TypeError:
         return None
     if _alive(server.pid) and _ping(server.port):
         return server
@@ -246,7 +260,7 @@ def start_server(
                 _STARTED[proc.pid] = proc
                 server = LocalServer(kind=kind, pid=proc.pid, port=port, state_dir=str(state))
                 tmp = _record_path(state).with_suffix(".tmp")
-                tmp.write_text(json.dumps(asdict(server)))
+                tmp.write_text(json.dumps({"version": STATE_VERSION, **asdict(server)}))
                 tmp.replace(_record_path(state))
                 return server
             time.sleep(0.1)

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import zlib
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -197,12 +198,15 @@ def test_a_cut_compressed_archive_keeps_what_was_readable_and_rejects_the_rest(d
     whole = gzip.compress(("\n".join(json.dumps(r) for r in series(400)) + "\n").encode())
     path = tmp_path / "cut.ndjson.gz"
     path.write_bytes(whole[: len(whole) // 2])
-    summary = load(db, [path], tmp_path, rejects=tmp_path / "r.ndjson", batch_size=7)
+    summary = load(db, [path], tmp_path, rejects=tmp_path / "r.ndjson", batch_size=7, allow_partial=True)
     assert 0 < summary.inserted < 400
     assert summary.rejected == 1
     assert summary.read == summary.inserted + 1
     reject = orjson.loads((tmp_path / "r.ndjson").read_bytes())
-    assert "archive unreadable from here on" in reject["reason"]
+    assert "archive damaged, unreadable from here on" in reject["reason"]
+    readable = zlib.decompressobj(wbits=31).decompress(whole[: len(whole) // 2])
+    assert reject["position"] == f"byte {len(readable)}"  # where the decompressed content ends
+    assert summary.inserted == readable.count(b"\n")
 
 
 def test_an_interrupted_load_resumes_after_its_checkpoint(db: Db, tmp_path: Path) -> None:

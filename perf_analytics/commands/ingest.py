@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
 
 from perf_analytics.commands._common import db_of
+from perf_analytics.errors import IncompleteLoad
 from perf_analytics.ingest import FORMATS, IngestSummary, ingest_archives, ingest_archives_all_orgs
 from perf_analytics.ingest.checkpoint import DEFAULT_DIR
 from perf_analytics.ingest.readers import COMPRESSIONS
@@ -32,6 +33,9 @@ from perf_analytics.ingest.readers import COMPRESSIONS
 @click.option("--checkpoint-dir", default=DEFAULT_DIR, show_default=True, type=click.Path(file_okay=False),
               help="Where interrupted loads keep their checkpoint.")
 @click.option("--restart", is_flag=True, help="Ignore the checkpoint of an interrupted load and start over.")
+@click.option("--allow-partial", is_flag=True,
+              help="Accept archives that are damaged part-way (cut, corrupt): keep what was readable, "
+                   "exit 0. Without it such a load prints its summary and fails.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.pass_context
 def command(
@@ -46,6 +50,7 @@ def command(
     commit_seconds: float,
     checkpoint_dir: str,
     restart: bool,
+    allow_partial: bool,
     as_json: bool,
 ) -> None:
     """Load snapshot archives into performance_snapshots.
@@ -53,7 +58,13 @@ def command(
     Reads NDJSON, JSON arrays, mongoexport output (relaxed or canonical Extended JSON)
     and mongodump .bson files, each optionally gzip- or zstd-compressed. Records already
     stored are counted as duplicates, so loading twice adds nothing. Interrupted, the
-    same command resumes after the last committed batch.
+    same command resumes after the last committed batch; a load of the same archives
+    with other options (--org, --format, --compression, --rejects) or a changed archive
+    starts from the beginning instead.
+
+    An archive unreadable part-way (a cut download, a corrupt block) gives one reject at
+    the byte where it broke; the summary is printed, then the command fails (exit 1)
+    unless --allow-partial accepts what was readable.
 
     \b
     Examples:
@@ -84,11 +95,22 @@ def command(
         options = {
             "rejects": rejects, "fmt": fmt, "compression": compression, "batch_size": batch_size,
             "workers": workers, "commit_seconds": commit_seconds, "checkpoint_dir": checkpoint_dir, "resume": not restart, "progress": progress,
+            "allow_partial": allow_partial,
         }
-        if org_id:
-            summary = ingest_archives(db, paths, org_id, **options)
-        else:
-            summary = ingest_archives_all_orgs(db, paths, **options)
+        try:
+            if org_id:
+                summary = ingest_archives(db, paths, org_id, **options)
+            else:
+                summary = ingest_archives_all_orgs(db, paths, **options)
+        except IncompleteLoad as exc:
+            # How far the load got matters most when it fell short: summary first, then the error.
+            if isinstance(exc.summary, IngestSummary):
+                _print(exc.summary, as_json)
+            raise
+    _print(summary, as_json)
+
+
+def _print(summary: IngestSummary, as_json: bool) -> None:
     if as_json:
         sys.stdout.write(orjson.dumps(summary.as_dict(), option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
@@ -101,8 +123,15 @@ def format_summary(s: IngestSummary) -> str:
         f"read {s.read:,} · inserted {s.inserted:,} · duplicates {s.duplicates:,} · "
         f"rejected {s.rejected:,} · orphaned {s.orphaned:,} · {s.seconds:.1f}s ({rate:,.0f} docs/s)"
     ]
+    if s.set_aside:
+        lines.append(f"started from the beginning: the checkpoint found for these archives was of a load with other settings ({s.set_aside})")
     if s.resumed_from:
         lines.append(f"resumed an interrupted load after {s.resumed_from:,} committed records")
+    for d in s.damaged:
+        lines.append(
+            f"damaged: {d['archive']} unreadable from {d['position']} of its content, after "
+            f"{d['records_before']:,} records (file read to byte {d['file_bytes_read']:,} of {d['file_bytes']:,})"
+        )
     if s.rejected and s.rejects_path:
         lines.append(f"rejected records and reasons: {s.rejects_path}")
     elif s.rejected:

@@ -11,10 +11,15 @@ Killed at any point and run again with the same arguments, the load resumes afte
 last checkpoint; batches inserted since are inserted again and meet only duplicates, and
 their lastSeen updates are made again. The collections, and the rejects file, end exactly as
 after one clean run.
+
+An archive that becomes unreadable part-way (cut, corrupt) gives one reject at the byte
+where its content broke; the load goes on with the next archives, but no checkpoint is
+saved past the damage, and unless partial loads are allowed it ends with IncompleteLoad.
 """
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import time
@@ -28,9 +33,21 @@ import orjson
 import zstandard
 from pymongo.errors import BulkWriteError, PyMongoError
 
-from perf_analytics.errors import ConfigError, ServerError, ValidationError
+from perf_analytics.errors import (
+    CheckpointError,
+    ConfigError,
+    IncompleteLoad,
+    ServerError,
+    ValidationError,
+)
 from perf_analytics.ingest import checkpoint as ckpt
-from perf_analytics.ingest.readers import Record, open_archive, record_as_text
+from perf_analytics.ingest.readers import (
+    Archive,
+    DamagedArchive,
+    Record,
+    open_archive,
+    record_as_text,
+)
 from perf_analytics.schema import SNAPSHOTS, validate_snapshot
 from perf_analytics.store import Db, touch_assets
 
@@ -40,6 +57,9 @@ ProgressFn = Callable[[int, int], None]  # (archive bytes read so far, records r
 
 @dataclass
 class IngestSummary:
+    """What a load did, counted over the whole load (a resumed one includes the committed
+    part), and where it fell short (damaged archives, a checkpoint set aside)."""
+
     read: int = 0
     inserted: int = 0
     duplicates: int = 0
@@ -50,6 +70,10 @@ class IngestSummary:
     orphan_assets: list[str] = field(default_factory=list)
     rejects_path: str | None = None
     resumed_from: int = 0  # records skipped because a previous run had committed them
+    # Archives unreadable from some byte on: archive, position, records read before,
+    # file bytes read, file size, reason.
+    damaged: list[dict[str, Any]] = field(default_factory=list)
+    set_aside: str | None = None  # how a checkpoint of another load of these archives differed
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -67,6 +91,7 @@ class _Batch:
     rejects: list[tuple[Record, str, str]] = field(default_factory=list)  # record, field, reason
     read: int = 0
     seq: int = -1  # order of the batch in the load, set by the writer
+    damaged: bool = False  # holds the reject standing for an archive's unreadable rest
 
 
 class _Writer:
@@ -106,6 +131,7 @@ class _Writer:
         self.commit_seconds = commit_seconds
         self._committed_at = time.monotonic()
         self._booked: _Batch | None = None  # the last batch booked since the last commit
+        self.damaged = False  # a damaged archive was booked: no checkpoint may go past it
         self._pending: dict[tuple[str, str], datetime] = {}  # newest timestamp per asset
         self._pending_docs: dict[tuple[str, str], int] = {}  # documents per asset
         self.threads = [
@@ -201,6 +227,15 @@ class _Writer:
         self.rejects.write(b"".join(lines))
         self.rejects.flush()
 
+    def _sync_rejects(self) -> int:
+        """Make the rejects file durable (the checkpoint about to be saved counts its
+        bytes, and a resume cuts it back to them); return its length."""
+        if self.rejects is None:
+            return 0
+        self.rejects.flush()
+        os.fsync(self.rejects.fileno())
+        return self.rejects.tell()
+
     def _advance(self) -> None:
         """Book every finished batch that is next in order (called with the lock held).
 
@@ -213,6 +248,7 @@ class _Writer:
         while self._next_done in self._finished:
             batch, inserted, duplicates = self._finished.pop(self._next_done)
             self._next_done += 1
+            self.damaged = self.damaged or batch.damaged
             for doc in batch.docs:
                 key = (doc["orgId"], doc["assetId"])
                 seen = self._pending.get(key)
@@ -245,12 +281,12 @@ class _Writer:
             self.summary.orphaned += sum(self._pending_docs[(org, a)] for a in missing)
         self._pending.clear()
         self._pending_docs.clear()
-        s = self.summary
-        self.cp.counts = s.counts()
-        self.cp.archive_index = self._booked.archive_index
-        self.cp.records_done = self._booked.records_done
-        self.cp.rejects_bytes = self.rejects.tell() if self.rejects is not None else 0
-        ckpt.save_checkpoint(self.cp_dir, self.cp)
+        if not self.damaged:  # past a damaged archive the last checkpoint stays where it is
+            self.cp.rejects_bytes = self._sync_rejects()
+            self.cp.counts = self.summary.counts()
+            self.cp.archive_index = self._booked.archive_index
+            self.cp.records_done = self._booked.records_done
+            ckpt.save_checkpoint(self.cp_dir, self.cp)
         self._booked = None
         self._committed_at = time.monotonic()
 
@@ -288,11 +324,15 @@ def _ingest(
     workers: int = 2,
     commit_seconds: float = 10.0,
     progress: ProgressFn | None = None,
+    allow_partial: bool = False,
 ) -> IngestSummary:
     """Load snapshot archives; return what was read, inserted, skipped and rejected.
 
     `org_id` restricts the load to one organisation; None loads every org (admin).
-    With `resume` (the default) an interrupted identical load continues where it stopped.
+    With `resume` (the default) an interrupted identical load continues where it stopped;
+    a checkpoint of these archives with other settings is set aside (summary.set_aside).
+    A damaged archive (unreadable from some byte on) raises IncompleteLoad at the end and
+    keeps the checkpoint before the damage, unless `allow_partial` accepts the load as it is.
     `workers` batches are sent to the server at once (the server parses documents on
     each connection in parallel; bookkeeping stays in order). lastSeen updates and the
     checkpoint are committed every `commit_seconds` (0: after every batch).
@@ -307,21 +347,19 @@ def _ingest(
     for p in archives:
         if not p.is_file():
             raise ConfigError(f"{p}: no such file")
-    rejects_path = Path(rejects) if rejects else None
+    rejects_path = _rejects_path(rejects, archives)
     cp_dir = Path(checkpoint_dir)
-    run = ckpt.run_key(archives, db.name, rejects_path)
+    identity = ckpt.load_identity(ckpt.server_identity(db.client), db.name, archives, org=org_id, fmt=fmt,
+                                  compression=compression, rejects=rejects_path)
     started = time.perf_counter()
     summary = IngestSummary(
         archives=[str(p) for p in archives], rejects_path=str(rejects_path) if rejects_path else None
     )
 
-    cp = ckpt.load_checkpoint(cp_dir, run, archives) if resume else None
-    if cp is not None:
-        for key in summary.counts():
-            setattr(summary, key, cp.counts.get(key, 0))
-        summary.resumed_from = summary.read
-    else:
-        cp = ckpt.LoadCheckpoint(run=run, fingerprint=ckpt.fingerprint(archives))
+    cp, summary.set_aside = ckpt.open_checkpoint(cp_dir, identity, resume=resume)
+    for key in summary.counts():
+        setattr(summary, key, cp.counts.get(key, 0))
+    summary.resumed_from = summary.read
     rejects_fh = _open_rejects(rejects_path, cp.rejects_bytes)
     writer = _Writer(db, cp, cp_dir, rejects_fh, summary, archives, workers, commit_seconds)
     try:
@@ -332,10 +370,23 @@ def _ingest(
         writer.close()  # on an error: commit what was queued, then let the error through
         if rejects_fh is not None:
             rejects_fh.close()
-    ckpt.clear_checkpoint(cp_dir, run)
+    if allow_partial or not summary.damaged:
+        ckpt.clear_checkpoint(cp_dir, cp.run)
     summary.orphan_assets = sorted(f"{org}/{asset}" for org, asset in writer.orphans)
     summary.seconds = round(time.perf_counter() - started, 3)
+    if summary.damaged and not allow_partial:
+        raise IncompleteLoad(_incomplete(summary), summary)
     return summary
+
+
+def _incomplete(summary: IngestSummary) -> str:
+    """The one line saying which archives broke where, and how to accept the partial load."""
+    where = "; ".join(f"{Path(d['archive']).name} unreadable from {d['position']}" for d in summary.damaged)
+    n = len(summary.damaged)
+    return (
+        f"{n} damaged archive{'s' if n > 1 else ''} ({where}): the load is incomplete; what came before "
+        "the damage is loaded. Load an intact copy, or pass --allow-partial to accept what was readable"
+    )
 
 
 def _read_all(
@@ -359,10 +410,13 @@ def _read_all(
         archive = open_archive(path, fmt=fmt, compression=compression, skip=start)
         batch = _Batch(index, start)
         try:
-            for record in _guarded(archive.records):
+            for record in _guarded(archive, start):
                 batch.read += 1
                 read += 1
                 _classify(record, batch, org_id)
+                if record.damaged:
+                    batch.damaged = True
+                    writer.summary.damaged.append(_damage(archive, record))
                 batch.records_done = record.index + 1
                 if batch.read >= batch_size:
                     writer.put(batch)
@@ -378,16 +432,32 @@ def _read_all(
             progress(done_bytes, writer.summary.resumed_from + read)
 
 
-def _guarded(records: Iterator[Record]) -> Iterator[Record]:
+def _guarded(archive: Archive, skip: int) -> Iterator[Record]:
     """Records, until the file itself turns out unreadable (a cut or corrupt compressed
-    stream): then one last record stands for the rest of the archive, saying why and where."""
-    last = -1
+    stream, a broken JSON array, a cut BSON document): then one last, damaged record stands
+    for the rest of the archive, at the byte of the decompressed content where it broke."""
+    last = skip - 1
     try:
-        for record in records:
+        for record in archive.records:
             last = record.index
             yield record
-    except (OSError, EOFError, zstandard.ZstdError) as exc:
-        yield Record(last + 1, f"after record {last + 1}", error=f"archive unreadable from here on: {exc}")
+    except (OSError, EOFError, zstandard.ZstdError, DamagedArchive) as exc:
+        offset = exc.offset if isinstance(exc, DamagedArchive) else None
+        reason = exc.reason if isinstance(exc, DamagedArchive) else str(exc) or type(exc).__name__
+        yield Record(last + 1, f"byte {offset if offset is not None else archive.content.consumed}",
+                     error=f"archive damaged, unreadable from here on: {reason}", damaged=True)
+
+
+def _damage(archive: Archive, record: Record) -> dict[str, Any]:
+    """How far a damaged archive could be read, for the summary."""
+    return {
+        "archive": str(archive.path),
+        "position": record.position,
+        "records_before": record.index,
+        "file_bytes_read": archive.counter.consumed,
+        "file_bytes": archive.path.stat().st_size,
+        "reason": record.error,
+    }
 
 
 def _classify(record: Record, batch: _Batch, org_id: str | None) -> None:
@@ -408,12 +478,34 @@ def _classify(record: Record, batch: _Batch, org_id: str | None) -> None:
     batch.positions.append(record.position)
 
 
+def _rejects_path(rejects: str | Path | None, archives: Sequence[Path]) -> Path | None:
+    """The rejects file, which must not be one of the archives (opening it empties it)."""
+    if not rejects:
+        return None
+    path = Path(rejects)
+    for archive in archives:
+        if path.resolve() == archive.resolve() or (path.exists() and path.samefile(archive)):
+            raise ConfigError(f"the rejects file {path} is one of the archives to load; name another file")
+    return path
+
+
 def _open_rejects(path: Path | None, keep_bytes: int) -> IO[bytes] | None:
-    """Open the rejects file: emptied for a new load, cut back to the checkpoint on resume."""
+    """Open the rejects file: emptied for a new load, cut back to the checkpoint on resume.
+
+    A resume whose rejects file is gone or shorter than the checkpoint counted is refused:
+    the rejects of the committed part would be lost (or padded with zero bytes)."""
     if path is None:
         return None
+    if keep_bytes:
+        size = path.stat().st_size if path.exists() else None
+        if size is None or size < keep_bytes:
+            found = "is missing" if size is None else f"has {size:,} bytes"
+            raise CheckpointError(
+                f"the rejects file {path} {found}, but the interrupted load being resumed wrote "
+                f"{keep_bytes:,} bytes to it; restore it, or pass --restart to load everything again"
+            )
     path.parent.mkdir(parents=True, exist_ok=True)
-    fh = path.open("r+b" if keep_bytes and path.exists() else "wb")
+    fh = path.open("r+b" if keep_bytes else "wb")
     fh.truncate(keep_bytes)
     fh.seek(0, 2)
     return fh

@@ -3,7 +3,10 @@
 Each reader yields `Record`s one at a time, so an archive larger than memory streams.
 Compression (gzip, zstd) and format are detected from the content and the file name;
 both can be forced. A record that cannot even be parsed is yielded with its error, so the
-loader can reject it with its position instead of stopping the whole archive.
+loader can reject it with its position instead of stopping the whole archive. When the
+file itself becomes unreadable (a cut or corrupt compressed stream, a broken JSON array,
+a cut BSON document) reading raises: the loader reports the rest of the archive as damaged
+at the byte offset of the decompressed content where reading stopped.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ COMPRESSIONS = ("none", "gzip", "zstd")
 
 _GZIP_MAGIC = b"\x1f\x8b"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+_ZSTD_SKIPPABLE = 0x184D2A50  # magic of zstd's skippable frames, low 4 bits free
 _JSON_OPTIONS = json_util.JSONOptions(tz_aware=True, tzinfo=None)
 _CODEC: bson.CodecOptions[dict[str, Any]] = bson.CodecOptions(tz_aware=True)
 _MAX_BSON = 48 * 1024 * 1024  # larger than MongoDB's 16 MiB limit, catches garbage lengths
@@ -45,12 +49,24 @@ class Record:
     payload: Any = None
     error: str | None = None
     raw: str | None = None
+    damaged: bool = False  # stands for the unreadable rest of its archive
+
+
+class DamagedArchive(Exception):
+    """The archive is unreadable from here on; `offset` is the content byte where it broke,
+    when the reader knows it exactly (else the loader uses how far decompression got)."""
+
+    def __init__(self, reason: str, offset: int | None = None) -> None:
+        self.reason = reason
+        self.offset = offset
+        super().__init__(reason)
 
 
 class CountingReader(io.RawIOBase):
-    """Wraps a binary file and counts the bytes read from it (compressed bytes, for progress)."""
+    """Wraps a binary stream and counts the bytes read from it: the file's bytes (for
+    progress), or the decompressed content's (for the offset of damage)."""
 
-    def __init__(self, fh: io.BufferedReader) -> None:
+    def __init__(self, fh: io.BufferedIOBase | io.RawIOBase) -> None:
         self._fh = fh
         self.consumed = 0
 
@@ -58,7 +74,10 @@ class CountingReader(io.RawIOBase):
         return True
 
     def readinto(self, buffer: Any) -> int:
-        n = self._fh.readinto(buffer)
+        # One read of the source at a time (readinto1): a decompressor that fails part-way
+        # then hands over what it decoded before the failure instead of dropping it.
+        read = self._fh.readinto1 if isinstance(self._fh, io.BufferedIOBase) else self._fh.readinto
+        n = read(buffer)
         self.consumed += n or 0
         return n or 0
 
@@ -67,14 +86,71 @@ class CountingReader(io.RawIOBase):
         super().close()
 
 
+class ZstdFrames(io.RawIOBase):
+    """Decompresses a sequence of zstd frames, and fails where the input ends inside one.
+
+    zstandard's stream_reader(read_across_frames=True) reports a clean end of stream when
+    the file is cut inside a frame (a one-frame archive cut at 60% reads as empty; a cut in
+    the second frame drops it silently), so each frame is decoded by its own decompressobj
+    whose `eof` says whether the frame really ended. Bytes after a frame that are no frame
+    raise zstandard.ZstdError.
+    """
+
+    _CHUNK = 1 << 16  # compressed bytes per step: bounds the output held at once
+
+    def __init__(self, raw: io.BufferedIOBase) -> None:
+        self._raw = raw
+        self._dctx = zstandard.ZstdDecompressor()
+        self._frame: Any = None  # decompressobj of the frame being read, None between frames
+        self._input = b""  # compressed bytes read but not yet decompressed
+        self._output = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._output:
+            if not self._decompress_some():
+                return 0
+        n = min(len(buffer), len(self._output))
+        buffer[:n] = self._output[:n]
+        self._output = self._output[n:]
+        return n
+
+    def _decompress_some(self) -> bool:
+        """Decompress the next piece of input; False at a clean end between frames."""
+        data = self._input or self._raw.read(self._CHUNK)
+        self._input = b""
+        if not data:
+            if self._frame is not None:
+                raise DamagedArchive("zstd data ends inside a frame: the file is cut")
+            return False
+        if self._frame is None:
+            self._frame = self._dctx.decompressobj()
+        self._output = memoryview(self._frame.decompress(data))
+        if self._frame.eof:
+            self._input = self._frame.unused_data
+            self._frame = None
+        return True
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
+
+
 def detect_compression(head: bytes, name: str) -> str:
     if head.startswith(_GZIP_MAGIC):
         return "gzip"
-    if head.startswith(_ZSTD_MAGIC):
+    if head.startswith(_ZSTD_MAGIC) or _is_skippable_frame(head):
         return "zstd"
     if name.endswith((".gz", ".zst", ".zstd")):
         raise ArchiveError(name, "the name says compressed but the content is not gzip or zstd")
     return "none"
+
+
+def _is_skippable_frame(head: bytes) -> bool:
+    """A zstd skippable frame (metadata, e.g. a seek table) may open a zstd file."""
+    return len(head) == 4 and struct.unpack("<I", head)[0] & ~0xF == _ZSTD_SKIPPABLE
 
 
 def _strip_compression_suffix(name: str) -> str:
@@ -111,9 +187,9 @@ def detect_format(head: bytes, name: str) -> str:
 
 def open_decompressed(
     path: Path, compression: str | None = None
-) -> tuple[io.BufferedIOBase, CountingReader, str]:
-    """Open `path` as a stream of decompressed bytes; also return the raw byte counter and
-    the compression found."""
+) -> tuple[io.BufferedIOBase, CountingReader, CountingReader, str]:
+    """Open `path` as a stream of decompressed bytes; also return the counters of the file's
+    bytes and of the content's bytes decompressed so far, and the compression found."""
     try:
         raw_file = path.open("rb")
     except OSError as exc:
@@ -121,15 +197,18 @@ def open_decompressed(
     counter = CountingReader(raw_file)
     raw = io.BufferedReader(counter, buffer_size=1 << 20)
     kind = compression or detect_compression(raw.peek(4)[:4], path.name)
+    decompressed: io.BufferedIOBase | io.RawIOBase
     if kind == "gzip":
-        return gzip.GzipFile(fileobj=raw, mode="rb"), counter, kind
-    if kind == "zstd":
-        reader = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
-        return io.BufferedReader(reader, buffer_size=1 << 20), counter, kind
-    if kind != "none":
+        decompressed = gzip.GzipFile(fileobj=raw, mode="rb")
+    elif kind == "zstd":
+        decompressed = ZstdFrames(raw)
+    elif kind == "none":
+        return raw, counter, counter, kind
+    else:
         raw.close()
         raise ArchiveError(str(path), f"unknown compression {kind!r}; use one of {', '.join(COMPRESSIONS)}")
-    return raw, counter, kind
+    content = CountingReader(decompressed)
+    return io.BufferedReader(content, buffer_size=1 << 20), counter, content, kind
 
 
 def decode_extended_json(value: Any) -> Any:
@@ -173,8 +252,9 @@ def _read_json_array(stream: io.BufferedIOBase, skip: int, name: str) -> Iterato
                     yield Record(index, f"item {index + 1}", error=f"bad Extended JSON: {exc}", raw=repr(item)[:2000])
             index += 1
     except ijson.JSONError as exc:
-        # The array itself is broken here: nothing after this point can be delimited.
-        yield Record(index, f"item {index + 1}", error=f"JSON array broken, rest of file unreadable: {exc}")
+        # The array itself is broken here (cut, or not JSON): nothing after this point can
+        # be delimited.
+        raise DamagedArchive(f"JSON array broken after item {index}: {exc}") from None
 
 
 def _read_bson(stream: io.BufferedIOBase, skip: int, name: str) -> Iterator[Record]:
@@ -185,16 +265,13 @@ def _read_bson(stream: io.BufferedIOBase, skip: int, name: str) -> Iterator[Reco
         if not head:
             return
         if len(head) < 4:
-            yield Record(index, f"byte {offset}", error="truncated BSON document at end of file")
-            return
+            raise DamagedArchive("BSON document cut at the end of the file", offset)
         (length,) = struct.unpack("<i", head)
         if not 5 <= length <= _MAX_BSON:
-            yield Record(index, f"byte {offset}", error=f"invalid BSON length {length}; rest of file unreadable")
-            return
+            raise DamagedArchive(f"invalid BSON document length {length}", offset)
         body = stream.read(length - 4)
         if len(body) < length - 4:
-            yield Record(index, f"byte {offset}", error="truncated BSON document at end of file")
-            return
+            raise DamagedArchive("BSON document cut at the end of the file", offset)
         if index >= skip:
             try:
                 payload: dict[str, Any] = bson.decode(head + body, codec_options=_CODEC)
@@ -229,7 +306,8 @@ class Archive:
     format: str
     compression: str
     records: Iterator[Record]
-    counter: CountingReader
+    counter: CountingReader  # bytes of the file read so far
+    content: CountingReader  # bytes of decompressed content produced so far
     stream: io.BufferedIOBase
 
     def close(self) -> None:
@@ -246,18 +324,27 @@ def open_archive(
         raise ArchiveError(str(p), "no such file")
     if fmt is not None and fmt not in FORMATS:
         raise ArchiveError(str(p), f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
-    stream, counter, detected_compression = open_decompressed(p, compression)
+    stream, counter, content, detected_compression = open_decompressed(p, compression)
     try:
         peek_fn = getattr(stream, "peek", None)
         peek = peek_fn(64)[:64] if peek_fn is not None else b""
         kind = fmt or detect_format(peek, p.name)
-    except (OSError, EOFError, zstandard.ZstdError) as exc:
-        stream.close()
-        raise ArchiveError(str(p), f"cannot decompress: {exc}") from None
+        records = read_records(stream, kind, skip=skip, name=str(p))
+    except (OSError, EOFError, zstandard.ZstdError, DamagedArchive) as exc:
+        # Not even the first bytes decompress: the archive is damaged from its start, which
+        # the loader reports like any other damaged tail.
+        kind = fmt or detect_format(b"", p.name)
+        records = _unreadable(exc)
     except ArchiveError:
         stream.close()
         raise
-    return Archive(p, kind, detected_compression, read_records(stream, kind, skip=skip, name=str(p)), counter, stream)
+    return Archive(p, kind, detected_compression, records, counter, content, stream)
+
+
+def _unreadable(exc: BaseException) -> Iterator[Record]:
+    """The records of an archive whose first bytes do not decompress: `exc`, at the first step."""
+    yield from ()
+    raise exc
 
 
 def record_as_text(record: Record) -> str:
