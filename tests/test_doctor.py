@@ -14,7 +14,13 @@ from click.testing import CliRunner
 
 from perf_analytics.cli import app
 from perf_analytics.config import Settings
-from perf_analytics.doctor import REPAIR_JOURNAL, REPAIR_PENDING, _repair_id, diagnose, diagnose_all_orgs
+from perf_analytics.doctor import (
+    REPAIR_JOURNAL,
+    REPAIR_PENDING,
+    _repair_id,
+    diagnose,
+    diagnose_all_orgs,
+)
 from perf_analytics.errors import ValidationError
 from perf_analytics.extract import extract_window
 from perf_analytics.schema import (
