@@ -19,6 +19,7 @@ import hashlib
 import json
 import math
 import re
+import reprlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -296,9 +297,15 @@ _ISO_Z = re.compile(r"[zZ]$")
 _SHOWN_CHARS = 60
 
 
+_REPR = reprlib.Repr()
+_REPR.maxlevel = 2
+_REPR.maxstring = _REPR.maxother = _REPR.maxlong = _SHOWN_CHARS
+
+
 def _shown(value: Any) -> str:
-    """`repr(value)`, cut short: a reason quotes the value, not a whole payload."""
-    text = repr(value)
+    """`repr(value)`, cut short (and a few levels deep): a reason quotes the value, not a
+    whole payload, and a deeply nested one must not exhaust the stack."""
+    text = _REPR.repr(value)
     return text if len(text) <= _SHOWN_CHARS else text[: _SHOWN_CHARS - 3] + "..."
 
 
