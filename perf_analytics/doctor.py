@@ -343,6 +343,8 @@ def _repair_id(db: Db, org_id: str, old_id: Any, fixed: Doc) -> str | None:
     `doctor --fix` finishes it; no step loses the snapshot.
     """
     new_id, extra = repaired_id(org_id, old_id)
+    if db[SNAPSHOTS].find_one({"_id": new_id, "orgId": org_id}, {"_id": 1}) is not None:
+        return f"its new _id {new_id} is already another snapshot's"
     entry = {"_id": new_id, "orgId": org_id, "oldId": old_id, "doc": {"_id": new_id, **fixed, **extra}}
     db[REPAIR_JOURNAL].replace_one({"_id": new_id, "orgId": org_id}, entry, upsert=True)
     return _finish_id_repair(db, org_id, entry)

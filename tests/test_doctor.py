@@ -17,7 +17,6 @@ from perf_analytics.config import Settings
 from perf_analytics.doctor import (
     REPAIR_JOURNAL,
     REPAIR_PENDING,
-    _repair_id,
     diagnose,
     diagnose_all_orgs,
 )
@@ -41,6 +40,7 @@ from perf_analytics.schema import (
     TIMESTAMP_NOT_DATE,
     count_paths,
     metric_paths,
+    repaired_id,
     validate_snapshot,
 )
 from perf_analytics.store import INDEXES, Db, missing_indexes
@@ -434,15 +434,17 @@ def test_an_interrupted_id_repair_is_reported_and_finished_by_the_next_fix(db: D
     assert db[REPAIR_JOURNAL].count_documents({"orgId": "org-b"}) == 1
 
 
-def test_an_id_repair_that_ran_twice_stores_one_snapshot(db: Db) -> None:
+def test_an_id_repair_never_takes_an_id_another_snapshot_holds(db: Db) -> None:
     doc = {**stored(minute=1), "_id": "snap-1"}
-    db[SNAPSHOTS].insert_one(doc)
-    fixed = validate_snapshot({k: v for k, v in doc.items() if k != "_id"}, org_id="org-a")
+    taken = {**stored(minute=2), "_id": repaired_id("org-a", "snap-1")[0]}
+    db[SNAPSHOTS].insert_many([doc, taken])
 
-    assert _repair_id(db, "org-a", "snap-1", fixed) is None
-    assert _repair_id(db, "org-a", "snap-1", fixed) is None  # same id on every run: a no-op
+    report = diagnose(db, "org-a", fix=True)
 
-    assert db[SNAPSHOTS].count_documents({"orgId": "org-a"}) == 1
+    assert [(p.id, p.reason) for p in report.unrepairable] == [
+        ("snap-1", f"its new _id {taken['_id']} is already another snapshot's")
+    ]
+    assert get(db, SNAPSHOTS, "snap-1") == doc and get(db, SNAPSHOTS, taken["_id"]) == taken
     assert db[REPAIR_JOURNAL].count_documents({}) == 0
 
 

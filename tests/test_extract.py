@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -335,3 +337,9 @@ def test_cli_extract_rejects_a_bad_time_in_one_line(db: Db) -> None:
 def _uri(db: Db) -> str:
     host, port = db.client.address  # type: ignore[misc]
     return f"mongodb://{host}:{port}/?directConnection=true"
+
+
+def test_extraction_reads_the_contract_from_schema_without_importing_doctor() -> None:
+    code = "import sys, perf_analytics.extract; print('perf_analytics.doctor' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
