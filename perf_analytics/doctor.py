@@ -1,35 +1,40 @@
 """Health checks for one org's snapshots, and the repairs that are safe to automate.
 
 `diagnose` looks for what breaks extraction or misleads dashboards: missing indexes,
-snapshots stored with off types (a string timestamp, a metric as string or int, a count
-as string), legacy snapshots still in `assets`, snapshots whose asset does not exist, and
-assets whose lastSeen is behind their newest snapshot. With `fix` it creates the indexes,
-re-normalises off-type snapshots with the snapshot contract and moves lastSeen forward;
+snapshots stored with off types (an `_id` that is no ObjectId, a string timestamp, a
+metric as string or int, a count as string), ids that break the identifier rule, legacy
+snapshots still in `assets`, snapshots whose asset does not exist, and assets whose
+lastSeen is behind their newest snapshot. With `fix` it creates the indexes,
+re-normalises off-type snapshots with the snapshot contract (the kinds and paths come
+from `schema.py`), gives each a proper ObjectId `_id` (`schema.repaired_id`) and moves
+lastSeen forward; bad ids are only reported (renaming them is the application's call),
 legacy documents are left to `migrate`, and orphans to a person.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from bson import Decimal128
-from pymongo.errors import OperationFailure
+from bson import ObjectId
+from pymongo.errors import DuplicateKeyError, OperationFailure
 
 from perf_analytics.errors import ConfigError, PerfAnalyticsError, ValidationError
 from perf_analytics.migrate import legacy_filter, legacy_org_ids
 from perf_analytics.schema import (
     ASSETS,
-    COUNT,
-    CPU_FIELDS,
-    DISK_FIELDS,
-    INTERFACE_FIELDS,
-    MEMORY_FIELDS,
+    ID_RULE,
+    OFF_TYPE_KINDS,
     SNAPSHOTS,
-    SYSTEM_FIELDS,
+    Problem,
     asset_id_filter,
+    count_paths,
+    is_valid_id,
+    metric_paths,
+    off_type_kinds,
+    repaired_id,
     validate_snapshot,
 )
 from perf_analytics.store import (
@@ -49,33 +54,13 @@ _ID_CHUNK = 1000  # ids per $in when looking assets up
 _DUPLICATE_KEY = 11000
 _NOT_IMPLEMENTED = 238
 
-# Where each field table of the snapshot contract lives in a stored document. The tables
-# in schema.py decide which fields are metrics and which are counts, so a field added
-# there is checked here without a change; a new *section* needs a line here.
-_SECTIONS = (
-    ("performanceData.cpu", CPU_FIELDS),
-    ("performanceData.memory", MEMORY_FIELDS),
-    ("performanceData.disk", DISK_FIELDS),
-    ("performanceData.network.interfaces", INTERFACE_FIELDS),
-    ("performanceData.system", SYSTEM_FIELDS),
-)
-# Metrics that validate_snapshot checks outside the tables.
-_EXTRA_METRICS = ("performanceData.cpu.perCore", "performanceData.network.totalUsage")
-
-METRIC_PATHS: tuple[str, ...] = tuple(
-    f"{prefix}.{name}" for prefix, spec in _SECTIONS for name, kind, _ in spec if kind != COUNT
-) + _EXTRA_METRICS
-COUNT_PATHS: tuple[str, ...] = tuple(
-    f"{prefix}.{name}" for prefix, spec in _SECTIONS for name, kind, _ in spec if kind == COUNT
-)
-
-TIMESTAMP_NOT_DATE = "timestamp not a date"
-METRIC_STRING = "metric stored as string"
-METRIC_INTEGER = "metric stored as int/long"
-METRIC_OTHER = "metric of another type"
-COUNT_STRING = "count stored as string"
-COUNT_OTHER = "count stored as double or another type"
-KINDS = (TIMESTAMP_NOT_DATE, METRIC_STRING, METRIC_INTEGER, METRIC_OTHER, COUNT_STRING, COUNT_OTHER)
+# Snapshots whose `_id` is being replaced: the repaired document waits here while the old
+# one is deleted and the new one inserted (both cannot exist at once: they share the
+# unique key, and FerretDB 1.24 treats a 24-hex string and its ObjectId as one _id).
+REPAIR_JOURNAL = "repair_journal"
+REPAIR_PENDING = "_id repair interrupted (kept in repair_journal)"
+KINDS = (REPAIR_PENDING, *OFF_TYPE_KINDS)
+_DUPLICATE = "another snapshot has the same (orgId, assetId, timestamp)"
 
 
 @dataclass(frozen=True)
@@ -105,14 +90,6 @@ class Check:
 
 
 @dataclass(frozen=True)
-class Unrepairable:
-    """An off-type snapshot that `fix` left untouched, and why."""
-
-    id: Any
-    reason: str
-
-
-@dataclass(frozen=True)
 class DoctorReport:
     """One org's checks, in the order they ran."""
 
@@ -120,14 +97,15 @@ class DoctorReport:
     fix: bool
     indexes: Check
     off_type: Check
+    invalid_ids: Check
     legacy: Check
     orphaned: Check
     stale_last_seen: Check
-    unrepairable: list[Unrepairable] = field(default_factory=list)
+    unrepairable: list[Problem] = field(default_factory=list)  # off-type snapshots `fix` left
 
     @property
     def checks(self) -> list[Check]:
-        return [self.indexes, self.off_type, self.legacy, self.orphaned, self.stale_last_seen]
+        return [self.indexes, self.off_type, self.invalid_ids, self.legacy, self.orphaned, self.stale_last_seen]
 
     @property
     def healthy(self) -> bool:
@@ -159,6 +137,7 @@ def diagnose(db: Db, org_id: str, *, fix: bool = False) -> DoctorReport:
         raise ConfigError("an org id is required")
     indexes = diagnose_indexes(db, fix=fix)
     off_type, unrepairable = _check_off_type(db, org_id, fix=fix)
+    invalid_ids = _check_ids(db, org_id)
     legacy = _check_legacy(db, org_id)
     orphaned, stale = _check_assets(db, org_id, fix=fix)
     return DoctorReport(
@@ -166,6 +145,7 @@ def diagnose(db: Db, org_id: str, *, fix: bool = False) -> DoctorReport:
         fix=fix,
         indexes=indexes,
         off_type=off_type,
+        invalid_ids=invalid_ids,
         legacy=legacy,
         orphaned=orphaned,
         stale_last_seen=stale,
@@ -214,59 +194,22 @@ def off_type_filter(db: Db, org_id: str) -> Doc:
     `$type` on a path through an array ("performanceData.disk.usagePercent") matches when
     any element matches, in MongoDB and, as checked against FerretDB 1.24, there too; so
     metrics inside disk[], network.interfaces[] and cpu.perCore need no client-side scan.
-    Only positive `$type` lists are used: FerretDB evaluates `$not` over array paths
-    element by element, unlike MongoDB. FerretDB rejects the "decimal" alias (it stores
-    no Decimal128), so that type is only asked of MongoDB. One clause per path, with every
+    Only positive `$type` lists are used on those paths: FerretDB evaluates `$not` over
+    array paths element by element, unlike MongoDB (`_id` and `timestamp` are never
+    arrays, so `$not` is safe there). FerretDB rejects the "decimal" alias (it stores no
+    Decimal128), so that type is only asked of MongoDB. One clause per path, with every
     wrong type in it, keeps FerretDB's per-document filter cost down; the few documents
-    found are sorted into kinds here (`off_type_kinds`).
+    found are sorted into kinds by the contract's `off_type_kinds`.
     """
     bad_metric = ["string", "int", "long", "bool", "object"]
     bad_count = ["string", "double", "bool", "object"]
     if not probe_capabilities(db).server.startswith("FerretDB"):
         bad_metric.append("decimal")
         bad_count.append("decimal")
-    clauses: list[Doc] = [{"timestamp": {"$not": {"$type": "date"}}}]
-    clauses += [{path: {"$type": bad_metric}} for path in METRIC_PATHS]
-    clauses += [{path: {"$type": bad_count}} for path in COUNT_PATHS]
+    clauses: list[Doc] = [{"_id": {"$not": {"$type": "objectId"}}}, {"timestamp": {"$not": {"$type": "date"}}}]
+    clauses += [{path: {"$type": bad_metric}} for path in metric_paths()]
+    clauses += [{path: {"$type": bad_count}} for path in count_paths()]
     return {"orgId": org_id, "$or": clauses}
-
-
-def _values(doc: Any, path: str) -> Iterator[Any]:
-    """The values at a dotted path, stepping into arrays as MongoDB's path matching does."""
-    head, _, rest = path.partition(".")
-    if isinstance(doc, list):
-        for item in doc:
-            yield from _values(item, path)
-        return
-    if not isinstance(doc, Mapping) or head not in doc:
-        return
-    value = doc[head]
-    if rest:
-        yield from _values(value, rest)
-    elif isinstance(value, list):
-        yield from value
-    else:
-        yield value
-
-
-def off_type_kinds(doc: Doc) -> list[str]:
-    """Which off-type kinds one document shows, judged here to break the server's finds down."""
-    kinds = []
-    if not isinstance(doc.get("timestamp"), datetime):
-        kinds.append(TIMESTAMP_NOT_DATE)
-    metrics = [v for p in METRIC_PATHS for v in _values(doc, p)]
-    counts = [v for p in COUNT_PATHS for v in _values(doc, p)]
-    if any(isinstance(v, str) for v in metrics):
-        kinds.append(METRIC_STRING)
-    if any(isinstance(v, int) and not isinstance(v, bool) for v in metrics):
-        kinds.append(METRIC_INTEGER)
-    if any(isinstance(v, bool | Mapping | Decimal128) for v in metrics):
-        kinds.append(METRIC_OTHER)
-    if any(isinstance(v, str) for v in counts):
-        kinds.append(COUNT_STRING)
-    if any(isinstance(v, float | bool | Mapping | Decimal128) for v in counts):
-        kinds.append(COUNT_OTHER)
-    return kinds
 
 
 def _off_type_batches(db: Db, query: Doc, *, fix: bool, skip: Sequence[Any]) -> Iterator[list[Doc]]:
@@ -296,24 +239,39 @@ def _off_type_batches(db: Db, query: Doc, *, fix: bool, skip: Sequence[Any]) -> 
         yield batch
 
 
-def _check_off_type(db: Db, org_id: str, *, fix: bool) -> tuple[Check, list[Unrepairable]]:
-    query = off_type_filter(db, org_id)
+def _check_off_type(db: Db, org_id: str, *, fix: bool) -> tuple[Check, list[Problem]]:
     counts: dict[str, int] = dict.fromkeys(KINDS, 0)
     examples: dict[str, list[str]] = {kind: [] for kind in KINDS}
     found = repaired = 0
     skip: list[Any] = []
     seen: set[Any] = set()
-    unrepairable: list[Unrepairable] = []
+    unrepairable: list[Problem] = []
     # Without the unique index (it could not be created) the server would accept a
     # repaired timestamp that duplicates another snapshot's key, so check it here.
     check_key = fix and KEY_INDEX in missing_indexes(db)
 
+    def count(kind: str, doc_id: Any) -> None:
+        counts[kind] += 1
+        if len(examples[kind]) < EXAMPLES:
+            examples[kind].append(str(doc_id))
+
     def leave(doc_id: Any, reason: str) -> None:
         skip.append(doc_id)
         if len(unrepairable) < MAX_LISTED:
-            unrepairable.append(Unrepairable(doc_id, reason))
+            unrepairable.append(Problem(doc_id, reason))
 
-    for batch in _off_type_batches(db, query, fix=fix, skip=skip):
+    # First what an interrupted run left half done, so its old document is gone (or goes
+    # now) before the scan below could count it again.
+    for entry in list(db[REPAIR_JOURNAL].find({"orgId": org_id}, sort=[("_id", 1)])):
+        found += 1
+        count(REPAIR_PENDING, entry["_id"])
+        if fix:
+            reason = _finish_id_repair(db, org_id, entry)
+            if reason is None:
+                repaired += 1
+            else:
+                leave(entry["oldId"], reason)
+    for batch in _off_type_batches(db, off_type_filter(db, org_id), fix=fix, skip=skip):
         for doc in batch:
             doc_id = doc["_id"]
             if doc_id in seen:
@@ -325,9 +283,7 @@ def _check_off_type(db: Db, org_id: str, *, fix: bool) -> tuple[Check, list[Unre
             seen.add(doc_id)
             found += 1
             for kind in off_type_kinds(doc):
-                counts[kind] += 1
-                if len(examples[kind]) < EXAMPLES:
-                    examples[kind].append(str(doc_id))
+                count(kind, doc_id)
             if not fix:
                 continue
             reason = _repair(db, org_id, doc, check_key=check_key)
@@ -348,25 +304,61 @@ def _check_off_type(db: Db, org_id: str, *, fix: bool) -> tuple[Check, list[Unre
 
 
 def _repair(db: Db, org_id: str, doc: Doc, *, check_key: bool) -> str | None:
-    """Re-normalise one off-type snapshot in place; return why not, or None when repaired."""
+    """Re-normalise one off-type snapshot; return why not, or None when repaired.
+
+    The `_id` is not validated here: a document with an ObjectId `_id` is replaced in
+    place, any other goes through `_repair_id`.
+    """
     try:
-        fixed = validate_snapshot(doc, org_id=org_id, coerce=True)
+        fixed = validate_snapshot({k: v for k, v in doc.items() if k != "_id"}, org_id=org_id, coerce=True)
     except ValidationError as exc:
         return f"invalid: {exc}"
-    duplicate = "another snapshot has the same (orgId, assetId, timestamp)"
-    if check_key and fixed["timestamp"] != doc.get("timestamp"):
-        key = {"orgId": org_id, "assetId": fixed["assetId"], "timestamp": fixed["timestamp"]}
-        if db[SNAPSHOTS].find_one({**key, "_id": {"$ne": doc["_id"]}}, {"_id": 1}) is not None:
-            return duplicate
+    if (check_key or not isinstance(doc["_id"], ObjectId)) and _key_taken(db, org_id, doc, fixed):
+        return _DUPLICATE
+    if not isinstance(doc["_id"], ObjectId):
+        return _repair_id(db, org_id, doc["_id"], fixed)
     # Without _id: FerretDB 1.24 skips a replacement that carries _id and differs only in
     # numeric type (long 4e9 vs double 4e9), answering nModified 0.
-    fixed.pop("_id", None)
     try:
         db[SNAPSHOTS].replace_one({"_id": doc["_id"], "orgId": org_id}, fixed)
     except OperationFailure as exc:
         if not _is_duplicate_key(exc):
             raise
-        return duplicate
+        return _DUPLICATE
+    return None
+
+
+def _key_taken(db: Db, org_id: str, doc: Doc, fixed: Doc) -> bool:
+    """Whether another snapshot than `doc` already has `fixed`'s (orgId, assetId, timestamp)."""
+    key = {"orgId": org_id, "assetId": fixed["assetId"], "timestamp": fixed["timestamp"]}
+    return db[SNAPSHOTS].find_one({**key, "_id": {"$ne": doc["_id"]}}, {"_id": 1}) is not None
+
+
+def _repair_id(db: Db, org_id: str, old_id: Any, fixed: Doc) -> str | None:
+    """Store `fixed` under an ObjectId instead of `old_id` (see `schema.repaired_id`).
+
+    The old and the new document cannot both exist (same unique key), so the new one is
+    first written to the repair journal, then the old one deleted, the new one inserted,
+    and the journal entry removed. A crash anywhere leaves the journal entry, and the next
+    `doctor --fix` finishes it; no step loses the snapshot.
+    """
+    new_id, extra = repaired_id(org_id, old_id)
+    if db[SNAPSHOTS].find_one({"_id": new_id, "orgId": org_id}, {"_id": 1}) is not None:
+        return f"its new _id {new_id} is already another snapshot's"
+    entry = {"_id": new_id, "orgId": org_id, "oldId": old_id, "doc": {"_id": new_id, **fixed, **extra}}
+    db[REPAIR_JOURNAL].replace_one({"_id": new_id, "orgId": org_id}, entry, upsert=True)
+    return _finish_id_repair(db, org_id, entry)
+
+
+def _finish_id_repair(db: Db, org_id: str, entry: Doc) -> str | None:
+    """Complete one journalled `_id` repair; each step may already have been done."""
+    db[SNAPSHOTS].delete_one({"_id": entry["oldId"], "orgId": org_id})
+    try:
+        db[SNAPSHOTS].insert_one(entry["doc"])
+    except DuplicateKeyError:
+        if db[SNAPSHOTS].find_one({"_id": entry["_id"], "orgId": org_id}, {"_id": 1}) is None:
+            return f"{_DUPLICATE}; the repaired document is kept in {REPAIR_JOURNAL} under _id {entry['_id']}"
+    db[REPAIR_JOURNAL].delete_one({"_id": entry["_id"], "orgId": org_id})
     return None
 
 
@@ -383,6 +375,36 @@ def _off_type_hint(remaining: int, *, fix: bool) -> str:
 
 
 # -- legacy snapshots, orphans, lastSeen ----------------------------------------------
+
+
+def _check_ids(db: Db, org_id: str) -> Check:
+    """Snapshots whose orgId, assetId or agentId breaks the identifier rule.
+
+    Such ids cannot become lake paths or sink keys safely; renaming them changes what
+    the application knows them by, so this is reported, never repaired.
+    """
+    snapshots = db[SNAPSHOTS]
+    if not is_valid_id(org_id):
+        total = snapshots.count_documents({"orgId": org_id})
+        kinds = [Kind("orgId", total, [repr(org_id)])] if total else []
+    else:
+        bad = {name: [v for v in snapshots.distinct(name, {"orgId": org_id}) if not is_valid_id(v)]
+               for name in ("assetId", "agentId")}
+        kinds = [
+            Kind(name, snapshots.count_documents({"orgId": org_id, name: {"$in": values}}),
+                 [repr(v) for v in values[:EXAMPLES]])
+            for name, values in bad.items() if values
+        ]
+        clauses: list[Doc] = [{name: {"$in": values}} for name, values in bad.items() if values]
+        total = snapshots.count_documents({"orgId": org_id, "$or": clauses}) if clauses else 0
+    return Check(
+        "ids outside the rule",
+        found=total,
+        fixable=False,
+        kinds=kinds,
+        examples=[e for kind in kinds for e in kind.examples][:EXAMPLES],
+        hint=f"ids must use {ID_RULE}; rename them in the application's data" if total else "",
+    )
 
 
 def _check_legacy(db: Db, org_id: str) -> Check:

@@ -20,7 +20,7 @@ itself; `extract_window` concatenates the parts and sorts the whole window, and
 `write_window_parquet` (`perf-analytics extract`) writes them to Parquet as they come.
 
 A document written by other code with an off-type field (a metric stored as a string,
-say) makes pymongoarrow refuse the part it is in. That part is built again by halving it
+an `_id` that is no ObjectId, say) makes pymongoarrow refuse the part it is in. That part is built again by halving it
 until the refused documents are isolated; they are left out, counted and reported with
 their _id and kind for `doctor --fix`, the rest of the part is kept. Only refused
 documents are left out (pymongoarrow reads an integer metric as a double), so what is
@@ -50,10 +50,9 @@ from pymongoarrow.context import PyMongoArrowContext
 from pymongoarrow.types import ObjectIdType
 
 from perf_analytics.atomic import atomic_path
-from perf_analytics.doctor import off_type_kinds
 from perf_analytics.errors import ConfigError, PerfAnalyticsError
 from perf_analytics.frames import KEYS, Frames, arrow_schema, empty_frames, frames_from_arrow
-from perf_analytics.schema import SNAPSHOTS
+from perf_analytics.schema import SNAPSHOTS, Problem, off_type_kinds
 from perf_analytics.store import Db, Doc, probe_capabilities
 
 # One query per slice on servers with range pushdown. Servers without it (FerretDB 1.x)
@@ -74,18 +73,10 @@ class ExtractError(PerfAnalyticsError):
     """A window could not be read."""
 
 
-@dataclass(frozen=True)
-class Skipped:
-    """A document left out of the frames, and why (for `doctor --fix`)."""
-
-    id: Any
-    reason: str
-
-
 @dataclass
 class Extraction:
     frames: Frames
-    skipped: list[Skipped] = field(default_factory=list)
+    skipped: list[Problem] = field(default_factory=list)  # left out, and why (for `doctor --fix`)
     skipped_count: int = 0  # all skipped documents (the list keeps the first MAX_REPORTED)
 
 
@@ -187,7 +178,7 @@ def _bisect(
     return tables, refused
 
 
-def _skipped(raw: bytes, reason: str, codec: CodecOptions[Any]) -> Skipped:
+def _skipped(raw: bytes, reason: str, codec: CodecOptions[Any]) -> Problem:
     doc = bson.decode(raw, codec_options=codec)
     kinds = off_type_kinds(doc)
     if not kinds:
@@ -195,10 +186,10 @@ def _skipped(raw: bytes, reason: str, codec: CodecOptions[Any]) -> Skipped:
             f"snapshot {doc.get('_id')} cannot be read ({reason}) and is none of the "
             "off-type kinds `doctor --fix` repairs"
         )
-    return Skipped(doc.get("_id"), ", ".join(kinds))
+    return Problem(doc.get("_id"), ", ".join(kinds))
 
 
-def _build(pieces: list[bytes], schema: Schema, codec: CodecOptions[Any]) -> tuple[pa.Table, list[Skipped]]:
+def _build(pieces: list[bytes], schema: Schema, codec: CodecOptions[Any]) -> tuple[pa.Table, list[Problem]]:
     """One part as Arrow; documents pymongoarrow refuses are isolated, left out and reported."""
     try:
         return _arrow(pieces, schema, codec), []
@@ -208,7 +199,7 @@ def _build(pieces: list[bytes], schema: Schema, codec: CodecOptions[Any]) -> tup
     return (pa.concat_tables(tables) if tables else _arrow([], schema, codec)), skipped
 
 
-def _read_parts(db: Db, query: Doc, schema: Schema, chunk_rows: int) -> Iterator[tuple[pa.Table, list[Skipped]]]:
+def _read_parts(db: Db, query: Doc, schema: Schema, chunk_rows: int) -> Iterator[tuple[pa.Table, list[Problem]]]:
     """One query's documents (one server cursor) as tables of at most `chunk_rows` rows.
 
     At least one table, empty when nothing matched. Held at a time: the server batch
@@ -354,7 +345,7 @@ class WrittenWindow:
 
     paths: tuple[Path, Path, Path]  # snapshots, disks, interfaces
     rows: tuple[int, int, int]
-    skipped: list[Skipped]
+    skipped: list[Problem]
     skipped_count: int
 
 
@@ -391,7 +382,7 @@ def write_window_parquet(
                         chunk_rows=chunk_rows)
     paths = parquet_paths(out)
     rows = [0, 0, 0]
-    skipped: list[Skipped] = []
+    skipped: list[Problem] = []
     skipped_count = 0
     with ExitStack() as stack:
         writers = []

@@ -1,9 +1,11 @@
 """The analytical shape of snapshots: one Arrow schema, three flat Polars frames.
 
-The nested Arrow schema is derived from the field tables of the snapshot contract
-(`schema.py`), so a field added there is extracted, flattened and named here without
-another edit. It doubles as the server-side projection (pymongoarrow projects exactly the
-schema's fields).
+The nested Arrow schema is derived, when asked for, from the contract's tables
+(`schema.TABLES`), so a field or a table added there is extracted, flattened and named
+here without another edit: a field becomes a column, a new object under performanceData
+becomes `<section>_<field>` columns of `snapshots`. (A new *repeated* table would need a
+frame of its own in `Frames`.) The schema doubles as the server-side projection
+(pymongoarrow projects exactly the schema's fields).
 
 Frames, all sorted by (orgId, assetId, timestamp):
 
@@ -24,25 +26,18 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import polars as pl
 import pyarrow as pa
 from bson import ObjectId
 
-from perf_analytics.schema import (
-    COUNT,
-    CPU_FIELDS,
-    DISK_FIELDS,
-    INTERFACE_FIELDS,
-    MEMORY_FIELDS,
-    SYSTEM_FIELDS,
-)
+from perf_analytics import schema
+from perf_analytics.schema import COUNT, PERCENTS, PERFORMANCE_DATA, Table
 
 KEYS = ("orgId", "assetId", "timestamp")
 TIMESTAMP = pa.timestamp("ms", tz="UTC")
-
-FieldSpec = tuple[tuple[str, str, bool], ...]
 
 
 def snake(name: str) -> str:
@@ -51,34 +46,27 @@ def snake(name: str) -> str:
 
 
 def _arrow_type(kind: str) -> pa.DataType:
-    return pa.int64() if kind == COUNT else pa.float64()
+    if kind == COUNT:
+        return pa.int64()
+    return pa.list_(pa.float64()) if kind == PERCENTS else pa.float64()
 
 
-def _struct(
-    spec: FieldSpec, extra: Iterable[tuple[str, pa.DataType]] = (), after: Iterable[tuple[str, pa.DataType]] = ()
-) -> pa.StructType:
-    return pa.struct([*extra, *((name, _arrow_type(kind)) for name, kind, _ in spec), *after])
+def _table_type(table: Table, tables: tuple[Table, ...]) -> pa.StructType:
+    """The struct of one object of `table`: name (if named), its fields, then its child tables."""
+    fields: list[tuple[str, pa.DataType]] = [("name", pa.string())] if table.named else []
+    fields += [(name, _arrow_type(kind)) for name, kind, _ in table.fields]
+    fields += [(child.key, _child_type(child, tables)) for child in schema.children(table.path, tables)]
+    return pa.struct(fields)
 
 
-CPU_TYPE = _struct(CPU_FIELDS, after=[("perCore", pa.list_(pa.float64()))])
-MEMORY_TYPE = _struct(MEMORY_FIELDS)
-DISK_TYPE = _struct(DISK_FIELDS, [("name", pa.string())])
-INTERFACE_TYPE = _struct(INTERFACE_FIELDS, [("name", pa.string())])
-NETWORK_TYPE = pa.struct([("totalUsage", pa.float64()), ("interfaces", pa.list_(INTERFACE_TYPE))])
-SYSTEM_TYPE = _struct(SYSTEM_FIELDS)
-PERFORMANCE_TYPE = pa.struct(
-    [
-        ("cpu", CPU_TYPE),
-        ("memory", MEMORY_TYPE),
-        ("disk", pa.list_(DISK_TYPE)),
-        ("network", NETWORK_TYPE),
-        ("system", SYSTEM_TYPE),
-    ]
-)
+def _child_type(table: Table, tables: tuple[Table, ...]) -> pa.DataType:
+    struct = _table_type(table, tables)
+    return pa.list_(struct) if table.repeated else struct
 
 
-def arrow_schema(*, with_id: bool = True) -> pa.Schema:
-    """The nested Arrow schema of a stored snapshot (`_id` as 12 raw bytes when asked)."""
+@lru_cache(maxsize=8)
+def _arrow_schema(tables: tuple[Table, ...], with_id: bool) -> pa.Schema:
+    perf = pa.struct([(t.key, _child_type(t, tables)) for t in schema.children(PERFORMANCE_DATA, tables)])
     fields: list[tuple[str, pa.DataType]] = [("_id", pa.binary(12))] if with_id else []
     fields += [
         ("orgId", pa.string()),
@@ -86,9 +74,18 @@ def arrow_schema(*, with_id: bool = True) -> pa.Schema:
         ("assetId", pa.string()),
         ("timestamp", TIMESTAMP),
         ("timeWindow", pa.string()),
-        ("performanceData", PERFORMANCE_TYPE),
+        (PERFORMANCE_DATA, perf),
     ]
     return pa.schema(fields)
+
+
+def arrow_schema(*, with_id: bool = True) -> pa.Schema:
+    """The nested Arrow schema of a stored snapshot (`_id` as 12 raw bytes when asked).
+
+    Derived from `schema.TABLES` when called (cached per contract), so it always follows
+    the contract in force.
+    """
+    return _arrow_schema(schema.TABLES, with_id)
 
 
 @dataclass(frozen=True)
@@ -101,13 +98,43 @@ class Frames:
         return self.snapshots.height
 
 
-def _section_columns(section: str, spec: FieldSpec) -> list[pl.Expr]:
-    base = pl.col("performanceData").struct.field(section)
-    return [base.struct.field(name).alias(f"{section}_{snake(name)}") for name, _, _ in spec]
+def _column(path: str) -> pl.Expr:
+    """The column at a dotted path of a stored document (struct fields all the way)."""
+    head, *rest = path.split(".")
+    expr = pl.col(head)
+    for name in rest:
+        expr = expr.struct.field(name)
+    return expr
 
 
-def _item_columns(spec: FieldSpec) -> list[pl.Expr]:
-    return [pl.col(name).alias(snake(name)) for name, _, _ in spec]
+def _snapshot_columns(table: Table) -> list[pl.Expr]:
+    """A table's columns in the snapshots frame: its fields, or for a repeated table with
+    `sum_prefix`, each field summed over the snapshot's objects (null when there is no
+    list: no section is not a sum of 0)."""
+    base = _column(table.path)
+    if not table.repeated:
+        return [base.struct.field(name).alias(f"{table.key}_{snake(name)}") for name, _, _ in table.fields]
+    if not table.sum_prefix:
+        return []
+    return [
+        pl.when(base.is_null())
+        .then(None)
+        .otherwise(base.list.eval(pl.element().struct.field(name)).list.sum())
+        .alias(f"{table.sum_prefix}_{snake(name)}")
+        for name, _, _ in table.fields
+    ]
+
+
+def _item_frame(df: pl.DataFrame, table: Table) -> pl.DataFrame:
+    """One row per object of a repeated table, keyed by KEYS and the object's name."""
+    return (
+        df.select(*KEYS, _column(table.path).alias("item"))
+        .explode("item")
+        .drop_nulls("item")
+        .unnest("item")
+        .select(*KEYS, pl.col("name").alias(table.item), *(pl.col(n).alias(snake(n)) for n, _, _ in table.fields))
+        .sort([*KEYS, table.item])
+    )
 
 
 def empty_frames() -> Frames:
@@ -125,42 +152,10 @@ def frames_from_arrow(table: pa.Table) -> Frames:
     df = pl.from_arrow(table)
     assert isinstance(df, pl.DataFrame)
     ids = [c for c in ("_id", "orgId", "agentId", "assetId", "timestamp", "timeWindow") if c in df.columns]
-    perf = pl.col("performanceData")
-    interfaces_list = perf.struct.field("network").struct.field("interfaces")
-    snapshots = df.select(
-        *ids,
-        *_section_columns("cpu", CPU_FIELDS),
-        perf.struct.field("cpu").struct.field("perCore").alias("cpu_per_core"),
-        *_section_columns("memory", MEMORY_FIELDS),
-        perf.struct.field("network").struct.field("totalUsage").alias("network_total_usage"),
-        *(
-            # Snapshots without a network section have no interfaces: their sums are null, not 0.
-            pl.when(perf.struct.field("network").is_null())
-            .then(None)
-            .otherwise(interfaces_list.list.eval(pl.element().struct.field(name)).list.sum())
-            .alias(f"network_{snake(name)}")
-            for name, _, _ in INTERFACE_FIELDS
-        ),
-        *_section_columns("system", SYSTEM_FIELDS),
-    ).sort(list(KEYS))
-    keys = df.select(*KEYS, perf)
-    disks = (
-        keys.select(*KEYS, perf.struct.field("disk").alias("item"))
-        .explode("item")
-        .drop_nulls("item")
-        .unnest("item")
-        .select(*KEYS, pl.col("name").alias("disk"), *_item_columns(DISK_FIELDS))
-        .sort([*KEYS, "disk"])
-    )
-    interfaces = (
-        keys.select(*KEYS, interfaces_list.alias("item"))
-        .explode("item")
-        .drop_nulls("item")
-        .unnest("item")
-        .select(*KEYS, pl.col("name").alias("interface"), *_item_columns(INTERFACE_FIELDS))
-        .sort([*KEYS, "interface"])
-    )
-    return Frames(snapshots, disks, interfaces)
+    tables = schema.TABLES
+    snapshots = df.select(*ids, *(c for t in tables for c in _snapshot_columns(t))).sort(list(KEYS))
+    items = {t.frame: _item_frame(df, t) for t in tables if t.repeated}
+    return Frames(snapshots, items["disks"], items["interfaces"])
 
 
 def frames_from_documents(docs: Iterable[Mapping[str, Any]]) -> Frames:

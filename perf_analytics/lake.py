@@ -55,6 +55,7 @@ from perf_analytics.atomic import atomic_path, fsync_dir
 from perf_analytics.errors import PerfAnalyticsError
 from perf_analytics.frames import empty_frames
 from perf_analytics.rollups import Rollups, compute_availability, compute_rollups
+from perf_analytics.schema import ID_RULE, is_valid_id
 
 PART = "part-0.parquet"
 ROLLUP_DATASETS = {"assets": "rollups", "disks": "rollups_disks", "interfaces": "rollups_interfaces"}
@@ -84,7 +85,9 @@ ANOMALY_SCHEMA = pa.schema(
     ]
 )
 
-_FORBIDDEN = ("/", "\\", "=", "\0")
+# DuckDB expands these in the paths read_parquet is given (glob) and decodes %xx in Hive
+# partition values; a lake root holding one would read other files than those listed.
+_ROOT_FORBIDDEN = ("*", "?", "[", "]", "{", "}", "%")
 
 
 class LakeError(PerfAnalyticsError):
@@ -95,14 +98,25 @@ class LakeError(PerfAnalyticsError):
 
 
 def _check_part(what: str, value: str) -> str:
-    if not isinstance(value, str) or not value or value in (".", "..") or any(c in value for c in _FORBIDDEN):
-        raise LakeError(f"{what} {value!r} cannot be a partition path segment (empty, '.', '..', or holds / \\ =)")
+    """`value` when it may be a path segment: the identifier rule of the snapshot contract
+    (org ids, dataset and key names, windows and dates all follow it)."""
+    if not is_valid_id(value):
+        raise LakeError(f"{what} {value!r} cannot be a partition path segment: use {ID_RULE}")
     return value
+
+
+def _check_root(root: str | os.PathLike[str]) -> Path:
+    """The lake root as a Path, refused when DuckDB would read it as a pattern."""
+    text = os.fspath(root)
+    found = sorted({c for c in text if c in _ROOT_FORBIDDEN})
+    if found:
+        raise LakeError(f"lake root {text!r} holds {' '.join(found)}, which DuckDB reads as a pattern; choose another path")
+    return Path(text)
 
 
 def partition_dir(root: str | os.PathLike[str], dataset: str, partition: Mapping[str, str]) -> Path:
     """`<root>/<dataset>/key=value/...` for the partition, keys in the order given."""
-    path = Path(root) / _check_part("dataset", dataset)
+    path = _check_root(root) / _check_part("dataset", dataset)
     for key, value in partition.items():
         path /= f"{_check_part('partition key', key)}={_check_part(f'value of {key}', value)}"
     return path
@@ -202,9 +216,11 @@ def lake_files(root: str | os.PathLike[str], dataset: str, *, org_id: str | None
     """The Parquet files of a dataset, sorted; only under `orgId=<org_id>` when given.
 
     Directories of other orgs are not entered; hidden files (temp files of a crashed
-    writer) and files that are not `.parquet` are not listed.
+    writer) and files that are not `.parquet` are not listed. A listed directory or file
+    whose name breaks the identifier rule (`orgId=*`, a value with `%2F`: written by other
+    code) is refused with LakeError: DuckDB would glob or decode it into other rows.
     """
-    base = Path(root) / _check_part("dataset", dataset)
+    base = _check_root(root) / _check_part("dataset", dataset)
     wanted = None if org_id is None else f"orgId={_check_part('org id', org_id)}"
     found: list[Path] = []
     for current, dirs, files in os.walk(base):
@@ -212,10 +228,21 @@ def lake_files(root: str | os.PathLike[str], dataset: str, *, org_id: str | None
             d for d in dirs
             if not d.startswith((".", "_")) and (wanted is None or not d.startswith("orgId=") or d == wanted)
         )
+        for d in dirs:
+            _check_segment(Path(current) / d)
         if wanted is not None and wanted not in Path(current).relative_to(base).parts:
             continue
-        found += [Path(current) / f for f in files if f.endswith(".parquet") and not f.startswith((".", "_"))]
+        listed = [f for f in files if f.endswith(".parquet") and not f.startswith((".", "_"))]
+        found += [_check_segment(Path(current) / f) for f in listed]
     return sorted(found)
+
+
+def _check_segment(path: Path) -> Path:
+    """`path` when its last segment (a file or a `key=value` directory) follows the rule."""
+    key, sep, value = path.name.partition("=")
+    if not all(is_valid_id(part) for part in ((key, value) if sep else (key,))):
+        raise LakeError(f"{path} is not a partition the lake writes ({ID_RULE}); move it out of the lake")
+    return path
 
 
 def _empty_table(dataset: str) -> pa.Table | None:

@@ -3,7 +3,7 @@
 Older code stored each snapshot as a document in `assets` (it carries performanceData and
 timestamp). For one org at a time, `migrate_legacy_snapshots` normalises each such
 document with the snapshot contract, inserts it into performance_snapshots under its own
-_id, checks by the unique key (orgId, assetId, timestamp) that it is there, moves the
+_id (an ObjectId: `schema.repaired_id`, as `doctor` repairs ids), checks by the unique key (orgId, assetId, timestamp) that it is there, moves the
 asset's lastSeen forward, and only then deletes it from `assets`. Each step is safe to
 repeat, so a crash at any point is finished by the next run, and a run after a
 successful one moves nothing.
@@ -19,7 +19,7 @@ from typing import Any
 from pymongo.errors import BulkWriteError
 
 from perf_analytics.errors import ConfigError, ServerError, ValidationError
-from perf_analytics.schema import ASSETS, SNAPSHOTS, validate_snapshot
+from perf_analytics.schema import ASSETS, SNAPSHOTS, Problem, repaired_id, validate_snapshot
 from perf_analytics.store import KEY_INDEX, Db, Doc, ensure_indexes, missing_indexes, touch_assets
 
 DEFAULT_BATCH_SIZE = 1000
@@ -30,14 +30,6 @@ _MAX_REASON_CHARS = 300
 def legacy_filter(org_id: str) -> Doc:
     """The filter for `org_id`'s legacy snapshot documents in `assets`."""
     return {"orgId": org_id, "performanceData": {"$exists": True}, "timestamp": {"$exists": True}}
-
-
-@dataclass(frozen=True)
-class LeftInAssets:
-    """A legacy document that stays in `assets`, and why."""
-
-    id: Any
-    reason: str
 
 
 @dataclass(frozen=True)
@@ -53,7 +45,7 @@ class MigrateReport:
     dry_run: bool
     moved: int = 0
     already_present: int = 0
-    left: list[LeftInAssets] = field(default_factory=list)
+    left: list[Problem] = field(default_factory=list)  # documents that stay in `assets`, and why
     unknown_assets: list[str] = field(default_factory=list)
     created_indexes: list[str] = field(default_factory=list)
 
@@ -73,7 +65,7 @@ def migrate_legacy_snapshots(
     """Move `org_id`'s legacy snapshot documents from `assets` to performance_snapshots.
 
     Per batch: normalise (coercing the string numbers and dates older code wrote), insert
-    unordered keeping each _id (a duplicate key means "already there"), verify presence by
+    unordered keeping each _id (as an ObjectId; a duplicate key means "already there"), verify presence by
     (orgId, assetId, timestamp), move lastSeen forward with `$max`, then delete the verified
     documents by _id and orgId. Documents that fail validation or verification stay in
     `assets` and are listed in the report. A real run first creates the snapshot indexes
@@ -89,15 +81,18 @@ def migrate_legacy_snapshots(
     if not dry_run and KEY_INDEX in missing_indexes(db):
         created = ensure_indexes(db).created
     moved = already = 0
-    left: list[LeftInAssets] = []
+    left: list[Problem] = []
     orphans: set[str] = set()
     for batch in _legacy_batches(db, org_id, dry_run=dry_run, batch_size=batch_size, left=left):
         valid: list[Doc] = []
+        raw_ids: dict[Any, Any] = {}  # stored _id -> the legacy document's _id in assets
         for raw in batch:
             try:
-                valid.append(validate_snapshot(raw, org_id=org_id, coerce=True))
+                valid.append(_normalise(raw, org_id))
             except ValidationError as exc:
-                left.append(LeftInAssets(raw["_id"], f"invalid: {exc}"))
+                left.append(Problem(raw["_id"], f"invalid: {exc}"))
+                continue
+            raw_ids[valid[-1]["_id"]] = raw["_id"]
         if dry_run:
             present = _present_keys(db, org_id, valid)
             moved += len(valid)
@@ -110,11 +105,11 @@ def migrate_legacy_snapshots(
             if _key(doc) in present:
                 verified.append(doc)
             elif doc["_id"] in failed:
-                left.append(LeftInAssets(doc["_id"], f"insert failed: {failed[doc['_id']]}"))
+                left.append(Problem(raw_ids[doc["_id"]], f"insert failed: {failed[doc['_id']]}"))
             else:
                 left.append(
-                    LeftInAssets(
-                        doc["_id"],
+                    Problem(
+                        raw_ids[doc["_id"]],
                         "not found in performance_snapshots after insert: its _id belongs "
                         "to another snapshot",
                     )
@@ -128,7 +123,7 @@ def migrate_legacy_snapshots(
         # lastSeen moves before the delete: a crash in between leaves the document in
         # assets, and the re-run repeats the (idempotent) $max and then deletes it.
         orphans |= touch_assets(db, org_id, newest)
-        result = db[ASSETS].delete_many({"_id": {"$in": [doc["_id"] for doc in verified]}, "orgId": org_id})
+        result = db[ASSETS].delete_many({"_id": {"$in": [raw_ids[doc["_id"]] for doc in verified]}, "orgId": org_id})
         moved += result.deleted_count
         already += sum(1 for doc in verified if doc["_id"] in duplicates)
     return MigrateReport(
@@ -164,7 +159,7 @@ def legacy_org_ids(db: Db) -> list[str]:
 
 
 def _legacy_batches(
-    db: Db, org_id: str, *, dry_run: bool, batch_size: int, left: Sequence[LeftInAssets]
+    db: Db, org_id: str, *, dry_run: bool, batch_size: int, left: Sequence[Problem]
 ) -> Iterator[list[Doc]]:
     """The org's legacy documents in batches of at most `batch_size`.
 
@@ -202,6 +197,15 @@ def _legacy_batches(
             )
         seen.update(doc["_id"] for doc in batch)
         yield batch
+
+
+def _normalise(raw: Doc, org_id: str) -> Doc:
+    """A legacy document as a snapshot: the contract's normalisation, and an ObjectId `_id`
+    as `doctor` gives one (`schema.repaired_id`: the same on every run, the old value kept
+    in `originalId` unless it was a 24-hex string)."""
+    doc = validate_snapshot({k: v for k, v in raw.items() if k != "_id"}, org_id=org_id, coerce=True)
+    new_id, extra = repaired_id(org_id, raw["_id"])
+    return {"_id": new_id, **doc, **extra}
 
 
 def _insert(db: Db, docs: list[Doc]) -> tuple[set[Any], dict[Any, str]]:

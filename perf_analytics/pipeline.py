@@ -12,7 +12,6 @@ new run no longer produces.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -24,7 +23,7 @@ from pymongo import ReplaceOne
 
 from perf_analytics.anomalies import AnomalyConfig, combine_episodes, flag_assets, flag_peers
 from perf_analytics.errors import ConfigError
-from perf_analytics.extract import MAX_REPORTED, Skipped, extract_window
+from perf_analytics.extract import MAX_REPORTED, extract_window
 from perf_analytics.frames import Frames, empty_frames
 from perf_analytics.lake import (
     ANOMALIES,
@@ -43,7 +42,7 @@ from perf_analytics.rollups import (
     compute_rollups,
     upsert_rollups,
 )
-from perf_analytics.schema import SNAPSHOTS
+from perf_analytics.schema import SNAPSHOTS, Problem, hashed_key
 from perf_analytics.store import Db, bulk_write_chunked, probe_capabilities
 
 ANOMALY_FLAGS = "anomaly_flags"
@@ -57,7 +56,7 @@ class DayResult:
     flags: pl.DataFrame = field(default_factory=pl.DataFrame)
     rollup_rows: dict[str, int] = field(default_factory=dict)
     paths: list[Path] = field(default_factory=list)
-    skipped: list[Skipped] = field(default_factory=list)
+    skipped: list[Problem] = field(default_factory=list)
     skipped_count: int = 0
     sink_writes: int = 0
 
@@ -214,8 +213,8 @@ def _replace_flags(lake: str | Path, org_id: str, day: date, flags: pl.DataFrame
 
 
 def _flag_id(row: dict[str, Any]) -> str:
-    key = f"{row['orgId']}\0{row['assetId']}\0{row['metric']}\0{row['detector']}\0{row['start'].isoformat()}"
-    return hashlib.sha256(key.encode()).hexdigest()[:24]
+    """The `_id` of a flag: a hash of its natural key (never the ids joined into one string)."""
+    return hashed_key(row["orgId"], row["assetId"], row["metric"], row["detector"], row["start"].isoformat())
 
 
 def upsert_flags(db: Db, org_id: str, day: date, flags: pl.DataFrame) -> int:

@@ -82,7 +82,7 @@ from pymongo.errors import PyMongoError
 
 from perf_analytics.errors import PerfAnalyticsError, ServerError
 from perf_analytics.frames import Frames
-from perf_analytics.schema import TIME_WINDOWS
+from perf_analytics.schema import TIME_WINDOWS, hashed_key
 from perf_analytics.store import Db, bulk_write_chunked
 
 WINDOWS: tuple[str, ...] = tuple(TIME_WINDOWS)
@@ -615,8 +615,9 @@ def upsert_rollups(db: Db, org_id: str, rollups: Mapping[str, Rollups], *, batch
     present in `rollups`, like a lake partition; returns the documents written.
 
     One document per row with `kind` ("asset", "disk", "interface"), orgId, assetId,
-    `window`, `bucket` and, for disks and interfaces, their name: the natural key, which
-    also makes up the string `_id`. Documents of those (org, window, date)s that the new
+    `window`, `bucket` and, for disks and interfaces, their name: the natural key, whose
+    hash is the `_id` (`schema.hashed_key`: ids joined into one string would collide
+    across orgs). Documents of those (org, window, date)s that the new
     rollups no longer have (a disk that vanished, an asset now excluded) are deleted first;
     the rows are then written as ReplaceOne upserts, so a run interrupted in between is
     completed by running it again. Rows of other orgs in `rollups` are left out: writing
@@ -635,9 +636,7 @@ def upsert_rollups(db: Db, org_id: str, rollups: Mapping[str, Rollups], *, batch
         kind, name_column = _KIND[level]
         for row in frame.filter(pl.col("orgId") == org_id).iter_rows(named=True):
             name = row[name_column] if name_column else None
-            key = "|".join(
-                [org_id, row["assetId"], window, row["bucket"].isoformat(), kind, *([name] if name else [])]
-            )
+            key = hashed_key(org_id, row["assetId"], window, row["bucket"].isoformat(), kind, *([name] if name else []))
             doc = {"_id": key, "kind": kind, "window": window, **row}
             batch.append(ReplaceOne({"_id": key, "orgId": org_id}, doc, upsert=True))
             if len(batch) >= batch_size:

@@ -1,21 +1,32 @@
 """The snapshot contract: what an agent payload must look like and how it is stored.
 
 `validate_snapshot` checks one payload and returns the normalised document (UTC BSON
-date, doubles for metrics, ints for counts, unknown fields kept). Every rule lives in the
-tables below, so a new field is added in one place. A broken payload raises
+date, doubles for metrics, ints for counts, an ObjectId `_id`, unknown fields kept). The
+contract is data: `TABLES` says where each field table lives in a stored document, and
+validation, the Arrow schema and frames (`frames.py`), extraction and `doctor` all read
+it, so a field or a section is added with one edit here. A broken payload raises
 `ValidationError` naming the field path and what is wrong; the caller's mapping is never
 modified.
+
+Identifiers (`orgId`, `assetId`, `agentId`) follow one rule, `ID_PATTERN`: they become
+lake paths, DuckDB file lists and sink keys, where `*`, `%`, `/` or `|` would reach
+another tenant's data or collide with it.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import re
-from collections.abc import Callable, Mapping
+import reprlib
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from bson import ObjectId
+import bson
+from bson import Decimal128, ObjectId
 from bson.int64 import Int64
 
 from perf_analytics.errors import ValidationError
@@ -31,24 +42,105 @@ TIME_WINDOWS: dict[str, timedelta] = {
     "1day": timedelta(days=1),
 }
 
+# -- identifiers ------------------------------------------------------------------------
+
+# Letters, digits and . _ : -, 1 to 128 characters, starting with a letter or digit. Out:
+# "." and ".." (path steps), "/" and "\" (path separators), "*", "?", "[" (DuckDB globs
+# the paths it reads), "%" (DuckDB decodes %xx in Hive partition values), "=" (Hive
+# key=value), "|" and spaces (separators of keys older code joined).
+ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+ID_RULE = "letters, digits and . _ : - (1 to 128 characters, starting with a letter or digit)"
+ID_FIELDS = ("orgId", "agentId", "assetId")
+
+
+def is_valid_id(value: Any) -> bool:
+    """True when `value` is a string that follows the identifier rule (`ID_PATTERN`)."""
+    return isinstance(value, str) and ID_PATTERN.fullmatch(value) is not None
+
+
+def check_id(field: str, value: Any) -> str:
+    """`value` when it follows the identifier rule; otherwise ValidationError naming `field`."""
+    if value is None:
+        raise ValidationError(field, "is required")
+    if not isinstance(value, str):
+        raise ValidationError(field, f"expected a string, got {_type_name(value)}")
+    if not value.strip():
+        raise ValidationError(field, "must not be empty")
+    if not is_valid_id(value):
+        raise ValidationError(field, f"{_shown(value)} is not an identifier: use {ID_RULE}")
+    return value
+
+
+def hashed_key(*parts: str) -> str:
+    """A document `_id` for a key made of several ids: the SHA-256 of the parts as a JSON
+    array, so no two different keys share an `_id`, whatever the parts contain."""
+    return hashlib.sha256(json.dumps(parts, ensure_ascii=False).encode()).hexdigest()
+
+
+# -- document ids -----------------------------------------------------------------------
+
+_HEX_ID = re.compile(r"[0-9a-fA-F]{24}")
+ORIGINAL_ID = "originalId"  # where a repaired document keeps an `_id` that was no ObjectId
+
+
+def _object_id(value: Any) -> ObjectId:
+    """The stored `_id` of a payload: an ObjectId, or a 24-hex-digit string as its ObjectId."""
+    if isinstance(value, ObjectId):
+        return value
+    if isinstance(value, str) and _HEX_ID.fullmatch(value):
+        return ObjectId(value)
+    raise ValidationError("_id", f"expected an ObjectId or a 24-hex-digit string, got {_type_name(value)} {_shown(value)}")
+
+
+def repaired_id(org_id: str, value: Any) -> tuple[ObjectId, dict[str, Any]]:
+    """The ObjectId a stored document with `_id` `value` gets on repair, and the fields to add.
+
+    An ObjectId stays; a 24-hex-digit string becomes that ObjectId; any other value becomes
+    an ObjectId derived from (org, value), the same on every run, so an interrupted repair
+    finishes under the same id, and the old value is kept in `originalId`.
+    """
+    if isinstance(value, ObjectId) or (isinstance(value, str) and _HEX_ID.fullmatch(value)):
+        return ObjectId(str(value)), {}
+    digest = hashlib.sha256(bson.encode({"orgId": org_id, "_id": value})).digest()
+    return ObjectId(digest[:12]), {ORIGINAL_ID: value}
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A document an operation left alone (not extracted, not repaired, not moved), and why."""
+
+    id: Any
+    reason: str
+
+
+# -- the field tables --------------------------------------------------------------------
+
 # Kinds of value a field may hold; each maps to one checker below.
 PERCENT = "percent"  # double in [0, 100]
+PERCENTS = "percents"  # array of PERCENT
 BYTES = "bytes"  # double >= 0
 RATE = "rate"  # double >= 0
 NUMBER = "number"  # any finite double
 COUNT = "count"  # int >= 0
 TEMPERATURE = "temperature"  # double above absolute zero
 
-# (field, kind, required) per section of performanceData.
-CPU_FIELDS = (("usage", PERCENT, True), ("temperature", TEMPERATURE, False), ("frequency", RATE, False))
-MEMORY_FIELDS = (
+FieldSpec = tuple[tuple[str, str, bool], ...]
+
+# (field, kind, required) per table.
+CPU_FIELDS: FieldSpec = (
+    ("usage", PERCENT, True),
+    ("temperature", TEMPERATURE, False),
+    ("frequency", RATE, False),
+    ("perCore", PERCENTS, False),
+)
+MEMORY_FIELDS: FieldSpec = (
     ("usagePercent", PERCENT, True),
     ("usedBytes", BYTES, True),
     ("totalBytes", BYTES, True),
     ("availableBytes", BYTES, True),
     ("swapUsed", BYTES, False),
 )
-DISK_FIELDS = (
+DISK_FIELDS: FieldSpec = (
     ("usagePercent", PERCENT, True),
     ("totalBytes", BYTES, True),
     ("usedBytes", BYTES, True),
@@ -58,21 +150,163 @@ DISK_FIELDS = (
     ("readOpsPerSec", RATE, False),
     ("writeOpsPerSec", RATE, False),
 )
-INTERFACE_FIELDS = (
+NETWORK_FIELDS: FieldSpec = (("totalUsage", RATE, True),)
+INTERFACE_FIELDS: FieldSpec = (
     ("bytesRecvPerSec", RATE, True),
     ("bytesSentPerSec", RATE, True),
     ("packetsRecvPerSec", RATE, True),
     ("packetsSentPerSec", RATE, True),
 )
-SYSTEM_FIELDS = (("uptime", NUMBER, True), ("processCount", COUNT, True), ("threadCount", COUNT, True))
+SYSTEM_FIELDS: FieldSpec = (("uptime", NUMBER, True), ("processCount", COUNT, True), ("threadCount", COUNT, True))
 
-# Sections of performanceData: cpu and memory are what every agent sends; the others may be
-# absent on agents that cannot measure them, but are complete when present.
-REQUIRED_SECTIONS = ("cpu", "memory")
-OPTIONAL_SECTIONS = ("disk", "network", "system")
+PERFORMANCE_DATA = "performanceData"
 
+
+@dataclass(frozen=True)
+class Table:
+    """One field table and where it lives in a stored document.
+
+    `path` is the dotted path of an object (or, `repeated`, of an array of objects) whose
+    parent is `performanceData` or another table. `required`: present whenever its parent
+    is (`performanceData`'s required tables: every snapshot has them). `named`: each object
+    carries a non-empty string `name`. `bounded`: its usedBytes may not exceed totalBytes.
+    A repeated table is one row per object in the frame `frame` (its name column `item`);
+    with `sum_prefix` its fields are also summed per snapshot as `<sum_prefix>_<field>`.
+    """
+
+    path: str
+    fields: FieldSpec
+    required: bool = False
+    repeated: bool = False
+    named: bool = False
+    bounded: bool = False
+    frame: str = ""
+    item: str = ""
+    sum_prefix: str = ""
+
+    @property
+    def parent(self) -> str:
+        return self.path.rpartition(".")[0]
+
+    @property
+    def key(self) -> str:
+        return self.path.rpartition(".")[2]
+
+
+# cpu and memory are what every agent sends; the others may be absent on agents that
+# cannot measure them, but are complete when present. Order: the Arrow schema's and frames'.
+TABLES: tuple[Table, ...] = (
+    Table("performanceData.cpu", CPU_FIELDS, required=True),
+    Table("performanceData.memory", MEMORY_FIELDS, required=True, bounded=True),
+    Table("performanceData.disk", DISK_FIELDS, repeated=True, named=True, bounded=True, frame="disks", item="disk"),
+    Table("performanceData.network", NETWORK_FIELDS),
+    Table(
+        "performanceData.network.interfaces",
+        INTERFACE_FIELDS,
+        required=True,
+        repeated=True,
+        named=True,
+        frame="interfaces",
+        item="interface",
+        sum_prefix="network",
+    ),
+    Table("performanceData.system", SYSTEM_FIELDS),
+)
+
+
+def children(parent: str, tables: tuple[Table, ...] | None = None) -> list[Table]:
+    """The tables directly under `parent` (a table's path or `performanceData`), in order."""
+    return [t for t in (TABLES if tables is None else tables) if t.parent == parent]
+
+
+def metric_paths() -> tuple[str, ...]:
+    """Dotted paths of every metric (a double, or an array of doubles) in a stored document."""
+    return tuple(f"{t.path}.{name}" for t in TABLES for name, kind, _ in t.fields if kind != COUNT)
+
+
+def count_paths() -> tuple[str, ...]:
+    """Dotted paths of every count (an int) in a stored document."""
+    return tuple(f"{t.path}.{name}" for t in TABLES for name, kind, _ in t.fields if kind == COUNT)
+
+
+# -- off-type stored documents -----------------------------------------------------------
+
+ID_NOT_OBJECTID = "_id not an ObjectId"
+TIMESTAMP_NOT_DATE = "timestamp not a date"
+METRIC_STRING = "metric stored as string"
+METRIC_INTEGER = "metric stored as int/long"
+METRIC_OTHER = "metric of another type"
+COUNT_STRING = "count stored as string"
+COUNT_OTHER = "count stored as double or another type"
+OFF_TYPE_KINDS = (
+    ID_NOT_OBJECTID,
+    TIMESTAMP_NOT_DATE,
+    METRIC_STRING,
+    METRIC_INTEGER,
+    METRIC_OTHER,
+    COUNT_STRING,
+    COUNT_OTHER,
+)
+
+
+def values_at(doc: Any, path: str) -> Iterator[Any]:
+    """The values at a dotted path, stepping into arrays as MongoDB's path matching does."""
+    head, _, rest = path.partition(".")
+    if isinstance(doc, list):
+        for item in doc:
+            yield from values_at(item, path)
+        return
+    if not isinstance(doc, Mapping) or head not in doc:
+        return
+    value = doc[head]
+    if rest:
+        yield from values_at(value, rest)
+    elif isinstance(value, list):
+        yield from value
+    else:
+        yield value
+
+
+def off_type_kinds(doc: Mapping[str, Any]) -> list[str]:
+    """Which off-type kinds a stored document shows (the types extraction cannot read)."""
+    kinds = []
+    if not isinstance(doc.get("_id"), ObjectId):
+        kinds.append(ID_NOT_OBJECTID)
+    if not isinstance(doc.get("timestamp"), datetime):
+        kinds.append(TIMESTAMP_NOT_DATE)
+    metrics = [v for p in metric_paths() for v in values_at(doc, p)]
+    counts = [v for p in count_paths() for v in values_at(doc, p)]
+    if any(isinstance(v, str) for v in metrics):
+        kinds.append(METRIC_STRING)
+    if any(isinstance(v, int) and not isinstance(v, bool) for v in metrics):
+        kinds.append(METRIC_INTEGER)
+    if any(isinstance(v, bool | Mapping | Decimal128) for v in metrics):
+        kinds.append(METRIC_OTHER)
+    if any(isinstance(v, str) for v in counts):
+        kinds.append(COUNT_STRING)
+    if any(isinstance(v, float | bool | Mapping | Decimal128) for v in counts):
+        kinds.append(COUNT_OTHER)
+    return kinds
+
+
+# -- checkers ----------------------------------------------------------------------------
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _EPOCH_MS_THRESHOLD = 100_000_000_000  # numbers above this are epoch milliseconds (year 5138 in s)
 _ISO_Z = re.compile(r"[zZ]$")
+_SHOWN_CHARS = 60
+
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel = 2
+_REPR.maxstring = _REPR.maxother = _REPR.maxlong = _SHOWN_CHARS
+
+
+def _shown(value: Any) -> str:
+    """`repr(value)`, cut short (and a few levels deep): a reason quotes the value, not a
+    whole payload, and a deeply nested one must not exhaust the stack."""
+    text = _REPR.repr(value)
+    return text if len(text) <= _SHOWN_CHARS else text[: _SHOWN_CHARS - 3] + "..."
 
 
 def _type_name(value: Any) -> str:
@@ -91,8 +325,11 @@ def _type_name(value: Any) -> str:
 
 def _as_float(path: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float | Int64):
-        raise ValidationError(path, f"expected a number, got {_type_name(value)} {value!r}")
-    number = float(value)
+        raise ValidationError(path, f"expected a number, got {_type_name(value)} {_shown(value)}")
+    try:
+        number = float(value)
+    except OverflowError:
+        raise ValidationError(path, f"number {_shown(value)} is too large") from None
     if not math.isfinite(number):
         raise ValidationError(path, f"expected a finite number, got {value!r}")
     return number
@@ -122,7 +359,7 @@ def _temperature(path: str, value: Any) -> float:
 def _count(path: str, value: Any) -> int:
     number = _as_float(path, value)
     if number < 0 or number != int(number):
-        raise ValidationError(path, f"expected a whole number >= 0, got {value!r}")
+        raise ValidationError(path, f"expected a whole number >= 0, got {_shown(value)}")
     return int(number)
 
 
@@ -134,6 +371,7 @@ _CHECKERS: dict[str, Callable[[str, Any], float | int]] = {
     COUNT: _count,
     TEMPERATURE: _temperature,
 }
+_ARRAY_OF = {PERCENTS: PERCENT}  # array kinds and the kind of their items
 
 
 def _object(path: str, value: Any) -> Mapping[str, Any]:
@@ -165,12 +403,18 @@ def _numeric_string(path: str, value: Any, coerce: bool) -> Any:
     try:
         return float(value.strip())
     except ValueError:
-        raise ValidationError(path, f"expected a number, got string {value!r}") from None
+        raise ValidationError(path, f"expected a number, got string {_shown(value)}") from None
 
 
-def _fields(
-    path: str, section: Mapping[str, Any], spec: tuple[tuple[str, str, bool], ...], coerce: bool = False
-) -> dict[str, Any]:
+def _value(path: str, kind: str, value: Any, coerce: bool) -> Any:
+    if kind in _ARRAY_OF:
+        check = _CHECKERS[_ARRAY_OF[kind]]
+        items = _array(path, value)
+        return [check(f"{path}[{i}]", _numeric_string(f"{path}[{i}]", v, coerce)) for i, v in enumerate(items)]
+    return _CHECKERS[kind](path, _numeric_string(path, value, coerce))
+
+
+def _fields(path: str, section: Mapping[str, Any], spec: FieldSpec, coerce: bool) -> dict[str, Any]:
     """Copy `section`, checking and converting the fields that `spec` names."""
     out = dict(section)
     for field, kind, required in spec:
@@ -180,7 +424,7 @@ def _fields(
                 raise ValidationError(f"{path}.{field}", "is required")
             out.pop(field, None)  # null optional fields are stored as absent
             continue
-        out[field] = _CHECKERS[kind](f"{path}.{field}", _numeric_string(f"{path}.{field}", value, coerce))
+        out[field] = _value(f"{path}.{field}", kind, value, coerce)
     return out
 
 
@@ -190,144 +434,132 @@ def _used_within_total(path: str, section: Mapping[str, Any]) -> None:
         raise ValidationError(f"{path}.usedBytes", f"{used:g} exceeds totalBytes {total:g}")
 
 
+def _table_object(path: str, table: Table, value: Any, coerce: bool) -> dict[str, Any]:
+    """One object of `table` (at `path`, indexes shown), checked, with its child tables."""
+    out = _fields(path, _object(path, value), table.fields, coerce)
+    if table.named:
+        out["name"] = _name(f"{path}.name", out.get("name"))
+    if table.bounded:
+        _used_within_total(path, out)
+    _child_tables(table.path, path, out, coerce)
+    return out
+
+
+def _child_tables(parent: str, path: str, container: dict[str, Any], coerce: bool) -> None:
+    """Check, in `container` (the object at `path`), the tables whose parent is `parent`."""
+    for table in children(parent):
+        here = f"{path}.{table.key}"
+        value = container.get(table.key)
+        if value is None:
+            if table.required:
+                raise ValidationError(here, "is required")
+            container.pop(table.key, None)
+        elif table.repeated:
+            items = _array(here, value)
+            container[table.key] = [_table_object(f"{here}[{i}]", table, v, coerce) for i, v in enumerate(items)]
+        else:
+            container[table.key] = _table_object(here, table, value, coerce)
+
+
+# -- timestamps --------------------------------------------------------------------------
+
+
 def parse_timestamp(value: Any, path: str = "timestamp") -> datetime:
-    """Return `value` as an aware UTC datetime with millisecond precision (BSON's)."""
+    """Return `value` as an aware UTC datetime with millisecond precision (BSON's).
+
+    ISO-8601 strings (naive means UTC) and datetimes are cut to the millisecond; epoch
+    numbers (seconds, or milliseconds above 1e11) are rounded to the nearest millisecond,
+    since a float holds no more than that reliably; `{"$date": ...}` is Extended JSON.
+    """
     if isinstance(value, Mapping) and "$date" in value:
         value = value["$date"]
         if isinstance(value, Mapping) and "$numberLong" in value:
-            value = int(value["$numberLong"])
-            return _from_epoch(path, value, milliseconds=True)
+            text = value["$numberLong"]
+            if not isinstance(text, str) or not re.fullmatch(r"-?[0-9]{1,19}", text.strip()):
+                raise ValidationError(path, f"$numberLong must be a string of digits, got {_shown(text)}")
+            return _from_epoch(path, int(text), milliseconds=True)
         if isinstance(value, int | float) and not isinstance(value, bool):
             return _from_epoch(path, value, milliseconds=True)
     if isinstance(value, datetime):
         moment = value if value.tzinfo else value.replace(tzinfo=UTC)
-        return _millis(moment.astimezone(UTC))
+        return _utc_millis(path, moment)
     if isinstance(value, bool):
         raise ValidationError(path, "expected a date, got boolean")
     if isinstance(value, int | float | Int64):
         return _from_epoch(path, value, milliseconds=abs(value) >= _EPOCH_MS_THRESHOLD)
     if isinstance(value, str):
-        text = value.strip()
-        if not text:
-            raise ValidationError(path, "must not be empty")
-        try:
-            moment = datetime.fromisoformat(_ISO_Z.sub("+00:00", text))
-        except ValueError:
-            raise ValidationError(path, f"not an ISO-8601 date: {value!r}") from None
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=UTC)
-        return _millis(moment.astimezone(UTC))
+        return _from_iso(path, value)
     if value is None:
         raise ValidationError(path, "is required")
     raise ValidationError(path, f"expected a date, got {_type_name(value)}")
 
 
-def _from_epoch(path: str, value: float, *, milliseconds: bool) -> datetime:
-    if not math.isfinite(value):
-        raise ValidationError(path, f"expected a finite epoch time, got {value!r}")
-    seconds = value / 1000 if milliseconds else value
+def _from_iso(path: str, value: str) -> datetime:
+    text = value.strip()
+    if not text:
+        raise ValidationError(path, "must not be empty")
     try:
-        return _millis(datetime.fromtimestamp(seconds, tz=UTC))
-    except (OverflowError, OSError, ValueError):
-        raise ValidationError(path, f"epoch time {value!r} is out of range") from None
+        moment = datetime.fromisoformat(_ISO_Z.sub("+00:00", text))
+    except ValueError:
+        raise ValidationError(path, f"not an ISO-8601 date: {_shown(value)}") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return _utc_millis(path, moment)
 
 
-def _millis(moment: datetime) -> datetime:
-    return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
+def _from_epoch(path: str, value: float, *, milliseconds: bool) -> datetime:
+    try:
+        if not math.isfinite(value):
+            raise ValidationError(path, f"expected a finite epoch time, got {value!r}")
+        millis = int(value) if milliseconds and isinstance(value, int) else round(value * (1 if milliseconds else 1000))
+        return _EPOCH + timedelta(milliseconds=millis)
+    except (OverflowError, ValueError):
+        raise ValidationError(path, f"epoch time {_shown(value)} is out of range") from None
+
+
+def _utc_millis(path: str, moment: datetime) -> datetime:
+    try:
+        utc = moment.astimezone(UTC)
+    except (OverflowError, ValueError):
+        raise ValidationError(path, f"{moment.isoformat()} is out of range in UTC") from None
+    return utc.replace(microsecond=utc.microsecond // 1000 * 1000)
+
+
+# -- the whole payload -------------------------------------------------------------------
 
 
 def validate_snapshot(payload: Any, *, org_id: str | None = None, coerce: bool = False) -> dict[str, Any]:
     """Check one agent payload and return the document to store.
 
     `org_id`, when given, is the organisation the caller acts for: a payload without
-    orgId takes it, a payload naming another org is rejected. `coerce` also accepts
-    numeric strings ("45.2") for numeric fields and converts them: for repairing documents
-    that older or other code stored with off types (`migrate`, `doctor --fix`), never for
-    agent payloads.
+    orgId takes it, a payload naming another org is rejected. orgId, agentId and assetId
+    must follow the identifier rule (`ID_PATTERN`). An `_id` must be an ObjectId or a
+    24-hex-digit string, stored as that ObjectId. `coerce` also accepts numeric strings
+    ("45.2") for numeric fields and converts them: for repairing documents that older or
+    other code stored with off types (`migrate`, `doctor --fix`), never for agent payloads.
     """
     doc = dict(_object("", payload))
     if org_id is not None:
         given = doc.get("orgId")
         if given is not None and given != org_id:
-            raise ValidationError("orgId", f"payload names org {given!r} but the call is for org {org_id!r}")
+            raise ValidationError("orgId", f"payload names org {_shown(given)} but the call is for org {org_id!r}")
         doc["orgId"] = org_id
-    for field in ("orgId", "agentId", "assetId"):
-        value = doc.get(field)
-        if value is None:
-            raise ValidationError(field, "is required")
-        doc[field] = _name(field, value)
+    for field in ID_FIELDS:
+        doc[field] = check_id(field, doc.get(field))
     doc["timestamp"] = parse_timestamp(doc.get("timestamp"))
     window = doc.get("timeWindow")
     if window is None:
         raise ValidationError("timeWindow", "is required")
-    if window not in TIME_WINDOWS:
-        raise ValidationError("timeWindow", f"{window!r} is not one of {', '.join(TIME_WINDOWS)}")
-    if "_id" in doc and not isinstance(doc["_id"], ObjectId | str):
-        raise ValidationError("_id", f"expected an ObjectId or string, got {_type_name(doc['_id'])}")
-
-    raw = doc.get("performanceData")
+    if not isinstance(window, str) or window not in TIME_WINDOWS:
+        raise ValidationError("timeWindow", f"{_shown(window)} is not one of {', '.join(TIME_WINDOWS)}")
+    if "_id" in doc:
+        doc["_id"] = _object_id(doc["_id"])
+    raw = doc.get(PERFORMANCE_DATA)
     if raw is None:
-        raise ValidationError("performanceData", "is required")
-    perf = dict(_object("performanceData", raw))
-    for section in REQUIRED_SECTIONS:
-        if perf.get(section) is None:
-            raise ValidationError(f"performanceData.{section}", "is required")
-
-    cpu = _fields("performanceData.cpu", _object("performanceData.cpu", perf["cpu"]), CPU_FIELDS, coerce)
-    if cpu.get("perCore") is not None:
-        cores = _array("performanceData.cpu.perCore", cpu["perCore"])
-        paths = [f"performanceData.cpu.perCore[{i}]" for i in range(len(cores))]
-        cpu["perCore"] = [_percent(p, _numeric_string(p, v, coerce)) for p, v in zip(paths, cores, strict=True)]
-    else:
-        cpu.pop("perCore", None)
-    perf["cpu"] = cpu
-
-    memory = _fields(
-        "performanceData.memory", _object("performanceData.memory", perf["memory"]), MEMORY_FIELDS, coerce
-    )
-    _used_within_total("performanceData.memory", memory)
-    perf["memory"] = memory
-
-    if perf.get("disk") is not None:
-        disks = []
-        for i, item in enumerate(_array("performanceData.disk", perf["disk"])):
-            path = f"performanceData.disk[{i}]"
-            disk = _fields(path, _object(path, item), DISK_FIELDS, coerce)
-            disk["name"] = _name(f"{path}.name", disk.get("name"))
-            _used_within_total(path, disk)
-            disks.append(disk)
-        perf["disk"] = disks
-    else:
-        perf.pop("disk", None)
-
-    if perf.get("network") is not None:
-        network = dict(_object("performanceData.network", perf["network"]))
-        if network.get("totalUsage") is None:
-            raise ValidationError("performanceData.network.totalUsage", "is required")
-        total_path = "performanceData.network.totalUsage"
-        network["totalUsage"] = _non_negative(total_path, _numeric_string(total_path, network["totalUsage"], coerce))
-        interfaces = []
-        raw_interfaces = network.get("interfaces")
-        if raw_interfaces is None:
-            raise ValidationError("performanceData.network.interfaces", "is required")
-        for i, item in enumerate(_array("performanceData.network.interfaces", raw_interfaces)):
-            path = f"performanceData.network.interfaces[{i}]"
-            interface = _fields(path, _object(path, item), INTERFACE_FIELDS, coerce)
-            interface["name"] = _name(f"{path}.name", interface.get("name"))
-            interfaces.append(interface)
-        network["interfaces"] = interfaces
-        perf["network"] = network
-    else:
-        perf.pop("network", None)
-
-    if perf.get("system") is not None:
-        perf["system"] = _fields(
-            "performanceData.system", _object("performanceData.system", perf["system"]), SYSTEM_FIELDS, coerce
-        )
-    else:
-        perf.pop("system", None)
-
-    doc["performanceData"] = perf
+        raise ValidationError(PERFORMANCE_DATA, "is required")
+    perf = dict(_object(PERFORMANCE_DATA, raw))
+    _child_tables(PERFORMANCE_DATA, PERFORMANCE_DATA, perf, coerce)
+    doc[PERFORMANCE_DATA] = perf
     return doc
 
 

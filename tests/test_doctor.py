@@ -15,25 +15,32 @@ from click.testing import CliRunner
 from perf_analytics.cli import app
 from perf_analytics.config import Settings
 from perf_analytics.doctor import (
-    COUNT_PATHS,
-    COUNT_STRING,
-    METRIC_INTEGER,
-    METRIC_PATHS,
-    METRIC_STRING,
-    TIMESTAMP_NOT_DATE,
+    REPAIR_JOURNAL,
+    REPAIR_PENDING,
     diagnose,
     diagnose_all_orgs,
 )
 from perf_analytics.errors import ValidationError
+from perf_analytics.extract import extract_window
 from perf_analytics.schema import (
     ASSETS,
     COUNT,
+    COUNT_STRING,
     CPU_FIELDS,
     DISK_FIELDS,
+    ID_NOT_OBJECTID,
     INTERFACE_FIELDS,
     MEMORY_FIELDS,
+    METRIC_INTEGER,
+    METRIC_STRING,
+    NETWORK_FIELDS,
+    ORIGINAL_ID,
     SNAPSHOTS,
     SYSTEM_FIELDS,
+    TIMESTAMP_NOT_DATE,
+    count_paths,
+    metric_paths,
+    repaired_id,
     validate_snapshot,
 )
 from perf_analytics.store import INDEXES, Db, missing_indexes
@@ -128,7 +135,7 @@ def test_a_healthy_org_reports_no_problems(db: Db) -> None:
     report = diagnose(db, "org-a")
 
     assert report.healthy
-    assert [check.found for check in report.checks] == [0, 0, 0, 0, 0]
+    assert [check.found for check in report.checks] == [0, 0, 0, 0, 0, 0]
 
 
 def test_each_kind_of_off_type_snapshot_is_counted_with_example_ids(db: Db) -> None:
@@ -153,7 +160,7 @@ def _every_numeric_field_off_type() -> list[tuple[str, dict[str, Any]]]:
     must look into every element, not the first one.
     """
     out = []
-    for minute, path in enumerate(METRIC_PATHS + COUNT_PATHS):
+    for minute, path in enumerate(metric_paths() + count_paths()):
         doc = stored(minute=minute)
         perf = doc["performanceData"]
         perf["disk"].append({**copy.deepcopy(perf["disk"][0]), "name": "D:"})
@@ -171,19 +178,19 @@ def _every_numeric_field_off_type() -> list[tuple[str, dict[str, Any]]]:
                 target = target[part]
             key = name
         value = target[key]
-        target[key] = str(value) if path in COUNT_PATHS else int(value)
+        target[key] = str(value) if path in count_paths() else int(value)
         out.append((path, doc))
     return out
 
 
 def test_every_metric_and_count_field_of_the_contract_is_checked_and_repaired(db: Db) -> None:
     tables = {
-        "cpu": CPU_FIELDS, "memory": MEMORY_FIELDS, "disk": DISK_FIELDS,
+        "cpu": CPU_FIELDS, "memory": MEMORY_FIELDS, "disk": DISK_FIELDS, "network": NETWORK_FIELDS,
         "network.interfaces": INTERFACE_FIELDS, "system": SYSTEM_FIELDS,
     }  # fmt: skip
     from_tables = {f"performanceData.{s}.{name}" for s, spec in tables.items() for name, _, _ in spec}
-    assert from_tables <= set(METRIC_PATHS) | set(COUNT_PATHS)
-    assert {p.rpartition(".")[2] for p in COUNT_PATHS} == {n for spec in tables.values() for n, k, _ in spec if k == COUNT}
+    assert from_tables == set(metric_paths()) | set(count_paths())
+    assert {p.rpartition(".")[2] for p in count_paths()} == {n for spec in tables.values() for n, k, _ in spec if k == COUNT}
     spoiled = _every_numeric_field_off_type()
     db[SNAPSHOTS].insert_many([doc for _, doc in spoiled])
 
@@ -191,8 +198,8 @@ def test_every_metric_and_count_field_of_the_contract_is_checked_and_repaired(db
 
     assert (report.off_type.found, report.off_type.fixed) == (len(spoiled), len(spoiled))
     assert {kind.label: kind.count for kind in report.off_type.kinds} == {
-        METRIC_INTEGER: len(METRIC_PATHS),
-        COUNT_STRING: len(COUNT_PATHS),
+        METRIC_INTEGER: len(metric_paths()),
+        COUNT_STRING: len(count_paths()),
     }
     repaired = {d["_id"]: d for d in db[SNAPSHOTS].find()}
     for _, doc in spoiled:
@@ -219,7 +226,7 @@ def test_fix_repairs_types_and_last_seen_and_a_second_run_finds_nothing_to_fix(d
     again = diagnose(db, "org-a")
 
     assert again.healthy
-    assert [check.found for check in again.checks] == [0, 0, 0, 0, 0]
+    assert [check.found for check in again.checks] == [0, 0, 0, 0, 0, 0]
 
 
 def test_unrepairable_snapshots_are_listed_with_a_reason_and_left_untouched(db: Db) -> None:
@@ -361,6 +368,110 @@ def test_diagnose_all_orgs_reports_every_org_and_indexes_once_even_when_empty(ra
 
     assert [(r.org_id, r.healthy) for r in fleet.orgs] == [("org-a", True), ("org-c", False)]
     assert fleet.indexes.fixed == len(INDEXES)
+
+
+# -- _id that is no ObjectId, ids outside the rule ------------------------------------------
+
+HEX = "65a0f0f0f0f0f0f0f0f0f0f0"
+DAY = (T0.replace(hour=0), T0.replace(hour=0) + timedelta(days=1))
+
+
+def test_string_ids_are_found_skipped_by_extraction_and_fixed_under_objectids(db: Db) -> None:
+    db[ASSETS].insert_one(asset("org-a", "asset-1"))
+    good = stored(minute=0)
+    hex_id = {**stored(minute=1), "_id": HEX}
+    named = {**stored(minute=2), "_id": "snap-2"}
+    db[SNAPSHOTS].insert_many([good, hex_id, named])
+    other_org = {**stored("org-b", minute=3), "_id": "snap-b"}
+    db[SNAPSHOTS].insert_one(other_org)
+
+    read = extract_window(db, "org-a", *DAY)  # older code stored these; reading must not fail
+
+    assert read.frames.snapshots.height == 1
+    assert sorted((p.id, p.reason) for p in read.skipped) == [(HEX, ID_NOT_OBJECTID), ("snap-2", ID_NOT_OBJECTID)]
+    report = diagnose(db, "org-a")
+    assert [(k.label, k.count) for k in report.off_type.kinds] == [(ID_NOT_OBJECTID, 2)]
+
+    fixed = diagnose(db, "org-a", fix=True)
+
+    assert (fixed.off_type.found, fixed.off_type.fixed) == (2, 2)
+    assert fixed.healthy
+    assert get(db, SNAPSHOTS, ObjectId(HEX)) == {**hex_id, "_id": ObjectId(HEX)}
+    [renamed] = db[SNAPSHOTS].find({ORIGINAL_ID: "snap-2", "orgId": "org-a"})
+    assert isinstance(renamed["_id"], ObjectId)
+    assert {k: v for k, v in renamed.items() if k not in ("_id", ORIGINAL_ID)} == {
+        k: v for k, v in named.items() if k != "_id"
+    }
+    assert db[SNAPSHOTS].count_documents({"orgId": "org-a", "_id": {"$type": "string"}}) == 0
+    assert extract_window(db, "org-a", *DAY).frames.snapshots.height == 3
+    assert get(db, SNAPSHOTS, "snap-b") == other_org  # another org's documents are not touched
+    assert db[REPAIR_JOURNAL].count_documents({}) == 0
+    assert diagnose(db, "org-a", fix=True).off_type.found == 0
+
+
+def test_an_interrupted_id_repair_is_reported_and_finished_by_the_next_fix(db: Db) -> None:
+    db[ASSETS].insert_one(asset("org-a", "asset-1"))
+    doc = {**stored(minute=1), "_id": "snap-1"}
+    db[SNAPSHOTS].insert_one(doc)
+    fixed = validate_snapshot({k: v for k, v in doc.items() if k != "_id"}, org_id="org-a")
+    # What a crash after the journal write and the delete leaves: the snapshot only in the journal.
+    db[REPAIR_JOURNAL].insert_one({"_id": ObjectId(), "orgId": "org-b", "oldId": "x", "doc": {}})  # org-b's
+    entry_id = ObjectId()
+    db[REPAIR_JOURNAL].insert_one(
+        {"_id": entry_id, "orgId": "org-a", "oldId": "snap-1", "doc": {"_id": entry_id, **fixed, ORIGINAL_ID: "snap-1"}}
+    )
+    db[SNAPSHOTS].delete_one({"_id": "snap-1"})
+
+    seen = diagnose(db, "org-a")
+    assert [(k.label, k.count) for k in seen.off_type.kinds] == [(REPAIR_PENDING, 1)]
+    assert not seen.healthy
+
+    report = diagnose(db, "org-a", fix=True)
+
+    assert (report.off_type.found, report.off_type.fixed) == (1, 1)
+    assert get(db, SNAPSHOTS, entry_id) == {"_id": entry_id, **fixed, ORIGINAL_ID: "snap-1"}
+    assert db[REPAIR_JOURNAL].count_documents({"orgId": "org-a"}) == 0
+    assert db[REPAIR_JOURNAL].count_documents({"orgId": "org-b"}) == 1
+
+
+def test_an_id_repair_never_takes_an_id_another_snapshot_holds(db: Db) -> None:
+    doc = {**stored(minute=1), "_id": "snap-1"}
+    taken = {**stored(minute=2), "_id": repaired_id("org-a", "snap-1")[0]}
+    db[SNAPSHOTS].insert_many([doc, taken])
+
+    report = diagnose(db, "org-a", fix=True)
+
+    assert [(p.id, p.reason) for p in report.unrepairable] == [
+        ("snap-1", f"its new _id {taken['_id']} is already another snapshot's")
+    ]
+    assert get(db, SNAPSHOTS, "snap-1") == doc and get(db, SNAPSHOTS, taken["_id"]) == taken
+    assert db[REPAIR_JOURNAL].count_documents({}) == 0
+
+
+def test_ids_outside_the_rule_are_reported_and_never_rewritten(db: Db) -> None:
+    db[SNAPSHOTS].insert_many(
+        [
+            stored(),
+            {**stored(minute=1), "assetId": "p|q"},
+            {**stored(minute=2), "agentId": "agent 2"},
+            {**stored(minute=3), "orgId": "*"},
+        ]
+    )
+    db[ASSETS].insert_many([asset("org-a", "asset-1"), asset("org-a", "p|q")])
+
+    report = diagnose(db, "org-a", fix=True)
+
+    assert (report.invalid_ids.found, report.invalid_ids.fixed) == (2, 0)
+    assert [(k.label, k.count, k.examples) for k in report.invalid_ids.kinds] == [
+        ("assetId", 1, ["'p|q'"]),
+        ("agentId", 1, ["'agent 2'"]),
+    ]
+    assert "letters, digits" in report.invalid_ids.hint
+    assert not report.healthy
+    assert db[SNAPSHOTS].count_documents({"assetId": "p|q"}) == 1
+    fleet = diagnose_all_orgs(db)
+    star = next(r for r in fleet.orgs if r.org_id == "*")
+    assert (star.invalid_ids.found, star.invalid_ids.kinds[0].label) == (1, "orgId")
 
 
 # -- CLI ------------------------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,7 @@ from perf_analytics.extract import (
     iter_window,
 )
 from perf_analytics.frames import KEYS, frames_from_documents
-from perf_analytics.schema import SNAPSHOTS, validate_snapshot
+from perf_analytics.schema import ID_NOT_OBJECTID, SNAPSHOTS, validate_snapshot
 from perf_analytics.store import Db
 from tests.factories import T0, series, set_path
 
@@ -64,6 +66,17 @@ def test_an_off_type_document_is_skipped_and_reported_not_fatal(db: Db) -> None:
     assert got.skipped_count == 1
     assert got.skipped[0].id == bad_id
     assert got.skipped[0].reason == "metric stored as string"
+
+
+@pytest.mark.parametrize("stored_id", ["65a0f0f0f0f0f0f0f0f0f0f0", "snap-4", 17])
+def test_a_snapshot_stored_with_an_id_that_is_no_objectid_is_skipped_not_fatal(db: Db, stored_id: Any) -> None:
+    _store(db, series(3))
+    db[SNAPSHOTS].insert_one({**validate_snapshot(series(4)[3]), "_id": stored_id})  # as older code stored it
+
+    got = extract_window(db, "org-a", T0, T0 + timedelta(hours=1))
+
+    assert got.frames.snapshots.height == 3
+    assert [(p.id, p.reason) for p in got.skipped] == [(stored_id, ID_NOT_OBJECTID)]
 
 
 def test_a_snapshot_with_a_string_timestamp_does_not_break_the_window(db: Db) -> None:
@@ -324,3 +337,9 @@ def test_cli_extract_rejects_a_bad_time_in_one_line(db: Db) -> None:
 def _uri(db: Db) -> str:
     host, port = db.client.address  # type: ignore[misc]
     return f"mongodb://{host}:{port}/?directConnection=true"
+
+
+def test_extraction_reads_the_contract_from_schema_without_importing_doctor() -> None:
+    code = "import sys, perf_analytics.extract; print('perf_analytics.doctor' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"

@@ -174,6 +174,49 @@ def test_partition_values_that_would_escape_their_directory_are_refused(tmp_path
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("org", ["*", "org%2D01", "org%2F01", "org?", "[ab]", "p|q", "org 01", ".hidden", "-x"])
+def test_org_ids_outside_the_identifier_rule_never_become_partitions(tmp_path: Path, org: str) -> None:
+    flags = flags_frame().with_columns(pl.lit(org).alias("orgId"))
+    with pytest.raises(LakeError, match="cannot be a partition path segment: use letters, digits"):
+        write_anomalies(tmp_path, flags)
+    with pytest.raises(LakeError, match="cannot be a partition path segment"):
+        connect_lake(tmp_path, org_id=org)
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_partition_another_program_named_with_a_glob_is_refused_not_read_twice(tmp_path: Path) -> None:
+    write_anomalies(tmp_path, flags_frame())
+    # DuckDB globs `*` in the paths it is given: orgId=* would add every org's rows again.
+    star = tmp_path / "anomalies" / "orgId=*" / "date=2026-03-01"
+    star.mkdir(parents=True)
+    (star / "part-0.parquet").write_bytes((tmp_path / "anomalies/orgId=org-b/date=2026-03-01/part-0.parquet").read_bytes())
+
+    with pytest.raises(LakeError, match=r"orgId=\* is not a partition the lake writes"):
+        connect_lake_all_orgs(tmp_path)
+    # An org-scoped connection never enters another org's directory.
+    assert connect_lake(tmp_path, org_id="org-a").execute("SELECT count(*) FROM anomalies").fetchone() == (2,)
+
+
+def test_a_percent_encoded_partition_value_is_refused_not_decoded(tmp_path: Path) -> None:
+    write_anomalies(tmp_path, flags_frame())
+    encoded = tmp_path / "anomalies" / "orgId=org%2Da" / "date=2026-03-01"
+    encoded.mkdir(parents=True)
+    (encoded / "part-0.parquet").write_bytes((tmp_path / "anomalies/orgId=org-b/date=2026-03-01/part-0.parquet").read_bytes())
+
+    with pytest.raises(LakeError, match="orgId=org%2Da is not a partition"):
+        lake_files(tmp_path, "anomalies")
+
+
+@pytest.mark.parametrize("name", ["lake*", "lake?", "lake[1]", "lake%2F"])
+def test_a_lake_root_duckdb_would_read_as_a_pattern_is_refused_clearly(tmp_path: Path, name: str) -> None:
+    root = tmp_path / name
+    with pytest.raises(LakeError, match="which DuckDB reads as a pattern"):
+        write_anomalies(root, flags_frame())
+    with pytest.raises(LakeError, match="which DuckDB reads as a pattern"):
+        connect_lake(root, org_id="org-a")
+    assert not root.exists()
+
+
 def test_availability_is_written_per_org_and_date_and_read_back(tmp_path: Path) -> None:
     availability = compute_availability(two_org_frames())
     written = write_availability(tmp_path, availability)

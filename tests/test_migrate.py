@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from perf_analytics.cli import app
 from perf_analytics.config import Settings
 from perf_analytics.migrate import migrate_all_orgs, migrate_legacy_snapshots
-from perf_analytics.schema import ASSETS, SNAPSHOTS, validate_snapshot
+from perf_analytics.schema import ASSETS, ORIGINAL_ID, SNAPSHOTS, validate_snapshot
 from perf_analytics.store import KEY_INDEX, Db, missing_indexes
 from tests.factories import T0, set_path, snapshot
 
@@ -66,6 +66,23 @@ def test_migration_moves_legacy_snapshots_with_their_ids_normalised_and_moves_la
     assert one["performanceData"]["cpu"]["usage"] == 37.5
     assert type(one["performanceData"]["memory"]["usedBytes"]) is float
     assert get(db, ASSETS, "asset-1")["lastSeen"] == T0 + timedelta(minutes=2)
+
+
+def test_legacy_ids_that_are_no_objectid_become_objectids_and_a_rerun_moves_nothing(db: Db) -> None:
+    hex_id = "65a0f0f0f0f0f0f0f0f0f0f0"
+    docs = [{**legacy(minute=0), "_id": hex_id}, {**legacy(minute=1), "_id": "legacy-1"}]
+    db[ASSETS].insert_many([asset("org-a", "asset-1"), *docs])
+
+    report = migrate_legacy_snapshots(db, "org-a")
+
+    assert (report.moved, report.left) == (2, [])
+    assert db[ASSETS].count_documents({"performanceData": {"$exists": True}}) == 0
+    moved = {d["timestamp"]: d for d in db[SNAPSHOTS].find()}
+    assert moved[T0]["_id"] == ObjectId(hex_id) and ORIGINAL_ID not in moved[T0]
+    renamed = moved[T0 + timedelta(minutes=1)]
+    assert isinstance(renamed["_id"], ObjectId) and renamed[ORIGINAL_ID] == "legacy-1"
+    assert migrate_legacy_snapshots(db, "org-a").moved == 0
+    assert db[SNAPSHOTS].count_documents({}) == 2
 
 
 def test_rerunning_after_a_successful_migration_moves_nothing(db: Db) -> None:

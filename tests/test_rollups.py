@@ -590,3 +590,19 @@ def test_upserting_rollups_twice_replaces_and_keeps_other_orgs_apart(db: Db) -> 
     assert coll.count_documents({}) == 8 - 2
     doc = coll.find_one({"window": "1hour", "kind": "asset", "bucket": T0})
     assert doc is not None and doc["cpu_usage_max"] == 1.0
+
+
+def test_rollup_ids_of_two_orgs_never_collide_whatever_their_ids_hold(db: Db) -> None:
+    # Joined with "|", org "p|q" with asset "r" and org "p" with asset "q|r" had one _id.
+    first = compute_rollups(frames_of([snap(m, orgId="p|q", assetId="r") for m in range(3)]), windows=["1hour"])
+    second = compute_rollups(frames_of([snap(m, orgId="p", assetId="q|r") for m in range(3)]), windows=["1hour"])
+
+    upsert_rollups(db, "p|q", first)
+    upsert_rollups(db, "p", second)
+
+    coll = db["performance_rollups"]
+    assert sorted((d["orgId"], d["assetId"]) for d in coll.find({}, {"_id": 0, "orgId": 1, "assetId": 1})) == [
+        ("p", "q|r"),
+        ("p|q", "r"),
+    ]
+    assert all(len(d["_id"]) == 64 and "|" not in d["_id"] for d in coll.find({}, {"_id": 1}))

@@ -1,15 +1,22 @@
-"""The snapshot contract: normalisation and precise rejection, no database involved."""
+"""The snapshot contract: normalisation, precise rejection, and one contract every reader follows."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 
+import pyarrow as pa
 import pytest
 from bson import ObjectId
 
+from perf_analytics import schema
+from perf_analytics.doctor import diagnose
 from perf_analytics.errors import ValidationError
-from perf_analytics.schema import validate_snapshot
+from perf_analytics.extract import extract_window
+from perf_analytics.frames import arrow_schema, frames_from_documents
+from perf_analytics.schema import ASSETS, METRIC_STRING, SNAPSHOTS, hashed_key, validate_snapshot
+from perf_analytics.store import Db
 from tests.factories import DELETE, T0, set_path, snapshot
 
 
@@ -108,7 +115,14 @@ def test_timestamps_in_every_accepted_form_become_utc(value: object, expected: d
          "performanceData.network.interfaces[0].bytesSentPerSec", "is required"),
         ("performanceData.system.processCount", 12.5, "performanceData.system.processCount", "whole number"),
         ("performanceData.system.threadCount", -1, "performanceData.system.threadCount", "whole number"),
-        ("_id", 12, "_id", "expected an ObjectId or string"),
+        ("_id", 12, "_id", "expected an ObjectId or a 24-hex-digit string, got int 12"),
+        ("_id", "snap-1", "_id", "expected an ObjectId or a 24-hex-digit string, got string 'snap-1'"),
+        ("_id", None, "_id", "expected an ObjectId or a 24-hex-digit string, got null"),
+        ("timeWindow", ["1min"], "timeWindow", "['1min'] is not one of"),
+        ("timestamp", {"$date": {"$numberLong": "soon"}}, "timestamp", "$numberLong must be a string of digits"),
+        ("timestamp", 10**400, "timestamp", "out of range"),
+        ("timestamp", "0001-01-01T00:00:00+01:00", "timestamp", "out of range in UTC"),
+        ("performanceData.memory.usedBytes", 10**400, "performanceData.memory.usedBytes", "too large"),
     ],
 )
 def test_each_kind_of_malformed_payload_is_rejected_with_field_and_reason(
@@ -153,3 +167,77 @@ def test_an_objectid_is_kept_as_the_document_id() -> None:
 def test_timestamps_are_cut_to_milliseconds_like_bson() -> None:
     ts = validate_snapshot(snapshot(timestamp=datetime(2026, 3, 1, 12, 0, 0, 999_999, tzinfo=UTC)))["timestamp"]
     assert ts.microsecond == 999_000
+
+
+def test_a_24_hex_digit_string_id_is_stored_as_its_objectid() -> None:
+    assert validate_snapshot(snapshot(_id="65a0f0f0f0f0f0f0f0f0f0f0"))["_id"] == ObjectId("65a0f0f0f0f0f0f0f0f0f0f0")
+
+
+BAD_IDS = ["*", "org%2D01", "org%2F01", "org/01", "p|q", "a b", ".", "..", "-x", "_x", "x" * 129, "caf\u00e9", "a\0"]
+
+
+@pytest.mark.parametrize("field", ["orgId", "assetId", "agentId"])
+@pytest.mark.parametrize("value", BAD_IDS)
+def test_ids_outside_the_identifier_rule_are_rejected_naming_the_field(field: str, value: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        validate_snapshot(snapshot(**{field: value}))
+    assert info.value.field == field
+    assert "is not an identifier: use letters, digits and . _ : -" in info.value.reason
+
+
+@pytest.mark.parametrize("value", ["org-01", "a.b_c:d-e", "A" * 128, "0", "65a0f0f0f0f0f0f0f0f0f0f0"])
+def test_ids_inside_the_identifier_rule_are_accepted_unchanged(value: str) -> None:
+    doc = validate_snapshot(snapshot(orgId=value, assetId=value, agentId=value))
+    assert (doc["orgId"], doc["assetId"], doc["agentId"]) == (value, value, value)
+
+
+def test_the_org_of_the_call_follows_the_identifier_rule_too() -> None:
+    with pytest.raises(ValidationError, match="orgId: '\\*' is not an identifier"):
+        validate_snapshot(set_path(snapshot(), "orgId", DELETE), org_id="*")
+
+
+def test_keys_hashed_from_ids_differ_wherever_the_ids_split() -> None:
+    assert hashed_key("p|q", "r") != hashed_key("p", "q|r")
+    assert hashed_key("a", "b") == hashed_key("a", "b")
+    assert len(hashed_key("a")) == 64
+
+
+# -- one contract: a field or a section added in schema.TABLES reaches every reader ------
+
+
+def test_a_field_and_a_section_added_to_the_contract_reach_validation_frames_extraction_and_doctor(
+    db: Db, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cpu, *rest = schema.TABLES
+    steal = ("stealPercent", schema.PERCENT, False)
+    battery = schema.Table("performanceData.battery", (("chargePercent", schema.PERCENT, True),))
+    monkeypatch.setattr(schema, "TABLES", (replace(cpu, fields=(*cpu.fields, steal)), *rest, battery))
+    payload = set_path(set_path(snapshot(), "performanceData.cpu.stealPercent", 7), "performanceData.battery", {"chargePercent": 80})
+
+    # validation
+    doc = validate_snapshot(payload)
+    assert doc["performanceData"]["cpu"]["stealPercent"] == 7.0 and type(doc["performanceData"]["cpu"]["stealPercent"]) is float
+    with pytest.raises(ValidationError, match=r"performanceData\.cpu\.stealPercent: percentage 170"):
+        validate_snapshot(set_path(payload, "performanceData.cpu.stealPercent", 170))
+    with pytest.raises(ValidationError, match=r"performanceData\.battery\.chargePercent: is required"):
+        validate_snapshot(set_path(payload, "performanceData.battery", {}))
+    # the Arrow schema and the frames
+    perf = arrow_schema().field("performanceData").type
+    assert perf.field("cpu").type.field("stealPercent").type == pa.float64()
+    assert perf.field("battery").type == pa.struct([("chargePercent", pa.float64())])
+    frames = frames_from_documents([doc])
+    assert frames.snapshots.select("cpu_steal_percent", "battery_charge_percent").row(0) == (7.0, 80.0)
+    # extraction from the server
+    stored = [{"_id": ObjectId(), **doc}, {"_id": ObjectId(), **validate_snapshot({**payload, "timestamp": T0 + timedelta(minutes=1)})}]
+    stored[1]["performanceData"]["cpu"]["stealPercent"] = "7"  # as other code might store it
+    db[SNAPSHOTS].insert_many(stored)
+    got = extract_window(db, "org-a", T0, T0 + timedelta(hours=1))
+    assert got.frames.snapshots.select("cpu_steal_percent", "battery_charge_percent").rows() == [(7.0, 80.0)]
+    assert [(p.id, p.reason) for p in got.skipped] == [(stored[1]["_id"], METRIC_STRING)]
+    # doctor's off-type filter and repair
+    db[ASSETS].insert_one({"_id": "asset-1", "orgId": "org-a", "lastSeen": T0 + timedelta(days=1)})
+    report = diagnose(db, "org-a", fix=True)
+    assert (report.off_type.found, report.off_type.fixed) == (1, 1)
+    assert extract_window(db, "org-a", T0, T0 + timedelta(hours=1)).frames.snapshots["cpu_steal_percent"].to_list() == [7.0, 7.0]
+    monkeypatch.undo()
+    assert "cpu_steal_percent" not in frames_from_documents([validate_snapshot(snapshot())]).snapshots.columns

@@ -16,17 +16,19 @@ _WIDTH = 34  # column of the check names
 
 @click.command("doctor")
 @click.option("--org", "orgs", multiple=True, metavar="ORG", help="Check this org (repeatable). Default: every org (admin run).")
-@click.option("--fix", is_flag=True, help="Create missing indexes, repair off-type snapshots, move lastSeen forward.")
+@click.option("--fix", is_flag=True, help="Create missing indexes, repair off-type snapshots (and their _id), move lastSeen forward.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.pass_context
 def command(ctx: click.Context, orgs: tuple[str, ...], fix: bool, as_json: bool) -> None:
-    """Check indexes, snapshot types, legacy documents, orphans and lastSeen.
+    """Check indexes, snapshot types, ids, legacy documents, orphans and lastSeen.
 
-    Off-type snapshots (a string timestamp, a metric stored as string or int, a count
-    stored as string) break extraction; --fix re-normalises them with the snapshot
-    contract and lists those it cannot repair. Legacy snapshots in assets are moved by
-    `migrate`, not here. Exit code 0 when healthy, 1 when a problem remains, so a
-    scheduler can alert on it.
+    Off-type snapshots (an _id that is no ObjectId, a string timestamp, a metric stored
+    as string or int, a count stored as string) are left out of extraction; --fix
+    re-normalises them with the snapshot contract, gives each an ObjectId _id (another
+    old _id is kept in `originalId`) and lists those it cannot repair. Ids outside the
+    identifier rule (letters, digits and . _ : -) are reported, not renamed. Legacy
+    snapshots in assets are moved by `migrate`, not here. Exit code 0 when healthy, 1
+    when a problem remains, so a scheduler can alert on it.
 
     \b
     Examples:
