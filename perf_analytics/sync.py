@@ -34,10 +34,11 @@ the raw BSON batches as extraction does), `_id` (the ObjectId's 12 bytes; null w
 `bson`: the document exactly as the server returned it. `read_lake_documents` gives back
 documents whose encoding equals the server's byte for byte, whatever fields or types they
 hold. A document pymongoarrow refuses (an off-type value: a string or Decimal128 metric,
-a string timestamp) keeps null typed columns and its exact `bson`; a null `timestamp`
-marks such rows for the readers. Raw BSON was chosen over typed columns plus an Extended
-JSON remainder because it is exact by construction (key order, every BSON type) and costs
-no CPU beyond slicing the batches the server sent; its size cost is in README.
+a string timestamp) has `typed` false, only the flat fields whose types fit (`assetId`,
+a date `timestamp`, ...) and its exact `bson`: readers take the typed columns where `typed`
+holds, and report the others as extraction does. Raw BSON was chosen over typed columns plus an Extended
+JSON remainder because it is exact by construction (key order, every BSON type) and
+costs no CPU beyond slicing the batches the server sent; its size cost is in README.
 
 **Never twice.** Rows are deduplicated by `_id` (the key: the 12 bytes, or `~` and the
 Extended JSON): within a run, and against the `_id`s the partition's listed files hold
@@ -100,7 +101,6 @@ MAX_REPORTED = 100  # unplaced documents listed; the count is complete
 _HASH_IN_NAME = 20  # hex digits of the key hash in a part's file name
 
 _DOC_LENGTH = struct.Struct("<i")
-_EMPTY_DOC = b"\x05\x00\x00\x00\x00"
 _OID_FIRST = b"\x07_id\x00"  # a document whose first element is an ObjectId `_id` (the usual case)
 _DECODE: CodecOptions[Doc] = CodecOptions(tz_aware=True, tzinfo=UTC, datetime_conversion=DatetimeConversion.DATETIME_AUTO)
 
@@ -269,25 +269,40 @@ def _typed_schema() -> Schema:
 def part_schema() -> pa.Schema:
     """The columns of a snapshot part file (the partition keys are in its path)."""
     typed = [f for f in arrow_schema(with_id=False) if f.name != "orgId"]
-    return pa.schema([("_id", pa.binary(12)), ("_idOther", pa.string()), *typed, ("bson", pa.binary())])
+    return pa.schema(
+        [("_id", pa.binary(12)), ("_idOther", pa.string()), *typed, ("typed", pa.bool_()), ("bson", pa.binary())]
+    )
 
 
 def _typed(docs: Sequence[bytes], schema: Schema) -> pa.Table:
-    """The contract's columns of `docs`, one row each, in order; a refused document's row is null.
+    """The contract's columns of `docs`, one row each, in order, and `typed`: whether they hold it.
 
     pymongoarrow refuses a whole build for one off-type value, so a refused build is
-    halved until the refused documents are alone (k refused among n: ~k*log2(n) builds).
+    halved until the refused documents are alone (k refused among n: ~k*log2(n) builds);
+    a refused document keeps only its flat fields that have the contract's types.
     """
     try:
         context = PyMongoArrowContext(schema, codec_options=_DECODE)
         context.process_bson_stream(b"".join(docs))
         table: pa.Table = context.finish()
-        return table
+        table = table.cast(schema.to_arrow())
+        return table.append_column("typed", pa.array([True] * table.num_rows, pa.bool_()))
     except TypeError:
         if len(docs) == 1:
-            return _typed([_EMPTY_DOC], schema)
+            return _flat_only(docs[0], schema)
     mid = len(docs) // 2
     return pa.concat_tables([_typed(docs[:mid], schema), _typed(docs[mid:], schema)])
+
+
+def _flat_only(raw: bytes, schema: Schema) -> pa.Table:
+    """The row of a document pymongoarrow refused: the flat fields whose types fit, `typed` false."""
+    doc = bson.decode(raw, codec_options=_DECODE)
+    row = {name: doc.get(name) for name in ("orgId", "agentId", "assetId", "timeWindow")}
+    row = {name: value if isinstance(value, str) else None for name, value in row.items()}
+    stamp = doc.get("timestamp")
+    table = pa.Table.from_pylist([{**row, "timestamp": stamp if isinstance(stamp, datetime) else None}],
+                                 schema=schema.to_arrow())
+    return table.append_column("typed", pa.array([False], pa.bool_()))
 
 
 def _id_of(raw: bytes) -> tuple[bytes | None, str | None]:
