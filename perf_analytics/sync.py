@@ -228,6 +228,15 @@ def _server_time(db: Db) -> datetime:
     return now.replace(tzinfo=UTC) if now.tzinfo is None else now.astimezone(UTC)
 
 
+def _is_mark(mark: Doc) -> bool:
+    """A mark as `mark_for_sync` writes it (anything else in the collection is ignored)."""
+    day = mark.get("date")
+    try:
+        return isinstance(mark.get("orgId"), str) and isinstance(day, str) and _day(day) == day
+    except ConfigError:
+        return False
+
+
 def _query(org_id: str | None, since: datetime | None, marks: Sequence[Doc]) -> Doc:
     scope: Doc = {} if org_id is None else {"orgId": org_id}
     if since is None:
@@ -236,9 +245,9 @@ def _query(org_id: str | None, since: datetime | None, marks: Sequence[Doc]) -> 
         {"_id": {"$gte": ObjectId.from_datetime(since)}},
         {"_id": {"$not": {"$type": "objectId"}}},
     ]
-    for day in sorted({(m["orgId"], m["date"]) for m in marks if isinstance(m.get("orgId"), str)}):
-        lo = datetime.fromisoformat(day[1]).replace(tzinfo=UTC)
-        clauses.append({"orgId": day[0], "timestamp": {"$gte": lo, "$lt": lo + timedelta(days=1)}})
+    for org, day in sorted({(m["orgId"], m["date"]) for m in marks if _is_mark(m)}):
+        lo = datetime.fromisoformat(day).replace(tzinfo=UTC)
+        clauses.append({"orgId": org, "timestamp": {"$gte": lo, "$lt": lo + timedelta(days=1)}})
     return {**scope, "$or": clauses}
 
 
@@ -696,9 +705,10 @@ def read_lake_documents(
     Each is a RawBSONDocument: `.raw` is the server's encoding, and it reads like a dict.
     """
     wanted = None if dates is None else {_day(d) for d in dates}
+    codec: CodecOptions[RawBSONDocument] = CodecOptions(document_class=RawBSONDocument, tz_aware=True, tzinfo=UTC)
     for f in listed_snapshot_files(lake, org_id=org_id):
         if wanted is not None and f.date not in wanted:
             continue
         column = pq.read_table(Path(lake) / f.path, columns=["bson"]).column("bson")
         for raw in column.to_pylist():
-            yield RawBSONDocument(raw, codec_options=CodecOptions(document_class=RawBSONDocument, tz_aware=True))
+            yield RawBSONDocument(raw, codec_options=codec)

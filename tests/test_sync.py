@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ from pymongo.errors import PyMongoError
 from perf_analytics.cli import app
 from perf_analytics.config import Settings
 from perf_analytics.errors import ConfigError
-from perf_analytics.lake import LakeError
+from perf_analytics.lake import LakeError, connect_lake, connect_lake_all_orgs
 from perf_analytics.manifest import ManifestError
 from perf_analytics.schema import SNAPSHOTS, validate_snapshot
 from perf_analytics.store import Db
@@ -88,6 +88,17 @@ def listed(lake: str | Path, orgs: list[str]) -> set[str]:
     return {f.path for org in orgs for f in listed_snapshot_files(lake, org_id=org)}
 
 
+def view_counts(lake: str | Path) -> list[tuple[Any, ...]]:
+    """Rows per (org, date) in the lake's DuckDB `snapshots` view, and how many distinct _ids."""
+    con = connect_lake_all_orgs(lake)
+    try:
+        return con.sql(
+            "SELECT orgId, date, count(*), count(DISTINCT coalesce(hex(_id), _idOther)) FROM snapshots GROUP BY ALL ORDER BY ALL"
+        ).fetchall()
+    finally:
+        con.close()
+
+
 def fleet(db: Db) -> None:
     """Two orgs, three days, a day boundary crossed by one series."""
     insert(db, series(40, org="org-a", asset="a1"))
@@ -127,6 +138,9 @@ def test_a_sync_mirrors_every_org_and_day_with_one_query_to_the_server(
     assert counts == {("org-a", "2026-03-01"): 40, ("org-a", "2026-03-02"): 30,
                       ("org-b", "2026-03-01"): 10, ("org-b", "2026-03-02"): 10}
     assert parts_on_disk(settings.lake) == listed(settings.lake, ["org-a", "org-b"])
+    con = connect_lake(settings.lake, org_id="org-a")
+    assert con.sql("SELECT count(*), count(DISTINCT _id) FROM snapshots").fetchall() == [(70, 70)]
+    con.close()
     manifest = json.loads(Path(settings.lake, "_manifests/snapshots/orgId=org-a.json").read_text())
     assert manifest["version"] == 1
     for entry in manifest["files"]:
@@ -214,13 +228,14 @@ def test_snapshots_loaded_with_old_ids_are_found_through_day_marks(db: Db, setti
 def test_a_day_marked_while_a_sync_reads_is_kept_for_the_next_run(db: Db, settings: Settings) -> None:
     insert(db, series(3, org="org-a"))
     mark_for_sync(db, "org-a", ["2026-03-01"])
+    db[MARKS].insert_one({"orgId": "org-a", "date": "not a date"})  # not ours: ignored
 
     def remark(stage: str, count: int) -> None:
         if stage == "read":
             mark_for_sync(db, "org-a", ["2026-03-01", "2026-03-07"])
 
     report = sync_snapshots_all_orgs(db, settings.lake, progress=remark)
-    assert report.marks_read == 1
+    assert report.marks_read == 2
     assert sorted(m["date"] for m in db[MARKS].find()) == ["2026-03-01", "2026-03-07"]
     sync_snapshots_all_orgs(db, settings.lake)
     assert db[MARKS].count_documents({}) == 0
@@ -232,7 +247,7 @@ def test_a_mark_needs_an_org_and_real_dates(db: Db) -> None:
     with pytest.raises(ConfigError, match="org id is required"):
         mark_for_sync(db, "", ["2026-03-01"])
     with pytest.raises(ConfigError, match="timezone-aware"):
-        mark_for_sync(db, "org-a", [datetime(2026, 3, 1)])  # noqa: DTZ001
+        mark_for_sync(db, "org-a", [datetime(2026, 3, 1)])
 
 
 def test_a_writer_whose_clock_is_behind_by_less_than_the_margin_is_not_missed(db: Db, settings: Settings) -> None:
@@ -381,6 +396,8 @@ def test_kill_9_at_any_point_then_rerun_ends_like_one_clean_run(
     killed = subprocess.run([sys.executable, "-c", _KILLED_RUN, server_uri, db.name, str(settings.lake), stage, str(at)],
                             capture_output=True, text=True, check=False)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
+    if parts_on_disk(settings.lake):  # unlisted parts of the killed run never repeat a listed row
+        assert all(rows == ids for _, _, rows, ids in view_counts(settings.lake))
     if first_run_killed:
         _late_data(db)
     sync_snapshots_all_orgs(db, settings.lake)
@@ -388,6 +405,7 @@ def test_kill_9_at_any_point_then_rerun_ends_like_one_clean_run(
     clean = tmp_path / "clean-lake"
     sync_snapshots_all_orgs(db, clean)
     assert mirrored(settings.lake, ORGS) == mirrored(clean, ORGS)
+    assert view_counts(settings.lake) == view_counts(clean)
     assert mirrored(settings.lake, ORGS)[0] == server_documents(db)
     assert parts_on_disk(settings.lake) == listed(settings.lake, ORGS)  # nothing unlisted left for a glob to see
     assert db[MARKS].count_documents({}) == 0
@@ -412,7 +430,7 @@ def test_kill_9_of_the_cli_while_it_writes_parts_then_rerun_ends_like_one_clean_
     proc.send_signal(signal.SIGKILL)
     proc.communicate()
     orgs = ["org-a", "org-b"]
-    assert 0 < len(parts_on_disk(settings.lake)) and not listed(settings.lake, orgs)
+    assert len(parts_on_disk(settings.lake)) > 0 and not listed(settings.lake, orgs)
 
     rerun = subprocess.run([*cmd, "--json"], capture_output=True, text=True, check=False)
     assert rerun.returncode == 0, rerun.stderr
@@ -420,6 +438,7 @@ def test_kill_9_of_the_cli_while_it_writes_parts_then_rerun_ends_like_one_clean_
     clean = tmp_path / "clean-lake"
     sync_snapshots_all_orgs(db, clean)
     assert mirrored(settings.lake, orgs) == mirrored(clean, orgs)
+    assert view_counts(settings.lake) == view_counts(clean)
     assert sum(mirrored(clean, orgs)[1].values()) == 3600
 
 
