@@ -24,8 +24,10 @@ sorts by loading every match into memory). "Not yet in the lake" is the `$or` of
   `token`), so a day marked during a run is read again by the next one.
 
 The first run, or `full=True`, reads everything. FerretDB scans the whole collection for
-any query (no range pushdown), so there the pass costs a scan per run; on MongoDB each
-clause of the `$or` is served by an index (`_id`, `orgId_1_timestamp_-1`).
+any query (no range pushdown), so there the pass costs a scan per run; on MongoDB the
+`_id` range and the marked days are served by indexes (`_id`, `orgId_1_timestamp_-1`).
+The non-ObjectId clause is `$not: {$type: "objectId"}` because FerretDB 1.24 refuses a
+`$type` list naming every other type (it knows no "decimal" alias).
 
 **Lossless.** Each row holds the typed columns of the snapshot contract
 (`frames.arrow_schema()` minus `orgId`, which the path carries, built by pymongoarrow from
