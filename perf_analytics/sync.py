@@ -18,7 +18,8 @@ sorts by loading every match into memory). "Not yet in the lake" is the `$or` of
 - `_id` not an ObjectId (older code stored strings): re-read on every run, deduplicated;
 - `{orgId, timestamp within the day}` for each mark in `lake_sync_marks`: our own loaders
   (ingest, migrate, restore) keep the `_id`s of the documents they load, which can be
-  older than any mark, so after inserting they call `mark_for_sync(db, org, dates)`.
+  older than any mark, so after inserting they call `mark_for_sync(db, org, dates)` (or
+  `mark_documents_for_sync(db, batch)`).
   A run reads the marks before its query and, once the parts are listed, deletes exactly
   those marks it read, unless a loader re-marked the day since (each mark carries a fresh
   `token`), so a day marked during a run is read again by the next one.
@@ -67,7 +68,7 @@ import hashlib
 import os
 import struct
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -191,9 +192,27 @@ def mark_for_sync(db: Db, org_id: str, dates: Iterable[date | datetime | str]) -
     advances, with the days of the batch's timestamps: a mark then always follows the
     documents it covers. One upsert per day, all in one round trip; returns the days marked.
     """
-    days = sorted({_day(d) for d in dates})
     if not org_id or not isinstance(org_id, str):
         raise ConfigError("an org id is required to mark days for sync")
+    return _upsert_marks(db, {(org_id, _day(d)) for d in dates})
+
+
+def mark_documents_for_sync(db: Db, docs: Iterable[Mapping[str, Any]]) -> int:
+    """`mark_for_sync` for the (orgId, UTC day) of each of `docs`, in one round trip.
+
+    For a loader's batch of validated documents (string `orgId`, date `timestamp`); every
+    mark is filtered by its own org. Returns the (org, day) pairs marked.
+    """
+    days: set[tuple[str, str]] = set()
+    for doc in docs:
+        org, stamp = doc.get("orgId"), doc.get("timestamp")
+        if not isinstance(org, str) or not org or not isinstance(stamp, datetime):
+            raise ConfigError(f"document {doc.get('_id')!r} has no string orgId and date timestamp to mark")
+        days.add((org, _day(stamp)))
+    return _upsert_marks(db, days)
+
+
+def _upsert_marks(db: Db, days: set[tuple[str, str]]) -> int:
     if not days:
         return 0
     now = datetime.now(UTC)
@@ -201,8 +220,8 @@ def mark_for_sync(db: Db, org_id: str, dates: Iterable[date | datetime | str]) -
         [
             # A fresh token on every mark: a sync deletes a mark only if it still holds the
             # token that sync read, so a day re-marked during a run survives it.
-            UpdateOne({"orgId": org_id, "date": d}, {"$set": {"token": ObjectId(), "markedAt": now}}, upsert=True)
-            for d in days
+            UpdateOne({"orgId": org, "date": day}, {"$set": {"token": ObjectId(), "markedAt": now}}, upsert=True)
+            for org, day in sorted(days)
         ],
         ordered=False,
     )

@@ -36,6 +36,7 @@ from perf_analytics.sync import (
     SyncError,
     ids_sha256,
     listed_snapshot_files,
+    mark_documents_for_sync,
     mark_for_sync,
     read_lake_documents,
     sync_snapshots,
@@ -239,6 +240,23 @@ def test_a_day_marked_while_a_sync_reads_is_kept_for_the_next_run(db: Db, settin
     assert sorted(m["date"] for m in db[MARKS].find()) == ["2026-03-01", "2026-03-07"]
     sync_snapshots_all_orgs(db, settings.lake)
     assert db[MARKS].count_documents({}) == 0
+
+
+def test_a_loaders_batch_marks_each_org_and_day_it_holds(db: Db, settings: Settings) -> None:
+    batch = [validate_snapshot(p) for p in [*series(2, org="org-a", start=T0 + DAY), *series(2, org="org-b")]]
+    for doc in batch:
+        doc["_id"] = old_id(T0 - 400 * DAY)  # an archive's own _ids
+    db[SNAPSHOTS].insert_many(batch)
+    assert mark_documents_for_sync(db, batch) == 2
+    assert sorted((m["orgId"], m["date"]) for m in db[MARKS].find()) == [("org-a", "2026-03-02"), ("org-b", "2026-03-01")]
+    assert sync_snapshots(db, settings.lake, org_id="org-a", full=False).new == 2  # first run reads all of org-a
+    assert [m["orgId"] for m in db[MARKS].find()] == ["org-b"]  # another org's mark is not an org run's to clear
+    sync_snapshots_all_orgs(db, settings.lake)
+    insert(db, series(1, org="org-b", asset="again"), _id=old_id(T0 - 400 * DAY))
+    mark_documents_for_sync(db, db[SNAPSHOTS].find({"assetId": "again"}))
+    assert sync_snapshots_all_orgs(db, settings.lake).new == 1
+    with pytest.raises(ConfigError, match="no string orgId and date timestamp"):
+        mark_documents_for_sync(db, [{"_id": 1, "orgId": "org-a", "timestamp": "2026-03-01"}])
 
 
 def test_a_mark_needs_an_org_and_real_dates(db: Db) -> None:
