@@ -48,11 +48,14 @@ Extended JSON): within a run, and against the `_id`s the partition's listed file
 (only the `_id`/`_idOther` columns are read). A part is named by the hash of its sorted
 keys, written atomically (temp file, fsync, rename, fsync of the directory), and listed in
 the org's manifest with its row count and that hash (sha256) after all parts are written;
-the marks advance only after that. A run starts by resolving what a killed run left: a
-part no manifest lists is adopted when it reads back whole, its keys hash to its name and
-none is already listed; otherwise it is removed. Hidden temp files are removed. So the
-files in a partition never share an `_id`, listed or not. One run at a time per lake (a
-lock file under `_manifests/`).
+the marks advance only after that. A run records that it has begun
+(`_manifests/snapshots.running.json`, removed once its manifests and mark are saved), so
+the next run knows when one was killed and only then resolves what it left, in the killed
+run's scope: a part no manifest lists is adopted when it reads back whole, its keys hash
+to its name and none is already listed; otherwise it is removed, as are hidden temp
+files. So the files in a partition never share an `_id`, listed or not, and a lake whose
+last run finished costs no directory walk. One run at a time per lake (a lock file under
+`_manifests/`).
 
 **Not covered.** A document with no string `orgId` (or one that cannot be a path
 segment) belongs to no tenant: it is counted and listed in the report, not mirrored.
@@ -97,6 +100,7 @@ from perf_analytics.schema import SNAPSHOTS, parse_timestamp
 from perf_analytics.store import Db, Doc
 
 MARKS = "lake_sync_marks"
+ALL_ORGS = "all-orgs"
 DEFAULT_SKEW = timedelta(minutes=10)
 DEFAULT_CHUNK_ROWS = 50_000  # snapshots held (raw and typed) between reading and writing parts
 RAW_BATCH_DOCS = 2_000  # documents per server reply (FerretDB takes batchSize literally)
@@ -618,6 +622,70 @@ def _check_options(skew: timedelta, chunk_rows: int) -> None:
         raise ConfigError("chunk rows must be a positive number of snapshots")
 
 
+def _journal(lake: Path) -> Path:
+    """Present while a run may have parts no manifest lists yet (from its start to its commit)."""
+    return manifest_path(lake, f"{DATASET}.running.json")
+
+
+def _resume(run: _Run, org_id: str | None) -> None:
+    """Adopt or remove what a killed run left, then record that this run has begun.
+
+    Partitions are only listed when a run did not finish (its journal is still there):
+    the killed run's scope, and this run's. A finished lake costs no directory walk.
+    """
+    journal = _journal(run.lake)
+    killed = read_manifest(journal)
+    if killed is not None:
+        scopes = {killed.get("scope"), org_id or ALL_ORGS}
+        orgs = _lake_orgs(run.lake) if ALL_ORGS in scopes else sorted(o for o in scopes if isinstance(o, str))
+        for org in orgs:
+            _recover(run.lake, run.org(org), run.report)
+    write_manifest(journal, {"dataset": DATASET, "scope": org_id or ALL_ORGS})
+
+
+def _read_new(db: Db, run: _Run, org_id: str | None, *, skew: timedelta, full: bool, chunk_rows: int) -> list[Doc]:
+    """The one query: place and write what is new; returns the loaders' marks it covered."""
+    report = run.report
+    marks_at = [run.org(org_id).mark] if org_id is not None else []
+    marks_at.append(_all_orgs_mark(run.lake))
+    known = [m for m in marks_at if m is not None]
+    report.since = None if full or not known else max(known) - skew
+    # Marks first, then the query: every mark read covers documents already inserted.
+    marks = _read_marks(db, org_id)
+    report.marks_read = len(marks)
+    report.mark = _server_time(db)
+    cursor = db[SNAPSHOTS].find_raw_batches(_query(org_id, report.since, marks), batch_size=RAW_BATCH_DOCS)
+    with cursor:
+        for docs in _chunks(cursor, chunk_rows):
+            report.read += len(docs)
+            run.tell("read", report.read)
+            run.store(docs)
+    return marks
+
+
+def _commit(db: Db, run: _Run, org_id: str | None, marks: Sequence[Doc]) -> None:
+    """List the parts (org manifests), then advance the marks, then clear the loaders' marks."""
+    mark = run.report.mark
+    assert mark is not None
+    saved = 0
+    for state in run.orgs.values():
+        if state.org_id == org_id:
+            state.mark = mark
+            state.dirty = True
+        if state.dirty:
+            _save_org(run.lake, state)
+            saved += 1
+            run.tell("manifest", saved)
+    if org_id is None:
+        write_manifest(manifest_path(run.lake, f"{DATASET}.json"), {"dataset": DATASET, "mark": mark.isoformat()})
+    run.tell("mark", saved)
+    journal = _journal(run.lake)
+    journal.unlink()
+    fsync_dir(journal.parent)
+    _clear_marks(db, marks)
+    run.tell("cleared", len(marks))
+
+
 def _sync(
     db: Db,
     lake: str | os.PathLike[str],
@@ -633,39 +701,12 @@ def _sync(
     root = Path(lake)
     if org_id is not None:
         partition_dir(root, DATASET, {"orgId": org_id})  # refuses an org id that is no path segment
+    report = SyncReport(scope=org_id or ALL_ORGS, full=full, since=None)
+    run = _Run(root, report, progress)
     with _locked(root):
-        report = SyncReport(scope=org_id or "all-orgs", full=full, since=None)
-        run = _Run(root, report, progress)
-        for org in [org_id] if org_id is not None else _lake_orgs(root):
-            _recover(root, run.org(org), report)
-        marks_at = [run.org(org_id).mark] if org_id is not None else []
-        marks_at.append(_all_orgs_mark(root))
-        known = [m for m in marks_at if m is not None]
-        report.since = None if full or not known else max(known) - skew
-        # Marks first, then the query: every mark read covers documents already inserted.
-        marks = _read_marks(db, org_id)
-        report.marks_read = len(marks)
-        report.mark = _server_time(db)
-        cursor = db[SNAPSHOTS].find_raw_batches(_query(org_id, report.since, marks), batch_size=RAW_BATCH_DOCS)
-        with cursor:
-            for docs in _chunks(cursor, chunk_rows):
-                report.read += len(docs)
-                run.tell("read", report.read)
-                run.store(docs)
-        saved = 0
-        for state in run.orgs.values():
-            if org_id is not None and state.org_id == org_id:
-                state.mark = report.mark
-                state.dirty = True
-            if state.dirty:
-                _save_org(root, state)
-                saved += 1
-                run.tell("manifest", saved)
-        if org_id is None:
-            write_manifest(manifest_path(root, f"{DATASET}.json"), {"dataset": DATASET, "mark": report.mark.isoformat()})
-        run.tell("mark", saved)
-        _clear_marks(db, marks)
-        run.tell("cleared", len(marks))
+        _resume(run, org_id)
+        marks = _read_new(db, run, org_id, skew=skew, full=full, chunk_rows=chunk_rows)
+        _commit(db, run, org_id, marks)
     report.partitions = len(run.partitions)
     report.seconds = round(time.monotonic() - started_at, 3)
     return report

@@ -352,6 +352,8 @@ def test_parts_left_unlisted_by_a_crash_are_adopted_when_they_verify_and_removed
         sync_snapshots_all_orgs(db, settings.lake, progress=crash)
     orphans = sorted(parts_on_disk(settings.lake))
     assert len(orphans) == 3 and not listed(settings.lake, ["org-a", "org-b"])
+    journal = Path(settings.lake, "_manifests/snapshots.running.json")
+    assert journal.exists()  # the next run knows this one did not finish
     Path(settings.lake, orphans[0]).write_bytes(b"not parquet")  # damaged: must go
     report = sync_snapshots_all_orgs(db, settings.lake)
     assert (report.adopted, report.removed) == (2, 1)
@@ -361,6 +363,7 @@ def test_parts_left_unlisted_by_a_crash_are_adopted_when_they_verify_and_removed
     docs, counts = mirrored(settings.lake, ["org-a", "org-b"])
     assert docs == server_documents(db) and sum(counts.values()) == 90
     assert parts_on_disk(settings.lake) == listed(settings.lake, ["org-a", "org-b"])
+    assert not journal.exists()
 
 
 # ---- kill -9 -----------------------------------------------------------------------------
