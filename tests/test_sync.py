@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import bson
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from bson import Decimal128, Int64, ObjectId
@@ -27,6 +29,8 @@ from pymongo.errors import PyMongoError
 from perf_analytics.cli import app
 from perf_analytics.config import Settings
 from perf_analytics.errors import ConfigError
+from perf_analytics.extract import extract_window
+from perf_analytics.frames import arrow_schema, frames_from_arrow
 from perf_analytics.lake import LakeError, connect_lake, connect_lake_all_orgs
 from perf_analytics.manifest import ManifestError
 from perf_analytics.schema import SNAPSHOTS, validate_snapshot
@@ -151,6 +155,19 @@ def test_a_sync_mirrors_every_org_and_day_with_one_query_to_the_server(
         assert entry["ids_sha256"] == ids_sha256(table.column("_id").to_pylist())
         assert pq.ParquetFile(path).metadata.row_group(0).column(0).compression == "ZSTD"
         assert "orgId" not in table.column_names and {"_id", "bson", "performanceData"} <= set(table.column_names)
+
+
+def test_the_typed_columns_give_the_frames_that_extraction_gives(db: Db, settings: Settings) -> None:
+    fleet(db)
+    sync_snapshots_all_orgs(db, settings.lake)
+    parts = [pq.read_table(Path(settings.lake, f.path)) for f in listed_snapshot_files(settings.lake, org_id="org-a")]
+    table = pa.concat_tables(parts).filter(pc.field("typed"))
+    table = table.append_column("orgId", pa.array(["org-a"] * table.num_rows, pa.string()))
+    from_lake = frames_from_arrow(table.select(arrow_schema().names).cast(arrow_schema()))
+    from_server = extract_window(db, "org-a", T0 - DAY, T0 + 3 * DAY).frames
+    for got, want in zip((from_lake.snapshots, from_lake.disks, from_lake.interfaces),
+                         (from_server.snapshots, from_server.disks, from_server.interfaces), strict=True):
+        assert got.equals(want) and got.height > 0
 
 
 def _decimal_accepted(db: Db) -> bool:
