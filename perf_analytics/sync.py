@@ -87,6 +87,7 @@ from bson.codec_options import CodecOptions, DatetimeConversion
 from bson.json_util import CANONICAL_JSON_OPTIONS
 from bson.raw_bson import RawBSONDocument
 from pymongo import UpdateOne
+from pymongo.errors import OperationFailure
 from pymongoarrow.api import Schema
 from pymongoarrow.context import PyMongoArrowContext
 
@@ -247,7 +248,10 @@ def _clear_marks(db: Db, marks: Sequence[Doc]) -> None:
 
 def _server_time(db: Db) -> datetime:
     """The server's clock (the high-water mark is in the server's time); the host's if unsaid."""
-    now = db.client.admin.command("hello").get("localTime")
+    try:
+        now = db.client.admin.command("hello").get("localTime")
+    except OperationFailure:  # a server older than `hello` (MongoDB < 4.4)
+        now = None
     if not isinstance(now, datetime):
         return datetime.now(UTC)
     return now.replace(tzinfo=UTC) if now.tzinfo is None else now.astimezone(UTC)
