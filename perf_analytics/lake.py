@@ -35,7 +35,12 @@ setting cannot be changed back, so SQL on it cannot reach another tenant's data.
 over a dataset without files yet exists and is empty, with the dataset's columns. The
 file list is taken at connect time; reconnect to see partitions written later.
 `connect_lake_all_orgs(root)` is the explicitly named admin variant over every org,
-without the lock.
+without the lock. Both fix DuckDB's memory limit and threads at connect time, and both
+raise UnreadableLakeFile, naming the file, for a file DuckDB cannot open.
+
+The lock still lets SQL write to the org's own files (they are allowed paths), so
+`query_lake`, behind `perf-analytics query`, runs only a statement that DuckDB's parser
+shows to be a read (`check_read_only`), and names a damaged file it trips over.
 
 The root is a local directory (atomic rename and fsync are filesystem operations).
 """
