@@ -85,7 +85,7 @@ def _toml_type(value: object) -> str:
     return next((name for kind, name in names.items() if isinstance(value, kind)), "date or time")
 
 
-def _threads(value: str | int) -> int:
+def parse_duckdb_threads(value: str | int) -> int:
     """`duckdb_threads` as a positive int (TOML gives an int, the environment a string)."""
     text = str(value).strip()
     if not text.isdigit() or int(text) < 1:
@@ -118,7 +118,7 @@ def load_settings(
             values[key] = environ[var]
     values.update({k: v for k, v in flags.items() if v is not None})
     if "duckdb_threads" in values:
-        values["duckdb_threads"] = _threads(values["duckdb_threads"])
+        values["duckdb_threads"] = parse_duckdb_threads(values["duckdb_threads"])
     settings = replace(Settings(), **values)
     if not settings.db or any(c in settings.db for c in '/\\. "$'):
         raise ConfigError(f"invalid database name {settings.db!r}")

@@ -58,7 +58,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from perf_analytics.atomic import atomic_path, fsync_dir
-from perf_analytics.config import DEFAULT_DUCKDB_MEMORY_LIMIT
+from perf_analytics.config import DEFAULT_DUCKDB_MEMORY_LIMIT, parse_duckdb_threads
 from perf_analytics.errors import ConfigError, PerfAnalyticsError
 from perf_analytics.frames import empty_frames
 from perf_analytics.rollups import Rollups, compute_availability, compute_rollups
@@ -253,8 +253,9 @@ def _connect(
     if not Path(root).is_dir() and Path(root).exists():
         raise LakeError(f"lake root {root} is not a directory")
     # Memory and threads are set here, before any lock: `query` refuses SET statements.
+    cpus = (os.cpu_count() or 1) if threads is None else parse_duckdb_threads(threads)
     try:
-        con = duckdb.connect(config={"memory_limit": memory_limit, "threads": threads or os.cpu_count() or 1})
+        con = duckdb.connect(config={"memory_limit": memory_limit, "threads": cpus})
     except duckdb.Error:
         raise ConfigError(
             "duckdb_memory_limit (env PERF_DUCKDB_MEMORY_LIMIT) must be a size such as 4GB or a share of RAM such as 50%"
@@ -359,13 +360,9 @@ def check_read_only(sql: str) -> None:
     parser does not say what the others are (an INSERT or COPY around a PIVOT looks the same).
     """
     kind = _write_kind(_one_statement(sql))
-    if kind == "MULTI":
-        raise NotReadOnly(
-            "PIVOT without an IN list",
-            "; name the pivoted values, e.g. PIVOT anomalies ON severity IN ('low', 'medium', 'high') USING count(*)",
-        )
     if kind is not None:
-        raise NotReadOnly(kind)
+        hint = "; name the pivoted values, e.g. PIVOT anomalies ON severity IN ('low', 'high') USING count(*)"
+        raise NotReadOnly(kind, hint if kind.endswith(_PIVOT_WITHOUT_IN) else "")
 
 
 def _one_statement(sql: str) -> duckdb.Statement:
@@ -389,7 +386,12 @@ def _write_kind(statement: duckdb.Statement) -> str | None:
     if kind == duckdb.StatementType.EXPLAIN:
         inner = _write_kind(_explained(statement.query))
         return None if inner is None else f"EXPLAIN of {inner}"
+    if kind == duckdb.StatementType.MULTI:  # only a PIVOT without IN parses to several
+        return _PIVOT_WITHOUT_IN
     return kind.name.replace("_", " ")
+
+
+_PIVOT_WITHOUT_IN = "PIVOT without an IN list"
 
 
 # Query nodes that only read. DuckDB 2 also parses INSERT, UPDATE, DELETE and COPY ... TO
