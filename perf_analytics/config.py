@@ -4,8 +4,8 @@ The TOML file is `perf-analytics.toml` in the working directory, or the path in
 PERF_CONFIG. Keys: uri, db, lake, state_dir, duckdb_memory_limit, duckdb_threads (top
 level or under [perf_analytics]).
 
-No error message repeats a setting's value: a URI may hold a password, and a value put
-under the wrong key may be a secret too. Messages name the key and what it must be.
+An error about a setting of the wrong type names the key and the type it must have,
+never the value: a URI may hold a password, and a value in the wrong shape may be a secret.
 """
 
 from __future__ import annotations
