@@ -29,7 +29,12 @@ class _Group(click.Group):
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--uri", envvar="MONGODB_URI", help="MongoDB URI (env MONGODB_URI). Unset: the embedded local server.")
+@click.option(
+    "--uri",
+    envvar="MONGODB_URI",
+    help="MongoDB URI. Prefer env MONGODB_URI or the TOML file: a command line, password "
+    "included, shows in the process list. Unset: the embedded local server.",
+)
 @click.option("--db", "db_name", envvar="PERF_DB", help="Database name (env PERF_DB, default deskwise).")
 @click.option("--lake", envvar="PERF_LAKE", help="Parquet lake root (env PERF_LAKE, default data/lake).")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML settings file (env PERF_CONFIG).")

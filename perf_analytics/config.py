@@ -1,7 +1,11 @@
 """Settings: CLI flags beat environment variables, which beat an optional TOML file.
 
 The TOML file is `perf-analytics.toml` in the working directory, or the path in
-PERF_CONFIG. Keys: uri, db, lake, state_dir (top level or under [perf_analytics]).
+PERF_CONFIG. Keys: uri, db, lake, state_dir, duckdb_memory_limit, duckdb_threads (top
+level or under [perf_analytics]).
+
+An error about a setting of the wrong type names the key and the type it must have,
+never the value: a URI may hold a password, and a value in the wrong shape may be a secret.
 """
 
 from __future__ import annotations
@@ -17,10 +21,19 @@ from perf_analytics.errors import ConfigError
 DEFAULT_DB = "deskwise"
 DEFAULT_LAKE = "data/lake"
 DEFAULT_STATE_DIR = "data/localdb"
+# DuckDB's share of the machine's memory for lake queries (DuckDB's own default is 80%).
+DEFAULT_DUCKDB_MEMORY_LIMIT = "50%"
 CONFIG_FILE = "perf-analytics.toml"
 
-_KEYS = ("uri", "db", "lake", "state_dir")
-_ENV = {"uri": "MONGODB_URI", "db": "PERF_DB", "lake": "PERF_LAKE", "state_dir": "PERF_STATE_DIR"}
+_KEYS = ("uri", "db", "lake", "state_dir", "duckdb_memory_limit", "duckdb_threads")
+_ENV = {
+    "uri": "MONGODB_URI",
+    "db": "PERF_DB",
+    "lake": "PERF_LAKE",
+    "state_dir": "PERF_STATE_DIR",
+    "duckdb_memory_limit": "PERF_DUCKDB_MEMORY_LIMIT",
+    "duckdb_threads": "PERF_DUCKDB_THREADS",
+}
 
 
 @dataclass(frozen=True)
@@ -28,12 +41,16 @@ class Settings:
     """Where the toolkit reads and writes.
 
     `uri` None means the embedded local server (started on demand under `state_dir`).
+    `duckdb_memory_limit` and `duckdb_threads` bound the DuckDB connections over the lake
+    (a size such as "4GB" or a share of RAM such as "50%"; `duckdb_threads` None: every CPU).
     """
 
     uri: str | None = None
     db: str = DEFAULT_DB
     lake: str = DEFAULT_LAKE
     state_dir: str = DEFAULT_STATE_DIR
+    duckdb_memory_limit: str = DEFAULT_DUCKDB_MEMORY_LIMIT
+    duckdb_threads: int | None = None
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -53,9 +70,27 @@ def _read_toml(path: Path) -> dict[str, Any]:
     if unknown:
         raise ConfigError(f"{path}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(_KEYS)}")
     for key, value in section.items():
+        if key == "duckdb_threads" and isinstance(value, int) and not isinstance(value, bool):
+            continue
         if not isinstance(value, str):
-            raise ConfigError(f"{path}: {key} must be a string, got {value!r}")
+            # Only the key and the type: the value may be a password put in the wrong shape.
+            wanted = "a whole number" if key == "duckdb_threads" else "a string"
+            raise ConfigError(f"{path}: {key} must be {wanted}, not a TOML {_toml_type(value)}")
     return dict(section)
+
+
+def _toml_type(value: object) -> str:
+    """The TOML name of a parsed value's type, for messages that must not show the value."""
+    names = {bool: "boolean", int: "integer", float: "float", list: "array", dict: "table"}
+    return next((name for kind, name in names.items() if isinstance(value, kind)), "date or time")
+
+
+def parse_duckdb_threads(value: str | int) -> int:
+    """`duckdb_threads` as a positive int (TOML gives an int, the environment a string)."""
+    text = str(value).strip()
+    if not text.isdigit() or int(text) < 1:
+        raise ConfigError("duckdb_threads (env PERF_DUCKDB_THREADS) must be a whole number of at least 1")
+    return int(text)
 
 
 def load_settings(
@@ -82,6 +117,8 @@ def load_settings(
         if environ.get(var):
             values[key] = environ[var]
     values.update({k: v for k, v in flags.items() if v is not None})
+    if "duckdb_threads" in values:
+        values["duckdb_threads"] = parse_duckdb_threads(values["duckdb_threads"])
     settings = replace(Settings(), **values)
     if not settings.db or any(c in settings.db for c in '/\\. "$'):
         raise ConfigError(f"invalid database name {settings.db!r}")

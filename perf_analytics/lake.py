@@ -35,13 +35,19 @@ setting cannot be changed back, so SQL on it cannot reach another tenant's data.
 over a dataset without files yet exists and is empty, with the dataset's columns. The
 file list is taken at connect time; reconnect to see partitions written later.
 `connect_lake_all_orgs(root)` is the explicitly named admin variant over every org,
-without the lock.
+without the lock. Both fix DuckDB's memory limit and threads at connect time, and both
+raise UnreadableLakeFile, naming the file, for a file DuckDB cannot open.
+
+The lock still lets SQL write to the org's own files (they are allowed paths), so
+`query_lake`, behind `perf-analytics query`, runs only a statement that DuckDB's parser
+shows to be a read (`check_read_only`), and names a damaged file it trips over.
 
 The root is a local directory (atomic rename and fsync are filesystem operations).
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -52,7 +58,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from perf_analytics.atomic import atomic_path, fsync_dir
-from perf_analytics.errors import PerfAnalyticsError
+from perf_analytics.config import DEFAULT_DUCKDB_MEMORY_LIMIT, parse_duckdb_threads
+from perf_analytics.errors import ConfigError, PerfAnalyticsError
 from perf_analytics.frames import empty_frames
 from perf_analytics.rollups import Rollups, compute_availability, compute_rollups
 from perf_analytics.schema import ID_RULE, is_valid_id
@@ -267,10 +274,19 @@ def _sql_list(paths: Iterable[Path]) -> str:
     return "[" + ", ".join("'" + str(p).replace("'", "''") + "'" for p in paths) + "]"
 
 
-def _connect(root: str | os.PathLike[str], org_id: str | None) -> tuple[duckdb.DuckDBPyConnection, list[Path]]:
+def _connect(
+    root: str | os.PathLike[str], org_id: str | None, *, memory_limit: str, threads: int | None
+) -> tuple[duckdb.DuckDBPyConnection, list[Path]]:
     if not Path(root).is_dir() and Path(root).exists():
         raise LakeError(f"lake root {root} is not a directory")
-    con = duckdb.connect()
+    # Memory and threads are set here, before any lock: `query` refuses SET statements.
+    cpus = (os.cpu_count() or 1) if threads is None else parse_duckdb_threads(threads)
+    try:
+        con = duckdb.connect(config={"memory_limit": memory_limit, "threads": cpus})
+    except duckdb.Error:
+        raise ConfigError(
+            "duckdb_memory_limit (env PERF_DUCKDB_MEMORY_LIMIT) must be a size such as 4GB or a share of RAM such as 50%"
+        ) from None
     # The lake is UTC: timestamps come back in UTC whatever the machine's time zone.
     con.execute("SET TimeZone = 'UTC'")
     every: list[Path] = []
@@ -280,10 +296,17 @@ def _connect(root: str | os.PathLike[str], org_id: str | None) -> tuple[duckdb.D
         if files:
             types = ", ".join(f"'{k}': '{t}'" for k, t in keys)
             names = ", ".join(f'"{k}"' for k, _ in keys)  # path order, as in the empty views
-            con.execute(
-                f"CREATE VIEW {dataset} AS SELECT * EXCLUDE ({names}), {names} FROM read_parquet("
-                f"{_sql_list(files)}, hive_partitioning = true, hive_types = {{{types}}}, union_by_name = true)"
-            )
+            try:
+                con.execute(
+                    f"CREATE VIEW {dataset} AS SELECT * EXCLUDE ({names}), {names} FROM read_parquet("
+                    f"{_sql_list(files)}, hive_partitioning = true, hive_types = {{{types}}}, union_by_name = true)"
+                )
+            except duckdb.Error as exc:
+                con.close()
+                # The SQL is ours, so a failure here is the files': find the one at fault.
+                raise _unreadable_file(exc, files, scan=True) or LakeError(
+                    f"cannot open the lake's {dataset} files: {_first_line(exc)}"
+                ) from None
         else:
             empty = _empty_table(dataset)
             if empty is not None:
@@ -292,18 +315,221 @@ def _connect(root: str | os.PathLike[str], org_id: str | None) -> tuple[duckdb.D
     return con, every
 
 
-def connect_lake(root: str | os.PathLike[str], *, org_id: str) -> duckdb.DuckDBPyConnection:
-    """A DuckDB connection over one org's lake partitions only, locked to those files."""
+def connect_lake(
+    root: str | os.PathLike[str],
+    *,
+    org_id: str,
+    memory_limit: str = DEFAULT_DUCKDB_MEMORY_LIMIT,
+    threads: int | None = None,
+) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection over one org's lake partitions only, locked to those files.
+
+    `memory_limit` ("4GB", or a share of RAM such as "50%") and `threads` (None: every
+    CPU) are fixed before the lock. A lake file DuckDB cannot open raises UnreadableLakeFile.
+    """
+    return _connect_org(root, org_id, memory_limit=memory_limit, threads=threads)[0]
+
+
+def _connect_org(
+    root: str | os.PathLike[str], org_id: str, *, memory_limit: str, threads: int | None
+) -> tuple[duckdb.DuckDBPyConnection, list[Path]]:
     _check_part("org id", org_id)
-    con, files = _connect(root, org_id)
+    con, files = _connect(root, org_id, memory_limit=memory_limit, threads=threads)
     if files:
         con.execute(f"SET allowed_paths = {_sql_list(files)}")
     con.execute("SET enable_external_access = false")
     con.execute("SET lock_configuration = true")
-    return con
+    return con, files
 
 
-def connect_lake_all_orgs(root: str | os.PathLike[str]) -> duckdb.DuckDBPyConnection:
+def connect_lake_all_orgs(
+    root: str | os.PathLike[str], *, memory_limit: str = DEFAULT_DUCKDB_MEMORY_LIMIT, threads: int | None = None
+) -> duckdb.DuckDBPyConnection:
     """Admin: a DuckDB connection over every org's partitions (cross-tenant, unlocked)."""
-    con, _ = _connect(root, None)
+    con, _ = _connect(root, None, memory_limit=memory_limit, threads=threads)
     return con
+
+
+# ---- querying -----------------------------------------------------------------------------
+
+
+class QueryError(LakeError):
+    """SQL over the lake failed or was refused; the message is the reason in one line."""
+
+
+class NotReadOnly(QueryError):
+    """The SQL would do more than read; `statement` names what it is (COPY, INSERT, ...)."""
+
+    def __init__(self, statement: str, hint: str = "") -> None:
+        self.statement = statement
+        super().__init__(f"statement refused ({statement}): only read statements run here ({READ_STATEMENTS}){hint}")
+
+
+class UnreadableLakeFile(LakeError):
+    """A lake file cannot be read (truncated, not Parquet, damaged, or gone); `path` names it."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"lake file {path} cannot be read: {reason}")
+
+
+READ_STATEMENTS = "SELECT, WITH, FROM, VALUES, DESCRIBE, SUMMARIZE, SHOW, PIVOT ... IN (...), UNPIVOT, EXPLAIN of these"
+
+
+def check_read_only(sql: str) -> None:
+    """Raise QueryError unless `sql` is one statement that only reads.
+
+    DuckDB's own parser decides: every form of SELECT (the list in READ_STATEMENTS parses
+    to one), and EXPLAIN [ANALYZE] of such a statement; EXPLAIN ANALYZE runs what it
+    explains, so the explained statement is checked too. A PIVOT without an IN list is
+    refused: DuckDB turns it into several statements, the first creating a type, and the
+    parser does not say what the others are (an INSERT or COPY around a PIVOT looks the same).
+    """
+    kind = _write_kind(_one_statement(sql))
+    if kind is not None:
+        hint = "; name the pivoted values, e.g. PIVOT anomalies ON severity IN ('low', 'high') USING count(*)"
+        raise NotReadOnly(kind, hint if kind.endswith(_PIVOT_WITHOUT_IN) else "")
+
+
+def _one_statement(sql: str) -> duckdb.Statement:
+    try:
+        statements = duckdb.extract_statements(sql)
+    except duckdb.Error as exc:
+        raise QueryError(_first_line(exc)) from None
+    if len(statements) != 1:
+        raise QueryError(f"give one SQL statement (found {len(statements)})")
+    return statements[0]
+
+
+def _write_kind(statement: duckdb.Statement) -> str | None:
+    """None for a read statement, else the name of its kind (COPY, INSERT, EXPLAIN of COPY, ...)."""
+    try:
+        kind = statement.type
+    except ValueError:  # a type that this duckdb's Python API has no name for (UPDATE EXTENSIONS)
+        return "a kind without a name"
+    if kind == duckdb.StatementType.SELECT:
+        return _modifying_node(statement.query)
+    if kind == duckdb.StatementType.EXPLAIN:
+        inner = _write_kind(_explained(statement.query))
+        return None if inner is None else f"EXPLAIN of {inner}"
+    if kind == duckdb.StatementType.MULTI:  # only a PIVOT without IN parses to several
+        return _PIVOT_WITHOUT_IN
+    return kind.name.replace("_", " ")
+
+
+_PIVOT_WITHOUT_IN = "PIVOT without an IN list"
+
+
+# Query nodes that only read. DuckDB 2 also parses INSERT, UPDATE, DELETE and COPY ... TO
+# inside WITH as a SELECT statement (`WITH x AS (COPY ... TO 'f') SELECT 1` writes 'f'),
+# so a SELECT's parse tree is walked for nodes of any other type.
+_READ_NODES = frozenset({"SELECT_NODE", "SET_OPERATION_NODE", "RECURSIVE_CTE_NODE", "CTE_NODE"})
+
+
+def _modifying_node(sql: str) -> str | None:
+    """None if every query node of the SELECT statement `sql` reads, else what the first one does."""
+    parser = duckdb.connect()
+    try:
+        row = parser.execute("SELECT json_serialize_sql(?)", [sql]).fetchone()
+    finally:
+        parser.close()
+    tree = json.loads(row[0]) if row else {"error": True}
+    if tree["error"]:
+        return "a query whose parse tree DuckDB cannot show"
+    others = sorted(_node_types(tree) - _READ_NODES)
+    return f"{others[0].removesuffix('_NODE').removesuffix('_QUERY')} inside a query" if others else None
+
+
+def _node_types(tree: object) -> set[str]:
+    """The types of the query nodes (`*_NODE`) anywhere in a serialized parse tree."""
+    if isinstance(tree, list):
+        return set().union(*(_node_types(item) for item in tree))
+    if not isinstance(tree, dict):
+        return set()
+    kind = tree.get("type")
+    found = {kind} if isinstance(kind, str) and kind.endswith("_NODE") else set()
+    return found.union(*(_node_types(value) for value in tree.values()))
+
+
+def _explained(sql: str) -> duckdb.Statement:
+    """The statement an EXPLAIN statement explains: what follows EXPLAIN [ANALYZE] [(options)].
+
+    Found with DuckDB's tokens, so comments and spacing do not matter. `EXPLAIN (SELECT 1)`
+    explains a parenthesised query and `EXPLAIN (ANALYZE) COPY ...` has an option list:
+    the text after the parenthesis is taken only when the text from it does not parse.
+    """
+    tokens = duckdb.tokenize(sql)
+    ends = [start for start, _ in tokens[1:]] + [len(sql)]
+    words = [
+        (start, sql[start:end].strip().upper())
+        for (start, kind), end in zip(tokens, ends, strict=True)
+        if kind != duckdb.token_type.comment
+    ]
+    i = 2 if words[1][1] in ("ANALYZE", "ANALYSE") else 1  # words[0] is EXPLAIN
+    try:
+        return _one_statement(sql[words[i][0] :])
+    except QueryError:
+        depth = words[i][1].count("(")
+        while depth:  # skip the option list, up to its closing parenthesis
+            i += 1
+            depth += words[i][1].count("(") - words[i][1].count(")")
+        i += 1
+        return _one_statement(sql[words[i][0] :])
+
+
+def query_lake(
+    root: str | os.PathLike[str],
+    sql: str,
+    *,
+    org_id: str,
+    memory_limit: str = DEFAULT_DUCKDB_MEMORY_LIMIT,
+    threads: int | None = None,
+) -> pa.Table:
+    """The rows of one read statement over one org's lake (see `check_read_only`).
+
+    The connection is `connect_lake`'s: that org's files only, and locked. Failures are
+    one-line errors: QueryError for the SQL, UnreadableLakeFile naming a damaged file.
+    """
+    check_read_only(sql)
+    con, files = _connect_org(root, org_id, memory_limit=memory_limit, threads=threads)
+    try:
+        return con.sql(sql).to_arrow_table()
+    except duckdb.Error as exc:
+        # Damaged pages surface as bare errors ("Out of buffer", thrift messages) that name
+        # no file: then every file is checked. Other errors are the SQL's, unless they name one.
+        scan = type(exc) in (duckdb.Error, duckdb.IOException)
+        raise _unreadable_file(exc, files, scan=scan) or QueryError(_first_line(exc)) from None
+    finally:
+        con.close()
+
+
+def _unreadable_file(exc: duckdb.Error, files: list[Path], *, scan: bool) -> UnreadableLakeFile | None:
+    """The file behind a DuckDB error: one the message names, else (with `scan`) any that fails a read."""
+    named = [p for p in files if str(p) in str(exc)]
+    for path in named or (files if scan else []):
+        reason = _read_failure(path)
+        if reason is not None:
+            return UnreadableLakeFile(path, reason)
+    return None
+
+
+def _read_failure(path: Path) -> str | None:
+    """Why DuckDB cannot read every value of the Parquet file at `path`, or None if it can."""
+    if not path.is_file():
+        return "it is gone (run again to see the lake as it is now)"
+    checker = duckdb.connect()
+    try:
+        # Hashing every column makes DuckDB decode every page (a count could use the footer).
+        checker.execute("SELECT max(hash(COLUMNS(*))) FROM read_parquet(?)", [str(path)]).fetchall()
+    except duckdb.Error as exc:
+        return _first_line(exc)
+    finally:
+        checker.close()
+    return None
+
+
+def _first_line(exc: Exception) -> str:
+    """The first line of an error message, with characters that are not printable replaced."""
+    lines = str(exc).splitlines() or [type(exc).__name__]
+    return "".join(c if c.isprintable() else "?" for c in lines[0])

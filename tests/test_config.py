@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 
 from perf_analytics.cli import app
 from perf_analytics.config import DEFAULT_DB, DEFAULT_LAKE, Settings, load_settings
@@ -156,3 +157,106 @@ def test_the_cli_reads_the_toml_file_of_the_working_directory(monkeypatch: pytes
     result = CliRunner().invoke(app, ["localdb", "status"])
     assert result.exit_code == 1
     assert result.stderr == "Error: invalid database name 'a/b'\n"
+
+
+# ---- settings are never echoed --------------------------------------------------------
+
+SECRET = "s3cret-pw"
+
+
+@pytest.mark.parametrize(
+    ("value", "toml_type"),
+    [
+        (f'["mongodb://ops:{SECRET}@db.example/"]', "array"),
+        (f'{{ user = "ops", password = "{SECRET}" }}', "table"),
+        ("12345", "integer"),
+        ("true", "boolean"),
+        ("2026-03-01", "date or time"),
+    ],
+)
+def test_a_uri_that_is_not_a_string_is_reported_without_its_value(value: str, toml_type: str) -> None:
+    _write(Path("perf-analytics.toml"), f"uri = {value}\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(env={})
+    assert _one_line(info.value) == f"perf-analytics.toml: uri must be a string, not a TOML {toml_type}"
+
+
+@pytest.fixture
+def cli(monkeypatch: pytest.MonkeyPatch) -> CliRunner:
+    for var in ("PERF_CONFIG", "PERF_DB", "PERF_LAKE", "PERF_STATE_DIR", "MONGODB_URI"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("PERF_SERVER_TIMEOUT_MS", "200")
+    return CliRunner()
+
+
+def _one_error_line(result: Result) -> str:
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit)
+    assert result.stderr.endswith("\n") and result.stderr.count("\n") == 1, result.stderr
+    assert SECRET not in result.output
+    return result.stderr.removesuffix("\n")
+
+
+def _closed_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_the_cli_never_prints_a_password_from_a_bad_toml_value(cli: CliRunner) -> None:
+    _write(Path("perf-analytics.toml"), f'[perf_analytics]\nuri = {{ password = "{SECRET}" }}\n')
+    line = _one_error_line(cli.invoke(app, ["init"]))
+    assert line == "Error: perf-analytics.toml: uri must be a string, not a TOML table"
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        f"mongodb://ops:{SECRET}@db.example:notaport/",
+        f"mongodb://ops:{SECRET}@db@example/",
+        f"mongodb+srv://ops:{SECRET}@db.example:27017/",
+        f"http://ops:{SECRET}@db.example/",
+    ],
+    ids=["port", "unescaped-at", "srv-port", "scheme"],
+)
+def test_the_cli_never_prints_a_password_from_a_malformed_uri(cli: CliRunner, uri: str) -> None:
+    _write(Path("perf-analytics.toml"), f'uri = "{uri}"\n')
+    assert _one_error_line(cli.invoke(app, ["init"])).startswith("Error: invalid MongoDB URI: ")
+
+
+def test_the_cli_never_prints_a_password_from_an_unreachable_uri_in_the_environment(cli: CliRunner) -> None:
+    port = _closed_port()
+    result = cli.invoke(app, ["init"], env={"MONGODB_URI": f"mongodb://ops:{SECRET}@127.0.0.1:{port}/?directConnection=true"})
+    line = _one_error_line(result)
+    assert line.startswith(f"Error: cannot reach MongoDB at mongodb://***@127.0.0.1:{port}/")
+
+
+# ---- DuckDB memory and threads ------------------------------------------------------------
+
+
+def test_duckdb_settings_default_to_half_the_memory_and_every_cpu() -> None:
+    settings = load_settings(env={})
+    assert (settings.duckdb_memory_limit, settings.duckdb_threads) == ("50%", None)
+
+
+def test_duckdb_settings_come_from_the_toml_file_and_env_beats_it() -> None:
+    _write(Path("perf-analytics.toml"), 'duckdb_memory_limit = "2GB"\nduckdb_threads = 3\n')
+    settings = load_settings(env={})
+    assert (settings.duckdb_memory_limit, settings.duckdb_threads) == ("2GB", 3)
+    settings = load_settings(env={"PERF_DUCKDB_MEMORY_LIMIT": "25%", "PERF_DUCKDB_THREADS": "2"})
+    assert (settings.duckdb_memory_limit, settings.duckdb_threads) == ("25%", 2)
+
+
+@pytest.mark.parametrize("text", ["duckdb_threads = 0\n", "duckdb_threads = -2\n", 'duckdb_threads = "many"\n'])
+def test_duckdb_threads_must_be_a_positive_whole_number(text: str) -> None:
+    _write(Path("perf-analytics.toml"), text)
+    with pytest.raises(ConfigError) as info:
+        load_settings(env={})
+    assert _one_line(info.value) == "duckdb_threads (env PERF_DUCKDB_THREADS) must be a whole number of at least 1"
+
+
+def test_duckdb_threads_of_another_toml_type_names_the_type() -> None:
+    _write(Path("perf-analytics.toml"), "duckdb_threads = 2.5\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(env={})
+    assert _one_line(info.value) == "perf-analytics.toml: duckdb_threads must be a whole number, not a TOML float"

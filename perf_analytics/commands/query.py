@@ -5,16 +5,10 @@ from __future__ import annotations
 import sys
 
 import click
-import duckdb
 import polars as pl
 
 from perf_analytics.commands._common import settings_of
-from perf_analytics.errors import PerfAnalyticsError
-from perf_analytics.lake import connect_lake
-
-
-class QueryError(PerfAnalyticsError):
-    """The SQL failed."""
+from perf_analytics.lake import query_lake
 
 
 @click.command("query")
@@ -23,27 +17,24 @@ class QueryError(PerfAnalyticsError):
 @click.argument("sql")
 @click.pass_context
 def command(ctx: click.Context, org_id: str, fmt: str, sql: str) -> None:
-    """Run SQL over one org's lake: views rollups, rollups_disks, rollups_interfaces, anomalies.
+    """Run one read-only SQL statement over one org's lake: views rollups, rollups_disks,
+    rollups_interfaces, anomalies, availability (and snapshots once archived).
 
     The connection is built from that org's partition files only and cannot read others.
+    Only reads run (SELECT, WITH, DESCRIBE, SUMMARIZE, SHOW, PIVOT ... IN (...), EXPLAIN);
+    COPY, INSERT, CREATE, SET and the like are refused. DuckDB's memory and threads come
+    from the settings duckdb_memory_limit and duckdb_threads.
 
     \b
     Examples:
       perf-analytics query --org org-01 "select detector, count(*) from anomalies group by 1"
       perf-analytics query --org org-01 --format csv \\
-          "select assetId, bucket, cpu_usage_p95 from rollups where window = '1hour'"
+          "select assetId, bucket, cpu_usage_p95 from rollups where \\"window\\" = '1hour'"
     """
-    con = connect_lake(settings_of(ctx).lake, org_id=org_id)
-    try:
-        relation = con.sql(sql)
-        table = relation.to_arrow_table() if relation is not None else None
-    except duckdb.Error as exc:
-        raise QueryError(str(exc).splitlines()[0]) from None
-    finally:
-        con.close()
-    if table is None:  # a statement without rows
-        click.echo("ok")
-        return
+    settings = settings_of(ctx)
+    table = query_lake(
+        settings.lake, sql, org_id=org_id, memory_limit=settings.duckdb_memory_limit, threads=settings.duckdb_threads
+    )
     frame = pl.from_arrow(table)
     assert isinstance(frame, pl.DataFrame)
     if fmt == "csv":
