@@ -18,7 +18,14 @@ from perf_analytics.errors import ServerError
 from perf_analytics.ingest import ingest_archives_all_orgs
 from perf_analytics.ingest.readers import MAX_LINE_BYTES, open_archive
 from perf_analytics.schema import ASSETS, SNAPSHOTS, validate_snapshot
-from perf_analytics.store import KEY_INDEX, MAX_DOCUMENT_BYTES, MAX_NESTING, Db, missing_indexes, probe_capabilities
+from perf_analytics.store import (
+    KEY_INDEX,
+    MAX_DOCUMENT_BYTES,
+    MAX_NESTING,
+    Db,
+    missing_indexes,
+    probe_capabilities,
+)
 from tests.factories import T0, series, set_path, snapshot
 
 

@@ -9,9 +9,17 @@ import pytest
 from bson import ObjectId
 from pymongo.errors import DuplicateKeyError
 
-from perf_analytics.errors import ConfigError, ValidationError
-from perf_analytics.schema import ASSETS, SNAPSHOTS, TIME_WINDOWS
-from perf_analytics.store import Db, get_asset_performance, store_snapshot
+from perf_analytics.errors import ConfigError, ServerError, ValidationError
+from perf_analytics.schema import ASSETS, SNAPSHOTS, TIME_WINDOWS, validate_snapshot
+from perf_analytics.store import (
+    KEY_INDEX,
+    MAX_DOCUMENT_BYTES,
+    MAX_NESTING,
+    Db,
+    get_asset_performance,
+    missing_indexes,
+    store_snapshot,
+)
 from tests.factories import T0, series, set_path, snapshot
 
 MS = timedelta(milliseconds=1)
@@ -212,6 +220,64 @@ def test_a_bad_payload_raises_validation_error_and_writes_nothing(db: Db, path: 
         store_snapshot(db, "org-a", set_path(snapshot(), path, value))
     assert db[SNAPSHOTS].count_documents({}) == 0
     assert set(_asset(db, "asset-1")) == {"_id", "orgId", "name"}
+
+
+def test_storing_twice_into_a_database_without_init_stores_once(raw_db: Db) -> None:
+    first = store_snapshot(raw_db, "org-a", snapshot())
+    again = store_snapshot(raw_db, "org-a", snapshot())
+    assert (first.inserted, again.inserted) == (True, False)
+    assert raw_db[SNAPSHOTS].count_documents({}) == 1
+    assert KEY_INDEX not in missing_indexes(raw_db)
+
+
+def test_storing_where_duplicates_stop_the_key_index_is_one_line_error_and_writes_nothing(raw_db: Db) -> None:
+    twice = validate_snapshot(snapshot())
+    raw_db[SNAPSHOTS].insert_many([dict(twice), dict(twice)])
+    with pytest.raises(ServerError) as info:
+        store_snapshot(raw_db, "org-a", snapshot(assetId="asset-2"))
+    assert str(info.value) == (
+        f"cannot create unique index {KEY_INDEX}: duplicate snapshots exist "
+        "(remove them first: see `doctor`, then run `perf-analytics init`)"
+    )
+    assert raw_db[SNAPSHOTS].count_documents({}) == 2
+
+
+def test_a_snapshot_reusing_the_id_of_another_orgs_snapshot_is_rejected_and_moves_nothing(db: Db) -> None:
+    _add_asset(db, "asset-1", org="org-b")
+    first = store_snapshot(db, "org-a", snapshot())
+    with pytest.raises(ValidationError) as info:
+        store_snapshot(db, "org-b", snapshot(orgId="org-b", _id=first.id))
+    assert (info.value.field, info.value.reason) == ("_id", f"{first.id!r} is already the id of another snapshot")
+    assert db[SNAPSHOTS].count_documents({"orgId": "org-b"}) == 0
+    assert "lastSeen" not in _asset(db, "asset-1")
+
+
+def _deep(levels: int) -> Any:
+    value: Any = 1
+    for _ in range(levels):
+        value = {"a": value}
+    return value
+
+
+@pytest.mark.parametrize(
+    ("extra", "field", "reason"),
+    [
+        (_deep(MAX_NESTING), "extra.a.a.a...", f"nested deeper than {MAX_NESTING} levels of objects and arrays"),
+        (2**70, "", "cannot be stored as BSON"),
+        (b"\0" * MAX_DOCUMENT_BYTES, "extra", "the document is "),
+    ],
+    ids=["too-deep", "int-over-64-bits", "over-16-mib"],
+)
+def test_a_snapshot_no_server_can_store_raises_validation_error_and_writes_nothing(
+    db: Db, extra: Any, field: str, reason: str
+) -> None:
+    _add_asset(db, "asset-1")
+    with pytest.raises(ValidationError) as info:
+        store_snapshot(db, "org-a", snapshot(extra=extra))
+    assert info.value.field == field
+    assert info.value.reason.startswith(reason)
+    assert db[SNAPSHOTS].count_documents({}) == 0
+    assert "lastSeen" not in _asset(db, "asset-1")
 
 
 def test_the_counts_add_up(db: Db) -> None:
