@@ -416,27 +416,37 @@ def check_nesting(doc: Mapping[str, Any], limit: int = MAX_NESTING) -> None:
     The document itself is level 1. The walk is iterative and stops at the first branch
     over the limit, so a record nested thousands deep costs no more than `limit` steps
     down and never hits Python's recursion limit (as BSON encoding and JSON printing do
-    at about 1,000 and 500 levels). The field named is the path to that branch.
+    at about 1,000 and 500 levels). The field named is the path to that branch. This runs
+    for every record of a load, so the walk only counts levels (a few µs a snapshot);
+    the path is traced only for a document found too deep.
     """
+    stack: list[tuple[Any, int]] = [(doc, 1)]
+    while stack:
+        value, depth = stack.pop()
+        for child in value.values() if isinstance(value, dict) else value:
+            if isinstance(child, dict | list):
+                if depth >= limit:
+                    raise ValidationError(
+                        _path_deeper_than(doc, limit), f"nested deeper than {limit} levels of objects and arrays"
+                    )
+                stack.append((child, depth + 1))
+
+
+def _path_deeper_than(doc: Mapping[str, Any], limit: int, keep: int = 4) -> str:
+    """The first `keep` steps of the path to a container below level `limit` of `doc`
+    (which has one), as `a.b[0].c...`: the rest repeats the same few keys."""
     stack: list[tuple[Any, int, tuple[str, ...]]] = [(doc, 1, ())]
     while stack:
         value, depth, path = stack.pop()
-        items = value.items() if isinstance(value, Mapping) else enumerate(value)
+        items = value.items() if isinstance(value, dict) else enumerate(value)
         for key, child in items:
-            if not isinstance(child, Mapping | list):
-                continue
-            step = f"[{key}]" if isinstance(value, list) else (f".{key}" if path else str(key))
-            if depth + 1 > limit:
-                raise ValidationError(
-                    _short_path((*path, step)), f"nested deeper than {limit} levels of objects and arrays"
-                )
-            stack.append((child, depth + 1, (*path, step)))
-
-
-def _short_path(steps: tuple[str, ...], keep: int = 4) -> str:
-    """A field path shortened to its first `keep` steps: the rest repeats the same few keys."""
-    text = "".join(steps[:keep])
-    return f"{text}..." if len(steps) > keep else text
+            if isinstance(child, dict | list):
+                step = f"[{key}]" if isinstance(value, list) else (f".{key}" if path else str(key))
+                if depth >= limit:
+                    steps = (*path, step)
+                    return "".join(steps[:keep]) + ("..." if len(steps) > keep else "")
+                stack.append((child, depth + 1, (*path, step) if len(path) <= keep else path))
+    return ""
 
 
 def encode_document(doc: Mapping[str, Any], collection: Collection[Doc]) -> RawBSONDocument:
