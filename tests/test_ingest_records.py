@@ -13,7 +13,10 @@ import bson
 import orjson
 import pytest
 from bson import ObjectId, json_util
+from click.testing import CliRunner
 
+from perf_analytics.cli import app
+from perf_analytics.config import Settings
 from perf_analytics.errors import ServerError
 from perf_analytics.ingest import ingest_archives_all_orgs
 from perf_analytics.ingest.readers import MAX_LINE_BYTES, open_archive
@@ -88,6 +91,22 @@ def test_a_load_into_a_database_whose_duplicates_stop_the_key_index_says_what_to
     assert "\n" not in message
     assert "duplicate snapshots exist" in message and "`doctor`" in message and "init" in message
     assert raw_db[SNAPSHOTS].count_documents({}) == 2  # nothing of the archive was written
+
+
+def test_cli_ingest_where_duplicates_stop_the_key_index_is_one_error_line(
+    raw_db: Db, settings: Settings, tmp_path: Path
+) -> None:
+    twice = validate_snapshot(snapshot())
+    raw_db[SNAPSHOTS].insert_many([dict(twice), dict(twice)])
+    archive = _ndjson(tmp_path / "a.ndjson", series(2, asset="asset-9"))
+    result = CliRunner().invoke(
+        app, ["--uri", str(settings.uri), "--db", settings.db, "ingest", str(archive), "--checkpoint-dir", str(tmp_path)]
+    )
+    assert result.exit_code == 1
+    assert result.stderr == (
+        f"Error: cannot create unique index {KEY_INDEX}: duplicate snapshots exist "
+        "(remove them first: see `doctor`, then run `perf-analytics init`)\n"
+    )
 
 
 # Item 4: one bad record never stops a load ---------------------------------------------------
