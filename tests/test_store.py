@@ -16,7 +16,10 @@ from perf_analytics.store import (
     MAX_DOCUMENT_BYTES,
     MAX_NESTING,
     Db,
+    duplicate_key_index,
+    duplicates_of,
     get_asset_performance,
+    is_duplicate_key,
     missing_indexes,
     store_snapshot,
 )
@@ -250,6 +253,52 @@ def test_a_snapshot_reusing_the_id_of_another_orgs_snapshot_is_rejected_and_move
     assert (info.value.field, info.value.reason) == ("_id", f"{first.id!r} is already the id of another snapshot")
     assert db[SNAPSHOTS].count_documents({"orgId": "org-b"}) == 0
     assert "lastSeen" not in _asset(db, "asset-1")
+
+
+# Write errors as MongoDB documents them (errmsg names the index; keyPattern since 4.2) and
+# as FerretDB 1.24 answers (measured: the same errmsg for a clash on _id and on the key).
+_MONGODB_KEY_CLASH = {
+    "index": 0, "code": 11000,
+    "errmsg": f"E11000 duplicate key error collection: deskwise.performance_snapshots index: {KEY_INDEX} "
+    "dup key: { orgId: \"org-a\", assetId: \"asset-1\", timestamp: new Date(1772366400000) }",
+    "keyPattern": {"orgId": 1, "assetId": 1, "timestamp": -1},
+}
+_MONGODB_ID_CLASH = {
+    "index": 0, "code": 11000,
+    "errmsg": "E11000 duplicate key error collection: deskwise.performance_snapshots index: _id_ dup key: { _id: 1 }",
+    "keyPattern": {"_id": 1},
+}
+_MONGODB_OTHER_CLASH = {
+    "index": 0, "code": 11000,
+    "errmsg": "E11000 duplicate key error collection: deskwise.performance_snapshots index: agent_unique dup key: {}",
+}
+_FERRETDB_CLASH = {"index": 0, "code": 11000, "errmsg": "E11000 duplicate key error collection: t.performance_snapshots"}
+
+
+@pytest.mark.parametrize(
+    ("error", "index"),
+    [(_MONGODB_KEY_CLASH, KEY_INDEX), (_MONGODB_ID_CLASH, "_id_"), (_MONGODB_OTHER_CLASH, "agent_unique"),
+     (_FERRETDB_CLASH, None)],
+    ids=["mongodb-key", "mongodb-id", "mongodb-other", "ferretdb"],
+)
+def test_a_duplicate_key_error_names_its_index_when_the_server_says(error: dict[str, Any], index: str | None) -> None:
+    assert is_duplicate_key(error)
+    assert duplicate_key_index(error) == index
+
+
+def test_only_a_clash_whose_snapshot_is_stored_is_a_duplicate(db: Db) -> None:
+    stored = validate_snapshot(snapshot()) | {"_id": 1}
+    db[SNAPSHOTS].insert_one(stored)
+    same = validate_snapshot(snapshot()) | {"_id": 1}  # a reload: clashes on _id and key
+    other = validate_snapshot(snapshot(assetId="asset-2")) | {"_id": 1}  # only the _id is taken
+    errors = [_MONGODB_KEY_CLASH, _MONGODB_ID_CLASH, _FERRETDB_CLASH, _MONGODB_ID_CLASH, _FERRETDB_CLASH,
+              _MONGODB_OTHER_CLASH]
+    verdicts = duplicates_of(db, [same, same, same, other, other, same], errors)
+    assert verdicts[:3] == [None, None, None]
+    assert [(v.field, v.reason) for v in verdicts[3:5] if v is not None] == [
+        ("_id", "1 is already the id of another snapshot")
+    ] * 2
+    assert verdicts[5] is not None and verdicts[5].reason.startswith("duplicate key on unique index agent_unique")
 
 
 def _deep(levels: int) -> Any:
