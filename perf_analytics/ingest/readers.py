@@ -160,9 +160,10 @@ def _decode(value: Any, depth: int) -> Any:
     return value
 
 
-def _read_ndjson(stream: io.BufferedIOBase, skip: int, max_line: int = MAX_LINE_BYTES) -> Iterator[Record]:
-    """One record per non-blank line. A line longer than `max_line` bytes is a record in
+def _read_ndjson(stream: io.BufferedIOBase, skip: int) -> Iterator[Record]:
+    """One record per non-blank line. A line longer than MAX_LINE_BYTES is a record in
     error, read past in bounded pieces: no line over the limit is ever held whole."""
+    max_line = MAX_LINE_BYTES
     index = 0
     line_no = 0
     while line := stream.readline(max_line + 1):
@@ -186,8 +187,16 @@ def _read_ndjson(stream: io.BufferedIOBase, skip: int, max_line: int = MAX_LINE_
                 payload = decode_extended_json(payload)
             yield Record(index, f"line {line_no}", payload)
         except (orjson.JSONDecodeError, ValueError, TypeError, BSONError) as exc:
-            yield Record(index, f"line {line_no}", error=f"not valid JSON: {exc}", raw=_text(line))
+            yield Record(index, f"line {line_no}", error=_json_error(exc), raw=_text(line))
         index += 1
+
+
+def _json_error(exc: Exception) -> str:
+    # orjson stops at 1,024 levels with "depth limit exceeded": valid JSON, but nested
+    # far deeper than anything a server stores.
+    if "depth limit" in str(exc):
+        return f"nested deeper than {MAX_NESTING} levels of objects and arrays"
+    return f"not valid JSON: {exc}"
 
 
 def _skip_rest_of_line(stream: io.BufferedIOBase) -> int:
