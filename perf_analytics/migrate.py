@@ -11,7 +11,7 @@ successful one moves nothing.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -20,10 +20,19 @@ from pymongo.errors import BulkWriteError
 
 from perf_analytics.errors import ConfigError, ServerError, ValidationError
 from perf_analytics.schema import ASSETS, SNAPSHOTS, Problem, repaired_id, validate_snapshot
-from perf_analytics.store import KEY_INDEX, Db, Doc, ensure_indexes, missing_indexes, touch_assets
+from perf_analytics.store import (
+    KEY_INDEX,
+    Db,
+    Doc,
+    ensure_indexes,
+    is_duplicate_key,
+    missing_indexes,
+    present_keys,
+    snapshot_key,
+    touch_assets,
+)
 
 DEFAULT_BATCH_SIZE = 1000
-_DUPLICATE_KEY = 11000
 _MAX_REASON_CHARS = 300
 
 
@@ -94,15 +103,15 @@ def migrate_legacy_snapshots(
                 continue
             raw_ids[valid[-1]["_id"]] = raw["_id"]
         if dry_run:
-            present = _present_keys(db, org_id, valid)
+            present = present_keys(db, org_id, valid)
             moved += len(valid)
-            already += sum(1 for doc in valid if _key(doc) in present)
+            already += sum(1 for doc in valid if snapshot_key(doc) in present)
             continue
         duplicates, failed = _insert(db, valid)
-        present = _present_keys(db, org_id, valid)
+        present = present_keys(db, org_id, valid)
         verified: list[Doc] = []
         for doc in valid:
-            if _key(doc) in present:
+            if snapshot_key(doc) in present:
                 verified.append(doc)
             elif doc["_id"] in failed:
                 left.append(Problem(raw_ids[doc["_id"]], f"insert failed: {failed[doc['_id']]}"))
@@ -219,33 +228,9 @@ def _insert(db: Db, docs: list[Doc]) -> tuple[set[Any], dict[Any, str]]:
         failed: dict[Any, str] = {}
         for error in exc.details.get("writeErrors", []):
             doc_id = docs[error["index"]]["_id"]
-            if error.get("code") == _DUPLICATE_KEY:
+            if is_duplicate_key(error):
                 duplicates.add(doc_id)
             else:
                 failed[doc_id] = str(error.get("errmsg", error))[:_MAX_REASON_CHARS]
         return duplicates, failed
     return set(), {}
-
-
-def _key(doc: Mapping[str, Any]) -> tuple[str, datetime]:
-    return (doc["assetId"], doc["timestamp"])
-
-
-def _present_keys(db: Db, org_id: str, docs: Sequence[Doc]) -> set[tuple[str, datetime]]:
-    """Which of `docs`' (assetId, timestamp) keys performance_snapshots holds for `org_id`.
-
-    One query per batch: a superset by assetId and timestamp, narrowed to exact pairs here.
-    """
-    if not docs:
-        return set()
-    wanted = {_key(doc) for doc in docs}
-    query = {
-        "orgId": org_id,
-        "assetId": {"$in": sorted({asset for asset, _ in wanted})},
-        "timestamp": {"$in": sorted({moment for _, moment in wanted})},
-    }
-    found = {
-        (doc["assetId"], doc["timestamp"])
-        for doc in db[SNAPSHOTS].find(query, {"_id": 0, "assetId": 1, "timestamp": 1})
-    }
-    return wanted & found

@@ -6,12 +6,17 @@ Every function that touches tenant data takes an org id and puts it in its filte
 from __future__ import annotations
 
 import os
+import re
 import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import bson
+from bson import ObjectId
+from bson.errors import InvalidDocument
+from bson.raw_bson import RawBSONDocument
 from pymongo import ASCENDING, DESCENDING, MongoClient, UpdateOne
 from pymongo.collection import Collection
 from pymongo.database import Database
@@ -163,28 +168,11 @@ def ensure_indexes(db: Db, *, ttl_days: int | None = None) -> IndexReport:
         raise ConfigError("--ttl-days must be a positive number of days")
     coll = db[SNAPSHOTS]
     have = {ix["name"]: ix for ix in coll.list_indexes()}
-    created, existing, notes = [], [], []
-    for name, (keys, unique) in INDEXES.items():
-        if name in have:
-            if unique and not have[name].get("unique"):
-                raise ServerError(
-                    f"index {name} exists but is not unique; drop it and run init again "
-                    "(duplicates must be removed first: see `doctor`)"
-                )
-            existing.append(name)
-            continue
-        try:
-            coll.create_index(keys, name=name, unique=unique)
-        except OperationFailure as exc:
-            # MongoDB answers DuplicateKeyError; FerretDB/SQLite an InternalError naming the
-            # UNIQUE constraint. Both mean the same thing to the user.
-            if unique and (isinstance(exc, DuplicateKeyError) or "UNIQUE constraint failed" in str(exc)):
-                raise ServerError(
-                    f"cannot create unique index {name}: duplicate snapshots exist "
-                    "(remove them first: see `doctor`)"
-                ) from None
-            raise ServerError(f"cannot create index {name}: {exc.details or exc}") from None
-        created.append(name)
+    created: list[str] = []
+    existing: list[str] = []
+    notes: list[str] = []
+    for name in INDEXES:
+        (created if _create_index(coll, name, have) else existing).append(name)
     if ttl_days is not None:
         caps = probe_capabilities(db)
         if not caps.ttl_indexes:
@@ -208,6 +196,162 @@ def ensure_indexes(db: Db, *, ttl_days: int | None = None) -> IndexReport:
 def missing_indexes(db: Db) -> list[str]:
     have = {ix["name"] for ix in db[SNAPSHOTS].list_indexes()}
     return [name for name in INDEXES if name not in have]
+
+
+def _create_index(coll: Collection[Doc], name: str, have: Mapping[str, Mapping[str, Any]]) -> bool:
+    """Create the index `name` of INDEXES unless `have` (the collection's indexes) has it.
+
+    Returns True when it was created. An existing unique index that is not unique, or
+    duplicates that stop the unique one from being built, are errors saying what to do.
+    """
+    keys, unique = INDEXES[name]
+    if name in have:
+        if unique and not have[name].get("unique"):
+            raise ServerError(
+                f"index {name} exists but is not unique; drop it and run init again "
+                "(duplicates must be removed first: see `doctor`)"
+            )
+        return False
+    try:
+        coll.create_index(keys, name=name, unique=unique)
+    except OperationFailure as exc:
+        if unique and is_duplicate_key(exc):
+            raise ServerError(
+                f"cannot create unique index {name}: duplicate snapshots exist "
+                "(remove them first: see `doctor`, then run `perf-analytics init`)"
+            ) from None
+        raise ServerError(f"cannot create index {name}: {exc.details or exc}") from None
+    return True
+
+
+# (client, database name) pairs whose key index is known to be in place: `store_snapshot`
+# runs once per agent request and should not list the indexes every time.
+_KEY_INDEX_SEEN: weakref.WeakKeyDictionary[MongoClient[Doc], set[str]] = weakref.WeakKeyDictionary()
+
+
+def require_key_index(db: Db) -> bool:
+    """Make sure the unique (orgId, assetId, timestamp) index exists before a write.
+
+    That index is what makes storing a snapshot twice store it once; without it every
+    re-run of a load would store every snapshot again. Missing, it is created (only it:
+    the other indexes serve reads and come with `perf-analytics init`), and True is
+    returned. When it cannot be built because duplicates are already stored, or exists
+    without being unique, a ServerError says what to run; nothing is written.
+    """
+    seen = _KEY_INDEX_SEEN.setdefault(db.client, set())
+    if db.name in seen:
+        return False
+    coll = db[SNAPSHOTS]
+    created = _create_index(coll, KEY_INDEX, {ix["name"]: ix for ix in coll.list_indexes()})
+    seen.add(db.name)
+    return created
+
+
+DUPLICATE_KEY_CODES = frozenset({11000, 11001})
+
+
+def is_duplicate_key(error: PyMongoError | Mapping[str, Any]) -> bool:
+    """Whether a server error (an exception, or one `writeErrors` entry) is a duplicate key.
+
+    MongoDB answers code 11000 (11001 on old servers). FerretDB 1.24 answers 11000 on
+    inserts, but on updates, replaces and index builds its SQLite backend answers an
+    InternalError naming the "UNIQUE constraint" instead.
+    """
+    if isinstance(error, PyMongoError):
+        code = getattr(error, "code", None)
+        message = str(error)
+    else:
+        code = error.get("code")
+        message = str(error.get("errmsg", ""))
+    return code in DUPLICATE_KEY_CODES or "UNIQUE constraint failed" in message
+
+
+_INDEX_IN_MESSAGE = re.compile(r"index: (\S+)")
+
+
+def duplicate_key_index(error: PyMongoError | Mapping[str, Any]) -> str | None:
+    """The name of the unique index a duplicate-key error names, or None if it names none.
+
+    MongoDB's errors say it twice: errmsg "E11000 duplicate key error collection: db.c
+    index: <name> dup key: {...}", and keyPattern (4.2+). FerretDB 1.24 gives neither (its
+    errmsg stops after the collection name, the same for a clash on _id as on the key
+    index); the caller must then ask the collection (see `duplicates_of`).
+    """
+    details: Mapping[str, Any] = (
+        (getattr(error, "details", None) or {}) if isinstance(error, PyMongoError) else error
+    )
+    pattern = details.get("keyPattern")
+    if isinstance(pattern, Mapping):
+        keys = [(k, int(v)) for k, v in pattern.items() if isinstance(v, int | float)]
+        if keys == [("_id", 1)]:
+            return "_id_"
+        for name, (index_keys, _unique) in INDEXES.items():
+            if keys == index_keys:
+                return name
+    found = _INDEX_IN_MESSAGE.search(str(details.get("errmsg", "")))
+    return found.group(1) if found else None
+
+
+def duplicates_of(
+    db: Db, docs: Sequence[Mapping[str, Any]], errors: Sequence[Mapping[str, Any]]
+) -> list[ValidationError | None]:
+    """For documents an insert refused with a duplicate-key error each: None when the
+    snapshot is already stored (a clash on the unique key index: a true duplicate), else
+    why it was refused although its snapshot is not stored.
+
+    `errors[i]` is the write error of `docs[i]`. An error that names the key index is a
+    duplicate. One that names `_id_` or no index (FerretDB) is looked up: the snapshot is
+    a duplicate only if its org has its (assetId, timestamp) stored; otherwise its _id is
+    another snapshot's (of this or another org), and it is not a duplicate. A clash on
+    any other unique index is never one.
+    """
+    verdict: list[ValidationError | None] = [None] * len(docs)
+    unsure: dict[str, list[int]] = {}
+    for i, (doc, error) in enumerate(zip(docs, errors, strict=True)):
+        index = duplicate_key_index(error)
+        if index == KEY_INDEX:
+            continue
+        if index not in (None, "_id_"):
+            verdict[i] = ValidationError("", f"duplicate key on unique index {index}: {error_text(error)}")
+            continue
+        unsure.setdefault(doc["orgId"], []).append(i)
+    for org_id, positions in unsure.items():
+        stored = present_keys(db, org_id, [docs[i] for i in positions])
+        for i in positions:
+            if snapshot_key(docs[i]) not in stored:
+                verdict[i] = ValidationError("_id", f"{docs[i]['_id']!r} is already the id of another snapshot")
+    return verdict
+
+
+def error_text(error: PyMongoError | Mapping[str, Any], limit: int = 300) -> str:
+    """The first line of a server error (an exception or a write error), at most `limit` chars."""
+    message = str(error) if isinstance(error, PyMongoError) else str(error.get("errmsg") or error)
+    return (message.splitlines() or [""])[0][:limit]
+
+
+def snapshot_key(doc: Mapping[str, Any]) -> tuple[str, datetime]:
+    """(assetId, timestamp): with the orgId, what identifies a snapshot."""
+    return (doc["assetId"], doc["timestamp"])
+
+
+def present_keys(db: Db, org_id: str, docs: Sequence[Mapping[str, Any]]) -> set[tuple[str, datetime]]:
+    """Which of `docs`' (assetId, timestamp) keys performance_snapshots holds for `org_id`.
+
+    One query: a superset by assetId and timestamp, narrowed to exact pairs here.
+    """
+    if not docs:
+        return set()
+    wanted = {snapshot_key(doc) for doc in docs}
+    query = {
+        "orgId": org_id,
+        "assetId": {"$in": sorted({asset for asset, _ in wanted})},
+        "timestamp": {"$in": sorted({moment for _, moment in wanted})},
+    }
+    found = {
+        (doc["assetId"], doc["timestamp"])
+        for doc in db[SNAPSHOTS].find(query, {"_id": 0, "assetId": 1, "timestamp": 1})
+    }
+    return wanted & found
 
 
 # FerretDB 1.24 (SQLite) never answers an update command of more than 100 statements
@@ -262,6 +406,74 @@ def touch_assets(db: Db, org_id: str, last_seen: Mapping[str, datetime]) -> set[
     return set(last_seen) - present
 
 
+MAX_NESTING = 100  # MongoDB stores documents of at most 100 levels of objects and arrays
+MAX_DOCUMENT_BYTES = 16 * 1024 * 1024  # MongoDB's largest document, as BSON
+
+
+def check_nesting(doc: Mapping[str, Any], limit: int = MAX_NESTING) -> None:
+    """Raise ValidationError if `doc` nests objects and arrays deeper than `limit` levels.
+
+    The document itself is level 1. The walk is iterative and stops at the first branch
+    over the limit, so a record nested thousands deep costs no more than `limit` steps
+    down and never hits Python's recursion limit (as BSON encoding and JSON printing do
+    at about 1,000 and 500 levels). The field named is the path to that branch. This runs
+    for every record of a load, so the walk only counts levels (a few µs a snapshot);
+    the path is traced only for a document found too deep.
+    """
+    stack: list[tuple[Any, int]] = [(doc, 1)]
+    while stack:
+        value, depth = stack.pop()
+        for child in value.values() if isinstance(value, dict) else value:
+            if isinstance(child, dict | list):
+                if depth >= limit:
+                    raise ValidationError(
+                        _path_deeper_than(doc, limit), f"nested deeper than {limit} levels of objects and arrays"
+                    )
+                stack.append((child, depth + 1))
+
+
+def _path_deeper_than(doc: Mapping[str, Any], limit: int, keep: int = 4) -> str:
+    """The first `keep` steps of the path to a container below level `limit` of `doc`
+    (which has one), as `a.b[0].c...`: the rest repeats the same few keys."""
+    stack: list[tuple[Any, int, tuple[str, ...]]] = [(doc, 1, ())]
+    while stack:
+        value, depth, path = stack.pop()
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for key, child in items:
+            if isinstance(child, dict | list):
+                step = f"[{key}]" if isinstance(value, list) else (f".{key}" if path else str(key))
+                if depth >= limit:
+                    steps = (*path, step)
+                    return "".join(steps[:keep]) + ("..." if len(steps) > keep else "")
+                stack.append((child, depth + 1, (*path, step) if len(path) <= keep else path))
+    return ""
+
+
+def encode_document(doc: Mapping[str, Any], collection: Collection[Doc]) -> RawBSONDocument:
+    """`doc` as the BSON that an insert into `collection` sends, if a server can store it.
+
+    Raises ValidationError when it nests deeper than MAX_NESTING, cannot be encoded (an
+    integer over 64 bits, a key with a NUL byte), or is larger than MAX_DOCUMENT_BYTES:
+    MongoDB refuses those, and FerretDB stores some of them, so the check is ours.
+    Encoding here is not extra work: pymongo sends the bytes as they are.
+    """
+    check_nesting(doc)
+    options = collection.codec_options
+    try:
+        data = bson.encode(doc, codec_options=options)
+    except (InvalidDocument, OverflowError, ValueError) as exc:
+        raise ValidationError("", f"cannot be stored as BSON: {exc}") from None
+    if len(data) > MAX_DOCUMENT_BYTES:
+        sizes = {key: len(bson.encode({key: value}, codec_options=options)) for key, value in doc.items()}
+        largest = max(sizes, key=sizes.__getitem__)
+        raise ValidationError(
+            largest,
+            f"the document is {len(data):,} bytes as BSON, over the limit of {MAX_DOCUMENT_BYTES:,} "
+            f"({largest} alone is {sizes[largest]:,})",
+        )
+    return RawBSONDocument(data)
+
+
 @dataclass(frozen=True)
 class StoreResult:
     inserted: bool  # False: a snapshot with this (orgId, assetId, timestamp) was already stored
@@ -272,21 +484,27 @@ class StoreResult:
 def store_snapshot(db: Db, org_id: str, snapshot: Mapping[str, Any]) -> StoreResult:
     """Validate and store one agent snapshot for `org_id`, then move the asset's lastSeen.
 
-    Storing the same snapshot twice stores it once (the unique key decides).
+    Storing the same snapshot twice stores it once (the unique key decides; it is created
+    first if missing, see `require_key_index`). A snapshot whose _id another snapshot
+    holds, or that nests too deep or is too large to store, raises ValidationError.
     """
+    require_key_index(db)
     doc = validate_snapshot(snapshot, org_id=org_id)
+    doc.setdefault("_id", ObjectId())
+    raw = encode_document(doc, db[SNAPSHOTS])
     try:
-        result = db[SNAPSHOTS].insert_one(doc)
-        inserted, doc_id = True, result.inserted_id
-    except DuplicateKeyError:
+        db[SNAPSHOTS].insert_one(raw)
+        inserted, doc_id = True, doc["_id"]
+    except DuplicateKeyError as exc:
+        clash = duplicates_of(db, [doc], [exc.details or {}])[0]
+        if clash is not None:
+            # Not a duplicate: nothing of this snapshot is stored, so lastSeen stays.
+            raise clash from None
         inserted = False
         existing = db[SNAPSHOTS].find_one(
             {"orgId": org_id, "assetId": doc["assetId"], "timestamp": doc["timestamp"]}, {"_id": 1}
         )
-        if existing is None:
-            # The clash is on _id, not on the snapshot key: nothing of this snapshot is stored.
-            raise ValidationError("_id", f"{doc['_id']!r} is already the id of another snapshot") from None
-        doc_id = existing["_id"]
+        doc_id = existing["_id"] if existing is not None else None
     orphans = touch_assets(db, org_id, {doc["assetId"]: doc["timestamp"]})
     return StoreResult(inserted=inserted, orphaned=bool(orphans), id=doc_id)
 

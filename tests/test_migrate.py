@@ -6,11 +6,13 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from bson import ObjectId
 from click.testing import CliRunner
 
 from perf_analytics.cli import app
 from perf_analytics.config import Settings
+from perf_analytics.errors import ServerError
 from perf_analytics.migrate import migrate_all_orgs, migrate_legacy_snapshots
 from perf_analytics.schema import ASSETS, ORIGINAL_ID, SNAPSHOTS, validate_snapshot
 from perf_analytics.store import KEY_INDEX, Db, missing_indexes
@@ -229,6 +231,33 @@ def test_a_real_run_creates_the_unique_index_so_a_second_copy_is_not_inserted(ra
 
     assert KEY_INDEX in report.created_indexes
     assert missing_indexes(raw_db) == []
+
+
+def test_a_real_run_without_init_stores_a_snapshot_already_there_only_once(raw_db: Db) -> None:
+    doc = legacy(minute=0)
+    raw_db[SNAPSHOTS].insert_one(validate_snapshot(doc, coerce=True) | {"_id": ObjectId()})
+    raw_db[ASSETS].insert_many([asset("org-a", "asset-1"), doc])
+
+    report = migrate_legacy_snapshots(raw_db, "org-a")
+
+    assert (report.moved, report.already_present) == (1, 1)
+    assert raw_db[SNAPSHOTS].count_documents({}) == 1
+
+
+def test_a_real_run_where_duplicates_stop_the_key_index_says_what_to_do_and_moves_nothing(raw_db: Db) -> None:
+    twice = validate_snapshot(legacy(minute=5), coerce=True)
+    raw_db[SNAPSHOTS].insert_many([twice | {"_id": ObjectId()}, twice | {"_id": ObjectId()}])
+    raw_db[ASSETS].insert_many([asset("org-a", "asset-1"), legacy(minute=0)])
+
+    with pytest.raises(ServerError) as info:
+        migrate_legacy_snapshots(raw_db, "org-a")
+
+    assert str(info.value) == (
+        f"cannot create unique index {KEY_INDEX}: duplicate snapshots exist "
+        "(remove them first: see `doctor`, then run `perf-analytics init`)"
+    )
+    assert raw_db[ASSETS].count_documents({}) == 2
+    assert raw_db[SNAPSHOTS].count_documents({}) == 2
 
 
 def _invoke(settings: Settings, *args: str) -> Any:

@@ -9,9 +9,20 @@ import pytest
 from bson import ObjectId
 from pymongo.errors import DuplicateKeyError
 
-from perf_analytics.errors import ConfigError, ValidationError
-from perf_analytics.schema import ASSETS, SNAPSHOTS, TIME_WINDOWS
-from perf_analytics.store import Db, get_asset_performance, store_snapshot
+from perf_analytics.errors import ConfigError, ServerError, ValidationError
+from perf_analytics.schema import ASSETS, SNAPSHOTS, TIME_WINDOWS, validate_snapshot
+from perf_analytics.store import (
+    KEY_INDEX,
+    MAX_DOCUMENT_BYTES,
+    MAX_NESTING,
+    Db,
+    duplicate_key_index,
+    duplicates_of,
+    get_asset_performance,
+    is_duplicate_key,
+    missing_indexes,
+    store_snapshot,
+)
 from tests.factories import T0, series, set_path, snapshot
 
 MS = timedelta(milliseconds=1)
@@ -212,6 +223,110 @@ def test_a_bad_payload_raises_validation_error_and_writes_nothing(db: Db, path: 
         store_snapshot(db, "org-a", set_path(snapshot(), path, value))
     assert db[SNAPSHOTS].count_documents({}) == 0
     assert set(_asset(db, "asset-1")) == {"_id", "orgId", "name"}
+
+
+def test_storing_twice_into_a_database_without_init_stores_once(raw_db: Db) -> None:
+    first = store_snapshot(raw_db, "org-a", snapshot())
+    again = store_snapshot(raw_db, "org-a", snapshot())
+    assert (first.inserted, again.inserted) == (True, False)
+    assert raw_db[SNAPSHOTS].count_documents({}) == 1
+    assert KEY_INDEX not in missing_indexes(raw_db)
+
+
+def test_storing_where_duplicates_stop_the_key_index_is_one_line_error_and_writes_nothing(raw_db: Db) -> None:
+    twice = validate_snapshot(snapshot())
+    raw_db[SNAPSHOTS].insert_many([dict(twice), dict(twice)])
+    with pytest.raises(ServerError) as info:
+        store_snapshot(raw_db, "org-a", snapshot(assetId="asset-2"))
+    assert str(info.value) == (
+        f"cannot create unique index {KEY_INDEX}: duplicate snapshots exist "
+        "(remove them first: see `doctor`, then run `perf-analytics init`)"
+    )
+    assert raw_db[SNAPSHOTS].count_documents({}) == 2
+
+
+def test_a_snapshot_reusing_the_id_of_another_orgs_snapshot_is_rejected_and_moves_nothing(db: Db) -> None:
+    _add_asset(db, "asset-1", org="org-b")
+    first = store_snapshot(db, "org-a", snapshot())
+    with pytest.raises(ValidationError) as info:
+        store_snapshot(db, "org-b", snapshot(orgId="org-b", _id=first.id))
+    assert (info.value.field, info.value.reason) == ("_id", f"{first.id!r} is already the id of another snapshot")
+    assert db[SNAPSHOTS].count_documents({"orgId": "org-b"}) == 0
+    assert "lastSeen" not in _asset(db, "asset-1")
+
+
+# Write errors as MongoDB documents them (errmsg names the index; keyPattern since 4.2) and
+# as FerretDB 1.24 answers (measured: the same errmsg for a clash on _id and on the key).
+_MONGODB_KEY_CLASH = {
+    "index": 0, "code": 11000,
+    "errmsg": f"E11000 duplicate key error collection: deskwise.performance_snapshots index: {KEY_INDEX} "
+    "dup key: { orgId: \"org-a\", assetId: \"asset-1\", timestamp: new Date(1772366400000) }",
+    "keyPattern": {"orgId": 1, "assetId": 1, "timestamp": -1},
+}
+_MONGODB_ID_CLASH = {
+    "index": 0, "code": 11000,
+    "errmsg": "E11000 duplicate key error collection: deskwise.performance_snapshots index: _id_ dup key: { _id: 1 }",
+    "keyPattern": {"_id": 1},
+}
+_MONGODB_OTHER_CLASH = {
+    "index": 0, "code": 11000,
+    "errmsg": "E11000 duplicate key error collection: deskwise.performance_snapshots index: agent_unique dup key: {}",
+}
+_FERRETDB_CLASH = {"index": 0, "code": 11000, "errmsg": "E11000 duplicate key error collection: t.performance_snapshots"}
+
+
+@pytest.mark.parametrize(
+    ("error", "index"),
+    [(_MONGODB_KEY_CLASH, KEY_INDEX), (_MONGODB_ID_CLASH, "_id_"), (_MONGODB_OTHER_CLASH, "agent_unique"),
+     (_FERRETDB_CLASH, None)],
+    ids=["mongodb-key", "mongodb-id", "mongodb-other", "ferretdb"],
+)
+def test_a_duplicate_key_error_names_its_index_when_the_server_says(error: dict[str, Any], index: str | None) -> None:
+    assert is_duplicate_key(error)
+    assert duplicate_key_index(error) == index
+
+
+def test_only_a_clash_whose_snapshot_is_stored_is_a_duplicate(db: Db) -> None:
+    stored = validate_snapshot(snapshot()) | {"_id": 1}
+    db[SNAPSHOTS].insert_one(stored)
+    same = validate_snapshot(snapshot()) | {"_id": 1}  # a reload: clashes on _id and key
+    other = validate_snapshot(snapshot(assetId="asset-2")) | {"_id": 1}  # only the _id is taken
+    errors = [_MONGODB_KEY_CLASH, _MONGODB_ID_CLASH, _FERRETDB_CLASH, _MONGODB_ID_CLASH, _FERRETDB_CLASH,
+              _MONGODB_OTHER_CLASH]
+    verdicts = duplicates_of(db, [same, same, same, other, other, same], errors)
+    assert verdicts[:3] == [None, None, None]
+    assert [(v.field, v.reason) for v in verdicts[3:5] if v is not None] == [
+        ("_id", "1 is already the id of another snapshot")
+    ] * 2
+    assert verdicts[5] is not None and verdicts[5].reason.startswith("duplicate key on unique index agent_unique")
+
+
+def _deep(levels: int) -> Any:
+    value: Any = 1
+    for _ in range(levels):
+        value = {"a": value}
+    return value
+
+
+@pytest.mark.parametrize(
+    ("extra", "field", "reason"),
+    [
+        (_deep(MAX_NESTING), "extra.a.a.a...", f"nested deeper than {MAX_NESTING} levels of objects and arrays"),
+        (2**70, "", "cannot be stored as BSON"),
+        (b"\0" * MAX_DOCUMENT_BYTES, "extra", "the document is "),
+    ],
+    ids=["too-deep", "int-over-64-bits", "over-16-mib"],
+)
+def test_a_snapshot_no_server_can_store_raises_validation_error_and_writes_nothing(
+    db: Db, extra: Any, field: str, reason: str
+) -> None:
+    _add_asset(db, "asset-1")
+    with pytest.raises(ValidationError) as info:
+        store_snapshot(db, "org-a", snapshot(extra=extra))
+    assert info.value.field == field
+    assert info.value.reason.startswith(reason)
+    assert db[SNAPSHOTS].count_documents({}) == 0
+    assert "lastSeen" not in _asset(db, "asset-1")
 
 
 def test_the_counts_add_up(db: Db) -> None:

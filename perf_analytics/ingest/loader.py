@@ -23,7 +23,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -31,7 +31,9 @@ from typing import IO, Any
 
 import orjson
 import zstandard
-from pymongo.errors import BulkWriteError, PyMongoError
+from bson import ObjectId
+from bson.raw_bson import RawBSONDocument
+from pymongo.errors import AutoReconnect, BulkWriteError, OperationFailure, PyMongoError
 
 from perf_analytics.errors import (
     CheckpointError,
@@ -49,9 +51,17 @@ from perf_analytics.ingest.readers import (
     record_as_text,
 )
 from perf_analytics.schema import SNAPSHOTS, validate_snapshot
-from perf_analytics.store import Db, touch_assets
+from perf_analytics.store import (
+    Db,
+    check_nesting,
+    duplicates_of,
+    encode_document,
+    error_text,
+    is_duplicate_key,
+    require_key_index,
+    touch_assets,
+)
 
-DUPLICATE_KEY = 11000
 ProgressFn = Callable[[int, int], None]  # (archive bytes read so far, records read so far)
 
 
@@ -185,27 +195,88 @@ class _Writer:
                 pass
 
     def _insert(self, batch: _Batch) -> tuple[int, int]:
-        """Insert the batch; records the server refuses (other than duplicates) become rejects."""
-        if not batch.docs:
+        """Insert the batch; return (inserted, duplicates).
+
+        Every other record the server refuses becomes a reject with its reason, and
+        leaves `batch.docs`, so that only what is stored, or was stored before, moves
+        lastSeen. Documents too large to store are rejected before anything is sent.
+        """
+        coll = self.db[SNAPSHOTS]
+        sendable: list[int] = []
+        raw: list[RawBSONDocument] = []
+        refused: dict[int, tuple[str, str]] = {}  # position in batch.docs -> (field, reason)
+        for i, doc in enumerate(batch.docs):
+            doc.setdefault("_id", ObjectId())
+            try:
+                raw.append(encode_document(doc, coll))
+                sendable.append(i)
+            except ValidationError as exc:
+                refused[i] = (exc.field, exc.reason)
+        inserted, duplicates = self._send(sendable, raw, batch.docs, refused)
+        if refused:
+            for i, (field_path, reason) in sorted(refused.items()):
+                batch.rejects.append((Record(-1, batch.positions[i], payload=batch.docs[i]), field_path, reason))
+            batch.docs = [d for i, d in enumerate(batch.docs) if i not in refused]
+        return inserted, duplicates
+
+    def _send(
+        self, positions: list[int], raw: list[RawBSONDocument], docs: list[dict[str, Any]],
+        refused: dict[int, tuple[str, str]],
+    ) -> tuple[int, int]:
+        """Insert `raw` (the encoded `docs[positions]`) unordered; return (inserted, duplicates).
+
+        Refused documents go into `refused`. A batch the server refuses as a whole (an
+        error that is not one per document, or a connection it drops while the server
+        still answers: FerretDB 1.24 does that for a NaN anywhere in a document) is split
+        in halves until the record at fault stands alone and is refused by itself. When a
+        batch of several is refused to the last record, the fault is not in the records:
+        the error ends the load (the re-run resumes from the checkpoint).
+        """
+        if not positions:
             return 0, 0
         try:
-            result = self.db[SNAPSHOTS].insert_many(batch.docs, ordered=False)
-            return len(result.inserted_ids), 0
+            self.db[SNAPSHOTS].insert_many(raw, ordered=False)
+            return len(raw), 0
         except BulkWriteError as exc:
-            details = exc.details
-            duplicates = 0
-            refused: set[int] = set()
-            for err in details.get("writeErrors", []):
-                if err.get("code") == DUPLICATE_KEY:
-                    duplicates += 1
-                    continue
-                i = err["index"]
-                refused.add(i)
-                rec = Record(-1, batch.positions[i], payload=batch.docs[i])
-                batch.rejects.append((rec, "", f"refused by the server: {err.get('errmsg')}"))
-            if refused:
-                batch.docs = [d for i, d in enumerate(batch.docs) if i not in refused]
-            return int(details.get("nInserted", 0)), duplicates
+            return self._sort_write_errors(exc.details, positions, docs, refused)
+        except (OperationFailure, AutoReconnect) as exc:
+            if isinstance(exc, AutoReconnect):
+                self.db.client.admin.command("ping")  # a server that is gone ends the load here
+            if len(positions) == 1:
+                refused[positions[0]] = ("", f"refused by the server: {error_text(exc)}")
+                return 0, 0
+            half = len(positions) // 2
+            first = self._send(positions[:half], raw[:half], docs, refused)
+            second = self._send(positions[half:], raw[half:], docs, refused)
+            if all(p in refused for p in positions):
+                raise
+            return first[0] + second[0], first[1] + second[1]
+
+    def _sort_write_errors(
+        self, details: Mapping[str, Any], positions: list[int], docs: list[dict[str, Any]],
+        refused: dict[int, tuple[str, str]],
+    ) -> tuple[int, int]:
+        """Count the duplicates among an insert's write errors; put the rest in `refused`.
+
+        Only a clash on the unique key index is a duplicate (the snapshot is stored). A
+        clash on _id (another snapshot, perhaps of another org, holds the record's _id)
+        or on any other unique index is a refusal like any other.
+        """
+        clashes: list[tuple[int, dict[str, Any]]] = []
+        for err in details.get("writeErrors", []):
+            i = positions[err["index"]]
+            if is_duplicate_key(err):
+                clashes.append((i, err))
+            else:
+                refused[i] = ("", f"refused by the server: {error_text(err)}")
+        verdicts = duplicates_of(self.db, [docs[i] for i, _ in clashes], [err for _, err in clashes])
+        duplicates = 0
+        for (i, _), clash in zip(clashes, verdicts, strict=True):
+            if clash is None:
+                duplicates += 1
+            else:
+                refused[i] = (clash.field, clash.reason)
+        return int(details.get("nInserted", 0)), duplicates
 
     def _write_rejects(self, batch: _Batch) -> None:
         if self.rejects is None or not batch.rejects:
@@ -337,6 +408,9 @@ def _ingest(
     each connection in parallel; bookkeeping stays in order). lastSeen updates and the
     checkpoint are committed every `commit_seconds` (0: after every batch).
     """
+    # Without the unique key index a re-run (or a resume after a kill) would store every
+    # snapshot again: it is created here if missing, before anything is written.
+    require_key_index(db)
     if batch_size < 1:
         raise ConfigError("batch size must be at least 1")
     if workers < 1:
@@ -471,6 +545,7 @@ def _classify(record: Record, batch: _Batch, org_id: str | None) -> None:
             raise ValidationError(
                 "orgId", f"record belongs to org {doc['orgId']!r}; this load is for org {org_id!r}"
             )
+        check_nesting(doc)  # before anything recursive (BSON encoding) sees the document
     except ValidationError as exc:
         batch.rejects.append((record, exc.field, exc.reason))
         return

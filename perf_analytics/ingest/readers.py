@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import itertools
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from bson import json_util
 from bson.errors import BSONError
 
 from perf_analytics.errors import ArchiveError
+from perf_analytics.store import MAX_NESTING
 
 FORMATS = ("ndjson", "json", "bson")
 COMPRESSIONS = ("none", "gzip", "zstd")
@@ -37,6 +39,9 @@ _ZSTD_SKIPPABLE = 0x184D2A50  # magic of zstd's skippable frames, low 4 bits fre
 _JSON_OPTIONS = json_util.JSONOptions(tz_aware=True, tzinfo=None)
 _CODEC: bson.CodecOptions[dict[str, Any]] = bson.CodecOptions(tz_aware=True)
 _MAX_BSON = 48 * 1024 * 1024  # larger than MongoDB's 16 MiB limit, catches garbage lengths
+MAX_LINE_BYTES = 16 * 1024 * 1024  # longest NDJSON line read; a longer one is a reject
+_SKIP_PIECE = 1 << 20  # how much of an over-long line is read at a time while passing it
+_TEXT_CHARS = 4000  # how much of a rejected record the rejects file shows
 
 
 @dataclass(frozen=True)
@@ -212,23 +217,47 @@ def open_decompressed(
 
 
 def decode_extended_json(value: Any) -> Any:
-    """Turn Extended JSON wrappers ($oid, $date, $numberLong, ...) into BSON values, bottom up."""
+    """Turn Extended JSON wrappers ($oid, $date, $numberLong, ...) into BSON values, bottom up.
+
+    Only the first MAX_NESTING levels are decoded; anything deeper is returned as it is.
+    Such a record is rejected for its depth anyway (`store.check_nesting`), and decoding
+    it would recurse until Python's recursion limit (about 500 levels here).
+    """
+    return _decode(value, 1)
+
+
+def _decode(value: Any, depth: int) -> Any:
+    if depth > MAX_NESTING:
+        return value
     if isinstance(value, dict):
-        decoded = {k: decode_extended_json(v) for k, v in value.items()}
+        decoded = {k: _decode(v, depth + 1) for k, v in value.items()}
         if any(k.startswith("$") for k in decoded):
             return json_util.object_hook(decoded, _JSON_OPTIONS)
         return decoded
     if isinstance(value, list):
-        return [decode_extended_json(v) for v in value]
+        return [_decode(v, depth + 1) for v in value]
     return value
 
 
 def _read_ndjson(stream: io.BufferedIOBase, skip: int) -> Iterator[Record]:
+    """One record per non-blank line. A line longer than MAX_LINE_BYTES is a record in
+    error, read past in bounded pieces: no line over the limit is ever held whole."""
+    max_line = MAX_LINE_BYTES
     index = 0
-    for line_no, line in enumerate(stream, start=1):
-        if not line.strip():
+    line_no = 0
+    while line := stream.readline(max_line + 1):
+        line_no += 1
+        too_long = len(line) > max_line and not line.endswith(b"\n")
+        if too_long:
+            length = len(line) + _skip_rest_of_line(stream)
+        elif not line.strip():
             continue
         if index < skip:
+            index += 1
+            continue
+        if too_long:
+            reason = f"line is {length:,} bytes long, over the limit of {max_line:,}"
+            yield Record(index, f"line {line_no}", error=reason, raw=_text(line[:_TEXT_CHARS]))
             index += 1
             continue
         try:
@@ -237,8 +266,26 @@ def _read_ndjson(stream: io.BufferedIOBase, skip: int) -> Iterator[Record]:
                 payload = decode_extended_json(payload)
             yield Record(index, f"line {line_no}", payload)
         except (orjson.JSONDecodeError, ValueError, TypeError, BSONError) as exc:
-            yield Record(index, f"line {line_no}", error=f"not valid JSON: {exc}", raw=_text(line))
+            yield Record(index, f"line {line_no}", error=_json_error(exc), raw=_text(line))
         index += 1
+
+
+def _json_error(exc: Exception) -> str:
+    # orjson stops at 1,024 levels with "depth limit exceeded": valid JSON, but nested
+    # far deeper than anything a server stores.
+    if "depth limit" in str(exc):
+        return f"nested deeper than {MAX_NESTING} levels of objects and arrays"
+    return f"not valid JSON: {exc}"
+
+
+def _skip_rest_of_line(stream: io.BufferedIOBase) -> int:
+    """Read up to the end of the current line in pieces; return how many bytes that was."""
+    skipped = 0
+    while piece := stream.readline(_SKIP_PIECE):
+        skipped += len(piece)
+        if piece.endswith(b"\n"):
+            break
+    return skipped
 
 
 def _read_json_array(stream: io.BufferedIOBase, skip: int, name: str) -> Iterator[Record]:
@@ -284,7 +331,7 @@ def _read_bson(stream: io.BufferedIOBase, skip: int, name: str) -> Iterator[Reco
 
 
 def _text(line: bytes) -> str:
-    return line.decode("utf-8", errors="replace").rstrip("\r\n")[:4000]
+    return line.decode("utf-8", errors="replace").rstrip("\r\n")[:_TEXT_CHARS]
 
 
 def read_records(stream: io.BufferedIOBase, fmt: str, *, skip: int = 0, name: str = "") -> Iterator[Record]:
@@ -353,7 +400,24 @@ def record_as_text(record: Record) -> str:
         return record.raw
     if record.payload is None:
         return ""
+    excerpt = _excerpt(record.payload, 1)
     try:
-        return json_util.dumps(record.payload, json_options=json_util.RELAXED_JSON_OPTIONS)[:4000]
+        return json_util.dumps(excerpt, json_options=json_util.RELAXED_JSON_OPTIONS)[:_TEXT_CHARS]
     except (TypeError, ValueError):
-        return repr(record.payload)[:4000]
+        return repr(excerpt)[:_TEXT_CHARS]
+
+
+def _excerpt(value: Any, depth: int) -> Any:
+    """As much of `value` as a rejects line can show: containers below MAX_NESTING levels
+    become "...", and long strings, lists and objects are cut. Printing the whole of a
+    record nested hundreds of levels deep would hit Python's recursion limit, and one of
+    many megabytes would be printed whole only to be cut to _TEXT_CHARS."""
+    if isinstance(value, dict | list) and depth > MAX_NESTING:
+        return "..."
+    if isinstance(value, dict):
+        return {k: _excerpt(v, depth + 1) for k, v in itertools.islice(value.items(), _TEXT_CHARS)}
+    if isinstance(value, list):
+        return [_excerpt(v, depth + 1) for v in value[:_TEXT_CHARS]]
+    if isinstance(value, str | bytes) and len(value) > _TEXT_CHARS:
+        return value[:_TEXT_CHARS]
+    return value
