@@ -31,6 +31,7 @@ from perf_analytics.store import (
     snapshot_key,
     touch_assets,
 )
+from perf_analytics.sync import mark_documents_for_sync
 
 DEFAULT_BATCH_SIZE = 1000
 _MAX_REASON_CHARS = 300
@@ -129,8 +130,11 @@ def migrate_legacy_snapshots(
         for doc in verified:
             if doc["assetId"] not in newest or doc["timestamp"] > newest[doc["assetId"]]:
                 newest[doc["assetId"]] = doc["timestamp"]
-        # lastSeen moves before the delete: a crash in between leaves the document in
-        # assets, and the re-run repeats the (idempotent) $max and then deletes it.
+        # The moved snapshots keep their old _ids, which the next sync's _id range cannot
+        # find: mark their days. Marks and lastSeen go before the delete: a crash in
+        # between leaves the document in assets, and the re-run repeats both (idempotent)
+        # and then deletes it.
+        mark_documents_for_sync(db, verified)
         orphans |= touch_assets(db, org_id, newest)
         result = db[ASSETS].delete_many({"_id": {"$in": [raw_ids[doc["_id"]] for doc in verified]}, "orgId": org_id})
         moved += result.deleted_count

@@ -98,7 +98,7 @@ from perf_analytics.lake import SNAPSHOTS as DATASET
 from perf_analytics.lake import LakeError, partition_dir
 from perf_analytics.manifest import manifest_path, read_manifest, write_manifest
 from perf_analytics.schema import SNAPSHOTS, parse_timestamp
-from perf_analytics.store import Db, Doc
+from perf_analytics.store import Db, Doc, bulk_write_chunked
 
 MARKS = "lake_sync_marks"
 ALL_ORGS = "all-orgs"
@@ -221,14 +221,14 @@ def _upsert_marks(db: Db, days: set[tuple[str, str]]) -> int:
     if not days:
         return 0
     now = datetime.now(UTC)
-    db[MARKS].bulk_write(
+    bulk_write_chunked(
+        db[MARKS],
         [
             # A fresh token on every mark: a sync deletes a mark only if it still holds the
             # token that sync read, so a day re-marked during a run survives it.
             UpdateOne({"orgId": org, "date": day}, {"$set": {"token": ObjectId(), "markedAt": now}}, upsert=True)
             for org, day in sorted(days)
         ],
-        ordered=False,
     )
     return len(days)
 

@@ -512,3 +512,36 @@ def test_cli_sync_help_has_examples_that_run(db: Db, settings: Settings) -> None
         args = example.split()[1:]
         run = CliRunner().invoke(app, ["--uri", str(settings.uri), "--db", settings.db, "--lake", str(settings.lake), *args])
         assert run.exit_code == 0, (example, run.output)
+
+
+def test_an_archive_loaded_with_its_own_old_ids_reaches_the_lake_at_the_next_sync(
+    db: Db, settings: Settings, tmp_path: Path
+) -> None:
+    from perf_analytics.ingest import ingest_archives_all_orgs
+
+    insert(db, series(3, org="org-a"))
+    sync_snapshots_all_orgs(db, settings.lake)
+    dump = [{"_id": old_id(T0 - 400 * DAY), **validate_snapshot(p)} for p in series(6, org="org-b", start=T0 + DAY)]
+    archive = tmp_path / "performance_snapshots.bson"
+    archive.write_bytes(b"".join(bson.encode(doc) for doc in dump))
+    fresh = tmp_path / "fresh.ndjson"  # records without _id get new ObjectIds: no mark needed
+    fresh.write_text("\n".join(json.dumps(p) for p in series(2, org="org-c")) + "\n")
+    summary = ingest_archives_all_orgs(db, [archive, fresh], checkpoint_dir=tmp_path / "cp", batch_size=4)
+    assert summary.inserted == 8
+    assert sorted((m["orgId"], m["date"]) for m in db[MARKS].find()) == [("org-b", "2026-03-02")]
+    report = sync_snapshots_all_orgs(db, settings.lake)
+    assert report.new == 8
+    assert mirrored(settings.lake, ["org-a", "org-b", "org-c"])[0] == server_documents(db)
+
+
+def test_legacy_snapshots_moved_by_migrate_reach_the_lake_at_the_next_sync(db: Db, settings: Settings) -> None:
+    from perf_analytics.migrate import migrate_legacy_snapshots
+    from perf_analytics.schema import ASSETS
+
+    insert(db, series(3, org="org-a"))
+    sync_snapshots_all_orgs(db, settings.lake)
+    legacy = [{"_id": old_id(T0 - 400 * DAY), **validate_snapshot(p)} for p in series(5, org="org-a", asset="old", start=T0 - DAY)]
+    db[ASSETS].insert_many(legacy)
+    assert migrate_legacy_snapshots(db, "org-a").moved == 5
+    assert sync_snapshots_all_orgs(db, settings.lake).new == 5
+    assert mirrored(settings.lake, ["org-a"])[0] == server_documents(db)

@@ -61,6 +61,7 @@ from perf_analytics.store import (
     require_key_index,
     touch_assets,
 )
+from perf_analytics.sync import mark_documents_for_sync
 
 ProgressFn = Callable[[int, int], None]  # (archive bytes read so far, records read so far)
 
@@ -205,6 +206,9 @@ class _Writer:
         sendable: list[int] = []
         raw: list[RawBSONDocument] = []
         refused: dict[int, tuple[str, str]] = {}  # position in batch.docs -> (field, reason)
+        # Records that bring their own _id (a mongodump, an export) may be older than any
+        # sync mark: the next sync has to be told about their days (see sync.py).
+        own_ids = [i for i, doc in enumerate(batch.docs) if "_id" in doc]
         for i, doc in enumerate(batch.docs):
             doc.setdefault("_id", ObjectId())
             try:
@@ -213,6 +217,7 @@ class _Writer:
             except ValidationError as exc:
                 refused[i] = (exc.field, exc.reason)
         inserted, duplicates = self._send(sendable, raw, batch.docs, refused)
+        mark_documents_for_sync(self.db, [batch.docs[i] for i in own_ids if i not in refused])
         if refused:
             for i, (field_path, reason) in sorted(refused.items()):
                 batch.rejects.append((Record(-1, batch.positions[i], payload=batch.docs[i]), field_path, reason))
