@@ -545,3 +545,10 @@ def test_legacy_snapshots_moved_by_migrate_reach_the_lake_at_the_next_sync(db: D
     assert migrate_legacy_snapshots(db, "org-a").moved == 5
     assert sync_snapshots_all_orgs(db, settings.lake).new == 5
     assert mirrored(settings.lake, ["org-a"])[0] == server_documents(db)
+
+
+def test_marking_more_days_than_one_update_command_holds_marks_them_all(db: Db) -> None:
+    # FerretDB 1.24 never answers an update command of more than 100 statements.
+    days = [T0.date() + i * DAY for i in range(150)]
+    assert mark_for_sync(db, "org-a", days) == 150
+    assert db[MARKS].count_documents({"orgId": "org-a"}) == 150
