@@ -192,3 +192,53 @@ def test_the_checkpoint_never_passes_a_damaged_archive_and_a_partial_rerun_finis
     assert len((tmp_path / "rejects.ndjson").read_bytes().splitlines()) == 1
     assert not list(cp_dir.glob("ingest-*.json"))  # accepted as partial: the load is finished
     assert db[SNAPSHOTS].count_documents({}) == good + 30
+
+
+def test_a_plain_ndjson_archive_cut_inside_its_last_line_fails_with_a_reject_where_that_line_starts(
+    db: Db, tmp_path: Path
+) -> None:
+    whole = ndjson_bytes(RECORDS[:10])
+    cut_at = whole.rindex(b"\n", 0, len(whole) - 1) + 1  # the last line starts here
+    path = tmp_path / "cut.ndjson"
+    path.write_bytes(whole[: cut_at + 40])
+    summary = incomplete(db, path, tmp_path)
+    assert (summary.inserted, summary.rejected) == (9, 1)
+    assert only_reject(tmp_path)["position"] == f"byte {cut_at}"
+
+
+def test_a_last_line_without_end_of_line_that_parses_is_a_record_not_damage(db: Db, tmp_path: Path) -> None:
+    path = tmp_path / "no-newline.ndjson"
+    path.write_bytes(ndjson_bytes(RECORDS[:3]).rstrip(b"\n"))
+    summary = load(db, [path], tmp_path)
+    assert (summary.inserted, summary.rejected) == (3, 0)
+
+
+def _deep_bson(levels: int) -> bytes:
+    """A document nested `levels` deep, built by hand: pymongo's encoder stops near 1,000."""
+    doc = bson.encode({})
+    for _ in range(levels):
+        body = b"\x03a\x00" + doc + b"\x00"
+        doc = struct.pack("<i", len(body) + 4) + body
+    return doc
+
+
+def test_a_bson_record_nested_past_the_decoders_limit_is_one_reject(db: Db, tmp_path: Path) -> None:
+    good = [bson.encode(validate_snapshot(r)) for r in RECORDS[:4]]
+    path = tmp_path / "deep.bson"
+    path.write_bytes(good[0] + good[1] + _deep_bson(3000) + good[2] + good[3])
+    summary = load(db, [path], tmp_path, rejects=tmp_path / "rejects.ndjson")
+    assert (summary.inserted, summary.rejected) == (4, 1)
+    reject = orjson.loads((tmp_path / "rejects.ndjson").read_bytes())
+    assert reject["position"] == f"byte {len(good[0]) + len(good[1])}"
+    assert reject["reason"].startswith("nested deeper than")
+
+
+def test_a_json_array_item_with_bad_extended_json_and_deep_nesting_is_one_reject(db: Db, tmp_path: Path) -> None:
+    bad = orjson.dumps({**RECORDS[1], "count": {"$numberLong": "not a number"}})
+    bad = bad[:-1] + b', "deep": ' + b"[" * 5000 + b"]" * 5000 + b"}"  # deeper than any encoder writes
+    path = tmp_path / "array.json"
+    path.write_bytes(b"[" + b",".join([orjson.dumps(RECORDS[0]), bad, orjson.dumps(RECORDS[2])]) + b"]")
+    summary = load(db, [path], tmp_path, rejects=tmp_path / "rejects.ndjson")
+    assert (summary.inserted, summary.rejected) == (2, 1)
+    reject = orjson.loads((tmp_path / "rejects.ndjson").read_bytes())
+    assert (reject["position"], reject["reason"][:17]) == ("item 2", "bad Extended JSON")

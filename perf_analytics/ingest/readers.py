@@ -245,11 +245,14 @@ def _read_ndjson(stream: io.BufferedIOBase, skip: int) -> Iterator[Record]:
     max_line = MAX_LINE_BYTES
     index = 0
     line_no = 0
+    offset = 0  # of the line in the content
     while line := stream.readline(max_line + 1):
         line_no += 1
+        start, offset = offset, offset + len(line)
         too_long = len(line) > max_line and not line.endswith(b"\n")
         if too_long:
             length = len(line) + _skip_rest_of_line(stream)
+            offset = start + length
         elif not line.strip():
             continue
         if index < skip:
@@ -266,6 +269,10 @@ def _read_ndjson(stream: io.BufferedIOBase, skip: int) -> Iterator[Record]:
                 payload = decode_extended_json(payload)
             yield Record(index, f"line {line_no}", payload)
         except (orjson.JSONDecodeError, ValueError, TypeError, BSONError) as exc:
+            if not line.endswith(b"\n") and isinstance(exc, orjson.JSONDecodeError) and "depth limit" not in str(exc):
+                # Only the last line can lack its end of line: one that does not parse
+                # either is where the file was cut, not a record someone wrote wrong.
+                raise DamagedArchive(f"the last line is cut (no end of line, {_json_error(exc)})", start) from None
             yield Record(index, f"line {line_no}", error=_json_error(exc), raw=_text(line))
         index += 1
 
@@ -296,7 +303,7 @@ def _read_json_array(stream: io.BufferedIOBase, skip: int, name: str) -> Iterato
                 try:
                     yield Record(index, f"item {index + 1}", decode_extended_json(item))
                 except (ValueError, TypeError, BSONError) as exc:
-                    yield Record(index, f"item {index + 1}", error=f"bad Extended JSON: {exc}", raw=repr(item)[:2000])
+                    yield Record(index, f"item {index + 1}", error=f"bad Extended JSON: {exc}", payload=item)
             index += 1
     except ijson.JSONError as exc:
         # The array itself is broken here (cut, or not JSON): nothing after this point can
@@ -322,8 +329,12 @@ def _read_bson(stream: io.BufferedIOBase, skip: int, name: str) -> Iterator[Reco
         if index >= skip:
             try:
                 payload: dict[str, Any] = bson.decode(head + body, codec_options=_CODEC)
-            except (BSONError, ValueError, OverflowError) as exc:
-                yield Record(index, f"byte {offset}", error=f"invalid BSON document: {exc}")
+            except (BSONError, ValueError, OverflowError, RecursionError) as exc:
+                # pymongo's decoder gives up near 1,000 levels of nesting (InvalidBSON
+                # naming the recursion, or RecursionError from its pure-Python fallback).
+                deep = isinstance(exc, RecursionError) or "recursion" in str(exc)
+                reason = f"nested deeper than {MAX_NESTING} levels of objects and arrays" if deep else f"invalid BSON document: {exc}"
+                yield Record(index, f"byte {offset}", error=reason)
             else:
                 yield Record(index, f"byte {offset}", payload)
         index += 1
