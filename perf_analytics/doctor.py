@@ -42,6 +42,7 @@ from perf_analytics.store import (
     Db,
     Doc,
     ensure_indexes,
+    is_duplicate_key,
     missing_indexes,
     probe_capabilities,
     touch_assets,
@@ -51,7 +52,6 @@ EXAMPLES = 5  # example ids kept per finding
 MAX_LISTED = 20  # unrepairable snapshots and assets listed by name; the counts are complete
 BATCH_SIZE = 1000
 _ID_CHUNK = 1000  # ids per $in when looking assets up
-_DUPLICATE_KEY = 11000
 _NOT_IMPLEMENTED = 238
 
 # Snapshots whose `_id` is being replaced: the repaired document waits here while the old
@@ -322,7 +322,7 @@ def _repair(db: Db, org_id: str, doc: Doc, *, check_key: bool) -> str | None:
     try:
         db[SNAPSHOTS].replace_one({"_id": doc["_id"], "orgId": org_id}, fixed)
     except OperationFailure as exc:
-        if not _is_duplicate_key(exc):
+        if not is_duplicate_key(exc):
             raise
         return _DUPLICATE
     return None
@@ -360,12 +360,6 @@ def _finish_id_repair(db: Db, org_id: str, entry: Doc) -> str | None:
             return f"{_DUPLICATE}; the repaired document is kept in {REPAIR_JOURNAL} under _id {entry['_id']}"
     db[REPAIR_JOURNAL].delete_one({"_id": entry["_id"], "orgId": org_id})
     return None
-
-
-def _is_duplicate_key(exc: OperationFailure) -> bool:
-    """MongoDB's duplicate-key error, or FerretDB 1.24's: on an update or replace its SQLite
-    backend answers InternalError "UNIQUE constraint failed" instead of code 11000."""
-    return exc.code == _DUPLICATE_KEY or "UNIQUE constraint failed" in str(exc)
 
 
 def _off_type_hint(remaining: int, *, fix: bool) -> str:
