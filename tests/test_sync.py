@@ -33,7 +33,7 @@ from perf_analytics.extract import extract_window
 from perf_analytics.frames import arrow_schema, frames_from_arrow
 from perf_analytics.lake import LakeError, connect_lake, connect_lake_all_orgs
 from perf_analytics.manifest import ManifestError
-from perf_analytics.schema import SNAPSHOTS, validate_snapshot
+from perf_analytics.schema import ID_RULE, SNAPSHOTS, validate_snapshot
 from perf_analytics.store import Db
 from perf_analytics.sync import (
     MARKS,
@@ -499,7 +499,7 @@ def test_cli_sync_of_a_bad_org_is_one_error_line(settings: Settings) -> None:
     result = CliRunner().invoke(app, ["--uri", str(settings.uri), "--db", settings.db, "--lake", str(settings.lake),
                                       "sync", "--org", "../x"])
     assert result.exit_code == 1
-    assert result.stderr == "Error: value of orgId '../x' cannot be a partition path segment (empty, '.', '..', or holds / \\ =)\n"
+    assert result.stderr == f"Error: value of orgId '../x' cannot be a partition path segment: use {ID_RULE}\n"
 
 
 def test_cli_sync_help_has_examples_that_run(db: Db, settings: Settings) -> None:
