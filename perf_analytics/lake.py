@@ -8,7 +8,7 @@ rollups_disks/window=<w>/orgId=<org>/date=<YYYY-MM-DD>/part-0.parquet       per 
 rollups_interfaces/window=<w>/orgId=<org>/date=<YYYY-MM-DD>/part-0.parquet  per interface
 anomalies/orgId=<org>/date=<YYYY-MM-DD>/part-0.parquet
 availability/orgId=<org>/date=<YYYY-MM-DD>/part-0.parquet                   per asset and day
-snapshots/orgId=<org>/date=<YYYY-MM-DD>/part-<id>.parquet                   (retention's)
+snapshots/orgId=<org>/date=<YYYY-MM-DD>/part-<hash>.parquet                 the mirror (`sync`)
 ```
 
 The rollups are three datasets with the same partitioning rather than one, because the
@@ -27,9 +27,8 @@ reader lists. A partition holds exactly the rows the last writer passed for it: 
 whole UTC days, or the partition of a partial day holds a partial day.
 
 `connect_lake(root, org_id=...)` returns an in-memory DuckDB connection whose views
-(`rollups`, `rollups_disks`, `rollups_interfaces`, `anomalies`, `availability`, and
-`snapshots` when that
-dataset has files) read an explicit list of that org's files, never a glob over all orgs.
+(`rollups`, `rollups_disks`, `rollups_interfaces`, `anomalies`, `availability`, and the
+snapshot views) read an explicit list of that org's files, never a glob over all orgs.
 The connection is then locked: file access is limited to exactly those files and the
 setting cannot be changed back, so SQL on it cannot reach another tenant's data. A view
 over a dataset without files yet exists and is empty, with the dataset's columns. The
@@ -37,6 +36,30 @@ file list is taken at connect time; reconnect to see partitions written later.
 `connect_lake_all_orgs(root)` is the explicitly named admin variant over every org,
 without the lock. Both fix DuckDB's memory limit and threads at connect time, and both
 raise UnreadableLakeFile, naming the file, for a file DuckDB cannot open.
+
+The snapshot views read the mirror `sync` writes, and only the parts the org's manifest
+lists (a killed sync can leave unlisted parts until the next one resolves them):
+
+- `snapshots`: one row per mirrored document in its stored shape (`performanceData` as
+  nested structs and lists), `_id` as 24 lowercase hex digits (null when the `_id` is no
+  ObjectId: then `_idOther` holds its canonical Extended JSON), `typed` (false when the
+  contract's types refused the document), `orgId` and `date`. The exact BSON stays in
+  the files (heavy, and not SQL's to decode): `sync.read_lake_documents` gives it back.
+- `snapshot_metrics`, `disk_samples`, `interface_samples`: the frames of `frames.py`
+  (`snapshots`, `disks`, `interfaces`) with the same columns and values (`_id` as hex
+  text), plus `date`, over the `typed` rows only; their SQL is derived from
+  `schema.TABLES` as the frames are, so a field added to the contract is a column here.
+
+A filter on `date` opens only that date's files (Hive partition pruning over the listed
+files): the view's columns come from one file, the newest date's, whose footer is read
+when a query binds; when that part was written under another contract than today's,
+every footer is read instead, to unite the columns.
+
+`connect_lake(..., hot=db)` adds to the snapshot views the org's rows the lake lacks yet,
+read from the server when connecting (`sync.unsynced_snapshots`: the next sync's own query
+and deduplication, held in memory). For an `_id` the lake holds, the lake's row is the
+one seen; a query reaches past the last sync, and across what retention removed from the
+server. Before the org's first sync, that tail is every snapshot of the org.
 
 The lock still lets SQL write to the org's own files (they are allowed paths), so
 `query_lake`, behind `perf-analytics query`, runs only a statement that DuckDB's parser

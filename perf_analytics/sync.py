@@ -57,6 +57,10 @@ files. So the files in a partition never share an `_id`, listed or not, and a la
 last run finished costs no directory walk. One run at a time per lake (a lock file under
 `_manifests/`).
 
+**Not synced yet.** `unsynced_snapshots(db, lake, org_id=...)` reads, without writing,
+the rows the org's next sync would add (same query, same deduplication against the listed
+files): the lake's DuckDB views add them for `connect_lake(..., hot=db)`.
+
 **Not covered.** A document with no string `orgId` (or one that cannot be a path
 segment) belongs to no tenant: it is counted and listed in the report, not mirrored.
 The mirror records documents as first read: an update in place (`doctor --fix`) is not

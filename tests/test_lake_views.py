@@ -223,12 +223,15 @@ def read_files(con: duckdb.DuckDBPyConnection, sql: str) -> list[str]:
     return sorted(found)
 
 
+@pytest.mark.parametrize("hot", [False, True], ids=["cold", "hot"])
 @pytest.mark.parametrize("name", VIEWS)
-def test_a_one_day_query_opens_only_that_days_files(settings: Settings, fleet: list[dict[str, Any]], name: str) -> None:
+def test_a_one_day_query_opens_only_that_days_files(
+    db: Db, settings: Settings, fleet: list[dict[str, Any]], name: str, hot: bool
+) -> None:
     parts = listed_snapshot_files(settings.lake, org_id="org-a")
     by_day = {f.date: str(Path(settings.lake, f.path).resolve()) for f in parts}
     assert sorted(by_day) == ["2026-03-01", "2026-03-02", "2026-03-03"] and len(parts) == 3
-    con = connect_lake(settings.lake, org_id="org-a")
+    con = connect_lake(settings.lake, org_id="org-a", hot=db if hot else None)
     assert read_files(con, f"SELECT count(*) FROM {name} WHERE date = '2026-03-02'") == [by_day["2026-03-02"]]
     assert read_files(con, f"SELECT count(*) FROM {name}") == sorted(by_day.values())
     # And physically: the oldest day's file turned to garbage does not stop a query on
