@@ -16,7 +16,13 @@ from bson import ObjectId
 from perf_analytics import schema
 from perf_analytics.config import Settings
 from perf_analytics.frames import Frames, frames_from_documents
-from perf_analytics.lake import LakeError, UnreadableLakeFile, connect_lake, connect_lake_all_orgs
+from perf_analytics.lake import (
+    LakeError,
+    UnreadableLakeFile,
+    connect_lake,
+    connect_lake_all_orgs,
+    query_lake,
+)
 from perf_analytics.schema import COUNT, SNAPSHOTS, SYSTEM_FIELDS, Table, validate_snapshot
 from perf_analytics.store import Db
 from perf_analytics.sync import (
@@ -318,3 +324,13 @@ def test_before_the_first_sync_the_hot_view_is_the_orgs_snapshots_on_the_server(
     assert got == {str(i) for i in ids[:3]}
     assert all(isinstance(i, ObjectId) for i in ids)
     assert not Path(settings.lake).exists()  # the hot view reads; it writes nothing
+
+
+def test_a_damaged_older_part_is_named_by_the_query_that_reads_it(settings: Settings, fleet: list[dict[str, Any]]) -> None:
+    oldest = Path(settings.lake, listed_snapshot_files(settings.lake, org_id="org-a")[0].path).resolve()
+    oldest.write_bytes(b"not parquet\n" * 100)
+    assert query_lake(settings.lake, "SELECT count(*) AS n FROM snapshots WHERE date = '2026-03-02'",
+                      org_id="org-a").to_pylist() == [{"n": 5}]
+    with pytest.raises(UnreadableLakeFile) as info:
+        query_lake(settings.lake, "SELECT count(*) FROM snapshot_metrics", org_id="org-a")
+    assert info.value.path == oldest
