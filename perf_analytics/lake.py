@@ -417,7 +417,7 @@ def _metric_columns(table: Table) -> list[str]:
         return [f"{base}[{_literal(name)}] AS {_ident(f'{table.key}_{snake(name)}')}" for name, _, _ in table.fields]
     if not table.sum_prefix:
         return []
-    # No list is null (no section is not a sum of 0); an empty list or null values sum to 0.
+    # As in the frames: a snapshot without the list has no sum (null, not 0); an empty list sums to 0.
     return [
         f"CAST(CASE WHEN {base} IS NULL THEN NULL ELSE coalesce(list_sum(list_transform({base}, lambda x: "
         f"x[{_literal(name)}])), 0) END AS {_sql_type(kind)}) AS {_ident(f'{table.sum_prefix}_{snake(name)}')}"
