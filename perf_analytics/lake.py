@@ -8,7 +8,7 @@ rollups_disks/window=<w>/orgId=<org>/date=<YYYY-MM-DD>/part-0.parquet       per 
 rollups_interfaces/window=<w>/orgId=<org>/date=<YYYY-MM-DD>/part-0.parquet  per interface
 anomalies/orgId=<org>/date=<YYYY-MM-DD>/part-0.parquet
 availability/orgId=<org>/date=<YYYY-MM-DD>/part-0.parquet                   per asset and day
-snapshots/orgId=<org>/date=<YYYY-MM-DD>/part-<id>.parquet                   (retention's)
+snapshots/orgId=<org>/date=<YYYY-MM-DD>/part-<hash>.parquet                 the mirror (`sync`)
 ```
 
 The rollups are three datasets with the same partitioning rather than one, because the
@@ -27,9 +27,8 @@ reader lists. A partition holds exactly the rows the last writer passed for it: 
 whole UTC days, or the partition of a partial day holds a partial day.
 
 `connect_lake(root, org_id=...)` returns an in-memory DuckDB connection whose views
-(`rollups`, `rollups_disks`, `rollups_interfaces`, `anomalies`, `availability`, and
-`snapshots` when that
-dataset has files) read an explicit list of that org's files, never a glob over all orgs.
+(`rollups`, `rollups_disks`, `rollups_interfaces`, `anomalies`, `availability`, and the
+snapshot views) read an explicit list of that org's files, never a glob over all orgs.
 The connection is then locked: file access is limited to exactly those files and the
 setting cannot be changed back, so SQL on it cannot reach another tenant's data. A view
 over a dataset without files yet exists and is empty, with the dataset's columns. The
@@ -37,6 +36,30 @@ file list is taken at connect time; reconnect to see partitions written later.
 `connect_lake_all_orgs(root)` is the explicitly named admin variant over every org,
 without the lock. Both fix DuckDB's memory limit and threads at connect time, and both
 raise UnreadableLakeFile, naming the file, for a file DuckDB cannot open.
+
+The snapshot views read the mirror `sync` writes, and only the parts the org's manifest
+lists (a killed sync can leave unlisted parts until the next one resolves them):
+
+- `snapshots`: one row per mirrored document in its stored shape (`performanceData` as
+  nested structs and lists), `_id` as 24 lowercase hex digits (null when the `_id` is no
+  ObjectId: then `_idOther` holds its canonical Extended JSON), `typed` (false when the
+  contract's types refused the document), `orgId` and `date`. The exact BSON stays in
+  the files (heavy, and not SQL's to decode): `sync.read_lake_documents` gives it back.
+- `snapshot_metrics`, `disk_samples`, `interface_samples`: the frames of `frames.py`
+  (`snapshots`, `disks`, `interfaces`) with the same columns and values (`_id` as hex
+  text), plus `date`, over the `typed` rows only; their SQL is derived from
+  `schema.TABLES` as the frames are, so a field added to the contract is a column here.
+
+A filter on `date` opens only that date's files (Hive partition pruning over the listed
+files): the view's columns come from one file, the newest date's, whose footer is read
+when a query binds; when that part was written under another contract than today's,
+every footer is read instead, to unite the columns.
+
+`connect_lake(..., hot=db)` adds to the snapshot views the org's rows the lake lacks yet,
+read from the server when connecting (`sync.unsynced_snapshots`: the next sync's own query
+and deduplication, held in memory). For an `_id` the lake holds, the lake's row is the
+one seen; a query reaches past the last sync, and across what retention removed from the
+server. Before the org's first sync, that tail is every snapshot of the org.
 
 The lock still lets SQL write to the org's own files (they are allowed paths), so
 `query_lake`, behind `perf-analytics query`, runs only a statement that DuckDB's parser
@@ -57,12 +80,15 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from perf_analytics import schema
 from perf_analytics.atomic import atomic_path, fsync_dir
 from perf_analytics.config import DEFAULT_DUCKDB_MEMORY_LIMIT, parse_duckdb_threads
 from perf_analytics.errors import ConfigError, PerfAnalyticsError
-from perf_analytics.frames import empty_frames
+from perf_analytics.frames import empty_frames, snake
+from perf_analytics.manifest import manifest_path
 from perf_analytics.rollups import Rollups, compute_availability, compute_rollups
-from perf_analytics.schema import ID_RULE, is_valid_id
+from perf_analytics.schema import COUNT, ID_RULE, PERCENTS, Table, is_valid_id
+from perf_analytics.store import Db
 
 PART = "part-0.parquet"
 ROLLUP_DATASETS = {"assets": "rollups", "disks": "rollups_disks", "interfaces": "rollups_interfaces"}
@@ -274,8 +300,151 @@ def _sql_list(paths: Iterable[Path]) -> str:
     return "[" + ", ".join("'" + str(p).replace("'", "''") + "'" for p in paths) + "]"
 
 
+# ---- the snapshot mirror's views ----------------------------------------------------------
+
+# Views over the mirror that `sync` writes; the flat ones hold the contract's typed rows only.
+SNAPSHOT_VIEWS = ("snapshots", "snapshot_metrics", "disk_samples", "interface_samples")
+_HOT = "_hot_snapshots"
+_EMPTY_SNAPSHOTS = "_empty_snapshots"
+
+
+def _listed_snapshots(root: str | os.PathLike[str], org_id: str | None) -> tuple[list[Path], pa.Schema]:
+    """The snapshot parts the org's manifest lists (every org's when None), by date, and the
+    columns a part holds under today's contract.
+
+    Never a directory walk: a killed sync can leave parts no manifest lists, which the next
+    sync adopts or removes. A listed path outside its own org's partition is refused.
+    """
+    from perf_analytics import sync  # sync writes through this module, so it is imported late
+
+    if org_id is None:
+        directory = manifest_path(_check_root(root), SNAPSHOTS)
+        orgs = sorted(p.name.removeprefix("orgId=").removesuffix(".json") for p in directory.glob("orgId=*.json"))
+    else:
+        orgs = [org_id]
+    found: list[Path] = []
+    for org in orgs:
+        for part in sync.listed_snapshot_files(root, org_id=org):
+            path = Path(root) / part.path
+            if path.parent != partition_dir(root, SNAPSHOTS, {"orgId": org, "date": part.date}):
+                raise LakeError(f"the snapshot manifest of org {org} lists {part.path}, outside the org's partitions")
+            found.append(_check_segment(path).resolve())
+    return sorted(found, key=lambda p: (p.parent.name, p.name)), sync.part_schema()
+
+
+def _snapshot_scan(files: list[Path], current: pa.Schema) -> str:
+    """SQL reading the listed parts (without `bson`), the newest date's last part first.
+
+    DuckDB takes the view's columns from the first file of the list and, with a filter on
+    `date`, opens no other file outside that date. When that part does not hold today's
+    contract (`current`: written by an older sync), every footer is read to unite the columns.
+    """
+    newest = files[-1]
+    try:
+        same = pq.read_schema(newest).equals(current, check_metadata=False)
+    except (OSError, pa.ArrowException) as exc:
+        raise UnreadableLakeFile(newest, _first_line(exc)) from None
+    types = ", ".join(f"'{k}': '{t}'" for k, t in PARTITIONING[SNAPSHOTS])
+    unite = "" if same else ", union_by_name = true"
+    return (
+        f"SELECT * EXCLUDE (bson) FROM read_parquet({_sql_list([newest, *files[:-1]])}, "
+        f"hive_partitioning = true, hive_types = {{{types}}}{unite})"
+    )
+
+
+def _snapshot_views(
+    con: duckdb.DuckDBPyConnection, root: str | os.PathLike[str], org_id: str | None, hot: pa.Table | None
+) -> list[Path]:
+    """Create the four snapshot views over the listed parts (and `hot`, the unsynced tail).
+
+    `hot` holds only rows the lake lacks (`sync.unsynced_snapshots`), so the union needs no
+    deduplication: for an `_id` in both, the lake's row is the one seen. Returns the files.
+    """
+    files, current = _listed_snapshots(root, org_id)
+    sources = [_snapshot_scan(files, current)] if files else []
+    if hot is not None:
+        con.register(_HOT, hot)
+        sources.append(f"SELECT * FROM {_HOT}")
+    if not sources:
+        keys = [pa.field(k, pa.date32() if t == "DATE" else pa.string()) for k, t in PARTITIONING[SNAPSHOTS]]
+        con.register(_EMPTY_SNAPSHOTS, pa.schema([*(f for f in current if f.name != "bson"), *keys]).empty_table())
+        sources.append(f"SELECT * FROM {_EMPTY_SNAPSHOTS}")
+    rows = " UNION ALL BY NAME ".join(f"({sql})" for sql in sources)
+    try:
+        for name, sql in zip(SNAPSHOT_VIEWS, _snapshot_view_sql(rows), strict=True):
+            con.execute(f"CREATE VIEW {name} AS {sql}")
+    except duckdb.Error as exc:
+        con.close()
+        raise _unreadable_file(exc, files, scan=True) or LakeError(
+            f"cannot open the lake's snapshot files: {_first_line(exc)}"
+        ) from None
+    return files
+
+
+def _snapshot_view_sql(rows: str) -> list[str]:
+    """The SELECTs of SNAPSHOT_VIEWS over `rows` (part-file columns, `orgId`, `date`).
+
+    Derived from the contract (`schema.TABLES`) as the frames are (`frames.py`), with the
+    same column names: a field added to the contract is a column here without an edit.
+    """
+    tables = schema.TABLES
+    stored = f"SELECT lower(hex(_id)) AS _id, * EXCLUDE (_id, orgId, date), orgId, date FROM ({rows})"
+    metrics = ", ".join(column for t in tables for column in _metric_columns(t))
+    flat = (
+        f'SELECT _id, orgId, agentId, assetId, "timestamp", timeWindow, {metrics}, date '
+        "FROM snapshots WHERE typed"
+    )
+    items = {t.item: _item_sql(t) for t in tables if t.repeated}
+    return [stored, flat, items["disk"], items["interface"]]
+
+
+def _path_sql(path: str) -> str:
+    """The value at a dotted path of a stored document (struct fields all the way)."""
+    head, *rest = path.split(".")
+    return _ident(head) + "".join(f"[{_literal(name)}]" for name in rest)
+
+
+def _sql_type(kind: str) -> str:
+    if kind == COUNT:
+        return "BIGINT"
+    return "DOUBLE[]" if kind == PERCENTS else "DOUBLE"
+
+
+def _metric_columns(table: Table) -> list[str]:
+    """A table's columns in `snapshot_metrics`, as `frames._snapshot_columns` makes them."""
+    base = _path_sql(table.path)
+    if not table.repeated:
+        return [f"{base}[{_literal(name)}] AS {_ident(f'{table.key}_{snake(name)}')}" for name, _, _ in table.fields]
+    if not table.sum_prefix:
+        return []
+    # As in the frames: a snapshot without the list has no sum (null, not 0); an empty list sums to 0.
+    return [
+        f"CAST(CASE WHEN {base} IS NULL THEN NULL ELSE coalesce(list_sum(list_transform({base}, lambda x: "
+        f"x[{_literal(name)}])), 0) END AS {_sql_type(kind)}) AS {_ident(f'{table.sum_prefix}_{snake(name)}')}"
+        for name, kind, _ in table.fields
+    ]
+
+
+def _item_sql(table: Table) -> str:
+    """One row per object of a repeated table, as `frames._item_frame` makes them."""
+    fields = ", ".join(f"item[{_literal(name)}] AS {_ident(snake(name))}" for name, _, _ in table.fields)
+    return (
+        f"SELECT orgId, assetId, \"timestamp\", item['name'] AS {_ident(table.item)}, {fields}, date FROM ("
+        f"SELECT orgId, assetId, \"timestamp\", date, unnest({_path_sql(table.path)}) AS item FROM snapshots WHERE typed"
+        ") WHERE item IS NOT NULL"
+    )
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
 def _connect(
-    root: str | os.PathLike[str], org_id: str | None, *, memory_limit: str, threads: int | None
+    root: str | os.PathLike[str], org_id: str | None, *, memory_limit: str, threads: int | None, hot: pa.Table | None = None
 ) -> tuple[duckdb.DuckDBPyConnection, list[Path]]:
     if not Path(root).is_dir() and Path(root).exists():
         raise LakeError(f"lake root {root} is not a directory")
@@ -289,8 +458,10 @@ def _connect(
         ) from None
     # The lake is UTC: timestamps come back in UTC whatever the machine's time zone.
     con.execute("SET TimeZone = 'UTC'")
-    every: list[Path] = []
+    every = _snapshot_views(con, root, org_id, hot)
     for dataset, keys in PARTITIONING.items():
+        if dataset == SNAPSHOTS:
+            continue
         files = [p.resolve() for p in lake_files(root, dataset, org_id=org_id)]
         every += files
         if files:
@@ -319,22 +490,31 @@ def connect_lake(
     root: str | os.PathLike[str],
     *,
     org_id: str,
+    hot: Db | None = None,
     memory_limit: str = DEFAULT_DUCKDB_MEMORY_LIMIT,
     threads: int | None = None,
 ) -> duckdb.DuckDBPyConnection:
     """A DuckDB connection over one org's lake partitions only, locked to those files.
 
-    `memory_limit` ("4GB", or a share of RAM such as "50%") and `threads` (None: every
-    CPU) are fixed before the lock. A lake file DuckDB cannot open raises UnreadableLakeFile.
+    With `hot` (the database), the snapshot views also hold the org's snapshots the lake
+    lacks yet (what its next sync would add, read now into memory), so a query reaches past
+    the last sync and, with retention, across what is left on the server. `memory_limit`
+    ("4GB", or a share of RAM such as "50%") and `threads` (None: every CPU) are fixed
+    before the lock. A lake file DuckDB cannot open raises UnreadableLakeFile.
     """
-    return _connect_org(root, org_id, memory_limit=memory_limit, threads=threads)[0]
+    return _connect_org(root, org_id, hot=hot, memory_limit=memory_limit, threads=threads)[0]
 
 
 def _connect_org(
-    root: str | os.PathLike[str], org_id: str, *, memory_limit: str, threads: int | None
+    root: str | os.PathLike[str], org_id: str, *, hot: Db | None, memory_limit: str, threads: int | None
 ) -> tuple[duckdb.DuckDBPyConnection, list[Path]]:
     _check_part("org id", org_id)
-    con, files = _connect(root, org_id, memory_limit=memory_limit, threads=threads)
+    tail = None
+    if hot is not None:
+        from perf_analytics.sync import unsynced_snapshots  # sync writes through this module
+
+        tail = unsynced_snapshots(hot, root, org_id=org_id)
+    con, files = _connect(root, org_id, memory_limit=memory_limit, threads=threads, hot=tail)
     if files:
         con.execute(f"SET allowed_paths = {_sql_list(files)}")
     con.execute("SET enable_external_access = false")
@@ -483,16 +663,18 @@ def query_lake(
     sql: str,
     *,
     org_id: str,
+    hot: Db | None = None,
     memory_limit: str = DEFAULT_DUCKDB_MEMORY_LIMIT,
     threads: int | None = None,
 ) -> pa.Table:
     """The rows of one read statement over one org's lake (see `check_read_only`).
 
-    The connection is `connect_lake`'s: that org's files only, and locked. Failures are
+    The connection is `connect_lake`'s: that org's files only (plus, with `hot`, its
+    snapshots not synced yet), and locked. Failures are
     one-line errors: QueryError for the SQL, UnreadableLakeFile naming a damaged file.
     """
     check_read_only(sql)
-    con, files = _connect_org(root, org_id, memory_limit=memory_limit, threads=threads)
+    con, files = _connect_org(root, org_id, hot=hot, memory_limit=memory_limit, threads=threads)
     try:
         return con.sql(sql).to_arrow_table()
     except duckdb.Error as exc:

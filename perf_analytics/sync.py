@@ -57,6 +57,10 @@ files. So the files in a partition never share an `_id`, listed or not, and a la
 last run finished costs no directory walk. One run at a time per lake (a lock file under
 `_manifests/`).
 
+**Not synced yet.** `unsynced_snapshots(db, lake, org_id=...)` reads, without writing,
+the rows the org's next sync would add (same query, same deduplication against the listed
+files): the lake's DuckDB views add them for `connect_lake(..., hot=db)`.
+
 **Not covered.** A document with no string `orgId` (or one that cannot be a path
 segment) belongs to no tenant: it is counted and listed in the report, not mirrored.
 The mirror records documents as first read: an update in place (`doctor --fix`) is not
@@ -396,6 +400,40 @@ def _decoded_day(doc: Doc) -> str | None:
     return oid.generation_time.date().isoformat() if isinstance(oid, ObjectId) else None
 
 
+@dataclass
+class _Rows:
+    """One chunk of documents as part rows (`orgId` still a column), placed by partition."""
+
+    table: pa.Table
+    places: dict[tuple[str, str], list[int]]  # (org, day): row indexes
+    unplaced: list[tuple[tuple[bytes | None, str | None], str]]  # (id, reason) of the others
+
+
+def _part_rows(lake: Path, docs: Sequence[bytes], schema: Schema) -> _Rows:
+    """The rows of `docs` as part files hold them, each placed in its (org, day) or refused."""
+    typed = _typed(docs, schema)
+    ids = [_id_of(raw) for raw in docs]
+    orgs = typed.column("orgId").to_pylist()
+    days = pc.strftime(typed.column("timestamp"), format="%Y-%m-%d").to_pylist()
+    rows = _Rows(typed, {}, [])
+    for i, raw in enumerate(docs):
+        org, day = orgs[i], days[i]
+        where = (org, day) if isinstance(org, str) and day is not None else _decoded_placement(raw)
+        if isinstance(where, str):
+            rows.unplaced.append((ids[i], where))
+        else:
+            rows.places.setdefault(where, []).append(i)
+    for org, day in list(rows.places):
+        try:
+            partition_dir(lake, DATASET, {"orgId": org, "date": day})
+        except LakeError as exc:
+            rows.unplaced += [(ids[i], str(exc)) for i in rows.places.pop((org, day))]
+    table = typed.append_column("bson", pa.array(docs, pa.binary()))
+    table = table.add_column(0, "_idOther", pa.array([o for _, o in ids], pa.string()))
+    rows.table = table.add_column(0, "_id", pa.array([i for i, _ in ids], pa.binary(12)))
+    return rows
+
+
 # ---- the lake side -----------------------------------------------------------------------
 
 
@@ -556,29 +594,12 @@ class _Run:
 
     def store(self, docs: list[bytes]) -> None:
         """Place, deduplicate and write one chunk of raw documents as parts."""
-        typed = _typed(docs, self.schema)
-        ids = [_id_of(raw) for raw in docs]
-        orgs = typed.column("orgId").to_pylist()
-        days = pc.strftime(typed.column("timestamp"), format="%Y-%m-%d").to_pylist()
-        groups: dict[tuple[str, str], list[int]] = {}
-        for i, raw in enumerate(docs):
-            org, day = orgs[i], days[i]
-            where = (org, day) if isinstance(org, str) and day is not None else _decoded_placement(raw)
-            if isinstance(where, str):
-                self._unplaced(ids[i], where)
-            else:
-                groups.setdefault(where, []).append(i)
-        for org, day in list(groups):
-            try:
-                partition_dir(self.lake, DATASET, {"orgId": org, "date": day})
-            except LakeError as exc:
-                for i in groups.pop((org, day)):
-                    self._unplaced(ids[i], str(exc))
-        table = typed.drop_columns(["orgId"]).append_column("bson", pa.array(docs, pa.binary()))
-        table = table.add_column(0, "_idOther", pa.array([o for _, o in ids], pa.string()))
-        table = table.add_column(0, "_id", pa.array([i for i, _ in ids], pa.binary(12)))
-        for (org, day), rows in sorted(groups.items()):
-            self._write(org, day, table.take(rows))
+        rows = _part_rows(self.lake, docs, self.schema)
+        for ident, reason in rows.unplaced:
+            self._unplaced(ident, reason)
+        table = rows.table.drop_columns(["orgId"])
+        for (org, day), indexes in sorted(rows.places.items()):
+            self._write(org, day, table.take(indexes))
 
     def _unplaced(self, ident: tuple[bytes | None, str | None], reason: str) -> None:
         oid, other = ident
@@ -647,13 +668,17 @@ def _resume(run: _Run, org_id: str | None) -> None:
     write_manifest(journal, {"dataset": DATASET, "scope": org_id or ALL_ORGS})
 
 
+def _since(marks: Sequence[datetime | None], skew: timedelta) -> datetime | None:
+    """Lower bound of the `_id` range to read: the latest run's start minus `skew` (None: all)."""
+    known = [m for m in marks if m is not None]
+    return max(known) - skew if known else None
+
+
 def _read_new(db: Db, run: _Run, org_id: str | None, *, skew: timedelta, full: bool, chunk_rows: int) -> list[Doc]:
     """The one query: place and write what is new; returns the loaders' marks it covered."""
     report = run.report
     marks_at = [run.org(org_id).mark] if org_id is not None else []
-    marks_at.append(_all_orgs_mark(run.lake))
-    known = [m for m in marks_at if m is not None]
-    report.since = None if full or not known else max(known) - skew
+    report.since = None if full else _since([*marks_at, _all_orgs_mark(run.lake)], skew)
     # Marks first, then the query: every mark read covers documents already inserted.
     marks = _read_marks(db, org_id)
     report.marks_read = len(marks)
@@ -761,6 +786,34 @@ def listed_snapshot_files(lake: str | os.PathLike[str], *, org_id: str) -> list[
     partition_dir(lake, DATASET, {"orgId": org_id})
     state = _load_org(Path(lake), org_id)
     return sorted(state.files, key=lambda f: (f.date, f.path))
+
+
+def unsynced_snapshots(db: Db, lake: str | os.PathLike[str], *, org_id: str, skew: timedelta = DEFAULT_SKEW) -> pa.Table:
+    """The rows the next `sync_snapshots(db, lake, org_id=...)` would add, read now; the lake is not touched.
+
+    The sync's own query (from the org's marks and the loaders' day marks) and its
+    deduplication by `_id` against the files each partition's manifest lists, so a document
+    the lake holds is never among them. Columns: `part_schema()` without `bson`, plus
+    `orgId` and `date` (the partition's). For the lake's views over the not-yet-synced
+    tail; before the org's first sync, that is all of its snapshots.
+    """
+    _check_options(skew, DEFAULT_CHUNK_ROWS)
+    root = Path(lake)
+    partition_dir(root, DATASET, {"orgId": org_id})
+    state = _load_org(root, org_id)
+    query = _query(org_id, _since([state.mark, _all_orgs_mark(root)], skew), _read_marks(db, org_id))
+    typed = _typed_schema()
+    out = pa.schema([*(f for f in part_schema() if f.name != "bson"), ("orgId", pa.string()), ("date", pa.date32())])
+    found: list[pa.Table] = [out.empty_table()]
+    with db[SNAPSHOTS].find_raw_batches(query, batch_size=RAW_BATCH_DOCS) as cursor:
+        for docs in _chunks(cursor, DEFAULT_CHUNK_ROWS):
+            rows = _part_rows(root, docs, typed)
+            for (_, day), indexes in sorted(rows.places.items()):
+                part = rows.table.take(indexes)
+                held = pc.is_in(pa.array(_keys(part), pa.binary()), value_set=_partition_keys(root, state, day))
+                part = part.filter(pc.invert(held)).select(out.names[:-1])
+                found.append(part.append_column("date", pa.array([date.fromisoformat(day)] * part.num_rows, pa.date32())).cast(out))
+    return pa.concat_tables(found)
 
 
 def read_lake_documents(

@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import duckdb
+import polars as pl
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner, Result
 
 from perf_analytics.cli import app
+from perf_analytics.config import Settings
+from perf_analytics.frames import frames_from_documents
 from perf_analytics.lake import (
     READ_STATEMENTS,
     NotReadOnly,
@@ -27,8 +32,13 @@ from perf_analytics.lake import (
     write_availability,
     write_rollups,
 )
-from perf_analytics.rollups import compute_availability
+from perf_analytics.rollups import compute_availability, compute_rollups
+from perf_analytics.schema import SNAPSHOTS
+from perf_analytics.store import Db
+from perf_analytics.sync import sync_snapshots
+from tests.factories import T0, series, set_path
 from tests.test_lake import flags_frame, rollups_of, two_org_frames
+from tests.test_sync import insert
 
 
 @pytest.fixture
@@ -283,3 +293,127 @@ def test_an_error_in_the_sql_is_not_blamed_on_a_file(lake: Path) -> None:
     line = _error_line(_query(lake, "SELECT strptime(message, '%Y') FROM anomalies"))
     assert line.startswith("Error: Invalid Input Error: "), line
     assert "lake file" not in line
+
+
+# ---- output: files, formats -------------------------------------------------------------
+
+
+def _run(lake: Path, *args: str) -> Result:
+    return CliRunner().invoke(app, ["--lake", str(lake), "query", "--org", "org-a", *args])
+
+
+def test_parquet_output_goes_to_a_file_holding_the_rows(lake: Path, tmp_path: Path) -> None:
+    out = tmp_path / "flags.parquet"
+    sql = "SELECT assetId, score, start, date FROM anomalies ORDER BY start"
+    result = _run(lake, "--format", "parquet", "--out", str(out), sql)
+    assert result.exit_code == 0, result.output
+    assert result.stdout == f"2 rows written to {out}\n"
+    assert pq.read_table(out).equals(query_lake(lake, sql, org_id="org-a"))
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temp file left
+
+
+@pytest.mark.parametrize("fmt", ["csv", "json", "table"])
+def test_text_output_goes_to_a_file_with_out(lake: Path, tmp_path: Path, fmt: str) -> None:
+    out = tmp_path / f"flags.{fmt}"
+    sql = "SELECT assetId, score FROM anomalies ORDER BY score"
+    result = _run(lake, "--format", fmt, "--out", str(out), sql)
+    assert result.exit_code == 0, result.output
+    assert out.read_text() == _run(lake, "--format", fmt, sql).stdout
+    assert "1.5" in out.read_text() and "4.2" in out.read_text()
+
+
+def test_parquet_without_out_is_one_error_line(lake: Path) -> None:
+    assert _error_line(_run(lake, "--format", "parquet", "SELECT 1")) == "Error: --format parquet writes a file: give --out FILE"
+
+
+def test_a_failed_query_leaves_the_out_file_as_it_was(lake: Path, tmp_path: Path) -> None:
+    out = tmp_path / "result.csv"
+    out.write_text("the last good result\n")
+    _error_line(_run(lake, "--format", "csv", "--out", str(out), "SELECT * FROM no_such_view"))
+    assert out.read_text() == "the last good result\n"
+
+
+def test_an_out_file_in_a_missing_directory_is_one_error_line(lake: Path, tmp_path: Path) -> None:
+    out = tmp_path / "missing" / "r.parquet"
+    line = _error_line(_run(lake, "--format", "parquet", "--out", str(out), "SELECT 1 AS a"))
+    assert line == f"Error: cannot write {out}: No such file or directory"
+
+
+@pytest.mark.parametrize(
+    ("fmt", "sql", "message"),
+    [
+        ("csv", "SELECT [1, 2] AS l", "Error: column l is nested (a struct or list), which csv cannot hold: "
+         "select its fields, or use --format json or parquet"),
+        ("csv", "SELECT {'a': 1} AS s", "Error: column s is nested (a struct or list), which csv cannot hold: "
+         "select its fields, or use --format json or parquet"),
+        ("json", "SELECT 'x'::BLOB AS b", "Error: column b holds bytes, which json cannot show: select hex(b), "
+         "or use --format parquet --out FILE"),
+        ("json", "SELECT {'a': 'x'::BLOB} AS s", "Error: column s holds bytes, which json cannot show: select hex(s), "
+         "or use --format parquet --out FILE"),
+    ],
+)
+def test_values_a_text_format_cannot_hold_are_one_error_line_naming_the_column(
+    lake: Path, fmt: str, sql: str, message: str
+) -> None:
+    assert _error_line(_run(lake, "--format", fmt, sql)) == message
+
+
+def test_nested_values_go_to_json_and_parquet(lake: Path, tmp_path: Path) -> None:
+    result = _run(lake, "--format", "json", "SELECT {'a': [1, 2]} AS s")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == [{"s": {"a": [1, 2]}}]
+    out = tmp_path / "s.parquet"
+    assert _run(lake, "--format", "parquet", "--out", str(out), "SELECT 'x'::BLOB AS b").exit_code == 0
+    assert pq.read_table(out).column("b").to_pylist() == [b"x"]
+
+
+# ---- the snapshot views and the hot tail ------------------------------------------------------
+
+
+def _cli(settings: Settings, *args: str) -> Result:
+    return CliRunner().invoke(app, ["--uri", str(settings.uri), "--db", settings.db, "--lake", str(settings.lake), *args])
+
+
+def test_hot_adds_the_snapshots_the_last_sync_has_not_copied(db: Db, settings: Settings) -> None:
+    insert(db, series(4, org="org-a", asset="a1"))
+    sync_snapshots(db, settings.lake, org_id="org-a")
+    insert(db, series(2, org="org-a", asset="a1", start=T0 + timedelta(days=1)))
+    insert(db, series(3, org="org-b", asset="b1", start=T0 + timedelta(days=1)))
+    sql = "SELECT count(*) AS n, count(DISTINCT _id) AS ids FROM snapshot_metrics"
+    cold = _cli(settings, "query", "--org", "org-a", "--format", "json", sql)
+    assert json.loads(cold.stdout) == [{"n": 4, "ids": 4}]
+    hot = _cli(settings, "query", "--org", "org-a", "--hot", "--format", "json", sql)
+    assert hot.exit_code == 0, hot.output
+    assert json.loads(hot.stdout) == [{"n": 6, "ids": 6}]
+
+
+def _help_examples() -> list[list[str]]:
+    """The examples of `query --help`, as argument lists (continued lines joined)."""
+    text = CliRunner().invoke(app, ["query", "--help"]).stdout
+    lines = text.split("Examples:")[1].split("Options:")[0].splitlines()
+    joined = " ".join(line.strip() for line in lines).replace("\\ ", "")
+    return [shlex.split("perf-analytics " + e)[1:] for e in joined.split("perf-analytics ") if e.strip()]
+
+
+def test_the_help_examples_run_against_a_loaded_lake(
+    db: Db, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    day = datetime(2026, 1, 6, 12, tzinfo=UTC)
+    payloads = series(3, org="org-01", asset="a1", start=day)
+    payloads += [set_path(p, "performanceData.disk.0.usagePercent", 95.0) for p in series(2, org="org-01", asset="a2", start=day)]
+    insert(db, payloads)
+    sync_snapshots(db, settings.lake, org_id="org-01")
+    insert(db, series(1, org="org-01", asset="a3", start=datetime.now(UTC)))  # not synced: --hot finds it
+    docs = list(db[SNAPSHOTS].find({"orgId": "org-01"}))
+    write_rollups(settings.lake, compute_rollups(frames_from_documents(docs), windows=["1hour"]))
+    write_anomalies(settings.lake, flags_frame().with_columns(pl.lit("org-01").alias("orgId")))
+    examples = _help_examples()
+    assert len(examples) == 5
+    for args in examples:
+        result = _cli(settings, *args)
+        assert result.exit_code == 0, (args, result.output)
+        assert result.stdout.strip(), args
+    assert pq.read_table(tmp_path / "full-disks.parquet").column("assetId").to_pylist() == ["a2", "a2"]
+    hot = _cli(settings, *examples[3], "--format", "json")
+    assert sum(row["count_star()"] for row in json.loads(hot.stdout)) == 1  # within the last 60 days: the hot one
