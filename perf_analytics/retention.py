@@ -604,7 +604,8 @@ def _insert(db: Db, raws: Sequence[bytes]) -> tuple[int, int]:
     """Insert exact documents unordered; (inserted, duplicates). Any other write error is raised."""
     docs = [RawBSONDocument(raw, codec_options=_READ) for raw in raws]
     try:
-        return len(db[SNAPSHOTS].insert_many(docs, ordered=False).inserted_ids), 0
+        db[SNAPSHOTS].insert_many(docs, ordered=False)  # its inserted_ids leaves raw documents out
+        return len(docs), 0
     except BulkWriteError as exc:
         errors = exc.details.get("writeErrors", [])
         other = [e for e in errors if e.get("code") != _DUPLICATE_KEY]
