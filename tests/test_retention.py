@@ -313,7 +313,7 @@ def clean_db(server_uri: str, db_name: str) -> Iterator[Db]:
         ("verified", 1, 0),  # between the first day's verification and its delete
         ("deleted", 10, 10),  # after the first of the day's four deletes
         ("deleted", 40, 40),  # after the day's last delete, before its record says so
-        ("deleted", 80, 80),  # in the second day
+        ("deleted", 60, 60),  # in the second day
     ],
 )
 def test_kill_9_between_verify_and_delete_or_during_it_then_rerun_ends_like_a_clean_run(
