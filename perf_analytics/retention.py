@@ -338,6 +338,7 @@ class _Export:
         self.manifests = _Manifests(lake)
         self.files: dict[str, dict[str, list[PartFile]]] = {}
         self.verified = 0
+        self.pending: list[tuple[str, str, _ServerDay, int]] = []  # verified, recorded, not yet deleted
 
     def tell(self, stage: str, count: int) -> None:
         if self.progress is not None:
@@ -385,19 +386,26 @@ class _Export:
             database_rows=len(server.keys), database_sha256=ids_sha256(server.keys),
             lake_rows=len(lake_keys), lake_sha256=ids_sha256(lake_keys),
         )
-        deleted = self.delete(org, server)
-        self.manifests.record(org, day, state=DELETED, deleted_at=_now(), deleted=deleted)
-        self.report.days.append(DayOutcome(org, day, "deleted", len(server.keys), lake_rows, deleted))
+        self.pending.append((org, day, server, lake_rows))
+        if sum(len(s.keys) for _, _, s, _ in self.pending) >= self.delete_chunk:
+            self.flush()
 
-    def delete(self, org: str, server: _ServerDay) -> int:
-        deleted = 0
-        for start in range(0, len(server.keys), self.delete_chunk):
-            ids = server.ids(server.keys[start : start + self.delete_chunk])
-            done = self.db[SNAPSHOTS].delete_many({"orgId": org, "_id": {"$in": ids}}).deleted_count
-            deleted += done
-            self.report.deleted += done
+    def flush(self) -> None:
+        """Delete the verified days waiting, in chunks that may span days and orgs, then record them."""
+        ids = [(org, i) for org, _, server, _ in self.pending for i in server.ids(server.keys)]
+        for start in range(0, len(ids), self.delete_chunk):
+            by_org: dict[str, list[Any]] = {}
+            for org, i in ids[start : start + self.delete_chunk]:
+                by_org.setdefault(org, []).append(i)
+            # Each _id stays paired with its org: a chunk never deletes across tenants by _id alone.
+            clauses = [{"orgId": org, "_id": {"$in": chunk}} for org, chunk in by_org.items()]
+            query = clauses[0] if len(clauses) == 1 else {"$or": clauses}
+            self.report.deleted += self.db[SNAPSHOTS].delete_many(query).deleted_count
             self.tell("deleted", self.report.deleted)
-        return deleted
+        for org, day, server, lake_rows in self.pending:
+            self.manifests.record(org, day, state=DELETED, deleted_at=_now(), deleted=len(server.keys))
+            self.report.days.append(DayOutcome(org, day, "deleted", len(server.keys), lake_rows, len(server.keys)))
+        self.pending = []
 
 
 def _with(outcome: DayOutcome, reason: str) -> DayOutcome:
@@ -454,6 +462,8 @@ def _verify_and_delete(run: _Export, org_id: str | None) -> None:
     run.tell("days", len(held))
     for (org, day), server in sorted(held.items()):
         run.day(org, day, server)
+    run.flush()
+    run.report.days.sort(key=lambda d: (d.org_id, d.date))
 
 
 def _is_segment(lake: Path, org_id: str) -> bool:
