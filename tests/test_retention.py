@@ -16,8 +16,10 @@ import bson
 import pyarrow.parquet as pq
 import pytest
 from bson import ObjectId
+from bson.codec_options import CodecOptions
 from bson.raw_bson import RawBSONDocument
 from click.testing import CliRunner
+from pymongo import MongoClient, monitoring
 
 from perf_analytics.cli import app
 from perf_analytics.config import Settings
@@ -33,7 +35,13 @@ from perf_analytics.retention import (
 )
 from perf_analytics.schema import SNAPSHOTS, validate_snapshot
 from perf_analytics.store import Db, connect_uri, ensure_indexes, probe_capabilities
-from perf_analytics.sync import MARKS, ids_sha256, listed_snapshot_files, sync_snapshots, sync_snapshots_all_orgs
+from perf_analytics.sync import (
+    MARKS,
+    ids_sha256,
+    listed_snapshot_files,
+    sync_snapshots,
+    sync_snapshots_all_orgs,
+)
 from tests.factories import T0, series, snapshot
 from tests.test_sync import insert, mirrored, old_id, server_documents
 
@@ -57,7 +65,7 @@ def recent_only(docs: dict[bytes, bytes]) -> dict[bytes, bytes]:
     """The documents an export with NOW and 30 days must leave in the database."""
     out = {}
     for key, raw in docs.items():
-        if RawBSONDocument(raw, codec_options=bson.CodecOptions(document_class=RawBSONDocument, tz_aware=True))[
+        if RawBSONDocument(raw, codec_options=CodecOptions(document_class=RawBSONDocument, tz_aware=True))[
             "timestamp"
         ] >= CUTOFF:
             out[key] = raw
@@ -97,12 +105,52 @@ def test_export_syncs_then_deletes_exactly_the_old_days_the_lake_holds(db: Db, s
     assert server_documents(db) == recent_only(before)
     assert mirrored(settings.lake, ORGS)[0] == before  # every deleted snapshot is in the lake, exactly
     day = records(settings.lake, "org-a")["2026-03-01"]
-    lake_keys = [k for f in listed_snapshot_files(settings.lake, org_id="org-a") if f.date == "2026-03-01"
-                 for k in [f.ids_sha256]]
+    docs = [RawBSONDocument(raw, codec_options=CodecOptions(document_class=RawBSONDocument, tz_aware=True))
+            for raw in before.values()]
+    a1 = [d["_id"].binary for d in docs if d["orgId"] == "org-a" and d["timestamp"].date().isoformat() == "2026-03-01"]
     assert (day["state"], day["deleted"], day["database_rows"], day["lake_rows"]) == ("deleted", 40, 40, 40)
-    assert day["database_sha256"] == day["lake_sha256"] and lake_keys == [day["lake_sha256"]]
+    assert day["database_sha256"] == day["lake_sha256"] == ids_sha256(a1)
     again = export_snapshots_all_orgs(db, settings.lake, now=NOW)
     assert (again.deleted, again.days) == (0, [])
+
+
+class _Deletes(monitoring.CommandListener):
+    def __init__(self) -> None:
+        self.deletes: list[dict[str, Any]] = []
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        if event.command_name == "delete":
+            self.deletes += [dict(d["q"]) for d in event.command["deletes"]]
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
+def test_verified_days_are_deleted_in_few_large_deletes_each_id_scoped_by_its_org(
+    db: Db, settings: Settings, server_uri: str
+) -> None:
+    fleet(db)
+    listener = _Deletes()
+    client: MongoClient[dict[str, Any]] = MongoClient(server_uri, tz_aware=True, event_listeners=[listener])
+    try:
+        report = export_snapshots_all_orgs(client[db.name], settings.lake, now=NOW)
+    finally:
+        client.close()
+    assert report.deleted == 90
+    assert len(listener.deletes) == 1  # four (org, day)s, one delete: FerretDB scans once per delete
+    clauses = listener.deletes[0]["$or"]
+    assert [(c["orgId"], len(c["_id"]["$in"])) for c in clauses] == [("org-a", 70), ("org-b", 20)]
+    listener.deletes.clear()
+    insert(db, series(30, org="org-b", asset="b3", start=T0 + 2 * DAY))
+    client = MongoClient(server_uri, tz_aware=True, event_listeners=[listener])
+    try:
+        export_snapshots(client[db.name], settings.lake, org_id="org-b", now=NOW, delete_chunk=12)
+    finally:
+        client.close()
+    assert [(q["orgId"], len(q["_id"]["$in"])) for q in listener.deletes] == [("org-b", 12), ("org-b", 12), ("org-b", 6)]
 
 
 def test_the_cutoff_is_the_start_of_the_utc_day_n_days_back() -> None:
@@ -213,7 +261,7 @@ def test_restore_writes_back_the_exact_documents_and_never_twice(db: Db, setting
     assert (report.days, report.read, report.inserted, report.already) == (["2026-03-01", "2026-03-02"], 71, 69, 2)
     db[SNAPSHOTS].delete_one({"_id": clash["_id"]})
     assert restore_snapshots(db, settings.lake, org_id="org-a", start="2026-03-01", end="2026-03-02").inserted == 1
-    assert {k: v for k, v in server_documents(db).items()} == {
+    assert server_documents(db) == {
         k: v for k, v in before.items() if RawBSONDocument(v)["orgId"] == "org-a" or k in recent_only(before)
     }
     assert sorted((m["orgId"], m["date"]) for m in db[MARKS].find()) == [("org-a", "2026-03-01"), ("org-a", "2026-03-02")]

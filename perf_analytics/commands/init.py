@@ -7,7 +7,6 @@ import click
 from perf_analytics.commands._common import db_of
 from perf_analytics.store import ensure_indexes, probe_capabilities
 
-
 # A TTL index deletes by age alone, whether or not the lake holds the snapshots (README: Retention).
 TTL_WARNING = (
     "warning: a TTL index deletes snapshots without an archive; "
