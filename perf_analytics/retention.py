@@ -59,7 +59,9 @@ holds every snapshot the server has of it), `lake` (the server holds none and a
 verified export deleted them) or `unverified` (the server holds snapshots the lake lacks,
 or the server's copies went without a verified export: a TTL index, a manual delete).
 
-**Not covered.** Days are those of a date `timestamp`: a snapshot whose timestamp is
+**Not covered.** Verification compares `_id`s, as the mirror lists them: a snapshot
+changed in place after it was mirrored (`doctor --fix`) is deleted, and a restore gives
+it back as first mirrored. Days are those of a date `timestamp`: a snapshot whose timestamp is
 not a date (`doctor` finds it) is never deleted by retention and not counted by status.
 Export and status hold the keys of the snapshots they read in memory (53 bytes an
 ObjectId, measured).
