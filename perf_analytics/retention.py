@@ -40,7 +40,8 @@ saved (atomically) as `deleting`, with the verified counts and hashes; once its 
 are deleted, as `deleted`. A run killed between verify and delete, or during the
 delete, leaves the day with S ⊆ L (the lake only gains files), so the re-run verifies it
 again and deletes what is left; a day left `deleting` whose server side is already empty
-is recorded `deleted`. A dry run writes nothing (no sync, no record, no lock file).
+is recorded `deleted`. A dry run writes nothing (no sync, no record, no lock file); a
+day the lake does not cover yet is `needs sync` there, as the export would sync first.
 Nothing is lost (only what the lake holds is deleted) and nothing is duplicated (the
 lake deduplicates by `_id`; the database only loses documents).
 
@@ -113,6 +114,9 @@ DELETE_CHUNK = 5_000  # _ids per delete: FerretDB scans the collection once per 
 INSERT_CHUNK = 1_000  # documents per restore insert
 KEY_BATCH_DOCS = 10_000  # projected documents per server reply
 
+# A dry run's outcome for a day the lake does not cover yet (the export syncs before it verifies).
+NEEDS_SYNC = "needs sync"
+
 # States of a day's record in the retention manifest.
 DELETING = "deleting"
 DELETED = "deleted"
@@ -140,7 +144,7 @@ class DayOutcome:
 
     org_id: str
     date: str
-    outcome: str  # "deleted", "would delete" (dry run) or "kept"
+    outcome: str  # "deleted", "kept"; on a dry run "would delete", "needs sync" or "kept"
     database_rows: int  # the server's snapshots of the day when read
     lake_rows: int  # the rows the lake lists for the day
     deleted: int = 0
@@ -369,8 +373,10 @@ class _Export:
         files = self.listed(org, day)
         lake_rows = sum(f.rows for f in files)
         kept = DayOutcome(org, day, "kept", len(server.keys), lake_rows)
+        # A dry run does not sync: what the lake lacks may be what the export's sync brings.
+        unsynced = DayOutcome(org, day, NEEDS_SYNC, len(server.keys), lake_rows) if self.report.dry_run else kept
         if not files:
-            self.report.days.append(_with(kept, "the lake lists no file of this day (sync it)"))
+            self.report.days.append(_with(unsynced, "the lake lists no file of this day"))
             return
         try:
             lake_keys = _lake_keys(self.lake, files)
@@ -379,8 +385,8 @@ class _Export:
             return
         missing = len(set(server.keys).difference(lake_keys))
         if missing:
-            self.report.days.append(_with(kept, f"{missing} snapshot(s) in the database are not in the lake "
-                                                "(inserted with an old _id and not marked? sync --full)"))
+            hint = "" if self.report.dry_run else " (inserted with an old _id and not marked? sync --full)"
+            self.report.days.append(_with(unsynced, f"{missing} snapshot(s) in the database are not in the lake{hint}"))
             return
         self.verified += 1
         self.tell("verified", self.verified)

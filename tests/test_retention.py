@@ -215,9 +215,9 @@ def test_a_dry_run_says_what_would_go_and_writes_nothing(db: Db, settings: Setti
     assert report.sync is None and report.deleted == 0
     assert [(d.org_id, d.date, d.outcome, d.database_rows) for d in report.days] == [
         ("org-a", "2026-03-01", "would delete", 40), ("org-a", "2026-03-02", "would delete", 30),
-        ("org-b", "2026-03-01", "kept", 10), ("org-b", "2026-03-02", "kept", 10),
+        ("org-b", "2026-03-01", "needs sync", 10), ("org-b", "2026-03-02", "needs sync", 10),
     ]
-    assert report.kept[0].reason == "the lake lists no file of this day (sync it)"
+    assert report.days[-1].reason == "the lake lists no file of this day" and report.kept == []
     assert server_documents(db) == held and lake_files(settings.lake) == files
 
 
@@ -409,7 +409,11 @@ def test_cli_export_status_and_restore_print_summaries(db: Db, settings: Setting
     old_day = old.date().isoformat()
     dry = _cli(settings, "export", "--dry-run")
     assert dry.exit_code == 0, dry.output
-    assert dry.stdout.splitlines()[1:] == [f"  kept acme {old_day} (3 snapshots): the lake lists no file of this day (sync it)"]
+    assert dry.stdout.splitlines() == [
+        f"all orgs (admin run across tenants), days before {(today - 30 * DAY).date().isoformat()}, dry run: would delete 0 "
+        "snapshots of 0 verified day(s); 1 day(s) wait for the sync export runs first; 0 day(s) would be kept; nothing written",
+        f"  needs sync acme {old_day} (3 snapshots): the lake lists no file of this day",
+    ]
     result = _cli(settings, "export", "--org", "acme")
     assert result.exit_code == 0, result.output
     cutoff = (today - 30 * DAY).date().isoformat()

@@ -17,6 +17,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from perf_analytics.commands._common import db_of, settings_of
 from perf_analytics.retention import (
     DEFAULT_OLDER_THAN_DAYS,
+    NEEDS_SYNC,
     DayStatus,
     ExportReport,
     RestoreReport,
@@ -118,10 +119,10 @@ def _print_export(r: ExportReport) -> None:
     cutoff = r.cutoff.date().isoformat()
     if r.dry_run:
         would = [d for d in r.days if d.outcome == "would delete"]
+        waiting = [d for d in r.days if d.outcome == NEEDS_SYNC]
         click.echo(f"{scope}, days before {cutoff}, dry run: would delete {sum(d.database_rows for d in would)} "
-                   f"snapshots of {len(would)} verified day(s); {len(r.kept)} day(s) would be kept; nothing written")
-        for d in would:
-            click.echo(f"  would delete {d.org_id} {d.date}: {d.database_rows} snapshots")
+                   f"snapshots of {len(would)} verified day(s); {len(waiting)} day(s) wait for the sync export runs "
+                   f"first; {len(r.kept)} day(s) would be kept; nothing written")
     else:
         done = [d for d in r.days if d.outcome == "deleted"]
         synced = r.sync.new if r.sync is not None else 0
@@ -129,8 +130,12 @@ def _print_export(r: ExportReport) -> None:
                    f"{len(done)} verified day(s); {len(r.kept)} day(s) kept; {r.seconds:.1f} s")
         if r.finished:
             click.echo(f"finished {r.finished} day(s) an interrupted run had deleted")
-    for d in r.kept:
-        click.echo(f"  kept {d.org_id} {d.date} ({d.database_rows} snapshots): {d.reason}")
+    shown = [d for d in r.days if d.outcome != "deleted"]
+    for (org, outcome, reason), group in groupby(shown, key=lambda d: (d.org_id, d.outcome, d.reason)):
+        days = list(group)
+        why = f": {reason}" if reason else ""
+        click.echo(f"  {outcome} {org} {_ranges([d.date for d in days])} "
+                   f"({sum(d.database_rows for d in days)} snapshots){why}")
 
 
 @command.command("restore")
