@@ -781,6 +781,24 @@ def sync_snapshots_all_orgs(
 # ---- reading the mirror ------------------------------------------------------------------
 
 
+def mirrored_orgs(lake: str | os.PathLike[str]) -> list[str]:
+    """The orgs the lake has a snapshot manifest or partition directory for, sorted."""
+    return _lake_orgs(Path(lake))
+
+
+def document_key(raw: bytes) -> bytes:
+    """The key the mirror lists a document under, from its raw BSON (see `ids_sha256`)."""
+    return _key(*_id_of(raw))
+
+
+def partition_keys(lake: str | os.PathLike[str], *, org_id: str, day: date | str) -> list[bytes]:
+    """The keys of the `_id`s the listed files of the org's day hold (their `_id` columns)."""
+    partition_dir(lake, DATASET, {"orgId": org_id})
+    state = _load_org(Path(lake), org_id)
+    keys: list[bytes] = _partition_keys(Path(lake), state, _day(day)).to_pylist()
+    return keys
+
+
 def listed_snapshot_files(lake: str | os.PathLike[str], *, org_id: str) -> list[PartFile]:
     """The org's part files the manifest lists (what the lake's views may read), by date."""
     partition_dir(lake, DATASET, {"orgId": org_id})

@@ -7,9 +7,17 @@ import click
 from perf_analytics.commands._common import db_of
 from perf_analytics.store import ensure_indexes, probe_capabilities
 
+# A TTL index deletes by age alone, whether or not the lake holds the snapshots (README: Retention).
+TTL_WARNING = (
+    "warning: a TTL index deletes snapshots without an archive; "
+    "`perf-analytics retention export` deletes only what the lake verifiably holds"
+)
+
 
 @click.command("init")
-@click.option("--ttl-days", type=int, help="Also expire snapshots older than N days (TTL index), where supported.")
+@click.option("--ttl-days", type=int,
+              help="Also expire snapshots older than N days (TTL index), where supported. Deletes without an archive: "
+              "`retention export` is the safe default.")
 @click.pass_context
 def command(ctx: click.Context, ttl_days: int | None) -> None:
     """Create the indexes on performance_snapshots (idempotent).
@@ -33,5 +41,7 @@ def command(ctx: click.Context, ttl_days: int | None) -> None:
         click.echo(f"index {name} already present")
     for note in report.notes:
         click.echo(note)
+    if ttl_days is not None:
+        click.echo(TTL_WARNING, err=True)
     for missing in caps.missing():
         click.echo(f"note: {caps.server} lacks {missing}")
