@@ -358,8 +358,13 @@ def _id_of(raw: bytes) -> tuple[bytes | None, str | None]:
 
 
 def _key(oid: bytes | None, other: str | None) -> bytes:
-    # 12 bytes for an ObjectId; anything else is longer, so the two never collide.
-    return oid if oid is not None else b"~" + (other or "null").encode()
+    """An ObjectId's 12 bytes; any other `_id` as "~" and its canonical Extended JSON, made
+    13 bytes long where it would be 12, so the two kinds never meet (that text never ends
+    in "~", so the padded key is no other id's key either)."""
+    if oid is not None:
+        return oid
+    key = b"~" + (other or "null").encode()
+    return key + b"~" if len(key) == 12 else key
 
 
 def _keys(table: pa.Table) -> list[bytes]:
