@@ -70,11 +70,9 @@ ObjectId, measured).
 
 from __future__ import annotations
 
-import fcntl
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -91,7 +89,7 @@ from pymongo.errors import BulkWriteError
 from perf_analytics.errors import ConfigError, NotFound, PerfAnalyticsError
 from perf_analytics.lake import SNAPSHOTS as LAKE_SNAPSHOTS
 from perf_analytics.lake import LakeError, partition_dir
-from perf_analytics.manifest import manifest_path, read_manifest, write_manifest
+from perf_analytics.manifest import lake_lock, manifest_path, read_manifest, write_manifest
 from perf_analytics.schema import SNAPSHOTS
 from perf_analytics.store import Db
 from perf_analytics.sync import (
@@ -225,25 +223,6 @@ class _Manifests:
         days = self.days(org_id)
         days[day] = {**days.get(day, {}), **values}
         write_manifest(_manifest(self.lake, org_id), {"dataset": DATASET, "orgId": org_id, "days": dict(sorted(days.items()))})
-
-
-@contextmanager
-def _locked(lake: Path) -> Iterator[None]:
-    """One export or restore per lake at a time; the lock goes with the process, even on kill -9."""
-    directory = manifest_path(lake)
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise RetentionError(f"cannot create {directory}: {exc.strerror or exc}") from None
-    with (directory / f".{DATASET}.lock").open("a+b") as fh:
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RetentionError(f"another retention run is using the lake at {lake}; wait for it to finish") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
 # ---- the server side ---------------------------------------------------------------------
@@ -452,7 +431,7 @@ def _export(
     if dry_run:  # writes nothing, not even a lock file: what the lake holds now decides
         _verify_and_delete(run, org_id)
     else:
-        with _locked(root):
+        with lake_lock(root, DATASET, RetentionError, who="retention run"):
             if org_id is None:
                 report.sync = sync_snapshots_all_orgs(db, root, progress=progress)
             else:
@@ -572,7 +551,7 @@ def restore_snapshots(
     root = Path(lake)
     partition_dir(root, LAKE_SNAPSHOTS, {"orgId": org_id})
     report = RestoreReport(org_id, first, last)
-    with _locked(root):
+    with lake_lock(root, DATASET, RetentionError, who="retention run"):
         files = [f for f in listed_snapshot_files(root, org_id=org_id) if first <= f.date <= last]
         if not files:
             raise NotFound(f"the lake holds no snapshots of org {org_id} from {first} to {last}")

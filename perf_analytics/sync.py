@@ -70,13 +70,11 @@ copied again. Documents inserted with old `_id`s by tools other than ours need
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
 import struct
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -100,7 +98,13 @@ from perf_analytics.errors import ConfigError, PerfAnalyticsError
 from perf_analytics.frames import arrow_schema
 from perf_analytics.lake import SNAPSHOTS as DATASET
 from perf_analytics.lake import LakeError, partition_dir
-from perf_analytics.manifest import manifest_path, read_manifest, write_manifest
+from perf_analytics.manifest import (
+    lake_lock,
+    make_dirs,
+    manifest_path,
+    read_manifest,
+    write_manifest,
+)
 from perf_analytics.schema import SNAPSHOTS, parse_timestamp
 from perf_analytics.store import Db, Doc, bulk_write_chunked
 
@@ -492,18 +496,6 @@ def _add_keys(state: _OrgState, day: str, keys: Sequence[bytes]) -> None:
     state.keys[day] = pa.concat_arrays([state.keys[day], pa.array(keys, pa.binary())])
 
 
-def _mkdirs(directory: Path) -> None:
-    """Create `directory` and make each new level's entry durable in its parent."""
-    missing = []
-    current = directory
-    while not current.exists():
-        missing.append(current)
-        current = current.parent
-    for path in reversed(missing):
-        path.mkdir(exist_ok=True)
-        fsync_dir(path.parent)
-
-
 def _adopt(lake: Path, state: _OrgState, day: str, path: Path) -> PartFile | None:
     """An unlisted part left by a killed run, listed if it verifies; None if it does not."""
     try:
@@ -553,25 +545,6 @@ def _lake_orgs(lake: Path) -> list[str]:
     if manifests.is_dir():
         found |= {p.name.removeprefix("orgId=").removesuffix(".json") for p in manifests.glob("orgId=*.json")}
     return sorted(found)
-
-
-@contextmanager
-def _locked(lake: Path) -> Iterator[None]:
-    """One sync at a time per lake; the lock goes with the process, even on kill -9."""
-    directory = manifest_path(lake)
-    try:
-        _mkdirs(directory)
-    except OSError as exc:
-        raise SyncError(f"cannot create {directory}: {exc.strerror or exc}") from None
-    with (directory / f".{DATASET}.lock").open("a+b") as fh:
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise SyncError(f"another sync is writing the lake at {lake}; wait for it to finish") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
 # ---- one chunk ---------------------------------------------------------------------------
@@ -629,7 +602,7 @@ class _Run:
         new_keys = [keys[i] for i in keep]
         digest = ids_sha256(new_keys)
         directory = partition_dir(self.lake, DATASET, {"orgId": org, "date": day})
-        _mkdirs(directory)
+        make_dirs(directory)
         path = directory / f"part-{digest[:_HASH_IN_NAME]}.parquet"
         with atomic_path(path) as tmp:
             pq.write_table(part.cast(part_schema()), tmp, compression="zstd")
@@ -737,7 +710,7 @@ def _sync(
         partition_dir(root, DATASET, {"orgId": org_id})  # refuses an org id that is no path segment
     report = SyncReport(scope=org_id or ALL_ORGS, full=full, since=None)
     run = _Run(root, report, progress)
-    with _locked(root):
+    with lake_lock(root, DATASET, SyncError, who="sync"):
         _resume(run, org_id)
         marks = _read_new(db, run, org_id, skew=skew, full=full, chunk_rows=chunk_rows)
         _commit(db, run, org_id, marks)

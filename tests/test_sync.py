@@ -348,7 +348,7 @@ def test_a_second_sync_of_the_same_lake_at_once_is_refused(db: Db, settings: Set
     lock.parent.mkdir(parents=True)
     with lock.open("a+b") as fh:
         fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        with pytest.raises(SyncError, match="another sync is writing the lake"):
+        with pytest.raises(SyncError, match="another sync is using the lake"):
             sync_snapshots_all_orgs(db, settings.lake)
 
 
