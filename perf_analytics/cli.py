@@ -15,7 +15,7 @@ from perf_analytics.config import load_settings
 from perf_analytics.errors import PerfAnalyticsError
 
 COMMANDS = (
-    "localdb", "init", "ingest", "generate", "extract", "anomalies", "rollup", "query", "plot", "migrate", "doctor", "sync",
+    "localdb", "init", "ingest", "generate", "extract", "anomalies", "rollup", "query", "plot", "migrate", "doctor", "sync", "report",
 )
 
 
