@@ -45,7 +45,7 @@ from perf_analytics.lake import (
     connect_lake,
     partition_dir,
 )
-from perf_analytics.schema import is_valid_id
+from perf_analytics.schema import ID_RULE, is_valid_id
 from perf_analytics.store import Db
 
 DEFAULT_TOP = 5
@@ -80,7 +80,7 @@ class DayData:
 def report_path(lake: str | os.PathLike[str], org_id: str, day: date) -> Path:
     """Where the nightly run writes (org, day)'s page: `reports/<org>/<date>.html` beside the lake."""
     if not is_valid_id(org_id):
-        raise ConfigError(f"org id {org_id!r} cannot name a report file")
+        raise ConfigError(f"org id {org_id!r} cannot name a report file: use {ID_RULE}")
     return Path(lake).absolute().parent / "reports" / org_id / f"{day.isoformat()}.html"
 
 
@@ -279,6 +279,14 @@ def _episodes_section(data: DayData, linked: set[str]) -> str:
     return f"<section id=episodes><h2>Anomaly episodes</h2>{body}</section>"
 
 
+def _fleet_section(lake: str | os.PathLike[str], data: DayData) -> str:
+    return (
+        "<p>Mean CPU % per hour and asset (grey: no snapshot); markers: anomaly episodes; "
+        "right: share of the day each asset reported.</p>"
+        f'<img src="{_fleet_picture(lake, data.org_id, data.day)}" alt="{_e(data.org_id)}: mean CPU per hour by asset">'
+    )
+
+
 def _asset_section(data: DayData, asset_id: str, picture: str, linked: set[str]) -> str:
     facts = []
     available = data.availability.filter(pl.col("assetId") == asset_id)
@@ -341,7 +349,7 @@ def render_report(
     data = load_day(lake, org_id, day)
     linked_list = data.linked_assets(top)
     linked = set(linked_list)
-    fleet = _fleet_picture(lake, org_id, day)
+    fleet = _fleet_section(lake, data) if data.ranking.height else "<p>No asset reported this day.</p>"
     sections = "".join(
         _asset_section(data, a, _asset_picture(db, lake, org_id, a, day), linked) for a in linked_list
     )
@@ -358,9 +366,7 @@ def render_report(
         '<nav><a href="#fleet">Fleet</a><a href="#availability">Availability</a><a href="#top">Top assets</a>'
         '<a href="#episodes">Anomaly episodes</a><a href="#assets">Assets</a></nav></header>'
         f"{_summary(data)}"
-        f'<section id=fleet><h2>Fleet</h2><p>Mean CPU % per hour and asset (grey: no snapshot); '
-        f"markers: anomaly episodes; right: share of the day each asset reported.</p>"
-        f'<img src="{fleet}" alt="{_e(org_id)}: mean CPU per hour by asset"></section>'
+        f"<section id=fleet><h2>Fleet</h2>{fleet}</section>"
         f"{_availability_section(data, linked)}{_top_section(data, linked, top)}{_episodes_section(data, linked)}"
         f"<section id=assets><h2>Assets</h2><p>The assets with anomaly episodes or in a top list, "
         f"with their day: CPU, memory, disks, network and processes; episodes shaded, reboots dotted.</p>"

@@ -30,7 +30,7 @@ from perf_analytics.generate import DEFAULT_START, generate_fleet
 from perf_analytics.lake import ANOMALIES, connect_lake, partition_dir
 from perf_analytics.pipeline import run_day
 from perf_analytics.report import anchor_id, episode_sentence, report_path, write_report
-from perf_analytics.schema import SNAPSHOTS, validate_snapshot
+from perf_analytics.schema import ID_RULE, SNAPSHOTS, validate_snapshot
 from perf_analytics.store import Db, connect_uri, ensure_indexes
 
 DAY = DEFAULT_START.date() + timedelta(days=1)
@@ -220,6 +220,19 @@ def test_text_from_the_data_is_escaped() -> None:
     assert re.fullmatch(r"asset~[0-9a-f]{16}", odd) and odd != anchor_id("a")
 
 
+def test_a_day_without_snapshots_is_a_quiet_page_not_an_error(lake: Lake, tmp_path: Path) -> None:
+    copy = str(tmp_path / "lake")
+    shutil.copytree(lake.settings.lake, copy)
+    quiet = DAY + timedelta(days=3)
+    run_day(lake.db, ORG, quiet, lake=copy)  # rolled up and flagged, but nobody reported
+    out = write_report(copy, ORG, quiet, tmp_path / "quiet.html", db=lake.db)
+    parsed = parse(out)
+    assert parsed.images == [] and parsed.rows["Least available first"] == []
+    assert "<p class=summary>0 assets reported 0 snapshots; mean availability &ndash;; 0 reboots; " \
+           "0 anomaly episodes.</p>" in out.read_text()
+    assert "No asset reported this day." in out.read_text()
+
+
 # ---- in a browser ------------------------------------------------------------------------
 
 # Injected first into <head> of a copy of the page: records every error and, once the page
@@ -353,6 +366,8 @@ def test_cli_names_what_to_run_for_a_day_the_lake_lacks(lake: Lake, tmp_path: Pa
     assert (code, err) == (1, f"Error: {tmp_path / 'no'} is not a directory\n")
     code, _, err = _invoke(lake, "--org", ORG, "--date", "06-01-2026", "--out", str(out))
     assert (code, err) == (1, "Error: --date: not a date (YYYY-MM-DD): '06-01-2026'\n")
+    code, _, err = _invoke(lake, "--org", "org 01", "--date", DAY.isoformat())
+    assert (code, err) == (1, f"Error: org id 'org 01' cannot name a report file: use {ID_RULE}\n")
     assert out.read_text() == "the previous page"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.html"]
 
