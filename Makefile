@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test lint typecheck bench server-stop clean
+.PHONY: setup browser demo test lint typecheck bench server-stop clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,7 +19,17 @@ setup: $(STAMP)
 demo: setup
 	$(BIN)/python pipelines/demo.py
 
-test: setup
+# The report tests open pages in a headless Chromium: Debian's package, installed once
+# (as root, or through sudo) when no Chromium is on PATH; a no-op when one is.
+BROWSERS := chromium chromium-browser google-chrome
+SUDO     := $(if $(filter 0,$(shell id -u)),,sudo)
+browser:
+	@for b in $(BROWSERS); do command -v $$b >/dev/null && exit 0; done; \
+	  echo "installing Debian's chromium for the report tests"; \
+	  $(SUDO) apt-get update -q && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium
+
+test: setup browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)

@@ -15,7 +15,8 @@ from perf_analytics.config import load_settings
 from perf_analytics.errors import PerfAnalyticsError
 
 COMMANDS = (
-    "localdb", "init", "ingest", "generate", "extract", "anomalies", "rollup", "query", "plot", "migrate", "doctor", "sync", "retention",
+    "localdb", "init", "ingest", "generate", "extract", "sync", "anomalies", "rollup", "query", "plot", "report",
+    "retention", "migrate", "doctor",
 )
 
 

@@ -1,0 +1,34 @@
+"""`perf-analytics report --org ORG --date D [--out FILE.html]`: the daily HTML report."""
+
+from __future__ import annotations
+
+import click
+
+from perf_analytics.commands._common import db_of, settings_of
+from perf_analytics.commands.rollup import parse_day
+from perf_analytics.report import DEFAULT_TOP, write_report
+
+
+@click.command("report")
+@click.option("--org", "org_id", required=True, help="The organisation.")
+@click.option("--date", "day", required=True, help="The UTC day, YYYY-MM-DD.")
+@click.option("--out", "out", type=click.Path(dir_okay=False),
+              help="The .html file to write. Default: reports/<org>/<date>.html beside the lake.")
+@click.option("--top", default=DEFAULT_TOP, show_default=True, type=click.IntRange(min=1),
+              help="Assets in each top list (CPU, memory).")
+@click.pass_context
+def command(ctx: click.Context, org_id: str, day: str, out: str | None, top: int) -> None:
+    """Write one org's day as a single self-contained HTML page.
+
+    The page shows the fleet heatmap, availability and reboots, the top assets by CPU and
+    memory, and the anomaly episodes in words, each linking to its asset's plot. Pictures
+    are inline, so the file opens anywhere without a network. The day must be in the lake:
+    run `rollup` for it first (which also flags its anomalies).
+
+    \b
+    Examples:
+      perf-analytics rollup --org org-01 --date 2026-01-06
+      perf-analytics report --org org-01 --date 2026-01-06 --out org-01-2026-01-06.html
+    """
+    page = write_report(settings_of(ctx).lake, org_id, parse_day(day), out, db=db_of(ctx), top=top)
+    click.echo(f"wrote {page}")
