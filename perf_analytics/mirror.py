@@ -115,7 +115,7 @@ def _in_window(start: datetime, end: datetime, asset_ids: Sequence[str | None] |
     cond = (pl.col("timestamp") >= start) & (pl.col("timestamp") < end)
     if asset_ids is not None:
         # None stands for the snapshots whose assetId is no string (see `window_assets`).
-        cond &= pl.col("assetId").is_in(pl.Series(list(asset_ids), dtype=pl.String), nulls_equal=True)
+        cond &= pl.col("assetId").is_in(pl.Series(list(asset_ids), dtype=pl.String).implode(), nulls_equal=True)
     return cond
 
 
