@@ -13,12 +13,24 @@ from bson import ObjectId
 
 from perf_analytics.config import Settings
 from perf_analytics.errors import ConfigError
-from perf_analytics.extract import Extraction, ExtractError, extract_window
+from perf_analytics.extract import ExtractError, Extraction, extract_window
 from perf_analytics.frames import arrow_schema
-from perf_analytics.mirror import NotSynced, read_window, scan_snapshots, window_assets, window_files
+from perf_analytics.mirror import (
+    NotSynced,
+    read_window,
+    scan_snapshots,
+    window_assets,
+    window_files,
+)
 from perf_analytics.schema import SNAPSHOTS, validate_snapshot
 from perf_analytics.store import Db
-from perf_analytics.sync import _load_org, _save_org, listed_snapshot_files, sync_snapshots, sync_snapshots_all_orgs
+from perf_analytics.sync import (
+    _load_org,
+    _save_org,
+    listed_snapshot_files,
+    sync_snapshots,
+    sync_snapshots_all_orgs,
+)
 from tests.factories import T0, series, set_path, snapshot
 
 DAY = timedelta(days=1)
