@@ -32,7 +32,6 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -91,9 +90,8 @@ def window_files(lake: str | os.PathLike[str], org_id: str, start: datetime, end
     return files
 
 
-@cache
 def _part_schema() -> pl.Schema:
-    # Cached per process; the contract is fixed once the package is imported.
+    """A part file's columns under the contract in force, as Polars types."""
     return pl.Schema(pl.from_arrow(part_schema().empty_table()).schema)  # type: ignore[union-attr]
 
 
@@ -117,6 +115,15 @@ def _in_window(start: datetime, end: datetime, asset_ids: Sequence[str | None] |
         # None stands for the snapshots whose assetId is no string (see `window_assets`).
         cond &= pl.col("assetId").is_in(pl.Series(list(asset_ids), dtype=pl.String).implode(), nulls_equal=True)
     return cond
+
+
+def _collect(frame: pl.LazyFrame, org_id: str) -> pl.DataFrame:
+    """Run a scan; a listed file that is damaged (truncated, not Parquet) is one clear error."""
+    try:
+        return frame.collect()
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise MirrorError(f"a snapshot file the manifest of org {org_id} lists cannot be read: {first}") from None
 
 
 _READABLE = pl.col("typed") & pl.col("_id").is_not_null()  # what extraction reads; the rest it reports
@@ -161,15 +168,15 @@ def _problem(raw: bytes) -> Problem:
     return Problem(doc.get("_id"), ", ".join(kinds))
 
 
-def _refused(files: Sequence[Path], start: datetime, end: datetime,
+def _refused(files: Sequence[Path], org_id: str, start: datetime, end: datetime,
              asset_ids: Sequence[str | None] | None) -> tuple[list[Problem], int]:
-    refused = (
+    scan = (
         _scan(files)
         .filter(~_READABLE & _in_window(start, end, asset_ids))
         .select(pl.coalesce(pl.col("_id"), pl.col("_idOther").cast(pl.Binary)).alias("key"), "bson")
         .unique(subset="key", keep="first", maintain_order=True)
-        .collect()
     )
+    refused = _collect(scan, org_id)
     problems = [_problem(raw) for raw in refused["bson"]]
     return problems[:MAX_REPORTED], len(problems)
 
@@ -187,7 +194,7 @@ def skipped_snapshots(
     `asset_ids` as for `scan_snapshots`. A document none of whose off-type kinds `doctor`
     repairs raises ExtractError, as extraction does.
     """
-    return _refused(window_files(lake, org_id, start, end), start, end, asset_ids)
+    return _refused(window_files(lake, org_id, start, end), org_id, start, end, asset_ids)
 
 
 def read_window(
@@ -201,8 +208,8 @@ def read_window(
     """`org_id`'s mirrored snapshots of [start, end) as three sorted frames, plus what
     extraction would skip: `extract_window`'s result for the same snapshots, from the lake."""
     files = window_files(lake, org_id, start, end)
-    frame = _readable(files, org_id, start, end, asset_ids).collect()
-    skipped, count = _refused(files, start, end, asset_ids)
+    frame = _collect(_readable(files, org_id, start, end, asset_ids), org_id)
+    skipped, count = _refused(files, org_id, start, end, asset_ids)
     # Polars widens strings and lists and reads fixed-size binary as binary: back to the contract's types.
     frames = frames_from_arrow(frame.to_arrow().cast(arrow_schema())) if frame.height else empty_frames()
     return Extraction(frames, skipped, count)
@@ -215,7 +222,7 @@ def window_assets(lake: str | os.PathLike[str], org_id: str, start: datetime, en
     those whose assetId is no string (an id stored as an ObjectId, say) under None, last.
     """
     files = window_files(lake, org_id, start, end)
-    found = _scan(files).filter(_in_window(start, end, None)).select(pl.col("assetId").unique()).collect()
+    found = _collect(_scan(files).filter(_in_window(start, end, None)).select(pl.col("assetId").unique()), org_id)
     ids = found["assetId"].to_list()
     return sorted(a for a in ids if a is not None) + ([None] if None in ids else [])
 

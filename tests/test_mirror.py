@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -11,11 +12,13 @@ import polars as pl
 import pytest
 from bson import ObjectId
 
+from perf_analytics import schema
 from perf_analytics.config import Settings
 from perf_analytics.errors import ConfigError
 from perf_analytics.extract import ExtractError, Extraction, extract_window
 from perf_analytics.frames import arrow_schema
 from perf_analytics.mirror import (
+    MirrorError,
     NotSynced,
     read_window,
     scan_snapshots,
@@ -152,3 +155,30 @@ def test_a_snapshot_no_repair_can_read_stops_the_read_as_extraction_does(db: Db,
     with pytest.raises(ExtractError, match="none of the off-type kinds"):
         read_window(settings.lake, "org-a", T0, T0 + DAY)
     assert window_assets(settings.lake, "org-a", T0, T0 + DAY) == ["a1", None]  # the odd id is in a batch
+
+
+def test_a_listed_file_that_is_missing_or_damaged_is_one_clear_error(db: Db, settings: Settings) -> None:
+    fleet(db)
+    sync_snapshots(db, settings.lake, org_id="org-a")
+    path = Path(settings.lake, next(f.path for f in listed_snapshot_files(settings.lake, org_id="org-a") if f.date == "2026-03-01"))
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(MirrorError, match="a snapshot file the manifest of org org-a lists cannot be read: "):
+        read_window(settings.lake, "org-a", MIDNIGHT, MIDNIGHT + DAY)
+    path.unlink()
+    with pytest.raises(MirrorError, match=f"the manifest of org org-a lists {path}, which is missing"):
+        read_window(settings.lake, "org-a", MIDNIGHT, MIDNIGHT + DAY)
+
+
+def test_parts_mirrored_before_a_field_joined_the_contract_read_it_as_null(
+    db: Db, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    insert(db, series(3, org="org-a", asset="a1"))
+    sync_snapshots(db, settings.lake, org_id="org-a")
+    cpu, *rest = schema.TABLES
+    monkeypatch.setattr(schema, "TABLES", (replace(cpu, fields=(*cpu.fields, ("stealPercent", schema.PERCENT, False))), *rest))
+    insert(db, [set_path(p, "performanceData.cpu.stealPercent", 7) for p in series(2, org="org-a", asset="a2")])
+    sync_snapshots(db, settings.lake, org_id="org-a")
+    got = read_window(settings.lake, "org-a", MIDNIGHT, MIDNIGHT + DAY)
+    same(got, extract_window(db, "org-a", MIDNIGHT, MIDNIGHT + DAY))
+    assert got.frames.snapshots.select("assetId", "cpu_steal_percent").rows() == [
+        ("a1", None), ("a1", None), ("a1", None), ("a2", 7.0), ("a2", 7.0)]
