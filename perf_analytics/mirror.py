@@ -8,8 +8,8 @@ Polars scan underneath, rows in the nested `frames.arrow_schema()` shape.
 **What is opened.** Only the part files the org's manifest lists (`sync.listed_snapshot_files`),
 and of those only the `date=` partitions the window touches: another org's files, an
 unlisted part of a killed sync, and the days outside the window are never opened. Polars
-pushes the time and asset filters into the scan (row-group statistics; parts are sorted
-by asset and time), so reading a few assets' history costs a fraction of the files.
+pushes the time and asset filters into the scan, where the Parquet statistics of each
+part (sync sorts a part by asset and time) let it skip what cannot match.
 
 **The same rows as extraction.** A mirror row with `typed` true holds the contract's
 columns exactly as pymongoarrow built them from the server's BSON, so those rows give
@@ -17,8 +17,8 @@ the frames extraction gives (tests/test_mirror.py compares both on the same data
 rows extraction leaves out are the rest: `typed` false (an off-type value pymongoarrow
 refuses) or an `_id` that is no ObjectId (extraction reads `_id` as an ObjectId). They are
 decoded from their exact `bson` and reported as extraction reports them (`schema.Problem`
-with the off-type kinds `doctor --fix` repairs; a kind it does not know stops the read
-with `ExtractError`). Rows are unique by `_id` in an org's partition by `sync`'s
+with the off-type kinds `doctor --fix` repairs; a document showing none of them stops
+the read with `ExtractError`). Rows are unique by `_id` in an org's partition by `sync`'s
 construction; the read still keeps one row per `_id`.
 
 **Fresh as the last sync.** The mirror holds what the org's last sync saw: a caller that
