@@ -148,7 +148,7 @@ def run_day(
     `config.history_days`, so the history, which is most of what is read, is held one
     batch at a time; the day itself is kept for the whole org until the rollups. The only
     comparison across assets (peers) runs once over small per-asset summaries, so the
-    result does not depend on the batch size. With `sink`, flags and rollups also go to
+    flags do not depend on the batch size. With `sink`, flags and rollups also go to
     that database's `anomaly_flags` and `performance_rollups`.
     `progress(assets_done, assets)` is called after each batch.
     """
