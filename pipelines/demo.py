@@ -6,7 +6,8 @@ bulk-loads the archive, checks org-01 with `doctor`, shows one asset's last
 minutes, mirrors the snapshots into the Parquet lake with one `sync` pass, then runs the
 nightly job for the last day from the lake alone (anomaly flags and rollups of each org,
 with no further query to the database), asks DuckDB for org-01's strongest anomalies and
-draws two pictures of that day into data/demo (the fleet, and its most flagged asset).
+draws two pictures of that day into data/demo (the fleet, and its most flagged asset)
+and writes org-01's daily HTML report there.
 Run it again and the load finds only duplicates, the sync adds nothing and the lake's
 derived partitions are replaced, not added to.
 
@@ -31,6 +32,7 @@ from perf_analytics.ingest import ingest_archives_all_orgs
 from perf_analytics.lake import connect_lake
 from perf_analytics.pipeline import run_day
 from perf_analytics.plots import asset_figure, fleet_figure, save_figure
+from perf_analytics.report import write_report
 from perf_analytics.schema import ASSETS
 from perf_analytics.store import connect, ensure_indexes, get_asset_performance, probe_capabilities
 from perf_analytics.sync import sync_snapshots_all_orgs
@@ -113,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     shown = busiest[0][0] if busiest else str(asset["_id"])
     asset_png = save_figure(asset_figure(settings.lake, "org-01", shown, day), OUT / "org-01-asset.png")
     print(f"pictures: {fleet_png} (the fleet), {asset_png} (asset {shown}); notebooks/ has both views")
+    page = write_report(settings.lake, "org-01", day, OUT / f"org-01-{day}.html")
+    print(f"daily report: {page} (one self-contained page; open it in a browser)")
     db.client.close()
     return 0
 

@@ -45,6 +45,9 @@ def test_the_demo_loads_flags_rolls_up_and_draws_and_a_rerun_adds_nothing(
         assert f"{org} 2026-01-06: {held:,} snapshots, " in first
     pictures = [tmp_path / "data" / "demo" / name for name in ("org-01-fleet.png", "org-01-asset.png")]
     assert all(p.read_bytes().startswith(PNG) for p in pictures)
+    page = tmp_path / "data" / "demo" / "org-01-2026-01-06.html"
+    assert f"daily report: {Path('data/demo/org-01-2026-01-06.html')} " in first
+    assert page.read_text().count("data:image/png;base64,") >= 2  # the fleet and at least one asset
     lake = sorted(p.relative_to(tmp_path) for p in (tmp_path / "lake").rglob("*.parquet"))
 
     second = _run(tmp_path, env)
