@@ -1,13 +1,17 @@
-"""One org's day, end to end: extract → anomaly flags → rollups → lake (→ optional sinks).
+"""One org's day, end to end: snapshots from the lake → anomaly flags → rollups → lake (→ optional sinks).
 
 `run_day` is what the nightly run does for each org and what `perf-analytics rollup` and
-`perf-analytics anomalies` do for one. It reads the org's assets a batch at a time with
-their history, so the history is held one batch at a time. The flags of day D come from
-D and the configured history before it, never from later days, so re-running D after
-D+1 arrived gives the same flags. Every output for (org, D) is replaced as a whole: lake
+`perf-analytics anomalies` do for one, after a `sync`. It reads the day and its history
+from the lake's snapshot mirror (`mirror.py`), never from the server, an asset batch at
+a time, so the history is held one batch at a time. The flags of day D come from D and
+the configured history before it, never from later days, so re-running D after D+1
+arrived gives the same flags. Every output for (org, D) is replaced as a whole: lake
 partitions are rewritten (a dataset without rows that day gets an empty partition, so
 nothing stale survives), and the Mongo sinks upsert by natural key and remove what the
 new run no longer produces.
+
+`ServerSnapshots` reads the server instead (extraction, as before the mirror), for
+comparing the two and for benchmarks: both give the same results on the same snapshots.
 """
 
 from __future__ import annotations
@@ -16,14 +20,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import polars as pl
 from pymongo import ReplaceOne
 
 from perf_analytics.anomalies import AnomalyConfig, combine_episodes, flag_assets, flag_peers
 from perf_analytics.errors import ConfigError
-from perf_analytics.extract import MAX_REPORTED, extract_window
+from perf_analytics.extract import MAX_REPORTED, Extraction, extract_window
 from perf_analytics.frames import Frames, empty_frames
 from perf_analytics.lake import (
     ANOMALIES,
@@ -35,6 +39,7 @@ from perf_analytics.lake import (
     write_partition,
     write_rollups,
 )
+from perf_analytics.mirror import LakeSnapshots
 from perf_analytics.rollups import (
     WINDOWS,
     Rollups,
@@ -43,7 +48,7 @@ from perf_analytics.rollups import (
     upsert_rollups,
 )
 from perf_analytics.schema import SNAPSHOTS, Problem, hashed_key
-from perf_analytics.store import Db, bulk_write_chunked, probe_capabilities
+from perf_analytics.store import Db, bulk_write_chunked
 
 ANOMALY_FLAGS = "anomaly_flags"
 
@@ -77,24 +82,32 @@ DEFAULT_ASSET_BATCH = 100
 _ROLLUP_KEYS = ("orgId", "assetId", "disk", "interface", "bucket")
 
 
-def _assets_in(db: Db, org_id: str, start: datetime, end: datetime) -> list[Any]:
-    """The org's distinct assetId values with snapshots in [start, end), as stored.
+class SnapshotSource(Protocol):
+    """Where `run_day` reads an org's snapshots: `mirror.LakeSnapshots` (the default) or
+    `ServerSnapshots`. Every snapshot of the window belongs to one of `assets()`."""
 
-    Kept as stored (not turned into strings), so a batch's `$in` matches exactly the
-    documents the whole-org read would have, and an off-type id fails the read as loudly.
-    """
-    ids = db[SNAPSHOTS].distinct("assetId", {"orgId": org_id, "timestamp": {"$gte": start, "$lt": end}})
-    return sorted(ids, key=lambda a: (type(a).__name__, str(a)))
+    def assets(self, org_id: str, start: datetime, end: datetime) -> list[Any]:
+        """The assets with snapshots in [start, end), in the order batches are read."""
+
+    def read(self, org_id: str, start: datetime, end: datetime, *, asset_ids: Sequence[Any]) -> Extraction:
+        """These assets' snapshots of [start, end), and those that had to be skipped."""
 
 
-def _batch_size(db: Db, asked: int | None, assets: int) -> int:
-    """Without range pushdown (FerretDB 1.x) every batch's query scans the whole
-    collection, so there one batch holds the org unless a size is asked for."""
-    if asked is not None:
-        if asked < 1:
-            raise ConfigError(f"asset_batch must be at least 1, got {asked}")
-        return asked
-    return DEFAULT_ASSET_BATCH if probe_capabilities(db).range_pushdown else max(assets, 1)
+class ServerSnapshots:
+    """The server as `run_day`'s source: extraction, as before the mirror (a scan of the
+    collection per batch on FerretDB). For comparisons and benchmarks."""
+
+    def __init__(self, db: Db) -> None:
+        self.db = db
+
+    def assets(self, org_id: str, start: datetime, end: datetime) -> list[Any]:
+        """The distinct assetId values, kept as stored (not turned into strings), so a batch's
+        `$in` matches exactly the documents the whole-org read would have."""
+        ids = self.db[SNAPSHOTS].distinct("assetId", {"orgId": org_id, "timestamp": {"$gte": start, "$lt": end}})
+        return sorted(ids, key=lambda a: (type(a).__name__, str(a)))
+
+    def read(self, org_id: str, start: datetime, end: datetime, *, asset_ids: Sequence[Any]) -> Extraction:
+        return extract_window(self.db, org_id, start, end, asset_ids=asset_ids)
 
 
 def _concat_rollups(parts: list[dict[str, Rollups]], windows: Sequence[str]) -> dict[str, Rollups]:
@@ -114,44 +127,46 @@ def _concat_rollups(parts: list[dict[str, Rollups]], windows: Sequence[str]) -> 
 
 
 def run_day(
-    db: Db,
+    lake: str | Path,
     org_id: str,
     day: date,
     *,
-    lake: str | Path,
     windows: Sequence[str] = WINDOWS,
     config: AnomalyConfig | None = None,
     rollups: bool = True,
     anomalies: bool = True,
-    to_mongo: bool = False,
-    asset_batch: int | None = None,
+    sink: Db | None = None,
+    asset_batch: int = DEFAULT_ASSET_BATCH,
     progress: Callable[[int, int], None] | None = None,
+    source: SnapshotSource | None = None,
 ) -> DayResult:
-    """Flag and roll up `org_id`'s snapshots of `day` (UTC) into the lake.
+    """Flag and roll up `org_id`'s snapshots of `day` (UTC) from the lake into the lake.
 
+    Reads the snapshot mirror as the org's last `sync` left it (`sync_snapshots` first for
+    the server's latest; an org never synced raises `mirror.NotSynced`), or `source`.
     The org's assets are read `asset_batch` at a time with the day's history of
-    `config.history_days` (default: 100 on a server with range pushdown, all at once
-    without it, where each batch would scan the whole collection), so the history, which
-    is most of what is read, is held one batch at a time; the day itself is kept for the
-    whole org until the rollups. The only comparison across assets (peers) runs once over
-    small per-asset summaries, so the result does not depend on the batch size.
+    `config.history_days`, so the history, which is most of what is read, is held one
+    batch at a time; the day itself is kept for the whole org until the rollups. The only
+    comparison across assets (peers) runs once over small per-asset summaries, so the
+    flags do not depend on the batch size. With `sink`, flags and rollups also go to
+    that database's `anomaly_flags` and `performance_rollups`.
     `progress(assets_done, assets)` is called after each batch.
     """
-    if asset_batch is not None and asset_batch < 1:
+    if asset_batch < 1:
         raise ConfigError(f"asset_batch must be at least 1, got {asset_batch}")
     cfg = config or AnomalyConfig()
+    snapshots = source if source is not None else LakeSnapshots(lake)
     start, end = day_bounds(day)
     history_start = start - timedelta(days=cfg.history_days)
-    assets = _assets_in(db, org_id, history_start, end)
-    size = _batch_size(db, asset_batch, len(assets))
-    batches = [assets[i : i + size] for i in range(0, len(assets), size)] or [[]]
+    assets = snapshots.assets(org_id, history_start, end)
+    batches = [assets[i : i + asset_batch] for i in range(0, len(assets), asset_batch)] or [[]]
     result = DayResult(org_id, day)
     todays: list[Frames] = []
     own_flags: list[pl.DataFrame] = []
     buckets: list[pl.DataFrame] = []
     done = 0
     for batch in batches:
-        got = extract_window(db, org_id, history_start, end, asset_ids=batch) if batch else None
+        got = snapshots.read(org_id, history_start, end, asset_ids=batch) if batch else None
         frames = got.frames if got is not None else empty_frames()
         if got is not None:
             result.skipped += got.skipped
@@ -173,8 +188,8 @@ def run_day(
         flags = combine_episodes([*own_flags, flag_peers(buckets, day=day, config=cfg)])
         result.flags = flags
         result.paths += _replace_flags(lake, org_id, day, flags)
-        if to_mongo:
-            result.sink_writes += upsert_flags(db, org_id, day, flags)
+        if sink is not None:
+            result.sink_writes += upsert_flags(sink, org_id, day, flags)
     if rollups:
         parts = [compute_rollups(today, windows=windows, flags=flags) for today in todays]
         computed = _concat_rollups(parts, windows)
@@ -183,8 +198,8 @@ def run_day(
         result.paths += write_rollups(lake, computed)
         result.paths += write_availability(lake, availability)
         result.paths += _replace_empty_days(lake, org_id, day, computed, availability)
-        if to_mongo:
-            result.sink_writes += upsert_rollups(db, org_id, computed)
+        if sink is not None:
+            result.sink_writes += upsert_rollups(sink, org_id, computed)
     return result
 
 

@@ -8,8 +8,8 @@ markers and each asset's availability beside its row.
 
 Both return a `PlotFigure`, a matplotlib Figure built without pyplot's global state (safe
 in scripts and schedulers) that Jupyter shows as an image. `asset_figure` and
-`fleet_figure` first load what they plot (the database window, the lake partitions) and
-are what `perf-analytics plot` calls; `save_figure` writes PNG, SVG or PDF atomically.
+`fleet_figure` first load what they plot from the lake (the snapshot mirror, the derived
+partitions) and are what `perf-analytics plot` calls; `save_figure` writes PNG, SVG or PDF atomically.
 """
 
 from __future__ import annotations
@@ -31,12 +31,11 @@ from matplotlib.figure import Figure
 
 from perf_analytics.atomic import atomic_path
 from perf_analytics.errors import PerfAnalyticsError
-from perf_analytics.extract import extract_window
 from perf_analytics.frames import Frames
 from perf_analytics.lake import connect_lake
+from perf_analytics.mirror import read_window
 from perf_analytics.pipeline import day_bounds
 from perf_analytics.rollups import WINDOW_SECONDS
-from perf_analytics.store import Db
 
 SEVERITY_COLOURS = {"info": "#4c72b0", "warning": "#dd8452", "critical": "#c44e52"}
 SUFFIXES = (".png", ".svg", ".pdf")
@@ -294,7 +293,6 @@ def _day_window(day: date, days: int) -> tuple[datetime, datetime]:
 
 
 def asset_figure(
-    db: Db,
     lake: str | os.PathLike[str],
     org_id: str,
     asset_id: str,
@@ -302,10 +300,10 @@ def asset_figure(
     *,
     days: int = 1,
 ) -> PlotFigure:
-    """Extract `days` UTC days of one asset from the database and plot them with the
-    anomaly episodes the lake holds for them."""
+    """Plot `days` UTC days of one asset from the lake: its mirrored snapshots (as the
+    org's last sync left them) and the anomaly episodes flagged for them."""
     start, end = _day_window(day, days)
-    extraction = extract_window(db, org_id, start, end, asset_ids=[asset_id])
+    extraction = read_window(lake, org_id, start, end, asset_ids=[asset_id])
     con = connect_lake(lake, org_id=org_id)
     try:
         flags = con.sql(

@@ -812,6 +812,15 @@ def unsynced_snapshots(db: Db, lake: str | os.PathLike[str], *, org_id: str, ske
     return pa.concat_tables(found)
 
 
+def last_synced(lake: str | os.PathLike[str], *, org_id: str) -> datetime | None:
+    """The server's clock when the latest sync covering `org_id` began reading (its own run
+    or an all-orgs run); None when none has, so an empty mirror is told from an unsynced one."""
+    partition_dir(lake, DATASET, {"orgId": org_id})
+    marks = [_load_org(Path(lake), org_id).mark, _all_orgs_mark(Path(lake))]
+    known = [m for m in marks if m is not None]
+    return max(known) if known else None
+
+
 def read_lake_documents(
     lake: str | os.PathLike[str], *, org_id: str, dates: Iterable[date | str] | None = None
 ) -> Iterator[RawBSONDocument]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from perf_analytics.lake import connect_lake
 from perf_analytics.pipeline import run_day
 from perf_analytics.schema import SNAPSHOTS, validate_snapshot
 from perf_analytics.store import Db
+from perf_analytics.sync import sync_snapshots_all_orgs
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 DAY = DEFAULT_START.date() + timedelta(days=1)
@@ -28,12 +29,13 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture
 def loaded(db: Db, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Settings:
-    """Two orgs, two days at 5-minute intervals, the second day rolled up and flagged."""
+    """Two orgs, two days at 5-minute intervals, synced, the second day rolled up and flagged."""
     docs = [{"_id": ObjectId(), **validate_snapshot(p)}
             for p in generate_fleet(orgs=2, assets=3, days=2, interval_s=300, seed=11)]
     db[SNAPSHOTS].insert_many(docs)
+    sync_snapshots_all_orgs(db, settings.lake)
     for org in ("org-01", "org-02"):
-        run_day(db, org, DAY, lake=settings.lake)
+        run_day(settings.lake, org, DAY)
     # The kernel inherits the environment: that is how a notebook finds its settings.
     monkeypatch.setenv("MONGODB_URI", str(settings.uri))
     monkeypatch.setenv("PERF_DB", settings.db)
@@ -73,8 +75,17 @@ def test_the_asset_notebook_shows_the_busiest_assets_day(db: Db, loaded: Setting
     con = connect_lake(loaded.lake, org_id="org-01")
     busiest, n = con.execute("select assetId, count(*) n from anomalies group by assetId order by n desc, assetId limit 1").fetchall()[0]
     con.close()
+    # A snapshot of the asset that arrived after the nightly sync: the notebook syncs it first.
+    late = db[SNAPSHOTS].find_one({"orgId": "org-01", "assetId": busiest}, sort=[("timestamp", -1)])
+    assert late is not None
+    db[SNAPSHOTS].insert_one({**late, "_id": ObjectId(), "timestamp": late["timestamp"] + timedelta(seconds=30)})
+    start = datetime.combine(DAY, datetime.min.time(), tzinfo=UTC)
+    held = db[SNAPSHOTS].count_documents(
+        {"orgId": "org-01", "assetId": busiest, "timestamp": {"$gte": start, "$lt": start + timedelta(days=1)}})
     nb = _run("asset", ORG="org-01", DAY=DAY.isoformat())
     text = _texts(nb)
+    assert "sync: 1 new snapshot(s) of org-01 into the lake" in text
+    assert f"{held:,} snapshots, " in text  # read from the lake, the late one included
     assert f"asset {busiest} of org-01" in text
     assert f"{n} episode(s)" in text
     assert "24 hourly rollup rows" in text

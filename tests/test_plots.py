@@ -30,6 +30,7 @@ from perf_analytics.plots import (
 )
 from perf_analytics.schema import SNAPSHOTS, validate_snapshot
 from perf_analytics.store import Db
+from perf_analytics.sync import sync_snapshots_all_orgs
 from tests.factories import snapshot
 
 DAY = DEFAULT_START.date() + timedelta(days=1)
@@ -153,8 +154,9 @@ def day_in_lake(db: Db, settings: Settings) -> Settings:
     docs = [{"_id": ObjectId(), **validate_snapshot(p)}
             for p in generate_fleet(orgs=2, assets=2, days=2, interval_s=300, seed=5)]
     db[SNAPSHOTS].insert_many(docs)
+    sync_snapshots_all_orgs(db, settings.lake)
     for org in ("org-01", "org-02"):
-        run_day(db, org, DAY, lake=settings.lake)
+        run_day(settings.lake, org, DAY)
     return settings
 
 
@@ -179,13 +181,19 @@ def test_cli_plots_one_assets_day_with_its_lake_flags(db: Db, day_in_lake: Setti
     con.close()
     # Each episode is shaded once on its metric's panel, or on all five (gaps, offline).
     expected = sum(1 if panel is not None else 5 for panel in map(_panel_of, flags["metric"]))
-    fig = asset_figure(db, day_in_lake.lake, org, asset, DAY)
+    fig = asset_figure(day_in_lake.lake, org, asset, DAY)
     assert sum(len(ax.patches) for ax in fig.axes) == expected > 0
+    cpu = fig.axes[0].lines[0].get_ydata()
+    # A snapshot that arrived after the nightly sync: the command syncs it before drawing.
+    late = db[SNAPSHOTS].find_one({"orgId": org, "assetId": asset}, sort=[("timestamp", -1)])
+    assert late is not None
+    db[SNAPSHOTS].insert_one({**late, "_id": ObjectId(), "timestamp": late["timestamp"] + timedelta(seconds=30)})
     out = tmp_path / "asset.svg"
-    code, stdout, _ = _invoke(day_in_lake, "plot", "--org", org, "--date", DAY.isoformat(),
-                              "--asset", asset, "--out", str(out))
-    assert (code, stdout) == (0, f"wrote {out}\n")
+    code, stdout, err = _invoke(day_in_lake, "plot", "--org", org, "--date", DAY.isoformat(),
+                                "--asset", asset, "--out", str(out))
+    assert (code, stdout, err) == (0, f"wrote {out}\n", f"sync {org}: 1 new snapshot(s) into the lake\n")
     assert "<svg" in out.read_text()
+    assert len(asset_figure(day_in_lake.lake, org, asset, DAY).axes[0].lines[0].get_ydata()) == len(cpu) + 1
 
 
 def test_cli_plot_errors_are_one_line(day_in_lake: Settings, tmp_path: Path) -> None:
@@ -195,6 +203,6 @@ def test_cli_plot_errors_are_one_line(day_in_lake: Settings, tmp_path: Path) -> 
     code, _, err = _invoke(day_in_lake, "plot", "--org", "org-01", "--date", DAY.isoformat(), "--out", str(tmp_path / "x.jpg"))
     assert (code, err) == (1, f"Error: --out: choose a .png, .svg or .pdf file name, not '{tmp_path / 'x.jpg'}'\n")
     code, _, err = _invoke(day_in_lake, "plot", "--org", "org-01", "--date", DAY.isoformat(), "--asset", "nope",
-                           "--out", str(tmp_path / "x.png"))
+                           "--no-sync", "--out", str(tmp_path / "x.png"))
     assert (code, err) == (1, "Error: no snapshots of asset 'nope' in this window\n")
     assert not list(tmp_path.glob("x.*"))

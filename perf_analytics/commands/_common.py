@@ -12,6 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from perf_analytics.config import Settings
 from perf_analytics.pipeline import DEFAULT_ASSET_BATCH
 from perf_analytics.store import Db, connect
+from perf_analytics.sync import sync_snapshots
 
 
 def settings_of(ctx: click.Context) -> Settings:
@@ -42,7 +43,17 @@ def asset_progress(what: str) -> Iterator[Callable[[int, int], None]]:
 
 
 asset_batch_option = click.option(
-    "--asset-batch", type=click.IntRange(min=1),
-    help=f"Assets read and flagged at a time with their history (that memory follows it). Default: {DEFAULT_ASSET_BATCH} on a server "
-    "that narrows scans by time (MongoDB), the whole org on one that does not (FerretDB).",
+    "--asset-batch", type=click.IntRange(min=1), default=DEFAULT_ASSET_BATCH, show_default=True,
+    help="Assets read from the lake and flagged at a time with their history (that memory follows it).",
 )
+
+no_sync_option = click.option(
+    "--no-sync", is_flag=True,
+    help="Read the lake's snapshots as the last sync left them, without asking the server for new ones.",
+)
+
+
+def sync_org(ctx: click.Context, org_id: str) -> None:
+    """Bring the org's snapshot mirror up to date (one query; see `perf-analytics sync`)."""
+    report = sync_snapshots(db_of(ctx), settings_of(ctx).lake, org_id=org_id)
+    click.echo(f"sync {org_id}: {report.new:,} new snapshot(s) into the lake", err=True)

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import click
 
-from perf_analytics.commands._common import asset_batch_option, asset_progress, db_of, settings_of
+from perf_analytics.commands._common import (
+    asset_batch_option,
+    asset_progress,
+    db_of,
+    no_sync_option,
+    settings_of,
+    sync_org,
+)
 from perf_analytics.commands.rollup import parse_day
 from perf_analytics.pipeline import run_day
 
@@ -15,21 +22,29 @@ from perf_analytics.pipeline import run_day
 @click.option("--to-mongo", is_flag=True, help="Also write the flags to the anomaly_flags collection.")
 @click.option("--limit", default=20, show_default=True, help="Flags to print (all go to the lake).")
 @asset_batch_option
+@no_sync_option
 @click.pass_context
-def command(ctx: click.Context, org_id: str, day: str, asset_batch: int | None, to_mongo: bool, limit: int) -> None:
+def command(ctx: click.Context, org_id: str, day: str, asset_batch: int, to_mongo: bool, limit: int,
+            no_sync: bool) -> None:
     """Flag one org's anomalies of a day and write them to the lake (anomalies/orgId=/date=).
 
-    Detectors see only that day and the history before it, so a day's flags do not
-    change when later days arrive. The day's partition is replaced on re-run.
+    First syncs the org's new snapshots into the lake (one query; --no-sync skips it),
+    then reads the day and its history from the lake only. Detectors see only that day
+    and the history before it, so a day's flags do not change when later days arrive.
+    The day's partition is replaced on re-run.
 
     \b
     Examples:
       perf-analytics anomalies --org org-01 --date 2026-01-06
       perf-analytics anomalies --org org-01 --date 2026-01-06 --to-mongo --limit 50
+      perf-analytics anomalies --org org-01 --date 2026-01-06 --no-sync
     """
+    when = parse_day(day)
+    if not no_sync:
+        sync_org(ctx, org_id)
     with asset_progress("flagging") as progress:
-        result = run_day(db_of(ctx), org_id, parse_day(day), lake=settings_of(ctx).lake, rollups=False,
-                         to_mongo=to_mongo, asset_batch=asset_batch, progress=progress)
+        result = run_day(settings_of(ctx).lake, org_id, when, rollups=False,
+                         sink=db_of(ctx) if to_mongo else None, asset_batch=asset_batch, progress=progress)
     flags = result.flags
     click.echo(f"{org_id} {result.day}: {result.snapshots:,} snapshots, {flags.height} anomaly flags")
     for row in flags.sort(["start", "assetId"]).head(limit).iter_rows(named=True):

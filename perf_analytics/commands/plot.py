@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from perf_analytics.commands._common import db_of, settings_of
+from perf_analytics.commands._common import no_sync_option, settings_of, sync_org
 from perf_analytics.commands.rollup import parse_day
 from perf_analytics.errors import ConfigError
 from perf_analytics.plots import SUFFIXES, asset_figure, fleet_figure, save_figure
@@ -17,21 +17,23 @@ from perf_analytics.rollups import WINDOWS
 @click.option("--org", "org_id", required=True, help="The organisation.")
 @click.option("--date", "day", required=True, help="The first UTC day, YYYY-MM-DD.")
 @click.option("--days", default=1, show_default=True, type=click.IntRange(1, 31), help="How many days from --date.")
-@click.option("--asset", "asset_id", help="Plot this asset's metrics (from the database) instead of the fleet.")
+@click.option("--asset", "asset_id", help="Plot this asset's metrics (its snapshots in the lake) instead of the fleet.")
 @click.option("--metric", default="cpu_usage_mean", show_default=True,
               help="Fleet view: the rollup column to colour by (e.g. memory_usage_percent_max, coverage).")
 @click.option("--window", default="1hour", show_default=True, type=click.Choice(WINDOWS),
               help="Fleet view: the rollup window of the heatmap's cells.")
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False),
               help="Image file: .png, .svg or .pdf.")
+@no_sync_option
 @click.pass_context
 def command(ctx: click.Context, org_id: str, day: str, days: int, asset_id: str | None, metric: str,
-            window: str, out: str) -> None:
+            window: str, out: str, no_sync: bool) -> None:
     """Draw a day: one asset's metrics with its anomaly episodes, or the org's fleet.
 
-    With --asset, the asset's snapshots come from the database and its flags from the
-    lake: CPU, memory, disks, network and processes over time, episodes shaded by
-    severity, reboots dotted, silences left blank. Without it, the fleet heatmap comes
+    With --asset, the org's new snapshots are first synced into the lake (--no-sync skips
+    it), then the asset's snapshots and flags are read from the lake: CPU, memory, disks,
+    network and processes over time, episodes shaded by severity, reboots dotted,
+    silences left blank. Without it, the fleet heatmap comes
     from the lake's rollups (run `rollup` for the day first): one row per asset, flags
     as markers, availability on the right.
 
@@ -46,7 +48,9 @@ def command(ctx: click.Context, org_id: str, day: str, days: int, asset_id: str 
     first = parse_day(day)
     lake = settings_of(ctx).lake
     if asset_id:
-        fig = asset_figure(db_of(ctx), lake, org_id, asset_id, first, days=days)
+        if not no_sync:
+            sync_org(ctx, org_id)
+        fig = asset_figure(lake, org_id, asset_id, first, days=days)
     else:
         fig = fleet_figure(lake, org_id, first, days=days, metric=metric, window=window)
     click.echo(f"wrote {save_figure(fig, out)}")

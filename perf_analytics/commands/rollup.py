@@ -6,7 +6,14 @@ from datetime import date
 
 import click
 
-from perf_analytics.commands._common import asset_batch_option, asset_progress, db_of, settings_of
+from perf_analytics.commands._common import (
+    asset_batch_option,
+    asset_progress,
+    db_of,
+    no_sync_option,
+    settings_of,
+    sync_org,
+)
 from perf_analytics.errors import ConfigError
 from perf_analytics.pipeline import run_day
 from perf_analytics.rollups import WINDOWS
@@ -26,25 +33,33 @@ def parse_day(value: str) -> date:
               help="Comma-separated windows among " + ", ".join(WINDOWS) + ".")
 @click.option("--to-mongo", is_flag=True, help="Also upsert into the performance_rollups collection.")
 @asset_batch_option
+@no_sync_option
 @click.pass_context
-def command(ctx: click.Context, org_id: str, day: str, asset_batch: int | None, windows: str, to_mongo: bool) -> None:
+def command(ctx: click.Context, org_id: str, day: str, asset_batch: int, windows: str, to_mongo: bool,
+            no_sync: bool) -> None:
     """Roll one org's day up into the lake (rollups/window=/orgId=/date=).
 
-    The day's partitions are replaced, so a re-run gives the same files. The number of
-    anomaly flags per bucket comes from flagging the same day.
+    First syncs the org's new snapshots into the lake (one query; --no-sync skips it),
+    then reads the day and its history from the lake only. The day's partitions are
+    replaced, so a re-run gives the same files. The number of anomaly flags per bucket
+    comes from flagging the same day.
 
     \b
     Examples:
       perf-analytics rollup --org org-01 --date 2026-01-06
       perf-analytics rollup --org org-01 --date 2026-01-06 --windows 1hour,1day --to-mongo
+      perf-analytics rollup --org org-01 --date 2026-01-06 --no-sync
     """
     chosen = [w.strip() for w in windows.split(",") if w.strip()]
     unknown = [w for w in chosen if w not in WINDOWS]
     if unknown or not chosen:
         raise ConfigError(f"--windows: unknown window {unknown[0] if unknown else '(none)'}; valid: {', '.join(WINDOWS)}")
+    when = parse_day(day)
+    if not no_sync:
+        sync_org(ctx, org_id)
     with asset_progress("rolling up") as progress:
-        result = run_day(db_of(ctx), org_id, parse_day(day), lake=settings_of(ctx).lake, windows=chosen,
-                         anomalies=True, to_mongo=to_mongo, asset_batch=asset_batch, progress=progress)
+        result = run_day(settings_of(ctx).lake, org_id, when, windows=chosen, anomalies=True,
+                         sink=db_of(ctx) if to_mongo else None, asset_batch=asset_batch, progress=progress)
     rows = ", ".join(f"{w} {n:,}" for w, n in result.rollup_rows.items())
     click.echo(f"{org_id} {result.day}: {result.snapshots:,} snapshots -> asset rollup rows: {rows}; "
                f"{result.flags.height} anomaly flags; lake {settings_of(ctx).lake}")
