@@ -46,7 +46,6 @@ from perf_analytics.lake import (
     partition_dir,
 )
 from perf_analytics.schema import ID_RULE, is_valid_id
-from perf_analytics.store import Db
 
 DEFAULT_TOP = 5
 SUFFIXES = (".html", ".htm")
@@ -133,10 +132,10 @@ def _fleet_picture(lake: str | os.PathLike[str], org_id: str, day: date) -> str:
     return _png_uri(plots.fleet_figure(lake, org_id, day, window=HEATMAP_WINDOW))
 
 
-def _asset_picture(db: Db, lake: str | os.PathLike[str], org_id: str, asset_id: str, day: date) -> str:
-    """The asset's day as plotted by `plots.asset_figure`, which reads its snapshots from
-    the database (and its flags from the lake)."""
-    return _png_uri(plots.asset_figure(db, lake, org_id, asset_id, day))
+def _asset_picture(lake: str | os.PathLike[str], org_id: str, asset_id: str, day: date) -> str:
+    """The asset's day as plotted by `plots.asset_figure`, from the lake's snapshot mirror
+    and flags."""
+    return _png_uri(plots.asset_figure(lake, org_id, asset_id, day))
 
 
 # ---- text ---------------------------------------------------------------------------------
@@ -334,14 +333,13 @@ def render_report(
     org_id: str,
     day: date,
     *,
-    db: Db,
     top: int = DEFAULT_TOP,
     generated_at: datetime | None = None,
 ) -> str:
     """(org, day)'s report as one self-contained HTML page.
 
-    The numbers, episodes and fleet heatmap come from the lake; each linked asset's plot
-    comes from `plots.asset_figure`, which reads the asset's snapshots through `db`.
+    Everything comes from the lake: the numbers, episodes and fleet heatmap from its derived
+    datasets, each linked asset's plot from its snapshot mirror (as the last sync left it).
     Assets with episodes or in a top-`top` list get a section with their plot.
     """
     if top < 1:
@@ -351,7 +349,7 @@ def render_report(
     linked = set(linked_list)
     fleet = _fleet_section(lake, data) if data.ranking.height else "<p>No asset reported this day.</p>"
     sections = "".join(
-        _asset_section(data, a, _asset_picture(db, lake, org_id, a, day), linked) for a in linked_list
+        _asset_section(data, a, _asset_picture(lake, org_id, a, day), linked) for a in linked_list
     )
     stamp = (generated_at or datetime.now(UTC)).astimezone(UTC)
     title = f"{org_id}, {day.isoformat()}: daily performance report"
@@ -381,7 +379,6 @@ def write_report(
     day: date,
     out: str | os.PathLike[str] | None = None,
     *,
-    db: Db,
     top: int = DEFAULT_TOP,
     generated_at: datetime | None = None,
 ) -> Path:
@@ -397,7 +394,7 @@ def write_report(
         target.parent.mkdir(parents=True, exist_ok=True)
     elif not target.parent.is_dir():
         raise ConfigError(f"{target.parent} is not a directory")
-    page = render_report(lake, org_id, day, db=db, top=top, generated_at=generated_at)
+    page = render_report(lake, org_id, day, top=top, generated_at=generated_at)
     write_atomic(target, page.encode("utf-8"))
     return target
 

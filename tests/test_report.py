@@ -32,6 +32,7 @@ from perf_analytics.pipeline import run_day
 from perf_analytics.report import anchor_id, episode_sentence, report_path, write_report
 from perf_analytics.schema import ID_RULE, SNAPSHOTS, validate_snapshot
 from perf_analytics.store import Db, connect_uri, ensure_indexes
+from perf_analytics.sync import sync_snapshots_all_orgs
 
 DAY = DEFAULT_START.date() + timedelta(days=1)
 ORG = "org-01"
@@ -58,8 +59,9 @@ def lake(server_uri: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
                 for p in generate_fleet(orgs=2, assets=3, days=2, interval_s=300, seed=5)]
         db[SNAPSHOTS].insert_many(docs)
         settings = Settings(uri=server_uri, db=name, lake=str(root / "lake"), state_dir=str(root / "state"))
+        sync_snapshots_all_orgs(db, settings.lake)
         for org in ("org-01", "org-02"):
-            run_day(db, org, DAY, lake=settings.lake)
+            run_day(settings.lake, org, DAY)
         yield Lake(settings, db)
     finally:
         db.client.drop_database(name)
@@ -70,7 +72,7 @@ def lake(server_uri: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 def page(lake: Lake, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """org-01's report of DAY, written once for the module."""
     out = tmp_path_factory.mktemp("page") / "org-01.html"
-    assert write_report(lake.settings.lake, ORG, DAY, out, db=lake.db, generated_at=GENERATED) == out
+    assert write_report(lake.settings.lake, ORG, DAY, out, generated_at=GENERATED) == out
     return out
 
 
@@ -224,8 +226,8 @@ def test_a_day_without_snapshots_is_a_quiet_page_not_an_error(lake: Lake, tmp_pa
     copy = str(tmp_path / "lake")
     shutil.copytree(lake.settings.lake, copy)
     quiet = DAY + timedelta(days=3)
-    run_day(lake.db, ORG, quiet, lake=copy)  # rolled up and flagged, but nobody reported
-    out = write_report(copy, ORG, quiet, tmp_path / "quiet.html", db=lake.db)
+    run_day(copy, ORG, quiet)  # rolled up and flagged, but nobody reported
+    out = write_report(copy, ORG, quiet, tmp_path / "quiet.html")
     parsed = parse(out)
     assert parsed.images == [] and parsed.rows["Least available first"] == []
     assert "<p class=summary>0 assets reported 0 snapshots; mean availability &ndash;; 0 reboots; " \
@@ -325,10 +327,10 @@ def test_the_browser_check_catches_a_script_error_and_a_fetch_the_page_forbids(p
     assert any("missing is not defined" in e for e in thrown.errors)
     assert any("missing is not defined" in c for c in thrown.console)
     text = page.read_text(encoding="utf-8")
-    fetching = text.replace("</body>", '<img src="https://example.org/x.png" alt="remote"></body>')
+    fetching = text.replace("</body>", '<img src="http://127.0.0.1:9/x.png" alt="remote"></body>')
     check = open_in_chromium(fetching, tmp_path / "fetching")
     assert check.broken == ["remote"]
-    assert "blocked: https://example.org/x.png" in check.errors
+    assert "blocked: http://127.0.0.1:9/x.png" in check.errors
 
 
 # ---- the command ---------------------------------------------------------------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from perf_analytics.commands._common import db_of, settings_of
+from perf_analytics.commands._common import settings_of
 from perf_analytics.commands.rollup import parse_day
 from perf_analytics.report import DEFAULT_TOP, write_report
 
@@ -30,5 +30,5 @@ def command(ctx: click.Context, org_id: str, day: str, out: str | None, top: int
       perf-analytics rollup --org org-01 --date 2026-01-06
       perf-analytics report --org org-01 --date 2026-01-06 --out org-01-2026-01-06.html
     """
-    page = write_report(settings_of(ctx).lake, org_id, parse_day(day), out, db=db_of(ctx), top=top)
+    page = write_report(settings_of(ctx).lake, org_id, parse_day(day), out, top=top)
     click.echo(f"wrote {page}")
