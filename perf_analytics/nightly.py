@@ -266,7 +266,8 @@ def stale_days(lake: str | Path, org_id: str, options: NightlyOptions, *, yester
 
 
 def _new_run_id(now: datetime) -> str:
-    return f"{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+    """The start to the microsecond, then a random part: ids sort as the runs started."""
+    return f"{now:%Y%m%dT%H%M%S.%fZ}-{secrets.token_hex(3)}"
 
 
 def _runs_dir(lake: str | Path) -> Path:

@@ -9,7 +9,6 @@ import sys
 from datetime import date, timedelta
 from pathlib import Path
 
-import polars as pl
 import pyarrow.parquet as pq
 import pytest
 from bson import ObjectId
@@ -134,7 +133,9 @@ def test_a_broken_org_fails_alone_and_the_next_run_redoes_only_it(db: Db, settin
     syncs = {s["org"]: s["status"] for s in run["steps"] if s["step"] == "sync"}
     assert syncs == {None: "failed", "org-01": "ok", "org-02": "failed"}
     assert run["orgs"]["org-01"]["status"] == "ok" and run["orgs"]["org-02"]["status"] == "failed"
-    assert run["orgs"]["org-02"]["failed"] == [DAY1.isoformat(), DAY2.isoformat()]
+    flags_failed = {s["day"] for s in run["steps"] if s["step"] == "flag" and s["status"] == "failed"}
+    assert flags_failed == {DAY1.isoformat(), DAY2.isoformat()}
+    assert set(run["orgs"]["org-02"]["failed"]) >= flags_failed
     assert "MirrorError" not in json.dumps(run) and "which is missing" in json.dumps(run)
     assert {DAY1.isoformat(), DAY2.isoformat()} <= set(derived_days(lake, "org-01"))
     assert not {DAY1.isoformat(), DAY2.isoformat()} & set(derived_days(lake, "org-02"))
@@ -151,8 +152,9 @@ def test_a_failing_step_is_named_with_its_org_and_day(db: Db, settings: Settings
     sync_snapshots_all_orgs(db, lake)
     shutil.rmtree(lake / "snapshots" / "orgId=org-01" / f"date={DAY1}")
     result = run_nightly(db, lake, orgs=["org-01"], dates=[DAY1], options=NightlyOptions(reports=False))
-    (failure,) = result.failed
-    assert (failure.step, failure.org, failure.day) == ("flag", "org-01", DAY1.isoformat())
+    # the sync re-reads the recent snapshots, and so finds the day gone too
+    named = [(f.step, f.org, f.day) for f in result.failed]
+    assert named == [("sync", "org-01", None), ("flag", "org-01", DAY1.isoformat())]
     with pytest.raises(MirrorError):
         flag(lake, "org-01", DAY1, NightlyOptions())
     assert str(StepFailed("flag", "org-01", DAY1, MirrorError("boom"))) == f"flag failed for org org-01 {DAY1}: boom"
@@ -191,19 +193,18 @@ def _holder_script(settings: Settings) -> str:
 
 def test_one_run_at_a_time_and_a_killed_runs_lock_is_taken_at_once(db: Db, settings: Settings) -> None:
     lake = Path(settings.lake)
-    holder = subprocess.Popen([sys.executable, "-c", _holder_script(settings)],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout is not None
-        held_by = holder.stdout.readline().strip()
-        assert held_by, "the holding run did not start"
-        code, _, err = _cli(settings, "nightly")
-        assert code == 1
-        assert err.startswith("Error: another nightly run is using the lake at ") and f"run {held_by}" in err
-        assert err.count("\n") == 1
-    finally:
-        holder.kill()  # SIGKILL: the run ends without any clean-up of its own
-        holder.wait()
+    with subprocess.Popen([sys.executable, "-c", _holder_script(settings)],
+                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as holder:
+        try:
+            assert holder.stdout is not None
+            held_by = holder.stdout.readline().strip()
+            assert held_by, "the holding run did not start"
+            code, _, err = _cli(settings, "nightly")
+            assert code == 1
+            assert err.startswith("Error: another nightly run is using the lake at ") and f"run {held_by}" in err
+            assert err.count("\n") == 1
+        finally:
+            holder.kill()  # SIGKILL: the run ends without any clean-up of its own
     result = run_nightly(db, lake, today=DAY2)
     assert result.failed == []
     statuses = {r["runId"]: r["status"] for r in list_runs(lake)}
@@ -237,7 +238,7 @@ def test_the_scheduler_entry_point_runs_the_command(settings: Settings) -> None:
     assert done.returncode == 0, done.stderr
     assert "0 org(s), 0 day(s) derived, 0 failed" in done.stdout
     assert json.loads(done.stderr.splitlines()[-1])["event"] == "end"
-    assert pl.DataFrame(list_runs(settings.lake))["status"].to_list() == ["ok"]
+    assert [r["status"] for r in list_runs(settings.lake)] == ["ok"]
 
 
 def test_yesterday_without_snapshots_is_derived_empty_not_failed(db: Db, settings: Settings) -> None:
