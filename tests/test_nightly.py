@@ -248,3 +248,16 @@ def test_yesterday_without_snapshots_is_derived_empty_not_failed(db: Db, setting
     assert result.failed == []
     assert sorted(d for _, d in result.derived) == [DAY1.isoformat(), (DAY1 + timedelta(days=2)).isoformat()]
     assert date.fromisoformat(result.derived[-1][1]) == DAY1 + timedelta(days=2)
+
+
+def test_retention_runs_only_when_asked_and_deletes_what_the_lake_holds(db: Db, settings: Settings) -> None:
+    lake = Path(settings.lake)
+    _load(db, days=1, orgs=1)
+    held = db[SNAPSHOTS].count_documents({})
+    plain = run_nightly(db, lake, dates=[DAY1], options=NightlyOptions(reports=False))
+    assert "retain" not in {s.step for s in plain.steps}
+    assert db[SNAPSHOTS].count_documents({}) == held
+    kept = run_nightly(db, lake, dates=[DAY1], options=NightlyOptions(reports=False, retain_days=30))
+    (step,) = [s for s in kept.steps if s.step == "retain"]
+    assert (step.status, step.org, step.rows_in, step.rows_out) == ("ok", None, 1, held)
+    assert db[SNAPSHOTS].count_documents({}) == 0
