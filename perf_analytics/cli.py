@@ -16,7 +16,7 @@ from perf_analytics.errors import PerfAnalyticsError
 
 COMMANDS = (
     "localdb", "init", "ingest", "generate", "extract", "sync", "anomalies", "rollup", "query", "plot", "report",
-    "retention", "migrate", "doctor",
+    "retention", "migrate", "doctor", "nightly", "runs",
 )
 
 

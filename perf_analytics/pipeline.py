@@ -7,8 +7,8 @@ a time, so the history is held one batch at a time. The flags of day D come from
 the configured history before it, never from later days, so re-running D after D+1
 arrived gives the same flags. Every output for (org, D) is replaced as a whole: lake
 partitions are rewritten (a dataset without rows that day gets an empty partition, so
-nothing stale survives), and the Mongo sinks upsert by natural key and remove what the
-new run no longer produces.
+nothing stale survives), and the Mongo sinks (`sinks.py`) upsert by natural key and remove
+what the new run no longer produces.
 
 `ServerSnapshots` reads the server instead (extraction, as before the mirror), for
 comparing the two and for benchmarks: both give the same results on the same snapshots.
@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import polars as pl
-from pymongo import ReplaceOne
 
 from perf_analytics.anomalies import AnomalyConfig, combine_episodes, flag_assets, flag_peers
 from perf_analytics.errors import ConfigError
@@ -40,17 +39,13 @@ from perf_analytics.lake import (
     write_rollups,
 )
 from perf_analytics.mirror import LakeSnapshots
-from perf_analytics.rollups import (
-    WINDOWS,
-    Rollups,
-    compute_availability,
-    compute_rollups,
-    upsert_rollups,
+from perf_analytics.rollups import WINDOWS, Rollups, compute_availability, compute_rollups
+from perf_analytics.schema import SNAPSHOTS, Problem
+from perf_analytics.sinks import (
+    ANOMALY_FLAGS as ANOMALY_FLAGS,  # re-exported: where callers found it
 )
-from perf_analytics.schema import SNAPSHOTS, Problem, hashed_key
-from perf_analytics.store import Db, bulk_write_chunked
-
-ANOMALY_FLAGS = "anomaly_flags"
+from perf_analytics.sinks import upsert_flags, upsert_rollups
+from perf_analytics.store import Db
 
 
 @dataclass
@@ -151,7 +146,64 @@ def run_day(
     flags do not depend on the batch size. With `sink`, flags and rollups also go to
     that database's `anomaly_flags` and `performance_rollups`.
     `progress(assets_done, assets)` is called after each batch.
+
+    It is the composition of the three steps the nightly run names: `flag_day`,
+    `rollup_day`, `write_day`.
     """
+    flagged = flag_day(lake, org_id, day, config=config, anomalies=anomalies, asset_batch=asset_batch,
+                       progress=progress, source=source)
+    derived = rollup_day(flagged, windows=windows) if rollups else None
+    result = flagged.result
+    if derived is not None:
+        result.rollup_rows = {w: r.assets.height for w, r in derived.rollups.items()}
+    written = write_day(lake, flagged, derived, sink=sink)
+    result.paths += written.paths
+    result.sink_writes += written.sink_writes
+    return result
+
+
+# ---- the steps of a day: flag, roll up, write ----------------------------------------------
+
+
+@dataclass
+class Flagged:
+    """What `flag_day` read and found: the day's frames (one per asset batch) and its flags
+    (None when flagging was not asked for)."""
+
+    result: DayResult
+    todays: list[Frames]
+    flags: pl.DataFrame | None
+
+
+@dataclass
+class Derived:
+    """What `rollup_day` computed from a flagged day: rollups per window and availability."""
+
+    rollups: dict[str, Rollups]
+    availability: pl.DataFrame
+
+
+@dataclass
+class Written:
+    """What `write_day` wrote: the lake files, and the documents sent to the sinks."""
+
+    paths: list[Path] = field(default_factory=list)
+    sink_writes: int = 0
+
+
+def flag_day(
+    lake: str | Path,
+    org_id: str,
+    day: date,
+    *,
+    config: AnomalyConfig | None = None,
+    anomalies: bool = True,
+    asset_batch: int = DEFAULT_ASSET_BATCH,
+    progress: Callable[[int, int], None] | None = None,
+    source: SnapshotSource | None = None,
+) -> Flagged:
+    """Read the org's day and its history from the lake, a batch of assets at a time, and
+    flag its anomalies (see `run_day`); nothing is written."""
     if asset_batch < 1:
         raise ConfigError(f"asset_batch must be at least 1, got {asset_batch}")
     cfg = config or AnomalyConfig()
@@ -182,25 +234,37 @@ def run_day(
         if progress is not None:
             progress(done, len(assets))
     result.skipped = result.skipped[:MAX_REPORTED]
-
     flags: pl.DataFrame | None = None
     if anomalies:
         flags = combine_episodes([*own_flags, flag_peers(buckets, day=day, config=cfg)])
         result.flags = flags
-        result.paths += _replace_flags(lake, org_id, day, flags)
+    return Flagged(result, todays, flags)
+
+
+def rollup_day(flagged: Flagged, *, windows: Sequence[str] = WINDOWS) -> Derived:
+    """Roll the flagged day up into `windows` (counting its flags per bucket) and compute
+    its availability; nothing is written, and the flags are left as they are."""
+    parts = [compute_rollups(today, windows=windows, flags=flagged.flags) for today in flagged.todays]
+    availability = pl.concat([compute_availability(today) for today in flagged.todays])
+    return Derived(_concat_rollups(parts, windows), availability.sort(["orgId", "assetId", "date"]))
+
+
+def write_day(lake: str | Path, flagged: Flagged, derived: Derived | None, *, sink: Db | None = None) -> Written:
+    """Replace the day's lake partitions (flags when flagged, rollups and availability when
+    derived) and, with `sink`, the same in the MongoDB sinks (`sinks.py`)."""
+    org_id, day = flagged.result.org_id, flagged.result.day
+    written = Written()
+    if flagged.flags is not None:
+        written.paths += _replace_flags(lake, org_id, day, flagged.flags)
         if sink is not None:
-            result.sink_writes += upsert_flags(sink, org_id, day, flags)
-    if rollups:
-        parts = [compute_rollups(today, windows=windows, flags=flags) for today in todays]
-        computed = _concat_rollups(parts, windows)
-        result.rollup_rows = {w: r.assets.height for w, r in computed.items()}
-        availability = pl.concat([compute_availability(today) for today in todays]).sort(["orgId", "assetId", "date"])
-        result.paths += write_rollups(lake, computed)
-        result.paths += write_availability(lake, availability)
-        result.paths += _replace_empty_days(lake, org_id, day, computed, availability)
+            written.sink_writes += upsert_flags(sink, org_id, day, flagged.flags)
+    if derived is not None:
+        written.paths += write_rollups(lake, derived.rollups)
+        written.paths += write_availability(lake, derived.availability)
+        written.paths += _replace_empty_days(lake, org_id, day, derived.rollups, derived.availability)
         if sink is not None:
-            result.sink_writes += upsert_rollups(sink, org_id, computed)
-    return result
+            written.sink_writes += upsert_rollups(sink, org_id, derived.rollups)
+    return written
 
 
 def _replace_empty_days(
@@ -225,24 +289,3 @@ def _replace_flags(lake: str | Path, org_id: str, day: date, flags: pl.DataFrame
     empty = pl.from_arrow(ANOMALY_SCHEMA.empty_table())
     assert isinstance(empty, pl.DataFrame)
     return [write_partition(lake, ANOMALIES, {"orgId": org_id, "date": day.isoformat()}, empty)]
-
-
-def _flag_id(row: dict[str, Any]) -> str:
-    """The `_id` of a flag: a hash of its natural key (never the ids joined into one string)."""
-    return hashed_key(row["orgId"], row["assetId"], row["metric"], row["detector"], row["start"].isoformat())
-
-
-def upsert_flags(db: Db, org_id: str, day: date, flags: pl.DataFrame) -> int:
-    """Make `anomaly_flags` hold exactly these flags for (org, day): upsert, then prune."""
-    start, end = day_bounds(day)
-    ops = []
-    ids = []
-    for row in flags.filter(pl.col("orgId") == org_id).iter_rows(named=True):
-        doc = {**row, "_id": _flag_id(row), "date": day.isoformat()}
-        ids.append(doc["_id"])
-        ops.append(ReplaceOne({"_id": doc["_id"], "orgId": org_id}, doc, upsert=True))
-    bulk_write_chunked(db[ANOMALY_FLAGS], ops)
-    removed = db[ANOMALY_FLAGS].delete_many(
-        {"orgId": org_id, "start": {"$gte": start, "$lt": end}, "_id": {"$nin": ids}}
-    )
-    return len(ops) + removed.deleted_count

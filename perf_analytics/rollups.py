@@ -15,7 +15,7 @@
   `bytes_sent_total`, `bytes_total`.
 
 `compute_availability(frames)` gives one row per (orgId, assetId, date) with samples.
-`upsert_rollups(db, org_id, rollups)` copies one org's rollups into the optional
+`sinks.upsert_rollups(db, org_id, rollups)` copies one org's rollups into the optional
 `performance_rollups` collection for the application's dashboards. `lake.write_rollups`
 puts them in the Parquet lake.
 
@@ -72,18 +72,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
-from typing import Any, Final
+from typing import Final
 
 import polars as pl
-from pymongo import ReplaceOne
-from pymongo.collection import Collection
-from pymongo.errors import PyMongoError
 
-from perf_analytics.errors import PerfAnalyticsError, ServerError
+from perf_analytics.errors import PerfAnalyticsError
 from perf_analytics.frames import Frames
-from perf_analytics.schema import TIME_WINDOWS, hashed_key
-from perf_analytics.store import Db, bulk_write_chunked
+from perf_analytics.schema import TIME_WINDOWS
+from perf_analytics.store import Db
 
 WINDOWS: tuple[str, ...] = tuple(TIME_WINDOWS)
 WINDOW_SECONDS: dict[str, int] = {w: int(d.total_seconds()) for w, d in TIME_WINDOWS.items()}
@@ -606,58 +602,10 @@ def rollup_frames(rollups: Mapping[str, Rollups]) -> Iterable[tuple[str, str, pl
 
 # ---- the optional MongoDB sink ------------------------------------------------------------
 
-ROLLUPS_COLLECTION = "performance_rollups"
-_KIND = {"assets": ("asset", None), "disks": ("disk", "disk"), "interfaces": ("interface", "interface")}
 
+def upsert_rollups(db: Db, org_id: str, rollups: Mapping[str, Rollups]) -> int:
+    """`sinks.upsert_rollups`, where callers found it: the sinks share one write strategy
+    and error policy there."""
+    from perf_analytics.sinks import upsert_rollups as upsert  # sinks imports this module
 
-def upsert_rollups(db: Db, org_id: str, rollups: Mapping[str, Rollups], *, batch_size: int = 1000) -> int:
-    """Make `performance_rollups` hold exactly the org's rollups of the (window, UTC date)s
-    present in `rollups`, like a lake partition; returns the documents written.
-
-    One document per row with `kind` ("asset", "disk", "interface"), orgId, assetId,
-    `window`, `bucket` and, for disks and interfaces, their name: the natural key, whose
-    hash is the `_id` (`schema.hashed_key`: ids joined into one string would collide
-    across orgs). Documents of those (org, window, date)s that the new
-    rollups no longer have (a disk that vanished, an asset now excluded) are deleted first;
-    the rows are then written as ReplaceOne upserts, so a run interrupted in between is
-    completed by running it again. Rows of other orgs in `rollups` are left out: writing
-    several tenants is the caller's loop, one org at a time. Unordered bulk writes.
-    """
-    collection = db[ROLLUPS_COLLECTION]
-    written = 0
-    batch: list[ReplaceOne[dict[str, Any]]] = []
-    for window, r in rollups.items():
-        mine = [f.filter(pl.col("orgId") == org_id) for f in (r.assets, r.disks, r.interfaces)]
-        days = pl.concat([f.select(pl.col("bucket").dt.truncate("1d")) for f in mine]).unique()
-        for (day,) in days.rows():
-            span = {"$gte": day, "$lt": day + timedelta(days=1)}
-            _delete(collection, {"orgId": org_id, "window": window, "bucket": span})
-    for window, level, frame in rollup_frames(rollups):
-        kind, name_column = _KIND[level]
-        for row in frame.filter(pl.col("orgId") == org_id).iter_rows(named=True):
-            name = row[name_column] if name_column else None
-            key = hashed_key(org_id, row["assetId"], window, row["bucket"].isoformat(), kind, *([name] if name else []))
-            doc = {"_id": key, "kind": kind, "window": window, **row}
-            batch.append(ReplaceOne({"_id": key, "orgId": org_id}, doc, upsert=True))
-            if len(batch) >= batch_size:
-                written += _flush(collection, batch)
-    return written + _flush(collection, batch)
-
-
-def _delete(collection: Collection[dict[str, Any]], query: dict[str, Any]) -> None:
-    try:
-        collection.delete_many(query)
-    except PyMongoError as exc:
-        raise ServerError(f"pruning {collection.name}: {str(exc).splitlines()[0]}") from None
-
-
-def _flush(collection: Collection[dict[str, Any]], batch: list[ReplaceOne[dict[str, Any]]]) -> int:
-    if not batch:
-        return 0
-    try:
-        bulk_write_chunked(collection, batch)
-    except PyMongoError as exc:
-        raise ServerError(f"writing rollups to {collection.name}: {str(exc).splitlines()[0]}") from None
-    count = len(batch)
-    batch.clear()
-    return count
+    return upsert(db, org_id, rollups)

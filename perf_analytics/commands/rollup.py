@@ -42,7 +42,8 @@ def command(ctx: click.Context, org_id: str, day: str, asset_batch: int, windows
     First syncs the org's new snapshots into the lake (one query; --no-sync skips it),
     then reads the day and its history from the lake only. The day's partitions are
     replaced, so a re-run gives the same files. The number of anomaly flags per bucket
-    comes from flagging the same day.
+    comes from flagging the same day, so the day's anomaly partition is replaced too (and
+    its anomaly_flags documents with --to-mongo), as `anomalies` would.
 
     \b
     Examples:

@@ -1,0 +1,487 @@
+"""The nightly run: sync, then derive every new or stale (org, day), then retention, then the reports.
+
+`run_nightly(db, lake, ...)` is what a scheduler runs (`perf-analytics nightly`,
+`pipelines/nightly.py`). It only composes named steps, each a function of its own that a
+test can call alone:
+
+```
+sync     the snapshot mirror takes what is new on the server (sync.py)
+flag     read (org, day) and its history from the mirror, flag anomalies (pipeline.flag_day)
+plan     which of the org's days are stale (see below)
+rollup   roll the day up, count its flags per bucket, availability (pipeline.rollup_day)
+write    replace the day's lake partitions, and the MongoDB sinks when asked (pipeline.write_day)
+retain   delete from the server the old days the lake verifiably holds (retention.py; opt-in)
+report   the day's HTML page beside the lake (report.py)
+```
+
+A step that fails raises `StepFailed(step, org, day, cause)`; the run records it, goes on
+with the other days and orgs, and ends non-zero. Nothing a failed day half-wrote is
+trusted: the day is not recorded as derived, so the next run does it again.
+
+**What is stale.** Without being told which dates changed (late snapshots, a bulk load
+into old days, a restore), the run finds them from the lake's own manifests. For each
+(org, day) it derives, `_manifests/derived/orgId=<org>.json` records the fingerprint of
+its inputs: the snapshot part files the mirror lists (`sync.listed_snapshot_files`:
+path, rows and the sha256 of their `_id`s) of that day AND of the `history_days` before
+it (a late snapshot three days back changes today's flags), plus the settings that
+shape the outputs and the toolkit's version. A day is stale when that fingerprint
+changed, when it was never derived, or when its last attempt failed. The days looked at
+are every day the org's mirror holds, and yesterday. Each (org, day) is a pure function
+of (lake, org, day, settings), so the same inputs give the same files, byte for byte,
+and the days can fan out to workers.
+
+**One run at a time.** The run holds `_manifests/.nightly.lock`, an flock: a second run
+exits at once with `RunLocked`, naming the run that holds it. The kernel releases an
+flock when its process ends however it ends (kill -9 included), so a killed run never
+leaves a lock to wait out: the next run takes it at once, with no lease to expire and no
+clock to trust. The killed run's manifest, left "running", is marked "interrupted".
+
+**The record.** Each run writes `_manifests/runs/<run id>.json` (versioned, replaced
+atomically as the run goes): what it was asked, the settings, and one record per step
+(step, org, day, status, rows in and out, seconds, error). `list_runs` reads them back.
+`listener(event)` gets each event as a dict as it happens (for logs and progress bars).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import secrets
+import socket
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from functools import partial
+from pathlib import Path
+from typing import Any, TypeVar
+
+from perf_analytics import __version__
+from perf_analytics.anomalies import AnomalyConfig
+from perf_analytics.errors import ConfigError, PerfAnalyticsError
+from perf_analytics.manifest import lake_lock, manifest_path, read_manifest, write_manifest
+from perf_analytics.pipeline import (
+    DEFAULT_ASSET_BATCH,
+    Derived,
+    Flagged,
+    Written,
+    flag_day,
+    rollup_day,
+    write_day,
+)
+from perf_analytics.report import write_report
+from perf_analytics.retention import ExportReport, export_snapshots, export_snapshots_all_orgs
+from perf_analytics.rollups import WINDOWS
+from perf_analytics.store import Db
+from perf_analytics.sync import (
+    SyncReport,
+    listed_snapshot_files,
+    mirrored_orgs,
+    sync_snapshots,
+    sync_snapshots_all_orgs,
+)
+
+STEPS = ("sync", "plan", "flag", "rollup", "write", "retain", "report")
+RUNS = "runs"
+DERIVED = "derived"
+LOCK = "nightly"
+
+Listener = Callable[[dict[str, Any]], None]
+T = TypeVar("T")
+
+
+class StepFailed(PerfAnalyticsError):
+    """A named step of the nightly run failed for an org and day; `cause` is what it raised."""
+
+    def __init__(self, step: str, org_id: str | None, day: date | None, cause: BaseException) -> None:
+        self.step = step
+        self.org_id = org_id
+        self.day = day
+        self.cause = cause
+        where = " ".join(x for x in (f"org {org_id}" if org_id else "", day.isoformat() if day else "") if x)
+        reason = str(cause) if isinstance(cause, PerfAnalyticsError) else f"{type(cause).__name__}: {cause}"
+        super().__init__(f"{step} failed{' for ' + where if where else ''}: {reason}")
+
+
+class RunLocked(PerfAnalyticsError):
+    """Another nightly run holds the lake."""
+
+
+class RunFailed(PerfAnalyticsError):
+    """The run finished, but some steps failed (recorded in its manifest)."""
+
+
+@dataclass(frozen=True)
+class NightlyOptions:
+    """What a run derives and how. `retain_days` None: no retention (opt-in, see README)."""
+
+    windows: tuple[str, ...] = WINDOWS
+    config: AnomalyConfig = field(default_factory=AnomalyConfig)
+    asset_batch: int = DEFAULT_ASSET_BATCH
+    to_mongo: bool = False
+    retain_days: int | None = None
+    reports: bool = True
+
+    def __post_init__(self) -> None:
+        unknown = [w for w in self.windows if w not in WINDOWS]
+        if unknown or not self.windows:
+            raise ConfigError(f"windows: unknown window {unknown[0] if unknown else '(none)'}; valid: {', '.join(WINDOWS)}")
+        if self.asset_batch < 1:
+            raise ConfigError(f"asset_batch must be at least 1, got {self.asset_batch}")
+        if self.retain_days is not None and self.retain_days < 1:
+            raise ConfigError(f"retain_days must be at least 1, got {self.retain_days}")
+
+    def as_json(self) -> dict[str, Any]:
+        return {"windows": list(self.windows), "config": asdict(self.config), "asset_batch": self.asset_batch,
+                "to_mongo": self.to_mongo, "retain_days": self.retain_days, "reports": self.reports}
+
+    def output_key(self) -> dict[str, Any]:
+        """What shapes a derived day's outputs (the batch size does not: see pipeline.run_day)."""
+        return {"windows": list(self.windows), "config": asdict(self.config), "to_mongo": self.to_mongo,
+                "version": __version__}
+
+
+@dataclass
+class StepRecord:
+    """One step's outcome; `org`/`day` None for the steps of the whole run (an all-orgs sync)."""
+
+    step: str
+    org: str | None
+    day: str | None
+    status: str  # "ok" or "failed"
+    rows_in: int = 0
+    rows_out: int = 0
+    seconds: float = 0.0
+    error: str | None = None
+
+
+@dataclass
+class RunResult:
+    """What one run did; `manifest` is where its record is."""
+
+    run_id: str
+    manifest: Path
+    orgs: list[str] = field(default_factory=list)
+    derived: list[tuple[str, str]] = field(default_factory=list)
+    reports: list[Path] = field(default_factory=list)
+    steps: list[StepRecord] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def failed(self) -> list[StepRecord]:
+        return [s for s in self.steps if s.status == "failed"]
+
+    def summary(self) -> str:
+        """One line for people: orgs, days derived, failures, reports, seconds."""
+        return (f"nightly {self.run_id}: {len(self.orgs)} org(s), {len(self.derived)} day(s) derived, "
+                f"{len(self.failed)} failed, {len(self.reports)} report(s), {self.seconds:.1f} s")
+
+
+# ---- the steps ---------------------------------------------------------------------------
+
+
+def sync(db: Db, lake: str | Path, org_id: str | None = None) -> SyncReport:
+    """Mirror what is new on the server: one org's snapshots, or every org's in one pass."""
+    return sync_snapshots_all_orgs(db, lake) if org_id is None else sync_snapshots(db, lake, org_id=org_id)
+
+
+def flag(lake: str | Path, org_id: str, day: date, options: NightlyOptions) -> Flagged:
+    """The day's anomaly flags, from the day and its history in the mirror (nothing written)."""
+    return flag_day(lake, org_id, day, config=options.config, asset_batch=options.asset_batch)
+
+
+def rollup(flagged: Flagged, options: NightlyOptions) -> Derived:
+    """The flagged day's rollups and availability (nothing written; the flags are not touched)."""
+    return rollup_day(flagged, windows=options.windows)
+
+
+def write(lake: str | Path, flagged: Flagged, derived: Derived, sink: Db | None) -> Written:
+    """Replace the day's lake partitions, and its documents in the MongoDB sinks when `sink`."""
+    return write_day(lake, flagged, derived, sink=sink)
+
+
+def retain(db: Db, lake: str | Path, older_than_days: int, org_id: str | None = None) -> ExportReport:
+    """Delete from the server the snapshots of days older than `older_than_days` that the lake verifiably holds."""
+    if org_id is None:
+        return export_snapshots_all_orgs(db, lake, older_than_days=older_than_days)
+    return export_snapshots(db, lake, org_id=org_id, older_than_days=older_than_days)
+
+
+def report(lake: str | Path, org_id: str, day: date) -> Path:
+    """Write the day's HTML report to its default place beside the lake."""
+    return write_report(lake, org_id, day)
+
+
+# ---- what is stale -----------------------------------------------------------------------
+
+
+def _derived_path(lake: str | Path, org_id: str) -> Path:
+    return manifest_path(lake, DERIVED, f"orgId={org_id}.json")
+
+
+def derived_days(lake: str | Path, org_id: str) -> dict[str, str]:
+    """The org's days recorded as derived, each with the fingerprint of its inputs."""
+    data = read_manifest(_derived_path(lake, org_id)) or {}
+    days = data.get("days", {})
+    return {str(d): str(v["inputs"]) for d, v in days.items()}
+
+
+def _save_derived(lake: str | Path, org_id: str, days: dict[str, str]) -> None:
+    # Nothing of the run (no id, no clock) goes in: the same inputs give the same file.
+    write_manifest(_derived_path(lake, org_id),
+                   {"orgId": org_id, "days": {d: {"inputs": days[d]} for d in sorted(days)}})
+
+
+def input_fingerprints(
+    lake: str | Path, org_id: str, days: Sequence[date], options: NightlyOptions
+) -> dict[str, str]:
+    """Per day, the sha256 of what its outputs are derived from: the listed snapshot files
+    of the day and of the `history_days` before it, and the settings that shape outputs."""
+    files = listed_snapshot_files(lake, org_id=org_id)
+    reach = math.ceil(options.config.history_days)
+    settings = json.dumps(options.output_key(), sort_keys=True, default=str)
+    out = {}
+    for day in days:
+        first = (day - timedelta(days=reach)).isoformat()
+        inputs = [(f.path, f.rows, f.ids_sha256) for f in files if first <= f.date <= day.isoformat()]
+        text = json.dumps({"day": day.isoformat(), "files": inputs, "settings": settings}, sort_keys=True)
+        out[day.isoformat()] = hashlib.sha256(text.encode()).hexdigest()
+    return out
+
+
+def stale_days(lake: str | Path, org_id: str, options: NightlyOptions, *, yesterday: date) -> list[date]:
+    """The org's days to derive: every day its mirror holds and yesterday, less those whose
+    recorded inputs are those of now."""
+    held = {date.fromisoformat(f.date) for f in listed_snapshot_files(lake, org_id=org_id)}
+    candidates = sorted(held | {yesterday})
+    now = input_fingerprints(lake, org_id, candidates, options)
+    recorded = derived_days(lake, org_id)
+    return [d for d in candidates if recorded.get(d.isoformat()) != now[d.isoformat()]]
+
+
+# ---- the run -----------------------------------------------------------------------------
+
+
+def _new_run_id(now: datetime) -> str:
+    """The start to the microsecond, then a random part: ids sort as the runs started."""
+    return f"{now:%Y%m%dT%H%M%S.%fZ}-{secrets.token_hex(3)}"
+
+
+def _runs_dir(lake: str | Path) -> Path:
+    return manifest_path(lake, RUNS)
+
+
+def list_runs(lake: str | Path, *, last: int | None = None) -> list[dict[str, Any]]:
+    """The run manifests of the lake, newest first (run ids sort by their start)."""
+    paths = sorted(_runs_dir(lake).glob("*.json"), reverse=True)
+    runs = []
+    for path in paths[:last] if last is not None else paths:
+        data = read_manifest(path)
+        if data is not None:
+            runs.append(data)
+    return runs
+
+
+def _holder(lake: str | Path) -> str:
+    """Who holds the lock, from the newest manifest still running (for the message)."""
+    running = [r for r in list_runs(lake, last=20) if r.get("status") == "running"]
+    if not running:
+        return ""
+    r = running[0]
+    return f" (run {r['runId']}, pid {r.get('pid')} on {r.get('host')}, started {r.get('startedAt')})"
+
+
+@contextmanager
+def nightly_lock(lake: str | Path) -> Iterator[None]:
+    """Hold the lake's nightly lock for the block; raises RunLocked when a run holds it."""
+
+    def locked(message: str) -> RunLocked:
+        return RunLocked(message + _holder(lake))
+
+    with lake_lock(lake, LOCK, locked, who="nightly run"):
+        yield
+
+
+class _Run:
+    """The state of one run: its manifest, the records, the events."""
+
+    def __init__(self, lake: str | Path, run_id: str, asked: dict[str, Any], options: NightlyOptions,
+                 listener: Listener | None) -> None:
+        self.lake = lake
+        self.started = time.monotonic()
+        self.listener = listener
+        self.result = RunResult(run_id, _runs_dir(lake) / f"{run_id}.json")
+        self.head = {"runId": run_id, "startedAt": datetime.now(UTC).isoformat(), "host": socket.gethostname(),
+                     "pid": os.getpid(), "asked": asked, "settings": options.as_json()}
+
+    def emit(self, event: str, **fields: Any) -> None:
+        if self.listener is not None:
+            self.listener({"event": event, "run_id": self.result.run_id, **fields})
+
+    def save(self, status: str) -> None:
+        r = self.result
+        orgs: dict[str, dict[str, Any]] = {}
+        for org in r.orgs:
+            mine = [s for s in r.steps if s.org == org]
+            orgs[org] = {"status": "failed" if any(s.status == "failed" for s in mine) else "ok",
+                         "derived": sorted(d for o, d in r.derived if o == org),
+                         "failed": sorted({s.day for s in mine if s.status == "failed" and s.day})}
+        body = {**self.head, "status": status, "seconds": round(time.monotonic() - self.started, 3),
+                "finishedAt": None if status == "running" else datetime.now(UTC).isoformat(),
+                "orgs": orgs, "steps": [asdict(s) for s in r.steps],
+                "summary": r.summary() if status != "running" else None}
+        write_manifest(r.manifest, body)
+
+    def step(self, name: str, org: str | None, day: date | None, work: Callable[[], T],
+             counts: Callable[[T], tuple[int, int]]) -> T:
+        """Run one step, record and announce it; a failure is raised as StepFailed."""
+        began = time.monotonic()
+        record = StepRecord(name, org, day.isoformat() if day else None, "ok")
+        try:
+            value = work()
+            record.rows_in, record.rows_out = counts(value)
+        except Exception as exc:  # one org's failure must not stop the others: recorded, raised wrapped
+            failure = StepFailed(name, org, day, exc)
+            record.status, record.error = "failed", str(failure)
+            raise failure from exc
+        finally:
+            record.seconds = round(time.monotonic() - began, 3)
+            self.result.steps.append(record)
+            self.emit("step", **{k: v for k, v in asdict(record).items() if k != "error" or v is not None})
+        return value
+
+
+def _mark_interrupted(lake: str | Path) -> None:
+    """Under the lock no run is running: a manifest still saying so is of a killed run."""
+    for path in sorted(_runs_dir(lake).glob("*.json")):
+        data = read_manifest(path)
+        if data is not None and data.get("status") == "running":
+            write_manifest(path, {**data, "status": "interrupted"})
+
+
+def _derive_day(run: _Run, lake: str | Path, org: str, day: date, options: NightlyOptions,
+                sink: Db | None) -> None:
+    flagged = run.step("flag", org, day, lambda: flag(lake, org, day, options),
+                       lambda f: (f.result.snapshots, 0 if f.flags is None else f.flags.height))
+    derived = run.step("rollup", org, day, lambda: rollup(flagged, options),
+                       lambda d: (flagged.result.snapshots,
+                                  sum(r.assets.height + r.disks.height + r.interfaces.height for r in d.rollups.values())
+                                  + d.availability.height))
+    run.step("write", org, day, lambda: write(lake, flagged, derived, sink),
+             lambda w: (len(w.paths), len(w.paths) + w.sink_writes))
+
+
+def _plan(lake: str | Path, org: str, days: Sequence[date] | None, options: NightlyOptions,
+          yesterday: date) -> tuple[list[date], dict[str, str], dict[str, str]]:
+    """The org's days to derive, their inputs' fingerprints, and the days recorded as derived."""
+    todo = list(days) if days is not None else stale_days(lake, org, options, yesterday=yesterday)
+    return todo, input_fingerprints(lake, org, todo, options), derived_days(lake, org)
+
+
+def _derive_org(run: _Run, lake: str | Path, org: str, days: Sequence[date] | None,
+                options: NightlyOptions, yesterday: date, sink: Db | None) -> None:
+    """Derive the org's asked days, or its stale ones; record each day that succeeded."""
+    planned = _attempt(run, "plan", org, None, lambda: _plan(lake, org, days, options, yesterday),
+                       lambda p: (0, len(p[0])))
+    if planned is None:
+        return
+    todo, fingerprints, recorded = planned
+    run.emit("plan", org=org, days=[d.isoformat() for d in todo])
+    for day in todo:
+        key = day.isoformat()
+        recorded.pop(key, None)  # a day that fails is not derived, whatever it was before
+        try:
+            _derive_day(run, lake, org, day, options, sink)
+        except StepFailed:
+            _save_derived(lake, org, recorded)
+            continue
+        recorded[key] = fingerprints[key]
+        _save_derived(lake, org, recorded)
+        run.result.derived.append((org, key))
+
+
+def _attempt(run: _Run, name: str, org: str | None, day: date | None, work: Callable[[], T],
+             counts: Callable[[T], tuple[int, int]]) -> T | None:
+    """A step whose failure is recorded and passed over (the run goes on)."""
+    try:
+        return run.step(name, org, day, work, counts)
+    except StepFailed:
+        return None
+
+
+def run_nightly(
+    db: Db,
+    lake: str | Path,
+    *,
+    orgs: Sequence[str] | None = None,
+    dates: Sequence[date] | None = None,
+    options: NightlyOptions | None = None,
+    today: date | None = None,
+    listener: Listener | None = None,
+) -> RunResult:
+    """One scheduled run over the lake: sync, derive, retain, report (see the module docstring).
+
+    `orgs` None: every org (one all-orgs sync, then each org the mirror holds). `dates`
+    None: yesterday (of `today`, default the UTC clock) plus every stale day; given: those
+    days, derived again whatever the record says. Raises RunLocked when another run holds
+    the lake; otherwise returns, failed steps included (`RunResult.failed`).
+    """
+    opts = options or NightlyOptions()
+    yesterday = (today or datetime.now(UTC).date()) - timedelta(days=1)
+    asked = {"orgs": list(orgs) if orgs is not None else None,
+             "dates": [d.isoformat() for d in dates] if dates is not None else None,
+             "yesterday": yesterday.isoformat()}
+    with nightly_lock(lake):
+        _mark_interrupted(lake)
+        run = _Run(lake, _new_run_id(datetime.now(UTC)), asked, opts, listener)
+        run.save("running")
+        run.emit("start", asked=asked)
+        _sync_step(run, db, lake, orgs)
+        run.result.orgs = list(orgs) if orgs is not None else mirrored_orgs(lake)
+        sink = db if opts.to_mongo else None
+        for org in run.result.orgs:
+            _derive_org(run, lake, org, dates, opts, yesterday, sink)
+            run.save("running")
+        if opts.retain_days is not None:
+            days_kept = opts.retain_days
+            for scope in (orgs if orgs is not None else [None]):
+                _attempt(run, "retain", scope, None, partial(retain, db, lake, days_kept, scope),
+                         lambda e: (len(e.days), e.deleted))
+        if opts.reports:
+            _report_step(run, lake, dates or [yesterday])
+        run.result.seconds = round(time.monotonic() - run.started, 3)
+        run.save("failed" if run.result.failed else "ok")
+        run.emit("end", summary=run.result.summary(), failed=len(run.result.failed), seconds=run.result.seconds)
+    return run.result
+
+
+def _sync_step(run: _Run, db: Db, lake: str | Path, orgs: Sequence[str] | None) -> None:
+    """One all-orgs pass (or one per asked org). When the all-orgs pass fails (one org's
+    damaged mirror stops it), each org is synced alone, so the others still get their
+    new snapshots and only the damaged org fails."""
+    if orgs is None and _attempt(run, "sync", None, None, partial(sync, db, lake, None), _sync_counts) is not None:
+        return
+    for org in orgs if orgs is not None else mirrored_orgs(lake):
+        _attempt(run, "sync", org, None, partial(sync, db, lake, org), _sync_counts)
+
+
+def _sync_counts(r: SyncReport) -> tuple[int, int]:
+    return r.read, r.new
+
+
+def _report_step(run: _Run, lake: str | Path, days: Sequence[date]) -> None:
+    """The reports of the run's days, for each org whose day is derived and current."""
+    for org in run.result.orgs:
+        try:
+            current = derived_days(lake, org)
+        except PerfAnalyticsError:
+            continue  # the plan step has recorded why
+        for day in days:
+            if day.isoformat() not in current:
+                continue
+            page = _attempt(run, "report", org, day, partial(report, lake, org, day), lambda _: (1, 1))
+            if page is not None:
+                run.result.reports.append(page)
