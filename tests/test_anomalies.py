@@ -405,6 +405,40 @@ def test_an_asset_that_slows_its_reporting_interval_has_no_gaps() -> None:
     assert only(flags, "gap").is_empty()
 
 
+def test_an_agent_that_reports_at_irregular_times_gets_gaps_only_for_a_real_silence() -> None:
+    """An agent due every minute that sends about one snapshot in five, at random.
+
+    Pauses of 15 or 20 minutes are how it reports (its 1-minute `timeWindow` says
+    otherwise): only the three silent hours are unusual for it, and one quiet spell at the
+    end of the day is no reason to call it offline.
+    """
+    rng = np.random.default_rng(3)
+
+    def edit(t: np.ndarray, c: dict[str, np.ndarray]) -> None:
+        c["keep"][:] = rng.random(t.size) < 0.2
+        c["keep"][(t >= at(10)) & (t < at(13))] = False
+
+    frames = frames_of(asset_docs(interval=60, edit=edit))
+    flags = flag_anomalies(frames, day=DAY2)
+    assert only(flags, "offline").is_empty()
+    gaps = only(flags, "gap")
+    assert gaps.height == 1, gaps.select("start", "message").rows()
+    assert T0 + timedelta(seconds=at(9.5)) <= gaps.item(0, "start") <= T0 + timedelta(seconds=at(10.5))
+    assert gaps.item(0, "end") >= T0 + timedelta(seconds=at(12.5))
+
+
+def test_an_agent_that_reports_at_irregular_times_and_then_stops_is_offline() -> None:
+    rng = np.random.default_rng(4)
+
+    def edit(t: np.ndarray, c: dict[str, np.ndarray]) -> None:
+        c["keep"][:] = (rng.random(t.size) < 0.2) & (t < at(21))
+
+    flags = flag_anomalies(frames_of(asset_docs(interval=60, edit=edit)), day=DAY2)
+    offline = only(flags, "offline")
+    assert offline.height == 1
+    assert T0 + timedelta(seconds=at(20.5)) <= offline.item(0, "start") <= T0 + timedelta(seconds=at(22))
+
+
 def test_disks_and_interfaces_that_come_and_go_and_missing_sections_do_not_break_the_run() -> None:
     docs = asset_docs(disks=("C:", "D:"))
     for i, doc in enumerate(docs):

@@ -491,12 +491,16 @@ def detect_peers(points: pl.DataFrame, config: AnomalyConfig) -> pl.DataFrame:
 def detect_gaps(agents: pl.DataFrame, config: AnomalyConfig) -> pl.DataFrame:
     """No snapshot for more than `gap_intervals` reporting intervals between two snapshots.
 
-    The flag spans the missing samples: from one interval after the last snapshot before
-    the gap to one interval before the first after it.
+    The interval is the longest of the nominal one and the agent's usual long spacing (see
+    `series.agent_frame`): an agent that reports every few minutes at random is judged
+    against how it reports, so its ordinary pauses do not flood the flags, while one that
+    reports like a clock is judged against its clock. The flag spans the missing samples:
+    from one interval after the last snapshot before the gap to one interval before the
+    first after it.
     """
     prev = pl.col("timestamp").shift(1).over(ASSET)
     df = agents.with_columns(prev.alias("prev"), pl.col("interval_s").shift(1).over(ASSET).alias("prev_interval"))
-    expected = pl.max_horizontal("interval_s", "prev_interval")
+    expected = pl.max_horizontal("interval_s", "prev_interval", "usual_spacing_s")
     delta = _seconds(pl.col("timestamp") - pl.col("prev"))
     gaps = df.filter(pl.col("prev").is_not_null() & (delta > config.gap_intervals * expected + 1e-6))
     step = pl.duration(milliseconds=(pl.col("prev_interval") * 1000).round().cast(pl.Int64))
@@ -514,9 +518,13 @@ def detect_gaps(agents: pl.DataFrame, config: AnomalyConfig) -> pl.DataFrame:
 def detect_offline(
     agents: pl.DataFrame, config: AnomalyConfig, *, now: datetime, last_seen: pl.DataFrame | None
 ) -> pl.DataFrame:
-    """Assets whose last snapshot (or `lastSeen`, whichever is later) is too old at `now`."""
+    """Assets whose last snapshot (or `lastSeen`, whichever is later) is too old at `now`.
+
+    Too old means more than `gap_intervals` of the agent's usual spacing, as for a gap.
+    """
     latest = agents.group_by(ASSET).agg(
         pl.col("timestamp").max().alias("last"),
+        pl.max_horizontal("interval_s", "usual_spacing_s").last().alias("expected_s"),
         pl.col("interval_s").last().alias("interval_s"),
     )
     if last_seen is not None and last_seen.height:
@@ -528,11 +536,12 @@ def detect_offline(
         latest = latest.join(seen, on=ASSET, how="full", coalesce=True).with_columns(
             pl.max_horizontal("last", "seen").alias("last"),
             pl.col("interval_s").fill_null(300.0),
+            pl.col("expected_s").fill_null(300.0),
         )
     now_lit = pl.lit(now).cast(TIME)
     silent = _seconds(now_lit - pl.col("last"))
     step = pl.duration(milliseconds=(pl.col("interval_s") * 1000).round().cast(pl.Int64))
-    df = latest.filter(pl.col("last").is_not_null() & (silent > config.gap_intervals * pl.col("interval_s"))).with_columns(
+    df = latest.filter(pl.col("last").is_not_null() & (silent > config.gap_intervals * pl.col("expected_s"))).with_columns(
         pl.lit(AGENT_METRIC).alias("metric"),
         (pl.col("last") + step).alias("timestamp"),
         now_lit.alias("end"),

@@ -7,7 +7,9 @@ dropped here, once, so no detector sees them: non-finite numbers, percentages ou
 0-100, negative rates, impossible temperatures, and the second of two rows with the same
 timestamp. Each point carries its asset's reporting interval at that moment (from
 `timeWindow`, or from the recent spacing of its snapshots when that is longer), so an
-asset that changes interval is judged by its current one.
+asset that changes interval is judged by its current one. Each agent row also carries the
+asset's usual long spacing (a high quantile of its spacings over the previous day), so an
+agent that reports irregularly is judged against its own pattern, not a nominal interval.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ INTERFACE_METRICS = (
 _WINDOW_SECONDS = {name: delta.total_seconds() for name, delta in TIME_WINDOWS.items()}
 _RECENT_SPACINGS = 5  # the interval estimate is the median of this many previous spacings
 _DEFAULT_INTERVAL_S = 300.0  # for an asset with a single snapshot and no timeWindow
+_PATTERN_WINDOW = "1d"  # the spacings an agent's reporting pattern is drawn from
+_PATTERN_QUANTILE = 0.95  # its usual long spacing: this quantile of them
 
 
 def _valid(value: pl.Expr, kind: str) -> pl.Expr:
@@ -62,8 +66,12 @@ def _column(frame: pl.DataFrame, name: str) -> pl.Expr:
 
 
 def agent_frame(frames: Frames) -> pl.DataFrame:
-    """One row per (org, asset, timestamp): the reporting interval and the uptime.
+    """One row per (org, asset, timestamp): the reporting interval, usual spacing and uptime.
 
+    `usual_spacing_s` is the 95th percentile of the asset's spacings in the day before the
+    row (the row's own spacing excluded): for an agent that reports like a clock it equals
+    the interval; for one that reports irregularly it is the long spacing it often takes,
+    which a gap must exceed before it is unusual for that agent.
     Rows without an org, asset or timestamp are dropped; duplicates keep their last row.
     """
     snaps = frames.snapshots
@@ -89,12 +97,23 @@ def agent_frame(frames: Frames) -> pl.DataFrame:
     recent = (
         spacing.shift(1).rolling_median(_RECENT_SPACINGS, min_samples=1).over(ASSET)
     )
-    return df.with_columns(
-        pl.max_horizontal(pl.col("window_s"), recent)
-        .fill_null(pl.col("window_s").fill_null(spacing.median().over(ASSET)))
-        .fill_null(_DEFAULT_INTERVAL_S)
-        .alias("interval_s")
-    ).drop("window_s")
+    usual = (
+        pl.col("_spacing")
+        .rolling_quantile_by("timestamp", _PATTERN_WINDOW, quantile=_PATTERN_QUANTILE, closed="left")
+        .over(ASSET)
+    )
+    return (
+        df.with_columns(spacing.over(ASSET).alias("_spacing"))
+        .with_columns(
+            pl.max_horizontal(pl.col("window_s"), recent)
+            .fill_null(pl.col("window_s").fill_null(spacing.median().over(ASSET)))
+            .fill_null(_DEFAULT_INTERVAL_S)
+            .alias("interval_s"),
+            usual.alias("usual_spacing_s"),
+        )
+        .with_columns(pl.max_horizontal("interval_s", "usual_spacing_s").alias("usual_spacing_s"))
+        .drop("window_s", "_spacing")
+    )
 
 
 def _long(frame: pl.DataFrame, name: pl.Expr, column: str, kind: str, keys: list[str]) -> pl.DataFrame:
