@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable
 from dataclasses import replace
@@ -13,10 +14,12 @@ import polars as pl
 import pytest
 
 from perf_analytics.anomalies import (
+    DROPPED_COLUMNS,
     EPISODE_COLUMNS,
     AnomalyConfig,
     AnomalyInputError,
     flag_anomalies,
+    flag_assets,
 )
 from perf_analytics.anomalies.detectors import FLAG_SCHEMA
 from perf_analytics.anomalies.episodes import merge_episodes
@@ -376,6 +379,38 @@ def test_nan_and_impossible_values_are_ignored_not_flagged() -> None:
 
     flags = flag_anomalies(frames_of(asset_docs(edit=edit)))
     assert flags.is_empty(), flags.get_column("message").to_list()
+
+
+def test_values_that_cannot_be_readings_are_counted_per_series_and_reason_and_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A byte rate written where the memory percentage belongs is left out, but not silently."""
+
+    def edit(t: np.ndarray, c: dict[str, np.ndarray]) -> None:
+        c["memory"][(t >= at(12)) & (t < at(13))] = 52_000.0  # 12 samples
+        c["cpu"][(t >= at(14)) & (t < at(14.5))] = np.nan  # 6 samples
+        c["memory"][(t >= 3600) & (t < 7200)] = 250.0  # the day before: history, not reported again
+
+    with caplog.at_level(logging.WARNING, logger="perf_analytics.anomalies"):
+        found = flag_assets(frames_of(asset_docs(edit=edit)), day=DAY2)
+    assert found.episodes.is_empty()
+    assert found.dropped.columns == list(DROPPED_COLUMNS)
+    rows = found.dropped.select("metric", "reason", "count", "example").rows()
+    assert rows == [
+        ("cpu.usage", "not a finite number", 6, pytest.approx(float("nan"), nan_ok=True)),
+        ("memory.usagePercent", "outside 0-100 for a percentage", 12, 52_000.0),
+    ]
+    assert found.dropped.item(1, "first") == T0 + timedelta(seconds=at(12))
+    warning = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    assert "18 values are no possible reading" in warning
+    assert "org-a/asset-1 memory.usagePercent: 12 outside 0-100 for a percentage (e.g. 52000)" in warning
+
+
+def test_a_clean_day_drops_nothing_and_logs_no_warning(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="perf_analytics.anomalies"):
+        found = flag_assets(frames_of(asset_docs()), day=DAY2)
+    assert found.dropped.is_empty()
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
 def test_a_single_snapshot_gives_no_flags() -> None:
