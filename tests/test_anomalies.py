@@ -206,6 +206,26 @@ def test_a_spike_shorter_than_the_recent_window_is_no_level_shift() -> None:
     assert only(flag_anomalies(frames_of(asset_docs(edit=edit))), "level_shift").is_empty()
 
 
+def test_metrics_that_move_together_each_too_little_for_its_own_flag_are_one_joint_episode() -> None:
+    """Memory, temperature and received bytes each about three spreads up for two hours."""
+
+    def edit(t: np.ndarray, c: dict[str, np.ndarray]) -> None:
+        hours = (t >= at(24 + 14)) & (t < at(24 + 16))
+        c["memory"][hours] += 3.5
+        c["temp"][hours] += 3.5
+        c["recv"][hours] *= np.exp(0.3 * 3.5)
+
+    flags = flag_anomalies(frames_of(asset_docs(days=3, edit=edit)), day=DAY2 + timedelta(days=1))
+    assert flags.get_column("detector").to_list() == ["joint"]
+    row = flags.row(0, named=True)
+    assert row["metric"] == "*"
+    assert T0 + timedelta(seconds=at(24 + 14)) <= row["start"] <= T0 + timedelta(seconds=at(24 + 15))
+    assert row["message"].startswith("Several metrics moved together as they usually do not: ")
+    for metric in ("memory.usagePercent", "cpu.temperature", "network.interfaces[eth0].bytesRecvPerSec"):
+        assert metric in row["message"]
+    assert flag_anomalies(frames_of(asset_docs(days=3)), day=DAY2 + timedelta(days=1)).is_empty()
+
+
 def test_a_stuck_cpu_is_a_flatline_but_a_metric_that_never_moves_is_not() -> None:
     def edit(t: np.ndarray, c: dict[str, np.ndarray]) -> None:
         c["cpu"][(t >= at(9)) & (t < at(12))] = 31.25
@@ -324,6 +344,7 @@ def test_points_close_in_time_merge_into_one_episode_with_the_highest_severity_a
             "score": [7.0, 13.0, 8.0, 6.5],
             "severity": [1, 2, 1, 1],
             "interval_s": [60.0] * 4,
+            "note": [None] * 4,
         },
         schema=FLAG_SCHEMA,
     )

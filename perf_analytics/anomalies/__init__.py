@@ -23,6 +23,7 @@ from perf_analytics.anomalies.detectors import (
     detect_disk_forecasts,
     detect_flatlines,
     detect_gaps,
+    detect_joint_moves,
     detect_level_shifts,
     detect_offline,
     detect_outliers,
@@ -30,6 +31,7 @@ from perf_analytics.anomalies.detectors import (
     detect_reboots,
     detect_thresholds,
     peer_buckets,
+    score_points,
 )
 from perf_analytics.anomalies.episodes import (
     EPISODE_COLUMNS,
@@ -188,10 +190,12 @@ def flag_assets(
     points, dropped = read_points(frames, agents, report_from=day_start)
     _warn_dropped(dropped)
     reboots = detect_reboots(agents, config)
+    scored = score_points(points, config)
     parts = [
         reboots,
         detect_thresholds(points, config),
-        detect_outliers(points, config, reboots),
+        detect_outliers(points, config, reboots, scored=scored),
+        detect_joint_moves(scored, config, reboots),
         detect_level_shifts(points, config, reboots),
         detect_flatlines(points, config),
         detect_disk_forecasts(points, config),
