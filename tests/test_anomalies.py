@@ -179,6 +179,30 @@ def test_a_network_burst_is_an_outlier_of_its_interface() -> None:
     assert "Interface eth0 received bytes/s reached 5000000" in flags.item(0, "message")
 
 
+def busy_days_with_spikes(t: np.ndarray, c: dict[str, np.ndarray]) -> None:
+    """Received bytes follow the working day, with a one-sample spike of 3-10x now and then."""
+    hour = np.mod(t / 3600.0, 24.0)
+    busy = (hour >= 8) & (hour < 18)
+    c["recv"] *= np.where(busy, 1.0, 0.1)
+    spikes = np.random.default_rng(5).random(t.size) < 0.02
+    c["recv"][spikes] *= np.random.default_rng(6).uniform(3.0, 10.0, spikes.sum())
+
+
+def test_a_night_transfer_below_the_daytime_spikes_is_an_outlier_because_it_holds() -> None:
+    """Twenty minutes at 30x the night's level: less than a busy hour's spikes, but it holds."""
+
+    def edit(t: np.ndarray, c: dict[str, np.ndarray]) -> None:
+        busy_days_with_spikes(t, c)
+        c["recv"][(t >= at(24 + 3)) & (t < at(24 + 3) + 1200)] *= 30.0
+
+    day3 = DAY2 + timedelta(days=1)
+    flags = only(flag_anomalies(frames_of(asset_docs(days=3, edit=edit)), day=day3), "outlier")
+    assert flags.get_column("metric").to_list() == ["network.interfaces[eth0].bytesRecvPerSec"]
+    assert T0 + timedelta(seconds=at(24 + 3)) <= flags.item(0, "start") <= T0 + timedelta(seconds=at(24 + 3) + 1200)
+    quiet = flag_anomalies(frames_of(asset_docs(days=3, edit=busy_days_with_spikes)), day=day3)
+    assert only(quiet, "outlier").is_empty()
+
+
 def test_a_value_the_asset_reached_before_is_not_an_outlier() -> None:
     def edit(t: np.ndarray, c: dict[str, np.ndarray]) -> None:
         c["recv"][(t >= 3 * 3600) & (t < 3 * 3600 + 900)] = 5e6  # day one: part of its history
@@ -197,6 +221,24 @@ def test_a_lasting_memory_jump_is_a_level_shift() -> None:
     start = flags.item(0, "start")
     assert T0 + timedelta(seconds=at(12)) < start <= T0 + timedelta(seconds=at(14))
     assert re.match(r"Memory moved from about (49|50)\S*% to about 7[45]\S*% and stayed there", flags.item(0, "message"))
+
+
+def test_a_cpu_shift_smaller_than_the_daily_swing_is_a_level_shift() -> None:
+    """CPU swings 20 points a day with 2 points of noise; on the third day it runs 15 hotter.
+
+    Against the spread of the whole previous day (the swing) 15 points are nothing; against
+    the sample-to-sample noise, and beyond anything that hour did before, they are a shift.
+    """
+
+    def edit(t: np.ndarray, c: dict[str, np.ndarray]) -> None:
+        c["cpu"][(t >= at(24 + 6)) & (t < at(24 + 14))] += 15.0
+
+    day3 = DAY2 + timedelta(days=1)
+    flags = only(flag_anomalies(frames_of(asset_docs(days=3, edit=edit)), day=day3), "level_shift", "cpu.usage")
+    assert flags.height == 1
+    # At the peak of its day (6:00) the shift must first pass the peaks of earlier days.
+    assert T0 + timedelta(seconds=at(24 + 6)) < flags.item(0, "start") <= T0 + timedelta(seconds=at(24 + 9))
+    assert only(flag_anomalies(frames_of(asset_docs(days=3)), day=day3), "level_shift").is_empty()
 
 
 def test_a_spike_shorter_than_the_recent_window_is_no_level_shift() -> None:
