@@ -199,6 +199,8 @@ def test_a_night_transfer_below_the_daytime_spikes_is_an_outlier_because_it_hold
     flags = only(flag_anomalies(frames_of(asset_docs(days=3, edit=edit)), day=day3), "outlier")
     assert flags.get_column("metric").to_list() == ["network.interfaces[eth0].bytesRecvPerSec"]
     assert T0 + timedelta(seconds=at(24 + 3)) <= flags.item(0, "start") <= T0 + timedelta(seconds=at(24 + 3) + 1200)
+    assert flags.item(0, "score") >= 4.0
+    assert "robust z-score" in flags.item(0, "message")
     quiet = flag_anomalies(frames_of(asset_docs(days=3, edit=busy_days_with_spikes)), day=day3)
     assert only(quiet, "outlier").is_empty()
 

@@ -332,10 +332,15 @@ def detect_outliers(
     single = ((pl.col("z").abs() >= config.outlier_z) & novel & ~(pl.col("settling") & (pl.col("z") < 0))).fill_null(
         False
     )
+    # The score: the point's own z, or the held level's when only that one counts.
+    score = pl.max_horizontal(
+        pl.when(single).then(pl.col("z").abs()),
+        pl.when(held).then(pl.max_horizontal(pl.col("z_up"), -pl.col("z_down"))),
+    )
     flagged = df.filter((single | held) & _learned(config)).with_columns(
         pl.when(pl.col("kind") == RATE).then(ref_x.exp() - 1.0).otherwise(ref_x).alias("ref"),
-        pl.col("z").abs().alias("score"),
-        pl.when(pl.col("z").abs() >= config.outlier_critical_z).then(CRITICAL).otherwise(WARNING).alias("severity"),
+        score.alias("score"),
+        pl.when(score >= config.outlier_critical_z).then(CRITICAL).otherwise(WARNING).alias("severity"),
     )
     return _flags(flagged, OUTLIER)
 
