@@ -251,8 +251,11 @@ def _robust_z(value: pl.Expr) -> pl.Expr:
 def _hour_z(value: pl.Expr) -> pl.Expr:
     """The value's robust z-score against its time of day (the last day until that has formed).
 
-    For a held level: judged against the last day, a night-time transfer would be measured
-    by the spread of the whole day, busy hours included; its own hour is the fair measure.
+    For a level held high: judged against the last day, a night-time transfer would be
+    measured by the spread of the whole day, busy hours included; its own hour is the fair
+    measure. A level held low keeps the smaller of both z-scores, as single points do:
+    quiet spells (a weekend, a holiday) come in runs and are quiet against the hours
+    before them too.
     """
     z_tod = (value - pl.col("med_tod")) / _scale(pl.col("q25_tod"), pl.col("q75_tod"), pl.col("med_tod"))
     z_day = (value - pl.col("med_day")) / _scale(pl.col("q25_day"), pl.col("q75_day"), pl.col("med_day"))
@@ -275,7 +278,7 @@ def score_points(points: pl.DataFrame, config: AnomalyConfig) -> pl.DataFrame:
     return _baselines(df, config).with_columns(
         _robust_z(pl.col("x")).alias("z"),
         _hour_z(pl.col("held_up")).alias("z_up"),
-        _hour_z(pl.col("held_down")).alias("z_down"),
+        _robust_z(pl.col("held_down")).alias("z_down"),
     )
 
 
