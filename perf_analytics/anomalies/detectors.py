@@ -380,9 +380,10 @@ def detect_level_shifts(
 
     Both medians are robust to single spikes, so this fires on a lasting change of level
     (a service that now runs hotter, a memory footprint that jumped), about half the
-    recent window after it began. The new level must also lie beyond every recent median
-    seen at the same time of day over the baseline days, so daily rhythms and on/off
-    services that have been there before are not flagged.
+    recent window after it began. Far is measured in the series' sample-to-sample noise.
+    The new level must also lie beyond every recent median seen at the same time of day
+    over the baseline days, by as many noise units, so daily rhythms and on/off services
+    that have been there before are not flagged.
     """
     df = points.filter(~pl.col("metric").str.contains(_DISK_USAGE))
     if df.is_empty():
