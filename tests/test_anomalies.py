@@ -216,12 +216,12 @@ def test_a_value_the_asset_reached_before_is_not_an_outlier() -> None:
 
 def test_a_lasting_memory_jump_is_a_level_shift() -> None:
     def edit(t: np.ndarray, c: dict[str, np.ndarray]) -> None:
-        c["memory"][t >= at(12)] += 25.0
+        c["memory"][t >= at(24 + 12)] += 25.0
 
-    flags = only(flag_anomalies(frames_of(asset_docs(edit=edit))), "level_shift", "memory.usagePercent")
+    flags = only(flag_anomalies(frames_of(asset_docs(days=3, edit=edit))), "level_shift", "memory.usagePercent")
     assert flags.height == 1
     start = flags.item(0, "start")
-    assert T0 + timedelta(seconds=at(12)) < start <= T0 + timedelta(seconds=at(14))
+    assert T0 + timedelta(seconds=at(24 + 12)) < start <= T0 + timedelta(seconds=at(24 + 14))
     assert re.match(r"Memory moved from about (49|50)\S*% to about 7[45]\S*% and stayed there", flags.item(0, "message"))
 
 
@@ -245,9 +245,9 @@ def test_a_cpu_shift_smaller_than_the_daily_swing_is_a_level_shift() -> None:
 
 def test_a_spike_shorter_than_the_recent_window_is_no_level_shift() -> None:
     def edit(t: np.ndarray, c: dict[str, np.ndarray]) -> None:
-        c["memory"][(t >= at(12)) & (t < at(13))] += 25.0
+        c["memory"][(t >= at(24 + 12)) & (t < at(24 + 13))] += 25.0
 
-    assert only(flag_anomalies(frames_of(asset_docs(edit=edit))), "level_shift").is_empty()
+    assert only(flag_anomalies(frames_of(asset_docs(days=3, edit=edit))), "level_shift").is_empty()
 
 
 def test_metrics_that_move_together_each_too_little_for_its_own_flag_are_one_joint_episode() -> None:
@@ -418,13 +418,13 @@ def test_a_days_flags_do_not_change_when_the_next_day_arrives() -> None:
 
 def test_every_message_is_a_sentence_with_its_numbers() -> None:
     def edit(t: np.ndarray, c: dict[str, np.ndarray]) -> None:
-        c["cpu"][(t >= at(10)) & (t < at(11))] = 97.0
-        c["memory"][t >= at(14)] += 20.0
-        c["recv"][(t >= at(16)) & (t < at(16.2))] = 1e7
-        c["keep"][(t >= at(18)) & (t < at(19))] = False
-        c["uptime"][t >= at(20)] = 300 + t[t >= at(20)] - at(20)
+        c["cpu"][(t >= at(34)) & (t < at(35))] = 97.0
+        c["memory"][t >= at(38)] += 20.0
+        c["recv"][(t >= at(40)) & (t < at(40.2))] = 1e7
+        c["keep"][(t >= at(42)) & (t < at(43))] = False
+        c["uptime"][t >= at(44)] = 300 + t[t >= at(44)] - at(44)
 
-    flags = flag_anomalies(frames_of(asset_docs(edit=edit)), day=DAY2)
+    flags = flag_anomalies(frames_of(asset_docs(days=3, edit=edit)), day=DAY2 + timedelta(days=1))
     assert set(flags.get_column("detector")) >= {"threshold", "level_shift", "outlier", "gap", "reboot"}
     for message in flags.get_column("message"):
         assert message[0].isupper() and message.endswith("."), message

@@ -66,6 +66,9 @@ class AnomalyConfig:
     level_baseline_hours: float = 24.0
     level_min_change: float = 0.25  # and at least this share of the baseline's level...
     level_min_percent_points: float = 8.0  # ...or this many points on a percent metric
+    # A new level is one no earlier day reached at that hour: with a single earlier day to
+    # go by, any day that differs from it looks new, so level shifts learn for two days.
+    level_learn_hours: float = 48.0
 
     # Flatlines: a metric that moves on at least `flatline_moving_share` of its samples
     # (over the previous day) repeats the same value for `flatline_minutes` or longer.

@@ -95,10 +95,10 @@ def _duration(seconds: float) -> str:
     return f"{max(1, round(seconds))}s"
 
 
-def _learned(config: AnomalyConfig) -> pl.Expr:
-    """The series has been watched for the learning period (baselines are meaningful)."""
+def _learned(config: AnomalyConfig, hours: float | None = None) -> pl.Expr:
+    """The series has been watched for the learning period, or `hours` (baselines are meaningful)."""
     first = pl.col("timestamp").min().over(SERIES)
-    return _seconds(pl.col("timestamp") - first) >= config.learn_hours * 3600.0
+    return _seconds(pl.col("timestamp") - first) >= (config.learn_hours if hours is None else hours) * 3600.0
 
 
 def _settling(df: pl.DataFrame, boots: pl.DataFrame | None, config: AnomalyConfig) -> pl.DataFrame:
@@ -449,7 +449,7 @@ def detect_level_shifts(
     min_recent = max(3.0, 0.5 * recent_s)
     df = _settling(df, boots, config)
     shifted = (
-        _learned(config)
+        _learned(config, config.level_learn_hours)
         & ~(pl.col("settling") & (change < 0))
         & (pl.col("n_base") >= config.baseline_min_points)
         & (pl.col("n_recent") * pl.col("interval_s") >= min_recent)
