@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from perf_analytics.anomalies import AnomalyConfig, flag_anomalies  # noqa: E402
+from perf_analytics.anomalies.series import agent_frame, read_points  # noqa: E402
 from perf_analytics.frames import Frames, frames_from_documents  # noqa: E402
 from perf_analytics.generate import fleet_labels, generate_fleet  # noqa: E402
 
@@ -264,6 +265,7 @@ def evaluate_nab_file(path: Path, windows: list[list[str]], config: AnomalyConfi
     detectors: dict[str, int] = defaultdict(int)
     for row in flags.filter(pl.col("start") >= learn_until).iter_rows(named=True):
         detectors[row["detector"]] += 1
+    dropped = read_points(frames, agent_frame(frames))[1]
     return {
         "file": f"{path.parent.name}/{path.name}",
         "rows": len(rows),
@@ -272,6 +274,8 @@ def evaluate_nab_file(path: Path, windows: list[list[str]], config: AnomalyConfi
         "true_detections": true,
         "windows_found": hit,
         "by_detector": dict(detectors),
+        # Values the series' validity filter left out (a rescaled series aside, none expected).
+        "dropped": {f"{r['metric']}: {r['reason']}": r["count"] for r in dropped.iter_rows(named=True)},
         "flags": [
             [str(r["start"]), r["detector"], r["metric"], r["severity"], round(r["score"], 2)]
             for r in flags.iter_rows(named=True)
@@ -305,7 +309,8 @@ def evaluate_nab(folder: Path, config: AnomalyConfig) -> dict[str, Any] | None:
         files.append(result)
     real = [f for f in files if f["file"].split("/")[0] in REAL_GROUPS]
     art = [f for f in files if f["file"].split("/")[0] in ARTIFICIAL_GROUPS]
-    return {"path": str(folder), "real": _total(real), "artificial": _total(art), "files": files}
+    dropped = sum(sum(f["dropped"].values()) for f in files)
+    return {"path": str(folder), "real": _total(real), "artificial": _total(art), "dropped": dropped, "files": files}
 
 
 # ---- output ---------------------------------------------------------------------------
@@ -333,6 +338,10 @@ def _print_nab(result: dict[str, Any]) -> None:
             f"  {f['file']:<58}{f['windows']:>8}{f['windows_found']:>6}{f['detections']:>7}{f['true_detections']:>6}"
             f"  {', '.join(f'{k}:{v}' for k, v in sorted(f['by_detector'].items()))}"
         )
+    print(f"  values left out as no possible reading: {result['dropped']}")
+    for f in result["files"]:
+        for what, count in f["dropped"].items():
+            print(f"    {f['file']}: {count} {what}")
     for group in ("real", "artificial"):
         t = result[group]
         print(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable
 from dataclasses import replace
@@ -13,10 +14,12 @@ import polars as pl
 import pytest
 
 from perf_analytics.anomalies import (
+    DROPPED_COLUMNS,
     EPISODE_COLUMNS,
     AnomalyConfig,
     AnomalyInputError,
     flag_anomalies,
+    flag_assets,
 )
 from perf_analytics.anomalies.detectors import FLAG_SCHEMA
 from perf_analytics.anomalies.episodes import merge_episodes
@@ -176,6 +179,32 @@ def test_a_network_burst_is_an_outlier_of_its_interface() -> None:
     assert "Interface eth0 received bytes/s reached 5000000" in flags.item(0, "message")
 
 
+def busy_days_with_spikes(t: np.ndarray, c: dict[str, np.ndarray]) -> None:
+    """Received bytes follow the working day, with a one-sample spike of 3-10x now and then."""
+    hour = np.mod(t / 3600.0, 24.0)
+    busy = (hour >= 8) & (hour < 18)
+    c["recv"] *= np.where(busy, 1.0, 0.1)
+    spikes = np.random.default_rng(5).random(t.size) < 0.02
+    c["recv"][spikes] *= np.random.default_rng(6).uniform(3.0, 10.0, spikes.sum())
+
+
+def test_a_night_transfer_below_the_daytime_spikes_is_an_outlier_because_it_holds() -> None:
+    """Twenty minutes at 30x the night's level: less than a busy hour's spikes, but it holds."""
+
+    def edit(t: np.ndarray, c: dict[str, np.ndarray]) -> None:
+        busy_days_with_spikes(t, c)
+        c["recv"][(t >= at(24 + 3)) & (t < at(24 + 3) + 1200)] *= 30.0
+
+    day3 = DAY2 + timedelta(days=1)
+    flags = only(flag_anomalies(frames_of(asset_docs(days=3, edit=edit)), day=day3), "outlier")
+    assert flags.get_column("metric").to_list() == ["network.interfaces[eth0].bytesRecvPerSec"]
+    assert T0 + timedelta(seconds=at(24 + 3)) <= flags.item(0, "start") <= T0 + timedelta(seconds=at(24 + 3) + 1200)
+    assert flags.item(0, "score") >= 4.0
+    assert "robust z-score" in flags.item(0, "message")
+    quiet = flag_anomalies(frames_of(asset_docs(days=3, edit=busy_days_with_spikes)), day=day3)
+    assert only(quiet, "outlier").is_empty()
+
+
 def test_a_value_the_asset_reached_before_is_not_an_outlier() -> None:
     def edit(t: np.ndarray, c: dict[str, np.ndarray]) -> None:
         c["recv"][(t >= 3 * 3600) & (t < 3 * 3600 + 900)] = 5e6  # day one: part of its history
@@ -187,20 +216,58 @@ def test_a_value_the_asset_reached_before_is_not_an_outlier() -> None:
 
 def test_a_lasting_memory_jump_is_a_level_shift() -> None:
     def edit(t: np.ndarray, c: dict[str, np.ndarray]) -> None:
-        c["memory"][t >= at(12)] += 25.0
+        c["memory"][t >= at(24 + 12)] += 25.0
 
-    flags = only(flag_anomalies(frames_of(asset_docs(edit=edit))), "level_shift", "memory.usagePercent")
+    flags = only(flag_anomalies(frames_of(asset_docs(days=3, edit=edit))), "level_shift", "memory.usagePercent")
     assert flags.height == 1
     start = flags.item(0, "start")
-    assert T0 + timedelta(seconds=at(12)) < start <= T0 + timedelta(seconds=at(14))
+    assert T0 + timedelta(seconds=at(24 + 12)) < start <= T0 + timedelta(seconds=at(24 + 14))
     assert re.match(r"Memory moved from about (49|50)\S*% to about 7[45]\S*% and stayed there", flags.item(0, "message"))
+
+
+def test_a_cpu_shift_smaller_than_the_daily_swing_is_a_level_shift() -> None:
+    """CPU swings 20 points a day with 2 points of noise; on the third day it runs 15 hotter.
+
+    Against the spread of the whole previous day (the swing) 15 points are nothing; against
+    the sample-to-sample noise, and beyond anything that hour did before, they are a shift.
+    """
+
+    def edit(t: np.ndarray, c: dict[str, np.ndarray]) -> None:
+        c["cpu"][(t >= at(24 + 6)) & (t < at(24 + 14))] += 15.0
+
+    day3 = DAY2 + timedelta(days=1)
+    flags = only(flag_anomalies(frames_of(asset_docs(days=3, edit=edit)), day=day3), "level_shift", "cpu.usage")
+    assert flags.height == 1
+    # At the peak of its day (6:00) the shift must first pass the peaks of earlier days.
+    assert T0 + timedelta(seconds=at(24 + 6)) < flags.item(0, "start") <= T0 + timedelta(seconds=at(24 + 9))
+    assert only(flag_anomalies(frames_of(asset_docs(days=3)), day=day3), "level_shift").is_empty()
 
 
 def test_a_spike_shorter_than_the_recent_window_is_no_level_shift() -> None:
     def edit(t: np.ndarray, c: dict[str, np.ndarray]) -> None:
-        c["memory"][(t >= at(12)) & (t < at(13))] += 25.0
+        c["memory"][(t >= at(24 + 12)) & (t < at(24 + 13))] += 25.0
 
-    assert only(flag_anomalies(frames_of(asset_docs(edit=edit))), "level_shift").is_empty()
+    assert only(flag_anomalies(frames_of(asset_docs(days=3, edit=edit))), "level_shift").is_empty()
+
+
+def test_metrics_that_move_together_each_too_little_for_its_own_flag_are_one_joint_episode() -> None:
+    """Memory, temperature and received bytes each about three spreads up for two hours."""
+
+    def edit(t: np.ndarray, c: dict[str, np.ndarray]) -> None:
+        hours = (t >= at(24 + 14)) & (t < at(24 + 16))
+        c["memory"][hours] += 3.5
+        c["temp"][hours] += 3.5
+        c["recv"][hours] *= np.exp(0.3 * 3.5)
+
+    flags = flag_anomalies(frames_of(asset_docs(days=3, edit=edit)), day=DAY2 + timedelta(days=1))
+    assert flags.get_column("detector").to_list() == ["joint"]
+    row = flags.row(0, named=True)
+    assert row["metric"] == "*"
+    assert T0 + timedelta(seconds=at(24 + 14)) <= row["start"] <= T0 + timedelta(seconds=at(24 + 15))
+    assert row["message"].startswith("Several metrics moved together as they usually do not: ")
+    for metric in ("memory.usagePercent", "cpu.temperature", "network.interfaces[eth0].bytesRecvPerSec"):
+        assert metric in row["message"]
+    assert flag_anomalies(frames_of(asset_docs(days=3)), day=DAY2 + timedelta(days=1)).is_empty()
 
 
 def test_a_stuck_cpu_is_a_flatline_but_a_metric_that_never_moves_is_not() -> None:
@@ -321,6 +388,7 @@ def test_points_close_in_time_merge_into_one_episode_with_the_highest_severity_a
             "score": [7.0, 13.0, 8.0, 6.5],
             "severity": [1, 2, 1, 1],
             "interval_s": [60.0] * 4,
+            "note": [None] * 4,
         },
         schema=FLAG_SCHEMA,
     )
@@ -350,13 +418,13 @@ def test_a_days_flags_do_not_change_when_the_next_day_arrives() -> None:
 
 def test_every_message_is_a_sentence_with_its_numbers() -> None:
     def edit(t: np.ndarray, c: dict[str, np.ndarray]) -> None:
-        c["cpu"][(t >= at(10)) & (t < at(11))] = 97.0
-        c["memory"][t >= at(14)] += 20.0
-        c["recv"][(t >= at(16)) & (t < at(16.2))] = 1e7
-        c["keep"][(t >= at(18)) & (t < at(19))] = False
-        c["uptime"][t >= at(20)] = 300 + t[t >= at(20)] - at(20)
+        c["cpu"][(t >= at(34)) & (t < at(35))] = 97.0
+        c["memory"][t >= at(38)] += 20.0
+        c["recv"][(t >= at(40)) & (t < at(40.2))] = 1e7
+        c["keep"][(t >= at(42)) & (t < at(43))] = False
+        c["uptime"][t >= at(44)] = 300 + t[t >= at(44)] - at(44)
 
-    flags = flag_anomalies(frames_of(asset_docs(edit=edit)), day=DAY2)
+    flags = flag_anomalies(frames_of(asset_docs(days=3, edit=edit)), day=DAY2 + timedelta(days=1))
     assert set(flags.get_column("detector")) >= {"threshold", "level_shift", "outlier", "gap", "reboot"}
     for message in flags.get_column("message"):
         assert message[0].isupper() and message.endswith("."), message
@@ -376,6 +444,38 @@ def test_nan_and_impossible_values_are_ignored_not_flagged() -> None:
 
     flags = flag_anomalies(frames_of(asset_docs(edit=edit)))
     assert flags.is_empty(), flags.get_column("message").to_list()
+
+
+def test_values_that_cannot_be_readings_are_counted_per_series_and_reason_and_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A byte rate written where the memory percentage belongs is left out, but not silently."""
+
+    def edit(t: np.ndarray, c: dict[str, np.ndarray]) -> None:
+        c["memory"][(t >= at(12)) & (t < at(13))] = 52_000.0  # 12 samples
+        c["cpu"][(t >= at(14)) & (t < at(14.5))] = np.nan  # 6 samples
+        c["memory"][(t >= 3600) & (t < 7200)] = 250.0  # the day before: history, not reported again
+
+    with caplog.at_level(logging.WARNING, logger="perf_analytics.anomalies"):
+        found = flag_assets(frames_of(asset_docs(edit=edit)), day=DAY2)
+    assert found.episodes.is_empty()
+    assert found.dropped.columns == list(DROPPED_COLUMNS)
+    rows = found.dropped.select("metric", "reason", "count", "example").rows()
+    assert rows == [
+        ("cpu.usage", "not a finite number", 6, pytest.approx(float("nan"), nan_ok=True)),
+        ("memory.usagePercent", "outside 0-100 for a percentage", 12, 52_000.0),
+    ]
+    assert found.dropped.item(1, "first") == T0 + timedelta(seconds=at(12))
+    warning = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    assert "18 values are no possible reading" in warning
+    assert "org-a/asset-1 memory.usagePercent: 12 outside 0-100 for a percentage (e.g. 52000)" in warning
+
+
+def test_a_clean_day_drops_nothing_and_logs_no_warning(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="perf_analytics.anomalies"):
+        found = flag_assets(frames_of(asset_docs()), day=DAY2)
+    assert found.dropped.is_empty()
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
 def test_a_single_snapshot_gives_no_flags() -> None:
@@ -403,6 +503,40 @@ def test_an_asset_that_slows_its_reporting_interval_has_no_gaps() -> None:
     slow = [d for d in asset_docs(days=2, interval=300) if d["timestamp"] >= T0 + timedelta(days=1)]
     flags = flag_anomalies(frames_of(fast, slow))
     assert only(flags, "gap").is_empty()
+
+
+def test_an_agent_that_reports_at_irregular_times_gets_gaps_only_for_a_real_silence() -> None:
+    """An agent due every minute that sends about one snapshot in five, at random.
+
+    Pauses of 15 or 20 minutes are how it reports (its 1-minute `timeWindow` says
+    otherwise): only the three silent hours are unusual for it, and one quiet spell at the
+    end of the day is no reason to call it offline.
+    """
+    rng = np.random.default_rng(3)
+
+    def edit(t: np.ndarray, c: dict[str, np.ndarray]) -> None:
+        c["keep"][:] = rng.random(t.size) < 0.2
+        c["keep"][(t >= at(10)) & (t < at(13))] = False
+
+    frames = frames_of(asset_docs(interval=60, edit=edit))
+    flags = flag_anomalies(frames, day=DAY2)
+    assert only(flags, "offline").is_empty()
+    gaps = only(flags, "gap")
+    assert gaps.height == 1, gaps.select("start", "message").rows()
+    assert T0 + timedelta(seconds=at(9.5)) <= gaps.item(0, "start") <= T0 + timedelta(seconds=at(10.5))
+    assert gaps.item(0, "end") >= T0 + timedelta(seconds=at(12.5))
+
+
+def test_an_agent_that_reports_at_irregular_times_and_then_stops_is_offline() -> None:
+    rng = np.random.default_rng(4)
+
+    def edit(t: np.ndarray, c: dict[str, np.ndarray]) -> None:
+        c["keep"][:] = (rng.random(t.size) < 0.2) & (t < at(21))
+
+    flags = flag_anomalies(frames_of(asset_docs(interval=60, edit=edit)), day=DAY2)
+    offline = only(flags, "offline")
+    assert offline.height == 1
+    assert T0 + timedelta(seconds=at(20.5)) <= offline.item(0, "start") <= T0 + timedelta(seconds=at(22))
 
 
 def test_disks_and_interfaces_that_come_and_go_and_missing_sections_do_not_break_the_run() -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
 import polars as pl
@@ -23,6 +23,7 @@ from perf_analytics.anomalies.detectors import (
     detect_disk_forecasts,
     detect_flatlines,
     detect_gaps,
+    detect_joint_moves,
     detect_level_shifts,
     detect_offline,
     detect_outliers,
@@ -30,6 +31,7 @@ from perf_analytics.anomalies.detectors import (
     detect_reboots,
     detect_thresholds,
     peer_buckets,
+    score_points,
 )
 from perf_analytics.anomalies.episodes import (
     EPISODE_COLUMNS,
@@ -37,12 +39,13 @@ from perf_analytics.anomalies.episodes import (
     empty_episodes,
     merge_episodes,
 )
-from perf_analytics.anomalies.series import agent_frame, point_frame
+from perf_analytics.anomalies.series import DROPPED_SCHEMA, agent_frame, empty_dropped, read_points
 from perf_analytics.errors import PerfAnalyticsError
 from perf_analytics.frames import Frames
 
 __all__ = [
     "DETECTORS",
+    "DROPPED_COLUMNS",
     "EPISODE_COLUMNS",
     "EPISODE_SCHEMA",
     "SEVERITIES",
@@ -58,6 +61,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _REQUIRED = ("orgId", "assetId", "timestamp")
+DROPPED_COLUMNS = tuple(DROPPED_SCHEMA)
+_LOGGED_DROPS = 5  # series named in the warning about dropped values; the frame has them all
 
 
 class AnomalyInputError(PerfAnalyticsError):
@@ -119,6 +124,23 @@ class AssetFlags:
 
     episodes: pl.DataFrame  # every detector but peers (EPISODE_COLUMNS)
     peer_buckets: pl.DataFrame  # per asset, metric and bucket: for `flag_peers` over the whole org
+    # Values that cannot be readings of their metric (DROPPED_COLUMNS: per series and reason,
+    # count, first, last, example), from the day flagged (or all the frames without a day).
+    dropped: pl.DataFrame = field(default_factory=empty_dropped)
+
+
+def _warn_dropped(dropped: pl.DataFrame) -> None:
+    """One warning naming the series whose values were dropped, worst first."""
+    if dropped.is_empty():
+        return
+    worst = dropped.sort("count", descending=True).head(_LOGGED_DROPS)
+    named = "; ".join(
+        f"{r['orgId']}/{r['assetId']} {r['metric']}: {r['count']} {r['reason']} (e.g. {r['example']:g})"
+        for r in worst.iter_rows(named=True)
+    )
+    more = f" and {dropped.height - worst.height} more series" if dropped.height > worst.height else ""
+    log.warning("anomaly flags: %d values are no possible reading and were left out: %s%s",
+                dropped.get_column("count").sum(), named, more)
 
 
 def _day_start(day: date | datetime | str | None) -> datetime | None:
@@ -162,15 +184,18 @@ def flag_assets(
     elif as_of is not None:
         frames = _window(frames, datetime(1970, 1, 1, tzinfo=UTC), as_of + timedelta(microseconds=1))
     if frames.snapshots.is_empty() and frames.disks.is_empty() and frames.interfaces.is_empty() and last_seen is None:
-        return AssetFlags(empty_episodes(), peer_buckets(point_frame(frames, agent_frame(frames)), config))
+        return AssetFlags(empty_episodes(), peer_buckets(read_points(frames, agent_frame(frames))[0], config))
 
     agents = agent_frame(frames)
-    points = point_frame(frames, agents)
+    points, dropped = read_points(frames, agents, report_from=day_start)
+    _warn_dropped(dropped)
     reboots = detect_reboots(agents, config)
+    scored = score_points(points, config)
     parts = [
         reboots,
         detect_thresholds(points, config),
-        detect_outliers(points, config, reboots),
+        detect_outliers(points, config, reboots, scored=scored),
+        detect_joint_moves(scored, config, reboots),
         detect_level_shifts(points, config, reboots),
         detect_flatlines(points, config),
         detect_disk_forecasts(points, config),
@@ -180,7 +205,7 @@ def flag_assets(
         parts.append(detect_offline(agents, config, now=as_of, last_seen=last_seen))
     episodes = _starting_on(merge_episodes(pl.concat(parts), config), day_start)
     log.debug("flag_assets: %d points, %d episodes", points.height, episodes.height)
-    return AssetFlags(episodes, peer_buckets(points, config))
+    return AssetFlags(episodes, peer_buckets(points, config), dropped)
 
 
 def flag_peers(
@@ -229,7 +254,9 @@ def flag_anomalies(
       `config.gap_intervals` intervals get an `offline` flag.
 
     Bad values (NaN, out of range, duplicate timestamps) are dropped before detection;
-    a frame of the wrong shape raises `AnomalyInputError`. For a fleet too large to hold
+    the out-of-range and non-finite ones are counted and logged as a warning naming the
+    series (`flag_assets(...).dropped` has the counts as a frame); a frame of the wrong
+    shape raises `AnomalyInputError`. For a fleet too large to hold
     at once, `flag_assets` per batch of assets plus one `flag_peers` give the same result.
     """
     got = flag_assets(frames, day=day, history=history, config=config, last_seen=last_seen, now=now)

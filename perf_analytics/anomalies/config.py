@@ -42,6 +42,18 @@ class AnomalyConfig:
     outlier_novel_only: bool = True  # and beyond the range of the baseline days...
     outlier_novel_margin: float = 0.1  # ...by this share of that range's distance from the median
     outlier_novel_time_of_day: bool = False  # the range of the same time of day only
+    # Held excursions: this many samples in a row all this far out, and further from their
+    # hour's usual level than any held departure of the baseline days (by the same
+    # margin), are an outlier too.
+    outlier_sustained_points: int = 3
+    outlier_sustained_z: float = 4.0
+
+    # Joint moves: the robust Mahalanobis distance of an asset's vector of z-scores from its
+    # baseline days beyond the chi-square quantile with the tail of a `joint_z`-sigma event,
+    # for `joint_points` samples in a row, with at least two metrics `joint_metric_z` out.
+    joint_z: float = 4.0
+    joint_metric_z: float = 2.0
+    joint_points: int = 3
 
     # After a reboot, values below the baseline (memory, processes, caches start afresh) are
     # not flagged for this long.
@@ -54,6 +66,9 @@ class AnomalyConfig:
     level_baseline_hours: float = 24.0
     level_min_change: float = 0.25  # and at least this share of the baseline's level...
     level_min_percent_points: float = 8.0  # ...or this many points on a percent metric
+    # A new level is one no earlier day reached at that hour: with a single earlier day to
+    # go by, any day that differs from it looks new, so level shifts learn for two days.
+    level_learn_hours: float = 48.0
 
     # Flatlines: a metric that moves on at least `flatline_moving_share` of its samples
     # (over the previous day) repeats the same value for `flatline_minutes` or longer.
@@ -96,5 +111,9 @@ class AnomalyConfig:
             raise ConfigError(f"time_of_day_hours must divide 24, got {self.time_of_day_hours}")
         if self.history_days * 24 < max(self.baseline_days * 24, self.level_baseline_hours, self.recent_hours):
             raise ConfigError("history_days must cover the longest baseline window")
+        if self.outlier_sustained_points < 2:
+            raise ConfigError(f"outlier_sustained_points must be at least 2, got {self.outlier_sustained_points}")
+        if self.joint_points < 1:
+            raise ConfigError(f"joint_points must be at least 1, got {self.joint_points}")
         if self.peer_min_assets < 2:
             raise ConfigError(f"peer_min_assets must be at least 2, got {self.peer_min_assets}")

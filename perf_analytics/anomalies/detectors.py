@@ -17,6 +17,7 @@ from datetime import datetime
 import polars as pl
 
 from perf_analytics.anomalies.config import AnomalyConfig
+from perf_analytics.anomalies.joint import detect_joint
 from perf_analytics.anomalies.series import ASSET, LEVEL, PERCENT, RATE, SERIES
 
 INFO, WARNING, CRITICAL = 0, 1, 2
@@ -31,7 +32,8 @@ OFFLINE = "offline"
 REBOOT = "reboot"
 DISK_FORECAST = "disk_forecast"
 PEER = "peer"
-DETECTORS = (THRESHOLD, OUTLIER, LEVEL_SHIFT, FLATLINE, GAP, OFFLINE, REBOOT, DISK_FORECAST, PEER)
+JOINT = "joint"
+DETECTORS = (THRESHOLD, OUTLIER, LEVEL_SHIFT, FLATLINE, GAP, OFFLINE, REBOOT, DISK_FORECAST, PEER, JOINT)
 
 AGENT_METRIC = "*"
 UPTIME_METRIC = "system.uptime"
@@ -50,6 +52,7 @@ FLAG_SCHEMA: dict[str, pl.DataType] = {
     "score": pl.Float64(),
     "severity": pl.Int8(),
     "interval_s": pl.Float64(),
+    "note": pl.String(),  # words for the message (the metrics that moved, for `joint`)
 }
 FLAG_COLUMNS = tuple(FLAG_SCHEMA)
 
@@ -70,6 +73,7 @@ def _flags(df: pl.DataFrame, detector: str) -> pl.DataFrame:
         "end": pl.col("timestamp"),
         "since": pl.col("timestamp"),
         "ref": pl.lit(None, dtype=pl.Float64),
+        "note": pl.lit(None, dtype=pl.String),
     }
     exprs = [
         (pl.col(name) if name in df.columns else defaults[name]).cast(dtype).alias(name)
@@ -91,10 +95,10 @@ def _duration(seconds: float) -> str:
     return f"{max(1, round(seconds))}s"
 
 
-def _learned(config: AnomalyConfig) -> pl.Expr:
-    """The series has been watched for the learning period (baselines are meaningful)."""
+def _learned(config: AnomalyConfig, hours: float | None = None) -> pl.Expr:
+    """The series has been watched for the learning period, or `hours` (baselines are meaningful)."""
     first = pl.col("timestamp").min().over(SERIES)
-    return _seconds(pl.col("timestamp") - first) >= config.learn_hours * 3600.0
+    return _seconds(pl.col("timestamp") - first) >= (config.learn_hours if hours is None else hours) * 3600.0
 
 
 def _settling(df: pl.DataFrame, boots: pl.DataFrame | None, config: AnomalyConfig) -> pl.DataFrame:
@@ -121,9 +125,14 @@ def _transformed(points: pl.DataFrame) -> pl.Expr:
     return pl.when(pl.col("kind") == RATE).then(pl.col("value").log1p()).otherwise(pl.col("value"))
 
 
-def _scale(q25: pl.Expr, q75: pl.Expr, median: pl.Expr) -> pl.Expr:
+def _floored(sigma: pl.Expr, median: pl.Expr) -> pl.Expr:
+    """A spread no smaller than its kind's floor and a small share of the level."""
     floor = pl.col("kind").replace_strict(_SCALE_FLOOR, default=0.5, return_dtype=pl.Float64)
-    return pl.max_horizontal((q75 - q25) / _IQR_TO_SIGMA, floor, _SCALE_FLOOR_RELATIVE * median.abs())
+    return pl.max_horizontal(sigma, floor, _SCALE_FLOOR_RELATIVE * median.abs())
+
+
+def _scale(q25: pl.Expr, q75: pl.Expr, median: pl.Expr) -> pl.Expr:
+    return _floored((q75 - q25) / _IQR_TO_SIGMA, median)
 
 
 # ---- sustained thresholds ---------------------------------------------------------------
@@ -196,11 +205,89 @@ def _baselines(df: pl.DataFrame, config: AnomalyConfig) -> pl.DataFrame:
             x.rolling_max_by("timestamp", week, closed="left").over(novel_by).alias("max_week"),
             x.rolling_min_by("timestamp", week, closed="left").over(novel_by).alias("min_week"),
         )
+        .with_columns(
+            (pl.col("n_tod") >= config.baseline_min_points).alias("enough_tod"),
+            (pl.col("n_day") >= config.baseline_min_points).alias("enough_day"),
+            *_held(config),
+        )
+        .with_columns(_reference().alias("ref_x"))
+        .with_columns(
+            (pl.col("held_up") - pl.col("ref_x")).alias("res_up"),
+            (pl.col("ref_x") - pl.col("held_down")).alias("res_down"),
+        )
+        .with_columns(
+            pl.col("res_up").rolling_max_by("timestamp", week, closed="left").over(SERIES).alias("max_res_up"),
+            pl.col("res_down").rolling_max_by("timestamp", week, closed="left").over(SERIES).alias("max_res_down"),
+        )
+    )
+
+
+def _held(config: AnomalyConfig) -> list[pl.Expr]:
+    """The level the last `outlier_sustained_points` samples all reached, up and down."""
+    n = config.outlier_sustained_points
+    return [
+        pl.col("x").rolling_min(n).over(SERIES).alias("held_up"),
+        pl.col("x").rolling_max(n).over(SERIES).alias("held_down"),
+    ]
+
+
+def _robust_z(value: pl.Expr) -> pl.Expr:
+    """The smaller of the value's robust z-scores against the time-of-day and last-day baselines.
+
+    Same sign required: above one baseline and below the other is not unusual. Null while
+    neither baseline has `baseline_min_points` (see `_baselines`; `enough_*` columns).
+    """
+    z_tod = (value - pl.col("med_tod")) / _scale(pl.col("q25_tod"), pl.col("q75_tod"), pl.col("med_tod"))
+    z_day = (value - pl.col("med_day")) / _scale(pl.col("q25_day"), pl.col("q75_day"), pl.col("med_day"))
+    return (
+        pl.when(pl.col("enough_tod") & pl.col("enough_day") & (z_tod.sign() == z_day.sign()))
+        .then(pl.when(z_tod.abs() < z_day.abs()).then(z_tod).otherwise(z_day))
+        .when(pl.col("enough_day") & ~pl.col("enough_tod"))
+        .then(z_day)
+        .otherwise(None)
+    )
+
+
+def _hour_z(value: pl.Expr) -> pl.Expr:
+    """The value's robust z-score against its time of day (the last day until that has formed).
+
+    For a level held high: judged against the last day, a night-time transfer would be
+    measured by the spread of the whole day, busy hours included; its own hour is the fair
+    measure. A level held low keeps the smaller of both z-scores, as single points do:
+    quiet spells (a weekend, a holiday) come in runs and are quiet against the hours
+    before them too.
+    """
+    z_tod = (value - pl.col("med_tod")) / _scale(pl.col("q25_tod"), pl.col("q75_tod"), pl.col("med_tod"))
+    z_day = (value - pl.col("med_day")) / _scale(pl.col("q25_day"), pl.col("q75_day"), pl.col("med_day"))
+    return pl.when(pl.col("enough_tod")).then(z_tod).when(pl.col("enough_day")).then(z_day).otherwise(None)
+
+
+def _reference() -> pl.Expr:
+    return pl.when(pl.col("enough_tod")).then(pl.col("med_tod")).otherwise(pl.col("med_day"))
+
+
+def score_points(points: pl.DataFrame, config: AnomalyConfig) -> pl.DataFrame:
+    """The points (disk usage aside) with their baselines and robust z-scores.
+
+    `z` for the point, `z_up`/`z_down` for the level held by the last samples; shared by
+    the outlier and the joint detectors.
+    """
+    df = points.filter(~pl.col("metric").str.contains(_DISK_USAGE))
+    if df.is_empty():
+        return df
+    return _baselines(df, config).with_columns(
+        _robust_z(pl.col("x")).alias("z"),
+        _hour_z(pl.col("held_up")).alias("z_up"),
+        _robust_z(pl.col("held_down")).alias("z_down"),
     )
 
 
 def detect_outliers(
-    points: pl.DataFrame, config: AnomalyConfig, boots: pl.DataFrame | None = None
+    points: pl.DataFrame,
+    config: AnomalyConfig,
+    boots: pl.DataFrame | None = None,
+    *,
+    scored: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
     """Points far from both the same time of day on previous days and the last day.
 
@@ -208,45 +295,79 @@ def detect_outliers(
     spread): a morning peak is normal against earlier mornings, a quiet weekend is normal
     against the hours just before, and only what is unusual against both is flagged. The
     point must also pass the highest (or lowest) value of the baseline days by a margin:
-    what the asset already did this week is part of its life.
+    what the asset already did this week is part of its life. Several samples in a row
+    far out (`outlier_sustained_points` beyond `outlier_sustained_z`) are an outlier too
+    when they depart from their hour's usual level further than any held departure of
+    the baseline days. `scored` is `score_points(points, config)` when already computed.
     """
-    df = points.filter(~pl.col("metric").str.contains(_DISK_USAGE))
+    df = score_points(points, config) if scored is None else scored
     if df.is_empty():
         return empty_flags()
-    df = _baselines(df, config)
     x = pl.col("x")
-    enough_tod = pl.col("n_tod") >= config.baseline_min_points
-    enough_day = pl.col("n_day") >= config.baseline_min_points
-    z_tod = (x - pl.col("med_tod")) / _scale(pl.col("q25_tod"), pl.col("q75_tod"), pl.col("med_tod"))
-    z_day = (x - pl.col("med_day")) / _scale(pl.col("q25_day"), pl.col("q75_day"), pl.col("med_day"))
-    # Same sign required: above one baseline and below the other is not unusual.
-    z = (
-        pl.when(enough_tod & enough_day & (z_tod.sign() == z_day.sign()))
-        .then(pl.when(z_tod.abs() < z_day.abs()).then(z_tod).otherwise(z_day))
-        .when(enough_day & ~enough_tod)
-        .then(z_day)
-        .otherwise(None)
-    )
-    ref = pl.when(enough_tod).then(pl.col("med_tod")).otherwise(pl.col("med_day"))
+    df = _settling(df, boots, config)
     margin = config.outlier_novel_margin
+    ref_x = pl.col("ref_x")
     # Beyond everything the series did in the baseline days: a value that recurs (a nightly
     # backup, a periodic burst) is part of the asset's life, however far from the median.
     novel = (
         pl.when(pl.col("z") > 0)
-        .then(x > pl.col("max_week") + margin * (pl.col("max_week") - pl.col("ref_x")))
-        .otherwise(x < pl.col("min_week") - margin * (pl.col("ref_x") - pl.col("min_week")))
+        .then(x > pl.col("max_week") + margin * (pl.col("max_week") - ref_x))
+        .otherwise(x < pl.col("min_week") - margin * (ref_x - pl.col("min_week")))
         if config.outlier_novel_only
         else pl.lit(True)
     )
-    df = _settling(df.with_columns(z.alias("z"), ref.alias("ref_x")), boots, config)
-    flagged = df.filter(
-        (pl.col("z").abs() >= config.outlier_z) & novel & _learned(config) & ~(pl.col("settling") & (pl.col("z") < 0))
-    ).with_columns(
-        pl.when(pl.col("kind") == RATE).then(pl.col("ref_x").exp() - 1.0).otherwise(pl.col("ref_x")).alias("ref"),
-        pl.col("z").abs().alias("score"),
-        pl.when(pl.col("z").abs() >= config.outlier_critical_z).then(CRITICAL).otherwise(WARNING).alias("severity"),
+    # A held excursion: several samples in a row far out, and further from the usual level
+    # of their time of day than anything held in the baseline days. A routine spike is one
+    # sample; an incident (a transfer, a runaway job) holds, so it is unusual at a lower z
+    # (for independent noise, three samples beyond 4 spreads are rarer than one beyond 6),
+    # and it is measured from its hour's usual level, where a night-time burst stands out
+    # although busy hours reach as high.
+    held_novel_up = pl.col("res_up") > (1.0 + margin) * pl.col("max_res_up")
+    held_novel_down = pl.col("res_down") > (1.0 + margin) * pl.col("max_res_down")
+    held = (
+        ((pl.col("z_up") >= config.outlier_sustained_z) & (held_novel_up if config.outlier_novel_only else True))
+        | (
+            (pl.col("z_down") <= -config.outlier_sustained_z)
+            & (held_novel_down if config.outlier_novel_only else True)
+            & ~pl.col("settling")
+        )
+    ).fill_null(False)
+    single = ((pl.col("z").abs() >= config.outlier_z) & novel & ~(pl.col("settling") & (pl.col("z") < 0))).fill_null(
+        False
+    )
+    # The score: the point's own z, or the held level's when only that one counts.
+    score = pl.max_horizontal(
+        pl.when(single).then(pl.col("z").abs()),
+        pl.when(held).then(pl.max_horizontal(pl.col("z_up"), -pl.col("z_down"))),
+    )
+    flagged = df.filter((single | held) & _learned(config)).with_columns(
+        pl.when(pl.col("kind") == RATE).then(ref_x.exp() - 1.0).otherwise(ref_x).alias("ref"),
+        score.alias("score"),
+        pl.when(score >= config.outlier_critical_z).then(CRITICAL).otherwise(WARNING).alias("severity"),
     )
     return _flags(flagged, OUTLIER)
+
+
+def detect_joint_moves(
+    scored: pl.DataFrame, config: AnomalyConfig, boots: pl.DataFrame | None = None
+) -> pl.DataFrame:
+    """Several metrics of one asset off together (see `joint.detect_joint`), as flags.
+
+    Not in the day after a reboot, when every metric starts afresh at once.
+    """
+    if scored.is_empty():
+        return empty_flags()
+    df = _settling(scored, boots, config).filter(~pl.col("settling"))
+    found = detect_joint(df, config)
+    if found.is_empty():
+        return empty_flags()
+    flagged = found.with_columns(
+        pl.lit(AGENT_METRIC).alias("metric"),
+        pl.col("held").sqrt().alias("value"),
+        pl.col("threshold").sqrt().alias("ref"),
+        pl.lit(WARNING).alias("severity"),
+    )
+    return _flags(flagged, JOINT)
 
 
 # ---- level shifts ---------------------------------------------------------------------
@@ -259,9 +380,10 @@ def detect_level_shifts(
 
     Both medians are robust to single spikes, so this fires on a lasting change of level
     (a service that now runs hotter, a memory footprint that jumped), about half the
-    recent window after it began. The new level must also lie beyond every recent median
-    seen at the same time of day over the baseline days, so daily rhythms and on/off
-    services that have been there before are not flagged.
+    recent window after it began. Far is measured in the series' sample-to-sample noise.
+    The new level must also lie beyond every recent median seen at the same time of day
+    over the baseline days, by as many noise units, so daily rhythms and on/off services
+    that have been there before are not flagged.
     """
     df = points.filter(~pl.col("metric").str.contains(_DISK_USAGE))
     if df.is_empty():
@@ -270,12 +392,12 @@ def detect_level_shifts(
     recent = _duration(recent_s)
     base = _duration(config.level_baseline_hours * 3600)
     x = pl.col("x")
-    df = df.with_columns(_transformed(df).alias("x")).with_columns(
+    step = (x - x.shift(1)).abs().over(SERIES)
+    df = df.with_columns(_transformed(df).alias("x")).with_columns(step.alias("step")).with_columns(
         x.rolling_median_by("timestamp", recent).over(SERIES).alias("med_recent"),
         _ONES.rolling_sum_by("timestamp", recent).over(SERIES).alias("n_recent"),
         x.rolling_median_by("timestamp", base).over(SERIES).alias("med_base"),
-        x.rolling_quantile_by("timestamp", base, quantile=0.25).over(SERIES).alias("q25_base"),
-        x.rolling_quantile_by("timestamp", base, quantile=0.75).over(SERIES).alias("q75_base"),
+        pl.col("step").rolling_median_by("timestamp", base).over(SERIES).alias("noise_base"),
         _ONES.rolling_sum_by("timestamp", base).over(SERIES).alias("n_base"),
         (pl.col("timestamp") - pl.duration(milliseconds=round(recent_s * 1000))).alias("_before"),
     )
@@ -284,12 +406,11 @@ def detect_level_shifts(
         *SERIES,
         pl.col("timestamp").alias("_before"),
         "med_base",
-        "q25_base",
-        "q75_base",
+        "noise_base",
         "n_base",
     ).sort("_before")
     df = (
-        df.drop("med_base", "q25_base", "q75_base", "n_base")
+        df.drop("med_base", "noise_base", "n_base")
         .sort("_before")
         .join_asof(baseline, on="_before", by=SERIES, strategy="backward", check_sortedness=False)
         .sort([*SERIES, "timestamp"])
@@ -302,14 +423,21 @@ def detect_level_shifts(
         pl.col("med_recent").rolling_max_by("timestamp", week, closed="left").over(tod).alias("seen_max"),
         pl.col("med_recent").rolling_min_by("timestamp", week, closed="left").over(tod).alias("seen_min"),
     )
+    # Spreads are the series' sample-to-sample noise (the median step, as a standard
+    # deviation of one sample), not its spread over the day: counting the daily swing as
+    # noise hid every shift smaller than that swing. The swing is judged by novelty instead:
+    # the recent median must pass every recent median seen at this time of day in the
+    # baseline days by `level_shift_z` noise units too, so a busy morning like the last
+    # ones is no shift, while a service that now runs hotter than ever at this hour is.
     change = pl.col("med_recent") - pl.col("med_base")
-    novel = (
+    noise = _floored(_MAD_TO_SIGMA * pl.col("noise_base") / math.sqrt(2.0), pl.col("med_base"))
+    beyond = (
         pl.when(change > 0)
-        .then(pl.col("med_recent") > pl.col("seen_max"))
-        .otherwise(pl.col("med_recent") < pl.col("seen_min"))
-        .fill_null(False)
+        .then(pl.col("med_recent") - pl.col("seen_max"))
+        .otherwise(pl.col("seen_min") - pl.col("med_recent"))
     )
-    z = change / _scale(pl.col("q25_base"), pl.col("q75_base"), pl.col("med_base"))
+    novel = (beyond / noise >= config.level_shift_z).fill_null(False)
+    z = change / noise
     is_rate = pl.col("kind") == RATE
     big_enough = (
         pl.when(pl.col("kind") == PERCENT)
@@ -321,7 +449,7 @@ def detect_level_shifts(
     min_recent = max(3.0, 0.5 * recent_s)
     df = _settling(df, boots, config)
     shifted = (
-        _learned(config)
+        _learned(config, config.level_learn_hours)
         & ~(pl.col("settling") & (change < 0))
         & (pl.col("n_base") >= config.baseline_min_points)
         & (pl.col("n_recent") * pl.col("interval_s") >= min_recent)
@@ -491,12 +619,16 @@ def detect_peers(points: pl.DataFrame, config: AnomalyConfig) -> pl.DataFrame:
 def detect_gaps(agents: pl.DataFrame, config: AnomalyConfig) -> pl.DataFrame:
     """No snapshot for more than `gap_intervals` reporting intervals between two snapshots.
 
-    The flag spans the missing samples: from one interval after the last snapshot before
-    the gap to one interval before the first after it.
+    The interval is the longest of the nominal one and the agent's usual long spacing (see
+    `series.agent_frame`): an agent that reports every few minutes at random is judged
+    against how it reports, so its ordinary pauses do not flood the flags, while one that
+    reports like a clock is judged against its clock. The flag spans the missing samples:
+    from one interval after the last snapshot before the gap to one interval before the
+    first after it.
     """
     prev = pl.col("timestamp").shift(1).over(ASSET)
     df = agents.with_columns(prev.alias("prev"), pl.col("interval_s").shift(1).over(ASSET).alias("prev_interval"))
-    expected = pl.max_horizontal("interval_s", "prev_interval")
+    expected = pl.max_horizontal("interval_s", "prev_interval", "usual_spacing_s")
     delta = _seconds(pl.col("timestamp") - pl.col("prev"))
     gaps = df.filter(pl.col("prev").is_not_null() & (delta > config.gap_intervals * expected + 1e-6))
     step = pl.duration(milliseconds=(pl.col("prev_interval") * 1000).round().cast(pl.Int64))
@@ -514,9 +646,13 @@ def detect_gaps(agents: pl.DataFrame, config: AnomalyConfig) -> pl.DataFrame:
 def detect_offline(
     agents: pl.DataFrame, config: AnomalyConfig, *, now: datetime, last_seen: pl.DataFrame | None
 ) -> pl.DataFrame:
-    """Assets whose last snapshot (or `lastSeen`, whichever is later) is too old at `now`."""
+    """Assets whose last snapshot (or `lastSeen`, whichever is later) is too old at `now`.
+
+    Too old means more than `gap_intervals` of the agent's usual spacing, as for a gap.
+    """
     latest = agents.group_by(ASSET).agg(
         pl.col("timestamp").max().alias("last"),
+        pl.max_horizontal("interval_s", "usual_spacing_s").last().alias("expected_s"),
         pl.col("interval_s").last().alias("interval_s"),
     )
     if last_seen is not None and last_seen.height:
@@ -528,11 +664,12 @@ def detect_offline(
         latest = latest.join(seen, on=ASSET, how="full", coalesce=True).with_columns(
             pl.max_horizontal("last", "seen").alias("last"),
             pl.col("interval_s").fill_null(300.0),
+            pl.col("expected_s").fill_null(300.0),
         )
     now_lit = pl.lit(now).cast(TIME)
     silent = _seconds(now_lit - pl.col("last"))
     step = pl.duration(milliseconds=(pl.col("interval_s") * 1000).round().cast(pl.Int64))
-    df = latest.filter(pl.col("last").is_not_null() & (silent > config.gap_intervals * pl.col("interval_s"))).with_columns(
+    df = latest.filter(pl.col("last").is_not_null() & (silent > config.gap_intervals * pl.col("expected_s"))).with_columns(
         pl.lit(AGENT_METRIC).alias("metric"),
         (pl.col("last") + step).alias("timestamp"),
         now_lit.alias("end"),

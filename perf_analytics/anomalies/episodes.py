@@ -14,6 +14,7 @@ from perf_analytics.anomalies.detectors import (
     DISK_FORECAST,
     FLATLINE,
     GAP,
+    JOINT,
     LEVEL_SHIFT,
     OFFLINE,
     OUTLIER,
@@ -165,6 +166,14 @@ def _messages(config: AnomalyConfig) -> pl.Expr:
                 label, _num(pl.col("value_top")), unit, _num(pl.col("ref_top")), unit,
             )
         )
+        .when(det == JOINT)
+        .then(
+            pl.format(
+                "Several metrics moved together as they usually do not: {} (robust z-scores; "
+                "joint distance {} times its threshold).",
+                pl.col("note_top"), _num(pl.col("score")),
+            )
+        )
         .otherwise(pl.format("{} flagged by {}.", label, det))
     )
 
@@ -188,6 +197,7 @@ def merge_episodes(flags: pl.DataFrame, config: AnomalyConfig) -> pl.DataFrame:
         pl.col("value").get(top).alias("value_top"),
         pl.col("ref").get(top).alias("ref_top"),
         pl.col("ref").first().alias("ref_first"),
+        pl.col("note").get(top).alias("note_top"),
         pl.col("score").max().alias("score"),
         pl.col("severity").max().alias("severity"),
         pl.col("interval_s").last().alias("interval_s"),

@@ -4,13 +4,17 @@ Detectors work on `(orgId, assetId, metric, timestamp, value)` points, whatever 
 the metric came from, so a disk or interface is just another metric name
 (`disk[C:].usagePercent`, `network.interfaces[eth0].bytesRecvPerSec`). Bad values are
 dropped here, once, so no detector sees them: non-finite numbers, percentages outside
-0-100, negative rates, impossible temperatures, and the second of two rows with the same
-timestamp. Each point carries its asset's reporting interval at that moment (from
+0-100, negative rates, impossible temperatures (each counted per series and reason, so
+the caller can report them), and the second of two rows with the same timestamp. Each point carries its asset's reporting interval at that moment (from
 `timeWindow`, or from the recent spacing of its snapshots when that is longer), so an
-asset that changes interval is judged by its current one.
+asset that changes interval is judged by its current one. Each agent row also carries the
+asset's usual long spacing (a high quantile of its spacings over the previous day), so an
+agent that reports irregularly is judged against its own pattern, not a nominal interval.
 """
 
 from __future__ import annotations
+
+from datetime import datetime
 
 import polars as pl
 
@@ -42,18 +46,27 @@ INTERFACE_METRICS = (
 _WINDOW_SECONDS = {name: delta.total_seconds() for name, delta in TIME_WINDOWS.items()}
 _RECENT_SPACINGS = 5  # the interval estimate is the median of this many previous spacings
 _DEFAULT_INTERVAL_S = 300.0  # for an asset with a single snapshot and no timeWindow
+_PATTERN_WINDOW = "1d"  # the spacings an agent's reporting pattern is drawn from
+_PATTERN_QUANTILE = 0.95  # its usual long spacing: this quantile of them
 
 
-def _valid(value: pl.Expr, kind: str) -> pl.Expr:
-    """`value` where it is a possible reading of its kind, else null."""
-    finite = value.is_not_null() & value.is_finite()
+def _invalid_reason(value: pl.Expr, kind: str) -> pl.Expr:
+    """Why `value` cannot be a reading of its kind (null when it can, or when it is absent)."""
     if kind == PERCENT:
-        ok = finite & (value >= 0.0) & (value <= 100.0)
+        out_of_range, why = (value < 0.0) | (value > 100.0), "outside 0-100 for a percentage"
     elif kind == RATE:
-        ok = finite & (value >= 0.0)
+        out_of_range, why = value < 0.0, "negative for a rate"
     else:
-        ok = finite & (value > -100.0) & (value < 250.0)
-    return pl.when(ok).then(value).otherwise(None)
+        out_of_range, why = (value <= -100.0) | (value >= 250.0), "outside -100 to 250 for a temperature"
+    return (
+        pl.when(value.is_null())
+        .then(None)
+        .when(~value.is_finite())
+        .then(pl.lit("not a finite number"))
+        .when(out_of_range)
+        .then(pl.lit(why))
+        .otherwise(None)
+    )
 
 
 def _column(frame: pl.DataFrame, name: str) -> pl.Expr:
@@ -62,8 +75,12 @@ def _column(frame: pl.DataFrame, name: str) -> pl.Expr:
 
 
 def agent_frame(frames: Frames) -> pl.DataFrame:
-    """One row per (org, asset, timestamp): the reporting interval and the uptime.
+    """One row per (org, asset, timestamp): the reporting interval, usual spacing and uptime.
 
+    `usual_spacing_s` is the 95th percentile of the asset's spacings in the day before the
+    row (the row's own spacing excluded): for an agent that reports like a clock it equals
+    the interval; for one that reports irregularly it is the long spacing it often takes,
+    which a gap must exceed before it is unusual for that agent.
     Rows without an org, asset or timestamp are dropped; duplicates keep their last row.
     """
     snaps = frames.snapshots
@@ -89,15 +106,28 @@ def agent_frame(frames: Frames) -> pl.DataFrame:
     recent = (
         spacing.shift(1).rolling_median(_RECENT_SPACINGS, min_samples=1).over(ASSET)
     )
-    return df.with_columns(
-        pl.max_horizontal(pl.col("window_s"), recent)
-        .fill_null(pl.col("window_s").fill_null(spacing.median().over(ASSET)))
-        .fill_null(_DEFAULT_INTERVAL_S)
-        .alias("interval_s")
-    ).drop("window_s")
+    usual = (
+        pl.col("_spacing")
+        .rolling_quantile_by("timestamp", _PATTERN_WINDOW, quantile=_PATTERN_QUANTILE, closed="left")
+        .over(ASSET)
+    )
+    return (
+        df.with_columns(spacing.over(ASSET).alias("_spacing"))
+        .with_columns(
+            pl.max_horizontal(pl.col("window_s"), recent)
+            .fill_null(pl.col("window_s").fill_null(spacing.median().over(ASSET)))
+            .fill_null(_DEFAULT_INTERVAL_S)
+            .alias("interval_s"),
+            usual.alias("usual_spacing_s"),
+        )
+        .with_columns(pl.max_horizontal("interval_s", "usual_spacing_s").alias("usual_spacing_s"))
+        .drop("window_s", "_spacing")
+    )
 
 
-def _long(frame: pl.DataFrame, name: pl.Expr, column: str, kind: str, keys: list[str]) -> pl.DataFrame:
+def _long(frame: pl.DataFrame, name: pl.Expr, column: str, kind: str) -> pl.DataFrame:
+    """One metric of a frame as long rows, with `reason` set where the value is no reading."""
+    value = _column(frame, column)
     return (
         frame.select(
             pl.col("orgId").cast(pl.String),
@@ -105,36 +135,85 @@ def _long(frame: pl.DataFrame, name: pl.Expr, column: str, kind: str, keys: list
             name.alias("metric"),
             pl.lit(kind).alias("kind"),
             pl.col("timestamp").cast(pl.Datetime("ms", "UTC")),
-            _valid(_column(frame, column), kind).alias("value"),
-            *(pl.col(k) for k in keys),
+            value.alias("value"),
+            _invalid_reason(value, kind).alias("reason"),
         )
         .drop_nulls(["orgId", "assetId", "metric", "timestamp", "value"])
     )
 
 
-def point_frame(frames: Frames, agents: pl.DataFrame) -> pl.DataFrame:
-    """Every valid metric point, long: orgId, assetId, metric, kind, timestamp, value, interval_s.
+DROPPED_SCHEMA: dict[str, pl.DataType] = {
+    "orgId": pl.String(),
+    "assetId": pl.String(),
+    "metric": pl.String(),
+    "reason": pl.String(),
+    "count": pl.Int64(),
+    "first": pl.Datetime("ms", "UTC"),
+    "last": pl.Datetime("ms", "UTC"),
+    "example": pl.Float64(),
+}
 
-    Sorted by (orgId, assetId, metric, timestamp), one row per timestamp and metric.
+
+def empty_dropped() -> pl.DataFrame:
+    return pl.DataFrame(schema=DROPPED_SCHEMA)
+
+
+def _dropped(long: pl.DataFrame, since: datetime | None) -> pl.DataFrame:
+    """Per series and reason, how many values from `since` on were dropped, when, and one of them."""
+    bad = long.filter(pl.col("reason").is_not_null())
+    if since is not None:
+        bad = bad.filter(pl.col("timestamp") >= since)
+    if bad.is_empty():
+        return empty_dropped()
+    return (
+        bad.group_by([*SERIES, "reason"])
+        .agg(
+            pl.len().cast(pl.Int64).alias("count"),
+            pl.col("timestamp").min().alias("first"),
+            pl.col("timestamp").max().alias("last"),
+            pl.col("value").sort_by("timestamp").first().alias("example"),
+        )
+        .select(*(pl.col(n).cast(t) for n, t in DROPPED_SCHEMA.items()))
+        .sort([*SERIES, "reason"])
+    )
+
+
+def point_frame(frames: Frames, agents: pl.DataFrame) -> pl.DataFrame:
+    """Every valid metric point (see `read_points`)."""
+    return read_points(frames, agents)[0]
+
+
+def read_points(
+    frames: Frames, agents: pl.DataFrame, *, report_from: datetime | None = None
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Every valid metric point, long, and a count of the values that were no readings.
+
+    The points: orgId, assetId, metric, kind, timestamp, value, interval_s, sorted by
+    (orgId, assetId, metric, timestamp), one row per timestamp and metric. The dropped
+    values (`DROPPED_SCHEMA`): per series and reason, how many, the first and last time
+    and the first such value, so a field that holds the wrong quantity (a byte rate where
+    a percentage belongs) is reported rather than silently ignored. With `report_from`,
+    only values from then on are counted (history read again as a baseline is not
+    reported again).
     """
-    parts = [
-        _long(frames.snapshots, pl.lit(metric), column, kind, [])
-        for column, metric, kind in SNAPSHOT_METRICS
-    ]
+    parts = [_long(frames.snapshots, pl.lit(metric), column, kind) for column, metric, kind in SNAPSHOT_METRICS]
     if frames.disks.height and "disk" in frames.disks.columns:
         disk_name = pl.col("disk").cast(pl.String)
         parts += [
-            _long(frames.disks, pl.format("disk[{}].{}", disk_name, pl.lit(field)), column, kind, [])
+            _long(frames.disks, pl.format("disk[{}].{}", disk_name, pl.lit(field)), column, kind)
             for column, field, kind in DISK_METRICS
         ]
     if frames.interfaces.height and "interface" in frames.interfaces.columns:
         iface = pl.col("interface").cast(pl.String)
         parts += [
-            _long(frames.interfaces, pl.format("network.interfaces[{}].{}", iface, pl.lit(field)), column, kind, [])
+            _long(frames.interfaces, pl.format("network.interfaces[{}].{}", iface, pl.lit(field)), column, kind)
             for column, field, kind in INTERFACE_METRICS
         ]
+    long = pl.concat(parts)
+    dropped = _dropped(long, report_from)
     points = (
-        pl.concat(parts)
+        long.filter(pl.col("reason").is_null())
+        .drop("reason")
         .sort([*SERIES, "timestamp"], maintain_order=True)
         .unique([*SERIES, "timestamp"], keep="last", maintain_order=True)
     )
@@ -142,9 +221,10 @@ def point_frame(frames: Frames, agents: pl.DataFrame) -> pl.DataFrame:
     points = points.join(intervals, on=[*ASSET, "timestamp"], how="left")
     # A disk or interface row whose snapshot row went missing still gets its asset's interval.
     fallback = agents.group_by(ASSET).agg(pl.col("interval_s").median().alias("_fallback"))
-    return (
+    points = (
         points.join(fallback, on=ASSET, how="left")
         .with_columns(pl.col("interval_s").fill_null(pl.col("_fallback")).fill_null(_DEFAULT_INTERVAL_S))
         .drop("_fallback")
         .sort([*SERIES, "timestamp"])
     )
+    return points, dropped
