@@ -82,9 +82,11 @@ DISK_COLUMNS = ("usage_percent", "used_bytes", "free_bytes", *DISK_RATES)
 DISK_STATS = {"max": ("usage_percent", *DISK_RATES), "last": ("usage_percent", "used_bytes", "free_bytes"), "mean": DISK_RATES}
 INTERFACE_STATS = {"mean": INTERFACE_RATES, "max": INTERFACE_RATES}
 TOTALS = {"bytes_recv_total": "bytes_recv_per_sec", "bytes_sent_total": "bytes_sent_per_sec"}
-SIDES = ("polars-assets", "polars-full", "pandas-assets", "pandas-full")
-# Which pandas side does the same work as which polars side.
+SIDES = ("polars-assets", "polars-full", "pandas-assets", "pandas-full", "pandas-grouper", "duckdb")
+# Which other side does the same work as which polars side.
 SAME_WORK = {"polars-assets": "pandas-assets", "polars-full": "pandas-full"}
+# The best peers of `polars-assets`: the same per-asset statistics by other means.
+PEERS = ("pandas-grouper", "duckdb")
 
 
 def build_columns(assets: int, seed: int = 42) -> dict[str, dict[str, npt.NDArray[Any]]]:
@@ -198,6 +200,58 @@ def pandas_asset_rollups(df: Any) -> dict[str, Any]:
     return out
 
 
+def pandas_grouper_rollups(df: Any) -> dict[str, Any]:
+    """The per-asset statistics of `pandas_asset_rollups` by the faster pandas route:
+    one `groupby` with `pd.Grouper(key="timestamp", freq=rule)` per window (no resample
+    per asset), then the same aggregations in one `agg` call."""
+    import pandas as pd
+
+    out = {}
+    for window, rule in WINDOWS.items():
+        grouped = df.groupby(["orgId", "assetId", pd.Grouper(key="timestamp", freq=rule)], sort=True)
+        r = grouped[list(METRICS)]
+        parts = [grouped.size().rename("samples")]
+        for stat, frame in (
+            ("mean", r.mean()),
+            ("min", r.min()),
+            ("max", r.max()),
+            ("p95", r.quantile(0.95)),
+            ("last", r.last()),
+        ):
+            parts.append(frame.add_suffix(f"_{stat}"))
+        result = pd.concat(parts, axis=1)
+        out[window] = result[result["samples"] > 0]
+    return out
+
+
+DUCKDB_WIDTH = {"1min": "1 minute", "5min": "5 minutes", "15min": "15 minutes", "1hour": "1 hour", "1day": "1 day"}
+
+
+def duckdb_asset_rollups(snapshots: Any) -> dict[str, Any]:
+    """The per-asset statistics in DuckDB SQL over an Arrow table of snapshots: per window
+    `time_bucket` with count, avg, min, max, `quantile_cont(x, 0.95)` (the same linear
+    interpolation) and `arg_max(x, timestamp)` (the latest non-null value), as Arrow tables."""
+    import duckdb
+
+    stats = ", ".join(
+        f"avg({m}) AS {m}_mean, min({m}) AS {m}_min, max({m}) AS {m}_max, "
+        f"quantile_cont({m}, 0.95) AS {m}_p95, arg_max({m}, timestamp) AS {m}_last"
+        for m in METRICS
+    )
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    con.register("snapshots", snapshots)
+    out = {}
+    for window, width in DUCKDB_WIDTH.items():
+        sql = (
+            f"SELECT orgId, assetId, time_bucket(INTERVAL '{width}', timestamp) AS bucket, "
+            f"count(*) AS samples, {stats} FROM snapshots GROUP BY ALL ORDER BY orgId, assetId, bucket"
+        )
+        out[window] = con.sql(sql).to_arrow_table()
+    con.close()
+    return out
+
+
 def pandas_intervals(snapshots: Any) -> Any:
     """Each asset's reporting interval per UTC day, as `compute_rollups` defines it.
 
@@ -291,6 +345,27 @@ def check_equal(assets: int = 20) -> dict[str, int]:
     return compared
 
 
+def check_peers_equal(assets: int = 20) -> dict[str, int]:
+    """The best peers (`pandas-grouper`, `duckdb`) against `compute_rollups` on a small
+    fleet, every per-asset column they produce; returns values compared per peer."""
+    import pyarrow as pa
+
+    from perf_analytics.rollups import compute_rollups
+
+    columns = build_columns(assets, seed=7)
+    frames = polars_frames(columns, assets_only=True)
+    ours = compute_rollups(frames)
+    index = ["orgId", "assetId", "bucket"]
+    grouper = pandas_grouper_rollups(pandas_frames(columns, assets_only=True)["snapshots"])
+    duck = duckdb_asset_rollups(pa.Table.from_pandas(pandas_frames(columns, assets_only=True)["snapshots"]))
+    compared = {"pandas-grouper": 0, "duckdb": 0}
+    for window in WINDOWS:
+        compared["pandas-grouper"] += compare(ours[window].assets, grouper[window], index, f"{window} grouper")
+        theirs = duck[window].to_pandas().set_index(index)
+        compared["duckdb"] += compare(ours[window].assets, theirs, index, f"{window} duckdb")
+    return compared
+
+
 def peak_rss_mb() -> float:
     """The process's high-water mark (ru_maxrss is in KiB on Linux)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -314,13 +389,17 @@ def write_cache(assets: int) -> Path:
 
 def read_side_data(side: str, directory: Path) -> Any:
     """The cached input of `side`, only the columns it uses (polars: whole frames)."""
+    if side == "duckdb":
+        import pyarrow.parquet as pq
+
+        return {"snapshots": pq.read_table(directory / "snapshots.parquet", columns=["orgId", "assetId", "timestamp", *METRICS])}
     if side.startswith("pandas"):
         import pandas as pd
 
         def read(name: str, *cols: str) -> pd.DataFrame:
             return pd.read_parquet(directory / f"{name}.parquet", columns=["orgId", "assetId", "timestamp", *cols])
 
-        if side == "pandas-assets":
+        if side in ("pandas-assets", "pandas-grouper"):
             return {"snapshots": read("snapshots", *METRICS)}
         return {
             "snapshots": read("snapshots", "timeWindow", *METRICS),
@@ -377,13 +456,17 @@ def run_side(side: str, assets: int) -> dict[str, Any]:
     """Read the cached data, then time one side; runs in a child process of its own."""
     t0 = time.perf_counter()
     data = read_side_data(side, cache_dir(assets))
-    snapshots = len(data["snapshots"]) if side.startswith("pandas") else data.snapshots.height
+    snapshots = len(data["snapshots"]) if isinstance(data, dict) else data.snapshots.height
     loaded_s = time.perf_counter() - t0
     rss_loaded = rss_mb()
     with RssSampler() as sampler:
         t1 = time.perf_counter()
         if side == "pandas-assets":
             rows = sum(len(f) for f in pandas_asset_rollups(data["snapshots"]).values())
+        elif side == "pandas-grouper":
+            rows = sum(len(f) for f in pandas_grouper_rollups(data["snapshots"]).values())
+        elif side == "duckdb":
+            rows = sum(t.num_rows for t in duckdb_asset_rollups(data["snapshots"]).values())
         elif side == "pandas-full":
             result = pandas_full_rollups(data)
             rows = sum(len(f) for levels in result.values() for f in levels.values())

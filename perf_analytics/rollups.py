@@ -70,6 +70,7 @@ other to bound memory.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -536,6 +537,164 @@ def compute_rollups(
         ]
         out[window] = Rollups(window, *pl.collect_all(plans, engine=ENGINE))
     return out
+
+
+# ---- mergeable rollups: coarser buckets without the raw data ------------------------------
+
+# Relative accuracy of the p95 of mergeable rollups (a DDSketch-style log-bucket sketch):
+# the estimate lies within SKETCH_ALPHA * the exact value (see `coarsen_rollups`).
+SKETCH_ALPHA: Final = 0.01
+_GAMMA: Final = (1 + SKETCH_ALPHA) / (1 - SKETCH_ALPHA)
+_LOG_GAMMA: Final = math.log(_GAMMA)
+# The bin of exact zeros, below every bin of a positive value (those are > -40,000).
+_ZERO_KEY: Final = -(2**31)
+# The windows `coarsen_rollups` merges into: the rollup windows, and ISO weeks (Monday).
+MERGE_WINDOWS: dict[str, str] = {**_TRUNCATE, "1week": "1w"}
+_SKETCH_DTYPE: Final = pl.List(pl.Struct({"key": pl.Int32(), "count": pl.Int64()}))
+_MERGEABLE_STATS: tuple[str, ...] = ("mean", "min", "max", "p95", "last", "count", "sum", "sketch")
+
+
+def _sketch_key(value: pl.Expr) -> pl.Expr:
+    """The sketch bin of a non-negative value: k with gamma^(k-1) < value <= gamma^k, or
+    `_ZERO_KEY` for 0. Every value of a bin is within SKETCH_ALPHA of the bin's
+    representative value (`_bin_value`)."""
+    positive = (value.log() / _LOG_GAMMA).ceil().cast(pl.Int32)
+    return pl.when(value > 0).then(positive).otherwise(pl.lit(_ZERO_KEY, dtype=pl.Int32))
+
+
+def _bin_value(key: pl.Expr) -> pl.Expr:
+    """The representative value of a bin: 2 gamma^k / (gamma + 1), at most SKETCH_ALPHA
+    relative from any value of the bin (the bin of zeros stands for 0 exactly)."""
+    value = (key.cast(pl.Float64) * _LOG_GAMMA).exp() * (2.0 / (_GAMMA + 1.0))
+    return pl.when(key == _ZERO_KEY).then(pl.lit(0.0)).otherwise(value)
+
+
+def mergeable_rollups(frames: Frames, window: str = "1min") -> pl.DataFrame:
+    """Per (orgId, assetId, bucket) of `window`: the asset metrics' rollups in a form that
+    merges into coarser buckets without the raw data (see `coarsen_rollups`).
+
+    Columns: orgId, assetId, bucket, samples, then per asset metric `<metric>_<stat>` for
+    mean, min, max, p95, last (as `compute_rollups` defines them, except that p95 comes from
+    the sketch: within SKETCH_ALPHA relative of the exact value), count (non-null samples),
+    sum, and sketch: the metric's DDSketch-style bins, a list of {key, count} sorted by key.
+    The snapshots are cleaned as `compute_rollups` cleans them, so every value is
+    non-negative (percentages, bytes and counts), which the sketch relies on.
+    """
+    if window not in MERGE_WINDOWS:
+        raise RollupError("windows", window, f"unknown window; expected one of {', '.join(MERGE_WINDOWS)}")
+    snapshots = _prepare(frames.snapshots, "snapshots", None, _SNAPSHOT_COLUMNS)
+    singles = []
+    for metric in ASSET_METRICS:
+        value = pl.col(metric)
+        one = pl.struct(_sketch_key(value.cast(pl.Float64)).alias("key"), pl.lit(1, dtype=pl.Int64).alias("count"))
+        singles += [
+            value.is_not_null().cast(pl.Int64).alias(f"{metric}_count"),
+            value.cast(pl.Float64).fill_null(0.0).alias(f"{metric}_sum"),
+            *(value.alias(f"{metric}_{stat}") for stat in ("min", "max", "last")),
+            pl.when(value.is_not_null()).then(pl.concat_list(one)).alias(f"{metric}_sketch"),
+        ]
+    rows = snapshots.select(
+        *_KEYS, pl.col("timestamp").alias("bucket"), pl.lit(1, dtype=pl.Int64).alias("samples"), *singles
+    )
+    return _merge(rows.collect(engine=ENGINE), window)
+
+
+def coarsen_rollups(rollups: pl.DataFrame, window: str) -> pl.DataFrame:
+    """Merge mergeable rollups (from `mergeable_rollups` or this function) into the
+    coarser buckets of `window` (a rollup window or `1week`), with the same columns.
+
+    Rollups of separate runs (days, or overlapping-free parts of the fleet) can be
+    concatenated first: each (orgId, assetId, bucket) of the result merges every row whose
+    bucket falls in it. samples, count, sum, min, max and last are exact; mean is sum /
+    count (exact up to float rounding); p95 is estimated from the merged sketch bins.
+
+    The p95 bound: with n values, p95 interpolates between the values of ranks floor(r)
+    and ceil(r), r = 0.95 (n - 1). The merged bins give each of those two values within
+    SKETCH_ALPHA relative (a rank's bin is found exactly from the counts, and every value of
+    a bin is within SKETCH_ALPHA of its representative), and the interpolation of two
+    estimates within a relative error of non-negative values stays within it:
+    |p95_estimate - p95| <= SKETCH_ALPHA * p95. The estimate is also clamped to the exact
+    [min, max], which can only bring it closer.
+    """
+    if window not in MERGE_WINDOWS:
+        raise RollupError("windows", window, f"unknown window; expected one of {', '.join(MERGE_WINDOWS)}")
+    for column in (*_KEYS, "bucket", "samples", *(f"{m}_{s}" for m in ASSET_METRICS for s in _MERGEABLE_STATS)):
+        if column not in rollups.columns:
+            raise RollupError("rollups", column, "column is missing (not a mergeable rollup)")
+    keys = [*_KEYS, "bucket"]
+    ordered = rollups if _in_order(rollups, keys) else rollups.sort(keys, maintain_order=True)
+    return _merge(ordered.drop(f"{m}_{s}" for m in ASSET_METRICS for s in ("mean", "p95")), window)
+
+
+def _merge(rows: pl.DataFrame, window: str) -> pl.DataFrame:
+    """Merge `rows` (mergeable state, sorted by orgId, assetId, bucket) per bucket of `window`."""
+    group = ~pl.all_horizontal(pl.col(k) == pl.col(k).shift(1) for k in (*_KEYS, "bucket")).fill_null(False)
+    rows = rows.with_columns(pl.col("bucket").dt.truncate(MERGE_WINDOWS[window])).with_columns(
+        (group.cum_sum().cast(pl.Int64) - 1).set_sorted().alias("_g")
+    )
+    merged = rows.lazy().group_by("_g", maintain_order=True).agg(
+        *(pl.col(c).first() for c in (*_KEYS, "bucket")),
+        pl.col("samples").sum(),
+        *(
+            agg
+            for m in ASSET_METRICS
+            for agg in (
+                pl.col(f"{m}_count").sum(),
+                pl.col(f"{m}_sum").sum(),
+                pl.col(f"{m}_min").min(),
+                pl.col(f"{m}_max").max(),
+                pl.col(f"{m}_last").last(ignore_nulls=True),
+            )
+        ),
+    )
+    out = merged.collect(engine=ENGINE)
+    for metric in ASSET_METRICS:
+        out = out.join(_merge_sketch(rows, metric), on="_g", how="left", maintain_order="left")
+    columns = []
+    for m in ASSET_METRICS:
+        count = pl.col(f"{m}_count")
+        p95 = pl.col(f"_{m}_p95").clip(pl.col(f"{m}_min").cast(pl.Float64), pl.col(f"{m}_max").cast(pl.Float64))
+        columns += [
+            pl.when(count > 0).then(pl.col(f"{m}_sum") / count).alias(f"{m}_mean"),
+            pl.col(f"{m}_min"),
+            pl.col(f"{m}_max"),
+            p95.alias(f"{m}_p95"),
+            pl.col(f"{m}_last"),
+            count,
+            pl.col(f"{m}_sum"),
+            pl.col(f"{m}_sketch").fill_null(pl.lit([], dtype=_SKETCH_DTYPE)),
+        ]
+    return out.select(*_KEYS, "bucket", "samples", *columns)
+
+
+def _merge_sketch(rows: pl.DataFrame, metric: str) -> pl.DataFrame:
+    """(_g, `<metric>_sketch`: the bins of the group's rows added up, `_<metric>_p95`)."""
+    column = f"{metric}_sketch"
+    bins = (
+        rows.lazy()
+        .select("_g", pl.col(column).explode())
+        .drop_nulls(column)
+        .unnest(column)
+        .group_by("_g", "key")
+        .agg(pl.col("count").sum())
+        .sort("_g", "key")
+    )
+    n = pl.col("count").sum().over("_g")
+    rank = (n - 1).cast(pl.Float64) * P95
+    seen = pl.col("count").cum_sum().over("_g")
+    ranked = bins.with_columns(rank.alias("_rank"), seen.alias("_seen"), _bin_value(pl.col("key")).alias("_value"))
+    # The value of rank i is in the first bin whose running count exceeds i.
+    at_lo = pl.col("_value").filter(pl.col("_seen") > pl.col("_rank").floor()).first()
+    at_hi = pl.col("_value").filter(pl.col("_seen") > pl.col("_rank").ceil()).first()
+    fraction = pl.col("_rank").first() - pl.col("_rank").first().floor()
+    return (
+        ranked.group_by("_g", maintain_order=True)
+        .agg(
+            pl.struct("key", "count").alias(column),
+            (at_lo + (at_hi - at_lo) * fraction).alias(f"_{metric}_p95"),
+        )
+        .collect(engine=ENGINE)
+    )
 
 
 # ---- availability -------------------------------------------------------------------------
