@@ -672,7 +672,8 @@ def _merge_sketch(rows: pl.DataFrame, metric: str) -> pl.DataFrame:
     column = f"{metric}_sketch"
     bins = (
         rows.lazy()
-        .select("_g", pl.col(column).explode())
+        .select("_g", column)
+        .explode(column)
         .drop_nulls(column)
         .unnest(column)
         .group_by("_g", "key")
