@@ -76,6 +76,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Final
 
+import numpy as np
+import numpy.typing as npt
 import polars as pl
 from pymongo import ReplaceOne
 from pymongo.collection import Collection
@@ -328,25 +330,141 @@ def _stat(column: str, stat: str) -> tuple[str, str, str]:
     return (stat, column, f"{column}_{stat}")
 
 
-def _agg_exprs(kind: str, column: str, alias: str) -> tuple[pl.Expr, pl.Expr]:
-    """(the aggregation over a group, the same result for a group of one row).
+# A window's groups are laid out as a grid (one column per group, as many rows as the
+# largest group) when the grid holds at most this many cells per row of data; groups of
+# very unequal sizes (an asset reporting every second beside one reporting every minute)
+# would make it mostly padding, and use the Polars group_by instead.
+_GRID_FILL: Final = 2
+# Up to this many values, p95 (position 0.95 (n - 1)) lies between the two largest.
+_TOP_TWO_MAX_N: Final = 21
 
-    Both give the same type and, for one row, the same value: the mean, p95 or last of one
-    value is that value, a sum of nothing is 0.
+
+@dataclass(frozen=True)
+class _Grid:
+    """The rows of groups sorted by `_g` placed in a (largest group, groups) grid: row
+    `i` of the data goes to cell (its position in its group, its group)."""
+
+    starts: npt.NDArray[np.int64]
+    lengths: npt.NDArray[np.int64]
+    cells: npt.NDArray[np.int64]
+    shape: tuple[int, int]
+
+    @classmethod
+    def of(cls, g: pl.Series) -> _Grid | None:
+        values = g.to_numpy()
+        new = np.empty(values.size, dtype=bool)
+        new[:1] = True
+        np.not_equal(values[1:], values[:-1], out=new[1:])
+        starts = np.flatnonzero(new)
+        lengths = np.diff(np.append(starts, values.size))
+        width = int(lengths.max())
+        if width * starts.size > _GRID_FILL * values.size:
+            return None
+        group = np.cumsum(new) - 1
+        position = np.arange(values.size) - starts[group]
+        return cls(starts, lengths, position * starts.size + group, (width, starts.size))
+
+    def place(self, column: pl.Series) -> npt.NDArray[np.float64]:
+        """The column in the grid as float64, NaN for null and for padding (the cleaned
+        frames hold no NaN; timestamps in milliseconds and counts are exact in a float64)."""
+        physical = column.to_physical() if column.dtype.is_temporal() else column
+        grid = np.full(self.shape[0] * self.shape[1], np.nan)
+        grid[self.cells] = physical.cast(pl.Float64).to_numpy()
+        return grid.reshape(self.shape)
+
+
+def _like(values: npt.NDArray[np.float64], column: pl.Series, alias: str) -> pl.Series:
+    """Float results (NaN for null) back in the type of `column`."""
+    out = pl.Series(alias, values).fill_nan(None)
+    if column.dtype.is_temporal():
+        return out.cast(pl.Int64).cast(column.dtype)
+    return out.cast(column.dtype)
+
+
+def _grid_stat(kind: str, column: pl.Series, grid: npt.NDArray[np.float64], layout: _Grid, alias: str) -> pl.Series:
+    """One statistic of every group from the grid of its column (reductions over axis 0)."""
+    valid = ~np.isnan(grid)
+    count = valid.sum(axis=0)
+    if kind == "count":
+        return pl.Series(alias, count, dtype=pl.Int64)
+    if kind in ("sum", "mean"):
+        total = np.where(valid, grid, 0.0).sum(axis=0)
+        if kind == "sum":
+            return pl.Series(alias, total)
+        return pl.Series(alias, np.divide(total, count, out=np.full(total.size, np.nan), where=count > 0)).fill_nan(None)
+    if kind == "min":
+        return _like(np.fmin.reduce(grid, axis=0), column, alias)
+    if kind == "max":
+        return _like(np.fmax.reduce(grid, axis=0), column, alias)
+    if kind == "last":
+        from_end = np.argmax(valid[::-1], axis=0)
+        rows = pl.Series(layout.starts + layout.shape[0] - 1 - from_end)
+        return column.gather(rows.set(pl.Series(count == 0), None)).alias(alias)
+    return pl.Series(alias, _grid_p95(grid, valid, count)).fill_nan(None)
+
+
+def _grid_p95(grid: npt.NDArray[np.float64], valid: npt.NDArray[np.bool_], count: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
+    """p95 of each grid column: linear between the closest ranks, written lo + (hi - lo) *
+    fraction as DuckDB's quantile_cont writes it; NaN for a column without values.
+
+    Up to _TOP_TWO_MAX_N values the two ranks are the two largest values, found in one
+    pass over the grid's rows; sorting every column of small groups costs far more.
     """
+    position = (np.maximum(count, 1) - 1) * P95
+    lo = np.floor(position)
+    if grid.shape[0] <= _TOP_TWO_MAX_N:
+        high = np.full(grid.shape[1], -np.inf)
+        low = high.copy()
+        for row in np.where(valid, grid, -np.inf):
+            np.maximum(low, np.minimum(high, row), out=low)
+            np.maximum(high, row, out=high)
+        low = np.where(count > 1, low, high)
+    else:
+        ordered = np.sort(grid, axis=0)  # NaN sorts last
+        groups = np.arange(grid.shape[1])
+        low = ordered[lo.astype(np.int64), groups]
+        high = ordered[np.minimum(lo + 1, np.maximum(count, 1) - 1).astype(np.int64), groups]
+    with np.errstate(invalid="ignore"):  # -inf - -inf of a column without values, masked
+        return np.where(count > 0, low + (high - low) * (position - lo), np.nan)
+
+
+def _aggregate(rows: pl.LazyFrame, specs: Sequence[tuple[str, str, str]]) -> pl.LazyFrame:
+    """Aggregate `rows` (from `_bucketed`) per group `_g`, in `_g` order.
+
+    Groups of one row (nearly all of them in 1-minute buckets of a 1-minute agent) are
+    plain projections. Otherwise the groups, contiguous slices of the sorted `_g`, are laid
+    out as a grid with one column per group and every statistic is a numpy reduction over
+    the grid's rows (p95 a sort of each column): the cost of a call per group, larger than
+    its arithmetic for the many small groups of the short windows, is gone. Groups too
+    unequal in size for a grid take the Polars group_by.
+    """
+    frame = rows.collect(engine=ENGINE)
+    layout = _Grid.of(frame.get_column("_g")) if frame.height else None
+    if layout is None:
+        return frame.lazy().group_by("_g", maintain_order=True).agg(_group_expr(*spec) for spec in specs)
+    if layout.shape[0] == 1:  # every group is one row: its statistics are its values
+        return frame.lazy().select("_g", *(_single_expr(*spec) for spec in specs))
+    out: list[pl.Series] = [frame.get_column("_g").gather(layout.starts)]
+    grids: dict[str, npt.NDArray[np.float64]] = {}
+    for kind, name, alias in specs:
+        if kind == "len":
+            out.append(pl.Series(alias, layout.lengths, dtype=pl.Int64))
+            continue
+        column = frame.get_column(name)
+        if kind == "first":
+            out.append(column.gather(layout.starts).alias(alias))
+            continue
+        if name not in grids:  # placed once for all the statistics of a column
+            grids[name] = layout.place(column)
+        out.append(_grid_stat(kind, column, grids[name], layout, alias))
+    return pl.DataFrame(out).lazy()
+
+
+def _single_expr(kind: str, column: str, alias: str) -> pl.Expr:
+    """A statistic of a group of one row, as `_group_expr` gives it: the mean, p95 or last
+    of one value is that value, a sum of nothing is 0."""
     col = pl.col(column)
-    group = {
-        "first": col.first(),
-        "len": pl.len().cast(pl.Int64),
-        "mean": col.mean(),
-        "min": col.min(),
-        "max": col.max(),
-        "p95": col.quantile(P95, interpolation="linear"),
-        "last": col.last(ignore_nulls=True),
-        "sum": col.sum(),
-        "count": col.count().cast(pl.Int64),
-    }[kind]
-    single = {
+    expr = {
         "first": col,
         "len": pl.lit(1, dtype=pl.Int64),
         "mean": col.cast(pl.Float64),
@@ -357,35 +475,24 @@ def _agg_exprs(kind: str, column: str, alias: str) -> tuple[pl.Expr, pl.Expr]:
         "sum": col.fill_null(0),
         "count": col.is_not_null().cast(pl.Int64),
     }[kind]
-    return group.alias(alias), single.alias(alias)
+    return expr.alias(alias)
 
 
-def _aggregate(rows: pl.LazyFrame, specs: Sequence[tuple[str, str, str]]) -> pl.LazyFrame:
-    """Aggregate `rows` (from `_bucketed`) per group `_g`, in `_g` order.
-
-    Groups of one row (nearly all of them in 1-minute buckets of a 1-minute agent) skip the
-    group machinery: their results are plain column projections, merged back in order with
-    the aggregated larger groups. Aggregating a group has a fixed cost per group that made
-    the 1-minute window the slowest of all.
-    """
-    pairs = [_agg_exprs(*spec) for spec in specs]
-    g = pl.col("_g")
-    alone = (g != g.shift(1)).fill_null(True) & (g != g.shift(-1)).fill_null(True)
-    marked = rows.with_columns(alone.alias("_alone")).collect(engine=ENGINE)
-    lone = int(marked.get_column("_alone").sum())
-    singles = marked.lazy().filter(pl.col("_alone")).select("_g", *(single for _, single in pairs))
-    if lone == marked.height:
-        return singles
-    if lone < marked.height // 10:  # too few to pay for the split and the merge
-        return rows.group_by("_g", maintain_order=True).agg(*(group for group, _ in pairs))
-    groups = (
-        marked.filter(~pl.col("_alone"))
-        .with_columns(pl.col("_g").set_sorted())  # a filter drops the flag; slices need it
-        .lazy()
-        .group_by("_g", maintain_order=True)
-        .agg(*(group for group, _ in pairs))
-    )
-    return singles.merge_sorted(groups, key="_g")
+def _group_expr(kind: str, column: str, alias: str) -> pl.Expr:
+    """The Polars aggregation of a statistic, for groups that numpy does not reduce."""
+    col = pl.col(column)
+    expr = {
+        "first": col.first(),
+        "len": pl.len().cast(pl.Int64),
+        "mean": col.mean(),
+        "min": col.min(),
+        "max": col.max(),
+        "p95": col.quantile(P95, interpolation="linear"),
+        "last": col.last(ignore_nulls=True),
+        "sum": col.sum(),
+        "count": col.count().cast(pl.Int64),
+    }[kind]
+    return expr.alias(alias)
 
 
 def _bucketed(lf: pl.LazyFrame, window: str, *, steps: bool = False) -> pl.LazyFrame:
