@@ -364,66 +364,71 @@ class _Grid:
         position = np.arange(values.size) - starts[group]
         return cls(starts, lengths, position * starts.size + group, (width, starts.size))
 
-    def place(self, column: pl.Series) -> npt.NDArray[np.float64]:
+    def place(self, column: pl.Series) -> _Placed:
         """The column in the grid as float64, NaN for null and for padding (the cleaned
         frames hold no NaN; timestamps in milliseconds and counts are exact in a float64)."""
         physical = column.to_physical() if column.dtype.is_temporal() else column
         grid = np.full(self.shape[0] * self.shape[1], np.nan)
         grid[self.cells] = physical.cast(pl.Float64).to_numpy()
-        return grid.reshape(self.shape)
+        grid = grid.reshape(self.shape)
+        valid = ~np.isnan(grid)
+        return _Placed(column, grid, valid, valid.sum(axis=0))
 
 
-def _like(values: npt.NDArray[np.float64], column: pl.Series, alias: str) -> pl.Series:
-    """Float results (NaN for null) back in the type of `column`."""
-    out = pl.Series(alias, values).fill_nan(None)
-    if column.dtype.is_temporal():
-        return out.cast(pl.Int64).cast(column.dtype)
-    return out.cast(column.dtype)
+@dataclass(frozen=True)
+class _Placed:
+    """A column laid out in a `_Grid`, with its non-null cells and their count per group."""
+
+    column: pl.Series
+    grid: npt.NDArray[np.float64]
+    valid: npt.NDArray[np.bool_]
+    count: npt.NDArray[np.int64]
+
+    def like(self, values: npt.NDArray[np.float64], alias: str) -> pl.Series:
+        """Float results (NaN for null) back in the type of the column."""
+        out = pl.Series(alias, values, nan_to_null=True)
+        if self.column.dtype.is_temporal():
+            return out.cast(pl.Int64).cast(self.column.dtype)
+        return out.cast(self.column.dtype)
 
 
-def _grid_stat(kind: str, column: pl.Series, grid: npt.NDArray[np.float64], layout: _Grid, alias: str) -> pl.Series:
+def _grid_stat(kind: str, placed: _Placed, layout: _Grid, alias: str) -> pl.Series:
     """One statistic of every group from the grid of its column (reductions over axis 0)."""
-    valid = ~np.isnan(grid)
-    count = valid.sum(axis=0)
+    grid, valid, count = placed.grid, placed.valid, placed.count
     if kind == "count":
         return pl.Series(alias, count, dtype=pl.Int64)
     if kind in ("sum", "mean"):
         total = np.where(valid, grid, 0.0).sum(axis=0)
         if kind == "sum":
             return pl.Series(alias, total)
-        return pl.Series(alias, np.divide(total, count, out=np.full(total.size, np.nan), where=count > 0)).fill_nan(None)
+        return pl.Series(alias, np.divide(total, count, out=np.full(total.size, np.nan), where=count > 0), nan_to_null=True)
     if kind == "min":
-        return _like(np.fmin.reduce(grid, axis=0), column, alias)
+        return placed.like(np.fmin.reduce(grid, axis=0), alias)
     if kind == "max":
-        return _like(np.fmax.reduce(grid, axis=0), column, alias)
+        return placed.like(np.fmax.reduce(grid, axis=0), alias)
     if kind == "last":
         from_end = np.argmax(valid[::-1], axis=0)
-        rows = pl.Series(layout.starts + layout.shape[0] - 1 - from_end)
-        return column.gather(rows.set(pl.Series(count == 0), None)).alias(alias)
-    return pl.Series(alias, _grid_p95(grid, valid, count)).fill_nan(None)
+        rows = np.where(count > 0, layout.starts + layout.shape[0] - 1 - from_end, np.nan)
+        return placed.column.gather(pl.Series(rows, nan_to_null=True).cast(pl.Int64)).alias(alias)
+    return pl.Series(alias, _grid_p95(grid, valid, count), nan_to_null=True)
 
 
 def _grid_p95(grid: npt.NDArray[np.float64], valid: npt.NDArray[np.bool_], count: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
     """p95 of each grid column: linear between the closest ranks, written lo + (hi - lo) *
     fraction as DuckDB's quantile_cont writes it; NaN for a column without values.
 
-    Up to _TOP_TWO_MAX_N values the two ranks are the two largest values, found in one
-    pass over the grid's rows; sorting every column of small groups costs far more.
+    For grids of at most _TOP_TWO_MAX_N rows, where the two ranks are the two largest
+    values, found in one pass over the grid's rows; sorting every column of small groups
+    costs far more.
     """
     position = (np.maximum(count, 1) - 1) * P95
     lo = np.floor(position)
-    if grid.shape[0] <= _TOP_TWO_MAX_N:
-        high = np.full(grid.shape[1], -np.inf)
-        low = high.copy()
-        for row in np.where(valid, grid, -np.inf):
-            np.maximum(low, np.minimum(high, row), out=low)
-            np.maximum(high, row, out=high)
-        low = np.where(count > 1, low, high)
-    else:
-        ordered = np.sort(grid, axis=0)  # NaN sorts last
-        groups = np.arange(grid.shape[1])
-        low = ordered[lo.astype(np.int64), groups]
-        high = ordered[np.minimum(lo + 1, np.maximum(count, 1) - 1).astype(np.int64), groups]
+    high = np.full(grid.shape[1], -np.inf)
+    low = high.copy()
+    for row in np.where(valid, grid, -np.inf):
+        np.maximum(low, np.minimum(high, row), out=low)
+        np.maximum(high, row, out=high)
+    low = np.where(count > 1, low, high)
     with np.errstate(invalid="ignore"):  # -inf - -inf of a column without values, masked
         return np.where(count > 0, low + (high - low) * (position - lo), np.nan)
 
@@ -445,7 +450,10 @@ def _aggregate(rows: pl.LazyFrame, specs: Sequence[tuple[str, str, str]]) -> pl.
     if layout.shape[0] == 1:  # every group is one row: its statistics are its values
         return frame.lazy().select("_g", *(_single_expr(*spec) for spec in specs))
     out: list[pl.Series] = [frame.get_column("_g").gather(layout.starts)]
-    grids: dict[str, npt.NDArray[np.float64]] = {}
+    placed: _Placed | None = None
+    # p95 of large groups: Polars selects the ranks of each group in parallel, where
+    # sorting every column of the grid was several times slower.
+    wide: list[pl.Expr] = []
     for kind, name, alias in specs:
         if kind == "len":
             out.append(pl.Series(alias, layout.lengths, dtype=pl.Int64))
@@ -454,9 +462,18 @@ def _aggregate(rows: pl.LazyFrame, specs: Sequence[tuple[str, str, str]]) -> pl.
         if kind == "first":
             out.append(column.gather(layout.starts).alias(alias))
             continue
-        if name not in grids:  # placed once for all the statistics of a column
-            grids[name] = layout.place(column)
-        out.append(_grid_stat(kind, column, grids[name], layout, alias))
+        if kind == "p95" and layout.shape[0] > _TOP_TWO_MAX_N:
+            wide.append(_group_expr(kind, name, alias))
+            out.append(pl.Series(alias, [None], dtype=pl.Float64))  # replaced below
+            continue
+        # Placed once for the statistics of a column that follow one another, and only one
+        # column's grid is held at a time.
+        if placed is None or placed.column.name != name:
+            placed = layout.place(column)
+        out.append(_grid_stat(kind, placed, layout, alias))
+    if wide:
+        quantiles = frame.lazy().group_by("_g", maintain_order=True).agg(wide).collect(engine=ENGINE)
+        out = [quantiles.get_column(c.name) if c.name in quantiles.columns else c for c in out]
     return pl.DataFrame(out).lazy()
 
 
