@@ -313,6 +313,14 @@ def test_every_window_has_one_row_per_asset_and_bucket_with_samples() -> None:
     assert rollups["1day"].assets.height == 2 * 2 * 2  # orgs x assets x days
 
 
+def test_groups_of_very_unequal_sizes_equal_the_duckdb_reference() -> None:
+    # One asset every second beside ten that sent one snapshot each: most groups are one
+    # row and one is hundreds, too unequal for the grid of `_aggregate` in every window.
+    busy = [snap(s / 60, assetId="busy", cpu_usage=float(s % 97), memory_swap_used=float(s)) for s in range(600)]
+    quiet = [snap(m, assetId=f"quiet-{m}", cpu_usage=float(m)) for m in range(10)]
+    check_against_reference(frames_of(busy + quiet))
+
+
 def test_row_order_of_the_input_does_not_change_the_rollups() -> None:
     frames = fleet_frames()  # in the frames' own order: the fast path that skips the string sort
     shuffled = Frames(*(f.sample(fraction=1.0, shuffle=True, seed=3) for f in (frames.snapshots, frames.disks,
