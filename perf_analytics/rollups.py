@@ -14,6 +14,12 @@
   bytes and packets per second (received and sent), `bytes_recv_total`,
   `bytes_sent_total`, `bytes_total`.
 
+`mergeable_rollups(frames)` gives the per-asset statistics of 1-minute buckets with what
+it takes to merge them (counts, sums and DDSketch-style bins for p95), and
+`coarsen_rollups(rollups, window)` merges those into 5min ... 1day or 1week buckets, also
+across days rolled up separately, without the raw data: exact but for p95, which is
+within SKETCH_ALPHA (1%) of the exact value (see `coarsen_rollups`).
+
 `compute_availability(frames)` gives one row per (orgId, assetId, date) with samples.
 `upsert_rollups(db, org_id, rollups)` copies one org's rollups into the optional
 `performance_rollups` collection for the application's dashboards. `lake.write_rollups`
@@ -62,10 +68,11 @@ measurements); rows without orgId, assetId or timestamp are dropped; optional co
 missing from a hand-made frame are null. A frame that lacks a key column or has a column
 of the wrong type raises `RollupError` naming it.
 
-Everything is Polars expressions; no Python loop touches rows. The cleaned frames, and
-each window's bucketed rows, are materialised once so that every aggregation groups by a
-sorted integer (see `_prepare` and `_bucketed`); the windows are computed one after the
-other to bound memory.
+No Python loop touches rows. The cleaned frames, and each window's bucketed rows, are
+materialised once so that every aggregation groups by a sorted integer (see `_prepare` and
+`_bucketed`); the groups, contiguous slices, are then reduced as a numpy grid with one
+column per group (see `_aggregate`), or by Polars where the groups are too unequal in size
+for a grid; the windows are computed one after the other to bound memory.
 """
 
 from __future__ import annotations
@@ -74,6 +81,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import cached_property
 from typing import Any, Final
 
 import numpy as np
@@ -384,6 +392,12 @@ class _Placed:
     valid: npt.NDArray[np.bool_]
     count: npt.NDArray[np.int64]
 
+    @cached_property
+    def total(self) -> npt.NDArray[np.float64]:
+        """The sum of each group's values (shared by the sum and the mean)."""
+        total: npt.NDArray[np.float64] = np.where(self.valid, self.grid, 0.0).sum(axis=0)
+        return total
+
     def like(self, values: npt.NDArray[np.float64], alias: str) -> pl.Series:
         """Float results (NaN for null) back in the type of the column."""
         out = pl.Series(alias, values, nan_to_null=True)
@@ -398,7 +412,7 @@ def _grid_stat(kind: str, placed: _Placed, layout: _Grid, alias: str) -> pl.Seri
     if kind == "count":
         return pl.Series(alias, count, dtype=pl.Int64)
     if kind in ("sum", "mean"):
-        total = np.where(valid, grid, 0.0).sum(axis=0)
+        total = placed.total
         if kind == "sum":
             return pl.Series(alias, total)
         return pl.Series(alias, np.divide(total, count, out=np.full(total.size, np.nan), where=count > 0), nan_to_null=True)
@@ -459,8 +473,9 @@ def _aggregate(rows: pl.LazyFrame, specs: Sequence[tuple[str, str, str]]) -> pl.
             out.append(pl.Series(alias, layout.lengths, dtype=pl.Int64))
             continue
         column = frame.get_column(name)
-        if kind == "first":
-            out.append(column.gather(layout.starts).alias(alias))
+        if kind in ("first", "final"):
+            at = layout.starts if kind == "first" else layout.starts + layout.lengths - 1
+            out.append(column.gather(at).alias(alias))
             continue
         if kind == "p95" and layout.shape[0] > _TOP_TWO_MAX_N:
             wide.append(_group_expr(kind, name, alias))
@@ -483,6 +498,7 @@ def _single_expr(kind: str, column: str, alias: str) -> pl.Expr:
     col = pl.col(column)
     expr = {
         "first": col,
+        "final": col,
         "len": pl.lit(1, dtype=pl.Int64),
         "mean": col.cast(pl.Float64),
         "min": col,
@@ -500,6 +516,7 @@ def _group_expr(kind: str, column: str, alias: str) -> pl.Expr:
     col = pl.col(column)
     expr = {
         "first": col.first(),
+        "final": col.last(),
         "len": pl.len().cast(pl.Int64),
         "mean": col.mean(),
         "min": col.min(),
@@ -520,11 +537,22 @@ def _bucketed(lf: pl.LazyFrame, window: str, *, steps: bool = False) -> pl.LazyF
     does not know that `_g` is sorted and hashes it, which made the 1-minute window several
     times slower; on a materialised sorted column it aggregates contiguous slices.
     """
-    bucket = pl.col("timestamp").dt.truncate(_TRUNCATE[window]).alias("bucket")
-    out = lf.with_columns(bucket).with_columns(_run_id("bucket").alias("_g"))
+    frame = lf.collect(engine=ENGINE)
+    time = frame.get_column("timestamp").to_physical().to_numpy()
+    # Every window divides a UTC day, so flooring epoch milliseconds is the UTC truncation.
+    start = time - time % (WINDOW_SECONDS[window] * 1000)
+    series = frame.get_column("_series").to_numpy()
+    new = np.ones(time.size, dtype=bool)
+    np.not_equal(start[1:], start[:-1], out=new[1:])
+    new[1:] |= series[1:] != series[:-1]
+    columns = [
+        pl.Series("bucket", start).cast(frame.schema["timestamp"]),
+        pl.Series("_g", np.cumsum(new)).set_sorted(),
+    ]
     if steps:
-        out = out.with_columns(_step_in_run().alias("_step_ms"))
-    return out.collect(engine=ENGINE).lazy()
+        step = np.diff(time, prepend=time[:1]).astype(np.float64)
+        columns.append(pl.Series("_step_ms", np.where(new, np.nan, step), nan_to_null=True).cast(pl.Int64))
+    return frame.with_columns(columns).lazy()
 
 
 def _firsts(*names: str) -> list[tuple[str, str, str]]:
@@ -540,8 +568,8 @@ def _asset_rollup(
         [
             *_firsts(*_KEYS, "_series", "bucket"),
             ("len", "", "samples"),
-            ("min", "timestamp", "_first"),
-            ("max", "timestamp", "_last"),
+            ("first", "timestamp", "_first"),  # a group's rows are in time order
+            ("final", "timestamp", "_last"),
             ("max", "_step_ms", "_max_step_ms"),
             *(_stat(m, s) for m in ASSET_METRICS for s in ASSET_STATS),
         ],
