@@ -358,7 +358,9 @@ class _Grid:
     shape: tuple[int, int]
 
     @classmethod
-    def of(cls, g: pl.Series) -> _Grid | None:
+    def of(cls, g: pl.Series, *, bounded: bool = True) -> _Grid | None:
+        """The grid of the groups of `g`, or None when `bounded` and the grid would hold
+        more than _GRID_FILL cells per row."""
         values = g.to_numpy()
         new = np.empty(values.size, dtype=bool)
         new[:1] = True
@@ -366,7 +368,7 @@ class _Grid:
         starts = np.flatnonzero(new)
         lengths = np.diff(np.append(starts, values.size))
         width = int(lengths.max())
-        if width * starts.size > _GRID_FILL * values.size:
+        if bounded and width * starts.size > _GRID_FILL * values.size:
             return None
         group = np.cumsum(new) - 1
         position = np.arange(values.size) - starts[group]
@@ -424,27 +426,35 @@ def _grid_stat(kind: str, placed: _Placed, layout: _Grid, alias: str) -> pl.Seri
         from_end = np.argmax(valid[::-1], axis=0)
         rows = np.where(count > 0, layout.starts + layout.shape[0] - 1 - from_end, np.nan)
         return placed.column.gather(pl.Series(rows, nan_to_null=True).cast(pl.Int64)).alias(alias)
-    return pl.Series(alias, _grid_p95(grid, valid, count), nan_to_null=True)
+    high, second = _top_two(grid, valid, count)
+    if kind == "second":
+        return pl.Series(alias, second, nan_to_null=True)
+    return pl.Series(alias, _p95_of_top_two(high, second, count), nan_to_null=True)
 
 
-def _grid_p95(grid: npt.NDArray[np.float64], valid: npt.NDArray[np.bool_], count: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
-    """p95 of each grid column: linear between the closest ranks, written lo + (hi - lo) *
-    fraction as DuckDB's quantile_cont writes it; NaN for a column without values.
-
-    For grids of at most _TOP_TWO_MAX_N rows, where the two ranks are the two largest
-    values, found in one pass over the grid's rows; sorting every column of small groups
-    costs far more.
-    """
-    position = (np.maximum(count, 1) - 1) * P95
-    lo = np.floor(position)
+def _top_two(
+    grid: npt.NDArray[np.float64], valid: npt.NDArray[np.bool_], count: npt.NDArray[np.int64]
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """The largest and second largest value (a repeated largest value counts twice) of
+    each grid column, NaN where there is none, in one pass over the grid's rows."""
     high = np.full(grid.shape[1], -np.inf)
-    low = high.copy()
+    second = high.copy()
     for row in np.where(valid, grid, -np.inf):
-        np.maximum(low, np.minimum(high, row), out=low)
+        np.maximum(second, np.minimum(high, row), out=second)
         np.maximum(high, row, out=high)
-    low = np.where(count > 1, low, high)
-    with np.errstate(invalid="ignore"):  # -inf - -inf of a column without values, masked
-        return np.where(count > 0, low + (high - low) * (position - lo), np.nan)
+    return np.where(count > 0, high, np.nan), np.where(count > 1, second, np.nan)
+
+
+def _p95_of_top_two(
+    high: npt.NDArray[np.float64], second: npt.NDArray[np.float64], count: npt.NDArray[np.int64]
+) -> npt.NDArray[np.float64]:
+    """p95 of groups of at most _TOP_TWO_MAX_N values from their two largest: linear
+    between the closest ranks (n - 2 and n - 1 there), written lo + (hi - lo) * fraction
+    as DuckDB's quantile_cont writes it; NaN for a group without values. Sorting every
+    column of a grid of small groups costs far more."""
+    position = (np.maximum(count, 1) - 1) * P95
+    with np.errstate(invalid="ignore"):  # NaN of groups without values, kept
+        return np.where(count > 1, second + (high - second) * (position - np.floor(position)), high)
 
 
 def _aggregate(rows: pl.LazyFrame, specs: Sequence[tuple[str, str, str]]) -> pl.LazyFrame:
@@ -507,6 +517,7 @@ def _single_expr(kind: str, column: str, alias: str) -> pl.Expr:
         "last": col,
         "sum": col.fill_null(0),
         "count": col.is_not_null().cast(pl.Int64),
+        "second": pl.lit(None, dtype=pl.Float64),
     }[kind]
     return expr.alias(alias)
 
@@ -525,6 +536,7 @@ def _group_expr(kind: str, column: str, alias: str) -> pl.Expr:
         "last": col.last(ignore_nulls=True),
         "sum": col.sum(),
         "count": col.count().cast(pl.Int64),
+        "second": col.cast(pl.Float64).drop_nulls().sort(descending=True).slice(1, 1).first(),
     }[kind]
     return expr.alias(alias)
 
@@ -559,21 +571,113 @@ def _firsts(*names: str) -> list[tuple[str, str, str]]:
     return [("first", n, n) for n in names]
 
 
+def _partials(metric: str) -> tuple[str, str, str]:
+    """The hidden columns of a metric from which coarser groups are merged: its count of
+    values, their sum and its second largest value."""
+    return f"_n_{metric}", f"_s_{metric}", f"_t2_{metric}"
+
+
+def _asset_groups(snapshots: pl.LazyFrame, window: str, finer: pl.DataFrame | None) -> pl.DataFrame:
+    """Per asset and bucket of `window`: keys, samples, `_first` and `_last` sample times,
+    `_max_step_ms`, the metric statistics and their `_partials`.
+
+    From the raw rows, or merged from `finer`, the groups of a window that divides this
+    one: counts, sums, min, max and last merge exactly, and so does the pair of largest
+    values, which gives p95 exactly while a bucket holds at most _TOP_TWO_MAX_N values of
+    a metric. Merging needs far fewer rows than the raw ones for every window past the
+    shortest.
+    """
+    if finer is not None:
+        return _merge_groups(snapshots, finer, window)
+    specs = [
+        *_firsts(*_KEYS, "_series", "bucket"),
+        ("len", "", "samples"),
+        ("first", "timestamp", "_first"),  # a group's rows are in time order
+        ("final", "timestamp", "_last"),
+        ("max", "_step_ms", "_max_step_ms"),
+    ]
+    for m in ASSET_METRICS:  # a metric's statistics one after the other: its grid is placed once
+        count, total, second = _partials(m)
+        specs += [*(_stat(m, s) for s in ASSET_STATS), ("count", m, count), ("sum", m, total), ("second", m, second)]
+    return _aggregate(_bucketed(snapshots, window, steps=True), specs).collect(engine=ENGINE)
+
+
+def _merge_groups(snapshots: pl.LazyFrame, finer: pl.DataFrame, window: str) -> pl.DataFrame:
+    """`_asset_groups` of `window` merged from those of a finer window (see there)."""
+    bucket = finer.get_column("bucket")
+    start = bucket.to_physical().to_numpy()
+    start = start - start % (WINDOW_SECONDS[window] * 1000)
+    series = finer.get_column("_series").to_numpy()
+    new = np.ones(start.size, dtype=bool)
+    np.not_equal(start[1:], start[:-1], out=new[1:])
+    new[1:] |= series[1:] != series[:-1]
+    # At most as many finer groups per group as the one window holds of the other, so the
+    # grid is never mostly padding.
+    layout = _Grid.of(pl.Series(np.cumsum(new)), bounded=False)
+    assert layout is not None
+    ends = layout.starts + layout.lengths - 1
+
+    def column(name: str) -> pl.Series:
+        return finer.get_column(name)
+
+    def total(name: str, alias: str) -> pl.Series:
+        return pl.Series(alias, layout.place(column(name)).total)
+
+    # The longest step also spans from a finer group's last sample to the next one's first.
+    first_ms = column("_first").to_physical().cast(pl.Float64).to_numpy()
+    across = first_ms - np.concatenate(([np.nan], column("_last").to_physical().cast(pl.Float64).to_numpy()[:-1]))
+    steps = np.fmax(column("_max_step_ms").cast(pl.Float64).to_numpy(), np.where(new, np.nan, across))
+    step_grid = layout.place(pl.Series("_max_step_ms", steps, nan_to_null=True).cast(pl.Int64))
+    out = [
+        *(column(k).gather(layout.starts) for k in (*_KEYS, "_series")),
+        pl.Series("bucket", start[layout.starts]).cast(bucket.dtype),
+        total("samples", "samples").cast(pl.Int64),
+        column("_first").gather(layout.starts),
+        column("_last").gather(ends),
+        step_grid.like(np.fmax.reduce(step_grid.grid, axis=0), "_max_step_ms"),
+    ]
+    wide: list[pl.Expr] = []
+    for m in ASSET_METRICS:
+        n_name, sum_name, second_name = _partials(m)
+        count = total(n_name, n_name).cast(pl.Int64)
+        sums = total(sum_name, sum_name)
+        largest = layout.place(column(f"{m}_max"))
+        high, second = _top_two(largest.grid, largest.valid, largest.count)
+        second = np.fmax(second, np.fmax.reduce(layout.place(column(second_name)).grid, axis=0))
+        counts = count.to_numpy()
+        if int(counts.max(initial=0)) <= _TOP_TWO_MAX_N:
+            p95 = pl.Series(f"{m}_p95", _p95_of_top_two(high, second, counts), nan_to_null=True)
+        else:
+            wide.append(_group_expr("p95", m, f"{m}_p95"))
+            p95 = pl.Series(f"{m}_p95", [None], dtype=pl.Float64)  # replaced below
+        smallest = layout.place(column(f"{m}_min"))
+        mean = np.divide(sums.to_numpy(), counts, out=np.full(counts.size, np.nan), where=counts > 0)
+        out += [
+            pl.Series(f"{m}_mean", mean, nan_to_null=True),
+            smallest.like(np.fmin.reduce(smallest.grid, axis=0), f"{m}_min"),
+            largest.like(high, f"{m}_max"),
+            p95,
+            _grid_stat("last", layout.place(column(f"{m}_last")), layout, f"{m}_last"),
+            count,
+            sums,
+            pl.Series(second_name, second, nan_to_null=True),
+        ]
+    if wide:
+        # p95 of buckets holding more values than the largest two tell about: exact only
+        # from the raw rows, which group into the same (asset, bucket)s in the same order.
+        raw = _bucketed(snapshots, window).group_by("_g", maintain_order=True).agg(wide).collect(engine=ENGINE)
+        assert raw.height == layout.starts.size
+        out = [raw.get_column(c.name) if c.name in raw.columns else c for c in out]
+    return pl.DataFrame(out)
+
+
 def _asset_rollup(
-    snapshots: pl.LazyFrame, intervals: pl.LazyFrame, flags: pl.LazyFrame | None, window: str
+    snapshots: pl.LazyFrame, intervals: pl.LazyFrame, flags: pl.LazyFrame | None, window: str, groups: pl.DataFrame
 ) -> pl.LazyFrame:
+    """The asset rollups of `window` from its `_asset_groups`: interval, coverage, longest
+    gap and flags added."""
     seconds = WINDOW_SECONDS[window]
-    grouped = _aggregate(
-        _bucketed(snapshots, window, steps=True),
-        [
-            *_firsts(*_KEYS, "_series", "bucket"),
-            ("len", "", "samples"),
-            ("first", "timestamp", "_first"),  # a group's rows are in time order
-            ("final", "timestamp", "_last"),
-            ("max", "_step_ms", "_max_step_ms"),
-            *(_stat(m, s) for m in ASSET_METRICS for s in ASSET_STATS),
-        ],
-    )
+    grouped = groups.lazy()
     end = pl.col("bucket").dt.offset_by(f"{seconds}s")
     lead_ms = (pl.col("_first") - pl.col("bucket")).dt.total_milliseconds()
     tail_ms = (end - pl.col("_last")).dt.total_milliseconds()
@@ -680,15 +784,21 @@ def compute_rollups(
     # One window at a time: its bucketed copies are freed before the next is built, which
     # keeps the peak memory near one window's worth (collecting all windows together
     # on two cores was no faster and doubled the peak).
+    # The windows from the shortest: each window's asset groups merge into the next's
+    # whenever they are fewer than half the rows (see `_asset_groups`).
     out: dict[str, Rollups] = {}
-    for window in windows:
+    finer: pl.DataFrame | None = None
+    rows = snapshots.select(pl.len()).collect(engine=ENGINE).item()
+    for window in sorted(set(windows), key=WINDOW_SECONDS.__getitem__):
+        groups = _asset_groups(snapshots, window, finer)
+        finer = groups if 0 < 2 * groups.height <= rows else None
         plans = [
-            _asset_rollup(snapshots, intervals, flag_frame, window),
+            _asset_rollup(snapshots, intervals, flag_frame, window, groups),
             _disk_rollup(disks, window),
             _interface_rollup(interfaces, interface_assets, intervals, window),
         ]
         out[window] = Rollups(window, *pl.collect_all(plans, engine=ENGINE))
-    return out
+    return {window: out[window] for window in windows}
 
 
 # ---- mergeable rollups: coarser buckets without the raw data ------------------------------
