@@ -466,7 +466,7 @@ def run_side(side: str, assets: int) -> dict[str, Any]:
     loaded_s = time.perf_counter() - t0
     rss_loaded = rss_mb()
     with RssSampler() as sampler:
-        t1 = time.perf_counter()
+        t1, cpu1 = time.perf_counter(), time.process_time()
         if side == "pandas-assets":
             rows = sum(len(f) for f in pandas_asset_rollups(data["snapshots"]).values())
         elif side == "pandas-grouper":
@@ -481,12 +481,13 @@ def run_side(side: str, assets: int) -> dict[str, Any]:
 
             rollups = compute_rollups(data)
             rows = sum(r.assets.height + r.disks.height + r.interfaces.height for r in rollups.values())
-        seconds = time.perf_counter() - t1
+        seconds, cpu_s = time.perf_counter() - t1, time.process_time() - cpu1
     return {
         "side": side,
         "snapshots": snapshots,
         "load_s": round(loaded_s, 2),
         "seconds": round(seconds, 3),
+        "cpu_s": round(cpu_s, 3),  # all threads, the RSS sampler's included
         "output_rows": rows,
         "rss_after_load_mb": round(rss_loaded, 1),
         "peak_rss_during_compute_mb": round(sampler.peak / 2**20, 1),

@@ -397,7 +397,11 @@ class _Placed:
     @cached_property
     def total(self) -> npt.NDArray[np.float64]:
         """The sum of each group's values (shared by the sum and the mean)."""
-        total: npt.NDArray[np.float64] = np.where(self.valid, self.grid, 0.0).sum(axis=0)
+        # Row after row, always in this order: numpy's own sum adds a single column
+        # pairwise, which would make a group's sum depend on the other groups of the grid.
+        total = np.zeros(self.grid.shape[1])
+        for row in np.where(self.valid, self.grid, 0.0):
+            total += row
         return total
 
     def like(self, values: npt.NDArray[np.float64], alias: str) -> pl.Series:
@@ -448,13 +452,44 @@ def _top_two(
 def _p95_of_top_two(
     high: npt.NDArray[np.float64], second: npt.NDArray[np.float64], count: npt.NDArray[np.int64]
 ) -> npt.NDArray[np.float64]:
-    """p95 of groups of at most _TOP_TWO_MAX_N values from their two largest: linear
-    between the closest ranks (n - 2 and n - 1 there), written lo + (hi - lo) * fraction
-    as DuckDB's quantile_cont writes it; NaN for a group without values. Sorting every
-    column of a grid of small groups costs far more."""
+    """p95 of groups of at most _TOP_TWO_MAX_N values from their two largest, which are
+    then the two closest ranks (n - 2 and n - 1); sorting every column of a grid of small
+    groups costs far more."""
+    return _interpolate(np.where(count > 1, second, high), high, count)
+
+
+def _interpolate(
+    low: npt.NDArray[np.float64], high: npt.NDArray[np.float64], count: npt.NDArray[np.int64]
+) -> npt.NDArray[np.float64]:
+    """p95 from the values at the two closest ranks of each group: lo + (hi - lo) *
+    fraction, as DuckDB's quantile_cont writes it; NaN for a group without values.
+
+    Every route to p95 ends here, so a group's p95 has the same bits whichever route the
+    batch it came in took."""
     position = (np.maximum(count, 1) - 1) * P95
     with np.errstate(invalid="ignore"):  # NaN of groups without values, kept
-        return np.where(count > 1, second + (high - second) * (position - np.floor(position)), high)
+        return low + (high - low) * (position - np.floor(position))
+
+
+def _p95_by_ranks(rows: pl.LazyFrame, columns: Sequence[tuple[str, str]]) -> pl.DataFrame:
+    """p95 (column -> alias) of every group `_g` of `rows`, for groups too large for the
+    two largest values: Polars selects the two closest ranks of each group in parallel
+    (sorting every column of a grid was several times slower)."""
+    ranks = []
+    for name, alias in columns:
+        value = pl.col(name).cast(pl.Float64)
+        ranks += [
+            value.quantile(P95, interpolation="lower").alias(f"{alias}:lo"),
+            value.quantile(P95, interpolation="higher").alias(f"{alias}:hi"),
+            value.count().cast(pl.Int64).alias(f"{alias}:n"),
+        ]
+    found = rows.group_by("_g", maintain_order=True).agg(ranks).collect(engine=ENGINE)
+    out = []
+    for _, alias in columns:
+        low, high = (found.get_column(f"{alias}:{k}").cast(pl.Float64).to_numpy() for k in ("lo", "hi"))
+        p95 = _interpolate(low, high, found.get_column(f"{alias}:n").to_numpy())
+        out.append(pl.Series(alias, p95, nan_to_null=True))
+    return pl.DataFrame(out)
 
 
 def _aggregate(rows: pl.LazyFrame, specs: Sequence[tuple[str, str, str]]) -> pl.LazyFrame:
@@ -463,21 +498,28 @@ def _aggregate(rows: pl.LazyFrame, specs: Sequence[tuple[str, str, str]]) -> pl.
     Groups of one row (nearly all of them in 1-minute buckets of a 1-minute agent) are
     plain projections. Otherwise the groups, contiguous slices of the sorted `_g`, are laid
     out as a grid with one column per group and every statistic is a numpy reduction over
-    the grid's rows (p95 a sort of each column): the cost of a call per group, larger than
-    its arithmetic for the many small groups of the short windows, is gone. Groups too
-    unequal in size for a grid take the Polars group_by.
+    the grid's rows: the cost of a call per group, larger than its arithmetic for the many
+    small groups of the short windows, is gone. A group's figures are computed the same
+    way whatever the other groups, so they do not depend on the batch it came in.
     """
     frame = rows.collect(engine=ENGINE)
     layout = _Grid.of(frame.get_column("_g")) if frame.height else None
-    if layout is None:
-        return frame.lazy().group_by("_g", maintain_order=True).agg(_group_expr(*spec) for spec in specs)
+    if layout is None and frame.height:
+        # Groups too unequal in size for one grid: one grid per class of sizes within a
+        # factor of two of each other, each no more than half padding.
+        size = frame.select(pl.len().over("_g").log(2).ceil().cast(pl.Int64)).to_series()
+        parts = [_aggregate(frame.filter(size == c).lazy(), specs).collect(engine=ENGINE) for c in size.unique()]
+        return pl.concat(parts).sort("_g").lazy()
+    if layout is None:  # no rows
+        grouped = frame.lazy().group_by("_g", maintain_order=True)
+        stats = grouped.agg(_group_expr(*spec) for spec in specs if spec[0] != "p95").collect(engine=ENGINE)
+        quantiles = _p95_by_ranks(frame.lazy(), [(name, alias) for kind, name, alias in specs if kind == "p95"])
+        return stats.hstack(quantiles).select("_g", *(alias for _, _, alias in specs)).lazy()
     if layout.shape[0] == 1:  # every group is one row: its statistics are its values
         return frame.lazy().select("_g", *(_single_expr(*spec) for spec in specs))
     out: list[pl.Series] = [frame.get_column("_g").gather(layout.starts)]
     placed: _Placed | None = None
-    # p95 of large groups: Polars selects the ranks of each group in parallel, where
-    # sorting every column of the grid was several times slower.
-    wide: list[pl.Expr] = []
+    wide: list[tuple[str, str]] = []  # p95 of groups too large for the two largest values
     for kind, name, alias in specs:
         if kind == "len":
             out.append(pl.Series(alias, layout.lengths, dtype=pl.Int64))
@@ -488,7 +530,7 @@ def _aggregate(rows: pl.LazyFrame, specs: Sequence[tuple[str, str, str]]) -> pl.
             out.append(column.gather(at).alias(alias))
             continue
         if kind == "p95" and layout.shape[0] > _TOP_TWO_MAX_N:
-            wide.append(_group_expr(kind, name, alias))
+            wide.append((name, alias))
             out.append(pl.Series(alias, [None], dtype=pl.Float64))  # replaced below
             continue
         # Placed once for the statistics of a column that follow one another, and only one
@@ -497,7 +539,7 @@ def _aggregate(rows: pl.LazyFrame, specs: Sequence[tuple[str, str, str]]) -> pl.
             placed = layout.place(column)
         out.append(_grid_stat(kind, placed, layout, alias))
     if wide:
-        quantiles = frame.lazy().group_by("_g", maintain_order=True).agg(wide).collect(engine=ENGINE)
+        quantiles = _p95_by_ranks(frame.lazy(), wide)
         out = [quantiles.get_column(c.name) if c.name in quantiles.columns else c for c in out]
     return pl.DataFrame(out).lazy()
 
@@ -515,7 +557,7 @@ def _single_expr(kind: str, column: str, alias: str) -> pl.Expr:
         "max": col,
         "p95": col.cast(pl.Float64),
         "last": col,
-        "sum": col.fill_null(0),
+        "sum": col.cast(pl.Float64).fill_null(0.0),
         "count": col.is_not_null().cast(pl.Int64),
         "second": pl.lit(None, dtype=pl.Float64),
     }[kind]
@@ -532,7 +574,6 @@ def _group_expr(kind: str, column: str, alias: str) -> pl.Expr:
         "mean": col.mean(),
         "min": col.min(),
         "max": col.max(),
-        "p95": col.quantile(P95, interpolation="linear"),
         "last": col.last(ignore_nulls=True),
         "sum": col.sum(),
         "count": col.count().cast(pl.Int64),
@@ -587,7 +628,7 @@ def _asset_groups(snapshots: pl.LazyFrame, window: str, finer: pl.DataFrame | No
     a metric. Merging needs far fewer rows than the raw ones for every window past the
     shortest.
     """
-    if finer is not None:
+    if finer is not None and finer.height:
         return _merge_groups(snapshots, finer, window)
     specs = [
         *_firsts(*_KEYS, "_series", "bucket"),
@@ -600,6 +641,23 @@ def _asset_groups(snapshots: pl.LazyFrame, window: str, finer: pl.DataFrame | No
         count, total, second = _partials(m)
         specs += [*(_stat(m, s) for s in ASSET_STATS), ("count", m, count), ("sum", m, total), ("second", m, second)]
     return _aggregate(_bucketed(snapshots, window, steps=True), specs).collect(engine=ENGINE)
+
+
+# The window whose asset groups each window's are merged from (the others come from the
+# raw rows: 1-minute groups are about as many as the rows, and 5-minute ones are the first
+# to be much fewer). A fixed chain, so that an asset's figures do not depend on the
+# windows asked for nor on the other assets of the batch.
+_MERGED_FROM: dict[str, str] = {"15min": "5min", "1hour": "15min", "1day": "1hour"}
+
+
+def _chained_groups(snapshots: pl.LazyFrame, window: str, known: tuple[str, pl.DataFrame] | None) -> pl.DataFrame:
+    """`_asset_groups` of `window`, merged along `_MERGED_FROM` (reusing `known`, the
+    groups of a window computed before, where it is on the way)."""
+    source = _MERGED_FROM.get(window)
+    if source is None:
+        return _asset_groups(snapshots, window, None)
+    finer = known[1] if known is not None and known[0] == source else _chained_groups(snapshots, source, known)
+    return _asset_groups(snapshots, window, finer)
 
 
 def _merge_groups(snapshots: pl.LazyFrame, finer: pl.DataFrame, window: str) -> pl.DataFrame:
@@ -636,7 +694,7 @@ def _merge_groups(snapshots: pl.LazyFrame, finer: pl.DataFrame, window: str) -> 
         column("_last").gather(ends),
         step_grid.like(np.fmax.reduce(step_grid.grid, axis=0), "_max_step_ms"),
     ]
-    wide: list[pl.Expr] = []
+    wide: list[tuple[str, str]] = []
     for m in ASSET_METRICS:
         n_name, sum_name, second_name = _partials(m)
         count = total(n_name, n_name).cast(pl.Int64)
@@ -648,7 +706,7 @@ def _merge_groups(snapshots: pl.LazyFrame, finer: pl.DataFrame, window: str) -> 
         if int(counts.max(initial=0)) <= _TOP_TWO_MAX_N:
             p95 = pl.Series(f"{m}_p95", _p95_of_top_two(high, second, counts), nan_to_null=True)
         else:
-            wide.append(_group_expr("p95", m, f"{m}_p95"))
+            wide.append((m, f"{m}_p95"))
             p95 = pl.Series(f"{m}_p95", [None], dtype=pl.Float64)  # replaced below
         smallest = layout.place(column(f"{m}_min"))
         mean = np.divide(sums.to_numpy(), counts, out=np.full(counts.size, np.nan), where=counts > 0)
@@ -665,7 +723,7 @@ def _merge_groups(snapshots: pl.LazyFrame, finer: pl.DataFrame, window: str) -> 
     if wide:
         # p95 of buckets holding more values than the largest two tell about: exact only
         # from the raw rows, which group into the same (asset, bucket)s in the same order.
-        raw = _bucketed(snapshots, window).group_by("_g", maintain_order=True).agg(wide).collect(engine=ENGINE)
+        raw = _p95_by_ranks(_bucketed(snapshots, window), wide)
         assert raw.height == layout.starts.size
         out = [raw.get_column(c.name) if c.name in raw.columns else c for c in out]
     return pl.DataFrame(out)
@@ -784,14 +842,12 @@ def compute_rollups(
     # One window at a time: its bucketed copies are freed before the next is built, which
     # keeps the peak memory near one window's worth (collecting all windows together
     # on two cores was no faster and doubled the peak).
-    # The windows from the shortest: each window's asset groups merge into the next's
-    # whenever they are fewer than half the rows (see `_asset_groups`).
+    # The windows from the shortest, each window's asset groups kept for the next.
     out: dict[str, Rollups] = {}
-    finer: pl.DataFrame | None = None
-    rows = snapshots.select(pl.len()).collect(engine=ENGINE).item()
+    known: tuple[str, pl.DataFrame] | None = None
     for window in sorted(set(windows), key=WINDOW_SECONDS.__getitem__):
-        groups = _asset_groups(snapshots, window, finer)
-        finer = groups if 0 < 2 * groups.height <= rows else None
+        groups = _chained_groups(snapshots, window, known)
+        known = (window, groups)
         plans = [
             _asset_rollup(snapshots, intervals, flag_frame, window, groups),
             _disk_rollup(disks, window),

@@ -321,6 +321,27 @@ def test_groups_of_very_unequal_sizes_equal_the_duckdb_reference() -> None:
     check_against_reference(frames_of(busy + quiet))
 
 
+def test_an_assets_rollups_do_not_depend_on_the_other_assets_nor_the_windows_asked_for() -> None:
+    frames = fleet_frames()
+    asset = frames.snapshots.get_column("assetId")[0]
+    alone = Frames(*(f.filter(pl.col("assetId") == asset) for f in (frames.snapshots, frames.disks, frames.interfaces)))
+    together = compute_rollups(frames)
+    for window in WINDOWS:
+        by_itself = compute_rollups(alone, windows=[window])[window]
+        assert by_itself.assets.height > 0
+        for level in ("assets", "disks", "interfaces"):
+            mine = getattr(together[window], level).filter(pl.col("assetId") == asset)
+            assert mine.equals(getattr(by_itself, level)), (window, level)
+    # Beside an asset that reports every second, whose groups are far larger.
+    rng = np.random.default_rng(5)
+    steady = [snap(m, cpu_usage=float(rng.uniform(0, 100)), memory_swap_used=float(rng.lognormal(10, 3)))
+              for m in range(1440)]
+    busy = [snap(s / 60, assetId="busy", cpu_usage=float(s % 97)) for s in range(3000)]
+    crowded, quiet = compute_rollups(frames_of(busy + steady)), compute_rollups(frames_of(steady))
+    for window in WINDOWS:
+        assert crowded[window].assets.filter(pl.col("assetId") == "asset-1").equals(quiet[window].assets), window
+
+
 def test_row_order_of_the_input_does_not_change_the_rollups() -> None:
     frames = fleet_frames()  # in the frames' own order: the fast path that skips the string sort
     shuffled = Frames(*(f.sample(fraction=1.0, shuffle=True, seed=3) for f in (frames.snapshots, frames.disks,
