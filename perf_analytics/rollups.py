@@ -71,8 +71,9 @@ of the wrong type raises `RollupError` naming it.
 No Python loop touches rows. The cleaned frames, and each window's bucketed rows, are
 materialised once so that every aggregation groups by a sorted integer (see `_prepare` and
 `_bucketed`); the groups, contiguous slices, are then reduced as a numpy grid with one
-column per group (see `_aggregate`), or by Polars where the groups are too unequal in size
-for a grid; the windows are computed one after the other to bound memory.
+column per group (see `_aggregate`). The per-asset groups of 15min, 1hour and 1day are
+merged from those of the window before (see `_asset_groups`). The windows are computed
+one after the other to bound memory.
 """
 
 from __future__ import annotations
@@ -338,10 +339,10 @@ def _stat(column: str, stat: str) -> tuple[str, str, str]:
     return (stat, column, f"{column}_{stat}")
 
 
-# A window's groups are laid out as a grid (one column per group, as many rows as the
+# A window's groups are laid out as one grid (one column per group, as many rows as the
 # largest group) when the grid holds at most this many cells per row of data; groups of
 # very unequal sizes (an asset reporting every second beside one reporting every minute)
-# would make it mostly padding, and use the Polars group_by instead.
+# would make it mostly padding, and are split by size first (see `_aggregate`).
 _GRID_FILL: Final = 2
 # Up to this many values, p95 (position 0.95 (n - 1)) lies between the two largest.
 _TOP_TWO_MAX_N: Final = 21
@@ -504,18 +505,13 @@ def _aggregate(rows: pl.LazyFrame, specs: Sequence[tuple[str, str, str]]) -> pl.
     """
     frame = rows.collect(engine=ENGINE)
     layout = _Grid.of(frame.get_column("_g")) if frame.height else None
-    if layout is None and frame.height:
+    if frame.height and layout is None:
         # Groups too unequal in size for one grid: one grid per class of sizes within a
         # factor of two of each other, each no more than half padding.
         size = frame.select(pl.len().over("_g").log(2).ceil().cast(pl.Int64)).to_series()
         parts = [_aggregate(frame.filter(size == c).lazy(), specs).collect(engine=ENGINE) for c in size.unique()]
         return pl.concat(parts).sort("_g").lazy()
-    if layout is None:  # no rows
-        grouped = frame.lazy().group_by("_g", maintain_order=True)
-        stats = grouped.agg(_group_expr(*spec) for spec in specs if spec[0] != "p95").collect(engine=ENGINE)
-        quantiles = _p95_by_ranks(frame.lazy(), [(name, alias) for kind, name, alias in specs if kind == "p95"])
-        return stats.hstack(quantiles).select("_g", *(alias for _, _, alias in specs)).lazy()
-    if layout.shape[0] == 1:  # every group is one row: its statistics are its values
+    if layout is None or layout.shape[0] == 1:  # no rows, or every group is one row
         return frame.lazy().select("_g", *(_single_expr(*spec) for spec in specs))
     out: list[pl.Series] = [frame.get_column("_g").gather(layout.starts)]
     placed: _Placed | None = None
@@ -545,8 +541,8 @@ def _aggregate(rows: pl.LazyFrame, specs: Sequence[tuple[str, str, str]]) -> pl.
 
 
 def _single_expr(kind: str, column: str, alias: str) -> pl.Expr:
-    """A statistic of a group of one row, as `_group_expr` gives it: the mean, p95 or last
-    of one value is that value, a sum of nothing is 0."""
+    """A statistic of a group of one row, in the type the grid gives it: the mean, p95 or
+    last of one value is that value, a sum of nothing is 0, there is no second largest."""
     col = pl.col(column)
     expr = {
         "first": col,
@@ -560,24 +556,6 @@ def _single_expr(kind: str, column: str, alias: str) -> pl.Expr:
         "sum": col.cast(pl.Float64).fill_null(0.0),
         "count": col.is_not_null().cast(pl.Int64),
         "second": pl.lit(None, dtype=pl.Float64),
-    }[kind]
-    return expr.alias(alias)
-
-
-def _group_expr(kind: str, column: str, alias: str) -> pl.Expr:
-    """The Polars aggregation of a statistic, for groups that numpy does not reduce."""
-    col = pl.col(column)
-    expr = {
-        "first": col.first(),
-        "final": col.last(),
-        "len": pl.len().cast(pl.Int64),
-        "mean": col.mean(),
-        "min": col.min(),
-        "max": col.max(),
-        "last": col.last(ignore_nulls=True),
-        "sum": col.sum(),
-        "count": col.count().cast(pl.Int64),
-        "second": col.cast(pl.Float64).drop_nulls().sort(descending=True).slice(1, 1).first(),
     }[kind]
     return expr.alias(alias)
 
