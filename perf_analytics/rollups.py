@@ -598,7 +598,8 @@ def _partials(metric: str) -> tuple[str, str, str]:
 
 def _asset_groups(snapshots: pl.LazyFrame, window: str, finer: pl.DataFrame | None) -> pl.DataFrame:
     """Per asset and bucket of `window`: keys, samples, `_first` and `_last` sample times,
-    `_max_step_ms`, the metric statistics and their `_partials`.
+    `_max_step_ms`, the metric statistics and, where another window is merged from them
+    or they are merged, their `_partials`.
 
     From the raw rows, or merged from `finer`, the groups of a window that divides this
     one: counts, sums, min, max and last merge exactly, and so does the pair of largest
@@ -615,9 +616,12 @@ def _asset_groups(snapshots: pl.LazyFrame, window: str, finer: pl.DataFrame | No
         ("final", "timestamp", "_last"),
         ("max", "_step_ms", "_max_step_ms"),
     ]
+    merged_into = window in _MERGED_FROM.values()  # else the partials would only take memory
     for m in ASSET_METRICS:  # a metric's statistics one after the other: its grid is placed once
         count, total, second = _partials(m)
-        specs += [*(_stat(m, s) for s in ASSET_STATS), ("count", m, count), ("sum", m, total), ("second", m, second)]
+        specs += [_stat(m, s) for s in ASSET_STATS]
+        if merged_into:
+            specs += [("count", m, count), ("sum", m, total), ("second", m, second)]
     return _aggregate(_bucketed(snapshots, window, steps=True), specs).collect(engine=ENGINE)
 
 
