@@ -596,7 +596,7 @@ def _partials(metric: str) -> tuple[str, str, str]:
     return f"_n_{metric}", f"_s_{metric}", f"_t2_{metric}"
 
 
-def _asset_groups(snapshots: pl.LazyFrame, window: str, finer: pl.DataFrame | None) -> pl.DataFrame:
+def _asset_groups(snapshots: pl.LazyFrame, window: str, finer: pl.DataFrame | None) -> pl.LazyFrame:
     """Per asset and bucket of `window`: keys, samples, `_first` and `_last` sample times,
     `_max_step_ms`, the metric statistics and, where another window is merged from them
     or they are merged, their `_partials`.
@@ -608,7 +608,7 @@ def _asset_groups(snapshots: pl.LazyFrame, window: str, finer: pl.DataFrame | No
     shortest.
     """
     if finer is not None and finer.height:
-        return _merge_groups(snapshots, finer, window)
+        return _merge_groups(snapshots, finer, window).lazy()
     specs = [
         *_firsts(*_KEYS, "_series", "bucket"),
         ("len", "", "samples"),
@@ -622,7 +622,7 @@ def _asset_groups(snapshots: pl.LazyFrame, window: str, finer: pl.DataFrame | No
         specs += [_stat(m, s) for s in ASSET_STATS]
         if merged_into:
             specs += [("count", m, count), ("sum", m, total), ("second", m, second)]
-    return _aggregate(_bucketed(snapshots, window, steps=True), specs).collect(engine=ENGINE)
+    return _aggregate(_bucketed(snapshots, window, steps=True), specs)
 
 
 # The window whose asset groups each window's are merged from (the others come from the
@@ -632,14 +632,15 @@ def _asset_groups(snapshots: pl.LazyFrame, window: str, finer: pl.DataFrame | No
 _MERGED_FROM: dict[str, str] = {"15min": "5min", "1hour": "15min", "1day": "1hour"}
 
 
-def _chained_groups(snapshots: pl.LazyFrame, window: str, known: tuple[str, pl.DataFrame] | None) -> pl.DataFrame:
+def _chained_groups(snapshots: pl.LazyFrame, window: str, known: tuple[str, pl.DataFrame] | None) -> pl.LazyFrame:
     """`_asset_groups` of `window`, merged along `_MERGED_FROM` (reusing `known`, the
     groups of a window computed before, where it is on the way)."""
     source = _MERGED_FROM.get(window)
     if source is None:
         return _asset_groups(snapshots, window, None)
-    finer = known[1] if known is not None and known[0] == source else _chained_groups(snapshots, source, known)
-    return _asset_groups(snapshots, window, finer)
+    if known is not None and known[0] == source:
+        return _asset_groups(snapshots, window, known[1])
+    return _asset_groups(snapshots, window, _chained_groups(snapshots, source, known).collect(engine=ENGINE))
 
 
 def _merge_groups(snapshots: pl.LazyFrame, finer: pl.DataFrame, window: str) -> pl.DataFrame:
@@ -712,12 +713,12 @@ def _merge_groups(snapshots: pl.LazyFrame, finer: pl.DataFrame, window: str) -> 
 
 
 def _asset_rollup(
-    snapshots: pl.LazyFrame, intervals: pl.LazyFrame, flags: pl.LazyFrame | None, window: str, groups: pl.DataFrame
+    snapshots: pl.LazyFrame, intervals: pl.LazyFrame, flags: pl.LazyFrame | None, window: str, groups: pl.LazyFrame
 ) -> pl.LazyFrame:
     """The asset rollups of `window` from its `_asset_groups`: interval, coverage, longest
     gap and flags added."""
     seconds = WINDOW_SECONDS[window]
-    grouped = groups.lazy()
+    grouped = groups
     end = pl.col("bucket").dt.offset_by(f"{seconds}s")
     lead_ms = (pl.col("_first") - pl.col("bucket")).dt.total_milliseconds()
     tail_ms = (end - pl.col("_last")).dt.total_milliseconds()
@@ -824,12 +825,16 @@ def compute_rollups(
     # One window at a time: its bucketed copies are freed before the next is built, which
     # keeps the peak memory near one window's worth (collecting all windows together
     # on two cores was no faster and doubled the peak).
-    # The windows from the shortest, each window's asset groups kept for the next.
+    # The windows from the shortest, the asset groups of those merged from kept for the
+    # next (the others stay in the window's plan, which never holds them whole: the
+    # 1-minute ones are as large as the rollups).
     out: dict[str, Rollups] = {}
     known: tuple[str, pl.DataFrame] | None = None
     for window in sorted(set(windows), key=WINDOW_SECONDS.__getitem__):
         groups = _chained_groups(snapshots, window, known)
-        known = (window, groups)
+        if window in _MERGED_FROM.values():
+            known = (window, groups.collect(engine=ENGINE))
+            groups = known[1].lazy()
         plans = [
             _asset_rollup(snapshots, intervals, flag_frame, window, groups),
             _disk_rollup(disks, window),
