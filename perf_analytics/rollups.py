@@ -862,16 +862,16 @@ _MERGEABLE_STATS: tuple[str, ...] = ("mean", "min", "max", "p95", "last", "count
 def _sketch_key(value: pl.Expr) -> pl.Expr:
     """The sketch bin of a non-negative value: k with gamma^(k-1) < value <= gamma^k, or
     `_ZERO_KEY` for 0. Every value of a bin is within SKETCH_ALPHA of the bin's
-    representative value (`_bin_value`)."""
+    representative value (`_bin_values`)."""
     positive = (value.log() / _LOG_GAMMA).ceil().cast(pl.Int32)
     return pl.when(value > 0).then(positive).otherwise(pl.lit(_ZERO_KEY, dtype=pl.Int32))
 
 
-def _bin_value(key: pl.Expr) -> pl.Expr:
-    """The representative value of a bin: 2 gamma^k / (gamma + 1), at most SKETCH_ALPHA
+def _bin_values(keys: npt.NDArray[np.int32]) -> npt.NDArray[np.float64]:
+    """The representative value of each bin: 2 gamma^k / (gamma + 1), at most SKETCH_ALPHA
     relative from any value of the bin (the bin of zeros stands for 0 exactly)."""
-    value = (key.cast(pl.Float64) * _LOG_GAMMA).exp() * (2.0 / (_GAMMA + 1.0))
-    return pl.when(key == _ZERO_KEY).then(pl.lit(0.0)).otherwise(value)
+    value = np.exp(keys.astype(np.float64) * _LOG_GAMMA) * (2.0 / (_GAMMA + 1.0))
+    return np.where(keys == _ZERO_KEY, 0.0, value)
 
 
 def mergeable_rollups(frames: Frames, window: str = "1min") -> pl.DataFrame:
@@ -973,33 +973,46 @@ def _merge(rows: pl.DataFrame, window: str) -> pl.DataFrame:
 
 
 def _merge_sketch(rows: pl.DataFrame, metric: str) -> pl.DataFrame:
-    """(_g, `<metric>_sketch`: the bins of the group's rows added up, `_<metric>_p95`)."""
+    """(_g, `<metric>_sketch`: the bins of the group's rows added up, `_<metric>_p95`).
+
+    In numpy over the flat bins: sorted by (group, key) unless they already are (one bin
+    per row, as from the raw rows), equal bins added up, then each group's ranks found
+    from its running count: the value of rank i is in the first bin whose running count
+    exceeds i.
+    """
     column = f"{metric}_sketch"
-    bins = (
-        rows.lazy()
-        .select("_g", column)
-        .explode(column)
-        .drop_nulls(column)
-        .unnest(column)
-        .group_by("_g", "key")
-        .agg(pl.col("count").sum())
-        .sort("_g", "key")
-    )
-    n = pl.col("count").sum().over("_g")
-    rank = (n - 1).cast(pl.Float64) * P95
-    seen = pl.col("count").cum_sum().over("_g")
-    ranked = bins.with_columns(rank.alias("_rank"), seen.alias("_seen"), _bin_value(pl.col("key")).alias("_value"))
-    # The value of rank i is in the first bin whose running count exceeds i.
-    at_lo = pl.col("_value").filter(pl.col("_seen") > pl.col("_rank").floor()).first()
-    at_hi = pl.col("_value").filter(pl.col("_seen") > pl.col("_rank").ceil()).first()
-    fraction = pl.col("_rank").first() - pl.col("_rank").first().floor()
+    flat = rows.lazy().select("_g", column).explode(column).drop_nulls(column).unnest(column).collect(engine=ENGINE)
+    if flat.height == 0:
+        empty = {"_g": rows.schema["_g"], column: _SKETCH_DTYPE, f"_{metric}_p95": pl.Float64()}
+        return pl.DataFrame(schema=empty)
+    g, key, count = (flat.get_column(c).to_numpy() for c in ("_g", "key", "count"))
+    if g.size > 1 and not np.all((g[1:] > g[:-1]) | ((g[1:] == g[:-1]) & (key[1:] >= key[:-1]))):
+        order = np.lexsort((key, g))
+        g, key, count = g[order], key[order], count[order]
+    same_bin = np.zeros(g.size, dtype=bool)
+    same_bin[1:] = (g[1:] == g[:-1]) & (key[1:] == key[:-1])
+    starts = np.flatnonzero(~same_bin)
+    g, key, count = g[starts], key[starts], np.add.reduceat(count, starts)
+    new_group = np.ones(g.size, dtype=bool)
+    new_group[1:] = g[1:] != g[:-1]
+    group_starts = np.flatnonzero(new_group)
+    group_of = np.cumsum(new_group) - 1
+    seen = np.cumsum(count)
+    seen_in_group = seen - (seen - count)[group_starts][group_of]
+    rank = (seen_in_group[np.append(group_starts[1:], g.size) - 1] - 1) * P95  # n - 1 of each group
+    value = _bin_values(key)
+
+    def at_rank(ranks: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        exceeds = seen_in_group > ranks[group_of]
+        first = np.minimum.reduceat(np.where(exceeds, np.arange(g.size), g.size), group_starts)
+        return value[first]
+
+    low, high = at_rank(np.floor(rank)), at_rank(np.ceil(rank))
+    bins = pl.DataFrame({"_g": g, "key": key, "count": count}, schema_overrides={"key": pl.Int32, "count": pl.Int64})
     return (
-        ranked.group_by("_g", maintain_order=True)
-        .agg(
-            pl.struct("key", "count").alias(column),
-            (at_lo + (at_hi - at_lo) * fraction).alias(f"_{metric}_p95"),
-        )
-        .collect(engine=ENGINE)
+        bins.group_by("_g", maintain_order=True)
+        .agg(pl.struct("key", "count").alias(column))
+        .with_columns(pl.Series(f"_{metric}_p95", low + (high - low) * (rank - np.floor(rank))))
     )
 
 

@@ -598,6 +598,8 @@ def test_mergeable_rollups_ignore_null_values_and_reject_what_they_cannot_merge(
     row = coarsen_rollups(mergeable_rollups(frames), "1hour").row(0, named=True)
     assert (row["samples"], row["memory_swap_used_count"], row["memory_swap_used_p95"]) == (3, 1, 3.0)
     assert row["cpu_usage_min"] == 0.0 and row["cpu_usage_p95"] == pytest.approx(10.0, rel=SKETCH_ALPHA)
+    empty = mergeable_rollups(frames_of([]))
+    assert empty.height == 0 and empty.columns == coarsen_rollups(mergeable_rollups(frames), "1day").columns
     with pytest.raises(RollupError, match="unknown window"):
         mergeable_rollups(frames, "2min")
     with pytest.raises(RollupError, match=r"rollups\.cpu_usage_count: column is missing"):
