@@ -88,6 +88,7 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 import polars as pl
+import pyarrow as pa
 from pymongo import ReplaceOne
 from pymongo.collection import Collection
 from pymongo.errors import PyMongoError
@@ -954,7 +955,7 @@ def _merge(rows: pl.DataFrame, window: str) -> pl.DataFrame:
     )
     out = merged.collect(engine=ENGINE)
     for metric in ASSET_METRICS:
-        out = out.join(_merge_sketch(rows, metric), on="_g", how="left", maintain_order="left")
+        out = out.hstack(_merge_sketch(rows, metric, out.height))
     columns = []
     for m in ASSET_METRICS:
         count = pl.col(f"{m}_count")
@@ -967,13 +968,15 @@ def _merge(rows: pl.DataFrame, window: str) -> pl.DataFrame:
             pl.col(f"{m}_last"),
             count,
             pl.col(f"{m}_sum"),
-            pl.col(f"{m}_sketch").fill_null(pl.lit([], dtype=_SKETCH_DTYPE)),
+            pl.col(f"{m}_sketch"),
         ]
     return out.select(*_KEYS, "bucket", "samples", *columns)
 
 
-def _merge_sketch(rows: pl.DataFrame, metric: str) -> pl.DataFrame:
-    """(_g, `<metric>_sketch`: the bins of the group's rows added up, `_<metric>_p95`).
+def _merge_sketch(rows: pl.DataFrame, metric: str, groups: int) -> list[pl.Series]:
+    """[`<metric>_sketch`, `_<metric>_p95`] of each of the `groups` groups `_g` (numbered
+    from 0) of `rows`: the bins of the group's rows added up (none for a group without
+    values), and p95 from them.
 
     In numpy over the flat bins: sorted by (group, key) unless they already are (one bin
     per row, as from the raw rows), equal bins added up, then each group's ranks found
@@ -982,9 +985,6 @@ def _merge_sketch(rows: pl.DataFrame, metric: str) -> pl.DataFrame:
     """
     column = f"{metric}_sketch"
     flat = rows.lazy().select("_g", column).explode(column).drop_nulls(column).unnest(column).collect(engine=ENGINE)
-    if flat.height == 0:
-        empty = {"_g": rows.schema["_g"], column: _SKETCH_DTYPE, f"_{metric}_p95": pl.Float64()}
-        return pl.DataFrame(schema=empty)
     g, key, count = (flat.get_column(c).to_numpy() for c in ("_g", "key", "count"))
     if g.size > 1 and not np.all((g[1:] > g[:-1]) | ((g[1:] == g[:-1]) & (key[1:] >= key[:-1]))):
         order = np.lexsort((key, g))
@@ -992,28 +992,31 @@ def _merge_sketch(rows: pl.DataFrame, metric: str) -> pl.DataFrame:
     same_bin = np.zeros(g.size, dtype=bool)
     same_bin[1:] = (g[1:] == g[:-1]) & (key[1:] == key[:-1])
     starts = np.flatnonzero(~same_bin)
-    g, key, count = g[starts], key[starts], np.add.reduceat(count, starts)
-    new_group = np.ones(g.size, dtype=bool)
-    new_group[1:] = g[1:] != g[:-1]
-    group_starts = np.flatnonzero(new_group)
-    group_of = np.cumsum(new_group) - 1
-    seen = np.cumsum(count)
-    seen_in_group = seen - (seen - count)[group_starts][group_of]
-    rank = (seen_in_group[np.append(group_starts[1:], g.size) - 1] - 1) * P95  # n - 1 of each group
-    value = _bin_values(key)
+    g, key = g[starts], key[starts].astype(np.int32)
+    count = np.add.reduceat(count, starts) if starts.size else count.astype(np.int64)
+    offsets = np.zeros(groups + 1, dtype=np.int32)
+    np.cumsum(np.bincount(g, minlength=groups), out=offsets[1:])
+    bins = pa.StructArray.from_arrays([pa.array(key), pa.array(count)], names=["key", "count"])
+    sketch = pl.Series(column, pa.ListArray.from_arrays(pa.array(offsets), bins)).cast(_SKETCH_DTYPE)
+    p95 = np.full(groups, np.nan)
+    if g.size:
+        new_group = np.ones(g.size, dtype=bool)
+        new_group[1:] = g[1:] != g[:-1]
+        group_starts = np.flatnonzero(new_group)
+        group_of = np.cumsum(new_group) - 1
+        seen = np.cumsum(count)
+        seen_in_group = seen - (seen - count)[group_starts][group_of]
+        rank = (seen_in_group[np.append(group_starts[1:], g.size) - 1] - 1) * P95  # n - 1 of each group
+        value = _bin_values(key)
 
-    def at_rank(ranks: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-        exceeds = seen_in_group > ranks[group_of]
-        first = np.minimum.reduceat(np.where(exceeds, np.arange(g.size), g.size), group_starts)
-        return value[first]
+        def at_rank(ranks: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+            exceeds = seen_in_group > ranks[group_of]
+            first = np.minimum.reduceat(np.where(exceeds, np.arange(g.size), g.size), group_starts)
+            return value[first]
 
-    low, high = at_rank(np.floor(rank)), at_rank(np.ceil(rank))
-    bins = pl.DataFrame({"_g": g, "key": key, "count": count}, schema_overrides={"key": pl.Int32, "count": pl.Int64})
-    return (
-        bins.group_by("_g", maintain_order=True)
-        .agg(pl.struct("key", "count").alias(column))
-        .with_columns(pl.Series(f"_{metric}_p95", low + (high - low) * (rank - np.floor(rank))))
-    )
+        low, high = at_rank(np.floor(rank)), at_rank(np.ceil(rank))
+        p95[g[group_starts]] = low + (high - low) * (rank - np.floor(rank))
+    return [sketch, pl.Series(f"_{metric}_p95", p95, nan_to_null=True)]
 
 
 # ---- availability -------------------------------------------------------------------------
