@@ -909,7 +909,7 @@ def coarsen_rollups(rollups: pl.DataFrame, window: str) -> pl.DataFrame:
     """Merge mergeable rollups (from `mergeable_rollups` or this function) into the
     coarser buckets of `window` (a rollup window or `1week`), with the same columns.
 
-    Rollups of separate runs (days, or overlapping-free parts of the fleet) can be
+    Rollups of separate runs (days, or disjoint parts of the fleet) can be
     concatenated first: each (orgId, assetId, bucket) of the result merges every row whose
     bucket falls in it. samples, count, sum, min, max and last are exact; mean is sum /
     count (exact up to float rounding); p95 is estimated from the merged sketch bins.
