@@ -315,7 +315,7 @@ def test_every_window_has_one_row_per_asset_and_bucket_with_samples() -> None:
 
 def test_groups_of_very_unequal_sizes_equal_the_duckdb_reference() -> None:
     # One asset every second beside ten that sent one snapshot each: most groups are one
-    # row and one is hundreds, too unequal for the grid of `_aggregate` in every window.
+    # row and one is hundreds, too unequal for a single grid of `_aggregate` past 1 minute.
     busy = [snap(s / 60, assetId="busy", cpu_usage=float(s % 97), memory_swap_used=float(s)) for s in range(600)]
     quiet = [snap(m, assetId=f"quiet-{m}", cpu_usage=float(m)) for m in range(10)]
     check_against_reference(frames_of(busy + quiet))
