@@ -14,6 +14,12 @@
   bytes and packets per second (received and sent), `bytes_recv_total`,
   `bytes_sent_total`, `bytes_total`.
 
+`mergeable_rollups(frames)` gives the per-asset statistics of 1-minute buckets with what
+it takes to merge them (counts, sums and DDSketch-style bins for p95), and
+`coarsen_rollups(rollups, window)` merges those into 5min ... 1day or 1week buckets, also
+across days rolled up separately, without the raw data: exact but for p95, which is
+within SKETCH_ALPHA (1%) of the exact value (see `coarsen_rollups`).
+
 `compute_availability(frames)` gives one row per (orgId, assetId, date) with samples.
 `sinks.upsert_rollups(db, org_id, rollups)` copies one org's rollups into the optional
 `performance_rollups` collection for the application's dashboards. `lake.write_rollups`
@@ -62,19 +68,26 @@ measurements); rows without orgId, assetId or timestamp are dropped; optional co
 missing from a hand-made frame are null. A frame that lacks a key column or has a column
 of the wrong type raises `RollupError` naming it.
 
-Everything is Polars expressions; no Python loop touches rows. The cleaned frames, and
-each window's bucketed rows, are materialised once so that every aggregation groups by a
-sorted integer (see `_prepare` and `_bucketed`); the windows are computed one after the
-other to bound memory.
+No Python loop touches rows. The cleaned frames, and each window's bucketed rows, are
+materialised once so that every aggregation groups by a sorted integer (see `_prepare` and
+`_bucketed`); the groups, contiguous slices, are then reduced as a numpy grid with one
+column per group (see `_aggregate`). The per-asset groups of 15min, 1hour and 1day are
+merged from those of the window before (see `_asset_groups`). The windows are computed
+one after the other to bound memory.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Final
 
+import numpy as np
+import numpy.typing as npt
 import polars as pl
+import pyarrow as pa
 
 from perf_analytics.errors import PerfAnalyticsError
 from perf_analytics.frames import Frames
@@ -323,64 +336,225 @@ def _stat(column: str, stat: str) -> tuple[str, str, str]:
     return (stat, column, f"{column}_{stat}")
 
 
-def _agg_exprs(kind: str, column: str, alias: str) -> tuple[pl.Expr, pl.Expr]:
-    """(the aggregation over a group, the same result for a group of one row).
+# A window's groups are laid out as one grid (one column per group, as many rows as the
+# largest group) when the grid holds at most this many cells per row of data; groups of
+# very unequal sizes (an asset reporting every second beside one reporting every minute)
+# would make it mostly padding, and are split by size first (see `_aggregate`).
+_GRID_FILL: Final = 2
+# Up to this many values, p95 (position 0.95 (n - 1)) lies between the two largest.
+_TOP_TWO_MAX_N: Final = 21
 
-    Both give the same type and, for one row, the same value: the mean, p95 or last of one
-    value is that value, a sum of nothing is 0.
+
+@dataclass(frozen=True)
+class _Grid:
+    """The rows of groups sorted by `_g` placed in a (largest group, groups) grid: row
+    `i` of the data goes to cell (its position in its group, its group)."""
+
+    starts: npt.NDArray[np.int64]
+    lengths: npt.NDArray[np.int64]
+    cells: npt.NDArray[np.int64]
+    shape: tuple[int, int]
+
+    @classmethod
+    def of(cls, g: pl.Series, *, bounded: bool = True) -> _Grid | None:
+        """The grid of the groups of `g`, or None when `bounded` and the grid would hold
+        more than _GRID_FILL cells per row."""
+        values = g.to_numpy()
+        new = np.empty(values.size, dtype=bool)
+        new[:1] = True
+        np.not_equal(values[1:], values[:-1], out=new[1:])
+        starts = np.flatnonzero(new)
+        lengths = np.diff(np.append(starts, values.size))
+        width = int(lengths.max())
+        if bounded and width * starts.size > _GRID_FILL * values.size:
+            return None
+        group = np.cumsum(new) - 1
+        position = np.arange(values.size) - starts[group]
+        return cls(starts, lengths, position * starts.size + group, (width, starts.size))
+
+    def place(self, column: pl.Series) -> _Placed:
+        """The column in the grid as float64, NaN for null and for padding (the cleaned
+        frames hold no NaN; timestamps in milliseconds and counts are exact in a float64)."""
+        physical = column.to_physical() if column.dtype.is_temporal() else column
+        grid = np.full(self.shape[0] * self.shape[1], np.nan)
+        grid[self.cells] = physical.cast(pl.Float64).to_numpy()
+        grid = grid.reshape(self.shape)
+        valid = ~np.isnan(grid)
+        return _Placed(column, grid, valid, valid.sum(axis=0))
+
+
+@dataclass(frozen=True)
+class _Placed:
+    """A column laid out in a `_Grid`, with its non-null cells and their count per group."""
+
+    column: pl.Series
+    grid: npt.NDArray[np.float64]
+    valid: npt.NDArray[np.bool_]
+    count: npt.NDArray[np.int64]
+
+    @cached_property
+    def total(self) -> npt.NDArray[np.float64]:
+        """The sum of each group's values (shared by the sum and the mean)."""
+        # Row after row, always in this order: numpy's own sum adds a single column
+        # pairwise, which would make a group's sum depend on the other groups of the grid.
+        total = np.zeros(self.grid.shape[1])
+        for row in np.where(self.valid, self.grid, 0.0):
+            total += row
+        return total
+
+    def like(self, values: npt.NDArray[np.float64], alias: str) -> pl.Series:
+        """Float results (NaN for null) back in the type of the column."""
+        out = pl.Series(alias, values, nan_to_null=True)
+        if self.column.dtype.is_temporal():
+            return out.cast(pl.Int64).cast(self.column.dtype)
+        return out.cast(self.column.dtype)
+
+
+def _grid_stat(kind: str, placed: _Placed, layout: _Grid, alias: str) -> pl.Series:
+    """One statistic of every group from the grid of its column (reductions over axis 0)."""
+    grid, valid, count = placed.grid, placed.valid, placed.count
+    if kind == "count":
+        return pl.Series(alias, count, dtype=pl.Int64)
+    if kind in ("sum", "mean"):
+        total = placed.total
+        if kind == "sum":
+            return pl.Series(alias, total)
+        return pl.Series(alias, np.divide(total, count, out=np.full(total.size, np.nan), where=count > 0), nan_to_null=True)
+    if kind == "min":
+        return placed.like(np.fmin.reduce(grid, axis=0), alias)
+    if kind == "max":
+        return placed.like(np.fmax.reduce(grid, axis=0), alias)
+    if kind == "last":
+        from_end = np.argmax(valid[::-1], axis=0)
+        rows = np.where(count > 0, layout.starts + layout.shape[0] - 1 - from_end, np.nan)
+        return placed.column.gather(pl.Series(rows, nan_to_null=True).cast(pl.Int64)).alias(alias)
+    high, second = _top_two(grid, valid, count)
+    if kind == "second":
+        return pl.Series(alias, second, nan_to_null=True)
+    return pl.Series(alias, _p95_of_top_two(high, second, count), nan_to_null=True)
+
+
+def _top_two(
+    grid: npt.NDArray[np.float64], valid: npt.NDArray[np.bool_], count: npt.NDArray[np.int64]
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """The largest and second largest value (a repeated largest value counts twice) of
+    each grid column, NaN where there is none, in one pass over the grid's rows."""
+    high = np.full(grid.shape[1], -np.inf)
+    second = high.copy()
+    for row in np.where(valid, grid, -np.inf):
+        np.maximum(second, np.minimum(high, row), out=second)
+        np.maximum(high, row, out=high)
+    return np.where(count > 0, high, np.nan), np.where(count > 1, second, np.nan)
+
+
+def _p95_of_top_two(
+    high: npt.NDArray[np.float64], second: npt.NDArray[np.float64], count: npt.NDArray[np.int64]
+) -> npt.NDArray[np.float64]:
+    """p95 of groups of at most _TOP_TWO_MAX_N values from their two largest, which are
+    then the two closest ranks (n - 2 and n - 1); sorting every column of a grid of small
+    groups costs far more."""
+    return _interpolate(np.where(count > 1, second, high), high, count)
+
+
+def _interpolate(
+    low: npt.NDArray[np.float64], high: npt.NDArray[np.float64], count: npt.NDArray[np.int64]
+) -> npt.NDArray[np.float64]:
+    """p95 from the values at the two closest ranks of each group: lo + (hi - lo) *
+    fraction, as DuckDB's quantile_cont writes it; NaN for a group without values.
+
+    Every route to p95 ends here, so a group's p95 has the same bits whichever route the
+    batch it came in took."""
+    position = (np.maximum(count, 1) - 1) * P95
+    with np.errstate(invalid="ignore"):  # NaN of groups without values, kept
+        return low + (high - low) * (position - np.floor(position))
+
+
+def _p95_by_ranks(rows: pl.LazyFrame, columns: Sequence[tuple[str, str]]) -> pl.DataFrame:
+    """p95 (column -> alias) of every group `_g` of `rows`, for groups too large for the
+    two largest values: Polars selects the two closest ranks of each group in parallel
+    (sorting every column of a grid was several times slower)."""
+    ranks = []
+    for name, alias in columns:
+        value = pl.col(name).cast(pl.Float64)
+        ranks += [
+            value.quantile(P95, interpolation="lower").alias(f"{alias}:lo"),
+            value.quantile(P95, interpolation="higher").alias(f"{alias}:hi"),
+            value.count().cast(pl.Int64).alias(f"{alias}:n"),
+        ]
+    found = rows.group_by("_g", maintain_order=True).agg(ranks).collect(engine=ENGINE)
+    out = []
+    for _, alias in columns:
+        low, high = (found.get_column(f"{alias}:{k}").cast(pl.Float64).to_numpy() for k in ("lo", "hi"))
+        p95 = _interpolate(low, high, found.get_column(f"{alias}:n").to_numpy())
+        out.append(pl.Series(alias, p95, nan_to_null=True))
+    return pl.DataFrame(out)
+
+
+def _aggregate(rows: pl.LazyFrame, specs: Sequence[tuple[str, str, str]]) -> pl.LazyFrame:
+    """Aggregate `rows` (from `_bucketed`) per group `_g`, in `_g` order.
+
+    Groups of one row (nearly all of them in 1-minute buckets of a 1-minute agent) are
+    plain projections. Otherwise the groups, contiguous slices of the sorted `_g`, are laid
+    out as a grid with one column per group and every statistic is a numpy reduction over
+    the grid's rows: the cost of a call per group, larger than its arithmetic for the many
+    small groups of the short windows, is gone. A group's figures are computed the same
+    way whatever the other groups, so they do not depend on the batch it came in.
     """
+    frame = rows.collect(engine=ENGINE)
+    layout = _Grid.of(frame.get_column("_g")) if frame.height else None
+    if frame.height and layout is None:
+        # Groups too unequal in size for one grid: one grid per class of sizes within a
+        # factor of two of each other, each no more than half padding.
+        size = frame.select(pl.len().over("_g").log(2).ceil().cast(pl.Int64)).to_series()
+        parts = [_aggregate(frame.filter(size == c).lazy(), specs).collect(engine=ENGINE) for c in size.unique()]
+        return pl.concat(parts).sort("_g").lazy()
+    if layout is None or layout.shape[0] == 1:  # no rows, or every group is one row
+        return frame.lazy().select("_g", *(_single_expr(*spec) for spec in specs))
+    out: list[pl.Series] = [frame.get_column("_g").gather(layout.starts)]
+    placed: _Placed | None = None
+    wide: list[tuple[str, str]] = []  # p95 of groups too large for the two largest values
+    for kind, name, alias in specs:
+        if kind == "len":
+            out.append(pl.Series(alias, layout.lengths, dtype=pl.Int64))
+            continue
+        column = frame.get_column(name)
+        if kind in ("first", "final"):
+            at = layout.starts if kind == "first" else layout.starts + layout.lengths - 1
+            out.append(column.gather(at).alias(alias))
+            continue
+        if kind == "p95" and layout.shape[0] > _TOP_TWO_MAX_N:
+            wide.append((name, alias))
+            out.append(pl.Series(alias, [None], dtype=pl.Float64))  # replaced below
+            continue
+        # Placed once for the statistics of a column that follow one another, and only one
+        # column's grid is held at a time.
+        if placed is None or placed.column.name != name:
+            placed = layout.place(column)
+        out.append(_grid_stat(kind, placed, layout, alias))
+    if wide:
+        quantiles = _p95_by_ranks(frame.lazy(), wide)
+        out = [quantiles.get_column(c.name) if c.name in quantiles.columns else c for c in out]
+    return pl.DataFrame(out).lazy()
+
+
+def _single_expr(kind: str, column: str, alias: str) -> pl.Expr:
+    """A statistic of a group of one row, in the type the grid gives it: the mean, p95 or
+    last of one value is that value, a sum of nothing is 0, there is no second largest."""
     col = pl.col(column)
-    group = {
-        "first": col.first(),
-        "len": pl.len().cast(pl.Int64),
-        "mean": col.mean(),
-        "min": col.min(),
-        "max": col.max(),
-        "p95": col.quantile(P95, interpolation="linear"),
-        "last": col.last(ignore_nulls=True),
-        "sum": col.sum(),
-        "count": col.count().cast(pl.Int64),
-    }[kind]
-    single = {
+    expr = {
         "first": col,
+        "final": col,
         "len": pl.lit(1, dtype=pl.Int64),
         "mean": col.cast(pl.Float64),
         "min": col,
         "max": col,
         "p95": col.cast(pl.Float64),
         "last": col,
-        "sum": col.fill_null(0),
+        "sum": col.cast(pl.Float64).fill_null(0.0),
         "count": col.is_not_null().cast(pl.Int64),
+        "second": pl.lit(None, dtype=pl.Float64),
     }[kind]
-    return group.alias(alias), single.alias(alias)
-
-
-def _aggregate(rows: pl.LazyFrame, specs: Sequence[tuple[str, str, str]]) -> pl.LazyFrame:
-    """Aggregate `rows` (from `_bucketed`) per group `_g`, in `_g` order.
-
-    Groups of one row (nearly all of them in 1-minute buckets of a 1-minute agent) skip the
-    group machinery: their results are plain column projections, merged back in order with
-    the aggregated larger groups. Aggregating a group has a fixed cost per group that made
-    the 1-minute window the slowest of all.
-    """
-    pairs = [_agg_exprs(*spec) for spec in specs]
-    g = pl.col("_g")
-    alone = (g != g.shift(1)).fill_null(True) & (g != g.shift(-1)).fill_null(True)
-    marked = rows.with_columns(alone.alias("_alone")).collect(engine=ENGINE)
-    lone = int(marked.get_column("_alone").sum())
-    singles = marked.lazy().filter(pl.col("_alone")).select("_g", *(single for _, single in pairs))
-    if lone == marked.height:
-        return singles
-    if lone < marked.height // 10:  # too few to pay for the split and the merge
-        return rows.group_by("_g", maintain_order=True).agg(*(group for group, _ in pairs))
-    groups = (
-        marked.filter(~pl.col("_alone"))
-        .with_columns(pl.col("_g").set_sorted())  # a filter drops the flag; slices need it
-        .lazy()
-        .group_by("_g", maintain_order=True)
-        .agg(*(group for group, _ in pairs))
-    )
-    return singles.merge_sorted(groups, key="_g")
+    return expr.alias(alias)
 
 
 def _bucketed(lf: pl.LazyFrame, window: str, *, steps: bool = False) -> pl.LazyFrame:
@@ -391,32 +565,157 @@ def _bucketed(lf: pl.LazyFrame, window: str, *, steps: bool = False) -> pl.LazyF
     does not know that `_g` is sorted and hashes it, which made the 1-minute window several
     times slower; on a materialised sorted column it aggregates contiguous slices.
     """
-    bucket = pl.col("timestamp").dt.truncate(_TRUNCATE[window]).alias("bucket")
-    out = lf.with_columns(bucket).with_columns(_run_id("bucket").alias("_g"))
+    frame = lf.collect(engine=ENGINE)
+    time = frame.get_column("timestamp").to_physical().to_numpy()
+    # Every window divides a UTC day, so flooring epoch milliseconds is the UTC truncation.
+    start = time - time % (WINDOW_SECONDS[window] * 1000)
+    series = frame.get_column("_series").to_numpy()
+    new = np.ones(time.size, dtype=bool)
+    np.not_equal(start[1:], start[:-1], out=new[1:])
+    new[1:] |= series[1:] != series[:-1]
+    columns = [
+        pl.Series("bucket", start).cast(frame.schema["timestamp"]),
+        pl.Series("_g", np.cumsum(new)).set_sorted(),
+    ]
     if steps:
-        out = out.with_columns(_step_in_run().alias("_step_ms"))
-    return out.collect(engine=ENGINE).lazy()
+        step = np.diff(time, prepend=time[:1]).astype(np.float64)
+        columns.append(pl.Series("_step_ms", np.where(new, np.nan, step), nan_to_null=True).cast(pl.Int64))
+    return frame.with_columns(columns).lazy()
 
 
 def _firsts(*names: str) -> list[tuple[str, str, str]]:
     return [("first", n, n) for n in names]
 
 
+def _partials(metric: str) -> tuple[str, str, str]:
+    """The hidden columns of a metric from which coarser groups are merged: its count of
+    values, their sum and its second largest value."""
+    return f"_n_{metric}", f"_s_{metric}", f"_t2_{metric}"
+
+
+def _asset_groups(snapshots: pl.LazyFrame, window: str, finer: pl.DataFrame | None) -> pl.LazyFrame:
+    """Per asset and bucket of `window`: keys, samples, `_first` and `_last` sample times,
+    `_max_step_ms`, the metric statistics and, where another window is merged from them
+    or they are merged, their `_partials`.
+
+    From the raw rows, or merged from `finer`, the groups of a window that divides this
+    one: counts, sums, min, max and last merge exactly, and so does the pair of largest
+    values, which gives p95 exactly while a bucket holds at most _TOP_TWO_MAX_N values of
+    a metric. Merging needs far fewer rows than the raw ones for every window past the
+    shortest.
+    """
+    if finer is not None and finer.height:
+        return _merge_groups(snapshots, finer, window).lazy()
+    specs = [
+        *_firsts(*_KEYS, "_series", "bucket"),
+        ("len", "", "samples"),
+        ("first", "timestamp", "_first"),  # a group's rows are in time order
+        ("final", "timestamp", "_last"),
+        ("max", "_step_ms", "_max_step_ms"),
+    ]
+    merged_into = window in _MERGED_FROM.values()  # else the partials would only take memory
+    for m in ASSET_METRICS:  # a metric's statistics one after the other: its grid is placed once
+        count, total, second = _partials(m)
+        specs += [_stat(m, s) for s in ASSET_STATS]
+        if merged_into:
+            specs += [("count", m, count), ("sum", m, total), ("second", m, second)]
+    return _aggregate(_bucketed(snapshots, window, steps=True), specs)
+
+
+# The window whose asset groups each window's are merged from (the others come from the
+# raw rows: 1-minute groups are about as many as the rows, and 5-minute ones are the first
+# to be much fewer). A fixed chain, so that an asset's figures do not depend on the
+# windows asked for nor on the other assets of the batch.
+_MERGED_FROM: dict[str, str] = {"15min": "5min", "1hour": "15min", "1day": "1hour"}
+
+
+def _chained_groups(snapshots: pl.LazyFrame, window: str, known: tuple[str, pl.DataFrame] | None) -> pl.LazyFrame:
+    """`_asset_groups` of `window`, merged along `_MERGED_FROM` (reusing `known`, the
+    groups of a window computed before, where it is on the way)."""
+    source = _MERGED_FROM.get(window)
+    if source is None:
+        return _asset_groups(snapshots, window, None)
+    if known is not None and known[0] == source:
+        return _asset_groups(snapshots, window, known[1])
+    return _asset_groups(snapshots, window, _chained_groups(snapshots, source, known).collect(engine=ENGINE))
+
+
+def _merge_groups(snapshots: pl.LazyFrame, finer: pl.DataFrame, window: str) -> pl.DataFrame:
+    """`_asset_groups` of `window` merged from those of a finer window (see there)."""
+    bucket = finer.get_column("bucket")
+    start = bucket.to_physical().to_numpy()
+    start = start - start % (WINDOW_SECONDS[window] * 1000)
+    series = finer.get_column("_series").to_numpy()
+    new = np.ones(start.size, dtype=bool)
+    np.not_equal(start[1:], start[:-1], out=new[1:])
+    new[1:] |= series[1:] != series[:-1]
+    # At most as many finer groups per group as the one window holds of the other, so the
+    # grid is never mostly padding.
+    layout = _Grid.of(pl.Series(np.cumsum(new)), bounded=False)
+    assert layout is not None
+    ends = layout.starts + layout.lengths - 1
+
+    def column(name: str) -> pl.Series:
+        return finer.get_column(name)
+
+    def total(name: str, alias: str) -> pl.Series:
+        return pl.Series(alias, layout.place(column(name)).total)
+
+    # The longest step also spans from a finer group's last sample to the next one's first.
+    first_ms = column("_first").to_physical().cast(pl.Float64).to_numpy()
+    across = first_ms - np.concatenate(([np.nan], column("_last").to_physical().cast(pl.Float64).to_numpy()[:-1]))
+    steps = np.fmax(column("_max_step_ms").cast(pl.Float64).to_numpy(), np.where(new, np.nan, across))
+    step_grid = layout.place(pl.Series("_max_step_ms", steps, nan_to_null=True).cast(pl.Int64))
+    out = [
+        *(column(k).gather(layout.starts) for k in (*_KEYS, "_series")),
+        pl.Series("bucket", start[layout.starts]).cast(bucket.dtype),
+        total("samples", "samples").cast(pl.Int64),
+        column("_first").gather(layout.starts),
+        column("_last").gather(ends),
+        step_grid.like(np.fmax.reduce(step_grid.grid, axis=0), "_max_step_ms"),
+    ]
+    wide: list[tuple[str, str]] = []
+    for m in ASSET_METRICS:
+        n_name, sum_name, second_name = _partials(m)
+        count = total(n_name, n_name).cast(pl.Int64)
+        sums = total(sum_name, sum_name)
+        largest = layout.place(column(f"{m}_max"))
+        high, second = _top_two(largest.grid, largest.valid, largest.count)
+        second = np.fmax(second, np.fmax.reduce(layout.place(column(second_name)).grid, axis=0))
+        counts = count.to_numpy()
+        if int(counts.max(initial=0)) <= _TOP_TWO_MAX_N:
+            p95 = pl.Series(f"{m}_p95", _p95_of_top_two(high, second, counts), nan_to_null=True)
+        else:
+            wide.append((m, f"{m}_p95"))
+            p95 = pl.Series(f"{m}_p95", [None], dtype=pl.Float64)  # replaced below
+        smallest = layout.place(column(f"{m}_min"))
+        mean = np.divide(sums.to_numpy(), counts, out=np.full(counts.size, np.nan), where=counts > 0)
+        out += [
+            pl.Series(f"{m}_mean", mean, nan_to_null=True),
+            smallest.like(np.fmin.reduce(smallest.grid, axis=0), f"{m}_min"),
+            largest.like(high, f"{m}_max"),
+            p95,
+            _grid_stat("last", layout.place(column(f"{m}_last")), layout, f"{m}_last"),
+            count,
+            sums,
+            pl.Series(second_name, second, nan_to_null=True),
+        ]
+    if wide:
+        # p95 of buckets holding more values than the largest two tell about: exact only
+        # from the raw rows, which group into the same (asset, bucket)s in the same order.
+        raw = _p95_by_ranks(_bucketed(snapshots, window), wide)
+        assert raw.height == layout.starts.size
+        out = [raw.get_column(c.name) if c.name in raw.columns else c for c in out]
+    return pl.DataFrame(out)
+
+
 def _asset_rollup(
-    snapshots: pl.LazyFrame, intervals: pl.LazyFrame, flags: pl.LazyFrame | None, window: str
+    snapshots: pl.LazyFrame, intervals: pl.LazyFrame, flags: pl.LazyFrame | None, window: str, groups: pl.LazyFrame
 ) -> pl.LazyFrame:
+    """The asset rollups of `window` from its `_asset_groups`: interval, coverage, longest
+    gap and flags added."""
     seconds = WINDOW_SECONDS[window]
-    grouped = _aggregate(
-        _bucketed(snapshots, window, steps=True),
-        [
-            *_firsts(*_KEYS, "_series", "bucket"),
-            ("len", "", "samples"),
-            ("min", "timestamp", "_first"),
-            ("max", "timestamp", "_last"),
-            ("max", "_step_ms", "_max_step_ms"),
-            *(_stat(m, s) for m in ASSET_METRICS for s in ASSET_STATS),
-        ],
-    )
+    grouped = groups
     end = pl.col("bucket").dt.offset_by(f"{seconds}s")
     lead_ms = (pl.col("_first") - pl.col("bucket")).dt.total_milliseconds()
     tail_ms = (end - pl.col("_last")).dt.total_milliseconds()
@@ -523,15 +822,197 @@ def compute_rollups(
     # One window at a time: its bucketed copies are freed before the next is built, which
     # keeps the peak memory near one window's worth (collecting all windows together
     # on two cores was no faster and doubled the peak).
+    # The windows from the shortest, the asset groups of those merged from kept for the
+    # next (the others stay in the window's plan, which never holds them whole: the
+    # 1-minute ones are as large as the rollups).
     out: dict[str, Rollups] = {}
-    for window in windows:
+    known: tuple[str, pl.DataFrame] | None = None
+    for window in sorted(set(windows), key=WINDOW_SECONDS.__getitem__):
+        groups = _chained_groups(snapshots, window, known)
+        if window in _MERGED_FROM.values():
+            known = (window, groups.collect(engine=ENGINE))
+            groups = known[1].lazy()
         plans = [
-            _asset_rollup(snapshots, intervals, flag_frame, window),
+            _asset_rollup(snapshots, intervals, flag_frame, window, groups),
             _disk_rollup(disks, window),
             _interface_rollup(interfaces, interface_assets, intervals, window),
         ]
         out[window] = Rollups(window, *pl.collect_all(plans, engine=ENGINE))
-    return out
+    return {window: out[window] for window in windows}
+
+
+# ---- mergeable rollups: coarser buckets without the raw data ------------------------------
+
+# Relative accuracy of the p95 of mergeable rollups (a DDSketch-style log-bucket sketch):
+# the estimate lies within SKETCH_ALPHA * the exact value (see `coarsen_rollups`).
+SKETCH_ALPHA: Final = 0.01
+_GAMMA: Final = (1 + SKETCH_ALPHA) / (1 - SKETCH_ALPHA)
+_LOG_GAMMA: Final = math.log(_GAMMA)
+# The bin of exact zeros, below every bin of a positive value (those are > -40,000).
+_ZERO_KEY: Final = -(2**31)
+# The windows `coarsen_rollups` merges into: the rollup windows, and ISO weeks (Monday).
+MERGE_WINDOWS: dict[str, str] = {**_TRUNCATE, "1week": "1w"}
+_SKETCH_DTYPE: Final = pl.List(pl.Struct({"key": pl.Int32(), "count": pl.Int64()}))
+_MERGEABLE_STATS: tuple[str, ...] = ("mean", "min", "max", "p95", "last", "count", "sum", "sketch")
+
+
+def _sketch_key(value: pl.Expr) -> pl.Expr:
+    """The sketch bin of a non-negative value: k with gamma^(k-1) < value <= gamma^k, or
+    `_ZERO_KEY` for 0. Every value of a bin is within SKETCH_ALPHA of the bin's
+    representative value (`_bin_values`)."""
+    positive = (value.log() / _LOG_GAMMA).ceil().cast(pl.Int32)
+    return pl.when(value > 0).then(positive).otherwise(pl.lit(_ZERO_KEY, dtype=pl.Int32))
+
+
+def _bin_values(keys: npt.NDArray[np.int32]) -> npt.NDArray[np.float64]:
+    """The representative value of each bin: 2 gamma^k / (gamma + 1), at most SKETCH_ALPHA
+    relative from any value of the bin (the bin of zeros stands for 0 exactly)."""
+    value = np.exp(keys.astype(np.float64) * _LOG_GAMMA) * (2.0 / (_GAMMA + 1.0))
+    return np.where(keys == _ZERO_KEY, 0.0, value)
+
+
+def mergeable_rollups(frames: Frames, window: str = "1min") -> pl.DataFrame:
+    """Per (orgId, assetId, bucket) of `window`: the asset metrics' rollups in a form that
+    merges into coarser buckets without the raw data (see `coarsen_rollups`).
+
+    Columns: orgId, assetId, bucket, samples, then per asset metric `<metric>_<stat>` for
+    mean, min, max, p95, last (as `compute_rollups` defines them, except that p95 comes from
+    the sketch: within SKETCH_ALPHA relative of the exact value), count (non-null samples),
+    sum, and sketch: the metric's DDSketch-style bins, a list of {key, count} sorted by key.
+    The snapshots are cleaned as `compute_rollups` cleans them, so every value is
+    non-negative (percentages, bytes and counts), which the sketch relies on.
+    """
+    if window not in MERGE_WINDOWS:
+        raise RollupError("windows", window, f"unknown window; expected one of {', '.join(MERGE_WINDOWS)}")
+    snapshots = _prepare(frames.snapshots, "snapshots", None, _SNAPSHOT_COLUMNS)
+    singles = []
+    for metric in ASSET_METRICS:
+        value = pl.col(metric)
+        one = pl.struct(_sketch_key(value.cast(pl.Float64)).alias("key"), pl.lit(1, dtype=pl.Int64).alias("count"))
+        singles += [
+            value.is_not_null().cast(pl.Int64).alias(f"{metric}_count"),
+            value.cast(pl.Float64).fill_null(0.0).alias(f"{metric}_sum"),
+            *(value.alias(f"{metric}_{stat}") for stat in ("min", "max", "last")),
+            pl.when(value.is_not_null()).then(pl.concat_list(one)).alias(f"{metric}_sketch"),
+        ]
+    rows = snapshots.select(
+        *_KEYS, pl.col("timestamp").alias("bucket"), pl.lit(1, dtype=pl.Int64).alias("samples"), *singles
+    )
+    return _merge(rows.collect(engine=ENGINE), window)
+
+
+def coarsen_rollups(rollups: pl.DataFrame, window: str) -> pl.DataFrame:
+    """Merge mergeable rollups (from `mergeable_rollups` or this function) into the
+    coarser buckets of `window` (a rollup window or `1week`), with the same columns.
+
+    Rollups of separate runs (days, or disjoint parts of the fleet) can be
+    concatenated first: each (orgId, assetId, bucket) of the result merges every row whose
+    bucket falls in it. samples, count, sum, min, max and last are exact; mean is sum /
+    count (exact up to float rounding); p95 is estimated from the merged sketch bins.
+
+    The p95 bound: with n values, p95 interpolates between the values of ranks floor(r)
+    and ceil(r), r = 0.95 (n - 1). The merged bins give each of those two values within
+    SKETCH_ALPHA relative (a rank's bin is found exactly from the counts, and every value of
+    a bin is within SKETCH_ALPHA of its representative), and the interpolation of two
+    estimates within a relative error of non-negative values stays within it:
+    |p95_estimate - p95| <= SKETCH_ALPHA * p95. The estimate is also clamped to the exact
+    [min, max], which can only bring it closer.
+    """
+    if window not in MERGE_WINDOWS:
+        raise RollupError("windows", window, f"unknown window; expected one of {', '.join(MERGE_WINDOWS)}")
+    for column in (*_KEYS, "bucket", "samples", *(f"{m}_{s}" for m in ASSET_METRICS for s in _MERGEABLE_STATS)):
+        if column not in rollups.columns:
+            raise RollupError("rollups", column, "column is missing (not a mergeable rollup)")
+    keys = [*_KEYS, "bucket"]
+    ordered = rollups if _in_order(rollups, keys) else rollups.sort(keys, maintain_order=True)
+    return _merge(ordered.drop(f"{m}_{s}" for m in ASSET_METRICS for s in ("mean", "p95")), window)
+
+
+def _merge(rows: pl.DataFrame, window: str) -> pl.DataFrame:
+    """Merge `rows` (mergeable state, sorted by orgId, assetId, bucket) per bucket of `window`."""
+    group = ~pl.all_horizontal(pl.col(k) == pl.col(k).shift(1) for k in (*_KEYS, "bucket")).fill_null(False)
+    rows = rows.with_columns(pl.col("bucket").dt.truncate(MERGE_WINDOWS[window])).with_columns(
+        (group.cum_sum().cast(pl.Int64) - 1).set_sorted().alias("_g")
+    )
+    merged = rows.lazy().group_by("_g", maintain_order=True).agg(
+        *(pl.col(c).first() for c in (*_KEYS, "bucket")),
+        pl.col("samples").sum(),
+        *(
+            agg
+            for m in ASSET_METRICS
+            for agg in (
+                pl.col(f"{m}_count").sum(),
+                pl.col(f"{m}_sum").sum(),
+                pl.col(f"{m}_min").min(),
+                pl.col(f"{m}_max").max(),
+                pl.col(f"{m}_last").last(ignore_nulls=True),
+            )
+        ),
+    )
+    out = merged.collect(engine=ENGINE)
+    for metric in ASSET_METRICS:
+        out = out.hstack(_merge_sketch(rows, metric, out.height))
+    columns = []
+    for m in ASSET_METRICS:
+        count = pl.col(f"{m}_count")
+        p95 = pl.col(f"_{m}_p95").clip(pl.col(f"{m}_min").cast(pl.Float64), pl.col(f"{m}_max").cast(pl.Float64))
+        columns += [
+            pl.when(count > 0).then(pl.col(f"{m}_sum") / count).alias(f"{m}_mean"),
+            pl.col(f"{m}_min"),
+            pl.col(f"{m}_max"),
+            p95.alias(f"{m}_p95"),
+            pl.col(f"{m}_last"),
+            count,
+            pl.col(f"{m}_sum"),
+            pl.col(f"{m}_sketch"),
+        ]
+    return out.select(*_KEYS, "bucket", "samples", *columns)
+
+
+def _merge_sketch(rows: pl.DataFrame, metric: str, groups: int) -> list[pl.Series]:
+    """[`<metric>_sketch`, `_<metric>_p95`] of each of the `groups` groups `_g` (numbered
+    from 0) of `rows`: the bins of the group's rows added up (none for a group without
+    values), and p95 from them.
+
+    In numpy over the flat bins: sorted by (group, key) unless they already are (one bin
+    per row, as from the raw rows), equal bins added up, then each group's ranks found
+    from its running count: the value of rank i is in the first bin whose running count
+    exceeds i.
+    """
+    column = f"{metric}_sketch"
+    flat = rows.lazy().select("_g", column).explode(column).drop_nulls(column).unnest(column).collect(engine=ENGINE)
+    g, key, count = (flat.get_column(c).to_numpy() for c in ("_g", "key", "count"))
+    if g.size > 1 and not np.all((g[1:] > g[:-1]) | ((g[1:] == g[:-1]) & (key[1:] >= key[:-1]))):
+        order = np.lexsort((key, g))
+        g, key, count = g[order], key[order], count[order]
+    same_bin = np.zeros(g.size, dtype=bool)
+    same_bin[1:] = (g[1:] == g[:-1]) & (key[1:] == key[:-1])
+    starts = np.flatnonzero(~same_bin)
+    g, key = g[starts], key[starts].astype(np.int32)
+    count = np.add.reduceat(count, starts) if starts.size else count.astype(np.int64)
+    offsets = np.zeros(groups + 1, dtype=np.int32)
+    np.cumsum(np.bincount(g, minlength=groups), out=offsets[1:])
+    bins = pa.StructArray.from_arrays([pa.array(key), pa.array(count)], names=["key", "count"])
+    sketch = pl.Series(column, pa.ListArray.from_arrays(pa.array(offsets), bins)).cast(_SKETCH_DTYPE)
+    p95 = np.full(groups, np.nan)
+    if g.size:
+        new_group = np.ones(g.size, dtype=bool)
+        new_group[1:] = g[1:] != g[:-1]
+        group_starts = np.flatnonzero(new_group)
+        group_of = np.cumsum(new_group) - 1
+        seen = np.cumsum(count)
+        seen_in_group = seen - (seen - count)[group_starts][group_of]
+        rank = (seen_in_group[np.append(group_starts[1:], g.size) - 1] - 1) * P95  # n - 1 of each group
+        value = _bin_values(key)
+
+        def at_rank(ranks: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+            exceeds = seen_in_group > ranks[group_of]
+            first = np.minimum.reduceat(np.where(exceeds, np.arange(g.size), g.size), group_starts)
+            return value[first]
+
+        low, high = at_rank(np.floor(rank)), at_rank(np.ceil(rank))
+        p95[g[group_starts]] = low + (high - low) * (rank - np.floor(rank))
+    return [sketch, pl.Series(f"_{metric}_p95", p95, nan_to_null=True)]
 
 
 # ---- availability -------------------------------------------------------------------------

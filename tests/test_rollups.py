@@ -29,11 +29,14 @@ from perf_analytics.frames import Frames, empty_frames, frames_from_documents
 from perf_analytics.generate import fleet_labels, generate_fleet
 from perf_analytics.rollups import (
     ASSET_METRICS,
+    SKETCH_ALPHA,
     WINDOW_SECONDS,
     WINDOWS,
     RollupError,
+    coarsen_rollups,
     compute_availability,
     compute_rollups,
+    mergeable_rollups,
     upsert_rollups,
 )
 from perf_analytics.schema import validate_snapshot
@@ -310,6 +313,35 @@ def test_every_window_has_one_row_per_asset_and_bucket_with_samples() -> None:
     assert rollups["1day"].assets.height == 2 * 2 * 2  # orgs x assets x days
 
 
+def test_groups_of_very_unequal_sizes_equal_the_duckdb_reference() -> None:
+    # One asset every second beside ten that sent one snapshot each: most groups are one
+    # row and one is hundreds, too unequal for a single grid of `_aggregate` past 1 minute.
+    busy = [snap(s / 60, assetId="busy", cpu_usage=float(s % 97), memory_swap_used=float(s)) for s in range(600)]
+    quiet = [snap(m, assetId=f"quiet-{m}", cpu_usage=float(m)) for m in range(10)]
+    check_against_reference(frames_of(busy + quiet))
+
+
+def test_an_assets_rollups_do_not_depend_on_the_other_assets_nor_the_windows_asked_for() -> None:
+    frames = fleet_frames()
+    asset = frames.snapshots.get_column("assetId")[0]
+    alone = Frames(*(f.filter(pl.col("assetId") == asset) for f in (frames.snapshots, frames.disks, frames.interfaces)))
+    together = compute_rollups(frames)
+    for window in WINDOWS:
+        by_itself = compute_rollups(alone, windows=[window])[window]
+        assert by_itself.assets.height > 0
+        for level in ("assets", "disks", "interfaces"):
+            mine = getattr(together[window], level).filter(pl.col("assetId") == asset)
+            assert mine.equals(getattr(by_itself, level)), (window, level)
+    # Beside an asset that reports every second, whose groups are far larger.
+    rng = np.random.default_rng(5)
+    steady = [snap(m, cpu_usage=float(rng.uniform(0, 100)), memory_swap_used=float(rng.lognormal(10, 3)))
+              for m in range(1440)]
+    busy = [snap(s / 60, assetId="busy", cpu_usage=float(s % 97)) for s in range(3000)]
+    crowded, quiet = compute_rollups(frames_of(busy + steady)), compute_rollups(frames_of(steady))
+    for window in WINDOWS:
+        assert crowded[window].assets.filter(pl.col("assetId") == "asset-1").equals(quiet[window].assets), window
+
+
 def test_row_order_of_the_input_does_not_change_the_rollups() -> None:
     frames = fleet_frames()  # in the frames' own order: the fast path that skips the string sort
     shuffled = Frames(*(f.sample(fraction=1.0, shuffle=True, seed=3) for f in (frames.snapshots, frames.disks,
@@ -469,6 +501,109 @@ def test_a_frame_without_a_key_column_raises_a_rollup_error_naming_it() -> None:
                                frames.disks, frames.interfaces))
     with pytest.raises(RollupError, match="unknown window"):
         compute_rollups(frames, windows=["2min"])
+
+
+# ---- mergeable rollups ---------------------------------------------------------------------
+
+EXACT_MERGED = ("min", "max", "last")
+
+
+def assert_within_sketch_bound(estimate: Sequence[float | None], exact: Sequence[float | None]) -> int:
+    """Every estimate within SKETCH_ALPHA relative of its exact value (nulls where it is
+    null; 1e-12 relative slack for the float arithmetic of the bin boundaries); returns the
+    values compared."""
+    assert len(estimate) == len(exact)
+    compared = 0
+    for est, ref in zip(estimate, exact, strict=True):
+        assert (est is None) == (ref is None), (est, ref)
+        if ref is not None and est is not None:
+            assert abs(est - ref) <= SKETCH_ALPHA * abs(ref) * (1 + 1e-12), (est, ref)
+            compared += 1
+    return compared
+
+
+def test_coarsened_rollups_equal_compute_rollups_and_p95_is_within_the_sketch_bound() -> None:
+    frames = fleet_frames()
+    minutes = mergeable_rollups(frames)
+    exact = compute_rollups(frames)
+    compared = 0
+    for window in WINDOWS:
+        ours = coarsen_rollups(minutes, window)
+        ref = exact[window].assets
+        assert ours.select("orgId", "assetId", "bucket", "samples").equals(
+            ref.select("orgId", "assetId", "bucket", "samples")
+        ), window
+        for metric in ASSET_METRICS:
+            for stat in EXACT_MERGED:
+                assert ours[f"{metric}_{stat}"].to_list() == ref[f"{metric}_{stat}"].to_list(), (window, metric, stat)
+            for a, b in zip(ours[f"{metric}_mean"].to_list(), ref[f"{metric}_mean"].to_list(), strict=True):
+                assert (a is None and b is None) or a == pytest.approx(b, rel=1e-12)
+            compared += assert_within_sketch_bound(ours[f"{metric}_p95"].to_list(), ref[f"{metric}_p95"].to_list())
+    assert compared > 10_000
+
+
+def test_p95_of_values_across_many_decades_stays_within_the_sketch_bound() -> None:
+    rng = np.random.default_rng(3)
+    minutes = np.arange(6 * 60)
+    swap = rng.lognormal(10, 6, minutes.size)  # from about 1e-3 to 1e12
+    swap[rng.random(minutes.size) < 0.1] = 0.0
+    swap[::7] = swap[3]  # repeated values
+    frames = frames_of([snap(int(m), memory_swap_used=float(v)) for m, v in zip(minutes, swap, strict=True)])
+    for window in ("5min", "15min", "1hour", "1day"):
+        ours = coarsen_rollups(mergeable_rollups(frames), window).sort("bucket")
+        per_bucket = minutes // (WINDOW_SECONDS[window] // 60)
+        exact = [float(np.percentile(swap[per_bucket == b], 95)) for b in np.unique(per_bucket)]
+        assert assert_within_sketch_bound(ours["memory_swap_used_p95"].to_list(), exact) == len(exact)
+    assert max(swap) / min(swap[swap > 0]) > 1e12
+
+
+def test_rollups_of_separate_days_merge_into_a_week_without_the_raw_data() -> None:
+    frames = fleet_frames()
+    day = pl.col("timestamp").dt.date()
+    dates = frames.snapshots.select(day.unique().sort()).to_series().to_list()
+    assert len(dates) >= 2
+    # Each day rolled up on its own, as nightly runs do; only the 1-minute rollups are kept.
+    per_day = [
+        mergeable_rollups(Frames(frames.snapshots.filter(day == d), frames.disks, frames.interfaces)) for d in dates
+    ]
+    week = coarsen_rollups(pl.concat(per_day), "1week")
+    raw = frames.snapshots.with_columns(pl.col("timestamp").dt.truncate("1w").alias("bucket"))
+    compared = 0
+    for (org, asset, bucket), group in raw.group_by("orgId", "assetId", "bucket"):
+        row = week.filter((pl.col("orgId") == org) & (pl.col("assetId") == asset) & (pl.col("bucket") == bucket))
+        assert row.height == 1
+        assert row["samples"].item() == group.height
+        for metric in ASSET_METRICS:
+            values = group[metric].drop_nulls().to_numpy().astype(float)
+            assert row[f"{metric}_count"].item() == values.size
+            assert row[f"{metric}_max"].item() == values.max()
+            compared += assert_within_sketch_bound([row[f"{metric}_p95"].item()], [float(np.percentile(values, 95))])
+    assert compared == len(ASSET_METRICS) * week.height > 0
+
+
+def test_coarsening_in_steps_gives_the_same_rollups_as_at_once() -> None:
+    minutes = mergeable_rollups(fleet_frames())
+    stepwise = coarsen_rollups(coarsen_rollups(coarsen_rollups(minutes, "15min"), "1hour"), "1day")
+    at_once = coarsen_rollups(minutes, "1day")
+    # Sums (and means) are added up in another order, so they may differ in the last bits.
+    summed = [c for c in at_once.columns if c.endswith(("_mean", "_sum"))]
+    assert stepwise.drop(summed).equals(at_once.drop(summed))
+    for column in summed:
+        assert np.allclose(stepwise[column].to_numpy(), at_once[column].to_numpy(), rtol=1e-12, atol=0)
+    assert stepwise["cpu_usage_sketch"].list.len().sum() > stepwise.height  # bins were merged, not kept apart
+
+
+def test_mergeable_rollups_ignore_null_values_and_reject_what_they_cannot_merge() -> None:
+    frames = frames_of([snap(0, memory_swap_used=None), snap(1, memory_swap_used=3.0), snap(2, cpu_usage=0.0)])
+    row = coarsen_rollups(mergeable_rollups(frames), "1hour").row(0, named=True)
+    assert (row["samples"], row["memory_swap_used_count"], row["memory_swap_used_p95"]) == (3, 1, 3.0)
+    assert row["cpu_usage_min"] == 0.0 and row["cpu_usage_p95"] == pytest.approx(10.0, rel=SKETCH_ALPHA)
+    empty = mergeable_rollups(frames_of([]))
+    assert empty.height == 0 and empty.columns == coarsen_rollups(mergeable_rollups(frames), "1day").columns
+    with pytest.raises(RollupError, match="unknown window"):
+        mergeable_rollups(frames, "2min")
+    with pytest.raises(RollupError, match=r"rollups\.cpu_usage_count: column is missing"):
+        coarsen_rollups(compute_rollups(frames, windows=["1min"])["1min"].assets, "1hour")
 
 
 # ---- availability -------------------------------------------------------------------------
