@@ -178,12 +178,16 @@ def _bisect(
     return tables, refused
 
 
-def _skipped(raw: bytes, reason: str, codec: CodecOptions[Any]) -> Problem:
+def refused_problem(raw: bytes, codec: CodecOptions[Any], reason: str = "") -> Problem:
+    """The Problem record of a document the contract's types refused (`reason`: why, if
+    known), naming its off-type kinds; ExtractError when it shows none of the kinds
+    `doctor --fix` repairs, since leaving it out silently would hide a bug."""
     doc = bson.decode(raw, codec_options=codec)
     kinds = off_type_kinds(doc)
     if not kinds:
+        why = f"({reason})" if reason else "with the contract's types"
         raise ExtractError(
-            f"snapshot {doc.get('_id')} cannot be read ({reason}) and is none of the "
+            f"snapshot {doc.get('_id')} cannot be read {why} and is none of the "
             "off-type kinds `doctor --fix` repairs"
         )
     return Problem(doc.get("_id"), ", ".join(kinds))
@@ -195,7 +199,7 @@ def _build(pieces: list[bytes], schema: Schema, codec: CodecOptions[Any]) -> tup
         return _arrow(pieces, schema, codec), []
     except TypeError:
         tables, refused = _bisect(_documents(pieces), schema, codec)
-    skipped = [_skipped(raw, reason, codec) for raw, reason in refused]
+    skipped = [refused_problem(raw, codec, reason) for raw, reason in refused]
     return (pa.concat_tables(tables) if tables else _arrow([], schema, codec)), skipped
 
 

@@ -35,14 +35,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import bson
 import polars as pl
 from bson.codec_options import CodecOptions, DatetimeConversion
 
 from perf_analytics.errors import ConfigError, NotFound, PerfAnalyticsError
-from perf_analytics.extract import MAX_REPORTED, ExtractError, Extraction
+from perf_analytics.extract import MAX_REPORTED, Extraction, refused_problem
 from perf_analytics.frames import arrow_schema, empty_frames, frames_from_arrow
-from perf_analytics.schema import Problem, off_type_kinds
+from perf_analytics.schema import Problem
 from perf_analytics.store import Doc
 from perf_analytics.sync import last_synced, listed_snapshot_files, part_schema
 
@@ -157,17 +156,6 @@ def scan_snapshots(
     return _readable(window_files(lake, org_id, start, end), org_id, start, end, asset_ids)
 
 
-def _problem(raw: bytes) -> Problem:
-    doc = bson.decode(raw, codec_options=_DECODE)
-    kinds = off_type_kinds(doc)
-    if not kinds:
-        raise ExtractError(
-            f"snapshot {doc.get('_id')} cannot be read with the contract's types and is none of the "
-            "off-type kinds `doctor --fix` repairs"
-        )
-    return Problem(doc.get("_id"), ", ".join(kinds))
-
-
 def _refused(files: Sequence[Path], org_id: str, start: datetime, end: datetime,
              asset_ids: Sequence[str | None] | None) -> tuple[list[Problem], int]:
     scan = (
@@ -177,7 +165,7 @@ def _refused(files: Sequence[Path], org_id: str, start: datetime, end: datetime,
         .unique(subset="key", keep="first", maintain_order=True)
     )
     refused = _collect(scan, org_id)
-    problems = [_problem(raw) for raw in refused["bson"]]
+    problems = [refused_problem(raw, _DECODE) for raw in refused["bson"]]
     return problems[:MAX_REPORTED], len(problems)
 
 
