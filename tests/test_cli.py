@@ -72,6 +72,25 @@ def test_the_listed_summary_is_the_commands_own_short_help(name: str) -> None:
     assert SUMMARIES[name] == command.get_short_help_str(limit=10**6)
 
 
+def test_the_help_defaults_are_the_librarys_own() -> None:
+    from perf_analytics import extract, migrate, pipeline, plots, report, retention, rollups, sync
+    from perf_analytics.commands import _defaults
+    from perf_analytics.ingest import checkpoint, readers
+
+    assert _defaults.ASSET_BATCH == pipeline.DEFAULT_ASSET_BATCH
+    assert _defaults.EXTRACT_CHUNK_ROWS == extract.DEFAULT_CHUNK_ROWS
+    assert _defaults.SYNC_CHUNK_ROWS == sync.DEFAULT_CHUNK_ROWS
+    assert _defaults.SYNC_SKEW == sync.DEFAULT_SKEW
+    assert _defaults.MIGRATE_BATCH_SIZE == migrate.DEFAULT_BATCH_SIZE
+    assert _defaults.REPORT_TOP == report.DEFAULT_TOP
+    assert _defaults.RETENTION_OLDER_THAN_DAYS == retention.DEFAULT_OLDER_THAN_DAYS
+    assert _defaults.PLOT_SUFFIXES == plots.SUFFIXES
+    assert _defaults.INGEST_FORMATS == readers.FORMATS
+    assert _defaults.INGEST_COMPRESSIONS == readers.COMPRESSIONS
+    assert _defaults.CHECKPOINT_DIR == checkpoint.DEFAULT_DIR
+    assert _defaults.WINDOWS == rollups.WINDOWS
+
+
 HEAVY_MODULES = ("polars", "pyarrow", "duckdb", "pymongoarrow", "matplotlib", "numpy")
 
 
@@ -93,7 +112,7 @@ def _modules_after(args: list[str], cwd: Path) -> set[str]:
 
 
 @pytest.mark.parametrize(
-    "args", [["--help"]],
+    "args", [["--help"], *([name, "--help"] for name in sorted(SUMMARIES)), ["localdb", "status"]],
     ids=" ".join,
 )
 def test_help_and_localdb_status_import_none_of_the_data_stack(tmp_path: Path, args: list[str]) -> None:
