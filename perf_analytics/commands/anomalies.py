@@ -40,6 +40,7 @@ def command(ctx: click.Context, org_id: str, day: str, asset_batch: int, to_mong
     """
     # The data stack loads here, when the command runs, not for --help.
     from perf_analytics.pipeline import run_day
+
     when = parse_day(day)
     if not no_sync:
         sync_org(ctx, org_id)

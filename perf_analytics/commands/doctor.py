@@ -41,6 +41,7 @@ def command(ctx: click.Context, orgs: tuple[str, ...], fix: bool, as_json: bool)
     """
     # The data stack loads here, when the command runs, not for --help.
     from perf_analytics.doctor import diagnose, diagnose_all_orgs
+
     db = db_of(ctx)
     if orgs:
         reports = [diagnose(db, org, fix=fix) for org in dict.fromkeys(orgs)]

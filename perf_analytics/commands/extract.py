@@ -51,6 +51,7 @@ def command(
     """
     # The data stack loads here, when the command runs, not for --help.
     from perf_analytics.extract import write_window_parquet
+
     lo, hi = parse_time(start, "--from"), parse_time(end, "--to")
     written = write_window_parquet(db_of(ctx), org_id, lo, hi, out, asset_ids=list(assets) or None,
                                   chunk_rows=chunk_rows)

@@ -96,6 +96,7 @@ def command(
     """
     # NumPy loads here, when the command runs, not for --help.
     from perf_analytics.generate import write_fleet
+
     console = Console(stderr=True)
     columns = (TextColumn("generating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as bar:

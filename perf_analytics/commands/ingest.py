@@ -76,6 +76,7 @@ def command(
     """
     # The data stack loads here, when the command runs, not for --help.
     from perf_analytics.ingest import IngestSummary, ingest_archives, ingest_archives_all_orgs
+
     db = db_of(ctx)
     total = sum(p.stat().st_size for p in paths)
     console = Console(stderr=True)

@@ -41,6 +41,7 @@ def command(ctx: click.Context, orgs: tuple[str, ...], dry_run: bool, batch_size
     """
     # The data stack loads here, when the command runs, not for --help.
     from perf_analytics.migrate import migrate_all_orgs, migrate_legacy_snapshots
+
     db = db_of(ctx)
     if orgs:
         reports = [

@@ -123,6 +123,7 @@ def command(ctx: click.Context, day: str | None, start: str | None, end: str | N
     """
     # The data stack loads here, when the command runs, not for --help.
     from perf_analytics.nightly import NightlyOptions, RunFailed, run_nightly
+
     dates = asked_dates(day, start, end)
     options = NightlyOptions(windows=tuple(w.strip() for w in windows.split(",") if w.strip()),
                              asset_batch=asset_batch, to_mongo=to_mongo, retain_days=retain_days,

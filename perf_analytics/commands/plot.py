@@ -44,6 +44,7 @@ def command(ctx: click.Context, org_id: str, day: str, days: int, asset_id: str 
     """
     # The data stack loads here, when the command runs, not for --help.
     from perf_analytics.plots import asset_figure, fleet_figure, save_figure
+
     if Path(out).suffix.lower() not in PLOT_SUFFIXES:
         raise ConfigError(f"--out: choose a .png, .svg or .pdf file name, not {out!r}")
     first = parse_day(day)

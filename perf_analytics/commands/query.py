@@ -53,6 +53,7 @@ def command(ctx: click.Context, org_id: str, fmt: str, out: Path | None, hot: bo
     """
     # The data stack loads here, when the command runs, not for --help.
     from perf_analytics.lake import query_lake
+
     if fmt == "parquet" and out is None:
         raise ConfigError("--format parquet writes a file: give --out FILE")
     settings = settings_of(ctx)

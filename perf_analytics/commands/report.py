@@ -32,5 +32,6 @@ def command(ctx: click.Context, org_id: str, day: str, out: str | None, top: int
     """
     # The data stack loads here, when the command runs, not for --help.
     from perf_analytics.report import write_report
+
     page = write_report(settings_of(ctx).lake, org_id, parse_day(day), out, top=top)
     click.echo(f"wrote {page}")

@@ -93,6 +93,7 @@ def export(ctx: click.Context, older_than_days: int, org_id: str | None, dry_run
     """
     # The data stack loads here, when the command runs, not for --help.
     from perf_analytics.retention import export_snapshots, export_snapshots_all_orgs
+
     db = db_of(ctx)
     lake = settings_of(ctx).lake
     with _progress("retention export", _export_counts) as progress:
@@ -109,9 +110,8 @@ def export(ctx: click.Context, older_than_days: int, org_id: str | None, dry_run
 
 
 def _print_export(r: ExportReport) -> None:
-    from perf_analytics.retention import (
-        NEEDS_SYNC,  # the data stack, already loaded by the export that ran
-    )
+    # The data stack, already loaded by the export that ran.
+    from perf_analytics.retention import NEEDS_SYNC
 
     scope = "all orgs (admin run across tenants)" if r.scope == "all-orgs" else f"org {r.scope}"
     cutoff = r.cutoff.date().isoformat()
@@ -156,6 +156,7 @@ def restore(ctx: click.Context, org_id: str, start: str, end: str, as_json: bool
     """
     # The data stack loads here, when the command runs, not for --help.
     from perf_analytics.retention import restore_snapshots
+
     db = db_of(ctx)
     lake = settings_of(ctx).lake
     with _progress("retention restore", lambda c: f"{c.get('inserted', 0)} snapshots written back") as progress:
@@ -189,6 +190,7 @@ def status(ctx: click.Context, org_id: str | None, as_json: bool) -> None:
     """
     # The data stack loads here, when the command runs, not for --help.
     from perf_analytics.retention import retention_status, retention_status_all_orgs
+
     db = db_of(ctx)
     lake = settings_of(ctx).lake
     days = retention_status(db, lake, org_id=org_id) if org_id is not None else retention_status_all_orgs(db, lake)

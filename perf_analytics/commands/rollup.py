@@ -52,6 +52,7 @@ def command(ctx: click.Context, org_id: str, day: str, asset_batch: int, windows
     """
     # The data stack loads here, when the command runs, not for --help.
     from perf_analytics.pipeline import run_day
+
     chosen = [w.strip() for w in windows.split(",") if w.strip()]
     unknown = [w for w in chosen if w not in WINDOWS]
     if unknown or not chosen:

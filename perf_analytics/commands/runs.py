@@ -40,6 +40,7 @@ def command(ctx: click.Context, last: int, as_json: bool) -> None:
     """
     # The data stack loads here, when the command runs, not for --help.
     from perf_analytics.nightly import list_runs
+
     runs = list_runs(settings_of(ctx).lake, last=last)
     if as_json:
         click.echo(json.dumps(runs, indent=1))

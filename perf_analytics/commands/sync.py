@@ -65,6 +65,7 @@ def command(ctx: click.Context, org_id: str | None, full: bool, skew_minutes: fl
     """
     # The data stack loads here, when the command runs, not for --help.
     from perf_analytics.sync import sync_snapshots, sync_snapshots_all_orgs
+
     db = db_of(ctx)
     lake = settings_of(ctx).lake
     skew = timedelta(minutes=skew_minutes)
