@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import importlib
+import json
+import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import click
@@ -10,13 +15,16 @@ import pytest
 from click.testing import CliRunner, Result
 
 from perf_analytics import __version__
-from perf_analytics.cli import app
+from perf_analytics.cli import SUMMARIES, app
 
 
 def _command_paths(command: click.Command, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
     paths = [path]
     if isinstance(command, click.Group):
-        for name, sub in sorted(command.commands.items()):
+        ctx = click.Context(command)
+        for name in command.list_commands(ctx):
+            sub = command.get_command(ctx, name)
+            assert sub is not None, name
             paths.extend(_command_paths(sub, (*path, name)))
     return paths
 
@@ -56,6 +64,61 @@ def test_every_command_has_help_with_an_example(cli: CliRunner, path: tuple[str,
     result = cli.invoke(app, [*path, "--help"])
     assert result.exit_code == 0, result.output
     assert "Example" in result.stdout, result.stdout
+
+
+@pytest.mark.parametrize("name", sorted(SUMMARIES))
+def test_the_listed_summary_is_the_commands_own_short_help(name: str) -> None:
+    command = importlib.import_module(f"perf_analytics.commands.{name}").command
+    assert SUMMARIES[name] == command.get_short_help_str(limit=10**6)
+
+
+def test_the_help_defaults_are_the_librarys_own() -> None:
+    from perf_analytics import extract, migrate, pipeline, plots, report, retention, rollups, sync
+    from perf_analytics.commands import _defaults
+    from perf_analytics.ingest import checkpoint, readers
+
+    assert _defaults.ASSET_BATCH == pipeline.DEFAULT_ASSET_BATCH
+    assert _defaults.EXTRACT_CHUNK_ROWS == extract.DEFAULT_CHUNK_ROWS
+    assert _defaults.SYNC_CHUNK_ROWS == sync.DEFAULT_CHUNK_ROWS
+    assert _defaults.SYNC_SKEW == sync.DEFAULT_SKEW
+    assert _defaults.MIGRATE_BATCH_SIZE == migrate.DEFAULT_BATCH_SIZE
+    assert _defaults.REPORT_TOP == report.DEFAULT_TOP
+    assert _defaults.RETENTION_OLDER_THAN_DAYS == retention.DEFAULT_OLDER_THAN_DAYS
+    assert _defaults.PLOT_SUFFIXES == plots.SUFFIXES
+    assert _defaults.INGEST_FORMATS == readers.FORMATS
+    assert _defaults.INGEST_COMPRESSIONS == readers.COMPRESSIONS
+    assert _defaults.CHECKPOINT_DIR == checkpoint.DEFAULT_DIR
+    assert _defaults.WINDOWS == rollups.WINDOWS
+
+
+HEAVY_MODULES = ("polars", "pyarrow", "duckdb", "pymongoarrow", "matplotlib", "numpy")
+
+
+def _modules_after(args: list[str], cwd: Path) -> set[str]:
+    """The modules a fresh interpreter has imported after running the CLI with `args`."""
+    script = (
+        "import json, sys\n"
+        "from perf_analytics.cli import main\n"
+        f"sys.argv = ['perf-analytics', *{args!r}]\n"
+        "try:\n"
+        "    main()\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print(json.dumps(sorted(sys.modules)))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PERF_")}
+    done = subprocess.run([sys.executable, "-c", script], cwd=cwd, env=env, capture_output=True, text=True, check=True)
+    return set(json.loads(done.stdout.splitlines()[-1]))
+
+
+@pytest.mark.parametrize(
+    "args", [["--help"], *([name, "--help"] for name in sorted(SUMMARIES)), ["localdb", "status"]],
+    ids=" ".join,
+)
+def test_help_and_localdb_status_import_none_of_the_data_stack(tmp_path: Path, args: list[str]) -> None:
+    modules = _modules_after(args, tmp_path)
+    assert "perf_analytics.cli" in modules
+    assert {name.partition(".")[0] for name in modules} & set(HEAVY_MODULES) == set()
 
 
 def test_the_version_is_printed(cli: CliRunner) -> None:

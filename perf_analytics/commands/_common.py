@@ -9,10 +9,9 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from perf_analytics.commands._defaults import ASSET_BATCH
 from perf_analytics.config import Settings
-from perf_analytics.pipeline import DEFAULT_ASSET_BATCH
 from perf_analytics.store import Db, connect
-from perf_analytics.sync import sync_snapshots
 
 
 def settings_of(ctx: click.Context) -> Settings:
@@ -43,7 +42,7 @@ def asset_progress(what: str) -> Iterator[Callable[[int, int], None]]:
 
 
 asset_batch_option = click.option(
-    "--asset-batch", type=click.IntRange(min=1), default=DEFAULT_ASSET_BATCH, show_default=True,
+    "--asset-batch", type=click.IntRange(min=1), default=ASSET_BATCH, show_default=True,
     help="Assets read from the lake and flagged at a time with their history (that memory follows it).",
 )
 
@@ -55,5 +54,9 @@ no_sync_option = click.option(
 
 def sync_org(ctx: click.Context, org_id: str) -> None:
     """Bring the org's snapshot mirror up to date (one query; see `perf-analytics sync`)."""
+    from perf_analytics.sync import (
+        sync_snapshots,  # the data stack, imported only when a command runs
+    )
+
     report = sync_snapshots(db_of(ctx), settings_of(ctx).lake, org_id=org_id)
     click.echo(f"sync {org_id}: {report.new:,} new snapshot(s) into the lake", err=True)

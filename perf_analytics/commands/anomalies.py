@@ -13,7 +13,6 @@ from perf_analytics.commands._common import (
     sync_org,
 )
 from perf_analytics.commands.rollup import parse_day
-from perf_analytics.pipeline import run_day
 
 
 @click.command("anomalies")
@@ -39,6 +38,9 @@ def command(ctx: click.Context, org_id: str, day: str, asset_batch: int, to_mong
       perf-analytics anomalies --org org-01 --date 2026-01-06 --to-mongo --limit 50
       perf-analytics anomalies --org org-01 --date 2026-01-06 --no-sync
     """
+    # The data stack loads here, when the command runs, not for --help.
+    from perf_analytics.pipeline import run_day
+
     when = parse_day(day)
     if not no_sync:
         sync_org(ctx, org_id)

@@ -5,11 +5,14 @@ from __future__ import annotations
 import dataclasses
 import json
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import click
 
 from perf_analytics.commands._common import db_of
-from perf_analytics.doctor import Check, DoctorReport, diagnose, diagnose_all_orgs
+
+if TYPE_CHECKING:
+    from perf_analytics.doctor import Check, DoctorReport
 
 _WIDTH = 34  # column of the check names
 
@@ -36,6 +39,9 @@ def command(ctx: click.Context, orgs: tuple[str, ...], fix: bool, as_json: bool)
       perf-analytics doctor --org acme --fix
       perf-analytics doctor --json
     """
+    # The data stack loads here, when the command runs, not for --help.
+    from perf_analytics.doctor import diagnose, diagnose_all_orgs
+
     db = db_of(ctx)
     if orgs:
         reports = [diagnose(db, org, fix=fix) for org in dict.fromkeys(orgs)]

@@ -8,8 +8,8 @@ from pathlib import Path
 import click
 
 from perf_analytics.commands._common import db_of
+from perf_analytics.commands._defaults import EXTRACT_CHUNK_ROWS
 from perf_analytics.errors import ConfigError, ValidationError
-from perf_analytics.extract import DEFAULT_CHUNK_ROWS, write_window_parquet
 from perf_analytics.schema import parse_timestamp
 
 
@@ -28,7 +28,7 @@ def parse_time(value: str, option: str) -> datetime:
 @click.option("--asset", "assets", multiple=True, help="Only this asset (repeatable).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Parquet file for the snapshots; disks and interfaces go beside it.")
-@click.option("--chunk-rows", type=click.IntRange(min=1), default=DEFAULT_CHUNK_ROWS, show_default=True,
+@click.option("--chunk-rows", type=click.IntRange(min=1), default=EXTRACT_CHUNK_ROWS, show_default=True,
               help="Snapshots read and written per part (bounds memory).")
 @click.pass_context
 def command(
@@ -49,6 +49,9 @@ def command(
       perf-analytics extract --org org-01 --from 2026-01-05T08:00 --to 2026-01-05T09:00 \\
           --asset 65d0404708d133d664214eb3 --out hour.parquet
     """
+    # The data stack loads here, when the command runs, not for --help.
+    from perf_analytics.extract import write_window_parquet
+
     lo, hi = parse_time(start, "--from"), parse_time(end, "--to")
     written = write_window_parquet(db_of(ctx), org_id, lo, hi, out, asset_ids=list(assets) or None,
                                   chunk_rows=chunk_rows)

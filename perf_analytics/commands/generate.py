@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from perf_analytics.generate import GenerateSummary, write_fleet
+if TYPE_CHECKING:
+    from perf_analytics.generate import GenerateSummary
 
 
 def _plural(count: int, word: str) -> str:
@@ -92,6 +94,9 @@ def command(
           --out data/bench.ndjson.zst --assets-out data/bench.assets.ndjson
       perf-analytics generate --assets 3 --days 2 --interval 300 --no-anomalies --out clean.ndjson
     """
+    # NumPy loads here, when the command runs, not for --help.
+    from perf_analytics.generate import write_fleet
+
     console = Console(stderr=True)
     columns = (TextColumn("generating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as bar:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 import orjson
@@ -11,18 +12,19 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
 
 from perf_analytics.commands._common import db_of
+from perf_analytics.commands._defaults import CHECKPOINT_DIR, INGEST_COMPRESSIONS, INGEST_FORMATS
 from perf_analytics.errors import IncompleteLoad
-from perf_analytics.ingest import FORMATS, IngestSummary, ingest_archives, ingest_archives_all_orgs
-from perf_analytics.ingest.checkpoint import DEFAULT_DIR
-from perf_analytics.ingest.readers import COMPRESSIONS
+
+if TYPE_CHECKING:
+    from perf_analytics.ingest import IngestSummary
 
 
 @click.command("ingest")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--rejects", type=click.Path(dir_okay=False, path_type=Path),
               help="Write each rejected record, with its reason and position, to this NDJSON file.")
-@click.option("--format", "fmt", type=click.Choice(FORMATS), help="Archive format (default: detected).")
-@click.option("--compression", type=click.Choice(COMPRESSIONS), help="Compression (default: detected).")
+@click.option("--format", "fmt", type=click.Choice(INGEST_FORMATS), help="Archive format (default: detected).")
+@click.option("--compression", type=click.Choice(INGEST_COMPRESSIONS), help="Compression (default: detected).")
 @click.option("--org", "org_id",
               help="Load only this organisation's records; others are rejected. Default: every org (admin load).")
 @click.option("--batch-size", default=2000, show_default=True, help="Records per insert batch.")
@@ -30,7 +32,7 @@ from perf_analytics.ingest.readers import COMPRESSIONS
               help="Batches sent to the server at once.")
 @click.option("--commit-seconds", default=10.0, show_default=True, type=click.FloatRange(0),
               help="How often lastSeen updates and the checkpoint are committed (0: every batch).")
-@click.option("--checkpoint-dir", default=DEFAULT_DIR, show_default=True, type=click.Path(file_okay=False),
+@click.option("--checkpoint-dir", default=CHECKPOINT_DIR, show_default=True, type=click.Path(file_okay=False),
               help="Where interrupted loads keep their checkpoint.")
 @click.option("--restart", is_flag=True, help="Ignore the checkpoint of an interrupted load and start over.")
 @click.option("--allow-partial", is_flag=True,
@@ -72,6 +74,9 @@ def command(
       perf-analytics ingest dump/deskwise/performance_snapshots.bson.gz --json
       perf-analytics ingest export.json --org org-7 --format json
     """
+    # The data stack loads here, when the command runs, not for --help.
+    from perf_analytics.ingest import IngestSummary, ingest_archives, ingest_archives_all_orgs
+
     db = db_of(ctx)
     total = sum(p.stat().st_size for p in paths)
     console = Console(stderr=True)

@@ -5,16 +5,15 @@ from __future__ import annotations
 import dataclasses
 import json
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import click
 
 from perf_analytics.commands._common import db_of
-from perf_analytics.migrate import (
-    DEFAULT_BATCH_SIZE,
-    MigrateReport,
-    migrate_all_orgs,
-    migrate_legacy_snapshots,
-)
+from perf_analytics.commands._defaults import MIGRATE_BATCH_SIZE
+
+if TYPE_CHECKING:
+    from perf_analytics.migrate import MigrateReport
 
 _LISTED = 20  # documents left in assets listed by name in the text report
 
@@ -22,7 +21,7 @@ _LISTED = 20  # documents left in assets listed by name in the text report
 @click.command("migrate")
 @click.option("--org", "orgs", multiple=True, metavar="ORG", help="Migrate this org (repeatable). Default: every org (admin run).")
 @click.option("--dry-run", is_flag=True, help="Report what would move; change nothing.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULT_BATCH_SIZE, show_default=True, help="Documents per batch.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=MIGRATE_BATCH_SIZE, show_default=True, help="Documents per batch.")
 @click.option("--json", "as_json", is_flag=True, help="Print the reports as JSON.")
 @click.pass_context
 def command(ctx: click.Context, orgs: tuple[str, ...], dry_run: bool, batch_size: int, as_json: bool) -> None:
@@ -40,6 +39,9 @@ def command(ctx: click.Context, orgs: tuple[str, ...], dry_run: bool, batch_size
       perf-analytics migrate --org acme
       perf-analytics migrate --org acme --org globex --json
     """
+    # The data stack loads here, when the command runs, not for --help.
+    from perf_analytics.migrate import migrate_all_orgs, migrate_legacy_snapshots
+
     db = db_of(ctx)
     if orgs:
         reports = [

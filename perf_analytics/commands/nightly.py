@@ -7,17 +7,19 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from perf_analytics.commands._common import asset_batch_option, db_of, settings_of
+from perf_analytics.commands._defaults import WINDOWS
 from perf_analytics.commands.rollup import parse_day
 from perf_analytics.errors import ConfigError
-from perf_analytics.nightly import Listener, NightlyOptions, RunFailed, run_nightly
-from perf_analytics.rollups import WINDOWS
+
+if TYPE_CHECKING:
+    from perf_analytics.nightly import Listener
 
 _MAX_DAYS = 366  # a --from/--to span longer than this is more likely a typo than a backfill
 
@@ -119,6 +121,9 @@ def command(ctx: click.Context, day: str | None, start: str | None, end: str | N
       perf-analytics nightly --from 2026-01-01 --to 2026-01-06 --log-format json
       perf-analytics nightly --to-mongo --retain-days 30
     """
+    # The data stack loads here, when the command runs, not for --help.
+    from perf_analytics.nightly import NightlyOptions, RunFailed, run_nightly
+
     dates = asked_dates(day, start, end)
     options = NightlyOptions(windows=tuple(w.strip() for w in windows.split(",") if w.strip()),
                              asset_batch=asset_batch, to_mongo=to_mongo, retain_days=retain_days,

@@ -7,10 +7,9 @@ from pathlib import Path
 import click
 
 from perf_analytics.commands._common import no_sync_option, settings_of, sync_org
+from perf_analytics.commands._defaults import PLOT_SUFFIXES, WINDOWS
 from perf_analytics.commands.rollup import parse_day
 from perf_analytics.errors import ConfigError
-from perf_analytics.plots import SUFFIXES, asset_figure, fleet_figure, save_figure
-from perf_analytics.rollups import WINDOWS
 
 
 @click.command("plot")
@@ -43,7 +42,10 @@ def command(ctx: click.Context, org_id: str, day: str, days: int, asset_id: str 
       perf-analytics plot --org org-01 --date 2026-01-06 --metric memory_usage_percent_max --out memory.png
       perf-analytics plot --org org-01 --date 2026-01-05 --days 2 --asset 65d0404708d133d664214eb3 --out asset.svg
     """
-    if Path(out).suffix.lower() not in SUFFIXES:
+    # The data stack loads here, when the command runs, not for --help.
+    from perf_analytics.plots import asset_figure, fleet_figure, save_figure
+
+    if Path(out).suffix.lower() not in PLOT_SUFFIXES:
         raise ConfigError(f"--out: choose a .png, .svg or .pdf file name, not {out!r}")
     first = parse_day(day)
     lake = settings_of(ctx).lake

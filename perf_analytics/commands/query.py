@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
-import polars as pl
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from perf_analytics.atomic import atomic_path, write_atomic
 from perf_analytics.commands._common import db_of, settings_of
 from perf_analytics.errors import ConfigError
-from perf_analytics.lake import QueryError, query_lake
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 FORMATS = ("table", "csv", "json", "parquet")
 
@@ -51,6 +51,9 @@ def command(ctx: click.Context, org_id: str, fmt: str, out: Path | None, hot: bo
       perf-analytics query --org org-01 --format parquet --out full-disks.parquet \\
           "select * from disk_samples where usage_percent > 90"
     """
+    # The data stack loads here, when the command runs, not for --help.
+    from perf_analytics.lake import query_lake
+
     if fmt == "parquet" and out is None:
         raise ConfigError("--format parquet writes a file: give --out FILE")
     settings = settings_of(ctx)
@@ -67,6 +70,8 @@ def command(ctx: click.Context, org_id: str, fmt: str, out: Path | None, hot: bo
         return
     try:
         if fmt == "parquet":
+            import pyarrow.parquet as pq  # the data stack, already loaded by the query that ran
+
             with atomic_path(out) as tmp, tmp.open("wb") as fh:
                 pq.write_table(table, fh, compression="zstd")
         else:
@@ -78,6 +83,8 @@ def command(ctx: click.Context, org_id: str, fmt: str, out: Path | None, hot: bo
 
 def _render(table: pa.Table, fmt: str) -> str:
     """The rows as text: an aligned table, CSV or JSON records."""
+    import polars as pl  # the data stack, already loaded by the query that ran
+
     _check_text_columns(table.schema, fmt)
     frame = pl.from_arrow(table)
     assert isinstance(frame, pl.DataFrame)
@@ -91,6 +98,10 @@ def _render(table: pa.Table, fmt: str) -> str:
 
 def _check_text_columns(schema: pa.Schema, fmt: str) -> None:
     """Refuse, naming the column, what CSV or JSON cannot hold (rather than a traceback or half a file)."""
+    import pyarrow as pa  # the data stack, already loaded by the query that ran
+
+    from perf_analytics.lake import QueryError
+
     if fmt == "table":
         return
     for field in schema:
@@ -104,6 +115,8 @@ def _check_text_columns(schema: pa.Schema, fmt: str) -> None:
 
 def _holds_bytes(kind: pa.DataType) -> bool:
     """Whether `kind`, or a type nested in it, is binary."""
+    import pyarrow as pa  # the data stack, already loaded by the query that ran
+
     if pa.types.is_binary(kind) or pa.types.is_large_binary(kind) or pa.types.is_fixed_size_binary(kind) \
             or pa.types.is_binary_view(kind):
         return True

@@ -5,8 +5,8 @@ from __future__ import annotations
 import click
 
 from perf_analytics.commands._common import settings_of
+from perf_analytics.commands._defaults import REPORT_TOP
 from perf_analytics.commands.rollup import parse_day
-from perf_analytics.report import DEFAULT_TOP, write_report
 
 
 @click.command("report")
@@ -14,7 +14,7 @@ from perf_analytics.report import DEFAULT_TOP, write_report
 @click.option("--date", "day", required=True, help="The UTC day, YYYY-MM-DD.")
 @click.option("--out", "out", type=click.Path(dir_okay=False),
               help="The .html file to write. Default: reports/<org>/<date>.html beside the lake.")
-@click.option("--top", default=DEFAULT_TOP, show_default=True, type=click.IntRange(min=1),
+@click.option("--top", default=REPORT_TOP, show_default=True, type=click.IntRange(min=1),
               help="Assets in each top list (CPU, memory).")
 @click.pass_context
 def command(ctx: click.Context, org_id: str, day: str, out: str | None, top: int) -> None:
@@ -30,5 +30,8 @@ def command(ctx: click.Context, org_id: str, day: str, out: str | None, top: int
       perf-analytics rollup --org org-01 --date 2026-01-06
       perf-analytics report --org org-01 --date 2026-01-06 --out org-01-2026-01-06.html
     """
+    # The data stack loads here, when the command runs, not for --help.
+    from perf_analytics.report import write_report
+
     page = write_report(settings_of(ctx).lake, org_id, parse_day(day), out, top=top)
     click.echo(f"wrote {page}")

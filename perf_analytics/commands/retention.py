@@ -8,25 +8,17 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import date, datetime
 from itertools import groupby
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from perf_analytics.commands._common import db_of, settings_of
-from perf_analytics.retention import (
-    DEFAULT_OLDER_THAN_DAYS,
-    NEEDS_SYNC,
-    DayStatus,
-    ExportReport,
-    RestoreReport,
-    export_snapshots,
-    export_snapshots_all_orgs,
-    restore_snapshots,
-    retention_status,
-    retention_status_all_orgs,
-)
+from perf_analytics.commands._defaults import RETENTION_OLDER_THAN_DAYS
+
+if TYPE_CHECKING:
+    from perf_analytics.retention import DayStatus, ExportReport, RestoreReport
 
 STATES = (
     ("database", "only in the database"),
@@ -79,7 +71,7 @@ def command() -> None:
 
 
 @command.command("export")
-@click.option("--older-than-days", type=click.IntRange(min=1), default=DEFAULT_OLDER_THAN_DAYS, show_default=True,
+@click.option("--older-than-days", type=click.IntRange(min=1), default=RETENTION_OLDER_THAN_DAYS, show_default=True,
               help="Delete the UTC days that ended at least this many days ago.")
 @click.option("--org", "org_id", metavar="ORG", help="This org only. Default: every org (admin run).")
 @click.option("--dry-run", is_flag=True, help="Say what would be deleted; write nothing (no sync, no delete).")
@@ -99,6 +91,9 @@ def export(ctx: click.Context, older_than_days: int, org_id: str | None, dry_run
       perf-analytics retention export --dry-run
       perf-analytics retention export --org acme --older-than-days 90 --json
     """
+    # The data stack loads here, when the command runs, not for --help.
+    from perf_analytics.retention import export_snapshots, export_snapshots_all_orgs
+
     db = db_of(ctx)
     lake = settings_of(ctx).lake
     with _progress("retention export", _export_counts) as progress:
@@ -115,6 +110,9 @@ def export(ctx: click.Context, older_than_days: int, org_id: str | None, dry_run
 
 
 def _print_export(r: ExportReport) -> None:
+    # The data stack, already loaded by the export that ran.
+    from perf_analytics.retention import NEEDS_SYNC
+
     scope = "all orgs (admin run across tenants)" if r.scope == "all-orgs" else f"org {r.scope}"
     cutoff = r.cutoff.date().isoformat()
     if r.dry_run:
@@ -156,6 +154,9 @@ def restore(ctx: click.Context, org_id: str, start: str, end: str, as_json: bool
       perf-analytics retention restore --org acme --from 2026-01-01 --to 2026-01-31
       perf-analytics retention restore --org acme --from 2026-01-05 --to 2026-01-05 --json
     """
+    # The data stack loads here, when the command runs, not for --help.
+    from perf_analytics.retention import restore_snapshots
+
     db = db_of(ctx)
     lake = settings_of(ctx).lake
     with _progress("retention restore", lambda c: f"{c.get('inserted', 0)} snapshots written back") as progress:
@@ -187,6 +188,9 @@ def status(ctx: click.Context, org_id: str | None, as_json: bool) -> None:
       perf-analytics retention status
       perf-analytics retention status --org acme --json
     """
+    # The data stack loads here, when the command runs, not for --help.
+    from perf_analytics.retention import retention_status, retention_status_all_orgs
+
     db = db_of(ctx)
     lake = settings_of(ctx).lake
     days = retention_status(db, lake, org_id=org_id) if org_id is not None else retention_status_all_orgs(db, lake)

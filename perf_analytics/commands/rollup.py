@@ -14,9 +14,8 @@ from perf_analytics.commands._common import (
     settings_of,
     sync_org,
 )
+from perf_analytics.commands._defaults import WINDOWS
 from perf_analytics.errors import ConfigError
-from perf_analytics.pipeline import run_day
-from perf_analytics.rollups import WINDOWS
 
 
 def parse_day(value: str) -> date:
@@ -51,6 +50,9 @@ def command(ctx: click.Context, org_id: str, day: str, asset_batch: int, windows
       perf-analytics rollup --org org-01 --date 2026-01-06 --windows 1hour,1day --to-mongo
       perf-analytics rollup --org org-01 --date 2026-01-06 --no-sync
     """
+    # The data stack loads here, when the command runs, not for --help.
+    from perf_analytics.pipeline import run_day
+
     chosen = [w.strip() for w in windows.split(",") if w.strip()]
     unknown = [w for w in chosen if w not in WINDOWS]
     if unknown or not chosen:

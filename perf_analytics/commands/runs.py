@@ -8,7 +8,6 @@ from typing import Any
 import click
 
 from perf_analytics.commands._common import settings_of
-from perf_analytics.nightly import list_runs
 
 
 def run_line(run: dict[str, Any]) -> str:
@@ -39,6 +38,9 @@ def command(ctx: click.Context, last: int, as_json: bool) -> None:
       perf-analytics runs
       perf-analytics runs --last 1 --json
     """
+    # The data stack loads here, when the command runs, not for --help.
+    from perf_analytics.nightly import list_runs
+
     runs = list_runs(settings_of(ctx).lake, last=last)
     if as_json:
         click.echo(json.dumps(runs, indent=1))

@@ -7,19 +7,17 @@ import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 import click
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from perf_analytics.commands._common import db_of, settings_of
-from perf_analytics.sync import (
-    DEFAULT_CHUNK_ROWS,
-    DEFAULT_SKEW,
-    SyncReport,
-    sync_snapshots,
-    sync_snapshots_all_orgs,
-)
+from perf_analytics.commands._defaults import SYNC_CHUNK_ROWS, SYNC_SKEW
+
+if TYPE_CHECKING:
+    from perf_analytics.sync import SyncReport
 
 _LISTED = 20  # unplaced documents listed by _id in the text report
 
@@ -44,9 +42,9 @@ def _progress() -> Iterator[Callable[[str, int], None]]:
 @click.command("sync")
 @click.option("--org", "org_id", metavar="ORG", help="Mirror this org only. Default: every org (admin run).")
 @click.option("--full", is_flag=True, help="Read every snapshot again, not only the new ones (still never twice in the lake).")
-@click.option("--skew-minutes", type=click.FloatRange(min=0), default=DEFAULT_SKEW.total_seconds() / 60, show_default=True,
+@click.option("--skew-minutes", type=click.FloatRange(min=0), default=SYNC_SKEW.total_seconds() / 60, show_default=True,
               help="Minutes re-read before the last run's start: the clock difference allowed between writers and the server.")
-@click.option("--chunk-rows", type=click.IntRange(min=1), default=DEFAULT_CHUNK_ROWS, show_default=True,
+@click.option("--chunk-rows", type=click.IntRange(min=1), default=SYNC_CHUNK_ROWS, show_default=True,
               help="Snapshots held in memory between reading and writing (what bounds memory).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.pass_context
@@ -65,6 +63,9 @@ def command(ctx: click.Context, org_id: str | None, full: bool, skew_minutes: fl
       perf-analytics sync --org acme --json
       perf-analytics sync --full --skew-minutes 30
     """
+    # The data stack loads here, when the command runs, not for --help.
+    from perf_analytics.sync import sync_snapshots, sync_snapshots_all_orgs
+
     db = db_of(ctx)
     lake = settings_of(ctx).lake
     skew = timedelta(minutes=skew_minutes)
