@@ -29,6 +29,7 @@ import os
 import resource
 import shutil
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -71,7 +72,17 @@ class ReplyCounter(monitoring.CommandListener):
         cursor = event.reply.get("cursor") or {}
         batch = cursor.get("firstBatch", cursor.get("nextBatch", []))
         self.replies += 1
-        self.docs += len(batch)
+        # A raw-batch cursor's reply holds one bytes object: the batch's documents end to end.
+        self.docs += sum(_count_documents(item) if isinstance(item, bytes) else 1 for item in batch)
+
+
+def _count_documents(batch: bytes) -> int:
+    """Documents in a raw batch, by stepping over their length prefixes (no decoding)."""
+    n, offset = 0, 0
+    while offset < len(batch):
+        offset += struct.unpack_from("<i", batch, offset)[0]
+        n += 1
+    return n
 
 
 # ---- data ----------------------------------------------------------------------------------
