@@ -5,7 +5,7 @@ Four parts, each in a child process of its own (so its peak RSS is its own), one
 - `sync`: `sync_snapshots_all_orgs` of a generated fleet into an empty lake, with a pymongo
   CommandListener counting the documents in the server's find/getMore replies
   (returned / new: goal 1.0), then at once a second sync (nothing new: what the skew
-  margin re-reads); process CPU and wall time, peak RSS. Then, server-independent, our
+  margin re-reads) and a third with no skew margin; process CPU and wall time, peak RSS. Then, server-independent, our
   CPU per snapshot: the raw batches are read once into memory, and only the per-chunk work
   of a sync (place, deduplicate, build the typed columns, write the parts) is timed.
 - `race`: `run_day(lake, org, day)` (from the lake) against `run_day(lake2, org, day,
@@ -142,6 +142,10 @@ def child_sync(spec: dict[str, Any]) -> dict[str, Any]:
     counter.docs = 0
     again = sync_snapshots_all_orgs(db, lake)
     out["resync"] = {"new": again.new, "read": again.read, "returned": counter.docs}
+    # The same with no clock-skew margin: what is left is what a run re-reads beyond the margin.
+    counter.docs = 0
+    tight = sync_snapshots_all_orgs(db, lake, skew=timedelta(0))
+    out["resync_no_skew"] = {"new": tight.new, "read": tight.read, "returned": counter.docs}
     # Server-independent: the raw batches once in memory, then only a sync's per-chunk work.
     batches = list(db[SNAPSHOTS].find_raw_batches({}))
     with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
