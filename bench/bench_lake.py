@@ -126,7 +126,13 @@ def _db(uri: str, name: str, *listeners: monitoring.CommandListener) -> Any:
 def child_sync(spec: dict[str, Any]) -> dict[str, Any]:
     """Sync into an empty lake counting replies, re-sync, then our CPU on batches in memory."""
     from perf_analytics.schema import SNAPSHOTS
-    from perf_analytics.sync import DEFAULT_CHUNK_ROWS, SyncReport, _chunks, _Run, sync_snapshots_all_orgs
+    from perf_analytics.sync import (
+        DEFAULT_CHUNK_ROWS,
+        SyncReport,
+        _chunks,
+        _Run,
+        sync_snapshots_all_orgs,
+    )
 
     lake = Path(spec["lake"])
     shutil.rmtree(lake, ignore_errors=True)
