@@ -18,7 +18,8 @@ Four parts, each in a child process of its own (so its peak RSS is its own), one
   line timed (the phases). Goal: under 90 s.
 
     python bench/bench_lake.py                                   # 1,000 assets x 1 day x 1 min (hours on FerretDB)
-    python bench/bench_lake.py --assets 30 --interval 300 --fleet-assets 5 --fleet-interval 3600
+    python bench/bench_lake.py --assets 200 --interval 300 --fleet-assets 30 --fleet-interval 3600 --parts sync race fleet
+    python bench/bench_lake.py --assets 50 --interval 300 --fleet-assets 10 --fleet-interval 3600   # all four, minutes
 """
 
 from __future__ import annotations
