@@ -192,24 +192,30 @@ def pandas_frames(columns: dict[str, dict[str, npt.NDArray[Any]]], *, assets_onl
 
 def pandas_asset_rollups(df: Any) -> dict[str, Any]:
     """The per-asset baseline: groupby-resample per asset, the same per-asset statistics."""
+
+    return {
+        window: _pandas_stats(df.groupby(["orgId", "assetId"]).resample(rule, on="timestamp"))
+        for window, rule in WINDOWS.items()
+    }
+
+
+def _pandas_stats(grouped: Any) -> Any:
+    """Samples and the five statistics of METRICS per group, empty buckets dropped: the
+    same aggregations whichever way the groups were formed."""
     import pandas as pd
 
-    out = {}
-    for window, rule in WINDOWS.items():
-        buckets = df.groupby(["orgId", "assetId"]).resample(rule, on="timestamp")
-        r = buckets[list(METRICS)]
-        parts = [buckets.size().rename("samples")]
-        for stat, frame in (
-            ("mean", r.mean()),
-            ("min", r.min()),
-            ("max", r.max()),
-            ("p95", r.quantile(0.95)),
-            ("last", r.last()),
-        ):
-            parts.append(frame.add_suffix(f"_{stat}"))
-        result = pd.concat(parts, axis=1)
-        out[window] = result[result["samples"] > 0]
-    return out
+    r = grouped[list(METRICS)]
+    parts = [grouped.size().rename("samples")]
+    for stat, frame in (
+        ("mean", r.mean()),
+        ("min", r.min()),
+        ("max", r.max()),
+        ("p95", r.quantile(0.95)),
+        ("last", r.last()),
+    ):
+        parts.append(frame.add_suffix(f"_{stat}"))
+    result = pd.concat(parts, axis=1)
+    return result[result["samples"] > 0]
 
 
 def pandas_grouper_rollups(df: Any) -> dict[str, Any]:
@@ -218,22 +224,10 @@ def pandas_grouper_rollups(df: Any) -> dict[str, Any]:
     per asset), then the same aggregations in one `agg` call."""
     import pandas as pd
 
-    out = {}
-    for window, rule in WINDOWS.items():
-        grouped = df.groupby(["orgId", "assetId", pd.Grouper(key="timestamp", freq=rule)], sort=True)
-        r = grouped[list(METRICS)]
-        parts = [grouped.size().rename("samples")]
-        for stat, frame in (
-            ("mean", r.mean()),
-            ("min", r.min()),
-            ("max", r.max()),
-            ("p95", r.quantile(0.95)),
-            ("last", r.last()),
-        ):
-            parts.append(frame.add_suffix(f"_{stat}"))
-        result = pd.concat(parts, axis=1)
-        out[window] = result[result["samples"] > 0]
-    return out
+    return {
+        window: _pandas_stats(df.groupby(["orgId", "assetId", pd.Grouper(key="timestamp", freq=rule)], sort=True))
+        for window, rule in WINDOWS.items()
+    }
 
 
 DUCKDB_WIDTH = {"1min": "1 minute", "5min": "5 minutes", "15min": "15 minutes", "1hour": "1 hour", "1day": "1 day"}
