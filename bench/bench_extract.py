@@ -65,7 +65,7 @@ def run_path(path: str, uri: str, db_name: str, orgs: list[str], start: datetime
         else:
             for batch in db[SNAPSHOTS].find_raw_batches(query):
                 nbytes += len(batch)
-                rows += _count_documents(batch)
+                rows += count_documents(batch)
     seconds = time.perf_counter() - began
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return {"path": path, "rows": rows, "seconds": seconds, "bytes": nbytes,
@@ -73,7 +73,7 @@ def run_path(path: str, uri: str, db_name: str, orgs: list[str], start: datetime
             "peak_rss_mib": usage.ru_maxrss / 1024}
 
 
-def _count_documents(batch: bytes) -> int:
+def count_documents(batch: bytes) -> int:
     """Documents in a raw batch, by stepping over their length prefixes (no decoding)."""
     n, offset = 0, 0
     while offset < len(batch):

@@ -30,7 +30,6 @@ import os
 import resource
 import shutil
 import statistics
-import struct
 import subprocess
 import sys
 import tempfile
@@ -40,6 +39,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from bench_extract import count_documents
 from pymongo import MongoClient, monitoring
 
 HERE = Path(__file__).resolve().parent
@@ -74,16 +74,7 @@ class ReplyCounter(monitoring.CommandListener):
         batch = cursor.get("firstBatch", cursor.get("nextBatch", []))
         self.replies += 1
         # A raw-batch cursor's reply holds one bytes object: the batch's documents end to end.
-        self.docs += sum(_count_documents(item) if isinstance(item, bytes) else 1 for item in batch)
-
-
-def _count_documents(batch: bytes) -> int:
-    """Documents in a raw batch, by stepping over their length prefixes (no decoding)."""
-    n, offset = 0, 0
-    while offset < len(batch):
-        offset += struct.unpack_from("<i", batch, offset)[0]
-        n += 1
-    return n
+        self.docs += sum(count_documents(item) if isinstance(item, bytes) else 1 for item in batch)
 
 
 # ---- data ----------------------------------------------------------------------------------

@@ -449,15 +449,20 @@ def _path_deeper_than(doc: Mapping[str, Any], limit: int, keep: int = 4) -> str:
     return ""
 
 
-def encode_document(doc: Mapping[str, Any], collection: Collection[Doc]) -> RawBSONDocument:
+def encode_document(
+    doc: Mapping[str, Any], collection: Collection[Doc], *, nesting_checked: bool = False
+) -> RawBSONDocument:
     """`doc` as the BSON that an insert into `collection` sends, if a server can store it.
 
     Raises ValidationError when it nests deeper than MAX_NESTING, cannot be encoded (an
     integer over 64 bits, a key with a NUL byte), or is larger than MAX_DOCUMENT_BYTES:
     MongoDB refuses those, and FerretDB stores some of them, so the check is ours.
-    Encoding here is not extra work: pymongo sends the bytes as they are.
+    Encoding here is not extra work: pymongo sends the bytes as they are. A caller that
+    has already run `check_nesting` on `doc` says so with `nesting_checked` (the walk
+    costs about as much as validating the record).
     """
-    check_nesting(doc)
+    if not nesting_checked:
+        check_nesting(doc)
     options = collection.codec_options
     try:
         data = bson.encode(doc, codec_options=options)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import date
 
 import click
 from rich.console import Console
@@ -60,3 +61,9 @@ def sync_org(ctx: click.Context, org_id: str) -> None:
 
     report = sync_snapshots(db_of(ctx), settings_of(ctx).lake, org_id=org_id)
     click.echo(f"sync {org_id}: {report.new:,} new snapshot(s) into the lake", err=True)
+
+
+def json_default(value: object) -> str:
+    """orjson's `default` for the commands' `--json` output: dates as ISO 8601, else text
+    (ObjectIds, paths)."""
+    return value.isoformat() if isinstance(value, date) else str(value)

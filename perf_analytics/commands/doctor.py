@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from datetime import datetime
 from typing import TYPE_CHECKING
 
 import click
 
-from perf_analytics.commands._common import db_of
+from perf_analytics.commands._common import db_of, json_default
 
 if TYPE_CHECKING:
     from perf_analytics.doctor import Check, DoctorReport
@@ -58,15 +57,12 @@ def command(ctx: click.Context, orgs: tuple[str, ...], fix: bool, as_json: bool)
             "indexes": dataclasses.asdict(indexes),
             "orgs": [{**dataclasses.asdict(r), "healthy": r.healthy} for r in reports],
         }
-        click.echo(json.dumps(payload, indent=2, default=_json_default))
+        click.echo(json.dumps(payload, indent=2, default=json_default))
     else:
         _print_text(reports, indexes, all_orgs=not orgs, fix=fix)
     if not healthy:
         ctx.exit(1)
 
-
-def _json_default(value: object) -> str:
-    return value.isoformat() if isinstance(value, datetime) else str(value)
 
 
 def _status(check: Check, *, fix: bool) -> str:

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from datetime import datetime
 from typing import TYPE_CHECKING
 
 import click
 
-from perf_analytics.commands._common import db_of
+from perf_analytics.commands._common import db_of, json_default
 from perf_analytics.commands._defaults import MIGRATE_BATCH_SIZE
 
 if TYPE_CHECKING:
@@ -57,15 +56,12 @@ def command(ctx: click.Context, orgs: tuple[str, ...], dry_run: bool, batch_size
             "ok": all(r.ok for r in reports),
             "orgs": [dataclasses.asdict(r) for r in reports],
         }
-        click.echo(json.dumps(payload, indent=2, default=_json_default))
+        click.echo(json.dumps(payload, indent=2, default=json_default))
     else:
         _print_text(reports, all_orgs=not orgs, dry_run=dry_run)
     if not all(r.ok for r in reports):
         ctx.exit(1)
 
-
-def _json_default(value: object) -> str:
-    return value.isoformat() if isinstance(value, datetime) else str(value)
 
 
 def _summary(moved: int, already: int, left: int, *, dry_run: bool) -> str:

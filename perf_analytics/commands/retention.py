@@ -6,7 +6,7 @@ import dataclasses
 import json
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import date, datetime
+from datetime import date
 from itertools import groupby
 from typing import TYPE_CHECKING, Any
 
@@ -14,7 +14,7 @@ import click
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from perf_analytics.commands._common import db_of, settings_of
+from perf_analytics.commands._common import db_of, json_default, settings_of
 from perf_analytics.commands._defaults import RETENTION_OLDER_THAN_DAYS
 
 if TYPE_CHECKING:
@@ -50,12 +50,9 @@ def _export_counts(c: dict[str, int]) -> str:
     return f"{c.get('verified', 0)} of {c['days']} old days verified, {c.get('deleted', 0)} snapshots deleted"
 
 
-def _json_default(value: object) -> str:
-    return value.isoformat() if isinstance(value, datetime | date) else str(value)
-
 
 def _echo_json(value: Any) -> None:
-    click.echo(json.dumps(value, indent=2, default=_json_default))
+    click.echo(json.dumps(value, indent=2, default=json_default))
 
 
 @click.group("retention")

@@ -6,14 +6,14 @@ import dataclasses
 import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 import click
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from perf_analytics.commands._common import db_of, settings_of
+from perf_analytics.commands._common import db_of, json_default, settings_of
 from perf_analytics.commands._defaults import SYNC_CHUNK_ROWS, SYNC_SKEW
 
 if TYPE_CHECKING:
@@ -75,13 +75,10 @@ def command(ctx: click.Context, org_id: str | None, full: bool, skew_minutes: fl
         else:
             report = sync_snapshots_all_orgs(db, lake, skew=skew, full=full, chunk_rows=chunk_rows, progress=progress)
     if as_json:
-        click.echo(json.dumps(dataclasses.asdict(report), indent=2, default=_json_default))
+        click.echo(json.dumps(dataclasses.asdict(report), indent=2, default=json_default))
     else:
         _print_text(report)
 
-
-def _json_default(value: object) -> str:
-    return value.isoformat() if isinstance(value, datetime) else str(value)
 
 
 def _print_text(r: SyncReport) -> None:

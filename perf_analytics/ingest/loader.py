@@ -212,7 +212,7 @@ class _Writer:
         for i, doc in enumerate(batch.docs):
             doc.setdefault("_id", ObjectId())
             try:
-                raw.append(encode_document(doc, coll))
+                raw.append(encode_document(doc, coll, nesting_checked=True))  # _classify did
                 sendable.append(i)
             except ValidationError as exc:
                 refused[i] = (exc.field, exc.reason)
