@@ -27,11 +27,14 @@ from perf_analytics.commands._common import settings_of
 @click.option("--key-cache-seconds", default=30.0, show_default=True, type=click.FloatRange(0),
               help="How long a checked key is trusted without asking the database: a revoked key "
                    "works at most this long.")
+@click.option("--last-seen-seconds", default=30.0, show_default=True, type=click.FloatRange(0),
+              help="How often assets' lastSeen is moved (one update per asset per round).")
 @click.option("--access-log", is_flag=True, help="Log one line per request (keys are never logged).")
 @click.pass_context
 def command(
     ctx: click.Context, host: str, port: int, workers: int, max_body: int, max_items: int, max_batch: int,
-    max_queue: int, rate: float, burst: int, key_cache_seconds: float, access_log: bool,
+    max_queue: int, rate: float, burst: int, key_cache_seconds: float, last_seen_seconds: float,
+    access_log: bool,
 ) -> None:
     """Serve the agents' endpoint: POST and GET /api/agent/performance with an API key.
 
@@ -54,6 +57,6 @@ def command(
     uri = settings.uri or localdb.start_server(settings.state_dir).uri
     options = ServiceOptions(
         max_body=max_body, max_items=max_items, max_batch=max_batch, max_queue=max_queue, rate=rate,
-        burst=burst, key_cache_seconds=key_cache_seconds,
+        burst=burst, key_cache_seconds=key_cache_seconds, last_seen_seconds=last_seen_seconds,
     )
     run_service(uri, settings.db, host=host, port=port, workers=workers, options=options, access_log=access_log)

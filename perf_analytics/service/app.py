@@ -68,6 +68,7 @@ class ServiceOptions:
     key_cache_seconds: float = 30.0
     key_cache_size: int = 10_000
     db_timeout_ms: int = 2000
+    last_seen_seconds: float = 30.0  # at most one lastSeen round per interval
 
 
 class RateLimiter:
@@ -117,7 +118,10 @@ class Service:
         self.db = db
         self.options = options
         self.metrics = Metrics()
-        self.committer = GroupCommitter(db, self.metrics, max_batch=options.max_batch, max_queue=options.max_queue)
+        self.committer = GroupCommitter(
+            db, self.metrics, max_batch=options.max_batch, max_queue=options.max_queue,
+            last_seen_seconds=options.last_seen_seconds,
+        )
         self.keys = KeyCache(ttl=options.key_cache_seconds, size=options.key_cache_size)
         self.limiter = RateLimiter(options.rate, options.burst, options.key_cache_size)
         self._lookups: dict[bytes, asyncio.Future[ApiKey | None]] = {}
