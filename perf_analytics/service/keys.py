@@ -84,14 +84,11 @@ def list_api_keys(db: Db, org_id: str | None = None) -> list[ApiKey]:
 
 def revoke_api_key(db: Db, key_id: str) -> ApiKey:
     """Mark the key revoked (kept for the record); revoking twice keeps the first time."""
-    doc = db[API_KEYS].find_one_and_update(
-        {"_id": key_id, "revokedAt": None}, {"$set": {"revokedAt": datetime.now(UTC)}},
-        projection={"salt": 0, "hash": 0}, return_document=True,
-    )
+    # update_one then find_one: FerretDB 1.24 does not implement findAndModify's projection.
+    db[API_KEYS].update_one({"_id": key_id, "revokedAt": None}, {"$set": {"revokedAt": datetime.now(UTC)}})
+    doc = db[API_KEYS].find_one({"_id": key_id}, {"salt": 0, "hash": 0})
     if doc is None:
-        doc = db[API_KEYS].find_one({"_id": key_id}, {"salt": 0, "hash": 0})
-        if doc is None:
-            raise NotFound(f"no API key with id {key_id!r} (see `perf-analytics keys list`)")
+        raise NotFound(f"no API key with id {key_id!r} (see `perf-analytics keys list`)")
     return _record(doc)
 
 
