@@ -153,16 +153,22 @@ class Service:
         self._lookups[fingerprint] = future
         try:
             verdict = await asyncio.to_thread(verify_api_key, self.db, key)
-        except PyMongoError:
-            refusal = Refusal(503, "db_unavailable", "the database is unavailable; retry later")
-            future.set_exception(refusal)
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
+        except Exception as exc:  # noqa: BLE001 - handed to every request waiting on this lookup, then raised
+            error = Refusal(503, "db_unavailable", "the database is unavailable; retry later") if isinstance(
+                exc, PyMongoError
+            ) else exc
+            future.set_exception(error)
             future.exception()  # marked as seen: only the requests waiting on it re-raise it
-            raise refusal from None
+            raise error from None
+        else:
+            self.keys.put(fingerprint, verdict)
+            future.set_result(verdict)
+            return verdict
         finally:
             self._lookups.pop(fingerprint, None)
-        self.keys.put(fingerprint, verdict)
-        future.set_result(verdict)
-        return verdict
 
     def limit(self, key: ApiKey) -> None:
         wait = self.limiter.take(key.id)
