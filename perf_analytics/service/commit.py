@@ -14,9 +14,9 @@ at most one round every `last_seen_seconds`, so a fleet costs one update per ass
 round instead of one per snapshot. On FerretDB an update costs 5 to 40 times an insert
 (measured: 1,000 `$max` updates 4 to 20 s, 1,000 inserts 0.1 s, on a busy machine), and
 SQLite takes one write at a time: with 1,000 agents posting as fast as they could,
-updates after every batch cut the acknowledged rate to a third. Rounds run
-beside the inserts and one at a time (FerretDB applies concurrent `$max` updates of one
-document as read-modify-write). Requests do not wait for them: a service killed before a
+updates after every batch cut the acknowledged rate to a third. A round runs in chunks
+between insert batches, one round at a time (FerretDB applies concurrent `$max` updates
+of one document as read-modify-write). Requests do not wait for it: a service killed before a
 round leaves lastSeen behind until the asset's next snapshot (or `doctor --fix`), never
 a snapshot lost; a stopped service sends its last round first.
 
@@ -42,6 +42,7 @@ from pymongo.errors import BulkWriteError, PyMongoError
 from perf_analytics.schema import SNAPSHOTS
 from perf_analytics.service.metrics import Metrics
 from perf_analytics.store import (
+    WRITE_CHUNK,
     Db,
     Doc,
     duplicates_of,
@@ -100,6 +101,7 @@ class GroupCommitter:
         self._last_seen: dict[tuple[str, str], datetime] = {}
         self._closing = False  # no new requests
         self._written = asyncio.Event()  # the writer has committed the last queued request
+        self._batch_done = asyncio.Event()  # set after every batch
         self._tasks: list[asyncio.Task[None]] = []
         metrics.queue_depth = lambda: self._queued
 
@@ -150,6 +152,12 @@ class GroupCommitter:
                 return
 
     async def _commit(self, batch: list[_Pending]) -> None:
+        try:
+            await self._send(batch)
+        finally:
+            self._batch_done.set()
+
+    async def _send(self, batch: list[_Pending]) -> None:
         docs = [doc for item in batch for doc in item.docs]
         raws = [raw for item in batch for raw in item.raws]
         started = time.perf_counter()
@@ -227,16 +235,28 @@ class GroupCommitter:
             final = self._written.is_set()
             if self._last_seen:
                 work, self._last_seen = self._last_seen, {}
-                try:
-                    await asyncio.to_thread(self._touch, work)
-                except PyMongoError as exc:
-                    self._keep(work)
-                    log.warning("lastSeen round for %d asset(s) failed: %s", len(work), type(exc).__name__)
+                await self._round(work)
             if final:
                 return
             # At most one round per interval; stop() cuts the wait short for the last one.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._written.wait(), timeout=self.last_seen_seconds)
+
+    async def _round(self, work: Mapping[tuple[str, str], datetime]) -> None:
+        """One lastSeen round, WRITE_CHUNK assets at a time, letting the writer insert one
+        batch between chunks while requests wait: a server that takes one write at a time
+        (FerretDB on SQLite) would otherwise hold every request for the whole round."""
+        items = list(work.items())
+        for start in range(0, len(items), WRITE_CHUNK):
+            try:
+                await asyncio.to_thread(self._touch, dict(items[start : start + WRITE_CHUNK]))
+            except PyMongoError as exc:
+                self._keep(dict(items[start:]))
+                log.warning("lastSeen round for %d asset(s) failed: %s", len(items) - start, type(exc).__name__)
+                return
+            if self._queue and not self._written.is_set():
+                self._batch_done.clear()
+                await self._batch_done.wait()
 
     def _keep(self, work: Mapping[tuple[str, str], datetime]) -> None:
         """Put a failed round's times back, so the next round sends them (the newest wins)."""
