@@ -9,6 +9,8 @@ payload, 1,000 assets of one org, each request a new (asset, timestamp)):
 - `perf-analytics serve`: wrk keeps 1,000 connections (one per simulated agent) each
   POSTing one snapshot at a time, for `--seconds`; group commit, lastSeen rounds, the
   API key cache and the rate limiter all run as in production (the rate set high);
+  then once more with `--last-seen-seconds 3600`, so that no lastSeen round but the
+  first (small) one falls in the run: the difference is what lastSeen costs;
 - the original service's per-request path: a minimal Starlette app under the same
   uvicorn that, per request, validates, `insert_one`s the snapshot and `update_one`s the
   asset's lastSeen (filtered by _id and orgId), under the same wrk load.
@@ -19,7 +21,7 @@ counted: every acknowledged one is stored (a few more may be: requests in flight
 stops). Needs `wrk` on PATH (Debian: apt-get install wrk). Results go to
 bench/results/serve.json and a markdown table on stdout.
 
-    python bench/bench_serve.py                        # 1,000 agents, 20 s per run
+    python bench/bench_serve.py --seconds 60           # 1,000 agents, 60 s per run
     python bench/bench_serve.py --agents 200 --seconds 5   # a quick look
 """
 
@@ -86,7 +88,8 @@ function setup(thread)
 end
 local n = 0
 function init(args)
-  share = tonumber(args[1]); key = args[2]; template = args[3]
+  share = tonumber(args[1]); template = args[2]
+  local key = os.getenv("BENCH_KEY")  -- not an argument: the process list shows those
   wrk.method = "POST"
   wrk.headers["Content-Type"] = "application/json"
   wrk.headers["Authorization"] = "Bearer " .. key
@@ -164,8 +167,8 @@ def run_wrk(port: int, key: str, agents: int, seconds: int, threads: int) -> dic
     try:
         done = subprocess.run(
             ["wrk", "-t", str(threads), "-c", str(agents), "-d", f"{seconds}s", "--timeout", "30s", "-s", script,
-             f"http://127.0.0.1:{port}/api/agent/performance", "--", str(agents // threads), key, template()],
-            capture_output=True, text=True, check=True,
+             f"http://127.0.0.1:{port}/api/agent/performance", "--", str(agents // threads), template()],
+            capture_output=True, text=True, check=True, env={**os.environ, "BENCH_KEY": key},
         )
     finally:
         Path(script).unlink()
@@ -177,17 +180,20 @@ def run_wrk(port: int, key: str, agents: int, seconds: int, threads: int) -> dic
 
 
 def measure(cmd: list[str], env: dict[str, str], port: int, key: str, args: argparse.Namespace,
-            db: Db) -> dict[str, Any]:
-    """Start a server, load it with wrk, stop it (SIGTERM), count what it stored."""
+            db: Db, *, drain: bool = True) -> dict[str, Any]:
+    """Start a server, load it with wrk, stop it, count what it stored.
+
+    `drain`: SIGTERM, so the server answers what it holds (the service writes its queue
+    and a last lastSeen round); else SIGKILL (the per-request path holds minutes of work
+    at 1,000 connections). What a server stores after wrk stopped is not counted as
+    acknowledged either way.
+    """
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         wait_healthy(f"http://127.0.0.1:{port}/healthz", proc)
         result = run_wrk(port, key, args.agents, args.seconds, args.threads)
     finally:
-        # SIGTERM lets the server answer what it holds (the per-request path may hold
-        # minutes of work at 1,000 connections); what it stores after wrk stopped is not
-        # counted as acknowledged either way.
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signal.SIGTERM if drain else signal.SIGKILL)
         try:
             _, err = proc.communicate(timeout=300)
         except subprocess.TimeoutExpired:
@@ -197,6 +203,18 @@ def measure(cmd: list[str], env: dict[str, str], port: int, key: str, args: argp
     result["every_acknowledged_stored"] = result["stored"] >= result["acknowledged"]
     if proc.returncode not in (0, -signal.SIGTERM, -signal.SIGKILL):
         result["server_stderr_tail"] = err.decode(errors="replace")[-500:]
+    return result
+
+
+def run_serve(db: Db, name: str, env: dict[str, str], args: argparse.Namespace, *extra: str) -> dict[str, Any]:
+    """`perf-analytics serve` on a fresh database under the wrk load."""
+    serve_db = fresh_db(db, name, args.agents)
+    _, key = create_api_key(serve_db, ORG, name="bench")
+    port = free_port()
+    cmd = [sys.executable, "-m", "perf_analytics.cli", "--db", name, "serve", "--port", str(port),
+           "--workers", str(args.workers), "--rate", "1000000", "--burst", "1000000", *extra]
+    result = measure(cmd, env, port, key, args, serve_db)
+    print(f"serve {' '.join(extra)}: {json.dumps(result)}", file=sys.stderr)
     return result
 
 
@@ -239,7 +257,7 @@ def baseline_app(uri: str, db_name: str) -> Any:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--agents", type=int, default=1000, help="concurrent connections, one per agent")
-    parser.add_argument("--seconds", type=int, default=20, help="length of each HTTP run")
+    parser.add_argument("--seconds", type=int, default=60, help="length of each HTTP run")
     parser.add_argument("--threads", type=int, default=2, help="wrk threads")
     parser.add_argument("--limit-docs", type=int, default=20_000, help="snapshots for each limit measurement")
     parser.add_argument("--workers", type=int, default=1, help="serve --workers")
@@ -267,29 +285,27 @@ def main() -> int:
     out: dict[str, Any] = {"server": probe_capabilities(db).server, "agents": args.agents,
                            "seconds": args.seconds, "machine": platform.platform(), "cpus": os.cpu_count(),
                            "load_before": os.getloadavg()}
-    names = [f"bench_serve_{stamp}_{part}" for part in ("limit1", "serve", "base", "limit2")]
+    names = [f"bench_serve_{stamp}_{part}" for part in ("limit1", "serve", "deferred", "base", "limit2")]
     try:
         limit_before = insert_limit(fresh_db(db, names[0], args.agents), args.limit_docs, args.agents)
+        serve = run_serve(db, names[1], env, args)
+        # The same service with lastSeen rounds out of the way (only the first, small one
+        # falls in the run): what the lastSeen updates cost.
+        deferred = run_serve(db, names[2], env, args, "--last-seen-seconds", "3600")
 
-        serve_db = fresh_db(db, names[1], args.agents)
-        _, key = create_api_key(serve_db, ORG, name="bench")
+        base_db = fresh_db(db, names[3], args.agents)
+        _, key = create_api_key(base_db, ORG, name="bench")
         port = free_port()
-        cmd = [sys.executable, "-m", "perf_analytics.cli", "--db", names[1], "serve", "--port", str(port),
-               "--workers", str(args.workers), "--rate", "1000000", "--burst", "1000000"]
-        serve = measure(cmd, env, port, key, args, serve_db)
-        print(f"serve: {json.dumps(serve)}", file=sys.stderr)
+        cmd = [sys.executable, __file__, "--baseline-server", names[3], str(port)]
+        base = measure(cmd, env, port, key, args, base_db, drain=False)
 
-        base_db = fresh_db(db, names[2], args.agents)
-        port = free_port()
-        cmd = [sys.executable, __file__, "--baseline-server", names[2], str(port)]
-        base = measure(cmd, env, port, key, args, base_db)
-
-        limit_after = insert_limit(fresh_db(db, names[3], args.agents), args.limit_docs, args.agents)
+        limit_after = insert_limit(fresh_db(db, names[4], args.agents), args.limit_docs, args.agents)
     finally:
         for name in names:
             db.client.drop_database(name)
     limit = (limit_before + limit_after) / 2
-    out.update(limit_before=limit_before, limit_after=limit_after, limit=limit, serve=serve, baseline=base,
+    out.update(limit_before=limit_before, limit_after=limit_after, limit=limit, serve=serve,
+               serve_last_seen_deferred=deferred, baseline=base,
                share_of_limit=serve["acknowledged_per_s"] / limit,
                ratio_vs_per_request=serve["acknowledged_per_s"] / base["acknowledged_per_s"],
                load_after=os.getloadavg())
@@ -299,7 +315,10 @@ def main() -> int:
           f"load average before {out['load_before'][0]:.1f}, after {out['load_after'][0]:.1f}\n")
     print("| path | acknowledged/s | share of insert limit | p50 ms | p99 ms | acknowledged | stored |")
     print("|---|---:|---:|---:|---:|---:|---:|")
-    for label, r in (("`serve` (group commit)", serve), ("per-request insert + update", base)):
+    rows = (("`serve` (group commit, lastSeen rounds every 30 s)", serve),
+            ("`serve --last-seen-seconds 3600` (no round but the first)", deferred),
+            ("per-request insert + update", base))
+    for label, r in rows:
         print(f"| {label} | {r['acknowledged_per_s']:,.0f} | {r['acknowledged_per_s'] / limit:.2f} | "
               f"{r['p50_us'] / 1000:.0f} | {r['p99_us'] / 1000:.0f} | {r['acknowledged']:,} | {r['stored']:,} |")
     print(f"| server insert limit (`insert_many`, batches of 1,000) | {limit:,.0f} "

@@ -464,3 +464,14 @@ def test_the_last_seen_of_an_asset_moves_to_its_newest_snapshot_by_the_time_the_
     newest = max(datetime.fromisoformat(b["timestamp"]) for b in bodies)
     assert db[ASSETS].find_one({"_id": "seen-1"})["lastSeen"] == newest  # type: ignore[index]
     assert db[SNAPSHOTS].count_documents({"orgId": "org-a", "assetId": "seen-1"}) == 3
+
+
+def test_a_malformed_uri_is_one_error_line_that_does_not_repeat_it() -> None:
+    from click.testing import CliRunner
+
+    from perf_analytics.cli import app
+
+    uri = "mongodb://user:secret@127.0.0.1:notaport/"
+    result = CliRunner().invoke(app, ["--uri", uri, "serve", "--port", str(free_port())])
+    assert result.exit_code == 1
+    assert result.stderr == "Error: invalid MongoDB URI\n"
