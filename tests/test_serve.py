@@ -241,9 +241,12 @@ def test_a_key_of_one_org_can_neither_write_nor_read_another_orgs_asset(setup: S
     assert len(stored(setup.db, "org-a", asset)) == 1
 
 
-def test_a_body_naming_the_keys_own_org_is_accepted(setup: Setup) -> None:
-    answer = post(setup.svc, setup.key_a, agent_snapshot(unique("own"), orgId="org-a"))
-    assert answer.status_code == 200
+def test_a_body_naming_the_keys_own_org_or_a_null_org_is_accepted(setup: Setup) -> None:
+    for org in ("org-a", None):
+        asset = unique("own")
+        answer = post(setup.svc, setup.key_a, agent_snapshot(asset, orgId=org))
+        assert answer.status_code == 200, answer.text
+        assert len(stored(setup.db, "org-a", asset)) == 1
 
 
 def test_a_revoked_key_is_refused_once_no_cache_holds_it(setup: Setup) -> None:

@@ -70,7 +70,7 @@ def prepare_snapshots(
     if len(items) > max_items:
         raise Refusal(413, "too_many_snapshots", f"{len(items):,} snapshots in one body; at most {max_items:,}")
     for item in items:
-        if isinstance(item, dict) and "orgId" in item and item["orgId"] != org_id:
+        if isinstance(item, dict) and item.get("orgId") not in (None, org_id):  # null: not given
             raise Refusal(403, "wrong_org", "a snapshot names another org than the API key's")
     docs: list[Doc] = []
     raws: list[RawBSONDocument] = []
