@@ -37,6 +37,8 @@ SUMMARIES = {
     "doctor": "Check indexes, snapshot types, ids, legacy documents, orphans and lastSeen.",
     "nightly": "The scheduled run: sync, derive every new or stale day, retention, reports.",
     "runs": "List the nightly runs recorded in the lake (_manifests/runs/), newest first.",
+    "serve": "Serve the agents' endpoint: POST and GET /api/agent/performance with an API key.",
+    "keys": "Issue, list and revoke the API keys that agents send to `serve`.",
 }
 
 

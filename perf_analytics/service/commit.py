@@ -1,0 +1,274 @@
+"""Group commit: concurrent requests' snapshots go to the server in one unordered insert.
+
+Requests queue their validated documents and wait. One writer task takes everything
+queued (up to `max_batch` snapshots), sends it as one `insert_many(ordered=False)` from a
+thread, and answers each request once the server has acknowledged the batch: an answer
+of 200 means the snapshot is stored, so a crash of the service cannot lose an
+acknowledged snapshot. While a batch is at the server the next one gathers, so the batch
+size follows the load by itself (no timer). A duplicate (same org, asset, timestamp) is
+told as such, by the unique key index, as in `ingest`.
+
+lastSeen follows the inserts: a second task sends one `$max` update per asset for all
+batches acknowledged since its last round (`touch_assets`, as `ingest` does per commit),
+at most one round every `last_seen_seconds`, so a fleet costs one update per asset per
+round instead of one per snapshot. On FerretDB an update costs 5 to 40 times an insert
+(measured: 1,000 `$max` updates 4 to 20 s, 1,000 inserts 0.1 s, on a busy machine), and
+SQLite takes one write at a time: with 1,000 agents posting as fast as they could,
+updates after every batch cut the acknowledged rate to a third. A round runs in chunks
+between insert batches, one round at a time (FerretDB applies concurrent `$max` updates
+of one document as read-modify-write). Requests do not wait for it: a service killed before a
+round leaves lastSeen behind until the asset's next snapshot (or `doctor --fix`), never
+a snapshot lost; a stopped service sends its last round first.
+
+The queue is bounded (`max_queue` snapshots): when full, a request is refused at once
+(503) rather than waiting without limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from bson.raw_bson import RawBSONDocument
+from pymongo.errors import BulkWriteError, PyMongoError
+
+from perf_analytics.schema import SNAPSHOTS
+from perf_analytics.service.metrics import Metrics
+from perf_analytics.store import (
+    WRITE_CHUNK,
+    Db,
+    Doc,
+    duplicates_of,
+    error_text,
+    is_duplicate_key,
+    require_key_index,
+    touch_assets,
+)
+
+log = logging.getLogger("perf_analytics.serve")
+
+INSERTED = "inserted"
+DUPLICATE = "duplicate"
+REFUSED = "refused"
+
+
+class QueueFull(Exception):
+    """The queue holds `max_queue` snapshots already."""
+
+
+class DatabaseUnavailable(Exception):
+    """The server could not be reached, or failed, while this request's batch was sent."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one snapshot: inserted, duplicate (stored before) or refused (why)."""
+
+    status: str
+    reason: str = ""
+
+
+@dataclass
+class _Pending:
+    docs: list[Doc]
+    raws: list[RawBSONDocument]
+    future: asyncio.Future[list[Outcome]]
+
+
+class GroupCommitter:
+    """The writer and lastSeen tasks of one service process (see the module docstring)."""
+
+    def __init__(
+        self, db: Db, metrics: Metrics, *, max_batch: int = 1000, max_queue: int = 20_000,
+        last_seen_seconds: float = 30.0,
+    ) -> None:
+        self.db = db
+        self.last_seen_seconds = last_seen_seconds
+        self.metrics = metrics
+        self.max_batch = max_batch
+        self.max_queue = max_queue
+        self._queue: deque[_Pending] = deque()
+        self._queued = 0  # snapshots in _queue
+        self._wake = asyncio.Event()
+        self._touch_wake = asyncio.Event()
+        self._last_seen: dict[tuple[str, str], datetime] = {}
+        self._closing = False  # no new requests
+        self._written = asyncio.Event()  # the writer has committed the last queued request
+        self._batch_done = asyncio.Event()  # set after every batch
+        self._tasks: list[asyncio.Task[None]] = []
+        metrics.queue_depth = lambda: self._queued
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._write_loop()), asyncio.create_task(self._touch_loop())]
+
+    async def stop(self) -> None:
+        """Commit what is queued, send the last lastSeen round, end both tasks."""
+        self._closing = True
+        self._wake.set()
+        await self._tasks[0]
+        self._written.set()
+        self._touch_wake.set()
+        await self._tasks[1]
+
+    async def submit(self, docs: list[Doc], raws: list[RawBSONDocument]) -> list[Outcome]:
+        """Queue one request's documents; return their outcomes once their batch is acknowledged.
+
+        Raises QueueFull at once when the queue is full, DatabaseUnavailable when the
+        batch could not be written (some of it may be stored: a retry meets duplicates).
+        """
+        if self._closing or self._queued + len(docs) > self.max_queue:
+            raise QueueFull
+        future: asyncio.Future[list[Outcome]] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Pending(docs, raws, future))
+        self._queued += len(docs)
+        self._wake.set()
+        return await future
+
+    def _take(self) -> list[_Pending]:
+        """Whole requests from the queue, up to max_batch snapshots (at least one request)."""
+        batch: list[_Pending] = []
+        size = 0
+        while self._queue and (not batch or size + len(self._queue[0].docs) <= self.max_batch):
+            item = self._queue.popleft()
+            batch.append(item)
+            size += len(item.docs)
+        self._queued -= size
+        return batch
+
+    async def _write_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._queue:
+                await self._commit(self._take())
+            if self._closing:
+                return
+
+    async def _commit(self, batch: list[_Pending]) -> None:
+        try:
+            await self._send(batch)
+        finally:
+            self._batch_done.set()
+
+    async def _send(self, batch: list[_Pending]) -> None:
+        docs = [doc for item in batch for doc in item.docs]
+        raws = [raw for item in batch for raw in item.raws]
+        started = time.perf_counter()
+        try:
+            outcomes = await asyncio.to_thread(self._insert, docs, raws)
+        except PyMongoError as exc:
+            # The type only: a server error's text may name hosts, never a key or the URI.
+            log.warning("batch of %d snapshot(s) not written: %s", len(docs), type(exc).__name__)
+            self._fail(batch, DatabaseUnavailable())
+            return
+        except Exception as exc:  # a bug: the requests get a 500, the writer lives on
+            log.exception("batch of %d snapshot(s) failed", len(docs))
+            self._fail(batch, exc)
+            return
+        self.metrics.insert_seconds.observe(time.perf_counter() - started)
+        self.metrics.batch_size.observe(len(docs))
+        start = 0
+        for item in batch:
+            mine = outcomes[start : start + len(item.docs)]
+            start += len(item.docs)
+            if not item.future.done():  # a request whose client went away is not answered
+                item.future.set_result(mine)
+        for doc, outcome in zip(docs, outcomes, strict=True):
+            self.metrics.snapshots[outcome.status] += 1
+            if outcome.status != REFUSED:
+                # Duplicates too: after a crash they may be the snapshots whose round was lost.
+                key = (doc["orgId"], doc["assetId"])
+                seen = self._last_seen.get(key)
+                if seen is None or doc["timestamp"] > seen:
+                    self._last_seen[key] = doc["timestamp"]
+        self._touch_wake.set()
+
+    @staticmethod
+    def _fail(batch: list[_Pending], exc: Exception) -> None:
+        for item in batch:
+            if not item.future.done():
+                item.future.set_exception(exc)
+
+    def _insert(self, docs: Sequence[Doc], raws: list[RawBSONDocument]) -> list[Outcome]:
+        """Insert unordered (in a thread); the outcome of each document, in order.
+
+        A server refuses a bad document with a write error of its own. An error for the
+        whole batch (the loader's case: FerretDB dropping the connection over a NaN,
+        which orjson never parses) is raised and answered like a server that is down.
+        """
+        require_key_index(self.db)
+        try:
+            self.db[SNAPSHOTS].insert_many(raws, ordered=False)
+        except BulkWriteError as exc:
+            return self._sort(exc.details, docs)
+        return [Outcome(INSERTED)] * len(docs)
+
+    def _sort(self, details: Mapping[str, Any], docs: Sequence[Doc]) -> list[Outcome]:
+        """Each document's outcome from a BulkWriteError's details (as the loader sorts them).
+
+        Only a clash on the unique key index is a duplicate; any other write error is a
+        refusal with the server's reason.
+        """
+        outcomes = [Outcome(INSERTED)] * len(docs)
+        clashes: list[tuple[int, Mapping[str, Any]]] = []
+        for err in details.get("writeErrors", []):
+            if is_duplicate_key(err):
+                clashes.append((err["index"], err))
+            else:
+                outcomes[err["index"]] = Outcome(REFUSED, f"refused by the server: {error_text(err)}")
+        verdicts = duplicates_of(self.db, [docs[i] for i, _ in clashes], [err for _, err in clashes])
+        for (i, _), clash in zip(clashes, verdicts, strict=True):
+            outcomes[i] = Outcome(DUPLICATE) if clash is None else Outcome(REFUSED, clash.reason)
+        return outcomes
+
+    async def _touch_loop(self) -> None:
+        while True:
+            await self._touch_wake.wait()
+            self._touch_wake.clear()
+            final = self._written.is_set()
+            if self._last_seen:
+                work, self._last_seen = self._last_seen, {}
+                await self._round(work)
+            if final:
+                return
+            # At most one round per interval; stop() cuts the wait short for the last one.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._written.wait(), timeout=self.last_seen_seconds)
+
+    async def _round(self, work: Mapping[tuple[str, str], datetime]) -> None:
+        """One lastSeen round, WRITE_CHUNK assets at a time, letting the writer insert one
+        batch between chunks while requests wait: a server that takes one write at a time
+        (FerretDB on SQLite) would otherwise hold every request for the whole round."""
+        items = list(work.items())
+        for start in range(0, len(items), WRITE_CHUNK):
+            try:
+                await asyncio.to_thread(self._touch, dict(items[start : start + WRITE_CHUNK]))
+            except PyMongoError as exc:
+                self._keep(dict(items[start:]))
+                log.warning("lastSeen round for %d asset(s) failed: %s", len(items) - start, type(exc).__name__)
+                return
+            if self._queue and not self._written.is_set():
+                self._batch_done.clear()
+                await self._batch_done.wait()
+
+    def _keep(self, work: Mapping[tuple[str, str], datetime]) -> None:
+        """Put a failed round's times back, so the next round sends them (the newest wins)."""
+        for key, seen in work.items():
+            known = self._last_seen.get(key)
+            if known is None or seen > known:
+                self._last_seen[key] = seen
+
+    def _touch(self, work: Mapping[tuple[str, str], datetime]) -> None:
+        per_org: dict[str, dict[str, datetime]] = {}
+        for (org, asset), seen in work.items():
+            per_org.setdefault(org, {})[asset] = seen
+        for org, last_seen in per_org.items():
+            self.metrics.orphan_updates += len(touch_assets(self.db, org, last_seen))
+
