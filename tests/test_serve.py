@@ -179,6 +179,17 @@ def test_a_posted_snapshot_is_stored_for_the_keys_org_and_read_back_newest_first
     assert get(setup.svc, setup.key_a, assetId=asset, limit=1).json()[0]["_id"] == ids[1]
 
 
+def test_an_agent_body_without_a_time_window_is_stored_as_one_minute(setup: Setup) -> None:
+    asset = unique("window")
+    body = agent_snapshot(asset)
+    del body["timeWindow"]
+    answer = post(setup.svc, setup.key_a, body)
+    assert answer.status_code == 200, answer.text
+    assert [doc["timeWindow"] for doc in stored(setup.db, "org-a", asset)] == ["1min"]
+    wrong = post(setup.svc, setup.key_a, agent_snapshot(unique("window"), timeWindow="2min"))
+    assert wrong.status_code == 400 and wrong.json()["field"] == "timeWindow"
+
+
 def test_a_snapshot_sent_twice_is_stored_once_and_the_second_answer_says_duplicate(setup: Setup) -> None:
     body = agent_snapshot(unique("dup"))
     first, second = post(setup.svc, setup.key_a, body), post(setup.svc, setup.key_a, body)

@@ -43,6 +43,10 @@ class Prepared:
     many: bool  # the body was an array
 
 
+AGENT_TIME_WINDOW = "1min"
+"""The `timeWindow` of an agent's snapshot that names none."""
+
+
 def parse_body(body: bytes) -> Any:
     """The body as JSON; a 400 naming where it broke when it is not JSON.
 
@@ -96,6 +100,10 @@ def _prepare(item: Any, org_id: str, collection: Collection[Doc]) -> tuple[Doc, 
     if isinstance(item, dict) and "_id" in item:
         # An agent's id could be another tenant's snapshot's; the service assigns ids.
         raise ValidationError("_id", "is assigned by the service; send snapshots without one")
+    if isinstance(item, dict) and "timeWindow" not in item:
+        # The agents' body is {agentId, assetId, timestamp, performanceData}: an agent
+        # reports about once a minute, so its snapshot covers one minute unless it says so.
+        item = {**item, "timeWindow": AGENT_TIME_WINDOW}
     doc = validate_snapshot(item, org_id=org_id)
     check_nesting(doc)  # before BSON encoding, which recurses
     doc["_id"] = ObjectId()
