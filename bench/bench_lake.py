@@ -266,6 +266,32 @@ def _child(part: str, spec: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+# Each phase of the demo ends with the first output line that starts with its marker.
+DEMO_PHASES = (
+    ("generate", "generated "),
+    ("server and indexes", "server: "),
+    ("load", "read "),
+    ("doctor org-01", "doctor "),
+    ("one asset's last 15 minutes", "last 15 minutes"),
+    ("sync", "sync: "),
+    ("nightly of three orgs from the lake", "flagged and rolled up"),
+)
+
+
+def demo_phases(lines: list[tuple[float, str]], seconds: float) -> dict[str, float]:
+    """Seconds of each phase, from the times of the lines that end them; the rest is
+    DuckDB, the pictures and the report."""
+    phases: dict[str, float] = {}
+    previous = 0.0
+    for name, marker in DEMO_PHASES:
+        at = next((t for t, line in lines if line.startswith(marker)), None)
+        if at is not None:
+            phases[name] = round(at - previous, 1)
+            previous = at
+    phases["DuckDB, pictures, report"] = round(seconds - previous, 1)
+    return phases
+
+
 def run_demo(uri: str) -> dict[str, Any]:
     """pipelines/demo.py in a fresh directory and database, each output line timed."""
     demo = HERE.parent / "pipelines" / "demo.py"
@@ -281,7 +307,7 @@ def run_demo(uri: str) -> dict[str, Any]:
             raise SystemExit(f"demo failed with exit code {proc.returncode}")
         seconds = time.perf_counter() - began
     MongoClient(uri).drop_database(name)
-    return {"seconds": seconds, "lines": lines}
+    return {"seconds": seconds, "phases": demo_phases(lines, seconds), "lines": lines}
 
 
 def main() -> int:
