@@ -180,8 +180,8 @@ def child_race(spec: dict[str, Any]) -> dict[str, Any]:
                     result = run_day(lake2, org, day, source=source)
                 times[side] = time.perf_counter() - began
                 counts[side] = (result.snapshots, result.flags.height)
+                print(f"round {len(rounds) + 1}, {side}: {times[side]:.1f}s", file=sys.stderr, flush=True)
             rounds.append(times)
-            print(times, file=sys.stderr)
     _, rss = _usage()
     return {"org": org, "day": spec["day"], "rounds": rounds, "snapshots": counts,
             "ratio": statistics.median(r["server"] / r["lake"] for r in rounds), "peak_rss_mib": rss}
@@ -245,7 +245,7 @@ def child_fleet(spec: dict[str, Any]) -> dict[str, Any]:
         mid = time.perf_counter()
         mongo, where = p95_mongo(db, org, start, end)
         rounds.append({"duckdb": mid - began, "mongo": time.perf_counter() - mid})
-        print(rounds[-1], file=sys.stderr)
+        print(rounds[-1], file=sys.stderr, flush=True)
     if set(duck) != set(mongo):
         raise SystemExit(f"the two sides disagree on the (asset, day) groups: {len(duck)} vs {len(mongo)}")
     diff = max(abs(duck[k] - mongo[k]) for k in duck)
@@ -258,12 +258,39 @@ CHILDREN = {"sync": child_sync, "race": child_race, "fleet": child_fleet}
 
 
 def _child(part: str, spec: dict[str, Any]) -> dict[str, Any]:
+    # The child's stderr (each round's times) passes straight through, so a long run shows
+    # its rounds as they finish and a run stopped early keeps them.
     out = subprocess.run([sys.executable, __file__, "--child", json.dumps({**spec, "part": part})],
-                         capture_output=True, text=True, env=os.environ.copy())
-    sys.stderr.write(out.stderr[-3000:])
+                         stdout=subprocess.PIPE, text=True, env=os.environ.copy())
     out.check_returncode()
     result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
     return result
+
+
+# Each phase of the demo ends with the first output line that starts with its marker.
+DEMO_PHASES = (
+    ("generate", "generated "),
+    ("server and indexes", "server: "),
+    ("load", "read "),
+    ("doctor org-01", "doctor "),
+    ("one asset's last 15 minutes", "last 15 minutes"),
+    ("sync", "sync: "),
+    ("nightly of three orgs from the lake", "flagged and rolled up"),
+)
+
+
+def demo_phases(lines: list[tuple[float, str]], seconds: float) -> dict[str, float]:
+    """Seconds of each phase, from the times of the lines that end them; the rest is
+    DuckDB, the pictures and the report."""
+    phases: dict[str, float] = {}
+    previous = 0.0
+    for name, marker in DEMO_PHASES:
+        at = next((t for t, line in lines if line.startswith(marker)), None)
+        if at is not None:
+            phases[name] = round(at - previous, 1)
+            previous = at
+    phases["DuckDB, pictures, report"] = round(seconds - previous, 1)
+    return phases
 
 
 def run_demo(uri: str) -> dict[str, Any]:
@@ -281,7 +308,7 @@ def run_demo(uri: str) -> dict[str, Any]:
             raise SystemExit(f"demo failed with exit code {proc.returncode}")
         seconds = time.perf_counter() - began
     MongoClient(uri).drop_database(name)
-    return {"seconds": seconds, "lines": lines}
+    return {"seconds": seconds, "phases": demo_phases(lines, seconds), "lines": lines}
 
 
 def main() -> int:

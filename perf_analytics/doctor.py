@@ -9,6 +9,12 @@ re-normalises off-type snapshots with the snapshot contract (the kinds and paths
 from `schema.py`), gives each a proper ObjectId `_id` (`schema.repaired_id`) and moves
 lastSeen forward; bad ids are only reported (renaming them is the application's call),
 legacy documents are left to `migrate`, and orphans to a person.
+
+How it reads depends on the server. MongoDB answers each check's filter from the orgId
+index and returns only the few bad documents, so there every check asks the server. A
+server that reads the whole collection for every query (FerretDB 1.24) is instead read
+once: one pass over the org's snapshots answers the healthy case of every check (see
+`_OrgScan`), and only a check that pass finds suspect asks the server its exact question.
 """
 
 from __future__ import annotations
@@ -136,10 +142,14 @@ def diagnose(db: Db, org_id: str, *, fix: bool = False) -> DoctorReport:
     if not org_id:
         raise ConfigError("an org id is required")
     indexes = diagnose_indexes(db, fix=fix)
-    off_type, unrepairable = _check_off_type(db, org_id, fix=fix)
-    invalid_ids = _check_ids(db, org_id)
+    scan = _scan_org(db, org_id) if _scans_per_query(db) else None
+    off_type, unrepairable = _check_off_type(db, org_id, fix=fix, scan=scan)
+    if scan is not None and fix and off_type.found:
+        # The repairs rewrote snapshots (timestamps, _ids): read what they left.
+        scan = _scan_org(db, org_id)
+    invalid_ids = _check_ids(db, org_id, scan=scan)
     legacy = _check_legacy(db, org_id)
-    orphaned, stale = _check_assets(db, org_id, fix=fix)
+    orphaned, stale = _check_assets(db, org_id, fix=fix, scan=scan)
     return DoctorReport(
         org_id=org_id,
         fix=fix,
@@ -183,6 +193,52 @@ def diagnose_indexes(db: Db, *, fix: bool = False) -> Check:
         return Check(name, found=len(missing), examples=missing, hint=str(exc))
     fixed = sum(1 for index in missing if index in created)
     return Check(name, found=len(missing), fixed=fixed, examples=missing)
+
+
+# -- one pass over an org's snapshots --------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _OrgScan:
+    """What one read of all an org's snapshots tells the checks.
+
+    `off_type` and `bad_ids` are conservative: true whenever the server's exact filter
+    could match (a document with any off-type kind, an assetId or agentId that is not an
+    identifier string, including missing or array values), so a false one answers the
+    check with nothing found, and a true one sends the check to the server. `stats` is
+    what `_asset_stats` computes, by the same per-document step.
+    """
+
+    snapshots: int
+    off_type: bool
+    bad_ids: bool
+    stats: dict[Any, tuple[int, datetime | None]]
+
+
+def _scans_per_query(db: Db) -> bool:
+    """Whether the server reads the whole collection for every filtered query.
+
+    FerretDB 1.24 does (about 1,500 documents a second), so each check's own query costs
+    as much as reading the org's snapshots once, and one pass replaces five or six
+    queries. MongoDB answers the checks from the orgId index and returns only the bad
+    documents, which is cheaper than shipping every snapshot to the client.
+    """
+    return probe_capabilities(db).server.startswith("FerretDB")
+
+
+def _scan_org(db: Db, org_id: str) -> _OrgScan:
+    """Read `org_id`'s snapshots once and answer every check's healthy case (`_OrgScan`)."""
+    stats: dict[Any, tuple[int, datetime | None]] = {}
+    snapshots = 0
+    off_type = bad_ids = False
+    # No projection: every field's type is checked, and FerretDB applies one after
+    # reading the whole document anyway.
+    for doc in db[SNAPSHOTS].find({"orgId": org_id}, batch_size=BATCH_SIZE):
+        snapshots += 1
+        off_type = off_type or bool(off_type_kinds(doc))
+        bad_ids = bad_ids or not (is_valid_id(doc.get("assetId")) and is_valid_id(doc.get("agentId")))
+        _count_asset(stats, doc)
+    return _OrgScan(snapshots, off_type, bad_ids, stats)
 
 
 # -- off-type snapshots -------------------------------------------------------------
@@ -239,7 +295,7 @@ def _off_type_batches(db: Db, query: Doc, *, fix: bool, skip: Sequence[Any]) -> 
         yield batch
 
 
-def _check_off_type(db: Db, org_id: str, *, fix: bool) -> tuple[Check, list[Problem]]:
+def _check_off_type(db: Db, org_id: str, *, fix: bool, scan: _OrgScan | None) -> tuple[Check, list[Problem]]:
     counts: dict[str, int] = dict.fromkeys(KINDS, 0)
     examples: dict[str, list[str]] = {kind: [] for kind in KINDS}
     found = repaired = 0
@@ -271,7 +327,9 @@ def _check_off_type(db: Db, org_id: str, *, fix: bool) -> tuple[Check, list[Prob
                 repaired += 1
             else:
                 leave(entry["oldId"], reason)
-    for batch in _off_type_batches(db, off_type_filter(db, org_id), fix=fix, skip=skip):
+    # A pass that saw no off-type snapshot answers for the server's filter (a superset of it).
+    suspect = scan is None or scan.off_type
+    for batch in _off_type_batches(db, off_type_filter(db, org_id), fix=fix, skip=skip) if suspect else ():
         for doc in batch:
             doc_id = doc["_id"]
             if doc_id in seen:
@@ -371,7 +429,7 @@ def _off_type_hint(remaining: int, *, fix: bool) -> str:
 # -- legacy snapshots, orphans, lastSeen ----------------------------------------------
 
 
-def _check_ids(db: Db, org_id: str) -> Check:
+def _check_ids(db: Db, org_id: str, *, scan: _OrgScan | None) -> Check:
     """Snapshots whose orgId, assetId or agentId breaks the identifier rule.
 
     Such ids cannot become lake paths or sink keys safely; renaming them changes what
@@ -379,8 +437,10 @@ def _check_ids(db: Db, org_id: str) -> Check:
     """
     snapshots = db[SNAPSHOTS]
     if not is_valid_id(org_id):
-        total = snapshots.count_documents({"orgId": org_id})
+        total = scan.snapshots if scan is not None else snapshots.count_documents({"orgId": org_id})
         kinds = [Kind("orgId", total, [repr(org_id)])] if total else []
+    elif scan is not None and not scan.bad_ids:
+        total, kinds = 0, []
     else:
         bad = {name: [v for v in snapshots.distinct(name, {"orgId": org_id}) if not is_valid_id(v)]
                for name in ("assetId", "agentId")}
@@ -440,21 +500,26 @@ def _asset_stats(db: Db, org_id: str) -> dict[Any, tuple[int, datetime | None]]:
     stats: dict[Any, tuple[int, datetime | None]] = {}
     projection = {"_id": 0, "assetId": 1, "timestamp": 1}
     for doc in db[SNAPSHOTS].find({"orgId": org_id}, projection, batch_size=BATCH_SIZE):
-        asset_id, moment = doc.get("assetId"), doc.get("timestamp")
-        count, newest = stats.get(asset_id, (0, None))
-        if isinstance(moment, datetime) and (newest is None or moment > newest):
-            newest = moment
-        stats[asset_id] = (count + 1, newest)
+        _count_asset(stats, doc)
     return stats
 
 
-def _check_assets(db: Db, org_id: str, *, fix: bool) -> tuple[Check, Check]:
+def _count_asset(stats: dict[Any, tuple[int, datetime | None]], doc: Doc) -> None:
+    """Add one snapshot to its assetId's (count, newest BSON-date timestamp)."""
+    asset_id, moment = doc.get("assetId"), doc.get("timestamp")
+    count, newest = stats.get(asset_id, (0, None))
+    if isinstance(moment, datetime) and (newest is None or moment > newest):
+        newest = moment
+    stats[asset_id] = (count + 1, newest)
+
+
+def _check_assets(db: Db, org_id: str, *, fix: bool, scan: _OrgScan | None) -> tuple[Check, Check]:
     """Orphaned snapshots (no asset in the org) and assets whose lastSeen lags.
 
     An assetId matches an asset the way `store.touch_assets` matches it: a 24-hex id
     names the ObjectId or the string _id, compared as values (not as text).
     """
-    stats = _asset_stats(db, org_id)
+    stats = scan.stats if scan is not None else _asset_stats(db, org_id)
     named = sorted(a for a in stats if isinstance(a, str))
     candidates = {asset_id: _id_values(asset_id) for asset_id in named}
     last_seen: dict[Any, Any] = {}

@@ -65,8 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     loaded = ingest_archives_all_orgs(db, [archive], rejects=OUT / "rejects.ndjson")
     print(format_summary(loaded))
 
-    # doctor reads an org's snapshots on the server several times (about two minutes an
-    # org of this fleet on FerretDB), so the demo checks one; `perf-analytics doctor` checks all.
+    # doctor reads a healthy org's snapshots once on FerretDB (one scan of the collection,
+    # as every query there), so the demo checks one org; `perf-analytics doctor` checks all.
     report = diagnose(db, "org-01")
     problems = [f"{c.name}: {c.remaining}" for c in report.checks if c.remaining]
     print(f"doctor {report.org_id}: " + ("healthy" if not problems else "; ".join(problems)))

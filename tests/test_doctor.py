@@ -5,13 +5,16 @@ from __future__ import annotations
 import copy
 import json
 import re
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from bson import Int64, ObjectId
 from click.testing import CliRunner
+from pymongo import MongoClient, monitoring
 
+from perf_analytics import doctor
 from perf_analytics.cli import app
 from perf_analytics.config import Settings
 from perf_analytics.doctor import (
@@ -43,7 +46,14 @@ from perf_analytics.schema import (
     repaired_id,
     validate_snapshot,
 )
-from perf_analytics.store import INDEXES, Db, missing_indexes
+from perf_analytics.store import (
+    INDEXES,
+    Db,
+    connect_uri,
+    ensure_indexes,
+    missing_indexes,
+    probe_capabilities,
+)
 from tests.factories import T0, set_path, snapshot
 
 OLD = datetime(2020, 1, 1, tzinfo=UTC)
@@ -521,3 +531,115 @@ def test_cli_json_report_for_scripts(db: Db, settings: Settings) -> None:
     assert (payload["scope"], payload["healthy"]) == ("orgs", False)
     [org] = payload["orgs"]
     assert (org["org_id"], org["orphaned"]["found"], org["orphaned"]["kinds"][0]["label"]) == ("org-a", 1, "nowhere")
+
+
+# -- how doctor reads the server --------------------------------------------------------
+
+
+class _SnapshotReads(monitoring.CommandListener):
+    """The commands that read `performance_snapshots` (find, aggregate, distinct, count), and
+    the snapshot documents the server returned in find/getMore replies."""
+
+    def __init__(self) -> None:
+        self.commands: list[str] = []
+        self.returned = 0
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        name = event.command_name
+        if name in ("find", "aggregate", "distinct", "count") and event.command.get(name) == SNAPSHOTS:
+            self.commands.append(name)
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        cursor = event.reply.get("cursor")
+        if event.command_name not in ("find", "getMore") or not isinstance(cursor, Mapping):
+            return  # listIndexes replies with a cursor too
+        if str(cursor.get("ns", "")).endswith(f".{SNAPSHOTS}"):
+            self.returned += len(cursor.get("firstBatch", cursor.get("nextBatch", [])))
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
+def _healthy_fleet(db: Db) -> int:
+    """Two orgs' healthy snapshots (three assets each, 20 minutes); how many are org-a's."""
+    assets = [(org, f"{org}-asset-{a}") for org in ("org-a", "org-b") for a in (1, 2, 3)]
+    docs = [stored(org, asset_id, minute) for org, asset_id in assets for minute in range(20)]
+    db[SNAPSHOTS].insert_many(docs)
+    db[ASSETS].insert_many([asset(org, asset_id, T0 + timedelta(minutes=19)) for org, asset_id in assets])
+    return sum(1 for doc in docs if doc["orgId"] == "org-a")
+
+
+def test_a_diagnosis_reads_the_snapshots_once_where_each_query_scans_and_only_bad_ones_elsewhere(
+    db: Db, server_uri: str
+) -> None:
+    held = _healthy_fleet(db)
+    listener = _SnapshotReads()
+    client: MongoClient[dict[str, Any]] = MongoClient(server_uri, event_listeners=[listener], tz_aware=True)
+    try:
+        watched = client[db.name]
+        report = diagnose(watched, "org-a")
+        scans = probe_capabilities(watched).server.startswith("FerretDB")
+    finally:
+        client.close()
+
+    assert report == diagnose(db, "org-a") and report.healthy
+    if scans:  # one find over org-a's snapshots answers every check
+        assert (listener.commands, listener.returned) == (["find"], held)
+    else:  # the filters run on the server, which returns no healthy snapshot
+        assert listener.returned == 0
+
+
+def _troubled_org() -> dict[str, list[dict[str, Any]]]:
+    """org-a with a problem of every kind doctor knows, beside a healthy org-b (by collection)."""
+    entry_id = ObjectId()
+    pending = validate_snapshot(snapshot(orgId="org-a", assetId="asset-1", timestamp=(T0 + timedelta(minutes=9)).isoformat()))
+    journal = {"_id": entry_id, "orgId": "org-a", "oldId": "snap-9", "doc": {"_id": entry_id, **pending, ORIGINAL_ID: "snap-9"}}
+    snapshots = [
+        stored(),
+        *off_type().values(),
+        {**stored(minute=5), "_id": HEX},
+        {**stored(minute=6), "_id": "snap-6"},
+        {**stored(minute=7), "assetId": "p|q"},
+        {**stored(minute=8), "agentId": "agent 8"},
+        stored(asset="ghost", minute=10),
+        stored(asset="asset-2", minute=11),
+        stored("org-b", "asset-b", 12),
+    ]
+    assets = [
+        asset("org-a", "asset-1"),
+        asset("org-a", "asset-2", last_seen=OLD),
+        asset("org-a", "p|q"),
+        asset("org-b", "asset-b", T0 + timedelta(minutes=12)),
+        {**snapshot(orgId="org-a", assetId="asset-1"), "_id": ObjectId()},  # a legacy snapshot
+    ]
+    return {REPAIR_JOURNAL: [journal], SNAPSHOTS: snapshots, ASSETS: assets}
+
+
+@pytest.mark.parametrize("fix", [False, True])
+def test_the_one_pass_and_the_server_side_checks_give_equal_reports(
+    db: Db, server_uri: str, db_name: str, fix: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    twin = connect_uri(server_uri, f"{db_name}_twin")
+    try:
+        ensure_indexes(twin)
+        docs = _troubled_org()
+        for target in (db, twin):  # the same documents, _ids included, in both databases
+            for name, batch in docs.items():
+                target[name].insert_many(copy.deepcopy(batch))
+
+        monkeypatch.setattr(doctor, "_scans_per_query", lambda _db: True)
+        one_pass = [diagnose(db, org, fix=fix) for org in ("org-a", "org-b")]
+        monkeypatch.setattr(doctor, "_scans_per_query", lambda _db: False)
+        server_side = [diagnose(twin, org, fix=fix) for org in ("org-a", "org-b")]
+
+        assert one_pass == server_side
+        assert not one_pass[0].healthy and one_pass[1].healthy
+        assert all(check.found for check in one_pass[0].checks[1:])  # every per-org check found something
+        def written(target: Db) -> dict[str, list[dict[str, Any]]]:  # but the wall-clock updatedAt
+            return {name: [{k: v for k, v in doc.items() if k != "updatedAt"} for doc in docs]
+                    for name, docs in org_docs(target, "org-a").items()}
+
+        assert written(db) == written(twin)
+    finally:
+        twin.client.drop_database(twin.name)
+        twin.client.close()
