@@ -582,7 +582,7 @@ def asset_id_filter(asset_id: str) -> Any:
 # through `validate_snapshot` one by one, which accepts or rejects it with its reason. So
 # the rules stay written once, above; this only recognises their plainest cases.
 
-_BATCH_ISO = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{3})?Z$"
+_BATCH_ISO = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{3})?(Z|\+00:00)$"
 _BATCH_ID = "^[A-Za-z0-9][A-Za-z0-9._:-]*$"  # ID_PATTERN but for its length
 _INT32_LIMIT = 2**31  # pymongo stores a smaller int as int32; a batch encodes only those
 DATE_KEY = "$date"  # Extended JSON's date wrapper (mongoexport writes timestamps in it)
@@ -660,11 +660,11 @@ def _string_array(values: list[str]) -> Any:
 
 def _true(mask: Any) -> Any:
     """An Arrow boolean array as numpy, null counted as false."""
-    return mask.fill_null(False).to_numpy(zero_copy_only=False)
+    return (mask.fill_null(False) if mask.null_count else mask).to_numpy(zero_copy_only=False)
 
 
 def _iso_millis(stamps: Any) -> tuple[Any, Any]:
-    """Epoch milliseconds of `YYYY-MM-DDTHH:MM:SS[.mmm]Z` strings that name a real instant
+    """Epoch milliseconds of `YYYY-MM-DDTHH:MM:SS[.mmm]Z` (or `+00:00`) strings that name a real instant
     (as `datetime.fromisoformat` reads them), and where they are that. The digits are read
     from the strings' bytes directly: Arrow's strptime accepts February 30 and second 60."""
     import numpy as np
@@ -679,16 +679,17 @@ def _iso_millis(stamps: Any) -> tuple[Any, Any]:
     data = np.frombuffer(stamps.buffers()[2], dtype=np.uint8)
     start = offsets[:-1][shaped].astype(np.int64)
 
-    def number(first: int, last: int) -> Any:
-        value = np.zeros(len(start), dtype=np.int64)
+    def number(first: int, last: int, at: Any = start) -> Any:
+        value = np.zeros(len(at), dtype=np.int64)
         for i in range(first, last):
-            value = value * 10 + (data[start + i].astype(np.int64) - 48)
+            value = value * 10 + (data[at + i].astype(np.int64) - 48)
         return value
 
     year, month, day = number(0, 4), number(5, 7), number(8, 10)
     hour, minute, second = number(11, 13), number(14, 16), number(17, 19)
-    has_fraction = (offsets[1:][shaped] - offsets[:-1][shaped]) == 24
-    fraction = np.where(has_fraction, number(20, 23) if has_fraction.any() else 0, 0)
+    has_fraction = data[start + 19] == ord(".")
+    fraction = np.zeros(len(start), dtype=np.int64)
+    fraction[has_fraction] = number(20, 23, start[has_fraction])
     leap = (year % 4 == 0) & ((year % 100 != 0) | (year % 400 == 0))
     month_days = np.array([0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31])[np.clip(month, 0, 12)] + (leap & (month == 2))
     real = (year >= 1) & (month >= 1) & (month <= 12) & (day >= 1) & (day <= month_days)
@@ -724,8 +725,15 @@ def _number_faults(kind: str, values: Any, present: Any) -> Any:
 
 def _floats(array: Any) -> tuple[Any, Any]:
     """A float64 Arrow array as (values with nulls as 0, where valid)."""
-    valid = _true(array.is_valid())
-    return array.fill_null(0.0).to_numpy(zero_copy_only=False), valid
+    if not array.null_count:
+        return array.to_numpy(zero_copy_only=False), _all(len(array))
+    return array.fill_null(0.0).to_numpy(zero_copy_only=False), _true(array.is_valid())
+
+
+def _all(n: int) -> Any:
+    import numpy as np
+
+    return np.ones(n, dtype=bool)
 
 
 def _section_faults(path: str, table: Table | None, array: Any, present: Any) -> Any:

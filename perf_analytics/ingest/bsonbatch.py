@@ -172,11 +172,18 @@ def _slots(lists: Any, present: Mask) -> tuple[Any, list[tuple[Any, Mask]]]:
 
 
 def _doubles(array: Any, present: Mask) -> _Fixed:
-    values = array.fill_null(0.0).to_numpy(zero_copy_only=False)
+    values = _numbers(array)
     return _Fixed(_DOUBLE, _bytes_of(values, "<f8"), present)
 
 
+def _numbers(array: Any) -> Any:
+    """A float64 Arrow array as numpy, nulls (absent values, never written) as 0."""
+    return (array.fill_null(0.0) if array.null_count else array).to_numpy(zero_copy_only=False)
+
+
 def _valid(array: Any) -> Mask:
+    if not array.null_count:
+        return np.ones(len(array), dtype=bool)
     return np.asarray(array.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
 
 
@@ -192,7 +199,7 @@ def _section(table: Table | None, path: str, array: Any, present: Mask) -> _Docu
             flat, slots = _slots(child, valid)
             fields.append((name.encode(), _Array([_doubles(flat.take(i), has) for i, has in slots], valid)))
         elif kind == COUNT:
-            counts = child.fill_null(0.0).to_numpy(zero_copy_only=False)
+            counts = _numbers(child)
             fields.append((name.encode(), _Fixed(_INT32, _bytes_of(counts.astype(np.int32), "<i4"), valid)))
         else:
             fields.append((name.encode(), _doubles(child, valid)))
