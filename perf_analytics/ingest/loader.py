@@ -66,7 +66,6 @@ from perf_analytics.store import (
     require_key_index,
     touch_assets,
 )
-from perf_analytics.sync import mark_documents_for_sync
 
 ProgressFn = Callable[[int, int], None]  # (archive bytes read so far, records read so far)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -252,7 +251,12 @@ class _Writer:
             self.summary.valid += len(raw)
         else:
             inserted, duplicates = self._send(sendable, raw, batch.docs, refused)
-            mark_documents_for_sync(self.db, [_as_dict(batch.docs[i]) for i in own_ids if i not in refused])
+            if own_ids:
+                # Imported here: sync's module loads pymongoarrow, pandas and polars (about
+                # 100 MiB and a second of start-up) that a load of agent payloads never needs.
+                from perf_analytics.sync import mark_documents_for_sync
+
+                mark_documents_for_sync(self.db, [_as_dict(batch.docs[i]) for i in own_ids if i not in refused])
         if refused:
             for i, (field_path, reason) in sorted(refused.items()):
                 batch.rejects.append((Record(-1, batch.positions[i], payload=_as_dict(batch.docs[i])), field_path, reason))
