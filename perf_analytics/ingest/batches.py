@@ -30,16 +30,27 @@ _REST_BLOCKS = 8  # blocks to leave to the per-record path after one with nothin
 _WRAPPED = b'{"' + DATE_KEY.encode() + b'"'
 
 
+LastSeen = dict[tuple[str, str], list[int]]  # (org, asset) -> [newest epoch ms, documents]
+
+
+def add_seen(seen: LastSeen, org: str, asset: str, millis: int, documents: int = 1) -> None:
+    """Count `documents` of an asset, the newest at `millis`, into `seen`."""
+    entry = seen.get((org, asset))
+    if entry is None:
+        seen[org, asset] = [millis, documents]
+    else:
+        entry[0] = max(entry[0], millis)
+        entry[1] += documents
+
+
 @dataclass
 class Encoded:
     """What a block's batch path produced: for each line vouched for (`vouched[i]`), its
-    document and the key that moves lastSeen, in line order."""
+    document, in line order, and per asset the newest timestamp and count of them."""
 
     vouched: Any  # numpy bool per line
     documents: list[bytes] = field(default_factory=list)
-    orgs: list[str] = field(default_factory=list)
-    assets: list[str] = field(default_factory=list)
-    millis: list[int] = field(default_factory=list)
+    last_seen: LastSeen = field(default_factory=dict)
 
 
 class BlockEncoder:
@@ -97,6 +108,8 @@ class BlockEncoder:
             table, millis = table.filter(pa.array(small)), millis[small]
         result.vouched[start + rows] = True
         result.documents.extend(documents)
-        result.orgs.extend(table.column("orgId").to_pylist())
-        result.assets.extend(table.column("assetId").to_pylist())
-        result.millis.extend(millis.tolist())
+        keys = pa.table({"org": table.column("orgId"), "asset": table.column("assetId"), "millis": millis})
+        per_asset = keys.group_by(["org", "asset"]).aggregate([("millis", "max"), ("millis", "count")])
+        for org, asset, newest, count in zip(*(per_asset.column(c).to_pylist() for c in
+                                              ("org", "asset", "millis_max", "millis_count")), strict=True):
+            add_seen(result.last_seen, org, asset, newest, count)

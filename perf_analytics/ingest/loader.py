@@ -45,7 +45,7 @@ from perf_analytics.errors import (
     ValidationError,
 )
 from perf_analytics.ingest import checkpoint as ckpt
-from perf_analytics.ingest.batches import BlockEncoder
+from perf_analytics.ingest.batches import BlockEncoder, LastSeen, add_seen
 from perf_analytics.ingest.readers import (
     Archive,
     DamagedArchive,
@@ -118,9 +118,7 @@ class _Batch:
     # Encoded by the block path (bytes), or validated one by one (a dict, encoded when sent).
     docs: list[bytes | dict[str, Any]] = field(default_factory=list)
     positions: list[str] = field(default_factory=list)  # parallel to docs
-    orgs: list[str] = field(default_factory=list)  # parallel to docs: what moves lastSeen
-    assets: list[str] = field(default_factory=list)
-    millis: list[int] = field(default_factory=list)  # the timestamps, epoch milliseconds
+    last_seen: LastSeen = field(default_factory=dict)  # of docs: what moves lastSeen
     rejects: list[tuple[Record, str, str]] = field(default_factory=list)  # record, field, reason
     read: int = 0
     seq: int = -1  # order of the batch in the load, set by the writer
@@ -260,11 +258,10 @@ class _Writer:
         if refused:
             for i, (field_path, reason) in sorted(refused.items()):
                 batch.rejects.append((Record(-1, batch.positions[i], payload=_as_dict(batch.docs[i])), field_path, reason))
-            kept = [i for i in range(len(batch.docs)) if i not in refused]
-            batch.docs = [batch.docs[i] for i in kept]
-            batch.orgs = [batch.orgs[i] for i in kept]
-            batch.assets = [batch.assets[i] for i in kept]
-            batch.millis = [batch.millis[i] for i in kept]
+            batch.docs = [d for i, d in enumerate(batch.docs) if i not in refused]
+            batch.last_seen = {}
+            for doc in map(_as_dict, batch.docs):  # rare: only what is stored moves lastSeen
+                add_seen(batch.last_seen, doc["orgId"], doc["assetId"], _millis(doc["timestamp"]))
         return inserted, duplicates
 
     def _collection(self) -> Collection[Any]:
@@ -383,13 +380,11 @@ class _Writer:
             batch, inserted, duplicates = self._finished.pop(self._next_done)
             self._next_done += 1
             self.damaged = self.damaged or batch.damaged
-            pending, counts = self._pending, self._pending_docs
-            for key in zip(batch.orgs, batch.assets, strict=True):
-                counts[key] = counts.get(key, 0) + 1
-            for org, asset, stamp in zip(batch.orgs, batch.assets, batch.millis, strict=True):
-                seen = pending.get((org, asset))
-                if seen is None or stamp > seen:
-                    pending[org, asset] = stamp
+            for key, (newest, count) in batch.last_seen.items():
+                seen = self._pending.get(key)
+                if seen is None or newest > seen:
+                    self._pending[key] = newest
+                self._pending_docs[key] = self._pending_docs.get(key, 0) + count
             self._write_rejects(batch)
             s = self.summary
             s.read += batch.read
@@ -659,9 +654,7 @@ def _classify_block(block: RecordBlock, batch: _Batch, org_id: str | None, encod
     if encoded is not None and len(lines) == len(block.items) and bool(encoded.vouched.all()):
         batch.docs.extend(encoded.documents)
         batch.positions.extend([f"line {n}" for n in block.line_numbers])
-        batch.orgs.extend(encoded.orgs)
-        batch.assets.extend(encoded.assets)
-        batch.millis.extend(encoded.millis)
+        _merge_seen(batch.last_seen, encoded.last_seen)
         return
     vouched = encoded.vouched.tolist() if encoded is not None else []
     line = 0  # of the block's raw lines
@@ -675,13 +668,21 @@ def _classify_block(block: RecordBlock, batch: _Batch, org_id: str | None, encod
             assert encoded is not None
             batch.docs.append(encoded.documents[done])
             batch.positions.append(position)
-            batch.orgs.append(encoded.orgs[done])
-            batch.assets.append(encoded.assets[done])
-            batch.millis.append(encoded.millis[done])
             done += 1
         else:
             _classify(parse_line(block.first_index + i, position, item), batch, org_id)
         line += 1
+    if encoded is not None:
+        _merge_seen(batch.last_seen, encoded.last_seen)
+
+
+def _merge_seen(into: LastSeen, seen: LastSeen) -> None:
+    for (org, asset), (newest, count) in seen.items():
+        add_seen(into, org, asset, newest, count)
+
+
+def _millis(moment: datetime) -> int:
+    return (moment - _EPOCH) // _MILLISECOND
 
 
 def _classify(record: Record, batch: _Batch, org_id: str | None) -> None:
@@ -701,9 +702,7 @@ def _classify(record: Record, batch: _Batch, org_id: str | None) -> None:
         return
     batch.docs.append(doc)
     batch.positions.append(record.position)
-    batch.orgs.append(doc["orgId"])
-    batch.assets.append(doc["assetId"])
-    batch.millis.append((doc["timestamp"] - _EPOCH) // _MILLISECOND)
+    add_seen(batch.last_seen, doc["orgId"], doc["assetId"], _millis(doc["timestamp"]))
 
 
 def _rejects_path(rejects: str | Path | None, archives: Sequence[Path]) -> Path | None:
