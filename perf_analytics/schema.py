@@ -585,6 +585,7 @@ def asset_id_filter(asset_id: str) -> Any:
 _BATCH_ISO = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{3})?(Z|\+00:00)$"
 _BATCH_ID = "^[A-Za-z0-9][A-Za-z0-9._:-]*$"  # ID_PATTERN but for its length
 _INT32_LIMIT = 2**31  # pymongo stores a smaller int as int32; a batch encodes only those
+_BATCH_ITEMS = 1024  # longer lists go one by one (a batch pads every row to its longest)
 DATE_KEY = "$date"  # Extended JSON's date wrapper (mongoexport writes timestamps in it)
 
 
@@ -786,14 +787,16 @@ def _element_faults(table: Table, items: Any) -> Any:
 
 
 def _list_faults(lists: Any, present: Any, item_faults: Callable[[Any], Any]) -> Any:
-    """Per list of `lists` (where `present`): whether any of its items is at fault."""
+    """Per list of `lists` (where `present`): whether any of its items is at fault, or it
+    has more than _BATCH_ITEMS of them."""
     import numpy as np
     import pyarrow.compute as pc
 
     items = pc.list_flatten(lists)
     if len(items) == 0:
         return np.zeros(len(lists), dtype=bool)
+    long = _true(pc.greater(pc.list_value_length(lists), _BATCH_ITEMS))
     parents = pc.list_parent_indices(lists).to_numpy(zero_copy_only=False)
     faulty = item_faults(items)
     bad = np.bincount(parents[faulty], minlength=len(lists)) > 0
-    return present & bad
+    return present & (bad | long)

@@ -213,3 +213,25 @@ def test_dry_run_json_counts_what_a_load_would_send(settings: Settings, db: Db, 
     assert summary["first_rejects"][0]["reason"] == "record belongs to org 'org-a'; this load is for org 'org-b'"
     assert math.isfinite(summary["cpu_seconds"])
     assert db[SNAPSHOTS].count_documents({}) == 0
+
+
+def test_a_row_far_larger_than_its_block_goes_one_by_one_and_a_too_large_one_is_refused(tmp_path: Path) -> None:
+    # 1,200 rows padded to 400 disks would take over the 64 MiB a batch may pad to.
+    good = [_line(snapshot(timestamp=f"2026-03-{1 + i // 1440:02d}T{i // 60 % 24:02d}:{i % 60:02d}:00Z"))
+            for i in range(1200)]
+    many_cores = _line(set_path(snapshot(assetId="asset-2"), "performanceData.cpu.perCore", [1.5] * 3000))
+    many_disks = set_path(snapshot(assetId="asset-3"), "performanceData.disk",
+                          [{**snapshot()["performanceData"]["disk"][0], "name": f"d{i}"} for i in range(400)])
+    too_large = _line(set_path(snapshot(assetId="asset-4"), "performanceData.cpu.perCore", [1.0] * 1_100_000))
+    lines = [*good[:10], many_cores, *good[10:20], _line(many_disks), *good[20:], too_large]
+    odd = [10, 21, len(lines) - 1]
+    archive = tmp_path / "a.ndjson"
+    archive.write_bytes(b"".join(lines))
+
+    encoded = BlockEncoder(None).encode(lines)
+    summary = validate_archives([archive], rejects=tmp_path / "r.ndjson")
+
+    assert encoded.vouched.sum() == 1200
+    assert not encoded.vouched[odd].any()
+    assert (summary.valid, summary.rejected) == (1202, 1)
+    assert summary.first_rejects[0]["reason"].startswith("the document is ")

@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.json as pj
 
-from perf_analytics.ingest.bsonbatch import encode_rows
+from perf_analytics.ingest.bsonbatch import TooWide, encode_rows
 from perf_analytics.schema import DATE_KEY, conforming_rows, payload_arrow_schema
 from perf_analytics.store import MAX_DOCUMENT_BYTES
 
@@ -99,9 +99,19 @@ class BlockEncoder:
             return
         if not ok.all():
             table, millis = table.filter(pa.array(ok)), millis[ok]
-        encoded = encode_rows(table, millis)
+        rows = np.flatnonzero(ok)
+        try:
+            encoded = encode_rows(table, millis)
+        except TooWide as exc:
+            # A row far larger than the rest (a list of thousands) goes one by one.
+            typical = exc.sizes <= 2 * np.median(exc.sizes)
+            table, millis, rows = table.filter(pa.array(typical)), millis[typical], rows[typical]
+            try:
+                encoded = encode_rows(table, millis)
+            except TooWide:
+                return
         small = encoded.sizes <= MAX_DOCUMENT_BYTES  # a larger one is refused one by one, with its size
-        rows = np.flatnonzero(ok)[small]
+        rows = rows[small]
         documents = encoded.documents()
         if not small.all():
             documents = [d for d, keep in zip(documents, small.tolist(), strict=True) if keep]

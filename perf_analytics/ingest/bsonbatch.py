@@ -28,6 +28,7 @@ Ints = npt.NDArray[np.int64]
 Mask = npt.NDArray[np.bool_]
 
 _BLOCK_ROWS = 256
+PADDED_BYTES = 64 << 20  # the most a batch's padded matrix may take (its mask as much again)
 _DOUBLE, _STRING, _DOCUMENT, _ARRAY, _OBJECT_ID, _DATE, _INT32 = 0x01, 0x02, 0x03, 0x04, 0x07, 0x09, 0x10
 
 
@@ -256,10 +257,24 @@ class Encoded:
         return [data[e - s : e] for s, e in zip(self.sizes.tolist(), self.ends.tolist(), strict=True)]
 
 
-def encode_rows(batch: Any, millis: Any) -> Encoded:
+class TooWide(Exception):
+    """The rows padded to the widest would take more than the budget; `sizes` are the
+    rows' document sizes, for the caller to set the largest aside."""
+
+    def __init__(self, sizes: Ints) -> None:
+        super().__init__("rows too unequal to encode together")
+        self.sizes = sizes
+
+
+def encode_rows(batch: Any, millis: Any, *, budget: int = PADDED_BYTES) -> Encoded:
     """The BSON documents to store for every row of `batch` (a pyarrow Table of
     `payload_arrow_schema` whose rows `conforming_rows` vouched for), each with a new
-    `_id`; `millis` are the rows' timestamps in epoch milliseconds."""
+    `_id`; `millis` are the rows' timestamps in epoch milliseconds.
+
+    Every row is padded to the widest, so one row with a list far longer than the others'
+    would make the batch's matrix huge: when rows times width exceed `budget` bytes,
+    nothing is encoded and TooWide is raised.
+    """
     n = batch.num_rows
     everyone = np.ones(n, dtype=bool)
     fields: list[tuple[bytes, _Value]] = [(b"_id", _Fixed(_OBJECT_ID, _OBJECT_IDS.make(n), everyone))]
@@ -269,6 +284,8 @@ def encode_rows(batch: Any, millis: Any) -> Encoded:
     perf = batch.column(PERFORMANCE_DATA).combine_chunks()
     fields.append((PERFORMANCE_DATA.encode(), _section(None, PERFORMANCE_DATA, perf, everyone)))
     document = _Document(fields, everyone)
+    if n * document.width() > budget:
+        raise TooWide(document.sizes())
     # Filled column by column, so stored column-major (each write is one contiguous run),
     # then turned row-major once to pack each row's real bytes in order.
     out = np.empty((n, document.width()), dtype=np.uint8, order="F")
