@@ -236,7 +236,7 @@ def run_mongoimport(binary: str, archive: Path, n: int) -> dict[str, Any]:
 def print_client_table(table: dict[str, Any]) -> None:
     sides = table["sides"]
     ours = sides["ingest --dry-run"]
-    print(f"client path, no server ({table['snapshots']:,} snapshots as Extended JSON lines, one process each)\n")
+    print(f"client path, no server ({ours['snapshots']:,} snapshots as Extended JSON lines, one process each)\n")
     print("| side | snapshots | CPU µs / snapshot (process) | CPU µs / snapshot (loop) | peak RSS MiB | ours is faster by |")
     print("|---|---:|---:|---:|---:|---:|")
     for name, run in sides.items():
