@@ -235,3 +235,18 @@ def test_a_row_far_larger_than_its_block_goes_one_by_one_and_a_too_large_one_is_
     assert not encoded.vouched[odd].any()
     assert (summary.valid, summary.rejected) == (1202, 1)
     assert summary.first_rejects[0]["reason"].startswith("the document is ")
+
+
+def test_lines_that_are_no_object_never_reach_arrow_and_are_rejected_one_by_one(tmp_path: Path) -> None:
+    # pyarrow 25's JSON reader ends the process with a segmentation fault on a `null` line.
+    good = [_line(snapshot(timestamp=f"2026-03-01T12:{i:02d}:00Z")) for i in range(20)]
+    lines = [b"null\n", *good[:10], b" null\n", *good[10:], b"1\n"]
+    archive = tmp_path / "a.ndjson"
+    archive.write_bytes(b"".join(lines))
+
+    encoded = BlockEncoder(None).encode(lines)
+    summary = validate_archives([archive])
+
+    assert encoded.vouched.tolist() == [False, *[True] * 10, False, *[True] * 10, False]
+    assert (summary.valid, summary.rejected) == (20, 3)
+    assert [r["reason"] for r in summary.first_rejects] == ["expected an object, got null"] * 2 + ["expected an object, got int"]

@@ -63,6 +63,14 @@ class BlockEncoder:
 
     def encode(self, lines: list[bytes]) -> Encoded:
         """Documents for the lines of `lines` that the columns vouch for (see the module)."""
+        # Only lines that open an object reach Arrow: its JSON reader (pyarrow 25) crashes
+        # the process on a line that is `null`.
+        objects = [i for i, line in enumerate(lines) if line.startswith(b"{") or line.lstrip().startswith(b"{")]
+        if len(objects) < len(lines):
+            part = self.encode([lines[i] for i in objects]) if objects else Encoded(np.zeros(0, dtype=bool))
+            result = Encoded(np.zeros(len(lines), dtype=bool), part.documents, part.last_seen)
+            result.vouched[np.asarray(objects, dtype=np.int64)] = part.vouched
+            return result
         result = Encoded(np.zeros(len(lines), dtype=bool))
         if self._resting:
             self._resting -= 1
