@@ -23,6 +23,7 @@ import reprlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 import bson
@@ -372,6 +373,7 @@ _CHECKERS: dict[str, Callable[[str, Any], float | int]] = {
     TEMPERATURE: _temperature,
 }
 _ARRAY_OF = {PERCENTS: PERCENT}  # array kinds and the kind of their items
+ARRAY_KINDS = frozenset(_ARRAY_OF)
 
 
 def _object(path: str, value: Any) -> Mapping[str, Any]:
@@ -568,3 +570,233 @@ def asset_id_filter(asset_id: str) -> Any:
     if ObjectId.is_valid(asset_id) and len(asset_id) == 24:
         return {"$in": [ObjectId(asset_id), asset_id]}
     return asset_id
+
+
+# -- batches of payloads -----------------------------------------------------------------
+#
+# A loader reads thousands of payloads at once into Arrow (one C++ JSON parse) and checks
+# them as columns: `payload_arrow_schema` is the contract's shape as Arrow types, and
+# `conforming_rows` says which rows certainly pass `validate_snapshot` and store exactly
+# what it would return. It is deliberately narrower than `validate_snapshot`: any row it
+# does not vouch for (a null, a signed zero, an odd date form, a count outside int32) goes
+# through `validate_snapshot` one by one, which accepts or rejects it with its reason. So
+# the rules stay written once, above; this only recognises their plainest cases.
+
+_BATCH_ISO = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{3})?(Z|\+00:00)$"
+_BATCH_ID = "^[A-Za-z0-9][A-Za-z0-9._:-]*$"  # ID_PATTERN but for its length
+_INT32_LIMIT = 2**31  # pymongo stores a smaller int as int32; a batch encodes only those
+_BATCH_ITEMS = 1024  # longer lists go one by one (a batch pads every row to its longest)
+DATE_KEY = "$date"  # Extended JSON's date wrapper (mongoexport writes timestamps in it)
+
+
+def payload_arrow_schema(*, wrapped_dates: bool = False) -> Any:
+    """The contract's payload as an Arrow schema (pyarrow.Schema), fields in stored order.
+
+    Metrics and counts are float64 (a count is checked to be whole), identifiers and
+    names strings, repeated tables lists of structs. `wrapped_dates`: the timestamp is
+    Extended JSON `{"$date": "<ISO-8601>"}` instead of a plain ISO-8601 string.
+    """
+    import pyarrow as pa
+
+    stamp = pa.struct([(DATE_KEY, pa.string())]) if wrapped_dates else pa.string()
+    top = [(f, pa.string()) for f in ID_FIELDS]
+    top += [("timestamp", stamp), ("timeWindow", pa.string()), (PERFORMANCE_DATA, _arrow_struct(PERFORMANCE_DATA, None))]
+    return pa.schema(top)
+
+
+def _arrow_struct(path: str, table: Table | None) -> Any:
+    """The Arrow struct of `table`'s objects (or of performanceData when None)."""
+    import pyarrow as pa
+
+    fields: list[tuple[str, Any]] = [("name", pa.string())] if table is not None and table.named else []
+    for name, kind, _ in table.fields if table is not None else ():
+        fields.append((name, pa.list_(pa.float64()) if kind in _ARRAY_OF else pa.float64()))
+    for child in children(path):
+        struct = _arrow_struct(child.path, child)
+        fields.append((child.key, pa.list_(struct) if child.repeated else struct))
+    return pa.struct(fields)
+
+
+def conforming_rows(batch: Any, *, org_id: str | None = None) -> tuple[Any, Any]:
+    """Which rows of `batch` (a pyarrow Table of `payload_arrow_schema`) `validate_snapshot`
+    certainly accepts unchanged but for types, and their timestamps in epoch milliseconds.
+
+    Returns two numpy arrays: a bool mask of the rows vouched for, and int64 milliseconds
+    (meaningful where the mask is true). `org_id`: rows naming another org are not vouched
+    for (the caller rejects them one by one, with that reason).
+    """
+    import numpy as np
+    import pyarrow.compute as pc
+
+    n = batch.num_rows
+    ok = np.ones(n, dtype=bool)
+    for field in ID_FIELDS:
+        column = batch.column(field)
+        # RE2 is slow on counted repeats ({0,127}): the length is checked apart.
+        ok &= _true(pc.match_substring_regex(column, _BATCH_ID)) & _true(pc.less_equal(pc.binary_length(column), 128))
+        if field == "orgId" and org_id is not None:
+            ok &= _true(pc.equal(column, org_id))
+    ok &= _true(pc.is_in(batch.column("timeWindow"), value_set=_string_array(list(TIME_WINDOWS))))
+    stamps = batch.column("timestamp").combine_chunks()
+    if _is_struct(stamps):
+        stamps = pc.struct_field(stamps, DATE_KEY)
+    millis, good_stamps = _iso_millis(stamps)
+    ok &= good_stamps
+    perf = batch.column(PERFORMANCE_DATA).combine_chunks()
+    ok &= ~_section_faults(PERFORMANCE_DATA, None, perf, _true(pc.is_valid(perf)))
+    return ok, millis
+
+
+def _is_struct(array: Any) -> bool:
+    import pyarrow as pa
+
+    return bool(pa.types.is_struct(array.type))
+
+
+def _string_array(values: list[str]) -> Any:
+    import pyarrow as pa
+
+    return pa.array(values, type=pa.string())
+
+
+def _true(mask: Any) -> Any:
+    """An Arrow boolean array as numpy, null counted as false."""
+    return (mask.fill_null(False) if mask.null_count else mask).to_numpy(zero_copy_only=False)
+
+
+def _iso_millis(stamps: Any) -> tuple[Any, Any]:
+    """Epoch milliseconds of `YYYY-MM-DDTHH:MM:SS[.mmm]Z` (or `+00:00`) strings that name a real instant
+    (as `datetime.fromisoformat` reads them), and where they are that. The digits are read
+    from the strings' bytes directly: Arrow's strptime accepts February 30 and second 60."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    n = len(stamps)
+    shaped = _true(pc.match_substring_regex(stamps, _BATCH_ISO))
+    millis = np.zeros(n, dtype=np.int64)
+    if not shaped.any():
+        return millis, shaped
+    offsets = np.frombuffer(stamps.buffers()[1], dtype=np.int32)[stamps.offset : stamps.offset + n + 1]
+    data = np.frombuffer(stamps.buffers()[2], dtype=np.uint8)
+    start = offsets[:-1][shaped].astype(np.int64)
+
+    def number(first: int, last: int, at: Any = start) -> Any:
+        value = np.zeros(len(at), dtype=np.int64)
+        for i in range(first, last):
+            value = value * 10 + (data[at + i].astype(np.int64) - 48)
+        return value
+
+    year, month, day = number(0, 4), number(5, 7), number(8, 10)
+    hour, minute, second = number(11, 13), number(14, 16), number(17, 19)
+    has_fraction = data[start + 19] == ord(".")
+    fraction = np.zeros(len(start), dtype=np.int64)
+    fraction[has_fraction] = number(20, 23, start[has_fraction])
+    leap = (year % 4 == 0) & ((year % 100 != 0) | (year % 400 == 0))
+    month_days = np.array([0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31])[np.clip(month, 0, 12)] + (leap & (month == 2))
+    real = (year >= 1) & (month >= 1) & (month <= 12) & (day >= 1) & (day <= month_days)
+    real &= (hour < 24) & (minute < 60) & (second < 60)
+    # Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's days_from_civil).
+    y = year - (month <= 2)
+    era = y // 400
+    yoe = y - era * 400
+    doy = (153 * (month + np.where(month > 2, -3, 9)) + 2) // 5 + day - 1
+    days = era * 146097 + yoe * 365 + yoe // 4 - yoe // 100 + doy - 719468
+    millis[shaped] = ((days * 24 + hour) * 60 + minute) * 60_000 + second * 1000 + fraction
+    good = shaped.copy()
+    good[shaped] = real
+    return millis, good
+
+
+def _number_faults(kind: str, values: Any, present: Any) -> Any:
+    """Per item: a present number that `validate_snapshot` would refuse or store otherwise."""
+    import numpy as np
+
+    with np.errstate(invalid="ignore"):
+        bad = ~np.isfinite(values) | ((values == 0) & np.signbit(values))
+        if kind == PERCENT:
+            bad |= (values < 0) | (values > 100)
+        elif kind in (BYTES, RATE):
+            bad |= values < 0
+        elif kind == TEMPERATURE:
+            bad |= values < -273.15
+        elif kind == COUNT:
+            bad |= (values < 0) | (values >= _INT32_LIMIT) | (np.floor(values) != values)
+    return present & bad
+
+
+def _floats(array: Any) -> tuple[Any, Any]:
+    """A float64 Arrow array as (values with nulls as 0, where valid)."""
+    if not array.null_count:
+        return array.to_numpy(zero_copy_only=False), _all(len(array))
+    return array.fill_null(0.0).to_numpy(zero_copy_only=False), _true(array.is_valid())
+
+
+def _all(n: int) -> Any:
+    import numpy as np
+
+    return np.ones(n, dtype=bool)
+
+
+def _section_faults(path: str, table: Table | None, array: Any, present: Any) -> Any:
+    """Per item of `array` (objects of `table`, or performanceData): whether a present one
+    holds anything `conforming_rows` does not vouch for."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    bad = np.zeros(len(array), dtype=bool)
+    if table is not None:
+        for name, kind, required in table.fields:
+            child = pc.struct_field(array, name)
+            if kind in _ARRAY_OF:
+                valid = present & _true(pc.is_valid(child))
+                bad |= _list_faults(child, valid, partial(_item_number_faults, _ARRAY_OF[kind]))
+                given = valid
+            else:
+                values, given = _floats(child)
+                given &= present
+                bad |= _number_faults(kind, values, given)
+            if required:
+                bad |= present & ~given
+        if table.named:
+            names = pc.struct_field(array, "name")
+            bad |= present & ~_true(pc.match_substring_regex(names, "[!-~]"))
+        if table.bounded:
+            used, has_used = _floats(pc.struct_field(array, "usedBytes"))
+            total, has_total = _floats(pc.struct_field(array, "totalBytes"))
+            bad |= present & has_used & has_total & (used > total)
+    for child_table in children(path):
+        child = pc.struct_field(array, child_table.key)
+        given = present & _true(pc.is_valid(child))
+        if child_table.required:
+            bad |= present & ~given
+        if child_table.repeated:
+            bad |= _list_faults(child, given, partial(_element_faults, child_table))
+        else:
+            bad |= _section_faults(child_table.path, child_table, child, given)
+    return bad
+
+
+def _item_number_faults(kind: str, items: Any) -> Any:
+    values, given = _floats(items)
+    return ~given | _number_faults(kind, values, given)
+
+
+def _element_faults(table: Table, items: Any) -> Any:
+    valid = _true(items.is_valid())
+    return ~valid | _section_faults(table.path, table, items, valid)
+
+
+def _list_faults(lists: Any, present: Any, item_faults: Callable[[Any], Any]) -> Any:
+    """Per list of `lists` (where `present`): whether any of its items is at fault, or it
+    has more than _BATCH_ITEMS of them."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    items = pc.list_flatten(lists)
+    if len(items) == 0:
+        return np.zeros(len(lists), dtype=bool)
+    long = _true(pc.greater(pc.list_value_length(lists), _BATCH_ITEMS))
+    parents = pc.list_parent_indices(lists).to_numpy(zero_copy_only=False)
+    faulty = item_faults(items)
+    bad = np.bincount(parents[faulty], minlength=len(lists)) > 0
+    return present & (bad | long)

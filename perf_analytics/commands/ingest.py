@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 import orjson
@@ -38,6 +38,9 @@ if TYPE_CHECKING:
 @click.option("--allow-partial", is_flag=True,
               help="Accept archives that are damaged part-way (cut, corrupt): keep what was readable, "
                    "exit 0. Without it such a load prints its summary and fails.")
+@click.option("--dry-run", is_flag=True,
+              help="Read, check and encode the archives as a load would, and write nothing (no server needed): "
+                   "prints the counts, the first rejects and the client's rate.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.pass_context
 def command(
@@ -53,6 +56,7 @@ def command(
     checkpoint_dir: str,
     restart: bool,
     allow_partial: bool,
+    dry_run: bool,
     as_json: bool,
 ) -> None:
     """Load snapshot archives into performance_snapshots.
@@ -68,16 +72,24 @@ def command(
     the byte where it broke; the summary is printed, then the command fails (exit 1)
     unless --allow-partial accepts what was readable.
 
+    --dry-run checks the archives without a server: nothing is inserted and no
+    checkpoint is kept (rejects still go to --rejects); duplicates are not known.
+
     \b
     Examples:
       perf-analytics ingest snapshots-2026-03.ndjson.zst --rejects rejects.ndjson
+      perf-analytics ingest snapshots-2026-03.ndjson.zst --dry-run
       perf-analytics ingest dump/deskwise/performance_snapshots.bson.gz --json
       perf-analytics ingest export.json --org org-7 --format json
     """
     # The data stack loads here, when the command runs, not for --help.
-    from perf_analytics.ingest import IngestSummary, ingest_archives, ingest_archives_all_orgs
+    from perf_analytics.ingest import (
+        IngestSummary,
+        ingest_archives,
+        ingest_archives_all_orgs,
+        validate_archives,
+    )
 
-    db = db_of(ctx)
     total = sum(p.stat().st_size for p in paths)
     console = Console(stderr=True)
     show = console.is_terminal and not as_json
@@ -97,16 +109,19 @@ def command(
             elapsed = bar.tasks[0].elapsed or 1e-9
             bar.update(task, completed=done_bytes, docs=docs, rate=docs / elapsed)
 
-        options = {
+        options: dict[str, Any] = {
             "rejects": rejects, "fmt": fmt, "compression": compression, "batch_size": batch_size,
-            "workers": workers, "commit_seconds": commit_seconds, "checkpoint_dir": checkpoint_dir, "resume": not restart, "progress": progress,
-            "allow_partial": allow_partial,
+            "progress": progress, "allow_partial": allow_partial,
         }
+        load_options: dict[str, Any] = {"workers": workers, "commit_seconds": commit_seconds, "checkpoint_dir": checkpoint_dir,
+                        "resume": not restart}
         try:
-            if org_id:
-                summary = ingest_archives(db, paths, org_id, **options)
+            if dry_run:
+                summary = validate_archives(paths, org_id, **options)
+            elif org_id:
+                summary = ingest_archives(db_of(ctx), paths, org_id, **options, **load_options)
             else:
-                summary = ingest_archives_all_orgs(db, paths, **options)
+                summary = ingest_archives_all_orgs(db_of(ctx), paths, **options, **load_options)
         except IncompleteLoad as exc:
             # How far the load got matters most when it fell short: summary first, then the error.
             if isinstance(exc.summary, IngestSummary):
@@ -124,10 +139,20 @@ def _print(summary: IngestSummary, as_json: bool) -> None:
 
 def format_summary(s: IngestSummary) -> str:
     rate = s.read / s.seconds if s.seconds else 0.0
-    lines = [
-        f"read {s.read:,} · inserted {s.inserted:,} · duplicates {s.duplicates:,} · "
-        f"rejected {s.rejected:,} · orphaned {s.orphaned:,} · {s.seconds:.1f}s ({rate:,.0f} docs/s)"
-    ]
+    if s.dry_run:
+        cpu = f"{s.cpu_seconds / s.read * 1e6:,.1f} µs of client CPU a record" if s.read else "no records"
+        lines = [
+            f"dry run, nothing written: read {s.read:,} · valid {s.valid:,} · rejected {s.rejected:,} · "
+            f"{s.seconds:.1f}s ({rate:,.0f} docs/s; {cpu})"
+        ]
+        lines += [f"rejected {r['position']}: {r['field'] or 'record'}: {r['reason']}" for r in s.first_rejects]
+        if s.rejected > len(s.first_rejects):
+            lines.append(f"... {s.rejected - len(s.first_rejects):,} more")
+    else:
+        lines = [
+            f"read {s.read:,} · inserted {s.inserted:,} · duplicates {s.duplicates:,} · "
+            f"rejected {s.rejected:,} · orphaned {s.orphaned:,} · {s.seconds:.1f}s ({rate:,.0f} docs/s)"
+        ]
     if s.set_aside:
         lines.append(f"started from the beginning: the checkpoint found for these archives was of a load with other settings ({s.set_aside})")
     if s.resumed_from:

@@ -23,16 +23,18 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
 
+import bson
 import orjson
-import zstandard
-from bson import ObjectId
+from bson import CodecOptions, ObjectId
 from bson.raw_bson import RawBSONDocument
+from pymongo import MongoClient
+from pymongo.collection import Collection
 from pymongo.errors import AutoReconnect, BulkWriteError, OperationFailure, PyMongoError
 
 from perf_analytics.errors import (
@@ -43,11 +45,14 @@ from perf_analytics.errors import (
     ValidationError,
 )
 from perf_analytics.ingest import checkpoint as ckpt
+from perf_analytics.ingest.batches import BlockEncoder, LastSeen, add_seen
 from perf_analytics.ingest.readers import (
     Archive,
     DamagedArchive,
     Record,
+    RecordBlock,
     open_archive,
+    parse_line,
     record_as_text,
 )
 from perf_analytics.schema import SNAPSHOTS, validate_snapshot
@@ -61,9 +66,18 @@ from perf_analytics.store import (
     require_key_index,
     touch_assets,
 )
-from perf_analytics.sync import mark_documents_for_sync
 
 ProgressFn = Callable[[int, int], None]  # (archive bytes read so far, records read so far)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_CODEC: CodecOptions[dict[str, Any]] = CodecOptions(tz_aware=True)
+_MILLISECOND = timedelta(milliseconds=1)
+_FIRST_REJECTS = 10  # rejects a summary shows (the rejects file has them all)
+
+
+def _as_dict(doc: bytes | dict[str, Any]) -> dict[str, Any]:
+    """A batch's document as a dict (an encoded one decoded: only for the rare record the
+    server refuses or finds already stored)."""
+    return doc if isinstance(doc, dict) else bson.decode(doc, codec_options=_CODEC)
 
 
 @dataclass
@@ -85,6 +99,10 @@ class IngestSummary:
     # file bytes read, file size, reason.
     damaged: list[dict[str, Any]] = field(default_factory=list)
     set_aside: str | None = None  # how a checkpoint of another load of these archives differed
+    first_rejects: list[dict[str, str]] = field(default_factory=list)  # position, field, reason
+    dry_run: bool = False  # checked and encoded only: nothing was sent or written but rejects
+    valid: int = 0  # records that passed every check of the client (a dry run's "would insert")
+    cpu_seconds: float = 0.0  # the process's CPU time over the load, every thread
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -97,8 +115,10 @@ class IngestSummary:
 class _Batch:
     archive_index: int
     records_done: int  # records of this archive covered once this batch commits
-    docs: list[dict[str, Any]] = field(default_factory=list)
+    # Encoded by the block path (bytes), or validated one by one (a dict, encoded when sent).
+    docs: list[bytes | dict[str, Any]] = field(default_factory=list)
     positions: list[str] = field(default_factory=list)  # parallel to docs
+    last_seen: LastSeen = field(default_factory=dict)  # of docs: what moves lastSeen
     rejects: list[tuple[Record, str, str]] = field(default_factory=list)  # record, field, reason
     read: int = 0
     seq: int = -1  # order of the batch in the load, set by the writer
@@ -109,7 +129,8 @@ class _Writer:
     """Inserts batches on `workers` threads; books them strictly in batch order.
 
     Inserts of different batches may run at once (the unique key makes their order
-    irrelevant). lastSeen updates, rejects, totals and the checkpoint advance only over
+    irrelevant). Without a database (a dry run) each batch is only encoded: nothing is
+    sent, no lastSeen moves, no checkpoint is kept. lastSeen updates, rejects, totals and the checkpoint advance only over
     the contiguous prefix of inserted batches, one batch at a time, so the checkpoint
     never claims a batch whose predecessors are not in, and the rejects file keeps
     archive order.
@@ -117,9 +138,9 @@ class _Writer:
 
     def __init__(
         self,
-        db: Db,
-        cp: ckpt.LoadCheckpoint,
-        cp_dir: Path,
+        db: Db | None,
+        cp: ckpt.LoadCheckpoint | None,
+        cp_dir: Path | None,
         rejects: IO[bytes] | None,
         summary: IngestSummary,
         archives: Sequence[Path],
@@ -143,8 +164,9 @@ class _Writer:
         self._committed_at = time.monotonic()
         self._booked: _Batch | None = None  # the last batch booked since the last commit
         self.damaged = False  # a damaged archive was booked: no checkpoint may go past it
-        self._pending: dict[tuple[str, str], datetime] = {}  # newest timestamp per asset
+        self._pending: dict[tuple[str, str], int] = {}  # newest timestamp per asset, epoch ms
         self._pending_docs: dict[tuple[str, str], int] = {}  # documents per asset
+        self._offline: MongoClient[Any] | None = None
         self.threads = [
             threading.Thread(target=self._run, name=f"ingest-writer-{i}", daemon=True) for i in range(workers)
         ]
@@ -170,6 +192,9 @@ class _Writer:
         for thread in self.threads:
             thread.join()
         self.threads = []
+        if self._offline is not None:
+            self._offline.close()
+            self._offline = None
         self._raise()
         with self._lock:
             self._commit()
@@ -202,30 +227,54 @@ class _Writer:
         leaves `batch.docs`, so that only what is stored, or was stored before, moves
         lastSeen. Documents too large to store are rejected before anything is sent.
         """
-        coll = self.db[SNAPSHOTS]
         sendable: list[int] = []
         raw: list[RawBSONDocument] = []
         refused: dict[int, tuple[str, str]] = {}  # position in batch.docs -> (field, reason)
         # Records that bring their own _id (a mongodump, an export) may be older than any
         # sync mark: the next sync has to be told about their days (see sync.py).
-        own_ids = [i for i, doc in enumerate(batch.docs) if "_id" in doc]
+        own_ids = [i for i, doc in enumerate(batch.docs) if isinstance(doc, dict) and "_id" in doc]
         for i, doc in enumerate(batch.docs):
+            if isinstance(doc, bytes):
+                raw.append(RawBSONDocument(doc))
+                sendable.append(i)
+                continue
             doc.setdefault("_id", ObjectId())
             try:
-                raw.append(encode_document(doc, coll, nesting_checked=True))  # _classify did
+                raw.append(encode_document(doc, self._collection(), nesting_checked=True))  # _classify did
                 sendable.append(i)
             except ValidationError as exc:
                 refused[i] = (exc.field, exc.reason)
-        inserted, duplicates = self._send(sendable, raw, batch.docs, refused)
-        mark_documents_for_sync(self.db, [batch.docs[i] for i in own_ids if i not in refused])
+        if self.db is None:
+            inserted, duplicates = 0, 0
+            self.summary.valid += len(raw)
+        else:
+            inserted, duplicates = self._send(sendable, raw, batch.docs, refused)
+            if own_ids:
+                # Imported here: sync's module loads pymongoarrow, pandas and polars (about
+                # 100 MiB and a second of start-up) that a load of agent payloads never needs.
+                from perf_analytics.sync import mark_documents_for_sync
+
+                mark_documents_for_sync(self.db, [_as_dict(batch.docs[i]) for i in own_ids if i not in refused])
         if refused:
             for i, (field_path, reason) in sorted(refused.items()):
-                batch.rejects.append((Record(-1, batch.positions[i], payload=batch.docs[i]), field_path, reason))
+                batch.rejects.append((Record(-1, batch.positions[i], payload=_as_dict(batch.docs[i])), field_path, reason))
             batch.docs = [d for i, d in enumerate(batch.docs) if i not in refused]
+            batch.last_seen = {}
+            for doc in map(_as_dict, batch.docs):  # rare: only what is stored moves lastSeen
+                add_seen(batch.last_seen, doc["orgId"], doc["assetId"], _millis(doc["timestamp"]))
         return inserted, duplicates
 
+    def _collection(self) -> Collection[Any]:
+        """The collection whose codec options encode documents: for a dry run, that of a
+        client that never connects (the defaults a load's client has)."""
+        if self.db is not None:
+            return self.db[SNAPSHOTS]
+        if self._offline is None:
+            self._offline = MongoClient(connect=False)
+        return self._offline["offline"][SNAPSHOTS]
+
     def _send(
-        self, positions: list[int], raw: list[RawBSONDocument], docs: list[dict[str, Any]],
+        self, positions: list[int], raw: list[RawBSONDocument], docs: list[bytes | dict[str, Any]],
         refused: dict[int, tuple[str, str]],
     ) -> tuple[int, int]:
         """Insert `raw` (the encoded `docs[positions]`) unordered; return (inserted, duplicates).
@@ -239,6 +288,7 @@ class _Writer:
         """
         if not positions:
             return 0, 0
+        assert self.db is not None  # a dry run sends nothing
         try:
             self.db[SNAPSHOTS].insert_many(raw, ordered=False)
             return len(raw), 0
@@ -258,7 +308,7 @@ class _Writer:
             return first[0] + second[0], first[1] + second[1]
 
     def _sort_write_errors(
-        self, details: Mapping[str, Any], positions: list[int], docs: list[dict[str, Any]],
+        self, details: Mapping[str, Any], positions: list[int], docs: list[bytes | dict[str, Any]],
         refused: dict[int, tuple[str, str]],
     ) -> tuple[int, int]:
         """Count the duplicates among an insert's write errors; put the rest in `refused`.
@@ -274,7 +324,8 @@ class _Writer:
                 clashes.append((i, err))
             else:
                 refused[i] = ("", f"refused by the server: {error_text(err)}")
-        verdicts = duplicates_of(self.db, [docs[i] for i, _ in clashes], [err for _, err in clashes])
+        assert self.db is not None  # only a load that sent something has write errors
+        verdicts = duplicates_of(self.db, [_as_dict(docs[i]) for i, _ in clashes], [err for _, err in clashes])
         duplicates = 0
         for (i, _), clash in zip(clashes, verdicts, strict=True):
             if clash is None:
@@ -284,6 +335,10 @@ class _Writer:
         return int(details.get("nInserted", 0)), duplicates
 
     def _write_rejects(self, batch: _Batch) -> None:
+        room = _FIRST_REJECTS - len(self.summary.first_rejects)
+        self.summary.first_rejects += [
+            {"position": rec.position, "field": field_path, "reason": reason} for rec, field_path, reason in batch.rejects[:room]
+        ]
         if self.rejects is None or not batch.rejects:
             return
         source = str(self.archives[batch.archive_index])
@@ -325,12 +380,11 @@ class _Writer:
             batch, inserted, duplicates = self._finished.pop(self._next_done)
             self._next_done += 1
             self.damaged = self.damaged or batch.damaged
-            for doc in batch.docs:
-                key = (doc["orgId"], doc["assetId"])
+            for key, (newest, count) in batch.last_seen.items():
                 seen = self._pending.get(key)
-                if seen is None or doc["timestamp"] > seen:
-                    self._pending[key] = doc["timestamp"]
-                self._pending_docs[key] = self._pending_docs.get(key, 0) + 1
+                if seen is None or newest > seen:
+                    self._pending[key] = newest
+                self._pending_docs[key] = self._pending_docs.get(key, 0) + count
             self._write_rejects(batch)
             s = self.summary
             s.read += batch.read
@@ -345,12 +399,17 @@ class _Writer:
         """lastSeen updates for what was booked, then the checkpoint (lock held)."""
         if self._booked is None:
             return
+        if self.db is None or self.cp is None or self.cp_dir is None:  # a dry run: nothing to move or keep
+            self._pending.clear()
+            self._pending_docs.clear()
+            self._booked = None
+            return
         # lastSeen updates run one at a time, in order: some servers (FerretDB) apply
         # concurrent `$max` updates of one document as read-modify-write and lose one.
         # Duplicates count too: after a crash they may be the records whose update was lost.
         per_org: dict[str, dict[str, datetime]] = {}
         for (org, asset), seen in self._pending.items():
-            per_org.setdefault(org, {})[asset] = seen
+            per_org.setdefault(org, {})[asset] = _EPOCH + timedelta(milliseconds=seen)
         for org, last_seen in per_org.items():
             missing = touch_assets(self.db, org, last_seen)
             self.orphans.update((org, a) for a in missing)
@@ -384,6 +443,61 @@ def ingest_archives_all_orgs(db: Db, paths: Sequence[str | Path], **options: Any
     own orgId (assets of one org are never touched by another org's snapshots).
     """
     return _ingest(db, paths, None, **options)
+
+
+def validate_archives(
+    paths: Sequence[str | Path],
+    org_id: str | None = None,
+    *,
+    rejects: str | Path | None = None,
+    fmt: str | None = None,
+    compression: str | None = None,
+    batch_size: int = 2000,
+    progress: ProgressFn | None = None,
+    allow_partial: bool = False,
+) -> IngestSummary:
+    """Read, check and encode archives exactly as a load does, and send nothing.
+
+    No server is needed: nothing is inserted, no lastSeen moves, no checkpoint is read or
+    kept. The summary counts what was read, what passed (`valid`: what a load would send)
+    and what was rejected, with the first rejects; with `rejects` every rejected record
+    goes to that file, as in a load. Duplicates cannot be known without the server.
+    `summary.cpu_seconds` is the client's own cost. `org_id` rejects other orgs' records.
+    A damaged archive raises IncompleteLoad unless `allow_partial`, as in a load.
+    """
+    if batch_size < 1:
+        raise ConfigError("batch size must be at least 1")
+    archives = _archive_paths(paths)
+    rejects_path = _rejects_path(rejects, archives)
+    summary = IngestSummary(
+        archives=[str(p) for p in archives], rejects_path=str(rejects_path) if rejects_path else None, dry_run=True
+    )
+    started, cpu = time.perf_counter(), time.process_time()
+    rejects_fh = _open_rejects(rejects_path, 0)
+    writer = _Writer(None, None, None, rejects_fh, summary, archives, workers=1, commit_seconds=0.0)
+    try:
+        _read_all(archives, 0, 0, writer, batch_size, fmt=fmt, compression=compression, org_id=org_id, progress=progress)
+        writer.close()
+    finally:
+        writer.close()
+        if rejects_fh is not None:
+            rejects_fh.close()
+    summary.seconds = round(time.perf_counter() - started, 3)
+    summary.cpu_seconds = round(time.process_time() - cpu, 3)
+    if summary.damaged and not allow_partial:
+        raise IncompleteLoad(_incomplete(summary), summary)
+    return summary
+
+
+def _archive_paths(paths: Sequence[str | Path]) -> list[Path]:
+    """The archives to read, each an existing file."""
+    archives = [Path(p) for p in paths]
+    if not archives:
+        raise ConfigError("no archive given")
+    for p in archives:
+        if not p.is_file():
+            raise ConfigError(f"{p}: no such file")
+    return archives
 
 
 def _ingest(
@@ -420,17 +534,12 @@ def _ingest(
         raise ConfigError("batch size must be at least 1")
     if workers < 1:
         raise ConfigError("workers must be at least 1")
-    archives = [Path(p) for p in paths]
-    if not archives:
-        raise ConfigError("no archive given")
-    for p in archives:
-        if not p.is_file():
-            raise ConfigError(f"{p}: no such file")
+    archives = _archive_paths(paths)
     rejects_path = _rejects_path(rejects, archives)
     cp_dir = Path(checkpoint_dir)
     identity = ckpt.load_identity(ckpt.server_identity(db.client), db.name, archives, org=org_id, fmt=fmt,
                                   compression=compression, rejects=rejects_path)
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     summary = IngestSummary(
         archives=[str(p) for p in archives], rejects_path=str(rejects_path) if rejects_path else None
     )
@@ -453,6 +562,7 @@ def _ingest(
         ckpt.clear_checkpoint(cp_dir, cp.run)
     summary.orphan_assets = sorted(f"{org}/{asset}" for org, asset in writer.orphans)
     summary.seconds = round(time.perf_counter() - started, 3)
+    summary.cpu_seconds = round(time.process_time() - cpu, 3)
     if summary.damaged and not allow_partial:
         raise IncompleteLoad(_incomplete(summary), summary)
     return summary
@@ -483,48 +593,44 @@ def _read_all(
     """Parse and validate every record into batches for the writer, archive by archive."""
     done_bytes = sum(p.stat().st_size for p in archives[:first])
     read = 0
+    encoder = BlockEncoder(org_id)
     for index in range(first, len(archives)):
         path = archives[index]
         start = skip if index == first else 0
         archive = open_archive(path, fmt=fmt, compression=compression, skip=start)
-        batch = _Batch(index, start)
         try:
-            for record in _guarded(archive, start):
-                batch.read += 1
-                read += 1
-                _classify(record, batch, org_id)
-                if record.damaged:
+            for block in archive.blocks(batch_size):
+                batch = _Batch(index, block.first_index)
+                _classify_block(block, batch, org_id, encoder)
+                read += len(block.items)
+                batch.records_done = block.first_index + len(block.items)
+                if block.error is not None:
+                    record = _damaged_record(archive, block.error, batch.records_done)
+                    _classify(record, batch, org_id)
                     batch.damaged = True
                     writer.summary.damaged.append(_damage(archive, record))
-                batch.records_done = record.index + 1
-                if batch.read >= batch_size:
-                    writer.put(batch)
-                    batch = _Batch(index, batch.records_done)
-                    if progress is not None:
-                        progress(done_bytes + archive.counter.consumed, writer.summary.resumed_from + read)
+                    batch.records_done += 1
+                    batch.read += 1
+                    read += 1
+                writer.put(batch)
+                if progress is not None:
+                    progress(done_bytes + archive.counter.consumed, writer.summary.resumed_from + read)
         finally:
             archive.close()
-        writer.put(batch)
         writer.put(_Batch(index + 1, 0))  # checkpoints "this archive is finished"
         done_bytes += path.stat().st_size
         if progress is not None:
             progress(done_bytes, writer.summary.resumed_from + read)
 
 
-def _guarded(archive: Archive, skip: int) -> Iterator[Record]:
-    """Records, until the file itself turns out unreadable (a cut or corrupt compressed
-    stream, a broken JSON array, a cut BSON document): then one last, damaged record stands
-    for the rest of the archive, at the byte of the decompressed content where it broke."""
-    last = skip - 1
-    try:
-        for record in archive.records:
-            last = record.index
-            yield record
-    except (OSError, EOFError, zstandard.ZstdError, DamagedArchive) as exc:
-        offset = exc.offset if isinstance(exc, DamagedArchive) else None
-        reason = exc.reason if isinstance(exc, DamagedArchive) else str(exc) or type(exc).__name__
-        yield Record(last + 1, f"byte {offset if offset is not None else archive.content.consumed}",
-                     error=f"archive damaged, unreadable from here on: {reason}", damaged=True)
+def _damaged_record(archive: Archive, exc: BaseException, index: int) -> Record:
+    """The record standing for the unreadable rest of an archive (a cut or corrupt
+    compressed stream, a broken JSON array, a cut BSON document or line), at the byte of
+    the decompressed content where it broke."""
+    offset = exc.offset if isinstance(exc, DamagedArchive) else None
+    reason = exc.reason if isinstance(exc, DamagedArchive) else str(exc) or type(exc).__name__
+    return Record(index, f"byte {offset if offset is not None else archive.content.consumed}",
+                  error=f"archive damaged, unreadable from here on: {reason}", damaged=True)
 
 
 def _damage(archive: Archive, record: Record) -> dict[str, Any]:
@@ -537,6 +643,46 @@ def _damage(archive: Archive, record: Record) -> dict[str, Any]:
         "file_bytes": archive.path.stat().st_size,
         "reason": record.error,
     }
+
+
+def _classify_block(block: RecordBlock, batch: _Batch, org_id: str | None, encoder: BlockEncoder) -> None:
+    """Put a block's records into the batch's documents or its rejects, in their order:
+    the lines the block path encodes as they are, the others one by one."""
+    lines = [item for item in block.items if isinstance(item, bytes)]
+    encoded = encoder.encode(lines) if lines else None
+    batch.read += len(block.items)
+    if encoded is not None and len(lines) == len(block.items) and bool(encoded.vouched.all()):
+        batch.docs.extend(encoded.documents)
+        batch.positions.extend([f"line {n}" for n in block.line_numbers])
+        _merge_seen(batch.last_seen, encoded.last_seen)
+        return
+    vouched = encoded.vouched.tolist() if encoded is not None else []
+    line = 0  # of the block's raw lines
+    done = 0  # of the encoded documents
+    for i, item in enumerate(block.items):
+        if not isinstance(item, bytes):
+            _classify(item, batch, org_id)
+            continue
+        position = f"line {block.line_numbers[i]}"
+        if vouched[line]:
+            assert encoded is not None
+            batch.docs.append(encoded.documents[done])
+            batch.positions.append(position)
+            done += 1
+        else:
+            _classify(parse_line(block.first_index + i, position, item), batch, org_id)
+        line += 1
+    if encoded is not None:
+        _merge_seen(batch.last_seen, encoded.last_seen)
+
+
+def _merge_seen(into: LastSeen, seen: LastSeen) -> None:
+    for (org, asset), (newest, count) in seen.items():
+        add_seen(into, org, asset, newest, count)
+
+
+def _millis(moment: datetime) -> int:
+    return (moment - _EPOCH) // _MILLISECOND
 
 
 def _classify(record: Record, batch: _Batch, org_id: str | None) -> None:
@@ -556,6 +702,7 @@ def _classify(record: Record, batch: _Batch, org_id: str | None) -> None:
         return
     batch.docs.append(doc)
     batch.positions.append(record.position)
+    add_seen(batch.last_seen, doc["orgId"], doc["assetId"], _millis(doc["timestamp"]))
 
 
 def _rejects_path(rejects: str | Path | None, archives: Sequence[Path]) -> Path | None:

@@ -16,7 +16,7 @@ import io
 import itertools
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +65,21 @@ class DamagedArchive(Exception):
         self.reason = reason
         self.offset = offset
         super().__init__(reason)
+
+
+@dataclass
+class RecordBlock:
+    """Consecutive records of an archive, from the one numbered `first_index` on.
+
+    An item is a Record, or, for NDJSON, the raw bytes of a whole line still to be parsed
+    (the loader parses and checks a block's lines at once); `line_numbers` gives each
+    item's line (0 outside NDJSON). `error`: the archive is unreadable after these items.
+    """
+
+    first_index: int
+    items: list[bytes | Record] = field(default_factory=list)
+    line_numbers: list[int] = field(default_factory=list)
+    error: BaseException | None = None
 
 
 class CountingReader(io.RawIOBase):
@@ -242,39 +257,82 @@ def _decode(value: Any, depth: int) -> Any:
 def _read_ndjson(stream: io.BufferedIOBase, skip: int) -> Iterator[Record]:
     """One record per non-blank line. A line longer than MAX_LINE_BYTES is a record in
     error, read past in bounded pieces: no line over the limit is ever held whole."""
+    for block in _ndjson_blocks(stream, skip, 1 << 12):
+        for i, item in enumerate(block.items):
+            yield parse_line(block.first_index + i, f"line {block.line_numbers[i]}", item) if isinstance(item, bytes) else item
+        if block.error is not None:
+            raise block.error
+
+
+def _ndjson_blocks(stream: io.BufferedIOBase, skip: int, size: int) -> Iterator[RecordBlock]:
+    """The records of an NDJSON stream, `size` at a time; each whole line is handed over
+    unparsed, for its block to be parsed at once. Reading stops at the first error of the
+    stream itself (a cut or corrupt file), which the last block carries."""
     max_line = MAX_LINE_BYTES
+    readline = stream.readline
     index = 0
     line_no = 0
     offset = 0  # of the line in the content
-    while line := stream.readline(max_line + 1):
-        line_no += 1
-        start, offset = offset, offset + len(line)
-        too_long = len(line) > max_line and not line.endswith(b"\n")
-        if too_long:
-            length = len(line) + _skip_rest_of_line(stream)
-            offset = start + length
-        elif not line.strip():
-            continue
-        if index < skip:
-            index += 1
-            continue
-        if too_long:
-            reason = f"line is {length:,} bytes long, over the limit of {max_line:,}"
-            yield Record(index, f"line {line_no}", error=reason, raw=_text(line[:_TEXT_CHARS]))
-            index += 1
-            continue
-        try:
-            payload: Any = orjson.loads(line)
-            if b'"$' in line:
-                payload = decode_extended_json(payload)
-            yield Record(index, f"line {line_no}", payload)
-        except (orjson.JSONDecodeError, ValueError, TypeError, BSONError) as exc:
-            if not line.endswith(b"\n") and isinstance(exc, orjson.JSONDecodeError) and "depth limit" not in str(exc):
-                # Only the last line can lack its end of line: one that does not parse
-                # either is where the file was cut, not a record someone wrote wrong.
-                raise DamagedArchive(f"the last line is cut (no end of line, {_json_error(exc)})", start) from None
-            yield Record(index, f"line {line_no}", error=_json_error(exc), raw=_text(line))
-        index += 1
+    block = RecordBlock(skip)
+    try:
+        while line := readline(max_line + 1):
+            line_no += 1
+            start, offset = offset, offset + len(line)
+            if len(line) <= max_line and line.endswith(b"\n"):
+                if line.isspace():
+                    continue
+                if index >= skip:
+                    block.items.append(line)
+                    block.line_numbers.append(line_no)
+                index += 1
+            else:
+                record, length = _odd_line(stream, line, line_no, start, index >= skip, index)
+                offset = start + length
+                if record is None:
+                    continue
+                if index >= skip:
+                    block.items.append(record)
+                    block.line_numbers.append(line_no)
+                index += 1
+            if len(block.items) >= size:
+                yield block
+                block = RecordBlock(index)
+    except (OSError, EOFError, zstandard.ZstdError, DamagedArchive) as exc:
+        block.error = exc
+    yield block
+
+
+def _odd_line(
+    stream: io.BufferedIOBase, line: bytes, line_no: int, start: int, wanted: bool, index: int
+) -> tuple[Record | None, int]:
+    """A line that is over the length limit or lacks its end of line (the last one): its
+    record (None for a blank one) and its whole length. Raises DamagedArchive for a last
+    line that was cut."""
+    if len(line) > MAX_LINE_BYTES and not line.endswith(b"\n"):
+        length = len(line) + _skip_rest_of_line(stream)
+        reason = f"line is {length:,} bytes long, over the limit of {MAX_LINE_BYTES:,}"
+        return Record(index, f"line {line_no}", error=reason, raw=_text(line[:_TEXT_CHARS])), length
+    if not line.strip():
+        return None, len(line)
+    if not wanted:
+        return Record(index, f"line {line_no}"), len(line)
+    return parse_line(index, f"line {line_no}", line, start), len(line)
+
+
+def parse_line(index: int, position: str, line: bytes, start: int = 0) -> Record:
+    """The record of one NDJSON line: its payload, or why it is not one. Raises
+    DamagedArchive (at `start`, the line's offset) for a last line that was cut."""
+    try:
+        payload: Any = orjson.loads(line)
+        if b'"$' in line:
+            payload = decode_extended_json(payload)
+        return Record(index, position, payload)
+    except (orjson.JSONDecodeError, ValueError, TypeError, BSONError) as exc:
+        if not line.endswith(b"\n") and isinstance(exc, orjson.JSONDecodeError) and "depth limit" not in str(exc):
+            # Only the last line can lack its end of line: one that does not parse
+            # either is where the file was cut, not a record someone wrote wrong.
+            raise DamagedArchive(f"the last line is cut (no end of line, {_json_error(exc)})", start) from None
+        return Record(index, position, error=_json_error(exc), raw=_text(line))
 
 
 def _json_error(exc: Exception) -> str:
@@ -367,10 +425,33 @@ class Archive:
     counter: CountingReader  # bytes of the file read so far
     content: CountingReader  # bytes of decompressed content produced so far
     stream: io.BufferedIOBase
+    skip: int = 0  # records passed over at the start
+    broken: BaseException | None = None  # why not even the first bytes could be read
+
+    def blocks(self, size: int) -> Iterator[RecordBlock]:
+        """The archive's records, `size` at a time (NDJSON lines still unparsed). Read
+        either these or `records`, not both."""
+        if self.format == "ndjson" and self.broken is None:
+            return _ndjson_blocks(self.stream, self.skip, size)
+        return _blocks_of(self.records, self.skip, size)
 
     def close(self) -> None:
         self.stream.close()
         self.counter.close()
+
+
+def _blocks_of(records: Iterator[Record], skip: int, size: int) -> Iterator[RecordBlock]:
+    block = RecordBlock(skip)
+    try:
+        for record in records:
+            block.items.append(record)
+            block.line_numbers.append(0)
+            if len(block.items) >= size:
+                yield block
+                block = RecordBlock(record.index + 1)
+    except (OSError, EOFError, zstandard.ZstdError, DamagedArchive) as exc:
+        block.error = exc
+    yield block
 
 
 def open_archive(
@@ -388,15 +469,16 @@ def open_archive(
         peek = peek_fn(64)[:64] if peek_fn is not None else b""
         kind = fmt or detect_format(peek, p.name)
         records = read_records(stream, kind, skip=skip, name=str(p))
+        broken = None
     except (OSError, EOFError, zstandard.ZstdError, DamagedArchive) as exc:
         # Not even the first bytes decompress: the archive is damaged from its start, which
         # the loader reports like any other damaged tail.
         kind = fmt or detect_format(b"", p.name)
-        records = _unreadable(exc)
+        records, broken = _unreadable(exc), exc
     except ArchiveError:
         stream.close()
         raise
-    return Archive(p, kind, detected_compression, records, counter, content, stream)
+    return Archive(p, kind, detected_compression, records, counter, content, stream, skip, broken)
 
 
 def _unreadable(exc: BaseException) -> Iterator[Record]:
