@@ -23,7 +23,7 @@ import reprlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from functools import partial
+from functools import cache, partial
 from typing import Any
 
 import bson
@@ -220,11 +220,13 @@ def children(parent: str, tables: tuple[Table, ...] | None = None) -> list[Table
     return [t for t in (TABLES if tables is None else tables) if t.parent == parent]
 
 
+@cache
 def metric_paths() -> tuple[str, ...]:
     """Dotted paths of every metric (a double, or an array of doubles) in a stored document."""
     return tuple(f"{t.path}.{name}" for t in TABLES for name, kind, _ in t.fields if kind != COUNT)
 
 
+@cache
 def count_paths() -> tuple[str, ...]:
     """Dotted paths of every count (an int) in a stored document."""
     return tuple(f"{t.path}.{name}" for t in TABLES for name, kind, _ in t.fields if kind == COUNT)
