@@ -39,7 +39,6 @@ from perf_analytics import __version__
 from perf_analytics.errors import PerfAnalyticsError
 from perf_analytics.nightly import Fanout, Job, Outcome, Runner, StepRecord, Task
 
-CONNECT_TIMEOUT_S = 30
 WORKERS_TIMEOUT_S = 120
 
 
@@ -59,7 +58,8 @@ def dask_runner(fanout: Fanout, lake: Path) -> Iterator[Runner]:
 def _client(fanout: Fanout) -> Iterator[Client]:
     if fanout.scheduler is not None:
         try:
-            client = Client(fanout.scheduler, timeout=CONNECT_TIMEOUT_S)  # type: ignore[no-untyped-call]
+            # How long to try: Dask's `distributed.comm.timeouts.connect` (default 30 s).
+            client = Client(fanout.scheduler)  # type: ignore[no-untyped-call]
         except (OSError, TimeoutError, ValueError) as exc:
             raise FanoutError(f"cannot reach the Dask scheduler at {fanout.scheduler}: {exc}") from None
         with client:

@@ -91,7 +91,7 @@ def test_the_help_defaults_are_the_librarys_own() -> None:
     assert _defaults.WINDOWS == rollups.WINDOWS
 
 
-HEAVY_MODULES = ("polars", "pyarrow", "duckdb", "pymongoarrow", "matplotlib", "numpy")
+HEAVY_MODULES = ("polars", "pyarrow", "duckdb", "pymongoarrow", "matplotlib", "numpy", "dask", "distributed")
 
 
 def _modules_after(args: list[str], cwd: Path) -> set[str]:
