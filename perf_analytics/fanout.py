@@ -9,10 +9,11 @@ first, plans, hands out one task per (org, day) (`nightly.derive_day`) and per r
 day's own partitions, each atomically, and never a manifest, so nothing two tasks write
 overlaps and the record is written by one process.
 
-Before handing anything out, every worker is asked which perf_analytics it runs and
-whether it sees the lake at the coordinator's path: a worker without the package, of
-another release (its outputs would not be those the record promises) or without the
-shared lake is refused with one error line, before the run starts.
+Before handing anything out, the scheduler and every worker are asked which
+perf_analytics they have (the scheduler unpickles the tasks, so it needs the package too)
+and each worker whether it sees the lake at the coordinator's path: a cluster without the
+package, of another release (its outputs would not be those the record promises) or a
+worker without the shared lake is refused with one error line, before the run starts.
 
 A worker that dies while running a task (killed, out of memory) loses that task; Dask
 runs it again on another worker up to `distributed.scheduler.allowed-failures` times
@@ -65,10 +66,10 @@ def _client(fanout: Fanout) -> Iterator[Client]:
         with client:
             yield client
         return
-    # No dashboard (a port nobody asked for) and only errors on stderr, which may be the
+    # The dashboard on any free port (8787 may be taken), and only errors on stderr, which may be the
     # run's JSON log: what a task did is in the run's record.
     cluster = LocalCluster(n_workers=fanout.workers, threads_per_worker=1, processes=True,  # type: ignore[no-untyped-call]
-                           dashboard_address=None, silence_logs=logging.ERROR)
+                           dashboard_address=":0", silence_logs=logging.ERROR)
     with cluster, Client(cluster) as client:  # type: ignore[no-untyped-call]
         yield client
 
@@ -84,10 +85,19 @@ def _check_workers(client: Client, lake: Path, fanout: Fanout) -> None:
         client.wait_for_workers(1, timeout=WORKERS_TIMEOUT_S)
     except TimeoutError:
         raise FanoutError(f"no Dask worker joined {where} within {WORKERS_TIMEOUT_S} s") from None
+    # The scheduler unpickles the tasks too (Dask 2024.12+), so it needs the package as well.
+    try:
+        scheduler_version, _ = client.run_on_scheduler(_worker_view, str(lake))  # type: ignore[no-untyped-call]
+    except (ImportError, AttributeError) as exc:
+        raise FanoutError(f"the Dask scheduler at {where} cannot load perf_analytics ({exc}): "
+                          "install the same perf_analytics release beside the scheduler") from None
+    if scheduler_version != __version__:
+        raise FanoutError(f"the Dask scheduler at {where} has perf_analytics {scheduler_version}, "
+                          f"this run {__version__}: install the same release beside the scheduler")
     try:
         seen: dict[str, tuple[str, bool]] = client.run(_worker_view, str(lake))
     except (ImportError, AttributeError) as exc:
-        raise FanoutError(f"the Dask workers of {where} cannot run perf_analytics ({exc}): "
+        raise FanoutError(f"the Dask workers of {where} cannot load perf_analytics ({exc}): "
                           "install the same perf_analytics release on every worker") from None
     for address, (version, visible) in sorted(seen.items()):
         if version != __version__:

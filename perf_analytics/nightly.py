@@ -497,8 +497,9 @@ def _outcome_records(job: Job, outcome: Outcome) -> list[StepRecord]:
     if not isinstance(outcome, BaseException):
         return outcome
     worker = getattr(getattr(outcome, "last_worker", None), "address", None)
-    failure = StepFailed(job.step, job.org, job.day, outcome)
-    return [StepRecord(job.step, job.org, job.day.isoformat(), "failed", error=str(failure), worker=worker)]
+    # Dask's messages run over several lines; a record's error is one.
+    error = " ".join(str(StepFailed(job.step, job.org, job.day, outcome)).split())
+    return [StepRecord(job.step, job.org, job.day.isoformat(), "failed", error=error, worker=worker)]
 
 
 # ---- the run -----------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from distributed.diagnostics.plugin import WorkerPlugin
 from perf_analytics.cli import app
 from perf_analytics.config import Settings
 from perf_analytics.generate import DEFAULT_START, generate_fleet
-from perf_analytics.nightly import Fanout, derived_days, list_runs, run_nightly
+from perf_analytics.nightly import Fanout, NightlyOptions, derived_days, list_runs, run_nightly
 from perf_analytics.schema import SNAPSHOTS, validate_snapshot
 from perf_analytics.store import Db
 
@@ -34,9 +34,14 @@ ORGS = ("org-01", "org-02", "org-03")
 ROLLUP_SINK = "performance_rollups"
 
 
+# Each test starts a cluster of worker processes and runs the nightly two or three times:
+# minutes on a busy 2-core machine.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+
 def _load(db: Db) -> None:
     docs = [{"_id": ObjectId(), **validate_snapshot(p)}
-            for p in generate_fleet(orgs=len(ORGS), assets=2, days=2, interval_s=300, seed=7)]
+            for p in generate_fleet(orgs=len(ORGS), assets=2, days=2, interval_s=600, seed=7)]
     db[SNAPSHOTS].insert_many(docs)
 
 
@@ -123,7 +128,7 @@ def strict_cluster(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     marker = tmp_path / "kill-once"
     marker.touch()
     with (dask.config.set({"distributed.scheduler.allowed-failures": 0}),
-          LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
+          LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster,
           Client(cluster) as client):
         client.register_plugin(KillOnceWhileWriting(str(marker)))
         yield cluster.scheduler_address, marker
@@ -135,10 +140,11 @@ def test_a_worker_killed_mid_day_fails_that_day_and_the_next_run_completes_the_l
     address, marker = strict_cluster
     _load(db)
     serial_lake = tmp_path / "serial" / "lake"
-    assert run_nightly(db, serial_lake, today=TODAY).failed == []
+    no_reports = NightlyOptions(reports=False)
+    assert run_nightly(db, serial_lake, today=TODAY, options=no_reports).failed == []
 
     lake = Path(settings.lake)
-    broken = run_nightly(db, lake, today=TODAY, fanout=Fanout(scheduler=address))
+    broken = run_nightly(db, lake, today=TODAY, options=no_reports, fanout=Fanout(scheduler=address))
     assert not marker.exists()  # a worker was killed
     (lost,) = broken.failed
     assert lost.step == "derive" and lost.org in ORGS and lost.day in (DAY1.isoformat(), DAY2.isoformat())
@@ -150,7 +156,7 @@ def test_a_worker_killed_mid_day_fails_that_day_and_the_next_run_completes_the_l
     assert record["status"] == "failed" and record["orgs"][lost.org]["failed"] == [lost.day]
     assert {o: r["status"] for o, r in record["orgs"].items()} == {o: "failed" if o == lost.org else "ok" for o in ORGS}
 
-    again = run_nightly(db, lake, today=TODAY, fanout=Fanout(scheduler=address))
+    again = run_nightly(db, lake, today=TODAY, options=no_reports, fanout=Fanout(scheduler=address))
     assert again.failed == [] and again.derived == [(lost.org, lost.day)]
     assert _lake_files(lake) == _lake_files(serial_lake)
 
