@@ -123,11 +123,13 @@ class KillOnceWhileWriting(WorkerPlugin):
 
 @pytest.fixture
 def strict_cluster(tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    """Two worker processes whose scheduler gives up on a task at its first lost worker
-    (Dask's own setting), and a marker file that kills one worker once."""
+    """Two worker processes whose scheduler gives up on a task at its first lost worker,
+    and sends a worker one task at a time (so a lost worker loses only the task it ran),
+    both Dask's own settings; and a marker file that kills one worker once."""
     marker = tmp_path / "kill-once"
     marker.touch()
-    with (dask.config.set({"distributed.scheduler.allowed-failures": 0}),
+    strict = {"distributed.scheduler.allowed-failures": 0, "distributed.scheduler.worker-saturation": 1.0}
+    with (dask.config.set(strict),
           LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster,
           Client(cluster) as client):
         client.register_plugin(KillOnceWhileWriting(str(marker)))
