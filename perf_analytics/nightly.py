@@ -14,9 +14,17 @@ retain   delete from the server the old days the lake verifiably holds (retentio
 report   the day's HTML page beside the lake (report.py)
 ```
 
-A step that fails raises `StepFailed(step, org, day, cause)`; the run records it, goes on
-with the other days and orgs, and ends non-zero. Nothing a failed day half-wrote is
-trusted: the day is not recorded as derived, so the next run does it again.
+A step that fails is recorded with the words of `StepFailed(step, org, day, cause)`; the
+run goes on with the other days and orgs, and ends non-zero. Nothing a failed day
+half-wrote is trusted: the day is not recorded as derived, so the next run does it again.
+
+**Where the days run.** The (org, day)s and the reports are tasks (`derive_day`,
+`report_day`: each writes only its own day's files, each atomically, and no manifest)
+handed to a runner: this process in order (`run_here`), or a Dask cluster
+(`Fanout(workers=N)` or `Fanout(scheduler=ADDRESS)`, see perf_analytics.fanout). Either
+way this process syncs before handing anything out, and alone writes the record of
+derived days and the run's manifest as each task comes back; a task whose worker died
+is that day's failure. The lake a fan-out leaves is the serial run's, byte for byte.
 
 **What is stale.** Without being told which dates changed (late snapshots, a bulk load
 into old days, a restore), the run finds them from the lake's own manifests. For each
@@ -85,8 +93,6 @@ from perf_analytics.sync import (
 )
 
 STEPS = ("sync", "plan", "flag", "rollup", "write", "retain", "report")
-# What a task does; a task that never came back (its worker died) is recorded under it.
-JOBS = ("derive", "report")
 RUNS = "runs"
 DERIVED = "derived"
 LOCK = "nightly"
@@ -443,7 +449,8 @@ def report_day(lake: str | Path, org_id: str, day: date) -> list[StepRecord]:
 
 
 class Job(NamedTuple):
-    """What a task does: its step (`derive` or `report`), org and day."""
+    """What a task does: `derive` (flag, rollup, write) or `report`, for an org and day. A
+    task that never came back (its worker died) is recorded as a failure of `step`."""
 
     step: str
     org: str
