@@ -111,7 +111,8 @@ def _sink_address(settings: Settings) -> SinkAddress:
               help="Derive the days and write the reports on a local Dask cluster of N worker processes.")
 @click.option("--scheduler", metavar="ADDRESS",
               help="Send the same tasks to the existing Dask cluster whose scheduler is at ADDRESS "
-                   "(tcp://host:8786); its workers need perf_analytics and the lake at the same path.")
+                   "(tcp://host:8786); it and its workers need this perf_analytics, the workers the lake "
+                   "at the same path.")
 @asset_batch_option
 @click.pass_context
 def command(ctx: click.Context, day: str | None, start: str | None, end: str | None, orgs: tuple[str, ...],
