@@ -14,9 +14,17 @@ retain   delete from the server the old days the lake verifiably holds (retentio
 report   the day's HTML page beside the lake (report.py)
 ```
 
-A step that fails raises `StepFailed(step, org, day, cause)`; the run records it, goes on
-with the other days and orgs, and ends non-zero. Nothing a failed day half-wrote is
-trusted: the day is not recorded as derived, so the next run does it again.
+A step that fails is recorded with the words of `StepFailed(step, org, day, cause)`; the
+run goes on with the other days and orgs, and ends non-zero. Nothing a failed day
+half-wrote is trusted: the day is not recorded as derived, so the next run does it again.
+
+**Where the days run.** The (org, day)s and the reports are tasks (`derive_day`,
+`report_day`: each writes only its own day's files, each atomically, and no manifest)
+handed to a runner: this process in order (`run_here`), or a Dask cluster
+(`Fanout(workers=N)` or `Fanout(scheduler=ADDRESS)`, see perf_analytics.fanout). Either
+way this process syncs before handing anything out, and alone writes the record of
+derived days and the run's manifest as each task comes back; a task whose worker died
+is that day's failure. The lake a fan-out leaves is the serial run's, byte for byte.
 
 **What is stale.** Without being told which dates changed (late snapshots, a bulk load
 into old days, a restore), the run finds them from the lake's own manifests. For each
@@ -55,9 +63,9 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from perf_analytics import __version__
 from perf_analytics.anomalies import AnomalyConfig
@@ -72,10 +80,10 @@ from perf_analytics.pipeline import (
     rollup_day,
     write_day,
 )
-from perf_analytics.report import write_report
+from perf_analytics.report import report_path, write_report
 from perf_analytics.retention import ExportReport, export_snapshots, export_snapshots_all_orgs
 from perf_analytics.rollups import WINDOWS
-from perf_analytics.store import Db
+from perf_analytics.store import Db, connect_uri
 from perf_analytics.sync import (
     SyncReport,
     listed_snapshot_files,
@@ -156,6 +164,7 @@ class StepRecord:
     rows_out: int = 0
     seconds: float = 0.0
     error: str | None = None
+    worker: str | None = None  # the Dask worker's address, when the step ran on one
 
 
 @dataclass
@@ -312,6 +321,7 @@ class _Run:
                  listener: Listener | None) -> None:
         self.lake = lake
         self.started = time.monotonic()
+        self.saved = self.started
         self.listener = listener
         self.result = RunResult(run_id, _runs_dir(lake) / f"{run_id}.json")
         self.head = {"runId": run_id, "startedAt": datetime.now(UTC).isoformat(), "host": socket.gethostname(),
@@ -334,24 +344,45 @@ class _Run:
                 "orgs": orgs, "steps": [asdict(s) for s in r.steps],
                 "summary": r.summary() if status != "running" else None}
         write_manifest(r.manifest, body)
+        self.saved = time.monotonic()
 
-    def step(self, name: str, org: str | None, day: date | None, work: Callable[[], T],
-             counts: Callable[[T], tuple[int, int]]) -> T:
-        """Run one step, record and announce it; a failure is raised as StepFailed."""
-        began = time.monotonic()
-        record = StepRecord(name, org, day.isoformat() if day else None, "ok")
-        try:
-            value = work()
-            record.rows_in, record.rows_out = counts(value)
-        except Exception as exc:  # one org's failure must not stop the others: recorded, raised wrapped
-            failure = StepFailed(name, org, day, exc)
-            record.status, record.error = "failed", str(failure)
-            raise failure from exc
-        finally:
-            record.seconds = round(time.monotonic() - began, 3)
-            self.result.steps.append(record)
-            self.emit("step", **{k: v for k, v in asdict(record).items() if k != "error" or v is not None})
-        return value
+    def save_now_and_then(self) -> None:
+        """Save the running record when the last save is a few seconds old: a backfill has
+        thousands of steps, and rewriting the record after each would cost more than they do."""
+        if time.monotonic() - self.saved >= _SAVE_EVERY_S:
+            self.save("running")
+
+    def record(self, record: StepRecord) -> None:
+        """Keep a step's record and announce it."""
+        self.result.steps.append(record)
+        self.emit("step", **{k: v for k, v in asdict(record).items() if v is not None or k not in ("error", "worker")})
+
+
+_SAVE_EVERY_S = 5.0
+
+
+def _timed(name: str, org: str | None, day: date | None, work: Callable[[], T],
+           counts: Callable[[T], tuple[int, int]]) -> tuple[T | None, StepRecord]:
+    """Run one step and record it. A failure is recorded (as StepFailed words it) and
+    gives None instead of a value: one org's failure must not stop the others."""
+    began = time.monotonic()
+    record = StepRecord(name, org, day.isoformat() if day else None, "ok")
+    value: T | None
+    try:
+        value = work()
+        record.rows_in, record.rows_out = counts(value)
+    except Exception as exc:  # noqa: BLE001 - a step's failure is the run's to record, not to crash on
+        value, record.status, record.error = None, "failed", str(StepFailed(name, org, day, exc))
+    record.seconds = round(time.monotonic() - began, 3)
+    return value, record
+
+
+def _attempt(run: _Run, name: str, org: str | None, day: date | None, work: Callable[[], T],
+             counts: Callable[[T], tuple[int, int]]) -> T | None:
+    """A step of the coordinating process, recorded; None when it failed (the run goes on)."""
+    outcome = _timed(name, org, day, work, counts)
+    run.record(outcome[1])
+    return outcome[0]
 
 
 def _mark_interrupted(lake: str | Path) -> None:
@@ -362,54 +393,189 @@ def _mark_interrupted(lake: str | Path) -> None:
             write_manifest(path, {**data, "status": "interrupted"})
 
 
-def _derive_day(run: _Run, lake: str | Path, org: str, day: date, options: NightlyOptions,
-                sink: Db | None) -> None:
-    flagged = run.step("flag", org, day, lambda: flag(lake, org, day, options),
-                       lambda f: (f.result.snapshots, 0 if f.flags is None else f.flags.height))
-    derived = run.step("rollup", org, day, lambda: rollup(flagged, options),
-                       lambda d: (flagged.result.snapshots,
-                                  sum(r.assets.height + r.disks.height + r.interfaces.height for r in d.rollups.values())
-                                  + d.availability.height))
-    run.step("write", org, day, lambda: write(lake, flagged, derived, sink),
-             lambda w: (len(w.paths), len(w.paths) + w.sink_writes))
+# ---- the unit of work: one (org, day), here or on a worker --------------------------------
+
+
+@dataclass(frozen=True)
+class SinkAddress:
+    """Where a worker connects for the MongoDB sinks: a connected `Db` does not cross
+    processes, its address does."""
+
+    uri: str
+    db: str
+
+
+@cache
+def _connected(uri: str, db_name: str) -> Db:
+    """One client per process and address, kept for the tasks that follow on a worker."""
+    return connect_uri(uri, db_name)
+
+
+def _sink_db(sink: Db | SinkAddress | None) -> Db | None:
+    return _connected(sink.uri, sink.db) if isinstance(sink, SinkAddress) else sink
+
+
+def derive_day(lake: str | Path, org_id: str, day: date, options: NightlyOptions,
+               sink: Db | SinkAddress | None = None) -> list[StepRecord]:
+    """Flag, roll up and write one (org, day): the unit of work the run hands out, to this
+    process or to a worker. It writes only the day's own partitions (each atomically) and
+    no manifest, and raises nothing for a step's failure: the failed step is the last
+    record, and the coordinating process decides what the day's outcome means."""
+    records: list[StepRecord] = []
+
+    def step(name: str, work: Callable[[], T], counts: Callable[[T], tuple[int, int]]) -> T | None:
+        outcome = _timed(name, org_id, day, work, counts)
+        records.append(outcome[1])
+        return outcome[0]
+
+    flagged = step("flag", partial(flag, lake, org_id, day, options),
+                   lambda f: (f.result.snapshots, 0 if f.flags is None else f.flags.height))
+    if flagged is None:
+        return records
+    derived = step("rollup", partial(rollup, flagged, options),
+                   lambda d: (flagged.result.snapshots,
+                              sum(r.assets.height + r.disks.height + r.interfaces.height for r in d.rollups.values())
+                              + d.availability.height))
+    if derived is None:
+        return records
+    step("write", lambda: write(lake, flagged, derived, _sink_db(sink)),
+         lambda w: (len(w.paths), len(w.paths) + w.sink_writes))
+    return records
+
+
+def report_day(lake: str | Path, org_id: str, day: date) -> list[StepRecord]:
+    """Write one (org, day)'s report: a unit of work like `derive_day`."""
+    return [_timed("report", org_id, day, partial(report, lake, org_id, day), lambda _: (1, 1))[1]]
+
+
+class Job(NamedTuple):
+    """What a task does: `derive` (flag, rollup, write) or `report`, for an org and day. A
+    task that never came back (its worker died) is recorded as a failure of `step`."""
+
+    step: str
+    org: str
+    day: date
+
+
+Task = Callable[[], list[StepRecord]]
+Outcome = list[StepRecord] | BaseException
+Runner = Callable[[Sequence[tuple[Job, Task]]], Iterator[tuple[Job, Outcome]]]
+
+
+def run_here(tasks: Sequence[tuple[Job, Task]]) -> Iterator[tuple[Job, Outcome]]:
+    """The serial runner: each task in this process, in order."""
+    for job, task in tasks:
+        yield job, task()
+
+
+@dataclass(frozen=True)
+class Fanout:
+    """Where the (org, day) tasks run: a local Dask cluster of `workers` processes, or the
+    existing Dask cluster whose scheduler is at `scheduler` (see perf_analytics.fanout)."""
+
+    workers: int | None = None
+    scheduler: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.workers is None) == (self.scheduler is None):
+            raise ConfigError("give --workers N or --scheduler ADDRESS, not both")
+        if self.workers is not None and self.workers < 1:
+            raise ConfigError(f"--workers must be at least 1, got {self.workers}")
+
+    def as_json(self) -> dict[str, Any]:
+        return {"workers": self.workers, "scheduler": self.scheduler}
+
+
+@contextmanager
+def _runner(fanout: Fanout | None, lake: Path) -> Iterator[Runner]:
+    """This process, or the Dask cluster (Dask is imported only when asked for)."""
+    if fanout is None:
+        yield run_here
+        return
+    from perf_analytics.fanout import dask_runner
+
+    with dask_runner(fanout, lake) as runner:
+        yield runner
+
+
+def _outcome_records(job: Job, outcome: Outcome) -> list[StepRecord]:
+    """The task's records; for a task that never came back (its worker died, the cluster
+    went away), one failed record naming the worker when Dask knows it."""
+    if not isinstance(outcome, BaseException):
+        return outcome
+    worker = getattr(getattr(outcome, "last_worker", None), "address", None)
+    # Dask's messages run over several lines; a record's error is one.
+    error = " ".join(str(StepFailed(job.step, job.org, job.day, outcome)).split())
+    return [StepRecord(job.step, job.org, job.day.isoformat(), "failed", error=error, worker=worker)]
+
+
+# ---- the run -----------------------------------------------------------------------------
+
+
+Plan = tuple[list[date], dict[str, str], dict[str, str]]
 
 
 def _plan(lake: str | Path, org: str, days: Sequence[date] | None, options: NightlyOptions,
-          yesterday: date) -> tuple[list[date], dict[str, str], dict[str, str]]:
+          yesterday: date) -> Plan:
     """The org's days to derive, their inputs' fingerprints, and the days recorded as derived."""
     todo = list(days) if days is not None else stale_days(lake, org, options, yesterday=yesterday)
     return todo, input_fingerprints(lake, org, todo, options), derived_days(lake, org)
 
 
-def _derive_org(run: _Run, lake: str | Path, org: str, days: Sequence[date] | None,
-                options: NightlyOptions, yesterday: date, sink: Db | None) -> None:
-    """Derive the org's asked days, or its stale ones; record each day that succeeded."""
-    planned = _attempt(run, "plan", org, None, lambda: _plan(lake, org, days, options, yesterday),
-                       lambda p: (0, len(p[0])))
-    if planned is None:
-        return
-    todo, fingerprints, recorded = planned
-    run.emit("plan", org=org, days=[d.isoformat() for d in todo])
-    for day in todo:
-        key = day.isoformat()
-        recorded.pop(key, None)  # a day that fails is not derived, whatever it was before
-        try:
-            _derive_day(run, lake, org, day, options, sink)
-        except StepFailed:
-            _save_derived(lake, org, recorded)
+def _plan_orgs(run: _Run, lake: str | Path, days: Sequence[date] | None, options: NightlyOptions,
+               yesterday: date) -> dict[str, Plan]:
+    """Each org's plan (an org whose plan fails is recorded and left out). The days about
+    to be derived are taken out of the record first: until its task succeeds, a day is
+    not derived, whatever it was before (a run killed half way redoes it)."""
+    plans: dict[str, Plan] = {}
+    for org in run.result.orgs:
+        planned = _attempt(run, "plan", org, None, partial(_plan, lake, org, days, options, yesterday),
+                           lambda p: (0, len(p[0])))
+        if planned is None:
             continue
-        recorded[key] = fingerprints[key]
-        _save_derived(lake, org, recorded)
-        run.result.derived.append((org, key))
+        todo, _, recorded = planned
+        run.emit("plan", org=org, days=[d.isoformat() for d in todo])
+        if any(recorded.pop(d.isoformat(), None) is not None for d in todo):
+            _save_derived(lake, org, recorded)
+        plans[org] = planned
+    return plans
 
 
-def _attempt(run: _Run, name: str, org: str | None, day: date | None, work: Callable[[], T],
-             counts: Callable[[T], tuple[int, int]]) -> T | None:
-    """A step whose failure is recorded and passed over (the run goes on)."""
-    try:
-        return run.step(name, org, day, work, counts)
-    except StepFailed:
-        return None
+def _derive(run: _Run, lake: str | Path, plans: dict[str, Plan], options: NightlyOptions,
+            sink: Db | SinkAddress | None, runner: Runner) -> None:
+    """Hand out every planned (org, day); record each day that succeeded as it comes back.
+    Only this process writes the record (`_manifests/derived/`), under the run's lock."""
+    tasks = [(Job("derive", org, day), partial(derive_day, lake, org, day, options, sink))
+             for org, (todo, _, _) in plans.items() for day in todo]
+    for job, outcome in runner(tasks):
+        records = _outcome_records(job, outcome)
+        for record in records:
+            run.record(record)
+        if all(r.status == "ok" for r in records):
+            _, fingerprints, recorded = plans[job.org]
+            key = job.day.isoformat()
+            recorded[key] = fingerprints[key]
+            _save_derived(lake, job.org, recorded)
+            run.result.derived.append((job.org, key))
+        run.save_now_and_then()
+
+
+def _report_step(run: _Run, lake: str | Path, days: Sequence[date], runner: Runner) -> None:
+    """The reports of the run's days, for each org whose day is derived and current."""
+    tasks = []
+    for org in run.result.orgs:
+        try:
+            current = derived_days(lake, org)
+        except PerfAnalyticsError:
+            continue  # the plan step has recorded why
+        tasks += [(Job("report", org, day), partial(report_day, lake, org, day))
+                  for day in days if day.isoformat() in current]
+    for job, outcome in runner(tasks):
+        records = _outcome_records(job, outcome)
+        for record in records:
+            run.record(record)
+        if all(r.status == "ok" for r in records):
+            run.result.reports.append(report_path(lake, job.org, job.day))
 
 
 def run_nightly(
@@ -421,37 +587,44 @@ def run_nightly(
     options: NightlyOptions | None = None,
     today: date | None = None,
     listener: Listener | None = None,
+    fanout: Fanout | None = None,
+    sink_at: SinkAddress | None = None,
 ) -> RunResult:
     """One scheduled run over the lake: sync, derive, retain, report (see the module docstring).
 
     `orgs` None: every org (one all-orgs sync, then each org the mirror holds). `dates`
     None: yesterday (of `today`, default the UTC clock) plus every stale day; given: those
-    days, derived again whatever the record says. Raises RunLocked when another run holds
-    the lake; otherwise returns, failed steps included (`RunResult.failed`).
+    days, derived again whatever the record says. `fanout`: the (org, day) tasks and the
+    reports run on a Dask cluster (perf_analytics.fanout) instead of this process; with
+    `options.to_mongo` the workers connect to `sink_at`. Raises RunLocked when another
+    run holds the lake; otherwise returns, failed steps included (`RunResult.failed`).
     """
     opts = options or NightlyOptions()
+    if fanout is not None and opts.to_mongo and sink_at is None:
+        raise ConfigError("writing to MongoDB from workers needs the database's address (sink_at)")
     yesterday = (today or datetime.now(UTC).date()) - timedelta(days=1)
     asked = {"orgs": list(orgs) if orgs is not None else None,
              "dates": [d.isoformat() for d in dates] if dates is not None else None,
-             "yesterday": yesterday.isoformat()}
-    with nightly_lock(lake):
-        _mark_interrupted(lake)
-        run = _Run(lake, _new_run_id(datetime.now(UTC)), asked, opts, listener)
+             "yesterday": yesterday.isoformat(), **({"fanout": fanout.as_json()} if fanout is not None else {})}
+    # Workers may run on other hosts: they get the lake's absolute path.
+    root = Path(lake).absolute()
+    with nightly_lock(root), _runner(fanout, root) as runner:
+        _mark_interrupted(root)
+        run = _Run(root, _new_run_id(datetime.now(UTC)), asked, opts, listener)
         run.save("running")
         run.emit("start", asked=asked)
-        _sync_step(run, db, lake, orgs)
-        run.result.orgs = list(orgs) if orgs is not None else mirrored_orgs(lake)
-        sink = db if opts.to_mongo else None
-        for org in run.result.orgs:
-            _derive_org(run, lake, org, dates, opts, yesterday, sink)
-            run.save("running")
+        _sync_step(run, db, root, orgs)
+        run.result.orgs = list(orgs) if orgs is not None else mirrored_orgs(root)
+        sink = (sink_at if fanout is not None else db) if opts.to_mongo else None
+        _derive(run, root, _plan_orgs(run, root, dates, opts, yesterday), opts, sink, runner)
+        run.save("running")
         if opts.retain_days is not None:
             days_kept = opts.retain_days
             for scope in (orgs if orgs is not None else [None]):
-                _attempt(run, "retain", scope, None, partial(retain, db, lake, days_kept, scope),
+                _attempt(run, "retain", scope, None, partial(retain, db, root, days_kept, scope),
                          lambda e: (len(e.days), e.deleted))
         if opts.reports:
-            _report_step(run, lake, dates or [yesterday])
+            _report_step(run, root, dates or [yesterday], runner)
         run.result.seconds = round(time.monotonic() - run.started, 3)
         run.save("failed" if run.result.failed else "ok")
         run.emit("end", summary=run.result.summary(), failed=len(run.result.failed), seconds=run.result.seconds)
@@ -470,18 +643,3 @@ def _sync_step(run: _Run, db: Db, lake: str | Path, orgs: Sequence[str] | None) 
 
 def _sync_counts(r: SyncReport) -> tuple[int, int]:
     return r.read, r.new
-
-
-def _report_step(run: _Run, lake: str | Path, days: Sequence[date]) -> None:
-    """The reports of the run's days, for each org whose day is derived and current."""
-    for org in run.result.orgs:
-        try:
-            current = derived_days(lake, org)
-        except PerfAnalyticsError:
-            continue  # the plan step has recorded why
-        for day in days:
-            if day.isoformat() not in current:
-                continue
-            page = _attempt(run, "report", org, day, partial(report, lake, org, day), lambda _: (1, 1))
-            if page is not None:
-                run.result.reports.append(page)

@@ -91,7 +91,10 @@ def test_the_help_defaults_are_the_librarys_own() -> None:
     assert _defaults.WINDOWS == rollups.WINDOWS
 
 
-HEAVY_MODULES = ("polars", "pyarrow", "duckdb", "pymongoarrow", "matplotlib", "numpy", "starlette", "uvicorn")
+HEAVY_MODULES = (
+    "polars", "pyarrow", "duckdb", "pymongoarrow", "matplotlib", "numpy",
+    "dask", "distributed", "starlette", "uvicorn",
+)
 
 
 def _modules_after(args: list[str], cwd: Path) -> set[str]:

@@ -19,7 +19,8 @@ from perf_analytics.commands.rollup import parse_day
 from perf_analytics.errors import ConfigError
 
 if TYPE_CHECKING:
-    from perf_analytics.nightly import Listener
+    from perf_analytics.config import Settings
+    from perf_analytics.nightly import Listener, SinkAddress
 
 _MAX_DAYS = 366  # a --from/--to span longer than this is more likely a typo than a backfill
 
@@ -82,6 +83,16 @@ def _events(log_format: str) -> Iterator[Listener]:
         yield listen
 
 
+def _sink_address(settings: Settings) -> SinkAddress:
+    """Where workers connect for --to-mongo: MONGODB_URI, else the embedded server (which
+    listens on this host's loopback only, so then the workers must run on this host)."""
+    from perf_analytics.localdb import start_server
+    from perf_analytics.nightly import SinkAddress
+
+    uri = settings.uri if settings.uri is not None else start_server(settings.state_dir).uri
+    return SinkAddress(str(uri), settings.db)
+
+
 @click.command("nightly")
 @click.option("--date", "day", help="Derive this UTC day (YYYY-MM-DD), whatever the record says.")
 @click.option("--from", "start", help="First UTC day of a range (with --to).")
@@ -96,11 +107,17 @@ def _events(log_format: str) -> Iterator[Listener]:
 @click.option("--no-report", is_flag=True, help="Do not write the days' HTML reports.")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
               help="json: one JSON object per event on stderr (run id, org, day, step, status, rows, seconds).")
+@click.option("--workers", type=click.IntRange(min=1),
+              help="Derive the days and write the reports on a local Dask cluster of N worker processes.")
+@click.option("--scheduler", metavar="ADDRESS",
+              help="Send the same tasks to the existing Dask cluster whose scheduler is at ADDRESS "
+                   "(tcp://host:8786); it and its workers need this perf_analytics, the workers the lake "
+                   "at the same path.")
 @asset_batch_option
 @click.pass_context
 def command(ctx: click.Context, day: str | None, start: str | None, end: str | None, orgs: tuple[str, ...],
             windows: str, to_mongo: bool, retain_days: int | None, no_report: bool, log_format: str,
-            asset_batch: int) -> None:
+            workers: int | None, scheduler: str | None, asset_batch: int) -> None:
     """The scheduled run: sync, derive every new or stale day, retention, reports.
 
     One run syncs the server's new snapshots into the lake, then, for every (org, day)
@@ -112,7 +129,9 @@ def command(ctx: click.Context, day: str | None, start: str | None, end: str | N
     Without --date it does yesterday (UTC) and everything stale. One failing org or day
     does not stop the others: the run ends with exit code 1 and the next run redoes only
     what failed. A second run while one holds the lake exits at once. Each run is
-    recorded in the lake (see `perf-analytics runs`).
+    recorded in the lake (see `perf-analytics runs`). With --workers or --scheduler the
+    (org, day)s and the reports run on Dask workers; the sync, the record and retention
+    stay in this process.
 
     \b
     Examples:
@@ -120,17 +139,22 @@ def command(ctx: click.Context, day: str | None, start: str | None, end: str | N
       perf-analytics nightly --date 2026-01-06 --org org-01
       perf-analytics nightly --from 2026-01-01 --to 2026-01-06 --log-format json
       perf-analytics nightly --to-mongo --retain-days 30
+      perf-analytics nightly --workers 2
+      perf-analytics nightly --scheduler tcp://dask.internal:8786
     """
     # The data stack loads here, when the command runs, not for --help.
-    from perf_analytics.nightly import NightlyOptions, RunFailed, run_nightly
+    from perf_analytics.nightly import Fanout, NightlyOptions, RunFailed, run_nightly
 
     dates = asked_dates(day, start, end)
     options = NightlyOptions(windows=tuple(w.strip() for w in windows.split(",") if w.strip()),
                              asset_batch=asset_batch, to_mongo=to_mongo, retain_days=retain_days,
                              reports=not no_report)
+    fanout = Fanout(workers=workers, scheduler=scheduler) if workers is not None or scheduler is not None else None
+    db = db_of(ctx)
+    sink_at = _sink_address(settings_of(ctx)) if fanout is not None and to_mongo else None
     with _events(log_format) as listen:
-        result = run_nightly(db_of(ctx), settings_of(ctx).lake, orgs=list(orgs) or None, dates=dates,
-                             options=options, listener=listen)
+        result = run_nightly(db, settings_of(ctx).lake, orgs=list(orgs) or None, dates=dates,
+                             options=options, listener=listen, fanout=fanout, sink_at=sink_at)
     click.echo(result.summary())
     if result.failed:
         first = result.failed[0]
