@@ -1,0 +1,139 @@
+"""Anomaly flags of one fleet-day: this checkout's `flag_assets` against an earlier one's.
+
+Data: `generate_fleet` (1 org, `--base` assets, 9 days at one snapshot a minute, seed 7,
+with its injected anomalies), copied `--copies` times under new asset ids, so a fleet of
+base x copies assets keeps the generator's realistic series without building millions
+of documents. Cached as Parquet in bench/.cache/flags-<base>x<copies>/ (built once).
+
+Measured: `flag_assets(frames, day=<the 9th day>)`, the nightly's work for one org-day
+(the day and its 8 days of history, as `run_day` reads them, all from memory), timed in
+a child process per side and run, the sides taking turns (`--repeat`, default 3; the
+median is reported, since the machine is shared). Sides: `after` (this checkout) and
+`before` (`--before DIR`, a checkout of the earlier code, for example made with
+`mkdir /tmp/flags-before && git archive <commit> | tar -x -C /tmp/flags-before`;
+left out when not given). Each child writes
+its episodes, and the bench fails if the two sides' episodes differ: the race is between
+equal results.
+
+Reported per side: seconds, µs per metric point read (the day and its history), µs per
+metric point of the day flagged, and the projection to 1,000 assets x 1 day (1.44M
+snapshots): the time per snapshot of the day flagged x 1.44M.
+
+    python bench/bench_flags.py --before /tmp/flags-before                 # 10 x 10 = 100 assets
+    python bench/bench_flags.py --base 10 --copies 1 --before /tmp/flags-before --repeat 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from perf_analytics.frames import frames_from_documents  # noqa: E402
+from perf_analytics.generate import DEFAULT_START, generate_fleet  # noqa: E402
+
+DAYS = 9
+FLEET_DAY_SNAPSHOTS = 1_000 * 1_440
+NAMES = ("snapshots", "disks", "interfaces")
+
+# The child: reads the cached frames, then times flag_assets alone (with the code on its
+# PYTHONPATH), and writes the episodes and its figures.
+CHILD = """
+import json, sys, time
+from datetime import date
+import polars as pl
+from perf_analytics.anomalies import flag_assets
+from perf_analytics.anomalies.series import agent_frame, read_points
+from perf_analytics.frames import Frames
+cache, day, out = sys.argv[1], date.fromisoformat(sys.argv[2]), sys.argv[3]
+frames = Frames(*(pl.read_parquet(f"{cache}/{n}.parquet") for n in ("snapshots", "disks", "interfaces")))
+began = time.perf_counter()
+found = flag_assets(frames, day=day)
+seconds = time.perf_counter() - began
+found.episodes.write_parquet(out)
+points = read_points(frames, agent_frame(frames))[0]
+today = points.filter(pl.col("timestamp").dt.date() == day).height
+snaps = frames.snapshots.filter(pl.col("timestamp").dt.date() == day).height
+print(json.dumps({"seconds": seconds, "points": points.height, "day_points": today, "day_snapshots": snaps}))
+"""
+
+
+def build(cache: Path, *, base: int, copies: int) -> None:
+    """Generate the base fleet and write `copies` copies of it under new asset ids."""
+    def docs() -> Any:
+        for doc in generate_fleet(orgs=1, assets=base, days=DAYS, interval_s=60, seed=7):
+            doc["timestamp"] = datetime.fromisoformat(doc["timestamp"].replace("Z", "+00:00"))
+            yield doc
+
+    frames = frames_from_documents(docs())
+    cache.mkdir(parents=True, exist_ok=True)
+    for name in NAMES:
+        one = getattr(frames, name)
+        many = pl.concat(
+            [one.with_columns(pl.format("{}-c{}", pl.col("assetId"), pl.lit(c)).alias("assetId")) for c in range(copies)]
+        )
+        many.write_parquet(cache / f"{name}.parquet")
+
+
+def run_side(code: Path, cache: Path, day: str, out: Path) -> dict[str, Any]:
+    env = {**os.environ, "PYTHONPATH": str(code)}
+    done = subprocess.run([sys.executable, "-c", CHILD, str(cache), day, str(out)], env=env, check=True,
+                          capture_output=True, text=True)
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--base", type=int, default=10, help="assets generated (default 10)")
+    parser.add_argument("--copies", type=int, default=10, help="copies of them (default 10)")
+    parser.add_argument("--before", type=Path, help="a checkout of the earlier code")
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    cache = ROOT / "bench" / ".cache" / f"flags-{args.base}x{args.copies}"
+    if not (cache / "interfaces.parquet").exists():
+        began = time.perf_counter()
+        build(cache, base=args.base, copies=args.copies)
+        print(f"fleet built in {time.perf_counter() - began:.0f} s: {cache}")
+    day = (DEFAULT_START + timedelta(days=DAYS - 1)).astimezone(UTC).date().isoformat()
+    sides = {"after": ROOT} | ({"before": args.before.resolve()} if args.before else {})
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in sides}
+    for _ in range(args.repeat):
+        for name, code in sides.items():
+            runs[name].append(run_side(code, cache, day, cache / f"episodes-{name}.parquet"))
+    if "before" in sides:
+        after, before = (pl.read_parquet(cache / f"episodes-{n}.parquet") for n in ("after", "before"))
+        if not after.equals(before):
+            raise SystemExit(f"the sides' episodes differ ({after.height} after, {before.height} before)")
+        print(f"episodes equal on both sides: {after.height}")
+    print(f"load average at the end: {os.getloadavg()[0]:.1f} (2 cores)")
+    print("| side | runs | median s | µs / point read | µs / point of the day | 1,000 assets x 1 day |")
+    print("|---|---:|---:|---:|---:|---:|")
+    medians = {}
+    for name, results in runs.items():
+        seconds = statistics.median(r["seconds"] for r in results)
+        medians[name] = seconds
+        r = results[0]
+        projected = seconds / r["day_snapshots"] * FLEET_DAY_SNAPSHOTS
+        print(f"| {name} | {len(results)} | {seconds:.1f} | {seconds / r['points'] * 1e6:.2f} | "
+              f"{seconds / r['day_points'] * 1e6:.1f} | {projected / 60:.0f} min |")
+    if "before" in medians:
+        print(f"before / after: {medians['before'] / medians['after']:.2f}x")
+    print(f"points read {runs['after'][0]['points']:,}, of the day {runs['after'][0]['day_points']:,}, "
+          f"snapshots of the day {runs['after'][0]['day_snapshots']:,}")
+
+
+if __name__ == "__main__":
+    main()
