@@ -129,15 +129,29 @@ def _settling(df: pl.DataFrame, boots: pl.DataFrame | None, config: AnomalyConfi
     """
     if boots is None or boots.is_empty() or df.is_empty():
         return df.with_columns(pl.lit(False).alias("settling"))
-    last_boot = boots.select(*ASSET, pl.col("timestamp").alias("_boot")).sort("_boot")
-    joined = (
-        df.with_row_index("_row")
-        .sort("timestamp")
-        .join_asof(last_boot, left_on="timestamp", right_on="_boot", by=ASSET, strategy="backward", check_sortedness=False)
-        .sort("_row")
-    )
-    settling = _seconds(pl.col("timestamp") - pl.col("_boot")) < config.reboot_settle_hours * 3600.0
-    return joined.with_columns(settling.fill_null(False).alias("settling")).drop("_row", "_boot")
+    # The asset's last boot at or before each point: one binary search over (asset, time)
+    # keys. Assets are numbered by blocks of rows (the points come sorted by series, so an
+    # asset is one block); a boot is keyed under every number its asset got.
+    block = pl.struct(ASSET).rle_id().cast(pl.Int64)
+    numbered = df.select(*ASSET, block.alias("_a"), pl.col("timestamp").dt.epoch("ms").alias("_t"))
+    blocks = numbered.filter(pl.col("_a") != pl.col("_a").shift(1).fill_null(-1)).select(*ASSET, "_a")
+    keyed = boots.select(*ASSET, pl.col("timestamp").dt.epoch("ms").alias("_t")).join(blocks, on=ASSET)
+    if keyed.is_empty():
+        return df.with_columns(pl.lit(False).alias("settling"))
+    point_a = numbered.get_column("_a").to_numpy()
+    point_t = numbered.get_column("_t").to_numpy()
+    boot_t = keyed.get_column("_t").to_numpy()
+    lo = int(min(point_t.min(), boot_t.min()))
+    span = int(max(point_t.max(), boot_t.max())) - lo + 1
+    keyed = keyed.with_columns((pl.col("_a") * span + pl.col("_t") - lo).alias("_k")).sort("_k")
+    boot_key = keyed.get_column("_k").to_numpy()
+    found = np.searchsorted(boot_key, point_a * span + point_t - lo, side="right") - 1
+    hit = found >= 0
+    found = np.where(hit, found, 0)
+    hit &= keyed.get_column("_a").to_numpy()[found] == point_a
+    since_boot_ms = point_t - keyed.get_column("_t").to_numpy()[found]
+    settling = hit & (since_boot_ms < config.reboot_settle_hours * 3600.0 * 1000.0)
+    return df.with_columns(pl.Series("settling", settling))
 
 
 def _transformed(points: pl.DataFrame) -> pl.Expr:
@@ -222,12 +236,10 @@ def _baselines(df: pl.DataFrame, config: AnomalyConfig) -> pl.DataFrame:
     ]
     novel_by_tod = config.outlier_novel_time_of_day
 
-    def same_time_of_day(part: pl.DataFrame) -> pl.DataFrame:
-        return part.with_columns(*stats(week, "tod"), *(extremes if novel_by_tod else []))
-
+    same_time_of_day = [*stats(week, "tod"), *(extremes if novel_by_tod else [])]
     df = _spread(df.with_columns(_transformed(df).alias("x"), bucket), week_s, day_s)
     return (
-        by_group_of(df, pl.col("tod"), same_time_of_day, longest=timedelta(seconds=week_s))
+        by_group_of(df, pl.col("tod"), same_time_of_day, needs=["x"], longest=timedelta(seconds=week_s))
         .with_columns(*stats(day, "day"), *([] if novel_by_tod else extremes))
         .with_columns(
             (pl.col("n_tod") >= config.baseline_min_points).alias("enough_tod"),
@@ -434,10 +446,11 @@ def detect_level_shifts(
     df = by_group_of(
         df,
         pl.col("timestamp").dt.hour() // config.time_of_day_hours,
-        lambda part: part.with_columns(
+        [
             pl.col("med_recent").rolling_max_by(SPREAD, week, closed="left").alias("seen_max"),
             pl.col("med_recent").rolling_min_by(SPREAD, week, closed="left").alias("seen_min"),
-        ),
+        ],
+        needs=["med_recent"],
         longest=timedelta(seconds=week_s),
     )
     # Spreads are the series' sample-to-sample noise (the median step, as a standard

@@ -14,7 +14,7 @@ run's first row instead of a group per series or per run.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import timedelta
 
 import polars as pl
@@ -45,12 +45,16 @@ def spread(df: pl.DataFrame, by: Sequence[str | pl.Expr], *, longest: timedelta)
     lo, hi = ts.min(), ts.max()
     assert lo is not None and hi is not None
     span_ms = int((hi - lo + longest + _MARGIN) / timedelta(milliseconds=1))  # type: ignore[operator]
-    group = pl.struct(*by).rle_id().cast(pl.Int64)
-    new = group != group.shift(1)
-    first = pl.when(new.fill_null(True)).then(_index()).forward_fill()
+    keys = [pl.col(k) if isinstance(k, str) else k for k in by]
+    new = pl.any_horizontal(k != k.shift(1) for k in keys).fill_null(True)
     moved = pl.col("timestamp").dt.epoch("ms") + pl.col(GROUP) * span_ms
-    return df.with_columns(group.alias(GROUP), first.alias(FIRST)).with_columns(
-        moved.cast(pl.Datetime("ms")).alias(SPREAD)
+    return (
+        df.with_columns(new.alias(GROUP))
+        .with_columns(
+            (pl.col(GROUP).cum_sum().cast(pl.Int64) - 1).alias(GROUP),
+            pl.when(pl.col(GROUP)).then(_index()).forward_fill().alias(FIRST),
+        )
+        .with_columns(moved.cast(pl.Datetime("ms")).alias(SPREAD))
     )
 
 
@@ -88,20 +92,24 @@ def position_in(start: pl.Expr) -> pl.Expr:
 def by_group_of(
     df: pl.DataFrame,
     key: pl.Expr,
-    compute: Callable[[pl.DataFrame], pl.DataFrame],
+    columns: Sequence[pl.Expr],
     *,
+    needs: Sequence[str],
     longest: timedelta,
 ) -> pl.DataFrame:
-    """Run `compute` with the rows grouped by (GROUP, `key`) (spread time over those groups),
-    then give the rows back in their order, with GROUP, FIRST and SPREAD as they were.
+    """`df` (given its spread time) with `columns` computed over the rows grouped by
+    (GROUP, `key`): SPREAD, GROUP and FIRST within `columns` refer to those groups.
 
-    For windows over a subset of each series' rows, such as the same time of day.
+    For windows over a subset of each series' rows, such as the same time of day. Only
+    the columns in `needs` (and the timestamp) are moved about, so the regrouping costs
+    two sorts of a few numeric columns, not of the whole frame.
     """
-    kept = df.select(GROUP, FIRST, SPREAD)
-    regrouped = (
-        df.drop(FIRST, SPREAD)
-        .with_columns(_index().alias(ROW), key.alias("_key"))
+    narrow = (
+        df.select(GROUP, key.alias("_key"), "timestamp", *needs)
+        .with_columns(_index().alias(ROW))
         .sort([GROUP, "_key", "timestamp"], maintain_order=True)
     )
-    computed = compute(spread(regrouped, [GROUP, "_key"], longest=longest))
-    return computed.sort(ROW).drop(ROW, "_key", GROUP, FIRST, SPREAD).with_columns(*kept.get_columns())
+    computed = spread(narrow, [GROUP, "_key"], longest=longest).with_columns(*columns)
+    names = [c for c in computed.columns if c not in narrow.columns and c not in (FIRST, SPREAD)]
+    back = computed.select(ROW, *names).sort(ROW)
+    return df.with_columns(*back.drop(ROW).get_columns())
