@@ -25,7 +25,6 @@ from perf_analytics.anomalies.detectors import FLAG_SCHEMA
 from perf_analytics.anomalies.episodes import merge_episodes
 from perf_analytics.anomalies.rolling import (
     SPREAD,
-    by_group_of,
     group_first,
     position_in,
     rows_window,
@@ -626,9 +625,3 @@ def test_windows_over_the_spread_time_equal_windows_per_series(seed: int) -> Non
     for name in ("median", "q25", "max", "prev", "held", "first", "since"):
         assert got.get_column(name).equals(want.get_column(name)), name
     assert got.get_column("in_run").cast(pl.Int64).equals(want.get_column("in_run").cast(pl.Int64))
-    tod = pl.col("timestamp").dt.hour() // 3
-    by_tod = by_group_of(df, tod, [x.rolling_median_by(SPREAD, "7d").alias("m")], needs=["x"],
-                         longest=timedelta(days=7))
-    want_tod = x.rolling_median_by("timestamp", "7d").over([*series, tod.alias("tod")])
-    assert by_tod.get_column("m").equals(df.select(want_tod).to_series().alias("m"))
-    assert by_tod.drop("m").equals(df)

@@ -1,13 +1,13 @@
 """Windows over every series at once: one pass over the sorted points, not one per series.
 
-The detectors need rolling windows per series (the last day, the last three hours, the
-same time of day over a week). Written as `.over(series)`, polars splits the frame into
-one group per series and runs the window on each, then scatters the results back; with
-thousands of series that overhead costs more than the windows (measured in
-bench/bench_flags.py). Here the points, sorted by series and time, get a *spread time*:
-each series' timestamps moved forward by its number times a span longer than all the
-data plus the longest window, so one rolling window over the whole column never reaches
-from one series into the next, and gives exactly what the window per series gives.
+The detectors need rolling windows per series (the last day, the last three hours).
+Written as `.over(series)`, polars splits the frame into one group per series, runs the
+window on each and scatters the results back: on 1.7M points of 130 series that made a
+24-hour rolling mean 5x slower and a rolling median 1.3x slower than one window over
+the whole column. Here the points, sorted by series and time, get a *spread time*: each
+series' timestamps moved forward by its number times a span longer than all the data
+plus the longest window, so one rolling window over the whole column never reaches from
+one series into the next, and gives exactly what the window per series gives.
 Shifts and runs (consecutive rows in the same state) use the index of their group's or
 run's first row instead of a group per series or per run.
 """
@@ -22,7 +22,6 @@ import polars as pl
 GROUP = "_g"  # the group's number, increasing with the row order
 FIRST = "_g0"  # the row index of the group's first row
 SPREAD = "_st"  # the spread time: windows over it stay inside each group
-ROW = "_row"
 _MARGIN = timedelta(days=1)
 
 
@@ -87,29 +86,3 @@ def run_start(starts: pl.Expr) -> pl.Expr:
 def position_in(start: pl.Expr) -> pl.Expr:
     """1 for a run's first row, 2 for the next, ... (`start` from `run_start`)."""
     return _index() - start + 1
-
-
-def by_group_of(
-    df: pl.DataFrame,
-    key: pl.Expr,
-    columns: Sequence[pl.Expr],
-    *,
-    needs: Sequence[str],
-    longest: timedelta,
-) -> pl.DataFrame:
-    """`df` (given its spread time) with `columns` computed over the rows grouped by
-    (GROUP, `key`): SPREAD, GROUP and FIRST within `columns` refer to those groups.
-
-    For windows over a subset of each series' rows, such as the same time of day. Only
-    the columns in `needs` (and the timestamp) are moved about, so the regrouping costs
-    two sorts of a few numeric columns, not of the whole frame.
-    """
-    narrow = (
-        df.select(GROUP, key.alias("_key"), "timestamp", *needs)
-        .with_columns(_index().alias(ROW))
-        .sort([GROUP, "_key", "timestamp"], maintain_order=True)
-    )
-    computed = spread(narrow, [GROUP, "_key"], longest=longest).with_columns(*columns)
-    names = [c for c in computed.columns if c not in narrow.columns and c not in (FIRST, SPREAD)]
-    back = computed.select(ROW, *names).sort(ROW)
-    return df.with_columns(*back.drop(ROW).get_columns())
