@@ -156,7 +156,10 @@ def run_day(
     comparison across assets (peers) runs once over small per-asset summaries, so the
     flags do not depend on the batch size. With `sink`, flags and rollups also go to
     that database's `anomaly_flags` and `performance_rollups`.
-    `progress(assets_done, assets)` is called after each batch.
+    `progress(assets_done, assets)` is called after each batch. The result's `dropped`
+    counts the day's values that could be no reading of their metric and were left out of
+    the flags, per series and reason (a run record should show it: they are otherwise
+    only logged).
 
     It is the composition of the three steps the nightly run names: `flag_day`,
     `rollup_day`, `write_day`.
