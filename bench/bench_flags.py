@@ -19,9 +19,15 @@ Reported per side: wall and CPU seconds (the CPU time of the child, all its thre
 shared machine the steadier of the two), CPU µs per metric point read (the day and its
 history) and per metric point of the day flagged, and the projection to 1,000 assets x
 1 day (1.44M snapshots): the CPU time per snapshot of the day flagged x 1.44M (divide
-by the cores for a wall time on an idle machine).
+by the cores for a wall time on an idle machine). On a loaded machine, `--threads 1`
+gives the steadiest CPU figures: polars' idle worker threads spin, and their spinning
+counts as CPU time when they wait for a core.
+
+With `--steps`, instead: the CPU time of each step of `flag_assets` (reading the points,
+each detector), each called on its own, per side (the least of `--repeat` runs).
 
     python bench/bench_flags.py --before /tmp/flags-before                 # 10 x 10 = 100 assets
+    python bench/bench_flags.py --before /tmp/flags-before --copies 1 --threads 1 --steps
     python bench/bench_flags.py --base 10 --copies 1 --before /tmp/flags-before --repeat 1
 """
 
@@ -71,6 +77,36 @@ snaps = frames.snapshots.filter(pl.col("timestamp").dt.date() == day).height
 print(json.dumps({"seconds": seconds, "cpu": cpu, "points": points.height, "day_points": today, "day_snapshots": snaps}))
 """
 
+# With --steps: the CPU time of each step of flag_assets, called one by one (the same
+# functions and arguments on both sides), over the same frames.
+STEPS = """
+import json, sys, time
+import polars as pl
+from perf_analytics.anomalies import AnomalyConfig, detectors as d
+from perf_analytics.anomalies.series import agent_frame, read_points
+from perf_analytics.frames import Frames
+cache = sys.argv[1]
+frames = Frames(*(pl.read_parquet(f"{cache}/{n}.parquet") for n in ("snapshots", "disks", "interfaces")))
+cfg, cpu = AnomalyConfig(), {}
+def step(name, fn):
+    began = time.process_time()
+    out = fn()
+    cpu[name] = time.process_time() - began
+    return out
+agents = step("read: agents", lambda: agent_frame(frames))
+points = step("read: points", lambda: read_points(frames, agents)[0])
+boots = step("reboots", lambda: d.detect_reboots(agents, cfg))
+step("thresholds", lambda: d.detect_thresholds(points, cfg))
+scored = step("baselines (score_points)", lambda: d.score_points(points, cfg))
+step("outliers", lambda: d.detect_outliers(points, cfg, boots, scored=scored))
+step("joint", lambda: d.detect_joint_moves(scored, cfg, boots))
+step("level shifts", lambda: d.detect_level_shifts(points, cfg, boots))
+step("flatlines", lambda: d.detect_flatlines(points, cfg))
+step("disk forecasts", lambda: d.detect_disk_forecasts(points, cfg))
+step("gaps", lambda: d.detect_gaps(agents, cfg))
+print(json.dumps(cpu))
+"""
+
 
 def build(cache: Path, *, base: int, copies: int) -> None:
     """Generate the base fleet and write `copies` copies of it under new asset ids."""
@@ -89,12 +125,28 @@ def build(cache: Path, *, base: int, copies: int) -> None:
         many.write_parquet(cache / f"{name}.parquet")
 
 
-def run_side(code: Path, cache: Path, day: str, out: Path) -> dict[str, Any]:
+def run_side(code: Path, script: str, args: list[str], threads: int | None) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": str(code)}
-    done = subprocess.run([sys.executable, "-c", CHILD, str(cache), day, str(out)], env=env, check=True,
-                          capture_output=True, text=True)
+    if threads is not None:
+        env["POLARS_MAX_THREADS"] = str(threads)
+    done = subprocess.run([sys.executable, "-c", script, *args], env=env, check=True, capture_output=True, text=True)
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
+
+
+def print_steps(sides: dict[str, Path], cache: Path, args: argparse.Namespace) -> None:
+    """The CPU seconds of each step per side (the least of `--repeat` runs)."""
+    steps: dict[str, list[dict[str, float]]] = {name: [] for name in sides}
+    for _ in range(args.repeat):
+        for name, code in sides.items():
+            steps[name].append(run_side(code, STEPS, [str(cache)], args.threads))
+    names = list(steps["after"][0])
+    print("| step | " + " | ".join(f"{n} CPU s" for n in sides) + (" | before / after |" if len(sides) > 1 else " |"))
+    print("|---|" + "---:|" * (len(sides) + (len(sides) > 1)))
+    for step in [*names, "total"]:
+        best = {n: min(sum(r.values()) if step == "total" else r[step] for r in runs) for n, runs in steps.items()}
+        ratio = f" | {best['before'] / best['after']:.2f}x" if "before" in best and best["after"] else ""
+        print(f"| {step} | " + " | ".join(f"{best[n]:.2f}" for n in sides) + ratio + " |")
 
 
 def main() -> None:
@@ -103,6 +155,8 @@ def main() -> None:
     parser.add_argument("--copies", type=int, default=10, help="copies of them (default 10)")
     parser.add_argument("--before", type=Path, help="a checkout of the earlier code")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--steps", action="store_true", help="instead: the CPU time of each step, per side")
+    parser.add_argument("--threads", type=int, help="POLARS_MAX_THREADS of the children (default: polars' own)")
     args = parser.parse_args()
     cache = ROOT / "bench" / ".cache" / f"flags-{args.base}x{args.copies}"
     if not (cache / "interfaces.parquet").exists():
@@ -111,16 +165,20 @@ def main() -> None:
         print(f"fleet built in {time.perf_counter() - began:.0f} s: {cache}")
     day = (DEFAULT_START + timedelta(days=DAYS - 1)).astimezone(UTC).date().isoformat()
     sides = {"after": ROOT} | ({"before": args.before.resolve()} if args.before else {})
+    if args.steps:
+        print_steps(sides, cache, args)
+        return
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in sides}
     for _ in range(args.repeat):
         for name, code in sides.items():
-            runs[name].append(run_side(code, cache, day, cache / f"episodes-{name}.parquet"))
+            out = cache / f"episodes-{name}.parquet"
+            runs[name].append(run_side(code, CHILD, [str(cache), day, str(out)], args.threads))
     if "before" in sides:
         after, before = (pl.read_parquet(cache / f"episodes-{n}.parquet") for n in ("after", "before"))
         if not after.equals(before):
             raise SystemExit(f"the sides' episodes differ ({after.height} after, {before.height} before)")
         print(f"episodes equal on both sides: {after.height}")
-    print(f"load average at the end: {os.getloadavg()[0]:.1f} (2 cores)")
+    print(f"load average at the end: {os.getloadavg()[0]:.1f} (2 cores); polars threads: {args.threads or 'default'}")
     print("| side | runs | median wall s | median CPU s | CPU µs / point read | CPU µs / point of the day "
           "| 1,000 assets x 1 day (CPU) |")
     print("|---|---:|---:|---:|---:|---:|---:|")
