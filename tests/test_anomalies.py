@@ -23,15 +23,6 @@ from perf_analytics.anomalies import (
 )
 from perf_analytics.anomalies.detectors import FLAG_SCHEMA
 from perf_analytics.anomalies.episodes import merge_episodes
-from perf_analytics.anomalies.rolling import (
-    SPREAD,
-    group_first,
-    position_in,
-    rows_window,
-    run_start,
-    shifted,
-    spread,
-)
 from perf_analytics.errors import ConfigError
 from perf_analytics.frames import Frames, frames_from_documents
 
@@ -576,52 +567,3 @@ def test_a_negative_threshold_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="cpu_threshold"):
         AnomalyConfig(cpu_threshold=-1.0)
     assert replace(AnomalyConfig(), cpu_threshold=80.0).cpu_threshold == 80.0
-
-
-def _ragged_series(seed: int) -> pl.DataFrame:
-    """Series of unequal lengths and irregular spacing, with repeated values, sorted by series and time."""
-    rng = np.random.default_rng(seed)
-    parts = []
-    for org, asset, metric, n in [("o1", "a", "cpu", 1), ("o1", "a", "mem", 400), ("o1", "b", "cpu", 2500),
-                                  ("o2", "a", "cpu", 900)]:
-        steps = rng.choice([30, 60, 60, 60, 600, 7200], size=n).cumsum()
-        parts.append(pl.DataFrame({
-            "orgId": org, "assetId": asset, "metric": metric,
-            "timestamp": [T0 + timedelta(seconds=int(s)) for s in steps],
-            "x": rng.integers(0, 6, size=n).astype(float),
-        }))
-    return pl.concat(parts).with_columns(pl.col("timestamp").cast(pl.Datetime("ms", "UTC")))
-
-
-@pytest.mark.parametrize("seed", [1, 2])
-def test_windows_over_the_spread_time_equal_windows_per_series(seed: int) -> None:
-    """One pass over every series gives what a window per series gives, to the bit."""
-    series = ["orgId", "assetId", "metric"]
-    df = spread(_ragged_series(seed), series, longest=timedelta(days=7))
-    x = pl.col("x")
-    changed = (x != shifted(x)).fill_null(True)
-    got = df.with_columns(
-        x.rolling_median_by(SPREAD, "1d", closed="left").alias("median"),
-        x.rolling_quantile_by(SPREAD, "3h", quantile=0.25).alias("q25"),
-        x.rolling_max_by(SPREAD, "7d", closed="left").alias("max"),
-        shifted(x).alias("prev"),
-        rows_window(x.rolling_min(3), 3).alias("held"),
-        group_first(pl.col("timestamp")).alias("first"),
-        run_start(changed).alias("start"),
-    ).with_columns(position_in(pl.col("start")).alias("in_run"), pl.col("timestamp").gather(pl.col("start")).alias("since"))
-    run = changed.cum_sum().over(series)
-    want = df.with_columns(
-        x.rolling_median_by("timestamp", "1d", closed="left").over(series).alias("median"),
-        x.rolling_quantile_by("timestamp", "3h", quantile=0.25).over(series).alias("q25"),
-        x.rolling_max_by("timestamp", "7d", closed="left").over(series).alias("max"),
-        x.shift(1).over(series).alias("prev"),
-        x.rolling_min(3).over(series).alias("held"),
-        pl.col("timestamp").min().over(series).alias("first"),
-        run.alias("run"),
-    ).with_columns(
-        pl.col("timestamp").cum_count().over([*series, "run"]).alias("in_run"),
-        pl.col("timestamp").min().over([*series, "run"]).alias("since"),
-    )
-    for name in ("median", "q25", "max", "prev", "held", "first", "since"):
-        assert got.get_column(name).equals(want.get_column(name)), name
-    assert got.get_column("in_run").cast(pl.Int64).equals(want.get_column("in_run").cast(pl.Int64))

@@ -12,24 +12,12 @@ before it, never on later data.
 from __future__ import annotations
 
 import math
-from datetime import datetime, timedelta
+from datetime import datetime
 
-import numpy as np
 import polars as pl
 
 from perf_analytics.anomalies.config import AnomalyConfig
 from perf_analytics.anomalies.joint import detect_joint
-from perf_analytics.anomalies.rolling import (
-    FIRST,
-    GROUP,
-    SPREAD,
-    group_first,
-    position_in,
-    rows_window,
-    run_start,
-    shifted,
-    spread,
-)
 from perf_analytics.anomalies.series import ASSET, LEVEL, PERCENT, RATE, SERIES
 
 INFO, WARNING, CRITICAL = 0, 1, 2
@@ -98,11 +86,6 @@ def empty_flags() -> pl.DataFrame:
     return pl.DataFrame(schema=FLAG_SCHEMA)
 
 
-def _spread(df: pl.DataFrame, *windows_s: float) -> pl.DataFrame:
-    """`rolling.spread` by series, for windows up to the longest of `windows_s` seconds."""
-    return spread(df, SERIES, longest=timedelta(seconds=max(windows_s)))
-
-
 def _seconds(expr: pl.Expr) -> pl.Expr:
     return expr.dt.total_milliseconds().cast(pl.Float64) / 1000.0
 
@@ -113,11 +96,8 @@ def _duration(seconds: float) -> str:
 
 
 def _learned(config: AnomalyConfig, hours: float | None = None) -> pl.Expr:
-    """The series has been watched for the learning period, or `hours` (baselines are meaningful).
-
-    On a frame given its spread time (`_spread`), whose first row per series is its earliest.
-    """
-    first = group_first(pl.col("timestamp"))
+    """The series has been watched for the learning period, or `hours` (baselines are meaningful)."""
+    first = pl.col("timestamp").min().over(SERIES)
     return _seconds(pl.col("timestamp") - first) >= (config.learn_hours if hours is None else hours) * 3600.0
 
 
@@ -129,29 +109,15 @@ def _settling(df: pl.DataFrame, boots: pl.DataFrame | None, config: AnomalyConfi
     """
     if boots is None or boots.is_empty() or df.is_empty():
         return df.with_columns(pl.lit(False).alias("settling"))
-    # The asset's last boot at or before each point: one binary search over (asset, time)
-    # keys. Assets are numbered by blocks of rows (the points come sorted by series, so an
-    # asset is one block); a boot is keyed under every number its asset got.
-    block = pl.struct(ASSET).rle_id().cast(pl.Int64)
-    numbered = df.select(*ASSET, block.alias("_a"), pl.col("timestamp").dt.epoch("ms").alias("_t"))
-    blocks = numbered.filter(pl.col("_a") != pl.col("_a").shift(1).fill_null(-1)).select(*ASSET, "_a")
-    keyed = boots.select(*ASSET, pl.col("timestamp").dt.epoch("ms").alias("_t")).join(blocks, on=ASSET)
-    if keyed.is_empty():
-        return df.with_columns(pl.lit(False).alias("settling"))
-    point_a = numbered.get_column("_a").to_numpy()
-    point_t = numbered.get_column("_t").to_numpy()
-    boot_t = keyed.get_column("_t").to_numpy()
-    lo = int(min(point_t.min(), boot_t.min()))
-    span = int(max(point_t.max(), boot_t.max())) - lo + 1
-    keyed = keyed.with_columns((pl.col("_a") * span + pl.col("_t") - lo).alias("_k")).sort("_k")
-    boot_key = keyed.get_column("_k").to_numpy()
-    found = np.searchsorted(boot_key, point_a * span + point_t - lo, side="right") - 1
-    hit = found >= 0
-    found = np.where(hit, found, 0)
-    hit &= keyed.get_column("_a").to_numpy()[found] == point_a
-    since_boot_ms = point_t - keyed.get_column("_t").to_numpy()[found]
-    settling = hit & (since_boot_ms < config.reboot_settle_hours * 3600.0 * 1000.0)
-    return df.with_columns(pl.Series("settling", settling))
+    last_boot = boots.select(*ASSET, pl.col("timestamp").alias("_boot")).sort("_boot")
+    joined = (
+        df.with_row_index("_row")
+        .sort("timestamp")
+        .join_asof(last_boot, left_on="timestamp", right_on="_boot", by=ASSET, strategy="backward", check_sortedness=False)
+        .sort("_row")
+    )
+    settling = _seconds(pl.col("timestamp") - pl.col("_boot")) < config.reboot_settle_hours * 3600.0
+    return joined.with_columns(settling.fill_null(False).alias("settling")).drop("_row", "_boot")
 
 
 def _transformed(points: pl.DataFrame) -> pl.Expr:
@@ -193,12 +159,12 @@ def detect_thresholds(points: pl.DataFrame, config: AnomalyConfig) -> pl.DataFra
     if df.is_empty():
         return empty_flags()
     above = pl.col("value") > pl.col("t")
-    spacing = _seconds(pl.col("timestamp") - shifted(pl.col("timestamp")))
-    broken = spacing > config.gap_intervals * pl.col("interval_s")
-    df = _spread(df, 0.0).with_columns(run_start((above != shifted(above)) | broken).alias("start"))
-    df = df.with_columns(pl.col("timestamp").gather(pl.col("start")).alias("since"))
+    broken = _seconds(pl.col("timestamp").diff()) > config.gap_intervals * pl.col("interval_s")
+    df = df.with_columns(
+        ((above != above.shift(1)) | broken.fill_null(True)).cum_sum().over(SERIES).alias("run"),
+    ).with_columns(pl.col("timestamp").min().over([*SERIES, "run"]).alias("since"))
     held = _seconds(pl.col("timestamp") - pl.col("since")) + pl.col("interval_s")
-    count = position_in(pl.col("start"))
+    count = pl.col("timestamp").cum_count().over([*SERIES, "run"])
     sustained = (held >= pl.col("s") * 60.0 - 1e-9) & ((count >= config.sustain_min_points) | (pl.col("s") == 0))
     flagged = df.filter(above & sustained).with_columns(
         pl.col("t").alias("ref"),
@@ -218,35 +184,26 @@ def _baselines(df: pl.DataFrame, config: AnomalyConfig) -> pl.DataFrame:
     """
     ts = pl.col("timestamp")
     bucket = (ts.dt.hour() // config.time_of_day_hours).alias("tod")
-    week_s, day_s = config.baseline_days * 86400, config.recent_hours * 3600
-    week, day = _duration(week_s), _duration(day_s)
+    week = _duration(config.baseline_days * 86400)
+    day = _duration(config.recent_hours * 3600)
     x = pl.col("x")
+    novel_by = [*SERIES, "tod"] if config.outlier_novel_time_of_day else SERIES
 
-    # The same time of day is a subset of each series' rows: a window per (series, bucket),
-    # keyed by the series' number (measured: as fast as regrouping the rows by hand).
-    tod = [GROUP, "tod"]
-
-    def over(window: pl.Expr, by_tod: bool) -> pl.Expr:
-        return window.over(tod) if by_tod else window
-
-    def stats(window: str, tag: str, by_tod: bool) -> list[pl.Expr]:
-        at = "timestamp" if by_tod else SPREAD
+    def stats(window: str, by: list[str], tag: str) -> list[pl.Expr]:
         return [
-            over(x.rolling_median_by(at, window, closed="left"), by_tod).alias(f"med_{tag}"),
-            over(x.rolling_quantile_by(at, window, quantile=0.25, closed="left"), by_tod).alias(f"q25_{tag}"),
-            over(x.rolling_quantile_by(at, window, quantile=0.75, closed="left"), by_tod).alias(f"q75_{tag}"),
-            over(_ONES.rolling_sum_by(at, window, closed="left"), by_tod).alias(f"n_{tag}"),
+            x.rolling_median_by("timestamp", window, closed="left").over(by).alias(f"med_{tag}"),
+            x.rolling_quantile_by("timestamp", window, quantile=0.25, closed="left").over(by).alias(f"q25_{tag}"),
+            x.rolling_quantile_by("timestamp", window, quantile=0.75, closed="left").over(by).alias(f"q75_{tag}"),
+            _ONES.rolling_sum_by("timestamp", window, closed="left").over(by).alias(f"n_{tag}"),
         ]
 
-    novel_by_tod = config.outlier_novel_time_of_day
-    at = "timestamp" if novel_by_tod else SPREAD
-    df = _spread(df.with_columns(_transformed(df).alias("x"), bucket), week_s, day_s)
     return (
-        df.with_columns(
-            *stats(week, "tod", True),
-            *stats(day, "day", False),
-            over(x.rolling_max_by(at, week, closed="left"), novel_by_tod).alias("max_week"),
-            over(x.rolling_min_by(at, week, closed="left"), novel_by_tod).alias("min_week"),
+        df.with_columns(_transformed(df).alias("x"), bucket)
+        .with_columns(
+            *stats(week, [*SERIES, "tod"], "tod"),
+            *stats(day, SERIES, "day"),
+            x.rolling_max_by("timestamp", week, closed="left").over(novel_by).alias("max_week"),
+            x.rolling_min_by("timestamp", week, closed="left").over(novel_by).alias("min_week"),
         )
         .with_columns(
             (pl.col("n_tod") >= config.baseline_min_points).alias("enough_tod"),
@@ -259,8 +216,8 @@ def _baselines(df: pl.DataFrame, config: AnomalyConfig) -> pl.DataFrame:
             (pl.col("ref_x") - pl.col("held_down")).alias("res_down"),
         )
         .with_columns(
-            pl.col("res_up").rolling_max_by(SPREAD, week, closed="left").alias("max_res_up"),
-            pl.col("res_down").rolling_max_by(SPREAD, week, closed="left").alias("max_res_down"),
+            pl.col("res_up").rolling_max_by("timestamp", week, closed="left").over(SERIES).alias("max_res_up"),
+            pl.col("res_down").rolling_max_by("timestamp", week, closed="left").over(SERIES).alias("max_res_down"),
         )
     )
 
@@ -269,8 +226,8 @@ def _held(config: AnomalyConfig) -> list[pl.Expr]:
     """The level the last `outlier_sustained_points` samples all reached, up and down."""
     n = config.outlier_sustained_points
     return [
-        rows_window(pl.col("x").rolling_min(n), n).alias("held_up"),
-        rows_window(pl.col("x").rolling_max(n), n).alias("held_down"),
+        pl.col("x").rolling_min(n).over(SERIES).alias("held_up"),
+        pl.col("x").rolling_max(n).over(SERIES).alias("held_down"),
     ]
 
 
@@ -433,24 +390,35 @@ def detect_level_shifts(
         return empty_flags()
     recent_s = config.level_recent_minutes * 60.0
     recent = _duration(recent_s)
-    base_s, week_s = config.level_baseline_hours * 3600, config.baseline_days * 86400
-    base = _duration(base_s)
+    base = _duration(config.level_baseline_hours * 3600)
     x = pl.col("x")
-    df = _spread(df.with_columns(_transformed(df).alias("x")), recent_s, base_s, week_s)
-    df = df.with_columns((x - shifted(x)).abs().alias("step")).with_columns(
-        x.rolling_median_by(SPREAD, recent).alias("med_recent"),
-        _ONES.rolling_sum_by(SPREAD, recent).alias("n_recent"),
-        x.rolling_median_by(SPREAD, base).alias("med_base"),
-        pl.col("step").rolling_median_by(SPREAD, base).alias("noise_base"),
-        _ONES.rolling_sum_by(SPREAD, base).alias("n_base"),
+    step = (x - x.shift(1)).abs().over(SERIES)
+    df = df.with_columns(_transformed(df).alias("x")).with_columns(step.alias("step")).with_columns(
+        x.rolling_median_by("timestamp", recent).over(SERIES).alias("med_recent"),
+        _ONES.rolling_sum_by("timestamp", recent).over(SERIES).alias("n_recent"),
+        x.rolling_median_by("timestamp", base).over(SERIES).alias("med_base"),
+        pl.col("step").rolling_median_by("timestamp", base).over(SERIES).alias("noise_base"),
+        _ONES.rolling_sum_by("timestamp", base).over(SERIES).alias("n_base"),
+        (pl.col("timestamp") - pl.duration(milliseconds=round(recent_s * 1000))).alias("_before"),
     )
-    # The baseline as it stood when the recent window began: the series' last row at or
-    # before that moment (an as-of lookup, backwards, over the spread time).
-    df = df.with_columns(_as_of(df, round(recent_s * 1000), ["med_base", "noise_base", "n_base"]))
+    # The baseline as it stood when the recent window began (an as-of join, backwards).
+    baseline = df.select(
+        *SERIES,
+        pl.col("timestamp").alias("_before"),
+        "med_base",
+        "noise_base",
+        "n_base",
+    ).sort("_before")
+    df = (
+        df.drop("med_base", "noise_base", "n_base")
+        .sort("_before")
+        .join_asof(baseline, on="_before", by=SERIES, strategy="backward", check_sortedness=False)
+        .sort([*SERIES, "timestamp"])
+    )
     # A new level: beyond every recent median of the same time of day in the baseline days
     # (a daily batch, a weekly busy spell, a service that is off half the time are not new).
-    week = _duration(week_s)
-    tod = [GROUP, pl.col("timestamp").dt.hour() // config.time_of_day_hours]
+    week = _duration(config.baseline_days * 86400)
+    tod = [*SERIES, (pl.col("timestamp").dt.hour() // config.time_of_day_hours).alias("tod")]
     df = df.with_columns(
         pl.col("med_recent").rolling_max_by("timestamp", week, closed="left").over(tod).alias("seen_max"),
         pl.col("med_recent").rolling_min_by("timestamp", week, closed="left").over(tod).alias("seen_min"),
@@ -480,7 +448,7 @@ def detect_level_shifts(
     )
     min_recent = max(3.0, 0.5 * recent_s)
     df = _settling(df, boots, config)
-    is_shift = (
+    shifted = (
         _learned(config, config.level_learn_hours)
         & ~(pl.col("settling") & (change < 0))
         & (pl.col("n_base") >= config.baseline_min_points)
@@ -490,13 +458,10 @@ def detect_level_shifts(
         & big_enough
     ).fill_null(False)
     # A shift stays flagged while it lasts, once it has reached a new level at some point.
-    on = pl.col("shifted")
-    df = df.with_columns(is_shift.alias("shifted"), (novel & is_shift).alias("novel")).with_columns(
-        run_start(on != shifted(on)).alias("start"), pl.col("novel").cast(pl.Int64).cum_sum().alias("_novel")
+    df = df.with_columns(shifted.alias("shifted"), (novel & shifted).alias("novel")).with_columns(
+        (pl.col("shifted") != pl.col("shifted").shift(1)).fill_null(True).cum_sum().over(SERIES).alias("run")
     )
-    # Novel at some point of the run so far: novel rows counted since the run's first row.
-    since_start = pl.col("_novel") - pl.col("_novel").gather(pl.col("start"))
-    reached = (since_start + pl.col("novel").gather(pl.col("start")).cast(pl.Int64)) > 0
+    reached = pl.col("novel").cast(pl.Int8).cum_max().over([*SERIES, "run"]) == 1
     flagged = df.filter(pl.col("shifted") & reached).with_columns(
         pl.when(is_rate).then(pl.col("med_recent").exp() - 1.0).otherwise(pl.col("med_recent")).alias("value"),
         pl.when(is_rate).then(pl.col("med_base").exp() - 1.0).otherwise(pl.col("med_base")).alias("ref"),
@@ -504,19 +469,6 @@ def detect_level_shifts(
         pl.lit(WARNING).alias("severity"),
     )
     return _flags(flagged, LEVEL_SHIFT)
-
-
-def _as_of(df: pl.DataFrame, before_ms: int, columns: list[str]) -> list[pl.Series]:
-    """`columns` of each row's series at its last row at least `before_ms` earlier (null if none).
-
-    A backward as-of lookup by series, done as one binary search over the spread time.
-    """
-    at = df.get_column(SPREAD).dt.epoch("ms").to_numpy()
-    found = np.searchsorted(at, at - before_ms, side="right") - 1
-    inside = found >= df.get_column(FIRST).to_numpy()
-    picked = df.select(pl.col(columns).gather(pl.lit(pl.Series(np.where(inside, found, 0)))))
-    kept = pl.lit(pl.Series(inside))
-    return picked.select(pl.when(kept).then(pl.col(c)).alias(c) for c in columns).get_columns()
 
 
 # ---- flatlines ------------------------------------------------------------------------
@@ -531,20 +483,23 @@ def detect_flatlines(points: pl.DataFrame, config: AnomalyConfig) -> pl.DataFram
     df = points.filter(~pl.col("metric").str.contains(_DISK_USAGE))
     if df.is_empty():
         return empty_flags()
-    changed = (pl.col("value") != shifted(pl.col("value"))).fill_null(True)
+    changed = (pl.col("value") != pl.col("value").shift(1)).fill_null(True)
     day = _duration(86400)
-    df = _spread(df, 86400).with_columns(changed.alias("changed")).with_columns(
-        run_start(pl.col("changed")).alias("start"),
-        pl.col("changed").cast(pl.Float64).rolling_mean_by(SPREAD, day, closed="left").alias("moving"),
-        _ONES.rolling_sum_by(SPREAD, day, closed="left").alias("n_day"),
+    df = df.with_columns(changed.over(SERIES).alias("changed")).with_columns(
+        pl.col("changed").cum_sum().over(SERIES).alias("run"),
+        pl.col("changed")
+        .cast(pl.Float64)
+        .rolling_mean_by("timestamp", day, closed="left")
+        .over(SERIES)
+        .alias("moving"),
+        _ONES.rolling_sum_by("timestamp", day, closed="left").over(SERIES).alias("n_day"),
     )
-    at_start = pl.col("start")
     df = df.with_columns(
-        pl.col("timestamp").gather(at_start).alias("since"),
-        position_in(at_start).alias("n_run"),
+        pl.col("timestamp").min().over([*SERIES, "run"]).alias("since"),
+        pl.col("timestamp").cum_count().over([*SERIES, "run"]).alias("n_run"),
         # The share of moving samples as it was when the run began.
-        pl.col("moving").gather(at_start).alias("moving_before"),
-        pl.col("n_day").gather(at_start).alias("n_before"),
+        pl.col("moving").first().over([*SERIES, "run"]).alias("moving_before"),
+        pl.col("n_day").first().over([*SERIES, "run"]).alias("n_before"),
     )
     stuck_s = _seconds(pl.col("timestamp") - pl.col("since"))
     flagged = df.filter(
@@ -571,21 +526,20 @@ def detect_disk_forecasts(points: pl.DataFrame, config: AnomalyConfig) -> pl.Dat
     if df.is_empty():
         return empty_flags()
     window = _duration(config.forecast_window_hours * 3600)
-    df = _spread(df, config.forecast_window_hours * 3600)
-    origin = group_first(pl.col("timestamp"))
+    origin = pl.col("timestamp").min().over(SERIES)
     df = df.with_columns((_seconds(pl.col("timestamp") - origin) / 86400.0).alias("t"))
     t, y = pl.col("t"), pl.col("value")
 
     def mean(expr: pl.Expr) -> pl.Expr:
-        return expr.rolling_mean_by(SPREAD, window)
+        return expr.rolling_mean_by("timestamp", window).over(SERIES)
 
     df = df.with_columns(
         mean(t).alias("mt"),
         mean(y).alias("my"),
         mean(t * y).alias("mty"),
         mean(t * t).alias("mtt"),
-        _ONES.rolling_sum_by(SPREAD, window).alias("n"),
-        pl.col("timestamp").rolling_min_by(SPREAD, window).alias("first"),
+        _ONES.rolling_sum_by("timestamp", window).over(SERIES).alias("n"),
+        pl.col("timestamp").rolling_min_by("timestamp", window).over(SERIES).alias("first"),
     )
     var_t = pl.col("mtt") - pl.col("mt") ** 2
     slope = (pl.col("mty") - pl.col("mt") * pl.col("my")) / var_t  # percent per day

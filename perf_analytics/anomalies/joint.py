@@ -53,10 +53,14 @@ def _fit(history: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return centre, np.linalg.inv(cov)
 
 
-def _label(metrics: list[str], contrib: np.ndarray, resid: np.ndarray) -> str:
-    """The metrics that contributed most to one row's distance, with their z-scores."""
-    order = np.argsort(-contrib)[:_TOP]
-    return ", ".join(f"{metrics[i]} {resid[i]:+.1f}" for i in order if contrib[i] > 0)
+def _labels(metrics: list[str], contrib: np.ndarray, resid: np.ndarray) -> list[str]:
+    """For each row, the metrics that contributed most, with their z-scores."""
+    out = []
+    order = np.argsort(-contrib, axis=1)[:, :_TOP]
+    for row, idx in enumerate(order):
+        parts = [f"{metrics[i]} {resid[row, i]:+.1f}" for i in idx if contrib[row, i] > 0]
+        out.append(", ".join(parts))
+    return out
 
 
 def _asset_flags(wide: pl.DataFrame, metrics: list[str], config: AnomalyConfig) -> pl.DataFrame | None:
@@ -69,9 +73,6 @@ def _asset_flags(wide: pl.DataFrame, metrics: list[str], config: AnomalyConfig) 
     day_of = np.floor(seconds / 86400.0)
     window = config.baseline_days * 86400.0
     out = []
-    # Per day fitted: its metrics, and each row's contributions and residuals, from which
-    # the words of the (few) flagged rows are made at the end.
-    explain: list[tuple[list[str], np.ndarray, np.ndarray]] = []
     for day in np.unique(day_of):
         today = day_of == day
         past = (seconds < day * 86400.0) & (seconds >= day * 86400.0 - window) & known
@@ -94,27 +95,20 @@ def _asset_flags(wide: pl.DataFrame, metrics: list[str], config: AnomalyConfig) 
                     "d2": np.einsum("ij,ij->i", resid, solved),
                     "threshold": chi2_quantile(len(cols), config.joint_z),
                     "n_far": (np.abs(resid) >= config.joint_metric_z).sum(axis=1),
-                    "_fit": len(explain),
-                    "_at": np.arange(len(resid)),
+                    "note": _labels(cols, resid * solved, resid),
                 }
             )
         )
-        explain.append((cols, resid * solved, resid))
     if not out:
         return None
     held = pl.col("d2").rolling_min(config.joint_points)
     far = pl.col("n_far").rolling_min(config.joint_points)
-    flagged = (
+    return (
         pl.concat(out)
         .with_columns(held.alias("held"), far.alias("far"))
         .filter((pl.col("held") >= pl.col("threshold")) & (pl.col("far") >= 2))
         .with_columns((pl.col("held") / pl.col("threshold")).sqrt().alias("score"))
     )
-    notes = [
-        _label(explain[fit][0], explain[fit][1][at], explain[fit][2][at])
-        for fit, at in flagged.select("_fit", "_at").iter_rows()
-    ]
-    return flagged.with_columns(pl.Series("note", notes, dtype=pl.String)).drop("_fit", "_at")
 
 
 def detect_joint(scored: pl.DataFrame, config: AnomalyConfig) -> pl.DataFrame:
