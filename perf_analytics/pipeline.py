@@ -24,7 +24,14 @@ from typing import Any, Protocol
 
 import polars as pl
 
-from perf_analytics.anomalies import AnomalyConfig, combine_episodes, flag_assets, flag_peers
+from perf_analytics.anomalies import (
+    AnomalyConfig,
+    combine_dropped,
+    combine_episodes,
+    flag_assets,
+    flag_peers,
+)
+from perf_analytics.anomalies.series import empty_dropped
 from perf_analytics.errors import ConfigError
 from perf_analytics.extract import MAX_REPORTED, Extraction, extract_window
 from perf_analytics.frames import Frames, empty_frames
@@ -59,6 +66,10 @@ class DayResult:
     skipped: list[Problem] = field(default_factory=list)
     skipped_count: int = 0
     sink_writes: int = 0
+    # Values of the day that could be no reading of their metric and were left out of the
+    # flags (anomalies.DROPPED_COLUMNS: per series and reason, count, first, last, example),
+    # so a run's record can say what it did not look at.
+    dropped: pl.DataFrame = field(default_factory=empty_dropped)
 
 
 def day_bounds(day: date) -> tuple[datetime, datetime]:
@@ -145,7 +156,10 @@ def run_day(
     comparison across assets (peers) runs once over small per-asset summaries, so the
     flags do not depend on the batch size. With `sink`, flags and rollups also go to
     that database's `anomaly_flags` and `performance_rollups`.
-    `progress(assets_done, assets)` is called after each batch.
+    `progress(assets_done, assets)` is called after each batch. The result's `dropped`
+    counts the day's values that could be no reading of their metric and were left out of
+    the flags, per series and reason (a run record should show it: they are otherwise
+    only logged).
 
     It is the composition of the three steps the nightly run names: `flag_day`,
     `rollup_day`, `write_day`.
@@ -216,6 +230,7 @@ def flag_day(
     todays: list[Frames] = []
     own_flags: list[pl.DataFrame] = []
     buckets: list[pl.DataFrame] = []
+    dropped: list[pl.DataFrame] = []
     done = 0
     for batch in batches:
         got = snapshots.read(org_id, history_start, end, asset_ids=batch) if batch else None
@@ -230,6 +245,7 @@ def flag_day(
             found = flag_assets(frames, day=day, config=cfg)
             own_flags.append(found.episodes)
             buckets.append(found.peer_buckets)
+            dropped.append(found.dropped)
         done += len(batch)
         if progress is not None:
             progress(done, len(assets))
@@ -238,6 +254,7 @@ def flag_day(
     if anomalies:
         flags = combine_episodes([*own_flags, flag_peers(buckets, day=day, config=cfg)])
         result.flags = flags
+        result.dropped = combine_dropped(dropped)
     return Flagged(result, todays, flags)
 
 

@@ -277,3 +277,26 @@ def test_cli_rollup_anomalies_and_query(db: Db, settings: Settings) -> None:
     assert r.stderr.startswith("Error: Catalog Error")
     r = CliRunner().invoke(app, [*base, "rollup", "--org", "org-01", "--date", "yesterday"])
     assert (r.exit_code, r.stderr) == (1, "Error: --date: not a date (YYYY-MM-DD): 'yesterday'\n")
+
+
+def test_a_days_values_that_cannot_be_readings_are_in_the_result_per_series_and_reason(
+    db: Db, tmp_path: Path
+) -> None:
+    """A byte rate written into memory.usagePercent by another application is counted, not lost in silence."""
+    docs = [{"_id": ObjectId(), **validate_snapshot(p)}
+            for p in generate_fleet(orgs=1, assets=2, days=2, interval_s=300, seed=3)]
+    start = DEFAULT_START + timedelta(days=1)
+    victim = docs[0]["assetId"]
+    bad = [d for d in docs if d["assetId"] == victim and d["timestamp"] >= start][:4]
+    for doc in bad:
+        doc["performanceData"]["memory"]["usagePercent"] = 52_000.0
+    # Out of range on the day before too: that is history, reported by its own day's run.
+    earlier = next(d for d in docs if d["assetId"] == victim and d["timestamp"] < start)
+    earlier["performanceData"]["memory"]["usagePercent"] = 250.0
+    db[SNAPSHOTS].insert_many(docs)
+    sync_snapshots_all_orgs(db, tmp_path)
+    for batch in (100, 1):
+        result = run_day(tmp_path, "org-01", DAY2, asset_batch=batch, rollups=False)
+        rows = result.dropped.select("assetId", "metric", "reason", "count", "example", "first").rows()
+        assert rows == [(victim, "memory.usagePercent", "outside 0-100 for a percentage", 4, 52_000.0,
+                         bad[0]["timestamp"])]

@@ -39,7 +39,13 @@ from perf_analytics.anomalies.episodes import (
     empty_episodes,
     merge_episodes,
 )
-from perf_analytics.anomalies.series import DROPPED_SCHEMA, agent_frame, empty_dropped, read_points
+from perf_analytics.anomalies.series import (
+    DROPPED_SCHEMA,
+    SERIES,
+    agent_frame,
+    empty_dropped,
+    read_points,
+)
 from perf_analytics.errors import PerfAnalyticsError
 from perf_analytics.frames import Frames
 
@@ -52,6 +58,7 @@ __all__ = [
     "AnomalyConfig",
     "AnomalyInputError",
     "AssetFlags",
+    "combine_dropped",
     "combine_episodes",
     "flag_anomalies",
     "flag_assets",
@@ -233,6 +240,14 @@ def combine_episodes(parts: Iterable[pl.DataFrame]) -> pl.DataFrame:
     if not frames:
         return empty_episodes()
     return pl.concat(frames).sort(["orgId", "assetId", "start", "metric", "detector"])
+
+
+def combine_dropped(parts: Iterable[pl.DataFrame]) -> pl.DataFrame:
+    """The `dropped` frames of several batches as one (`DROPPED_COLUMNS`), in series order."""
+    frames = [p for p in parts if not p.is_empty()]
+    if not frames:
+        return empty_dropped()
+    return pl.concat(frames).sort([*SERIES, "reason"])
 
 
 def flag_anomalies(
