@@ -67,6 +67,8 @@ from functools import cache, partial
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
+import polars as pl
+
 from perf_analytics import __version__
 from perf_analytics.anomalies import AnomalyConfig
 from perf_analytics.errors import ConfigError, PerfAnalyticsError
@@ -165,6 +167,9 @@ class StepRecord:
     seconds: float = 0.0
     error: str | None = None
     worker: str | None = None  # the Dask worker's address, when the step ran on one
+    # The flag step's values that could be no reading of their metric and were left out
+    # (per asset, metric and reason, with their count; at most DROPPED_LISTED series).
+    dropped: list[dict[str, Any]] | None = None
 
 
 @dataclass
@@ -183,10 +188,16 @@ class RunResult:
     def failed(self) -> list[StepRecord]:
         return [s for s in self.steps if s.status == "failed"]
 
+    @property
+    def dropped(self) -> int:
+        """How many values the flag steps left out as no reading of their metric."""
+        return sum(row["count"] for s in self.steps for row in s.dropped or ())
+
     def summary(self) -> str:
-        """One line for people: orgs, days derived, failures, reports, seconds."""
+        """One line for people: orgs, days derived, failures, reports, dropped values, seconds."""
+        dropped = f", {self.dropped:,} value(s) dropped (see the run record)" if self.dropped else ""
         return (f"nightly {self.run_id}: {len(self.orgs)} org(s), {len(self.derived)} day(s) derived, "
-                f"{len(self.failed)} failed, {len(self.reports)} report(s), {self.seconds:.1f} s")
+                f"{len(self.failed)} failed, {len(self.reports)} report(s){dropped}, {self.seconds:.1f} s")
 
 
 # ---- the steps ---------------------------------------------------------------------------
@@ -355,7 +366,8 @@ class _Run:
     def record(self, record: StepRecord) -> None:
         """Keep a step's record and announce it."""
         self.result.steps.append(record)
-        self.emit("step", **{k: v for k, v in asdict(record).items() if v is not None or k not in ("error", "worker")})
+        self.emit("step", **{k: v for k, v in asdict(record).items()
+                             if v is not None or k not in ("error", "worker", "dropped")})
 
 
 _SAVE_EVERY_S = 5.0
@@ -432,6 +444,7 @@ def derive_day(lake: str | Path, org_id: str, day: date, options: NightlyOptions
                    lambda f: (f.result.snapshots, 0 if f.flags is None else f.flags.height))
     if flagged is None:
         return records
+    records[-1].dropped = _dropped_rows(flagged.result.dropped)
     derived = step("rollup", partial(rollup, flagged, options),
                    lambda d: (flagged.result.snapshots,
                               sum(r.assets.height + r.disks.height + r.interfaces.height for r in d.rollups.values())
@@ -441,6 +454,17 @@ def derive_day(lake: str | Path, org_id: str, day: date, options: NightlyOptions
     step("write", lambda: write(lake, flagged, derived, _sink_db(sink)),
          lambda w: (len(w.paths), len(w.paths) + w.sink_writes))
     return records
+
+
+DROPPED_LISTED = 100
+
+
+def _dropped_rows(dropped: pl.DataFrame) -> list[dict[str, Any]] | None:
+    """The day's dropped values for the run record: the series with the most first."""
+    if dropped.is_empty():
+        return None
+    rows = dropped.sort(["count", "assetId", "metric", "reason"], descending=[True, False, False, False])
+    return rows.head(DROPPED_LISTED).select("assetId", "metric", "reason", "count").to_dicts()
 
 
 def report_day(lake: str | Path, org_id: str, day: date) -> list[StepRecord]:

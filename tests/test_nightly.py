@@ -91,6 +91,24 @@ def test_a_run_derives_every_day_then_only_what_a_late_snapshot_changed(db: Db, 
     assert all(s["status"] == "ok" and s["rows_in"] > 0 and s["seconds"] >= 0 for s in flagged)
 
 
+def test_values_the_flags_leave_out_are_in_the_run_record_and_its_summary(db: Db, settings: Settings) -> None:
+    """A percentage another application wrote as a byte rate is counted where the operator looks."""
+    docs = [{"_id": ObjectId(), **validate_snapshot(p)}
+            for p in generate_fleet(orgs=1, assets=2, days=1, interval_s=300, seed=11)]
+    victim = docs[0]["assetId"]
+    bad = [d for d in docs if d["assetId"] == victim][:3]
+    for doc in bad:
+        doc["performanceData"]["memory"]["usagePercent"] = 52_000.0
+    db[SNAPSHOTS].insert_many(docs)
+    result = run_nightly(db, settings.lake, today=DAY1 + timedelta(days=1))
+    assert result.failed == [] and result.dropped == 3
+    assert "3 value(s) dropped" in result.summary()
+    flag_step = next(s for s in list_runs(settings.lake)[0]["steps"] if s["step"] == "flag")
+    assert flag_step["dropped"] == [
+        {"assetId": victim, "metric": "memory.usagePercent", "reason": "outside 0-100 for a percentage", "count": 3}
+    ]
+
+
 def test_the_same_date_twice_gives_the_same_lake_byte_for_byte_and_json_logs(db: Db, settings: Settings) -> None:
     lake = Path(settings.lake)
     _load(db, days=2)
