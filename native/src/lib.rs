@@ -14,6 +14,7 @@
 //! document, which is then left out of the buffers and reported with its position.
 
 use std::cmp::Ordering;
+use std::collections::HashMap;
 
 use bson::raw::{RawArray, RawBsonRef, RawDocument};
 use pyo3::exceptions::PyValueError;
@@ -54,18 +55,19 @@ impl Kind {
     }
 }
 
-/// Why a document was refused: the field's name and the type it held.
+/// Why a document was refused, in pymongoarrow's words.
 struct Refusal(String);
 
 type Step = Result<(), Refusal>;
 
+/// The BSON type's name as pymongoarrow words it, so both decoders give the same reason.
 fn type_name(value: &RawBsonRef) -> &'static str {
     match value {
         RawBsonRef::Double(_) => "double",
         RawBsonRef::String(_) => "string",
         RawBsonRef::Array(_) => "array",
         RawBsonRef::Document(_) => "document",
-        RawBsonRef::Boolean(_) => "bool",
+        RawBsonRef::Boolean(_) => "boolean",
         RawBsonRef::Null => "null",
         RawBsonRef::Int32(_) => "int32",
         RawBsonRef::Int64(_) => "int64",
@@ -74,12 +76,19 @@ fn type_name(value: &RawBsonRef) -> &'static str {
         RawBsonRef::Decimal128(_) => "decimal128",
         RawBsonRef::Binary(_) => "binary",
         RawBsonRef::Timestamp(_) => "timestamp",
-        _ => "another BSON type",
+        RawBsonRef::RegularExpression(_) => "regex",
+        RawBsonRef::JavaScriptCode(_) => "code",
+        RawBsonRef::JavaScriptCodeWithScope(_) => "codeWithScope",
+        RawBsonRef::Symbol(_) => "symbol",
+        RawBsonRef::Undefined => "undefined",
+        RawBsonRef::MinKey => "minkey",
+        RawBsonRef::MaxKey => "maxkey",
+        RawBsonRef::DbPointer(_) => "dbPointer",
     }
 }
 
-fn refuse(name: &str, kind: Kind, value: &RawBsonRef) -> Refusal {
-    Refusal(format!("{name}: got a {} where a {} was expected", type_name(value), kind.expected()))
+fn refuse(kind: Kind, value: &RawBsonRef) -> Refusal {
+    Refusal(format!("Got unexpected type `{}` instead of expected type `{}`", type_name(value), kind.expected()))
 }
 
 /// A double, as a double column reads it (None: the value is not a number).
@@ -141,7 +150,7 @@ impl Leaf {
         match (self.kind, value) {
             (Kind::F64, v) => match as_double(&v) {
                 Some(x) => self.f64s.push(x),
-                None => return Err(refuse(&self.name, self.kind, &v)),
+                None => return Err(refuse(self.kind, &v)),
             },
             (Kind::I64, RawBsonRef::Double(x)) => self.i64s.push(x as i64),
             (Kind::I64, v) => match as_double(&v) {
@@ -150,7 +159,7 @@ impl Leaf {
                     RawBsonRef::Int64(x) => x,
                     _ => i64::from(matches!(v, RawBsonRef::Boolean(true))),
                 }),
-                None => return Err(refuse(&self.name, self.kind, &v)),
+                None => return Err(refuse(self.kind, &v)),
             },
             (Kind::Str, RawBsonRef::String(s)) => {
                 self.bytes.extend_from_slice(s.as_bytes());
@@ -160,7 +169,7 @@ impl Leaf {
             (Kind::Oid, RawBsonRef::ObjectId(o)) => self.bytes.extend_from_slice(&o.bytes()),
             (Kind::F64List, RawBsonRef::Array(items)) => self.push_list(items)?,
             (Kind::F64List, _) => self.offsets.push(self.f64s.len() as i32),
-            (_, v) => return Err(refuse(&self.name, self.kind, &v)),
+            (_, v) => return Err(refuse(self.kind, &v)),
         }
         self.valid.push(1);
         Ok(())
@@ -176,7 +185,7 @@ impl Leaf {
                 self.f64s.push(x);
                 self.inner.push(1);
             } else {
-                return Err(refuse(&self.name, self.kind, &item));
+                return Err(refuse(self.kind, &item));
             }
         }
         self.offsets.push(self.f64s.len() as i32);
@@ -360,11 +369,43 @@ fn leaf_named<'a>(node: &'a Node, name: &str) -> PyResult<&'a Leaf> {
         .ok_or_else(|| PyValueError::new_err(format!("no column {name:?} to sort by")))
 }
 
+/// One sort key per row, ordered as the leaf's values sort (nulls first): strings are
+/// ranked among the column's distinct values once, so sorting compares integers only.
+fn sort_keys(leaf: &Leaf) -> Vec<i128> {
+    let rows = leaf.rows();
+    match leaf.kind {
+        Kind::Str => {
+            let mut distinct: Vec<&[u8]> = (0..rows).filter(|&r| leaf.valid[r] == 1).map(|r| leaf.str_at(r)).collect();
+            distinct.sort_unstable();
+            distinct.dedup();
+            let rank: HashMap<&[u8], i128> = distinct.iter().enumerate().map(|(i, s)| (*s, i as i128)).collect();
+            (0..rows).map(|r| if leaf.valid[r] == 1 { rank[leaf.str_at(r)] } else { i128::MIN }).collect()
+        }
+        Kind::I64 | Kind::Ts => {
+            (0..rows).map(|r| if leaf.valid[r] == 1 { i128::from(leaf.i64s[r]) } else { i128::MIN }).collect()
+        }
+        // Other kinds never key the frames; comparing them row by row keeps the order right.
+        _ => {
+            let mut rows_sorted: Vec<usize> = (0..rows).collect();
+            rows_sorted.sort_by(|&a, &b| leaf.compare(a, b));
+            let mut keys = vec![0i128; rows];
+            let mut rank = 0i128;
+            for (i, &r) in rows_sorted.iter().enumerate() {
+                if i > 0 && leaf.compare(rows_sorted[i - 1], r) != Ordering::Equal {
+                    rank += 1;
+                }
+                keys[r] = rank;
+            }
+            keys
+        }
+    }
+}
+
 fn root_order(node: &Node, keys: &[String], item: &str) -> PyResult<Orders> {
-    let keys = keys.iter().map(|k| leaf_named(node, k)).collect::<PyResult<Vec<_>>>()?;
+    let keys = keys.iter().map(|k| Ok(sort_keys(leaf_named(node, k)?))).collect::<PyResult<Vec<_>>>()?;
     let mut rows: Vec<u32> = (0..node.rows as u32).collect();
     rows.sort_unstable_by(|&a, &b| {
-        keys.iter().fold(Ordering::Equal, |o, leaf| o.then_with(|| leaf.compare(a as usize, b as usize)))
+        keys.iter().fold(Ordering::Equal, |o, key| o.then_with(|| key[a as usize].cmp(&key[b as usize])))
     });
     child_orders(node, rows, item)
 }
