@@ -232,15 +232,16 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def decode_table(size: int, chunk_rows: int, repeat: int) -> dict[str, Any]:
+def decode_table(size: int, chunk_rows: int, repeat: int, paths: list[str]) -> dict[str, Any]:
     captured_batches(size)  # generate once, before the children read it
+    paths = ["native", *(p for p in paths if p != "native")]
     results = {p: _child({"kind": "decode", "path": p, "size": size, "chunk_rows": chunk_rows, "repeat": repeat})
-               for p in DECODE_PATHS}
-    print(f"\nDecode, no server: {results['limit']['rows']:,} snapshots in parts of {chunk_rows:,}, "
+               for p in paths}
+    print(f"\nDecode, no server: {results['native']['rows']:,} snapshots in parts of {chunk_rows:,}, "
           f"median of {repeat}\n")
     print("| path | CPU µs per snapshot | x native | wall s | peak RSS MiB |\n|---|---:|---:|---:|---:|")
     native = results["native"]["cpu_seconds"]
-    for p in DECODE_PATHS:
+    for p in paths:
         r = results[p]
         print(f"| {p} | {1e6 * r['cpu_seconds'] / r['rows']:.2f} | {r['cpu_seconds'] / native:.2f} | "
               f"{r['seconds']:.2f} | {r['peak_rss_mib']:.0f} |")
@@ -276,6 +277,7 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3, help="decode runs per path (median)")
     parser.add_argument("--server-size", type=int, default=100_000, help="snapshots in the server's collection (0: skip)")
     parser.add_argument("--polars-mongo", help="a Python interpreter with polars-mongo 0.3.1 installed")
+    parser.add_argument("--paths", default=",".join(DECODE_PATHS), help="decode paths, comma-separated")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -289,7 +291,11 @@ def main() -> int:
 
     summary: dict[str, Any] = {"size": args.size, "chunk_rows": args.chunk_rows, "repeat": args.repeat,
                                "load_average": os.getloadavg()}
-    summary["decode"] = decode_table(args.size, args.chunk_rows, args.repeat)
+    paths = [p for p in args.paths.split(",") if p]
+    unknown = sorted(set(paths) - set(DECODE_PATHS))
+    if unknown:
+        parser.error(f"unknown decode paths {unknown}: choose from {', '.join(DECODE_PATHS)}")
+    summary["decode"] = decode_table(args.size, args.chunk_rows, args.repeat, paths)
     if args.server_size:
         summary["server_size"] = args.server_size
         summary["server"] = server_table(args.server_size, args.polars_mongo)
