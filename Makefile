@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 
 # The native raw BSON decoder (native/, Rust through maturin): rebuilt when its sources
 # change; a few minutes on 2 cores the first time. Without it extraction still works, on
-# pymongoarrow, at about 6x the CPU, so set-up insists on it.
+# pymongoarrow, at about 5x the CPU, so set-up insists on it.
 $(NATIVE): $(STAMP) native/Cargo.toml native/Cargo.lock native/pyproject.toml native/src/lib.rs
 	@command -v cargo >/dev/null || { echo "cargo not found: install Rust (https://rustup.rs) to build native/"; exit 1; }
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pip install --quiet --no-build-isolation ./native

@@ -25,7 +25,7 @@ through one of two decoders that read the same types and refuse the same documen
 
 - the native one (`perf_analytics_native`, a Rust extension in `native/`, built by
   `make setup`): one pass over each document into Arrow buffers, frames built from the
-  leaf columns directly (about 6x less CPU than the other, see bench/README.md);
+  leaf columns directly (about a fifth of the other's CPU, see bench/README.md);
 - pymongoarrow's builder with the nested schema, flattened by Polars (`frames_from_arrow`).
 
 `raw_decoder()` says which one is in use: the native one when it is installed, else
@@ -213,7 +213,7 @@ def _native() -> ModuleType | None:
     try:
         return importlib.import_module(NATIVE_MODULE)
     except ImportError:
-        log.warning("%s is not built: raw BSON is decoded by pymongoarrow, about 6x the CPU "
+        log.warning("%s is not built: raw BSON is decoded by pymongoarrow, about 5x the CPU "
                     "(`make setup` builds it)", NATIVE_MODULE)
         return None
 
