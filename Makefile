@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+NATIVE := $(VENV)/.native
 
 .PHONY: setup browser demo test lint typecheck bench server-stop clean
 
@@ -12,8 +13,16 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# The native raw BSON decoder (native/, Rust through maturin): rebuilt when its sources
+# change; a few minutes on 2 cores the first time. Without it extraction still works, on
+# pymongoarrow, at about 5x the CPU, so set-up insists on it.
+$(NATIVE): $(STAMP) native/Cargo.toml native/Cargo.lock native/pyproject.toml native/src/lib.rs
+	@command -v cargo >/dev/null || { echo "cargo not found: install Rust (https://rustup.rs) to build native/"; exit 1; }
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pip install --quiet --no-build-isolation ./native
+	touch $(NATIVE)
+
 # The embedded server: mongod if on PATH, else FerretDB built once into ~/.cache/perf_analytics.
-setup: $(STAMP)
+setup: $(STAMP) $(NATIVE)
 	@command -v mongod >/dev/null || $(BIN)/perf-analytics localdb install
 
 demo: setup

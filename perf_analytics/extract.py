@@ -1,8 +1,12 @@
 """Windowed extraction: one org's snapshots of [start, end) as Arrow, flattened into Polars.
 
 The server filters (orgId, optional assetIds, time range) and projects (the fields of the
-Arrow schema in `frames.py`); pymongoarrow's builder turns the raw BSON batches of
-`find_raw_batches` into Arrow in C, so no Python dict is made per document.
+Arrow schema in `frames.py`); the raw BSON batches of `find_raw_batches` are decoded
+without a Python dict per document, by the native decoder (`native/`, built by `make
+setup`; the three frames straight from one pass over each document) or, where it is not
+installed, by pymongoarrow's builder into the nested schema, flattened by Polars. Both
+read the same types and refuse the same documents (`frames.raw_decoder()` says which is
+in use); `frames_from_raw_batches` decodes captured batches without a server.
 
 Memory is bounded by parts: each query's documents are cut client-side, at document
 boundaries in the raw batches, into Arrow tables of at most `chunk_rows` documents, and
@@ -20,10 +24,11 @@ itself; `extract_window` concatenates the parts and sorts the whole window, and
 `write_window_parquet` (`perf-analytics extract`) writes them to Parquet as they come.
 
 A document written by other code with an off-type field (a metric stored as a string,
-an `_id` that is no ObjectId, say) makes pymongoarrow refuse the part it is in. That part is built again by halving it
-until the refused documents are isolated; they are left out, counted and reported with
-their _id and kind for `doctor --fix`, the rest of the part is kept. Only refused
-documents are left out (pymongoarrow reads an integer metric as a double), so what is
+an `_id` that is no ObjectId, say) is refused: the native decoder leaves it out and says
+which; pymongoarrow refuses the whole part it is in, which is then built again by halving
+it until the refused documents are isolated. Either way they are left out, counted and
+reported with their _id and kind for `doctor --fix`, the rest of the part is kept. Only
+refused documents are left out (an integer metric is read as a double), so what is
 skipped does not depend on where the parts are cut. A refused document
 that is none of the kinds `doctor` repairs stops the read with an ExtractError. Documents
 whose timestamp is not a date cannot fall in any window (a date range never matches a
@@ -51,7 +56,16 @@ from pymongoarrow.types import ObjectIdType
 
 from perf_analytics.atomic import atomic_path
 from perf_analytics.errors import ConfigError, PerfAnalyticsError
-from perf_analytics.frames import KEYS, Frames, arrow_schema, empty_frames, frames_from_arrow
+from perf_analytics.frames import (
+    KEYS,
+    Decoder,
+    Frames,
+    arrow_schema,
+    empty_frames,
+    frames_from_arrow,
+    native_frames_from_raw,
+    raw_decoder,
+)
 from perf_analytics.schema import SNAPSHOTS, Problem, off_type_kinds
 from perf_analytics.store import Db, Doc, probe_capabilities
 
@@ -203,10 +217,46 @@ def _build(pieces: list[bytes], schema: Schema, codec: CodecOptions[Any]) -> tup
     return (pa.concat_tables(tables) if tables else _arrow([], schema, codec)), skipped
 
 
-def _read_parts(db: Db, query: Doc, schema: Schema, chunk_rows: int) -> Iterator[tuple[pa.Table, list[Problem]]]:
-    """One query's documents (one server cursor) as tables of at most `chunk_rows` rows.
+def _decoder(asked: Decoder | None) -> Decoder:
+    if asked is None:
+        return raw_decoder()
+    if asked not in ("native", "pymongoarrow"):
+        raise ConfigError(f"unknown decoder {asked!r}: use 'native' or 'pymongoarrow'")
+    if asked == "native" and raw_decoder() != "native":
+        raise ConfigError("the native decoder is not installed: `make setup` builds it")
+    return asked
 
-    At least one table, empty when nothing matched. Held at a time: the server batch
+
+def frames_from_raw_batches(
+    batches: Sequence[bytes],
+    *,
+    decoder: Decoder | None = None,
+    codec: CodecOptions[Any] | None = None,
+) -> Extraction:
+    """The three frames of the documents of raw BSON `batches` (as `find_raw_batches`
+    returns them), each sorted by (orgId, assetId, timestamp), plus what was skipped.
+
+    `decoder`: "native" or "pymongoarrow" (default: the native one when installed); both
+    give equal frames and skip the same documents (off-type fields, reported for
+    `doctor --fix`; one that `doctor` cannot repair raises ExtractError). `codec` decodes
+    a skipped document to report it (the collection's codec options).
+    """
+    codec = codec or CodecOptions()
+    if _decoder(decoder) == "native":
+        frames, refused = native_frames_from_raw(batches)
+        docs = _documents(batches) if refused else []
+        skipped = [refused_problem(docs[i], codec, reason) for i, reason in refused]
+    else:
+        table, skipped = _build(list(batches), _mongo_schema(), codec)
+        frames = frames_from_arrow(table)
+        del table  # the frames hold their own copy
+    return Extraction(frames, skipped[:MAX_REPORTED], len(skipped))
+
+
+def _read_parts(db: Db, query: Doc, schema: Schema, chunk_rows: int) -> Iterator[Extraction]:
+    """One query's documents (one server cursor) as parts of at most `chunk_rows` snapshots.
+
+    At least one part, empty when nothing matched. Held at a time: the server batch
     being cut (at most RAW_BATCH_DOCS documents), the raw BSON of the part being
     gathered, and the part the consumer has.
     """
@@ -230,12 +280,12 @@ def _read_parts(db: Db, query: Doc, schema: Schema, chunk_rows: int) -> Iterator
                 rows += count
                 offset = end
                 if rows == chunk_rows:
-                    part = _build(pieces, schema, codec)
+                    part = frames_from_raw_batches(pieces, codec=codec)
                     pieces, rows = [], 0  # the raw BSON goes before the consumer gets the part
                     produced = True
                     yield part
     if rows or not produced:
-        yield _build(pieces, schema, codec)
+        yield frames_from_raw_batches(pieces, codec=codec)
 
 
 def _iter(
@@ -263,10 +313,7 @@ def _parts(
 ) -> Iterator[Extraction]:
     schema = _mongo_schema()
     for lo, hi in _slices(start, end, slice_length):
-        for table, skipped in _read_parts(db, _query(org_id, lo, hi, asset_ids), schema, chunk_rows):
-            part = Extraction(frames_from_arrow(table), skipped[:MAX_REPORTED], len(skipped))
-            del table  # the consumer gets the frames; the Arrow copy need not wait for the next part
-            yield part
+        yield from _read_parts(db, _query(org_id, lo, hi, asset_ids), schema, chunk_rows)
 
 
 def iter_window(

@@ -31,12 +31,12 @@ The non-ObjectId clause is `$not: {$type: "objectId"}` because FerretDB 1.24 ref
 `$type` list naming every other type (it knows no "decimal" alias).
 
 **Lossless.** Each row holds the typed columns of the snapshot contract
-(`frames.arrow_schema()` minus `orgId`, which the path carries, built by pymongoarrow from
-the raw BSON batches as extraction does), `_id` (the ObjectId's 12 bytes; null when the
+(`frames.arrow_schema()` minus `orgId`, which the path carries, built from the raw BSON
+batches by the decoder extraction uses: the native one, else pymongoarrow), `_id` (the ObjectId's 12 bytes; null when the
 `_id` is of another type, whose canonical Extended JSON is then in `_idOther`), and
 `bson`: the document exactly as the server returned it. `read_lake_documents` gives back
 documents whose encoding equals the server's byte for byte, whatever fields or types they
-hold. A document pymongoarrow refuses (an off-type value: a string or Decimal128 metric,
+hold. A document the decoder refuses (an off-type value: a string or Decimal128 metric,
 a string timestamp) has `typed` false, only the flat fields whose types fit (`assetId`,
 a date `timestamp`, ...) and its exact `bson`: readers take the typed columns where `typed`
 holds, and report the others as extraction does. Raw BSON was chosen over typed columns plus an Extended
@@ -95,7 +95,7 @@ from pymongoarrow.context import PyMongoArrowContext
 
 from perf_analytics.atomic import atomic_path, fsync_dir
 from perf_analytics.errors import ConfigError, PerfAnalyticsError
-from perf_analytics.frames import arrow_schema
+from perf_analytics.frames import Decoder, arrow_schema, native_table_from_raw, raw_decoder
 from perf_analytics.lake import SNAPSHOTS as DATASET
 from perf_analytics.lake import LakeError, partition_dir
 from perf_analytics.manifest import (
@@ -340,6 +340,24 @@ def _typed(docs: Sequence[bytes], schema: Schema) -> pa.Table:
     return pa.concat_tables([_typed(docs[:mid], schema), _typed(docs[mid:], schema)])
 
 
+def _typed_rows(docs: Sequence[bytes], schema: Schema, decoder: Decoder | None = None) -> pa.Table:
+    """`_typed`'s rows, by `decoder` (default: the native one when installed, see `frames`).
+
+    The native decoder reads each document once and names the refused ones, which get
+    `_flat_only` rows in their places; no build is repeated.
+    """
+    if (decoder or raw_decoder()) == "pymongoarrow":
+        return _typed(docs, schema)
+    table, refused = native_table_from_raw(docs, with_id=False)
+    table = table.append_column("typed", pa.array([True] * table.num_rows, pa.bool_()))
+    if not refused:
+        return table
+    out = {i for i, _ in refused}
+    places = [i for i in range(len(docs)) if i not in out] + [i for i, _ in refused]
+    rows = pa.concat_tables([table, *(_flat_only(docs[i], schema) for i, _ in refused)])
+    return rows.take(pc.sort_indices(pa.array(places)))
+
+
 def _flat_only(raw: bytes, schema: Schema) -> pa.Table:
     """The row of a document pymongoarrow refused: the flat fields whose types fit, `typed` false."""
     doc = bson.decode(raw, codec_options=_DECODE)
@@ -420,7 +438,7 @@ class _Rows:
 
 def _part_rows(lake: Path, docs: Sequence[bytes], schema: Schema) -> _Rows:
     """The rows of `docs` as part files hold them, each placed in its (org, day) or refused."""
-    typed = _typed(docs, schema)
+    typed = _typed_rows(docs, schema)
     ids = [_id_of(raw) for raw in docs]
     orgs = typed.column("orgId").to_pylist()
     days = pc.strftime(typed.column("timestamp"), format="%Y-%m-%d").to_pylist()

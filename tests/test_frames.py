@@ -2,9 +2,27 @@
 
 from __future__ import annotations
 
-from bson import ObjectId
+import subprocess
+import sys
+from typing import Any
 
-from perf_analytics.frames import arrow_schema, empty_frames, frames_from_documents, snake
+import bson
+import polars as pl
+import pytest
+from bson import Decimal128, Int64, ObjectId
+from polars.testing import assert_frame_equal
+
+from perf_analytics.extract import ExtractError, frames_from_raw_batches
+from perf_analytics.frames import (
+    KEYS,
+    Decoder,
+    arrow_schema,
+    empty_frames,
+    frames_from_documents,
+    raw_decoder,
+    snake,
+)
+from perf_analytics.generate import generate_fleet
 from perf_analytics.schema import DISK_FIELDS, validate_snapshot
 from tests.factories import DELETE, series, set_path
 
@@ -41,3 +59,139 @@ def test_a_snapshot_without_network_has_null_network_totals_not_zero() -> None:
     frames = frames_from_documents([doc])
     assert frames.snapshots["network_bytes_sent_per_sec"].to_list() == [None]
     assert frames.interfaces.height == 0
+
+
+# ---- the two decoders of raw BSON batches ----------------------------------------------
+
+# One kind of damage per generated snapshot (the rest stay as stored): what other code or
+# older agents leave in the collection. Each is a (dotted path, value) or a deletion; the
+# decoders must agree on every one, whether it is read, read as null or refused.
+DAMAGE: list[tuple[str, Any]] = [
+    ("performanceData.cpu.temperature", DELETE),
+    ("performanceData.cpu.perCore", DELETE),
+    ("performanceData.cpu.perCore", [1, None, Int64(3), True, float("nan")]),
+    ("performanceData.cpu.perCore", "30,45"),  # not an array: an empty list, not refused
+    ("performanceData.cpu.perCore", [30.0, "45"]),  # refused
+    ("performanceData.cpu.usage", "45.5"),  # refused
+    ("performanceData.cpu.usage", Decimal128("45.5")),  # refused
+    ("performanceData.cpu.usage", 45),
+    ("performanceData.cpu.usage", Int64(45)),
+    ("performanceData.cpu.usage", True),
+    ("performanceData.cpu.usage", None),
+    ("performanceData.cpu.usage", float("nan")),
+    ("performanceData.cpu", "busy"),  # not an object: every field null
+    ("performanceData.memory", DELETE),
+    ("performanceData.memory.swapUsed", DELETE),
+    ("performanceData.disk", DELETE),
+    ("performanceData.disk", None),
+    ("performanceData.disk", []),
+    ("performanceData.disk", "C:"),  # not an array: no disks, sums of 0
+    ("performanceData.disk", [None, 5, {"usagePercent": 1.0}]),  # objects of nulls, a nameless one
+    ("performanceData.disk.0.readBytesPerSec", DELETE),
+    ("performanceData.disk.0.usagePercent", "40"),  # refused
+    ("performanceData.network", DELETE),
+    ("performanceData.network", 7),
+    ("performanceData.network.interfaces", DELETE),
+    ("performanceData.network.interfaces.0.name", DELETE),
+    ("performanceData.network.interfaces.0.bytesSentPerSec", None),
+    ("performanceData.system.processCount", 120.9),  # a double count: truncated, as pymongoarrow does
+    ("performanceData.system.processCount", "120"),  # refused
+    ("performanceData.system", DELETE),
+    ("performanceData", DELETE),
+    ("timeWindow", DELETE),
+    ("agentId", None),
+    ("timestamp", "2026-01-05T00:00:00Z"),  # refused
+    ("_id", "snap-1"),  # refused
+    ("extra", {"odd": [Decimal128("1"), b"\x00", {"deep": None}]}),  # unknown fields are ignored
+    ("performanceData.gpu", {"usage": "high"}),
+]
+
+
+def _fleet_documents() -> list[dict[str, Any]]:
+    """A small generated fleet as stored (ObjectId `_id` first), every damage applied to
+    some of its snapshots, untouched ones in between."""
+    docs = []
+    for i, payload in enumerate(generate_fleet(orgs=2, assets=3, days=1, interval_s=900, seed=7)):
+        doc = {"_id": ObjectId(), **validate_snapshot(payload)}
+        if i % 3 == 1:
+            path, value = DAMAGE[(i // 3) % len(DAMAGE)]
+            doc = set_path(doc, path, value)
+        docs.append(doc)
+    return docs
+
+
+def _batches(docs: list[dict[str, Any]], per_batch: int) -> list[bytes]:
+    return [b"".join(bson.encode(d) for d in docs[i : i + per_batch]) for i in range(0, len(docs), per_batch)]
+
+
+def test_the_native_decoder_is_built_and_in_use() -> None:
+    assert raw_decoder() == "native"
+
+
+def test_both_decoders_give_equal_frames_and_skip_the_same_documents() -> None:
+    docs = _fleet_documents()
+    assert len(docs) > 3 * len(DAMAGE)  # every damage is applied at least once
+    batches = _batches(docs, 50)
+
+    native = frames_from_raw_batches(batches, decoder="native")
+    reference = frames_from_raw_batches(batches, decoder="pymongoarrow")
+
+    for name, order in (("snapshots", KEYS), ("disks", (*KEYS, "disk")), ("interfaces", (*KEYS, "interface"))):
+        got, expected = getattr(native.frames, name), getattr(reference.frames, name)
+        # Rows that tie on the sort keys (a snapshot's nameless disks) come in no set order.
+        assert_frame_equal(got.sort(pl.all()), expected.sort(pl.all()))
+        assert_frame_equal(got, got.sort(order, maintain_order=True))
+        assert got.select(order).equals(expected.select(order))
+    assert native.skipped == reference.skipped
+    assert native.skipped_count == reference.skipped_count == 35
+    assert native.frames.snapshots.height == len(docs) - 35
+
+
+def test_both_decoders_give_the_empty_frames_for_no_documents() -> None:
+    for decoder in ("native", "pymongoarrow"):
+        got = frames_from_raw_batches([], decoder=decoder).frames
+        for name in ("snapshots", "disks", "interfaces"):
+            assert_frame_equal(getattr(got, name), getattr(empty_frames(), name))
+
+
+@pytest.mark.parametrize("decoder", ["native", "pymongoarrow"])
+def test_a_refused_document_doctor_cannot_repair_stops_either_decoder_with_one_message(decoder: Decoder) -> None:
+    docs = [{"_id": ObjectId(), **validate_snapshot(p)} for p in series(3)]
+    docs[1]["agentId"] = 7
+    with pytest.raises(ExtractError) as info:
+        frames_from_raw_batches(_batches(docs, 2), decoder=decoder)
+    assert str(info.value) == (
+        f"snapshot {docs[1]['_id']} cannot be read (Got unexpected type `int32` instead of expected type "
+        "`string`) and is none of the off-type kinds `doctor --fix` repairs"
+    )
+
+
+def test_both_decoders_give_the_mirror_equal_typed_rows_with_refused_ones_in_place() -> None:
+    from perf_analytics.sync import _typed_rows, _typed_schema
+
+    raw = [bson.encode(d) for d in _fleet_documents()]
+    native = _typed_rows(raw, _typed_schema(), "native")
+    reference = _typed_rows(raw, _typed_schema(), "pymongoarrow")
+    assert native.num_rows == len(raw)
+    assert native.equals(reference)
+    assert native.column("typed").to_pylist().count(False) == 30  # the `_id` is no typed column here
+
+
+def test_without_the_native_module_pymongoarrow_decodes_and_asking_for_native_is_a_clear_error() -> None:
+    script = (
+        "import sys; sys.modules['perf_analytics_native'] = None\n"  # what an absent module does
+        "from perf_analytics.errors import ConfigError\n"
+        "from perf_analytics.extract import frames_from_raw_batches\n"
+        "from perf_analytics.frames import raw_decoder\n"
+        "print(raw_decoder())\n"
+        "try:\n"
+        "    frames_from_raw_batches([], decoder='native')\n"
+        "except ConfigError as exc:\n"
+        "    print(exc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert out.stdout.splitlines() == [
+        "pymongoarrow",
+        "the native decoder is not installed: `make setup` builds it",
+    ]
+    assert "perf_analytics_native is not built" in out.stderr
