@@ -56,4 +56,4 @@ server-stop: $(STAMP)
 	$(BIN)/perf-analytics localdb stop
 
 clean:
-	rm -rf $(VENV) data/localdb data/lake .pytest_cache
+	rm -rf $(VENV) data/localdb data/lake .pytest_cache native/target
