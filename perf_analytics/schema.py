@@ -220,16 +220,21 @@ def children(parent: str, tables: tuple[Table, ...] | None = None) -> list[Table
     return [t for t in (TABLES if tables is None else tables) if t.parent == parent]
 
 
-@cache
 def metric_paths() -> tuple[str, ...]:
     """Dotted paths of every metric (a double, or an array of doubles) in a stored document."""
-    return tuple(f"{t.path}.{name}" for t in TABLES for name, kind, _ in t.fields if kind != COUNT)
+    return _paths(TABLES, counts=False)
+
+
+def count_paths() -> tuple[str, ...]:
+    """Dotted paths of every count (an int) in a stored document."""
+    return _paths(TABLES, counts=True)
 
 
 @cache
-def count_paths() -> tuple[str, ...]:
-    """Dotted paths of every count (an int) in a stored document."""
-    return tuple(f"{t.path}.{name}" for t in TABLES for name, kind, _ in t.fields if kind == COUNT)
+def _paths(tables: tuple[Table, ...], *, counts: bool) -> tuple[str, ...]:
+    # Keyed by the tables themselves, so a contract with a field added gets its own paths;
+    # off_type_kinds asks for them once per document.
+    return tuple(f"{t.path}.{name}" for t in tables for name, kind, _ in t.fields if (kind == COUNT) == counts)
 
 
 # -- off-type stored documents -----------------------------------------------------------
