@@ -37,7 +37,7 @@ PATHS = ("toolkit", "plain", "limit")
 
 
 def _day(fleet: dict[str, Any]) -> tuple[datetime, datetime]:
-    from perf_analytics.generate import DEFAULT_START
+    from perf_analytics.synth import DEFAULT_START
 
     return DEFAULT_START, DEFAULT_START + timedelta(days=fleet["days"])
 

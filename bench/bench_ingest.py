@@ -32,10 +32,10 @@ from pathlib import Path
 from typing import Any
 
 from perf_analytics.config import load_settings
-from perf_analytics.generate import fleet_assets, write_fleet
 from perf_analytics.ingest import open_archive
 from perf_analytics.schema import ASSETS, SNAPSHOTS, asset_id_filter, validate_snapshot
 from perf_analytics.store import Db, connect, ensure_indexes, probe_capabilities
+from perf_analytics.synth import fleet_assets, write_fleet
 
 HERE = Path(__file__).resolve().parent
 CACHE = HERE / ".cache"

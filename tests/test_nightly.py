@@ -16,7 +16,6 @@ from click.testing import CliRunner
 
 from perf_analytics.cli import app
 from perf_analytics.config import Settings
-from perf_analytics.generate import DEFAULT_START, generate_fleet
 from perf_analytics.lake import ANOMALIES, partition_dir
 from perf_analytics.mirror import MirrorError
 from perf_analytics.nightly import (
@@ -34,6 +33,7 @@ from perf_analytics.schema import SNAPSHOTS, validate_snapshot
 from perf_analytics.sinks import replace_scope
 from perf_analytics.store import Db
 from perf_analytics.sync import listed_snapshot_files, sync_snapshots_all_orgs
+from perf_analytics.synth import DEFAULT_START, generate_fleet
 
 DAY1 = DEFAULT_START.date()
 DAY2 = DAY1 + timedelta(days=1)

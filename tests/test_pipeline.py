@@ -22,7 +22,6 @@ from perf_analytics.cli import app
 from perf_analytics.config import Settings
 from perf_analytics.errors import ConfigError
 from perf_analytics.extract import ExtractError, extract_window
-from perf_analytics.generate import DEFAULT_START, generate_fleet
 from perf_analytics.lake import connect_lake
 from perf_analytics.mirror import NotSynced
 from perf_analytics.pipeline import ANOMALY_FLAGS, ServerSnapshots, run_day
@@ -30,6 +29,7 @@ from perf_analytics.plots import asset_figure
 from perf_analytics.schema import SNAPSHOTS, validate_snapshot
 from perf_analytics.store import Db
 from perf_analytics.sync import sync_snapshots, sync_snapshots_all_orgs
+from perf_analytics.synth import DEFAULT_START, generate_fleet
 
 DAY1 = DEFAULT_START.date()
 DAY2 = DAY1 + timedelta(days=1)

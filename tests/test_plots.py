@@ -16,7 +16,6 @@ from matplotlib import dates as mdates
 from perf_analytics.cli import app
 from perf_analytics.config import Settings
 from perf_analytics.frames import frames_from_documents
-from perf_analytics.generate import DEFAULT_START, generate_fleet
 from perf_analytics.lake import connect_lake_all_orgs
 from perf_analytics.pipeline import run_day
 from perf_analytics.plots import (
@@ -31,6 +30,7 @@ from perf_analytics.plots import (
 from perf_analytics.schema import SNAPSHOTS, validate_snapshot
 from perf_analytics.store import Db
 from perf_analytics.sync import sync_snapshots_all_orgs
+from perf_analytics.synth import DEFAULT_START, generate_fleet
 from tests.factories import snapshot
 
 DAY = DEFAULT_START.date() + timedelta(days=1)

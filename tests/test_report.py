@@ -26,13 +26,13 @@ from click.testing import CliRunner
 
 from perf_analytics.cli import app
 from perf_analytics.config import Settings
-from perf_analytics.generate import DEFAULT_START, generate_fleet
 from perf_analytics.lake import ANOMALIES, connect_lake, partition_dir
 from perf_analytics.pipeline import run_day
 from perf_analytics.report import anchor_id, episode_sentence, report_path, write_report
 from perf_analytics.schema import ID_RULE, SNAPSHOTS, validate_snapshot
 from perf_analytics.store import Db, connect_uri, ensure_indexes
 from perf_analytics.sync import sync_snapshots_all_orgs
+from perf_analytics.synth import DEFAULT_START, generate_fleet
 
 DAY = DEFAULT_START.date() + timedelta(days=1)
 ORG = "org-01"

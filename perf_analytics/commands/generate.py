@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 if TYPE_CHECKING:
-    from perf_analytics.generate import GenerateSummary
+    from perf_analytics.synth import GenerateSummary
 
 
 def _plural(count: int, word: str) -> str:
@@ -95,7 +95,7 @@ def command(
       perf-analytics generate --assets 3 --days 2 --interval 300 --no-anomalies --out clean.ndjson
     """
     # NumPy loads here, when the command runs, not for --help.
-    from perf_analytics.generate import write_fleet
+    from perf_analytics.synth import write_fleet
 
     console = Console(stderr=True)
     columns = (TextColumn("generating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
