@@ -96,14 +96,6 @@ def clean_docs() -> list[dict[str, Any]]:
     return list(generate_fleet(**FLEET, anomalies=False))
 
 
-@pytest.fixture
-def cli(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> CliRunner:
-    monkeypatch.chdir(tmp_path)
-    for var in ("PERF_CONFIG", "PERF_DB", "PERF_LAKE", "PERF_STATE_DIR"):
-        monkeypatch.delenv(var, raising=False)
-    return CliRunner()
-
-
 # ---- the payloads ------------------------------------------------------------------------
 
 

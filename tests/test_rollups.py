@@ -291,6 +291,7 @@ def check_against_reference(frames: Frames, flags: pl.DataFrame | None = None) -
 # ---- rollups against the reference --------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_rollups_of_a_generated_fleet_equal_the_duckdb_reference() -> None:
     flags = fleet_flags()
     assert flags.height > 0
