@@ -239,6 +239,24 @@ def test_a_day_without_snapshots_is_a_quiet_page_not_an_error(lake: Lake, tmp_pa
     assert "No asset reported this day." in out.read_text()
 
 
+@pytest.mark.slow
+def test_an_asset_silent_all_day_gets_its_section_without_a_plot(db: Db, tmp_path: Path) -> None:
+    """The silence is flagged, so the asset is linked; its section says there is nothing to draw."""
+    fleet = list(generate_fleet(orgs=1, assets=2, days=2, interval_s=900, seed=5))
+    silent = fleet[0]["assetId"]
+    kept = [p for p in fleet if p["assetId"] != silent or p["timestamp"] < DAY.isoformat()]
+    db[SNAPSHOTS].insert_many([{"_id": ObjectId(), **validate_snapshot(p)} for p in kept])
+    lake = str(tmp_path / "lake")
+    sync_snapshots_all_orgs(db, lake)
+    for day in (DAY - timedelta(days=1), DAY):
+        run_day(lake, ORG, day)
+    out = write_report(lake, ORG, DAY, tmp_path / "silent.html")
+    parsed = parse(out)
+    assert anchor_id(silent) in parsed.ids
+    assert "No snapshot of this asset this day." in out.read_text()
+    assert all(section != anchor_id(silent) for section, _ in parsed.images)
+
+
 # ---- in a browser ------------------------------------------------------------------------
 
 # Injected first into <head> of a copy of the page: records every error and, once the page
