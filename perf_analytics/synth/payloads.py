@@ -158,5 +158,6 @@ def generate_fleet(
 
 
 def _payloads(fleet: FleetPlan) -> Iterator[dict[str, Any]]:
+    """The chunks' payloads as one stream (apart, so `generate_fleet` checks its arguments at once)."""
     for docs in chunks(fleet):
         yield from docs

@@ -50,10 +50,12 @@ class Columns:
 
     @classmethod
     def of(cls, a: Asset) -> Columns:
+        """The layout of asset `a`'s rows."""
         return cls(cores=a.cores, disks=len(a.disks), interfaces=len(a.interfaces))
 
     @property
     def memory(self) -> int:
+        """The float column of memory %, right after the per-core values."""
         return 2 + self.cores
 
     def disk(self, d: int) -> int:
@@ -70,10 +72,12 @@ class Columns:
 
     @property
     def floats(self) -> int:
+        """How many float columns."""
         return self.interface(self.interfaces) + 1
 
     @property
     def ints(self) -> int:
+        """How many int columns."""
         return self.disk_int(self.disks) + 3
 
 
@@ -88,6 +92,7 @@ class Noise:
 
     @classmethod
     def draw(cls, rng: np.random.Generator, a: Asset, size: int) -> Noise:
+        """Draw `size` steps of noise for asset `a` (the order of the draws is part of the output)."""
         n_disks, n_ifaces = len(a.disks), len(a.interfaces)
         z = rng.standard_normal((6 + 4 * n_disks + 4 * n_ifaces, size))
         cores = rng.standard_normal((size, a.cores))
@@ -159,6 +164,7 @@ class Chunk:
 
     @classmethod
     def of(cls, a: Asset, plan: AssetPlan, start_epoch: int, n0: int, n1: int) -> Chunk:
+        """Asset `a`'s steps [n0, n1) under `plan`; `start_epoch` is the fleet's first second."""
         steps = np.arange(n0, n1)
         t = (steps * plan.interval + plan.offset_s).astype(np.float64)
         booted = since_boot(plan, t)
