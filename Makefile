@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 NATIVE := $(VENV)/.native
 
-.PHONY: setup browser demo test lint typecheck bench server-stop clean
+.PHONY: setup browser demo test test-fast lint typecheck bench server-stop clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,12 @@ browser:
 
 test: setup browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# While working: everything but the tests marked slow (the demo, the notebooks, subprocess
+# kills, whole-pipeline runs over generated fleets, the report in a browser, the documented
+# examples). CI runs `make test`, the whole suite.
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -68,8 +68,8 @@ def captured_batches(size: int) -> list[bytes]:
     from bench_ingest import fleet_for
 
     from perf_analytics.extract import RAW_BATCH_DOCS
-    from perf_analytics.generate import generate_fleet
     from perf_analytics.schema import validate_snapshot
+    from perf_analytics.synth import generate_fleet
 
     path = CACHE / f"raw-{size}.bson"
     if not path.exists():
@@ -135,7 +135,7 @@ def run_decode(path: str, size: int, chunk_rows: int, repeat: int) -> dict[str, 
 
 
 def _day(fleet: dict[str, Any]) -> tuple[datetime, datetime]:
-    from perf_analytics.generate import DEFAULT_START
+    from perf_analytics.synth import DEFAULT_START
 
     return DEFAULT_START, DEFAULT_START + timedelta(days=fleet["days"])
 

@@ -50,7 +50,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from perf_analytics.frames import frames_from_documents  # noqa: E402
-from perf_analytics.generate import DEFAULT_START, generate_fleet  # noqa: E402
+from perf_analytics.synth import DEFAULT_START, generate_fleet  # noqa: E402
 
 DAYS = 9
 FLEET_DAY_SNAPSHOTS = 1_000 * 1_440

@@ -46,7 +46,6 @@ import orjson
 from bson import CodecOptions, ObjectId
 
 from perf_analytics.config import load_settings
-from perf_analytics.generate import fleet_assets, generate_fleet, write_fleet
 from perf_analytics.ingest import open_archive
 from perf_analytics.schema import ASSETS, SNAPSHOTS, asset_id_filter, validate_snapshot
 from perf_analytics.store import (
@@ -57,6 +56,7 @@ from perf_analytics.store import (
     ensure_indexes,
     probe_capabilities,
 )
+from perf_analytics.synth import fleet_assets, generate_fleet, write_fleet
 
 HERE = Path(__file__).resolve().parent
 CACHE = HERE / ".cache"

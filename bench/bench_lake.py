@@ -83,10 +83,10 @@ class ReplyCounter(monitoring.CommandListener):
 def ensure_data(fleet: dict[str, int]) -> tuple[str, str, Path]:
     """The fleet loaded once in a database of its own (cached), and the server's URI."""
     from perf_analytics.config import load_settings
-    from perf_analytics.generate import write_fleet
     from perf_analytics.ingest import ingest_archives_all_orgs
     from perf_analytics.schema import SNAPSHOTS
     from perf_analytics.store import connect, ensure_indexes
+    from perf_analytics.synth import write_fleet
 
     settings = load_settings()
     db = connect(settings)
@@ -329,7 +329,7 @@ def main() -> int:
         print(json.dumps(CHILDREN[spec["part"]](spec), default=str))
         return 0
 
-    from perf_analytics.generate import DEFAULT_START
+    from perf_analytics.synth import DEFAULT_START
 
     results: dict[str, Any] = {"args": vars(args)}
     day_fleet = {"orgs": args.orgs, "assets": args.assets, "days": args.days, "interval_s": args.interval}

@@ -10,7 +10,7 @@ timed run, as the command does). Goal: under 2 minutes on 2 cores for 1,000 asse
 
 **The lake is built directly, not synced.** Loading 1.44M snapshots into the embedded
 FerretDB and syncing them out would take hours (about 1,000 documents a second), and the
-sync is not what is measured. So the fleet is generated (`generate.generate_fleet`), each
+sync is not what is measured. So the fleet is generated (`synth.generate_fleet`), each
 payload normalised as a load would store it (`schema.validate_snapshot`, an ObjectId
 `_id`) and encoded to BSON, and the raw documents go through the sync's own writer
 (`sync._Run.store`: placement, deduplication, typed columns, part files) and its org
@@ -63,9 +63,9 @@ def build_lake(source: Path, *, orgs: int, assets: int, days: int, interval_s: i
     import bson
     from bson import ObjectId
 
-    from perf_analytics.generate import generate_fleet
     from perf_analytics.schema import validate_snapshot
     from perf_analytics.sync import DEFAULT_CHUNK_ROWS, SyncReport, _Run, _save_org
+    from perf_analytics.synth import generate_fleet
 
     began = time.perf_counter()
     staging = source.with_name(source.name + ".partial")
@@ -149,7 +149,7 @@ def main() -> None:
         print(json.dumps(build_lake(Path(args.build), **fleet)))
         return
 
-    from perf_analytics.generate import DEFAULT_START
+    from perf_analytics.synth import DEFAULT_START
 
     tag = f"{args.orgs}x{args.assets}x{args.interval}"
     base = CACHE / f"nightly-{tag}"

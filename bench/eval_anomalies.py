@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 from perf_analytics.anomalies import AnomalyConfig, flag_anomalies  # noqa: E402
 from perf_analytics.anomalies.series import agent_frame, read_points  # noqa: E402
 from perf_analytics.frames import Frames, frames_from_documents  # noqa: E402
-from perf_analytics.generate import fleet_labels, generate_fleet  # noqa: E402
+from perf_analytics.synth import fleet_labels, generate_fleet  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "anomalies.json"
 DEFAULT_NAB = ROOT.parent / "shared" / "data" / "nab"

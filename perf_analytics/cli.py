@@ -89,7 +89,7 @@ def app(ctx: click.Context, uri: str | None, db_name: str | None, lake: str | No
     \b
     Examples:
       perf-analytics init
-      perf-analytics generate --orgs 2 --assets 5 --days 1 --out fleet.ndjson.zst
+      perf-analytics generate --orgs 2 --assets 5 --days 1 --interval 300 --out fleet.ndjson.zst
       perf-analytics ingest fleet.ndjson.zst --rejects rejects.ndjson
       perf-analytics doctor --fix
     """

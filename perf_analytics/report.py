@@ -132,10 +132,14 @@ def _fleet_picture(lake: str | os.PathLike[str], org_id: str, day: date) -> str:
     return _png_uri(plots.fleet_figure(lake, org_id, day, window=HEATMAP_WINDOW))
 
 
-def _asset_picture(lake: str | os.PathLike[str], org_id: str, asset_id: str, day: date) -> str:
+def _asset_picture(lake: str | os.PathLike[str], org_id: str, asset_id: str, day: date) -> str | None:
     """The asset's day as plotted by `plots.asset_figure`, from the lake's snapshot mirror
-    and flags."""
-    return _png_uri(plots.asset_figure(lake, org_id, asset_id, day))
+    and flags; None when the mirror holds none of its snapshots that day (an asset silent
+    all day is flagged, and linked, for exactly that reason)."""
+    try:
+        return _png_uri(plots.asset_figure(lake, org_id, asset_id, day))
+    except plots.PlotError:
+        return None
 
 
 # ---- text ---------------------------------------------------------------------------------
@@ -286,7 +290,7 @@ def _fleet_section(lake: str | os.PathLike[str], data: DayData) -> str:
     )
 
 
-def _asset_section(data: DayData, asset_id: str, picture: str, linked: set[str]) -> str:
+def _asset_section(data: DayData, asset_id: str, picture: str | None, linked: set[str]) -> str:
     facts = []
     available = data.availability.filter(pl.col("assetId") == asset_id)
     if available.height:
@@ -305,8 +309,12 @@ def _asset_section(data: DayData, asset_id: str, picture: str, linked: set[str])
         f'<section class=asset id="{_e(anchor_id(asset_id))}"><h3>{_e(asset_id)}</h3>'
         f"<p>{'; '.join(facts)}. <a href=\"#episodes\">All episodes</a></p>"
         f"{f'<ul class=episodes>{items}</ul>' if items else ''}"
-        f'<img src="{picture}" alt="{_e(asset_id)}: CPU, memory, disks, network and processes over the day">'
-        "</section>"
+        + (
+            f'<img src="{picture}" alt="{_e(asset_id)}: CPU, memory, disks, network and processes over the day">'
+            if picture is not None
+            else "<p>No snapshot of this asset this day.</p>"
+        )
+        + "</section>"
     )
 
 

@@ -27,7 +27,6 @@ from pathlib import Path
 from perf_analytics.commands.ingest import format_summary
 from perf_analytics.config import load_settings
 from perf_analytics.doctor import diagnose
-from perf_analytics.generate import DEFAULT_START, fleet_assets, write_fleet
 from perf_analytics.ingest import ingest_archives_all_orgs
 from perf_analytics.lake import connect_lake
 from perf_analytics.pipeline import run_day
@@ -36,6 +35,7 @@ from perf_analytics.report import write_report
 from perf_analytics.schema import ASSETS
 from perf_analytics.store import connect, ensure_indexes, get_asset_performance, probe_capabilities
 from perf_analytics.sync import sync_snapshots_all_orgs
+from perf_analytics.synth import DEFAULT_START, fleet_assets, write_fleet
 
 FLEET = {"orgs": 3, "assets": 4, "days": 2, "interval_s": 60, "seed": 7}
 OUT = Path("data/demo")

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from pymongo import MongoClient
 
 from perf_analytics import localdb
@@ -79,3 +80,16 @@ def client(server_uri: str) -> Iterator[MongoClient[dict[str, object]]]:
         yield c
     finally:
         c.close()
+
+
+@pytest.fixture
+def cli(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> CliRunner:
+    """A click runner for the CLI in a working directory of its own (`tmp_path`).
+
+    The settings variables a developer may have exported are removed, so only what a
+    test passes reaches the command (MONGODB_URI stays: it names the test server).
+    """
+    monkeypatch.chdir(tmp_path)
+    for var in ("PERF_CONFIG", "PERF_DB", "PERF_LAKE", "PERF_STATE_DIR", "PERF_SERVER_TIMEOUT_MS"):
+        monkeypatch.delenv(var, raising=False)
+    return CliRunner()

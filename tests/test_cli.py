@@ -32,14 +32,6 @@ def _command_paths(command: click.Command, path: tuple[str, ...] = ()) -> list[t
 COMMAND_PATHS = _command_paths(app)
 
 
-@pytest.fixture
-def cli(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> CliRunner:
-    monkeypatch.chdir(tmp_path)
-    for var in ("PERF_CONFIG", "PERF_DB", "PERF_LAKE", "PERF_STATE_DIR", "PERF_SERVER_TIMEOUT_MS"):
-        monkeypatch.delenv(var, raising=False)
-    return CliRunner()
-
-
 def _closed_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))

@@ -182,11 +182,11 @@ def test_a_uri_that_is_not_a_string_is_reported_without_its_value(value: str, to
 
 
 @pytest.fixture
-def cli(monkeypatch: pytest.MonkeyPatch) -> CliRunner:
-    for var in ("PERF_CONFIG", "PERF_DB", "PERF_LAKE", "PERF_STATE_DIR", "MONGODB_URI"):
-        monkeypatch.delenv(var, raising=False)
+def cli(cli: CliRunner, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
+    """The shared runner, with no server configured and a short server timeout."""
+    monkeypatch.delenv("MONGODB_URI", raising=False)
     monkeypatch.setenv("PERF_SERVER_TIMEOUT_MS", "200")
-    return CliRunner()
+    return cli
 
 
 def _one_error_line(result: Result) -> str:

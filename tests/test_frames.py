@@ -22,8 +22,8 @@ from perf_analytics.frames import (
     raw_decoder,
     snake,
 )
-from perf_analytics.generate import generate_fleet
 from perf_analytics.schema import DISK_FIELDS, validate_snapshot
+from perf_analytics.synth import generate_fleet
 from tests.factories import DELETE, series, set_path
 
 

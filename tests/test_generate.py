@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
+import os
 import re
 import statistics
+import subprocess
+import sys
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,7 +22,8 @@ from click.testing import CliRunner
 
 from perf_analytics.cli import app
 from perf_analytics.errors import ConfigError
-from perf_analytics.generate import (
+from perf_analytics.schema import parse_timestamp, validate_snapshot
+from perf_analytics.synth import (
     ANOMALY_KINDS,
     DEFAULT_START,
     default_labels_path,
@@ -28,7 +33,6 @@ from perf_analytics.generate import (
     time_window_for,
     write_fleet,
 )
-from perf_analytics.schema import parse_timestamp, validate_snapshot
 
 # Five days at five-minute intervals: small enough to be quick, long enough that every
 # kind of anomaly is injected somewhere (a test below checks that it is).
@@ -90,14 +94,6 @@ def labels() -> list[dict[str, Any]]:
 @pytest.fixture(scope="module")
 def clean_docs() -> list[dict[str, Any]]:
     return list(generate_fleet(**FLEET, anomalies=False))
-
-
-@pytest.fixture
-def cli(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> CliRunner:
-    monkeypatch.chdir(tmp_path)
-    for var in ("PERF_CONFIG", "PERF_DB", "PERF_LAKE", "PERF_STATE_DIR"):
-        monkeypatch.delenv(var, raising=False)
-    return CliRunner()
 
 
 # ---- the payloads ------------------------------------------------------------------------
@@ -192,6 +188,71 @@ def test_the_default_start_is_a_fixed_date_and_start_moves_the_data() -> None:
     moved = next(generate_fleet(**args, start="2025-06-01"))
     assert moved["timestamp"].startswith("2025-06-01T00:00:")
     assert next(generate_fleet(**args, start=datetime(2025, 6, 1, tzinfo=UTC))) == moved
+
+
+# Golden output: the sha256 of every file `write_fleet` writes for three fixed fleets. They
+# were recorded from perf_analytics/generate.py at commit 4d1e514, before the generator
+# became the perf_analytics/synth package, by calling
+#     write_fleet(f"{name}.ndjson", assets_path=f"{name}.assets.ndjson", **GOLDEN[name][0])
+# and hashing each file with hashlib.sha256; the package must keep writing these bytes.
+# Plain NDJSON only: compressed bytes also depend on the zlib and zstd builds. A change of
+# numpy's random streams or of orjson's float formatting would show here too; only then,
+# and knowingly, record new hashes the same way.
+GOLDEN: dict[str, tuple[dict[str, Any], dict[str, str]]] = {
+    "demo": (  # pipelines/demo.py's fleet
+        {"orgs": 3, "assets": 4, "days": 2, "interval_s": 60, "seed": 7},
+        {
+            "demo.ndjson": "fc57c6c18edebc533b32c5fb9a69cdb8dcf3669cb7569a4856a5a1f0981e6069",
+            "demo.labels.json": "ba95db681a96f90ab93e725fc83d470e1b3a38ceff52fa7870bea7475ffa2a12",
+            "demo.assets.ndjson": "5714a75047338ebeb4cf735ce344d51f20ac1334cd72ad58267fb97c3fd15c87",
+        },
+    ),
+    "every_kind": (  # FLEET above: every kind of anomaly is injected somewhere
+        FLEET,
+        {
+            "every_kind.ndjson": "a0deb7d1dfe7fa226e9965a0936078a336518869dfa5ad5002c933c84c07548a",
+            "every_kind.labels.json": "947dab9a9a863bfe95232347f87674c9feb483c2154ea308468f6d38cd7683ec",
+            "every_kind.assets.ndjson": "de11e89870e94a291b69c683216e6cbf710afef79e17aded371283931b365263",
+        },
+    ),
+    "clean": (  # routine life only, from another start, at a 15-minute interval
+        {"orgs": 1, "assets": 3, "days": 2, "interval_s": 900, "seed": 3, "start": "2025-03-30", "anomalies": False},
+        {
+            "clean.ndjson": "d2f66f03c9fa4293c6b8bd40b6ce7673365dfdba0547c31e32c154674a854e05",
+            "clean.labels.json": "17deff876f01244eda55fa220108d4fe1f57e63b74dfc6a3697d84166d6e0cb1",
+            "clean.assets.ndjson": "7dd35346a1788c078d6a56e726316eb3f4ae4eb9bb727bf38b38833e57e316e6",
+        },
+    ),
+}
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@pytest.mark.parametrize("name", sorted(GOLDEN))
+def test_the_generator_writes_the_recorded_bytes(tmp_path: Path, name: str) -> None:
+    args, expected = GOLDEN[name]
+    write_fleet(tmp_path / f"{name}.ndjson", assets_path=tmp_path / f"{name}.assets.ndjson", **args)
+    assert {p.name: _sha256(p) for p in tmp_path.iterdir()} == expected
+
+
+def test_two_processes_write_the_same_bytes_whatever_their_hash_seed(tmp_path: Path) -> None:
+    """Nothing may depend on the interpreter's string hashing (set or dict order of str)."""
+    args = ["--orgs", "2", "--assets", "3", "--days", "1", "--interval", "300", "--seed", "11"]
+    for run, hash_seed in (("a", "1"), ("b", "2")):
+        (tmp_path / run).mkdir()
+        subprocess.run(
+            [sys.executable, "-m", "perf_analytics.cli", "generate", *args, "--out", "f.ndjson.zst",
+             "--assets-out", "assets.ndjson"],
+            cwd=tmp_path / run, env={**os.environ, "PYTHONHASHSEED": hash_seed}, check=True, capture_output=True,
+        )
+    for file in ("f.ndjson.zst", "f.labels.json", "assets.ndjson"):
+        assert (tmp_path / "a" / file).read_bytes() == (tmp_path / "b" / file).read_bytes(), file
 
 
 # ---- counts, ids and labels -----------------------------------------------------------------

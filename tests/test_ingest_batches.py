@@ -18,11 +18,11 @@ from click.testing import CliRunner
 from perf_analytics.cli import app
 from perf_analytics.config import Settings
 from perf_analytics.errors import ValidationError
-from perf_analytics.generate import generate_fleet
 from perf_analytics.ingest import ingest_archives_all_orgs, validate_archives
 from perf_analytics.ingest.batches import BlockEncoder
 from perf_analytics.schema import SNAPSHOTS, validate_snapshot
 from perf_analytics.store import Db
+from perf_analytics.synth import generate_fleet
 from tests.factories import DELETE, set_path, snapshot
 
 _CODEC: bson.CodecOptions[dict[str, Any]] = bson.CodecOptions(tz_aware=True)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -44,14 +42,6 @@ def _shape(db: Db) -> dict[str, tuple[list[tuple[str, int]], bool]]:
         name: ([(k, int(v)) for k, v in ix["key"].items()], bool(ix.get("unique")))
         for name, ix in _indexes(db).items()
     }
-
-
-@pytest.fixture
-def cli(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[CliRunner]:
-    monkeypatch.chdir(tmp_path)
-    for var in ("PERF_CONFIG", "PERF_DB", "PERF_LAKE", "PERF_STATE_DIR"):
-        monkeypatch.delenv(var, raising=False)
-    yield CliRunner()
 
 
 def _init(cli: CliRunner, settings: Settings, *args: str) -> Result:

@@ -16,7 +16,6 @@ from click.testing import CliRunner
 
 from perf_analytics.cli import app
 from perf_analytics.config import Settings
-from perf_analytics.generate import DEFAULT_START, generate_fleet
 from perf_analytics.lake import ANOMALIES, partition_dir
 from perf_analytics.mirror import MirrorError
 from perf_analytics.nightly import (
@@ -34,6 +33,7 @@ from perf_analytics.schema import SNAPSHOTS, validate_snapshot
 from perf_analytics.sinks import replace_scope
 from perf_analytics.store import Db
 from perf_analytics.sync import listed_snapshot_files, sync_snapshots_all_orgs
+from perf_analytics.synth import DEFAULT_START, generate_fleet
 
 DAY1 = DEFAULT_START.date()
 DAY2 = DAY1 + timedelta(days=1)
@@ -59,6 +59,7 @@ def _lake_bytes(lake: Path) -> dict[str, bytes]:
     return {str(p.relative_to(lake)): p.read_bytes() for p in sorted(files)}
 
 
+@pytest.mark.slow
 def test_a_run_derives_every_day_then_only_what_a_late_snapshot_changed(db: Db, settings: Settings) -> None:
     lake = Path(settings.lake)
     _load(db, days=3)
@@ -109,6 +110,7 @@ def test_values_the_flags_leave_out_are_in_the_run_record_and_its_summary(db: Db
     ]
 
 
+@pytest.mark.slow
 def test_the_same_date_twice_gives_the_same_lake_byte_for_byte_and_json_logs(db: Db, settings: Settings) -> None:
     lake = Path(settings.lake)
     _load(db, days=2)
@@ -134,6 +136,7 @@ def test_the_same_date_twice_gives_the_same_lake_byte_for_byte_and_json_logs(db:
     assert len(runs) == 2 and runs[0]["runId"] == run_id
 
 
+@pytest.mark.slow
 def test_a_broken_org_fails_alone_and_the_next_run_redoes_only_it(db: Db, settings: Settings, tmp_path: Path) -> None:
     lake = Path(settings.lake)
     _load(db, days=2)
@@ -209,6 +212,7 @@ def _holder_script(settings: Settings) -> str:
     )
 
 
+@pytest.mark.slow
 def test_one_run_at_a_time_and_a_killed_runs_lock_is_taken_at_once(db: Db, settings: Settings) -> None:
     lake = Path(settings.lake)
     with subprocess.Popen([sys.executable, "-c", _holder_script(settings)],
@@ -247,6 +251,7 @@ def test_dates_are_asked_one_way(settings: Settings) -> None:
     assert code == 1 and "is before --from" in err
 
 
+@pytest.mark.slow
 def test_the_scheduler_entry_point_runs_the_command(settings: Settings) -> None:
     script = Path(__file__).parents[1] / "pipelines" / "nightly.py"
     env = {"MONGODB_URI": str(settings.uri), "PERF_DB": settings.db, "PERF_LAKE": settings.lake,
@@ -268,6 +273,7 @@ def test_yesterday_without_snapshots_is_derived_empty_not_failed(db: Db, setting
     assert date.fromisoformat(result.derived[-1][1]) == DAY1 + timedelta(days=2)
 
 
+@pytest.mark.slow
 def test_retention_runs_only_when_asked_and_deletes_what_the_lake_holds(db: Db, settings: Settings) -> None:
     lake = Path(settings.lake)
     _load(db, days=1, orgs=1)

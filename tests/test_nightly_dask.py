@@ -22,10 +22,10 @@ from distributed.diagnostics.plugin import WorkerPlugin
 
 from perf_analytics.cli import app
 from perf_analytics.config import Settings
-from perf_analytics.generate import DEFAULT_START, generate_fleet
 from perf_analytics.nightly import Fanout, NightlyOptions, derived_days, list_runs, run_nightly
 from perf_analytics.schema import SNAPSHOTS, validate_snapshot
 from perf_analytics.store import Db
+from perf_analytics.synth import DEFAULT_START, generate_fleet
 
 DAY1 = DEFAULT_START.date()
 DAY2 = DAY1 + timedelta(days=1)

@@ -14,12 +14,12 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
 from perf_analytics.config import Settings
-from perf_analytics.generate import DEFAULT_START, generate_fleet
 from perf_analytics.lake import connect_lake
 from perf_analytics.pipeline import run_day
 from perf_analytics.schema import SNAPSHOTS, validate_snapshot
 from perf_analytics.store import Db
 from perf_analytics.sync import sync_snapshots_all_orgs
+from perf_analytics.synth import DEFAULT_START, generate_fleet
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 DAY = DEFAULT_START.date() + timedelta(days=1)

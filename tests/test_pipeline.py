@@ -22,7 +22,6 @@ from perf_analytics.cli import app
 from perf_analytics.config import Settings
 from perf_analytics.errors import ConfigError
 from perf_analytics.extract import ExtractError, extract_window
-from perf_analytics.generate import DEFAULT_START, generate_fleet
 from perf_analytics.lake import connect_lake
 from perf_analytics.mirror import NotSynced
 from perf_analytics.pipeline import ANOMALY_FLAGS, ServerSnapshots, run_day
@@ -30,6 +29,7 @@ from perf_analytics.plots import asset_figure
 from perf_analytics.schema import SNAPSHOTS, validate_snapshot
 from perf_analytics.store import Db
 from perf_analytics.sync import sync_snapshots, sync_snapshots_all_orgs
+from perf_analytics.synth import DEFAULT_START, generate_fleet
 
 DAY1 = DEFAULT_START.date()
 DAY2 = DAY1 + timedelta(days=1)
@@ -56,6 +56,7 @@ def _derived(root: Path) -> dict[str, bytes]:
     return {k: v for k, v in _files(root).items() if not k.startswith("snapshots/")}
 
 
+@pytest.mark.slow
 def test_a_day_lands_in_the_lake_and_duckdb_reads_only_that_org(db: Db, tmp_path: Path) -> None:
     lake = tmp_path / "lake"
     _load(db, days=2, lake=lake)
@@ -74,6 +75,7 @@ def test_a_day_lands_in_the_lake_and_duckdb_reads_only_that_org(db: Db, tmp_path
     assert flags == (result.flags.height,)
 
 
+@pytest.mark.slow
 def test_the_lake_and_the_server_give_the_same_flags_rollups_and_partitions(db: Db, tmp_path: Path) -> None:
     docs = [{"_id": ObjectId(), **validate_snapshot(p)}
             for p in generate_fleet(orgs=2, assets=4, days=3, interval_s=300, seed=5)]
@@ -121,6 +123,7 @@ class _Replies(monitoring.CommandListener):
         pass
 
 
+@pytest.mark.slow
 def test_flagging_and_rolling_up_a_synced_day_reads_no_synced_snapshot_from_the_server(
     db: Db, settings: Settings, server_uri: str
 ) -> None:
@@ -153,6 +156,7 @@ def test_flagging_and_rolling_up_a_synced_day_reads_no_synced_snapshot_from_the_
         client.close()
 
 
+@pytest.mark.slow
 def test_rerunning_a_day_rewrites_identical_partitions(db: Db, tmp_path: Path) -> None:
     lake = tmp_path / "lake"
     _load(db, days=2, orgs=1, lake=lake)
@@ -162,6 +166,7 @@ def test_rerunning_a_day_rewrites_identical_partitions(db: Db, tmp_path: Path) -
     assert _files(lake) == first
 
 
+@pytest.mark.slow
 def test_reading_the_fleet_in_batches_of_assets_gives_the_same_lake_and_flags(db: Db, tmp_path: Path) -> None:
     docs = [{"_id": ObjectId(), **validate_snapshot(p)}
             for p in generate_fleet(orgs=2, assets=5, days=2, interval_s=300, seed=8)]
@@ -186,6 +191,7 @@ def test_reading_the_fleet_in_batches_of_assets_gives_the_same_lake_and_flags(db
     assert not batched.flags.filter(pl.col("orgId") != "org-01").height
 
 
+@pytest.mark.slow
 def test_an_asset_id_stored_as_an_objectid_fails_the_day_loudly_as_a_whole_org_read_does(
     db: Db, tmp_path: Path
 ) -> None:
@@ -198,6 +204,7 @@ def test_an_asset_id_stored_as_an_objectid_fails_the_day_loudly_as_a_whole_org_r
             run_day(tmp_path, "org-01", DAY2, asset_batch=batch)
 
 
+@pytest.mark.slow
 def test_a_day_whose_mirror_holds_no_snapshots_replaces_every_partition_with_an_empty_one(
     db: Db, tmp_path: Path
 ) -> None:
@@ -216,6 +223,7 @@ def test_a_day_whose_mirror_holds_no_snapshots_replaces_every_partition_with_an_
     assert len(list((tmp_path / "rollups").rglob("part-0.parquet"))) == 5
 
 
+@pytest.mark.slow
 def test_an_org_the_lake_never_mirrored_is_an_error_and_nothing_is_written(db: Db, tmp_path: Path) -> None:
     _load(db, days=2, orgs=1)
     with pytest.raises(NotSynced, match="run `perf-analytics sync --org org-01` first"):
@@ -228,6 +236,7 @@ def test_a_batch_size_below_one_is_a_config_error(tmp_path: Path) -> None:
         run_day(tmp_path, "org-01", DAY2, asset_batch=0)
 
 
+@pytest.mark.slow
 def test_a_days_flags_do_not_change_when_the_next_day_arrives(db: Db, tmp_path: Path) -> None:
     docs = [{"_id": ObjectId(), **validate_snapshot(p)}
             for p in generate_fleet(orgs=1, assets=2, days=3, interval_s=300, seed=3)]
@@ -242,6 +251,7 @@ def test_a_days_flags_do_not_change_when_the_next_day_arrives(db: Db, tmp_path: 
     assert before.equals(after)
 
 
+@pytest.mark.slow
 def test_the_mongo_sink_holds_exactly_the_days_flags_after_reruns(db: Db, tmp_path: Path) -> None:
     lake = tmp_path / "lake"
     _load(db, days=2, orgs=1, lake=lake)
@@ -255,6 +265,7 @@ def test_the_mongo_sink_holds_exactly_the_days_flags_after_reruns(db: Db, tmp_pa
     assert db[ANOMALY_FLAGS].find_one({"_id": "stale"}) is None
 
 
+@pytest.mark.slow
 def test_cli_rollup_anomalies_and_query(db: Db, settings: Settings) -> None:
     _load(db, days=2, orgs=1)
     base = ["--uri", str(settings.uri), "--db", settings.db, "--lake", settings.lake]

@@ -16,7 +16,6 @@ from matplotlib import dates as mdates
 from perf_analytics.cli import app
 from perf_analytics.config import Settings
 from perf_analytics.frames import frames_from_documents
-from perf_analytics.generate import DEFAULT_START, generate_fleet
 from perf_analytics.lake import connect_lake_all_orgs
 from perf_analytics.pipeline import run_day
 from perf_analytics.plots import (
@@ -31,6 +30,7 @@ from perf_analytics.plots import (
 from perf_analytics.schema import SNAPSHOTS, validate_snapshot
 from perf_analytics.store import Db
 from perf_analytics.sync import sync_snapshots_all_orgs
+from perf_analytics.synth import DEFAULT_START, generate_fleet
 from tests.factories import snapshot
 
 DAY = DEFAULT_START.date() + timedelta(days=1)
@@ -165,6 +165,7 @@ def _invoke(settings: Settings, *args: str) -> tuple[int, str, str]:
     return result.exit_code, result.stdout, result.stderr
 
 
+@pytest.mark.slow
 def test_cli_plots_an_orgs_fleet_day_with_only_its_assets(db: Db, day_in_lake: Settings, tmp_path: Path) -> None:
     out = tmp_path / "fleet.png"
     code, stdout, _ = _invoke(day_in_lake, "plot", "--org", "org-01", "--date", DAY.isoformat(), "--out", str(out))
@@ -174,6 +175,7 @@ def test_cli_plots_an_orgs_fleet_day_with_only_its_assets(db: Db, day_in_lake: S
     assert labels == set(db[SNAPSHOTS].distinct("assetId", {"orgId": "org-01"}))
 
 
+@pytest.mark.slow
 def test_cli_plots_one_assets_day_with_its_lake_flags(db: Db, day_in_lake: Settings, tmp_path: Path) -> None:
     con = connect_lake_all_orgs(day_in_lake.lake)
     org, asset = con.execute("select orgId, assetId from anomalies order by start, assetId limit 1").fetchall()[0]
@@ -196,6 +198,7 @@ def test_cli_plots_one_assets_day_with_its_lake_flags(db: Db, day_in_lake: Setti
     assert len(asset_figure(day_in_lake.lake, org, asset, DAY).axes[0].lines[0].get_ydata()) == len(cpu) + 1
 
 
+@pytest.mark.slow
 def test_cli_plot_errors_are_one_line(day_in_lake: Settings, tmp_path: Path) -> None:
     code, _, err = _invoke(day_in_lake, "plot", "--org", "org-01", "--date", "2020-01-01", "--out", str(tmp_path / "x.png"))
     assert (code, err) == (1, "Error: the lake has no 1hour rollups of org-01 for 2020-01-01 "

@@ -26,13 +26,13 @@ from click.testing import CliRunner
 
 from perf_analytics.cli import app
 from perf_analytics.config import Settings
-from perf_analytics.generate import DEFAULT_START, generate_fleet
 from perf_analytics.lake import ANOMALIES, connect_lake, partition_dir
 from perf_analytics.pipeline import run_day
 from perf_analytics.report import anchor_id, episode_sentence, report_path, write_report
 from perf_analytics.schema import ID_RULE, SNAPSHOTS, validate_snapshot
 from perf_analytics.store import Db, connect_uri, ensure_indexes
 from perf_analytics.sync import sync_snapshots_all_orgs
+from perf_analytics.synth import DEFAULT_START, generate_fleet
 
 DAY = DEFAULT_START.date() + timedelta(days=1)
 ORG = "org-01"
@@ -159,6 +159,7 @@ def _lake_rows(lake: Lake, sql: str) -> list[tuple[object, ...]]:
 # ---- the content ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_the_tables_hold_the_lakes_numbers_in_order(lake: Lake, page: Path) -> None:
     parsed = parse(page)
     availability = _lake_rows(lake, "SELECT assetId, availability, reboots FROM availability "
@@ -176,6 +177,7 @@ def test_the_tables_hold_the_lakes_numbers_in_order(lake: Lake, page: Path) -> N
     assert "generated 2026-01-07 06:30 UTC" in text
 
 
+@pytest.mark.slow
 def test_each_episode_is_a_sentence_linking_to_its_assets_section_with_its_plot(lake: Lake, page: Path) -> None:
     episodes = _lake_rows(lake, 'SELECT assetId, metric, severity, message, "start" FROM anomalies '
                                 'WHERE date = ? ORDER BY "start"')
@@ -194,6 +196,7 @@ def test_each_episode_is_a_sentence_linking_to_its_assets_section_with_its_plot(
     assert "fleet" in pictures
 
 
+@pytest.mark.slow
 def test_every_link_lands_and_every_picture_is_an_inline_png(lake: Lake, page: Path) -> None:
     parsed = parse(page)
     assert parsed.hrefs and all(h.startswith("#") and h[1:] in parsed.ids for h in parsed.hrefs)
@@ -222,6 +225,7 @@ def test_text_from_the_data_is_escaped() -> None:
     assert re.fullmatch(r"asset~[0-9a-f]{16}", odd) and odd != anchor_id("a")
 
 
+@pytest.mark.slow
 def test_a_day_without_snapshots_is_a_quiet_page_not_an_error(lake: Lake, tmp_path: Path) -> None:
     copy = str(tmp_path / "lake")
     shutil.copytree(lake.settings.lake, copy)
@@ -233,6 +237,24 @@ def test_a_day_without_snapshots_is_a_quiet_page_not_an_error(lake: Lake, tmp_pa
     assert "<p class=summary>0 assets reported 0 snapshots; mean availability &ndash;; 0 reboots; " \
            "0 anomaly episodes.</p>" in out.read_text()
     assert "No asset reported this day." in out.read_text()
+
+
+@pytest.mark.slow
+def test_an_asset_silent_all_day_gets_its_section_without_a_plot(db: Db, tmp_path: Path) -> None:
+    """The silence is flagged, so the asset is linked; its section says there is nothing to draw."""
+    fleet = list(generate_fleet(orgs=1, assets=2, days=2, interval_s=900, seed=5))
+    silent = fleet[0]["assetId"]
+    kept = [p for p in fleet if p["assetId"] != silent or p["timestamp"] < DAY.isoformat()]
+    db[SNAPSHOTS].insert_many([{"_id": ObjectId(), **validate_snapshot(p)} for p in kept])
+    lake = str(tmp_path / "lake")
+    sync_snapshots_all_orgs(db, lake)
+    for day in (DAY - timedelta(days=1), DAY):
+        run_day(lake, ORG, day)
+    out = write_report(lake, ORG, DAY, tmp_path / "silent.html")
+    parsed = parse(out)
+    assert anchor_id(silent) in parsed.ids
+    assert "No snapshot of this asset this day." in out.read_text()
+    assert all(section != anchor_id(silent) for section, _ in parsed.images)
 
 
 # ---- in a browser ------------------------------------------------------------------------
@@ -305,6 +327,7 @@ def open_in_chromium(html: str, work: Path) -> BrowserCheck:
     return BrowserCheck(result["images"], result["errors"], console)
 
 
+@pytest.mark.slow
 def test_chromium_loads_the_report_without_console_errors_and_decodes_every_picture(page: Path, tmp_path: Path) -> None:
     check = open_in_chromium(page.read_text(encoding="utf-8"), tmp_path)
     assert (check.errors, check.console) == ([], [])
@@ -312,6 +335,7 @@ def test_chromium_loads_the_report_without_console_errors_and_decodes_every_pict
     assert check.broken == []
 
 
+@pytest.mark.slow
 def test_the_browser_check_catches_a_broken_picture(page: Path, tmp_path: Path) -> None:
     text = page.read_text(encoding="utf-8")
     first = text.index("data:image/png;base64,", text.index("<section class=asset")) + len("data:image/png;base64,")
@@ -321,6 +345,7 @@ def test_the_browser_check_catches_a_broken_picture(page: Path, tmp_path: Path) 
     assert check.errors and check.errors[0].startswith("failed to load IMG")
 
 
+@pytest.mark.slow
 def test_the_browser_check_catches_a_script_error_and_a_fetch_the_page_forbids(page: Path, tmp_path: Path) -> None:
     thrown = open_in_chromium("<!DOCTYPE html><html><head></head><body><script>missing();</script></body></html>",
                               tmp_path / "thrown")
@@ -342,6 +367,7 @@ def _invoke(lake: Lake, *args: str) -> tuple[int, str, str]:
     return result.exit_code, result.stdout, result.stderr
 
 
+@pytest.mark.slow
 def test_cli_writes_the_report_beside_the_lake_and_prints_its_path(lake: Lake) -> None:
     code, stdout, err = _invoke(lake, "--org", ORG, "--date", DAY.isoformat(), "--top", "1")
     expected = Path(lake.settings.lake).parent / "reports" / ORG / f"{DAY}.html"
@@ -356,6 +382,7 @@ def test_cli_writes_the_report_beside_the_lake_and_prints_its_path(lake: Lake) -
     assert sections == {anchor_id(str(a)) for a in wanted}
 
 
+@pytest.mark.slow
 def test_cli_names_what_to_run_for_a_day_the_lake_lacks(lake: Lake, tmp_path: Path) -> None:
     out = tmp_path / "r.html"
     out.write_text("the previous page")
@@ -374,6 +401,7 @@ def test_cli_names_what_to_run_for_a_day_the_lake_lacks(lake: Lake, tmp_path: Pa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.html"]
 
 
+@pytest.mark.slow
 def test_a_day_rolled_up_but_not_flagged_asks_for_the_anomalies_command(lake: Lake, tmp_path: Path) -> None:
     copy = tmp_path / "lake"
     shutil.copytree(lake.settings.lake, copy)

@@ -26,7 +26,6 @@ import polars as pl
 import pytest
 
 from perf_analytics.frames import Frames, empty_frames, frames_from_documents
-from perf_analytics.generate import fleet_labels, generate_fleet
 from perf_analytics.rollups import (
     ASSET_METRICS,
     SKETCH_ALPHA,
@@ -41,6 +40,7 @@ from perf_analytics.rollups import (
 )
 from perf_analytics.schema import validate_snapshot
 from perf_analytics.store import Db
+from perf_analytics.synth import fleet_labels, generate_fleet
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
 SNAPSHOT_SCHEMA = empty_frames().snapshots.schema
@@ -291,6 +291,7 @@ def check_against_reference(frames: Frames, flags: pl.DataFrame | None = None) -
 # ---- rollups against the reference --------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_rollups_of_a_generated_fleet_equal_the_duckdb_reference() -> None:
     flags = fleet_flags()
     assert flags.height > 0

@@ -47,7 +47,7 @@ def command(
     Examples:
       perf-analytics extract --org org-01 --from 2026-01-05 --to 2026-01-06 --out day.parquet
       perf-analytics extract --org org-01 --from 2026-01-05T08:00 --to 2026-01-05T09:00 \\
-          --asset 65d0404708d133d664214eb3 --out hour.parquet
+          --asset 63d97a451d91d66a10abae42 --out hour.parquet
     """
     # The data stack loads here, when the command runs, not for --help.
     from perf_analytics.extract import write_window_parquet

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 if TYPE_CHECKING:
-    from perf_analytics.generate import GenerateSummary
+    from perf_analytics.synth import GenerateSummary
 
 
 def _plural(count: int, word: str) -> str:
@@ -90,12 +90,12 @@ def command(
     \b
     Examples:
       perf-analytics generate --orgs 2 --assets 5 --days 1 --out fleet.ndjson.zst
-      perf-analytics generate --orgs 10 --assets 100 --days 7 --seed 42 \\
-          --out data/bench.ndjson.zst --assets-out data/bench.assets.ndjson
+      perf-analytics generate --orgs 3 --assets 4 --days 2 --seed 7 \\
+          --out data/demo.ndjson.zst --assets-out data/demo.assets.ndjson
       perf-analytics generate --assets 3 --days 2 --interval 300 --no-anomalies --out clean.ndjson
     """
     # NumPy loads here, when the command runs, not for --help.
-    from perf_analytics.generate import write_fleet
+    from perf_analytics.synth import write_fleet
 
     console = Console(stderr=True)
     columns = (TextColumn("generating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())

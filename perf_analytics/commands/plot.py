@@ -40,7 +40,7 @@ def command(ctx: click.Context, org_id: str, day: str, days: int, asset_id: str 
     Examples:
       perf-analytics plot --org org-01 --date 2026-01-06 --out fleet.png
       perf-analytics plot --org org-01 --date 2026-01-06 --metric memory_usage_percent_max --out memory.png
-      perf-analytics plot --org org-01 --date 2026-01-05 --days 2 --asset 65d0404708d133d664214eb3 --out asset.svg
+      perf-analytics plot --org org-01 --date 2026-01-05 --days 2 --asset 63d97a451d91d66a10abae42 --out asset.svg
     """
     # The data stack loads here, when the command runs, not for --help.
     from perf_analytics.plots import asset_figure, fleet_figure, save_figure
