@@ -35,6 +35,7 @@ from perf_analytics.cli import app
 from perf_analytics.schema import ASSETS
 from perf_analytics.store import connect_uri
 from perf_analytics.synth import fleet_assets, generate_fleet, write_fleet
+from tests.test_cli import COMMAND_PATHS
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -157,22 +158,6 @@ def workdir(server_uri: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 # ---- the examples, as the docs show them ------------------------------------------------------
 
 
-def _help_pages() -> list[tuple[str, ...]]:
-    """Every command path (the group, its commands, their subcommands)."""
-
-    def walk(command: click.Command, path: tuple[str, ...]) -> list[tuple[str, ...]]:
-        paths = [path]
-        if isinstance(command, click.Group):
-            ctx = click.Context(command)
-            for name in command.list_commands(ctx):
-                sub = command.get_command(ctx, name)
-                assert sub is not None, name
-                paths.extend(walk(sub, (*path, name)))
-        return paths
-
-    return walk(app, ())
-
-
 def help_examples(path: tuple[str, ...]) -> list[str]:
     """The example command lines of one `--help` page, continuation lines joined."""
     text = CliRunner().invoke(app, [*path, "--help"], terminal_width=1000).stdout
@@ -242,7 +227,7 @@ def run_command_line(line: str, workdir: Workdir) -> None:
     assert result.exit_code in (0, EXIT_CODES.get(line, 0)), f"{line}\n{result.output}"
 
 
-HELP_PAGES = _help_pages()
+HELP_PAGES = COMMAND_PATHS
 BLOCKS = readme_blocks(README.read_text())
 
 
