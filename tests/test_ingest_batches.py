@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import bson
-from bson import ObjectId
 import orjson
 import pytest
+from bson import ObjectId
 from click.testing import CliRunner
 
 from perf_analytics.cli import app

@@ -19,7 +19,7 @@ use std::collections::HashMap;
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyList};
+use pyo3::types::{PyBytes, PyDict, PyList, PyString};
 
 const DOUBLE: u8 = 0x01;
 const STRING: u8 = 0x02;
@@ -817,10 +817,10 @@ impl LineEncoder {
 }
 
 /// Per (org, asset): the newest timestamp in epoch ms and how many documents.
-type Seen = HashMap<(String, String), (i64, u64)>;
+type Seen = HashMap<(Vec<u8>, Vec<u8>), (i64, u64)>;
 
 /// What `LineEncoder.encode` returns to Python (see there).
-type Encoded<'py> = (Bound<'py, PyBytes>, Bound<'py, PyList>, Vec<(String, String, i64, u64)>);
+type Encoded<'py> = (Bound<'py, PyBytes>, Bound<'py, PyList>, Bound<'py, PyDict>);
 
 #[pymethods]
 impl LineEncoder {
@@ -858,9 +858,9 @@ impl LineEncoder {
     /// cover. Their `_id`s: ObjectIds of `prefix` (seconds and random value, 9 bytes)
     /// and counters from `first` on (mod 2**24), in order of the vouched lines.
     ///
-    /// Returns (vouched, documents, seen): one byte per line (1: vouched for), the BSON
-    /// documents of the vouched lines in line order, and per (org, asset) of theirs the
-    /// newest timestamp in epoch milliseconds and the count, as (org, asset, ms, count).
+    /// Returns (vouched, documents, last_seen): one byte per line (1: vouched for), the
+    /// BSON documents of the vouched lines in line order, and a dict of (org, asset) of
+    /// theirs to [newest timestamp in epoch milliseconds, count].
     fn encode<'py>(
         &self,
         py: Python<'py>,
@@ -879,8 +879,13 @@ impl LineEncoder {
             documents.append(PyBytes::new(py, &data[begin..end]))?;
             begin = end;
         }
-        let seen = seen.into_iter().map(|((org, asset), (ms, n))| (org, asset, ms, n)).collect();
-        Ok((PyBytes::new(py, &vouched), documents, seen))
+        let last_seen = PyDict::new(py);
+        for ((org, asset), (newest, count)) in seen {
+            // Identifiers are checked ASCII.
+            let key = (PyString::new(py, &String::from_utf8_lossy(&org)), PyString::new(py, &String::from_utf8_lossy(&asset)));
+            last_seen.set_item(key, PyList::new(py, [newest, count as i64])?)?;
+        }
+        Ok((PyBytes::new(py, &vouched), documents, last_seen))
     }
 }
 
@@ -890,8 +895,6 @@ impl LineEncoder {
         let mut vouched = vec![0u8; lines.len()];
         let mut ends = Vec::with_capacity(lines.len());
         let mut seen: Seen = HashMap::new();
-        let mut last: Option<(Vec<u8>, Vec<u8>)> = None; // the asset of the last line (runs are common)
-        let mut run = (0i64, 0u64);
         let mut used = 0u32;
         let mut id = [0u8; 12];
         id[..9].copy_from_slice(prefix);
@@ -904,31 +907,16 @@ impl LineEncoder {
                     vouched[n] = 1;
                     used += 1;
                     ends.push(out.buf.len());
-                    let org = &out.buf[start + doc.org.start..start + doc.org.end];
-                    let asset = &out.buf[start + doc.asset.start..start + doc.asset.end];
-                    if last.as_ref().is_some_and(|(o, a)| o == org && a == asset) {
-                        run = (run.0.max(doc.millis), run.1 + 1);
-                    } else {
-                        flush(&mut seen, last.take(), run);
-                        last = Some((org.to_vec(), asset.to_vec()));
-                        run = (doc.millis, 1);
-                    }
+                    let org = out.buf[start + doc.org.start..start + doc.org.end].to_vec();
+                    let asset = out.buf[start + doc.asset.start..start + doc.asset.end].to_vec();
+                    let entry = seen.entry((org, asset)).or_insert((doc.millis, 0));
+                    entry.0 = entry.0.max(doc.millis);
+                    entry.1 += 1;
                 }
                 Err(Unsure) => out.buf.truncate(start),
             }
         }
-        flush(&mut seen, last, run);
         (vouched, out.buf, ends, seen)
-    }
-}
-
-fn flush(seen: &mut Seen, key: Option<(Vec<u8>, Vec<u8>)>, run: (i64, u64)) {
-    if let Some((org, asset)) = key {
-        // Identifiers are checked ASCII.
-        let key = (String::from_utf8_lossy(&org).into_owned(), String::from_utf8_lossy(&asset).into_owned());
-        let entry = seen.entry(key).or_insert((run.0, 0));
-        entry.0 = entry.0.max(run.0);
-        entry.1 += run.1;
     }
 }
 

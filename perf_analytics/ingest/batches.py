@@ -28,7 +28,15 @@ from functools import cache
 from typing import Any
 
 from perf_analytics import schema
-from perf_analytics.schema import ARRAY_KINDS, DATE_KEY, ID_FIELDS, PERFORMANCE_DATA, TIME_WINDOWS, Table, children
+from perf_analytics.schema import (
+    ARRAY_KINDS,
+    DATE_KEY,
+    ID_FIELDS,
+    PERFORMANCE_DATA,
+    TIME_WINDOWS,
+    Table,
+    children,
+)
 from perf_analytics.store import MAX_DOCUMENT_BYTES
 
 log = logging.getLogger(__name__)
@@ -147,8 +155,5 @@ class BlockEncoder:
             result: Encoded = self._arrow.encode(lines)
             return result
         prefix, first = OBJECT_IDS.reserve(len(lines))
-        vouched, documents, seen = self._native.encode(lines, prefix, first)
-        last_seen: LastSeen = {}
-        for org, asset, newest, count in seen:
-            add_seen(last_seen, org, asset, newest, count)
+        vouched, documents, last_seen = self._native.encode(lines, prefix, first)
         return Encoded([v == 1 for v in vouched], documents, last_seen)

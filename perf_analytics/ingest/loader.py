@@ -677,6 +677,9 @@ def _classify_block(block: RecordBlock, batch: _Batch, org_id: str | None, encod
 
 
 def _merge_seen(into: LastSeen, seen: LastSeen) -> None:
+    if not into:  # a batch's first block, the usual case: its entries are the batch's own
+        into.update(seen)
+        return
     for (org, asset), (newest, count) in seen.items():
         add_seen(into, org, asset, newest, count)
 
