@@ -816,8 +816,8 @@ impl LineEncoder {
     }
 }
 
-/// Per (org, asset): the newest timestamp in epoch ms and how many documents.
-type Seen = HashMap<(Vec<u8>, Vec<u8>), (i64, u64)>;
+/// Per org and asset (joined by a NUL): the newest timestamp in epoch ms and how many documents.
+type Seen = HashMap<Vec<u8>, (i64, u64)>;
 
 /// What `LineEncoder.encode` returns to Python (see there).
 type Encoded<'py> = (Bound<'py, PyBytes>, Bound<'py, PyList>, Bound<'py, PyDict>);
@@ -880,9 +880,11 @@ impl LineEncoder {
             begin = end;
         }
         let last_seen = PyDict::new(py);
-        for ((org, asset), (newest, count)) in seen {
+        for (key, (newest, count)) in seen {
             // Identifiers are checked ASCII.
-            let key = (PyString::new(py, &String::from_utf8_lossy(&org)), PyString::new(py, &String::from_utf8_lossy(&asset)));
+            let text = std::str::from_utf8(&key).map_err(|e| PyValueError::new_err(e.to_string()))?;
+            let (org, asset) = text.split_once('\0').unwrap_or((text, ""));
+            let key = (PyString::new(py, org), PyString::new(py, asset));
             last_seen.set_item(key, PyList::new(py, [newest, count as i64])?)?;
         }
         Ok((PyBytes::new(py, &vouched), documents, last_seen))
@@ -895,6 +897,7 @@ impl LineEncoder {
         let mut vouched = vec![0u8; lines.len()];
         let mut ends = Vec::with_capacity(lines.len());
         let mut seen: Seen = HashMap::new();
+        let mut key = Vec::new();
         let mut used = 0u32;
         let mut id = [0u8; 12];
         id[..9].copy_from_slice(prefix);
@@ -907,11 +910,18 @@ impl LineEncoder {
                     vouched[n] = 1;
                     used += 1;
                     ends.push(out.buf.len());
-                    let org = out.buf[start + doc.org.start..start + doc.org.end].to_vec();
-                    let asset = out.buf[start + doc.asset.start..start + doc.asset.end].to_vec();
-                    let entry = seen.entry((org, asset)).or_insert((doc.millis, 0));
-                    entry.0 = entry.0.max(doc.millis);
-                    entry.1 += 1;
+                    // Keyed by org and asset joined with a NUL (neither holds one), so
+                    // that a lookup borrows the bytes and only a new asset allocates.
+                    key.clear();
+                    key.extend_from_slice(&out.buf[start + doc.org.start..start + doc.org.end]);
+                    key.push(0);
+                    key.extend_from_slice(&out.buf[start + doc.asset.start..start + doc.asset.end]);
+                    match seen.get_mut(key.as_slice()) {
+                        Some(entry) => *entry = (entry.0.max(doc.millis), entry.1 + 1),
+                        None => {
+                            seen.insert(key.clone(), (doc.millis, 1));
+                        }
+                    }
                 }
                 Err(Unsure) => out.buf.truncate(start),
             }

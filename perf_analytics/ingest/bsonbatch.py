@@ -1,4 +1,5 @@
-"""BSON documents for a whole batch of payloads at once, from their Arrow columns.
+"""BSON documents for a whole batch of payloads at once, from their Arrow columns: the
+loader's block path where the native line encoder (`batches.py`) is not built.
 
 Encoding one Python dict per snapshot costs more than parsing it. For rows that
 `schema.conforming_rows` vouched for, the stored document is a fixed function of the
@@ -6,7 +7,9 @@ columns (the contract's fields in stored order, `_id` first, doubles for metrics
 for counts, a UTC date), so it is written with numpy into one buffer: each field's bytes go
 to every row at once, at offsets computed from the sizes of what comes before it. The
 bytes are those `bson.encode` gives for the dict `validate_snapshot` returns for the same
-payload (a test compares them).
+payload written in the contract's order (a test compares them; a payload whose keys come
+in another order is stored with the same fields and values in the contract's order).
+`ArrowBlocks` (at the end) reads NDJSON lines into those columns.
 """
 
 from __future__ import annotations
