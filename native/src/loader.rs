@@ -287,17 +287,31 @@ impl<'a> Reader<'a> {
     }
 
     /// A number in strict JSON grammar. Integers beyond 64 bits (orjson reads them as
-    /// doubles) and infinities are not vouched for.
+    /// doubles) and infinities are not vouched for. The digits are gathered as they are
+    /// checked, so a plain literal is read in one pass (see `exact_double`).
     fn number(&mut self) -> Sure<Number> {
         self.skip_space();
         let start = self.i;
         let s = self.s;
         let mut i = self.i;
-        if s.get(i) == Some(&b'-') {
+        let negative = s.get(i) == Some(&b'-');
+        if negative {
             i += 1;
         }
         let digits = i;
-        while s.get(i).is_some_and(u8::is_ascii_digit) {
+        let mut mantissa: u64 = 0;
+        let mut significant = 0u32; // digits from the first non-zero one
+        let mut exponent: i64 = 0;
+        while let Some(&c) = s.get(i) {
+            if !c.is_ascii_digit() {
+                break;
+            }
+            significant += u32::from(mantissa != 0 || c != b'0');
+            if significant <= 19 {
+                mantissa = mantissa * 10 + u64::from(c - b'0');
+            } else {
+                exponent += 1; // a digit left out of the mantissa (such literals take the full parser)
+            }
             i += 1;
         }
         if i == digits || (s[digits] == b'0' && i - digits > 1) {
@@ -308,7 +322,15 @@ impl<'a> Reader<'a> {
             integer = false;
             i += 1;
             let frac = i;
-            while s.get(i).is_some_and(u8::is_ascii_digit) {
+            while let Some(&c) = s.get(i) {
+                if !c.is_ascii_digit() {
+                    break;
+                }
+                significant += u32::from(mantissa != 0 || c != b'0');
+                if significant <= 19 {
+                    mantissa = mantissa * 10 + u64::from(c - b'0');
+                    exponent -= 1;
+                }
                 i += 1;
             }
             if i == frac {
@@ -318,26 +340,55 @@ impl<'a> Reader<'a> {
         if matches!(s.get(i), Some(b'e' | b'E')) {
             integer = false;
             i += 1;
-            if matches!(s.get(i), Some(b'+' | b'-')) {
-                i += 1;
-            }
+            let sign = match s.get(i) {
+                Some(b'-') => {
+                    i += 1;
+                    -1
+                }
+                Some(b'+') => {
+                    i += 1;
+                    1
+                }
+                _ => 1,
+            };
             let exp = i;
-            while s.get(i).is_some_and(u8::is_ascii_digit) {
+            let mut value: i64 = 0;
+            while let Some(&c) = s.get(i) {
+                if !c.is_ascii_digit() {
+                    break;
+                }
+                value = (value * 10 + i64::from(c - b'0')).min(1 << 20);
                 i += 1;
             }
             if i == exp {
                 return Err(Unsure);
             }
+            exponent += sign * value;
         }
         self.i = i;
-        let negative = s[start] == b'-';
         if integer {
+            if significant <= 19 {
+                let value = i128::from(mantissa);
+                return if !negative {
+                    Ok(Number::Int(value))
+                } else if value <= 1 << 63 {
+                    Ok(Number::Int(-value))
+                } else {
+                    Err(Unsure)
+                };
+            }
             return integer_value(&s[digits..i], negative).map(Number::Int).ok_or(Unsure);
         }
-        let value = fast_float(&s[digits..i], negative).map_or_else(
-            || std::str::from_utf8(&s[start..i]).ok().and_then(|t| t.parse::<f64>().ok()).ok_or(Unsure),
-            Ok,
-        )?;
+        let value = match exact_double(mantissa, significant, exponent) {
+            Some(v) => {
+                if negative {
+                    -v
+                } else {
+                    v
+                }
+            }
+            None => std::str::from_utf8(&s[start..i]).ok().and_then(|t| t.parse::<f64>().ok()).ok_or(Unsure)?,
+        };
         if !value.is_finite() {
             return Err(Unsure);
         }
@@ -368,55 +419,17 @@ const POWERS_OF_TEN: [f64; 23] = [
     1e19, 1e20, 1e21, 1e22,
 ];
 
-/// A decimal literal (`digits[.digits][e[+-]digits]`, sign apart) whose digits fit 2^53
-/// and whose power of ten is within 22: both are exact doubles, so one IEEE multiply or
-/// divide gives the correctly rounded value (Clinger's fast path), as a full parser
-/// would. None for any other literal, which the full parser reads.
-fn fast_float(text: &[u8], negative: bool) -> Option<f64> {
-    let mut mantissa: u64 = 0;
-    let mut significant = 0;
-    let mut exponent: i64 = 0;
-    let mut i = 0;
-    let mut after_point = false;
-    while i < text.len() {
-        match text[i] {
-            b'.' => after_point = true,
-            b'e' | b'E' => break,
-            d => {
-                if mantissa != 0 || d != b'0' {
-                    significant += 1;
-                }
-                if significant > 15 {
-                    return None;
-                }
-                mantissa = mantissa * 10 + u64::from(d - b'0');
-                if after_point {
-                    exponent -= 1;
-                }
-            }
-        }
-        i += 1;
-    }
-    if i < text.len() {
-        let rest = &text[i + 1..];
-        let (sign, digits) = match rest.first() {
-            Some(b'-') => (-1, &rest[1..]),
-            Some(b'+') => (1, &rest[1..]),
-            _ => (1, rest),
-        };
-        if digits.len() > 4 {
-            return None;
-        }
-        let e = digits.iter().fold(0i64, |v, d| v * 10 + i64::from(d - b'0'));
-        exponent += sign * e;
+/// `mantissa` x 10^`exponent` when the mantissa has at most 15 significant digits
+/// (below 2^53) and the power of ten is within 22: both are exact doubles, so one IEEE
+/// multiply or divide gives the correctly rounded value (Clinger's fast path), as a full
+/// parser would. None otherwise, for the full parser.
+fn exact_double(mantissa: u64, significant: u32, exponent: i64) -> Option<f64> {
+    if significant > 15 || exponent.abs() > 22 {
+        return None;
     }
     let m = mantissa as f64; // exact: below 10^15
-    let value = if exponent >= 0 {
-        m * *POWERS_OF_TEN.get(usize::try_from(exponent).ok()?)?
-    } else {
-        m / *POWERS_OF_TEN.get(usize::try_from(-exponent).ok()?)?
-    };
-    Some(if negative { -value } else { value })
+    let power = POWERS_OF_TEN[exponent.unsigned_abs() as usize];
+    Some(if exponent >= 0 { m * power } else { m / power })
 }
 
 /// BSON being written: documents open as a length placeholder, patched when closed.

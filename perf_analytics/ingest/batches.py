@@ -4,7 +4,7 @@ A block of lines goes to the native line encoder (`perf_analytics_native.LineEnc
 Rust extension in `native/`, built by `make setup`): one pass per line parses the JSON,
 checks the contract's rules (a tree built here from `schema.TABLES`) and writes the BSON
 document the per-record path would store, byte for byte. Where that extension is not
-built, the Arrow batch path does the same work (`bsonbatch.ArrowBlocks`, about 4x the CPU
+built, the Arrow batch path does the same work (`bsonbatch.ArrowBlocks`, about 3.4x the CPU
 and more memory), with a warning logged once.
 
 Either path vouches only for records an agent sends as it should. Any other line (a field
@@ -12,8 +12,8 @@ outside the contract, a type or value the path does not vouch for, a line that i
 JSON) is left to the per-record path, which parses it with orjson and accepts or rejects it
 with `validate_snapshot`, so its reason is the same as it always was.
 
-This module imports neither numpy nor pyarrow (about 60 MiB of a load's memory): the
-native path needs neither.
+This module imports neither numpy nor pyarrow (with the pandas that pyarrow loads on its
+first conversion, over 100 MiB of a load's memory): the native path needs none of them.
 """
 
 from __future__ import annotations
@@ -112,7 +112,7 @@ def _native_module() -> Any:
         module = None
     if module is None or not hasattr(module, "LineEncoder"):
         log.warning("%s is not built: NDJSON lines are checked and encoded by the Arrow batch path, "
-                    "about 4x the CPU (`make setup` builds it)", NATIVE_MODULE)
+                    "about 3.4x the CPU and 3x the memory (`make setup` builds it)", NATIVE_MODULE)
         return None
     return module
 
