@@ -4,7 +4,7 @@ A block of lines goes to the native line encoder (`perf_analytics_native.LineEnc
 Rust extension in `native/`, built by `make setup`): one pass per line parses the JSON,
 checks the contract's rules (a tree built here from `schema.TABLES`) and writes the BSON
 document the per-record path would store, byte for byte. Where that extension is not
-built, the Arrow batch path does the same work (`bsonbatch.ArrowBlocks`, about 3.4x the CPU
+built, the Arrow batch path does the same work (`bsonbatch.ArrowBlocks`, 3.4-4x the CPU
 and more memory), with a warning logged once.
 
 Either path vouches only for records an agent sends as it should. Any other line (a field
@@ -112,7 +112,7 @@ def _native_module() -> Any:
         module = None
     if module is None or not hasattr(module, "LineEncoder"):
         log.warning("%s is not built: NDJSON lines are checked and encoded by the Arrow batch path, "
-                    "about 3.4x the CPU and 3x the memory (`make setup` builds it)", NATIVE_MODULE)
+                    "3.4-4x the CPU and 3x the memory (`make setup` builds it)", NATIVE_MODULE)
         return None
     return module
 
