@@ -7,7 +7,10 @@ page cache. Each side runs in a child process of its own, one after the other; i
 (user + system, all threads) and peak RSS come from wait4:
 
 - `ingest --dry-run`: the loader's whole client path (read, validate, encode to BSON),
-  with the insert replaced by counting the encoded documents;
+  with the insert replaced by counting the encoded documents, through the native line
+  encoder (`perf_analytics_native`, built by `make setup`);
+- the same through the Arrow batch path, the extension hidden from the child (what a
+  load does where it is not built);
 - the per-snapshot path, as the loader worked before batches: each line parsed with
   orjson, `validate_snapshot`, `check_nesting`, a new ObjectId and `encode_document`;
 - the limit: reading the lines and nothing else;
@@ -47,6 +50,7 @@ from bson import CodecOptions, ObjectId
 
 from perf_analytics.config import load_settings
 from perf_analytics.ingest import open_archive
+from perf_analytics.ingest.batches import native_available
 from perf_analytics.schema import ASSETS, SNAPSHOTS, asset_id_filter, validate_snapshot
 from perf_analytics.store import (
     Db,
@@ -179,6 +183,16 @@ print(json.dumps({"read": done, "cpu_seconds": time.process_time() - started}))
 """
 
 
+# The CLI with the native extension hidden (an import of it fails), as where it is not built.
+_WITHOUT_NATIVE = """
+import sys
+sys.modules["perf_analytics_native"] = None
+sys.argv[0] = "perf-analytics"
+from perf_analytics.cli import main
+sys.exit(main())
+"""
+
+
 def client_table(size: int, baseline_size: int, mongoimport: str | None, mongoimport_size: int) -> dict[str, Any]:
     """Every side's client CPU per snapshot and peak RSS (see the module docstring)."""
     archive = extended_json_archive(size)
@@ -187,8 +201,10 @@ def client_table(size: int, baseline_size: int, mongoimport: str | None, mongoim
     sides: dict[str, dict[str, Any]] = {}
     baseline = archive if baseline_size >= size else head_of(archive, baseline_size)
     warm(baseline)
+    dry_run = ["ingest", str(archive), "--dry-run", "--json"]
     runs = {
-        "ingest --dry-run": [py, "-m", "perf_analytics.cli", "ingest", str(archive), "--dry-run", "--json"],
+        "ingest --dry-run": [py, "-m", "perf_analytics.cli", *dry_run],
+        "ingest --dry-run, Arrow batch path": [py, "-c", _WITHOUT_NATIVE, *dry_run],
         "per-snapshot path": [py, __file__, "--per-snapshot-child", str(baseline), str(baseline_size)],
         "read lines only (limit)": [py, "-S", "-E", "-c", _LINES, str(archive)],
     }
@@ -197,7 +213,7 @@ def client_table(size: int, baseline_size: int, mongoimport: str | None, mongoim
         summary = json.loads(run.pop("stdout"))
         run["snapshots"] = summary["read"]
         run["loop_cpu_s"] = summary["cpu_seconds"]
-        if name == "ingest --dry-run":
+        if name.startswith("ingest --dry-run"):
             run["valid"], run["rejected"] = summary["valid"], summary["rejected"]
         run["cpu_us_per_snapshot"] = run["cpu_s"] / run["snapshots"] * 1e6
         run["loop_cpu_us_per_snapshot"] = run["loop_cpu_s"] / run["snapshots"] * 1e6
@@ -208,7 +224,7 @@ def client_table(size: int, baseline_size: int, mongoimport: str | None, mongoim
     else:
         print("mongoimport: not found (pass --mongoimport PATH or set MONGOIMPORT); that side is skipped",
               file=sys.stderr)
-    return {"snapshots": size, "sides": sides}
+    return {"snapshots": size, "native_encoder": native_available(), "sides": sides}
 
 
 def run_mongoimport(binary: str, archive: Path, n: int) -> dict[str, Any]:

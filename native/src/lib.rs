@@ -13,6 +13,8 @@
 //! non-array, non-null value is an empty list; any other mismatch refuses the whole
 //! document, which is then left out of the buffers and reported with its position.
 
+mod loader;
+
 use std::cmp::Ordering;
 use std::collections::HashMap;
 
@@ -565,5 +567,6 @@ fn decode_batches<'py>(
 
 #[pymodule]
 fn perf_analytics_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add_function(wrap_pyfunction!(decode_batches, m)?)
+    m.add_function(wrap_pyfunction!(decode_batches, m)?)?;
+    loader::register(m)
 }

@@ -1,34 +1,47 @@
 """NDJSON lines parsed, checked and encoded a block at a time, without a dict per record.
 
-A block of lines is parsed by Arrow's JSON reader into columns of the contract's shape
-(`schema.payload_arrow_schema`), checked as columns (`schema.conforming_rows`) and encoded
-to BSON as columns (`bsonbatch.encode_rows`). That covers the records an agent sends as it
-should. Any other line (a field outside the contract, a type or value the columns do not
-vouch for, a line that is not JSON) is left to the per-record path, which parses it with
-orjson and accepts or rejects it with `validate_snapshot`, so its reason is the same as it
-always was. A block Arrow cannot read as a whole is halved until the readable parts are
-found; when even halving finds nothing readable, the next blocks skip the attempt for a
-while (an archive of another shape costs the per-record path plus little).
+A block of lines goes to the native line encoder (`perf_analytics_native.LineEncoder`, a
+Rust extension in `native/`, built by `make setup`): one pass per line parses the JSON,
+checks the contract's rules (a tree built here from `schema.TABLES`) and writes the BSON
+document the per-record path would store, byte for byte. Where that extension is not
+built, the Arrow batch path does the same work (`bsonbatch.ArrowBlocks`, 3.4-4x the CPU
+and more memory), with a warning logged once.
+
+Either path vouches only for records an agent sends as it should. Any other line (a field
+outside the contract, a type or value the path does not vouch for, a line that is not
+JSON) is left to the per-record path, which parses it with orjson and accepts or rejects it
+with `validate_snapshot`, so its reason is the same as it always was.
+
+This module imports neither numpy nor pyarrow (with the pandas that pyarrow loads on its
+first conversion, over 100 MiB of a load's memory): the native path needs none of them.
 """
 
 from __future__ import annotations
 
-import io
+import importlib
+import logging
+import os
+import threading
+import time
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.json as pj
-
-from perf_analytics.ingest.bsonbatch import TooWide, encode_rows
-from perf_analytics.schema import DATE_KEY, conforming_rows, payload_arrow_schema
+from perf_analytics import schema
+from perf_analytics.schema import (
+    ARRAY_KINDS,
+    DATE_KEY,
+    ID_FIELDS,
+    PERFORMANCE_DATA,
+    TIME_WINDOWS,
+    Table,
+    children,
+)
 from perf_analytics.store import MAX_DOCUMENT_BYTES
 
-_SMALLEST = 16  # lines: a smaller part Arrow cannot read goes to the per-record path whole
-_REST_BLOCKS = 8  # blocks to leave to the per-record path after one with nothing readable
-_WRAPPED = b'{"' + DATE_KEY.encode() + b'"'
+log = logging.getLogger(__name__)
 
+NATIVE_MODULE = "perf_analytics_native"
 
 LastSeen = dict[tuple[str, str], list[int]]  # (org, asset) -> [newest epoch ms, documents]
 
@@ -48,86 +61,99 @@ class Encoded:
     """What a block's batch path produced: for each line vouched for (`vouched[i]`), its
     document, in line order, and per asset the newest timestamp and count of them."""
 
-    vouched: Any  # numpy bool per line
+    vouched: list[bool]
     documents: list[bytes] = field(default_factory=list)
     last_seen: LastSeen = field(default_factory=dict)
 
 
-class BlockEncoder:
-    """Encodes blocks of NDJSON lines; remembers when recent blocks had nothing readable."""
+class ObjectIds:
+    """ObjectIds as the BSON spec builds them (seconds, a random per-process value, a
+    counter), handed out a block at a time. The random part is drawn anew in a forked
+    child, so two processes never share it."""
 
-    def __init__(self, org_id: str | None) -> None:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pid = -1
+        self._random = b""
+        self._counter = 0
+
+    def reserve(self, n: int) -> tuple[bytes, int]:
+        """Room for `n` ids: their first 9 bytes (seconds, random) and the first of their
+        counters; id i ends with (first + i) mod 2**24 as 3 big-endian bytes."""
+        with self._lock:
+            if self._pid != os.getpid():
+                self._pid, self._random = os.getpid(), os.urandom(5)
+                self._counter = int.from_bytes(os.urandom(3), "big")
+            first, self._counter = self._counter, (self._counter + n) % (1 << 24)
+        return int(time.time()).to_bytes(4, "big") + self._random, first
+
+
+OBJECT_IDS = ObjectIds()
+
+
+def _native_table(path: str, table: Table | None) -> tuple[Any, ...]:
+    """The native encoder's description of `table` (performanceData when None):
+    (fields [(name, kind, array, required)], named, bounded, children [(key, repeated,
+    required, description)])."""
+    fields = [
+        (name, schema._ARRAY_OF[kind] if kind in ARRAY_KINDS else kind, kind in ARRAY_KINDS, required)
+        for name, kind, required in (table.fields if table is not None else ())
+    ]
+    tables = [(t.key, t.repeated, t.required, _native_table(t.path, t)) for t in children(path)]
+    return fields, table is not None and table.named, table is not None and table.bounded, tables
+
+
+@cache
+def _native_module() -> Any:
+    """The native extension when it is built with the line encoder, else None (warned once)."""
+    try:
+        module = importlib.import_module(NATIVE_MODULE)
+    except ImportError:
+        module = None
+    if module is None or not hasattr(module, "LineEncoder"):
+        log.warning("%s is not built: NDJSON lines are checked and encoded by the Arrow batch path, "
+                    "3.4-4x the CPU and 3x the memory (`make setup` builds it)", NATIVE_MODULE)
+        return None
+    return module
+
+
+def native_available() -> bool:
+    """Whether blocks go through the native line encoder."""
+    return _native_module() is not None
+
+
+class BlockEncoder:
+    """Encodes blocks of NDJSON lines for a load (of `org_id` only, when given).
+
+    `native`: True to require the native line encoder, False for the Arrow batch path,
+    None (the default) for the native one when it is built.
+    """
+
+    def __init__(self, org_id: str | None, *, native: bool | None = None) -> None:
         self.org_id = org_id
-        self._resting = 0
-        self._schemas = {wrapped: payload_arrow_schema(wrapped_dates=wrapped) for wrapped in (False, True)}
+        module = _native_module() if native is not False else None
+        if native and module is None:
+            raise RuntimeError(f"{NATIVE_MODULE} is not built with its line encoder (`make setup` builds it)")
+        self._native = None if module is None else module.LineEncoder(
+            list(ID_FIELDS), list(TIME_WINDOWS), PERFORMANCE_DATA, _native_table(PERFORMANCE_DATA, None),
+            DATE_KEY, org_id, MAX_DOCUMENT_BYTES,
+        )
+        self._arrow: Any = None
+
+    @property
+    def native(self) -> bool:
+        return self._native is not None
 
     def encode(self, lines: list[bytes]) -> Encoded:
-        """Documents for the lines of `lines` that the columns vouch for (see the module)."""
-        # Only lines that open an object reach Arrow: its JSON reader (pyarrow 25) crashes
-        # the process on a line that is `null`.
-        objects = [i for i, line in enumerate(lines) if line.startswith(b"{") or line.lstrip().startswith(b"{")]
-        if len(objects) < len(lines):
-            part = self.encode([lines[i] for i in objects]) if objects else Encoded(np.zeros(0, dtype=bool))
-            result = Encoded(np.zeros(len(lines), dtype=bool), part.documents, part.last_seen)
-            result.vouched[np.asarray(objects, dtype=np.int64)] = part.vouched
-            return result
-        result = Encoded(np.zeros(len(lines), dtype=bool))
-        if self._resting:
-            self._resting -= 1
-            return result
-        for start, table in self._readable(lines, 0, len(lines)):
-            self._encode_part(result, start, table)
-        if len(lines) >= _SMALLEST and not result.vouched.any():
-            self._resting = _REST_BLOCKS
-        return result
+        """Documents for the lines of `lines` that the block path vouches for (see the module)."""
+        if self._native is None:
+            if self._arrow is None:
+                # Imported here: numpy and pyarrow are needed only without the native encoder.
+                from perf_analytics.ingest.bsonbatch import ArrowBlocks
 
-    def _readable(self, lines: list[bytes], start: int, end: int) -> list[tuple[int, Any]]:
-        """(first line, table) of the parts of lines[start:end] Arrow reads into the
-        contract's shape exactly, one row per line."""
-        data = b"".join(lines[start:end])
-        schema = self._schemas[_WRAPPED in data]
-        try:
-            table = pj.read_json(
-                io.BytesIO(data),
-                read_options=pj.ReadOptions(use_threads=False, block_size=len(data) + 1),
-                parse_options=pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="infer"),
-            )
-        except pa.ArrowInvalid:
-            table = None
-        if table is not None and table.num_rows == end - start and table.schema.equals(schema):
-            return [(start, table)]
-        if end - start <= _SMALLEST:
-            return []
-        middle = (start + end) // 2
-        return self._readable(lines, start, middle) + self._readable(lines, middle, end)
-
-    def _encode_part(self, result: Encoded, start: int, table: Any) -> None:
-        ok, millis = conforming_rows(table, org_id=self.org_id)
-        if not ok.any():
-            return
-        if not ok.all():
-            table, millis = table.filter(pa.array(ok)), millis[ok]
-        rows = np.flatnonzero(ok)
-        try:
-            encoded = encode_rows(table, millis)
-        except TooWide as exc:
-            # A row far larger than the rest (a list of thousands) goes one by one.
-            typical = exc.sizes <= 2 * np.median(exc.sizes)
-            table, millis, rows = table.filter(pa.array(typical)), millis[typical], rows[typical]
-            try:
-                encoded = encode_rows(table, millis)
-            except TooWide:
-                return
-        small = encoded.sizes <= MAX_DOCUMENT_BYTES  # a larger one is refused one by one, with its size
-        rows = rows[small]
-        documents = encoded.documents()
-        if not small.all():
-            documents = [d for d, keep in zip(documents, small.tolist(), strict=True) if keep]
-            table, millis = table.filter(pa.array(small)), millis[small]
-        result.vouched[start + rows] = True
-        result.documents.extend(documents)
-        keys = pa.table({"org": table.column("orgId"), "asset": table.column("assetId"), "millis": millis})
-        per_asset = keys.group_by(["org", "asset"]).aggregate([("millis", "max"), ("millis", "count")])
-        for org, asset, newest, count in zip(*(per_asset.column(c).to_pylist() for c in
-                                              ("org", "asset", "millis_max", "millis_count")), strict=True):
-            add_seen(result.last_seen, org, asset, newest, count)
+                self._arrow = ArrowBlocks(self.org_id)
+            result: Encoded = self._arrow.encode(lines)
+            return result
+        prefix, first = OBJECT_IDS.reserve(len(lines))
+        vouched, documents, last_seen = self._native.encode(lines, prefix, first)
+        return Encoded([v == 1 for v in vouched], documents, last_seen)

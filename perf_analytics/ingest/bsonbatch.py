@@ -1,4 +1,5 @@
-"""BSON documents for a whole batch of payloads at once, from their Arrow columns.
+"""BSON documents for a whole batch of payloads at once, from their Arrow columns: the
+loader's block path where the native line encoder (`batches.py`) is not built.
 
 Encoding one Python dict per snapshot costs more than parsing it. For rows that
 `schema.conforming_rows` vouched for, the stored document is a fixed function of the
@@ -6,14 +7,14 @@ columns (the contract's fields in stored order, `_id` first, doubles for metrics
 for counts, a UTC date), so it is written with numpy into one buffer: each field's bytes go
 to every row at once, at offsets computed from the sizes of what comes before it. The
 bytes are those `bson.encode` gives for the dict `validate_snapshot` returns for the same
-payload (a test compares them).
+payload written in the contract's order (a test compares them; a payload whose keys come
+in another order is stored with the same fields and values in the contract's order).
+`ArrowBlocks` (at the end) reads NDJSON lines into those columns.
 """
 
 from __future__ import annotations
 
-import os
-import threading
-import time
+import io
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,8 +22,21 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.json as pj
 
-from perf_analytics.schema import ARRAY_KINDS, COUNT, ID_FIELDS, PERFORMANCE_DATA, Table, children
+from perf_analytics.ingest.batches import OBJECT_IDS, Encoded, add_seen
+from perf_analytics.schema import (
+    ARRAY_KINDS,
+    COUNT,
+    DATE_KEY,
+    ID_FIELDS,
+    PERFORMANCE_DATA,
+    Table,
+    children,
+    conforming_rows,
+    payload_arrow_schema,
+)
+from perf_analytics.store import MAX_DOCUMENT_BYTES
 
 Ints = npt.NDArray[np.int64]
 Mask = npt.NDArray[np.bool_]
@@ -216,36 +230,18 @@ def _section(table: Table | None, path: str, array: Any, present: Mask) -> _Docu
     return _Document(fields, present)
 
 
-class _ObjectIds:
-    """ObjectIds as the BSON spec builds them (seconds, a random per-process value, a
-    counter), made for a whole batch at once. The random part is drawn anew in a forked
-    child, so two processes never share it."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._pid = -1
-        self._random = b""
-        self._counter = 0
-
-    def make(self, n: int) -> Any:
-        with self._lock:
-            if self._pid != os.getpid():
-                self._pid, self._random = os.getpid(), os.urandom(5)
-                self._counter = int.from_bytes(os.urandom(3), "big")
-            first, self._counter = self._counter, (self._counter + n) % (1 << 24)
-        ids = np.empty((n, 12), dtype=np.uint8)
-        ids[:, :4] = np.frombuffer(int(time.time()).to_bytes(4, "big"), dtype=np.uint8)
-        ids[:, 4:9] = np.frombuffer(self._random, dtype=np.uint8)
-        counters = (first + np.arange(n, dtype=np.int64)) % (1 << 24)
-        ids[:, 9:] = counters.astype(">u4").view(np.uint8).reshape(n, 4)[:, 1:]
-        return ids
-
-
-_OBJECT_IDS = _ObjectIds()
+def _object_ids(n: int) -> Any:
+    """`n` new ObjectIds as a (n, 12) uint8 matrix, from the loader's one allocator."""
+    prefix, first = OBJECT_IDS.reserve(n)
+    ids = np.empty((n, 12), dtype=np.uint8)
+    ids[:, :9] = np.frombuffer(prefix, dtype=np.uint8)
+    counters = (first + np.arange(n, dtype=np.int64)) % (1 << 24)
+    ids[:, 9:] = counters.astype(">u4").view(np.uint8).reshape(n, 4)[:, 1:]
+    return ids
 
 
 @dataclass
-class Encoded:
+class Packed:
     """Documents end to end in `data`; document i is data[ends[i] - sizes[i]:ends[i]]."""
 
     data: bytes
@@ -266,7 +262,7 @@ class TooWide(Exception):
         self.sizes = sizes
 
 
-def encode_rows(batch: Any, millis: Any, *, budget: int = PADDED_BYTES) -> Encoded:
+def encode_rows(batch: Any, millis: Any, *, budget: int = PADDED_BYTES) -> Packed:
     """The BSON documents to store for every row of `batch` (a pyarrow Table of
     `payload_arrow_schema` whose rows `conforming_rows` vouched for), each with a new
     `_id`; `millis` are the rows' timestamps in epoch milliseconds.
@@ -277,7 +273,7 @@ def encode_rows(batch: Any, millis: Any, *, budget: int = PADDED_BYTES) -> Encod
     """
     n = batch.num_rows
     everyone = np.ones(n, dtype=bool)
-    fields: list[tuple[bytes, _Value]] = [(b"_id", _Fixed(_OBJECT_ID, _OBJECT_IDS.make(n), everyone))]
+    fields: list[tuple[bytes, _Value]] = [(b"_id", _Fixed(_OBJECT_ID, _object_ids(n), everyone))]
     fields += [(f.encode(), _String(batch.column(f), everyone)) for f in ID_FIELDS]
     fields.append((b"timestamp", _Fixed(_DATE, _bytes_of(millis, "<i8"), everyone)))
     fields.append((b"timeWindow", _String(batch.column("timeWindow"), everyone)))
@@ -297,4 +293,96 @@ def encode_rows(batch: Any, millis: Any, *, budget: int = PADDED_BYTES) -> Encod
         np.ascontiguousarray(out[i : i + _BLOCK_ROWS])[np.ascontiguousarray(real[i : i + _BLOCK_ROWS])].tobytes()
         for i in range(0, n, _BLOCK_ROWS)
     ]
-    return Encoded(b"".join(packed), sizes, np.cumsum(sizes))
+    return Packed(b"".join(packed), sizes, np.cumsum(sizes))
+
+
+# -- blocks of NDJSON lines through Arrow (where the native line encoder is not built) ----
+
+_SMALLEST = 16  # lines: a smaller part Arrow cannot read goes to the per-record path whole
+_REST_BLOCKS = 8  # blocks to leave to the per-record path after one with nothing readable
+_WRAPPED = b'{"' + DATE_KEY.encode() + b'"'
+
+
+class ArrowBlocks:
+    """Blocks of NDJSON lines parsed by Arrow's JSON reader into columns of the contract's
+    shape (`schema.payload_arrow_schema`), checked as columns (`schema.conforming_rows`)
+    and encoded with `encode_rows`. A block Arrow cannot read as a whole is halved until
+    the readable parts are found; when even halving finds nothing readable, the next
+    blocks skip the attempt for a while (an archive of another shape costs the per-record
+    path plus little)."""
+
+    def __init__(self, org_id: str | None) -> None:
+        self.org_id = org_id
+        self._resting = 0
+        self._schemas = {wrapped: payload_arrow_schema(wrapped_dates=wrapped) for wrapped in (False, True)}
+
+    def encode(self, lines: list[bytes]) -> Encoded:
+        """Documents for the lines of `lines` that the columns vouch for."""
+        vouched = np.zeros(len(lines), dtype=bool)
+        # Only lines that open an object reach Arrow: its JSON reader (pyarrow 25) crashes
+        # the process on a line that is `null`.
+        objects = np.asarray([i for i, line in enumerate(lines) if line.lstrip().startswith(b"{")], dtype=np.int64)
+        result = Encoded([])
+        if len(objects) and self._resting:
+            self._resting -= 1
+        elif len(objects):
+            part = np.zeros(len(objects), dtype=bool)
+            readable = [lines[i] for i in objects]
+            for start, table in self._readable(readable, 0, len(readable)):
+                self._encode_part(result, part, start, table)
+            if len(readable) >= _SMALLEST and not part.any():
+                self._resting = _REST_BLOCKS
+            vouched[objects] = part
+        result.vouched = vouched.tolist()
+        return result
+
+    def _readable(self, lines: list[bytes], start: int, end: int) -> list[tuple[int, Any]]:
+        """(first line, table) of the parts of lines[start:end] Arrow reads into the
+        contract's shape exactly, one row per line."""
+        data = b"".join(lines[start:end])
+        schema = self._schemas[_WRAPPED in data]
+        try:
+            table = pj.read_json(
+                io.BytesIO(data),
+                read_options=pj.ReadOptions(use_threads=False, block_size=len(data) + 1),
+                parse_options=pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="infer"),
+            )
+        except pa.ArrowInvalid:
+            table = None
+        if table is not None and table.num_rows == end - start and table.schema.equals(schema):
+            return [(start, table)]
+        if end - start <= _SMALLEST:
+            return []
+        middle = (start + end) // 2
+        return self._readable(lines, start, middle) + self._readable(lines, middle, end)
+
+    def _encode_part(self, result: Encoded, vouched: Any, start: int, table: Any) -> None:
+        ok, millis = conforming_rows(table, org_id=self.org_id)
+        if not ok.any():
+            return
+        if not ok.all():
+            table, millis = table.filter(pa.array(ok)), millis[ok]
+        rows = np.flatnonzero(ok)
+        try:
+            encoded = encode_rows(table, millis)
+        except TooWide as exc:
+            # A row far larger than the rest (a list of thousands) goes one by one.
+            typical = exc.sizes <= 2 * np.median(exc.sizes)
+            table, millis, rows = table.filter(pa.array(typical)), millis[typical], rows[typical]
+            try:
+                encoded = encode_rows(table, millis)
+            except TooWide:
+                return
+        small = encoded.sizes <= MAX_DOCUMENT_BYTES  # a larger one is refused one by one, with its size
+        rows = rows[small]
+        documents = encoded.documents()
+        if not small.all():
+            documents = [d for d, keep in zip(documents, small.tolist(), strict=True) if keep]
+            table, millis = table.filter(pa.array(small)), millis[small]
+        vouched[start + rows] = True
+        result.documents.extend(documents)
+        keys = pa.table({"org": table.column("orgId"), "asset": table.column("assetId"), "millis": millis})
+        per_asset = keys.group_by(["org", "asset"]).aggregate([("millis", "max"), ("millis", "count")])
+        for org, asset, newest, count in zip(*(per_asset.column(c).to_pylist() for c in
+                                              ("org", "asset", "millis_max", "millis_count")), strict=True):
+            add_seen(result.last_seen, org, asset, newest, count)

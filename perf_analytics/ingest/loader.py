@@ -651,12 +651,12 @@ def _classify_block(block: RecordBlock, batch: _Batch, org_id: str | None, encod
     lines = [item for item in block.items if isinstance(item, bytes)]
     encoded = encoder.encode(lines) if lines else None
     batch.read += len(block.items)
-    if encoded is not None and len(lines) == len(block.items) and bool(encoded.vouched.all()):
+    if encoded is not None and len(lines) == len(block.items) and all(encoded.vouched):
         batch.docs.extend(encoded.documents)
         batch.positions.extend([f"line {n}" for n in block.line_numbers])
         _merge_seen(batch.last_seen, encoded.last_seen)
         return
-    vouched = encoded.vouched.tolist() if encoded is not None else []
+    vouched = encoded.vouched if encoded is not None else []
     line = 0  # of the block's raw lines
     done = 0  # of the encoded documents
     for i, item in enumerate(block.items):
@@ -677,6 +677,9 @@ def _classify_block(block: RecordBlock, batch: _Batch, org_id: str | None, encod
 
 
 def _merge_seen(into: LastSeen, seen: LastSeen) -> None:
+    if not into:  # a batch's first block, the usual case: its entries are the batch's own
+        into.update(seen)
+        return
     for (org, asset), (newest, count) in seen.items():
         add_seen(into, org, asset, newest, count)
 
