@@ -32,6 +32,8 @@ from perf_analytics.anomalies import (
     flag_peers,
 )
 from perf_analytics.anomalies.series import empty_dropped
+from perf_analytics.anomalies.state import baseline_dates
+from perf_analytics.anomaly_state import day_fingerprint, prior_state, sort_state, write_state
 from perf_analytics.errors import ConfigError
 from perf_analytics.extract import MAX_REPORTED, Extraction, extract_window
 from perf_analytics.frames import Frames, empty_frames
@@ -187,6 +189,9 @@ class Flagged:
     result: DayResult
     todays: list[Frames]
     flags: pl.DataFrame | None
+    # The day's own baseline state and its fingerprint, for `write_day` to keep in the lake
+    # (None when not flagged, or read from a source other than the lake's mirror).
+    state: tuple[pl.DataFrame, str] | None = None
 
 
 @dataclass
@@ -225,15 +230,21 @@ def flag_day(
     start, end = day_bounds(day)
     history_start = start - timedelta(days=cfg.history_days)
     assets = snapshots.assets(org_id, history_start, end)
+    # From the mirror, the baselines come from the kept state of the days before (rebuilt
+    # where stale) and only the day itself is read; another source reads the history.
+    kept = anomalies and source is None
+    prior = prior_state(lake, org_id, baseline_dates(day, cfg), cfg, asset_batch=asset_batch) if kept else None
+    read_from = start if kept else history_start
     batches = [assets[i : i + asset_batch] for i in range(0, len(assets), asset_batch)] or [[]]
     result = DayResult(org_id, day)
     todays: list[Frames] = []
     own_flags: list[pl.DataFrame] = []
     buckets: list[pl.DataFrame] = []
     dropped: list[pl.DataFrame] = []
+    states: list[pl.DataFrame] = []
     done = 0
     for batch in batches:
-        got = snapshots.read(org_id, history_start, end, asset_ids=batch) if batch else None
+        got = snapshots.read(org_id, read_from, end, asset_ids=batch) if batch else None
         frames = got.frames if got is not None else empty_frames()
         if got is not None:
             result.skipped += got.skipped
@@ -242,10 +253,12 @@ def flag_day(
         todays.append(today)
         result.snapshots += today.snapshots.height
         if anomalies:
-            found = flag_assets(frames, day=day, config=cfg)
+            mine = None if prior is None else prior.filter(pl.col("assetId").is_in([a for a in batch if a is not None]))
+            found = flag_assets(frames, day=day, config=cfg, state=mine)
             own_flags.append(found.episodes)
             buckets.append(found.peer_buckets)
             dropped.append(found.dropped)
+            states.append(found.state)
         done += len(batch)
         if progress is not None:
             progress(done, len(assets))
@@ -255,7 +268,8 @@ def flag_day(
         flags = combine_episodes([*own_flags, flag_peers(buckets, day=day, config=cfg)])
         result.flags = flags
         result.dropped = combine_dropped(dropped)
-    return Flagged(result, todays, flags)
+    state = (sort_state(pl.concat(states)), day_fingerprint(lake, org_id, day, cfg)) if kept else None
+    return Flagged(result, todays, flags, state)
 
 
 def rollup_day(flagged: Flagged, *, windows: Sequence[str] = WINDOWS) -> Derived:
@@ -273,6 +287,8 @@ def write_day(lake: str | Path, flagged: Flagged, derived: Derived | None, *, si
     written = Written()
     if flagged.flags is not None:
         written.paths += _replace_flags(lake, org_id, day, flagged.flags)
+        if flagged.state is not None:
+            written.paths.append(write_state(lake, org_id, day, *flagged.state))
         if sink is not None:
             written.sink_writes += upsert_flags(sink, org_id, day, flagged.flags)
     if derived is not None:

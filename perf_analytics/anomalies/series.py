@@ -228,3 +228,20 @@ def read_points(
         .sort([*SERIES, "timestamp"])
     )
     return points, dropped
+
+
+# Smallest spread a baseline may claim, per kind of metric: a series that sat perfectly
+# still must not make a one-point wobble look like a thousand-sigma event.
+SCALE_FLOOR = {PERCENT: 0.1, RATE: 0.1, LEVEL: 0.1}
+SCALE_FLOOR_RELATIVE = 0.02
+
+
+def transformed() -> pl.Expr:
+    """Byte rates are judged on a log scale (a burst is a ratio), the rest as they are."""
+    return pl.when(pl.col("kind") == RATE).then(pl.col("value").log1p()).otherwise(pl.col("value"))
+
+
+def floored_sigma(sigma: pl.Expr, median: pl.Expr) -> pl.Expr:
+    """A spread no smaller than its kind's floor and a small share of the level."""
+    floor = pl.col("kind").replace_strict(SCALE_FLOOR, default=0.5, return_dtype=pl.Float64)
+    return pl.max_horizontal(sigma, floor, SCALE_FLOOR_RELATIVE * median.abs())
