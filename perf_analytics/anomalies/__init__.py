@@ -298,7 +298,7 @@ def _flag_day(
     agents = _with_earlier(agents, base)
     reboots = detect_reboots(agents, config)
     boots = pl.concat([earlier_boots(base), reboots.select(*ASSET, "timestamp")])
-    scored = score_points(prepared, base, config)
+    scored = score_points(prepared, base, config, boots)
     parts = [
         reboots,
         detect_thresholds(points, config),

@@ -106,17 +106,27 @@ def _settling(df: pl.DataFrame, boots: pl.DataFrame | None, config: AnomalyConfi
     A reboot resets memory, caches and process counts: values lower than the baseline in
     the hours after one are the reboot's doing, not a new anomaly.
     """
+    if "settling" in df.columns:
+        return df
     if boots is None or boots.is_empty() or df.is_empty():
         return df.with_columns(pl.lit(False).alias("settling"))
-    last_boot = boots.select(*ASSET, pl.col("timestamp").alias("_boot")).sort("_boot")
-    joined = (
-        df.with_row_index("_row")
-        .sort("timestamp")
-        .join_asof(last_boot, left_on="timestamp", right_on="_boot", by=ASSET, strategy="backward", check_sortedness=False)
-        .sort("_row")
+    # A point is settling when some boot lies in the hours before it. Boots are few per
+    # asset, so each asset's k-th boot is joined in turn (no sort of the points).
+    settle = pl.duration(milliseconds=round(config.reboot_settle_hours * 3_600_000))
+    ranked = boots.select(*ASSET, pl.col("timestamp").alias("_boot")).unique().sort([*ASSET, "_boot"]).with_columns(
+        pl.int_range(pl.len()).over(ASSET).alias("_k")
     )
-    settling = _seconds(pl.col("timestamp") - pl.col("_boot")) < config.reboot_settle_hours * 3600.0
-    return joined.with_columns(settling.fill_null(False).alias("settling")).drop("_row", "_boot")
+    settling = pl.lit(False)
+    out = df
+    most = ranked.height and int(ranked.get_column("_k").cast(pl.Int64).to_numpy().max()) + 1
+    for k in range(most):
+        name = f"_boot{k}"
+        out = out.join(ranked.filter(pl.col("_k") == k).select(*ASSET, pl.col("_boot").alias(name)), on=ASSET,
+                       how="left", maintain_order="left")
+        t, b = pl.col("timestamp"), pl.col(name)
+        settling = settling | ((t >= b) & (t < b + settle)).fill_null(False)
+    names = [f"_boot{k}" for k in range(most)]
+    return out.with_columns(settling.alias("settling")).drop(names)
 
 
 # ---- sustained thresholds ---------------------------------------------------------------
@@ -161,13 +171,16 @@ def detect_thresholds(points: pl.DataFrame, config: AnomalyConfig) -> pl.DataFra
 # ---- robust outliers against the asset's own baselines ---------------------------------
 
 
-def score_points(prepared: pl.DataFrame, base: Baselines, config: AnomalyConfig) -> pl.DataFrame:
+def score_points(
+    prepared: pl.DataFrame, base: Baselines, config: AnomalyConfig, boots: pl.DataFrame | None = None
+) -> pl.DataFrame:
     """The day's points (disk usage aside) with their baselines and robust z-scores.
 
     `prepared` is `state.prepare(points)`. Adds the time-of-day and last-24-hours
     baselines (`baselines.py`), the week's extremes and held departures, `ref_x` (the
     usual level at that time), `z` for the point and `z_up`/`z_down` for the level held
-    by the last samples; shared by the outlier and the joint detectors.
+    by the last samples, and `settling` (after a reboot in `boots`); shared by the
+    outlier and the joint detectors.
     """
     df = prepared.filter(~pl.col("metric").str.contains(_DISK_USAGE))
     if df.is_empty():
@@ -202,7 +215,7 @@ def score_points(prepared: pl.DataFrame, base: Baselines, config: AnomalyConfig)
         pl.max_horizontal("max_res_up", so_far("res_up", "max", SERIES)).alias("max_res_up"),
         pl.max_horizontal("max_res_down", so_far("res_down", "max", SERIES)).alias("max_res_down"),
     )
-    return df.with_columns(
+    return _settling(df, boots, config).with_columns(
         _robust_z(pl.col("x")).alias("z"),
         _hour_z(pl.col("held_up")).alias("z_up"),
         _robust_z(pl.col("held_down")).alias("z_down"),
@@ -407,20 +420,21 @@ def detect_flatlines(prepared: pl.DataFrame, base: Baselines, config: AnomalyCon
     df = prepared.filter(~pl.col("metric").str.contains(_DISK_USAGE))
     if df.is_empty():
         return empty_flags()
-    df = df.with_columns(pl.col("changed").cum_sum().over(SERIES).alias("run"))
+    # The points are sorted by series and time and a series' first point counts as
+    # changed, so a run starts at the last changed row: no group per run is needed.
+    row = pl.int_range(pl.len())
+    stuck_s = _seconds(pl.col("timestamp") - pl.col("since"))
     df = df.with_columns(
-        pl.col("timestamp").min().over([*SERIES, "run"]).alias("since"),
-        pl.col("timestamp").cum_count().over([*SERIES, "run"]).alias("n_run"),
-    ).with_columns(pl.col("since").dt.hour().cast(pl.Int8).alias("_run_hour"))
+        pl.when("changed").then(pl.col("timestamp")).forward_fill().alias("since"),
+        (row - pl.when("changed").then(row).forward_fill() + 1).alias("n_run"),
+    ).filter((stuck_s >= config.flatline_minutes * 60.0) & (pl.col("n_run") >= config.flatline_min_points))
+    df = df.with_columns(pl.col("since").dt.hour().cast(pl.Int8).alias("_run_hour"))
     shares = moving_shares(base, config).rename({"hour": "_run_hour"})
     df = df.join(shares, on=[*SERIES, "_run_hour"], how="left").join(
         base.week.select(*SERIES, "first_seen").unique(SERIES), on=SERIES, how="left"
     )
-    stuck_s = _seconds(pl.col("timestamp") - pl.col("since"))
     flagged = df.filter(
         _learned(config)
-        & (stuck_s >= config.flatline_minutes * 60.0)
-        & (pl.col("n_run") >= config.flatline_min_points)
         & (pl.col("moving_before") >= config.flatline_moving_share)
         & (pl.col("n_before") >= config.baseline_min_points)
         & ~((pl.col("kind") == RATE) & (pl.col("value") == 0.0))

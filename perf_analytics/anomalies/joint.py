@@ -97,28 +97,44 @@ def _labels(metrics: list[str], contrib: np.ndarray, resid: np.ndarray) -> list[
     return out
 
 
-def _asset_flags(wide: pl.DataFrame, metrics: list[str], corr: np.ndarray, config: AnomalyConfig) -> pl.DataFrame:
-    """Flagged rows of one asset's residual vectors (timestamp, d2, threshold, note, score)."""
-    values = np.nan_to_num(wide.select(metrics).to_numpy().astype(np.float64), nan=0.0)  # no baseline: no evidence
+def asset_blocks(long: pl.DataFrame, values: str) -> tuple[pl.DataFrame, list[str], np.ndarray, list[tuple[str, str, int, int]]]:
+    """The points of many assets as one wide matrix (a column per metric, NaN where absent),
+    with each asset's block of rows: one pivot for all of them, not one per asset."""
+    wide = long.pivot(on="metric", index=[*ASSET, "timestamp"], values=values).sort([*ASSET, "timestamp"])
+    metrics = sorted(c for c in wide.columns if c not in (*ASSET, "timestamp"))  # one order, whatever the batch
+    matrix = wide.select(metrics).to_numpy().astype(np.float64)
+    bounds = (
+        wide.select(*ASSET).with_row_index("_row").group_by(ASSET, maintain_order=True)
+        .agg(pl.col("_row").min().alias("lo"), (pl.col("_row").max() + 1).alias("hi"))
+    )
+    blocks = [(str(o), str(a), int(lo), int(hi)) for o, a, lo, hi in bounds.iter_rows()]
+    return wide.select(*ASSET, "timestamp"), metrics, matrix, blocks
+
+
+def _held_min(values: np.ndarray, n: int) -> np.ndarray:
+    """The least of each value and the n - 1 before it (NaN for the first n - 1)."""
+    out = values.astype(np.float64).copy()
+    for k in range(1, n):
+        out[k:] = np.minimum(out[k:], values[:-k])
+    out[: n - 1] = np.nan
+    return out
+
+
+def _asset_flags(values: np.ndarray, metrics: list[str], corr: np.ndarray, config: AnomalyConfig) -> dict[str, np.ndarray]:
+    """Flagged rows of one asset's residual vectors: row, held distance, note."""
+    values = np.nan_to_num(values, nan=0.0)  # no baseline: no evidence
     solved = values @ _inverse(corr)
-    found = pl.DataFrame(
-        {
-            "timestamp": wide.get_column("timestamp"),
-            "d2": np.einsum("ij,ij->i", values, solved),
-            "threshold": chi2_quantile(len(metrics), config.joint_z),
-            "n_far": (np.abs(values) >= config.joint_metric_z).sum(axis=1),
-        }
-    )
-    held = pl.col("d2").rolling_min(config.joint_points)
-    far = pl.col("n_far").rolling_min(config.joint_points)
-    flagged = found.with_columns(held.alias("held"), far.alias("far"), pl.Series("_row", np.arange(len(found)))).filter(
-        (pl.col("held") >= pl.col("threshold")) & (pl.col("far") >= 2)
-    )
-    rows = flagged.get_column("_row").to_numpy()
-    return flagged.drop("_row").with_columns(
-        pl.Series("note", _labels(metrics, (values * solved)[rows], values[rows]), dtype=pl.String),
-        (pl.col("held") / pl.col("threshold")).sqrt().alias("score"),
-    )
+    d2 = np.einsum("ij,ij->i", values, solved)
+    threshold = chi2_quantile(len(metrics), config.joint_z)
+    held = _held_min(d2, config.joint_points)
+    far = _held_min((np.abs(values) >= config.joint_metric_z).sum(axis=1), config.joint_points)
+    rows = np.flatnonzero((held >= threshold) & (far >= 2))
+    return {
+        "row": rows,
+        "held": held[rows],
+        "threshold": np.full(rows.size, threshold),
+        "note": np.array(_labels(metrics, (values * solved)[rows], values[rows]), dtype=object),
+    }
 
 
 def detect_joint(scored: pl.DataFrame, pairs: pl.DataFrame, config: AnomalyConfig) -> pl.DataFrame:
@@ -129,27 +145,34 @@ def detect_joint(scored: pl.DataFrame, pairs: pl.DataFrame, config: AnomalyConfi
     flag's `value` is the distance, `ref` the threshold, `score` the ratio of the two (as
     distances), and `note` the metrics that moved most.
     """
-    df = scored.select(*ASSET, "metric", "timestamp", "z", "interval_s")
     fitted = correlations(pairs)
-    if df.is_empty() or not fitted:
+    if scored.is_empty() or not fitted:
         return pl.DataFrame()
     keys = pl.DataFrame({"orgId": [o for o, _ in fitted], "assetId": [a for _, a in fitted]})
-    df = df.join(keys, on=ASSET, how="semi")
-    parts = []
-    for (org, asset), one in df.group_by(ASSET, maintain_order=True):
-        metrics, corr = fitted[(str(org), str(asset))]
-        wide = one.pivot(on="metric", index="timestamp", values="z").sort("timestamp")
-        keep = [i for i, m in enumerate(metrics) if m in wide.columns]
+    df = scored.select(*ASSET, "metric", "timestamp", "z", "interval_s").join(keys, on=ASSET, how="semi")
+    if df.is_empty():
+        return pl.DataFrame()
+    index, columns, matrix, blocks = asset_blocks(df, "z")
+    position = {m: i for i, m in enumerate(columns)}
+    found: dict[str, list[np.ndarray]] = {"row": [], "held": [], "threshold": [], "note": []}
+    for org, asset, lo, hi in blocks:
+        metrics, corr = fitted[(org, asset)]
+        block = matrix[lo:hi]
+        keep = [i for i, m in enumerate(metrics) if m in position and not np.isnan(block[:, position[m]]).all()]
         if len(keep) < 2:
             continue
         names = [metrics[i] for i in keep]
-        flags = _asset_flags(wide, names, corr[np.ix_(keep, keep)], config)
-        if flags.is_empty():
-            continue
-        interval = one.group_by("timestamp").agg(pl.col("interval_s").max())
-        parts.append(
-            flags.join(interval, on="timestamp", how="left").with_columns(
-                pl.lit(org).alias("orgId"), pl.lit(asset).alias("assetId")
-            )
-        )
-    return pl.concat(parts) if parts else pl.DataFrame()
+        got = _asset_flags(block[:, [position[m] for m in names]], names, corr[np.ix_(keep, keep)], config)
+        got["row"] = got["row"] + lo
+        for name, values in got.items():
+            found[name].append(values)
+    if not any(len(r) for r in found["row"]):
+        return pl.DataFrame()
+    rows = np.concatenate(found["row"])
+    flags = index[rows].with_columns(
+        pl.Series("held", np.concatenate(found["held"])),
+        pl.Series("threshold", np.concatenate(found["threshold"])),
+        pl.Series("note", np.concatenate(found["note"]).tolist(), dtype=pl.String),
+    ).with_columns((pl.col("held") / pl.col("threshold")).sqrt().alias("score"))
+    interval = df.group_by([*ASSET, "timestamp"]).agg(pl.col("interval_s").max())
+    return flags.join(interval, on=[*ASSET, "timestamp"], how="left", maintain_order="left")

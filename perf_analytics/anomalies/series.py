@@ -211,21 +211,18 @@ def read_points(
         ]
     long = pl.concat(parts)
     dropped = _dropped(long, report_from)
-    points = (
-        long.filter(pl.col("reason").is_null())
-        .drop("reason")
-        .sort([*SERIES, "timestamp"], maintain_order=True)
-        .unique([*SERIES, "timestamp"], keep="last", maintain_order=True)
-    )
+    keys = [*SERIES, "timestamp"]
+    # Sorted stably, the last of rows with equal keys is the one whose next row differs.
+    last = pl.any_horizontal(*(pl.col(k) != pl.col(k).shift(-1) for k in keys)).fill_null(True)
+    points = long.filter(pl.col("reason").is_null()).drop("reason").sort(keys, maintain_order=True).filter(last)
     intervals = agents.select(*ASSET, "timestamp", "interval_s")
-    points = points.join(intervals, on=[*ASSET, "timestamp"], how="left")
     # A disk or interface row whose snapshot row went missing still gets its asset's interval.
     fallback = agents.group_by(ASSET).agg(pl.col("interval_s").median().alias("_fallback"))
     points = (
-        points.join(fallback, on=ASSET, how="left")
+        points.join(intervals, on=[*ASSET, "timestamp"], how="left", maintain_order="left")
+        .join(fallback, on=ASSET, how="left", maintain_order="left")
         .with_columns(pl.col("interval_s").fill_null(pl.col("_fallback")).fill_null(_DEFAULT_INTERVAL_S))
         .drop("_fallback")
-        .sort([*SERIES, "timestamp"])
     )
     return points, dropped
 

@@ -31,6 +31,7 @@ import numpy as np
 import polars as pl
 
 from perf_analytics.anomalies.config import AnomalyConfig
+from perf_analytics.anomalies.joint import asset_blocks
 from perf_analytics.anomalies.series import (
     ASSET,
     SERIES,
@@ -196,26 +197,28 @@ def _pair_rows(prepared: pl.DataFrame, hours: pl.DataFrame) -> pl.DataFrame:
         .join(scale, on=[*SERIES, "hour"], how="left")
         .select(*ASSET, "metric", "timestamp", ((pl.col("x") - pl.col("q50")) / pl.col("_scale")).clip(-RESIDUAL_CLIP, RESIDUAL_CLIP).alias("r"))
     )
-    rows: list[dict[str, object]] = []
-    for (org, asset), one in resid.group_by(ASSET, maintain_order=True):
-        wide = one.pivot(on="metric", index="timestamp", values="r").sort("timestamp")
-        metrics = sorted(c for c in wide.columns if c != "timestamp")
-        values = wide.select(metrics).to_numpy().astype(np.float64)
+    _, metrics, matrix, blocks = asset_blocks(resid, "r")
+    parts = []
+    for org, asset, lo, hi in blocks:
+        block = matrix[lo:hi]
+        mine = [i for i in range(len(metrics)) if not np.isnan(block[:, i]).all()]
+        values = block[:, mine]
         present = (~np.isnan(values)).astype(np.float64)
         values = np.nan_to_num(values, nan=0.0)
         n = present.T @ present
-        sab = values.T @ values
-        sa = values.T @ present  # sa[i, j]: sum of metric i where j is present too
+        sums = values.T @ present  # sums[i, j]: sum of metric i where j is present too
         squares = (values * values).T @ present
-        for i, a in enumerate(metrics):
-            for j in range(i, len(metrics)):
-                if n[i, j] == 0:
-                    continue
-                rows.append({
-                    "orgId": org, "assetId": asset, "metric": a, "metric_b": metrics[j], "n": int(n[i, j]),
-                    "sa": sa[i, j], "sb": sa[j, i], "sab": sab[i, j], "saa": squares[i, j], "sbb": squares[j, i],
-                })
-    return pl.DataFrame(rows) if rows else pl.DataFrame()
+        products = values.T @ values
+        i, j = np.triu_indices(len(mine))
+        take = n[i, j] > 0
+        i, j = i[take], j[take]
+        parts.append(pl.DataFrame({
+            "orgId": [org] * i.size, "assetId": [asset] * i.size,
+            "metric": [metrics[mine[k]] for k in i], "metric_b": [metrics[mine[k]] for k in j],
+            "n": n[i, j].astype(np.int64), "sa": sums[i, j], "sb": sums[j, i], "sab": products[i, j],
+            "saa": squares[i, j], "sbb": squares[j, i],
+        }))
+    return pl.concat(parts) if parts else pl.DataFrame()
 
 
 def summarize(prepared: pl.DataFrame, agents: pl.DataFrame, day: date) -> pl.DataFrame:
