@@ -1,11 +1,13 @@
 """One org's day, end to end: snapshots from the lake → anomaly flags → rollups → lake (→ optional sinks).
 
 `run_day` is what the nightly run does for each org and what `perf-analytics rollup` and
-`perf-analytics anomalies` do for one, after a `sync`. It reads the day and its history
-from the lake's snapshot mirror (`mirror.py`), never from the server, an asset batch at
-a time, so the history is held one batch at a time. The flags of day D come from D and
-the configured history before it, never from later days, so re-running D after D+1
-arrived gives the same flags. Every output for (org, D) is replaced as a whole: lake
+`perf-analytics anomalies` do for one, after a `sync`. It reads the day from the lake's
+snapshot mirror (`mirror.py`), never from the server, an asset batch at a time; the
+flags' baselines come from the baseline state the lake keeps for the days before it
+(`anomaly_state.py`: small per-day summaries, rebuilt from a day's snapshots when they are
+missing or stale), so a night reads one day of snapshots, not its history. The flags of
+day D come from D and the configured history before it, never from later days, so
+re-running D after D+1 arrived gives the same flags, with the state kept or rebuilt. Every output for (org, D) is replaced as a whole: lake
 partitions are rewritten (a dataset without rows that day gets an empty partition, so
 nothing stale survives), and the Mongo sinks (`sinks.py`) upsert by natural key and remove
 what the new run no longer produces.
@@ -152,9 +154,12 @@ def run_day(
 
     Reads the snapshot mirror as the org's last `sync` left it (`sync_snapshots` first for
     the server's latest; an org never synced raises `mirror.NotSynced`), or `source`.
-    The org's assets are read `asset_batch` at a time with the day's history of
-    `config.history_days`, so the history, which is most of what is read, is held one
-    batch at a time; the day itself is kept for the whole org until the rollups. The only
+    The org's assets are read `asset_batch` at a time, the day only: the flags' baselines
+    come from the state of the `baseline_days` before it (kept in the lake's
+    `anomaly_state/`, rebuilt from those days' snapshots where missing or stale, and the
+    day's own state is written with its flags); with another `source`, the day's history
+    of `config.history_days` is read instead. The day itself is kept for the whole org
+    until the rollups. The only
     comparison across assets (peers) runs once over small per-asset summaries, so the
     flags do not depend on the batch size. With `sink`, flags and rollups also go to
     that database's `anomaly_flags` and `performance_rollups`.
@@ -222,7 +227,9 @@ def flag_day(
     source: SnapshotSource | None = None,
 ) -> Flagged:
     """Read the org's day and its history from the lake, a batch of assets at a time, and
-    flag its anomalies (see `run_day`); nothing is written."""
+    flag its anomalies (see `run_day`). Nothing is written but the baseline state of
+    earlier days that was missing or stale (a cache: see `anomaly_state.py`); the day's
+    own state is in the result, for `write_day`."""
     if asset_batch < 1:
         raise ConfigError(f"asset_batch must be at least 1, got {asset_batch}")
     cfg = config or AnomalyConfig()

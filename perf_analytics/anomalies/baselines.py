@@ -170,16 +170,17 @@ def level_windows(base: Baselines, config: AnomalyConfig) -> pl.DataFrame:
         "noise_base",
         "n_base",
     )
+    seen_by = [*SERIES, "tod"] if config.level_novel_time_of_day else SERIES
     seen = (
         hours.filter(pl.col("date") < base.day)
-        .group_by([*SERIES, "tod"])
+        .group_by(seen_by)
         .agg(pl.col("med_recent").max().alias("seen_max"), pl.col("med_recent").min().alias("seen_min"))
     )
     return (
         hours.filter(pl.col("date") == base.day)
         .select(*SERIES, "kind", "hour", "hour_start", "tod", "last", "interval_s", "med_recent", "n_recent")
         .join(before, on=[*SERIES, "hour_start"], how="left")
-        .join(seen, on=[*SERIES, "tod"], how="left")
+        .join(seen, on=seen_by, how="left")
         .join(base.week.select(*SERIES, "first_seen").unique(SERIES), on=SERIES, how="left")
         .sort([*SERIES, "hour_start"])
     )
