@@ -99,7 +99,9 @@ def rebuild_day(
     """Summarise (org, day) from its raw snapshots in the mirror, a batch of assets at a time."""
     source = LakeSnapshots(lake)
     start, end = _day_bounds(day)
-    assets = [a for a in source.assets(org_id, start, end) if a is not None]
+    # Every asset of the day, those whose id is no string included: reading them fails the
+    # day as reading the raw history would.
+    assets = source.assets(org_id, start, end)
     parts = []
     for i in range(0, len(assets), asset_batch):
         frames = source.read(org_id, start, end, asset_ids=assets[i : i + asset_batch]).frames
