@@ -137,7 +137,9 @@ def run_child(code: Path, script: str, args: list[str], threads: int | None) -> 
     env = {**os.environ, "PYTHONPATH": str(code)}
     if threads is not None:
         env["POLARS_MAX_THREADS"] = str(threads)
-    done = subprocess.run([sys.executable, "-c", script, *args], env=env, capture_output=True, text=True)
+    # Run from the side's own directory: `python -c` puts the working directory first on
+    # sys.path, before PYTHONPATH, so from elsewhere the child could import the wrong side.
+    done = subprocess.run([sys.executable, "-c", script, *args], env=env, capture_output=True, text=True, cwd=code)
     if done.returncode:
         raise SystemExit(f"the child failed:\n{done.stderr}")
     return done.stdout.strip().splitlines()[-1]
