@@ -150,7 +150,8 @@ def level_windows(base: Baselines, config: AnomalyConfig) -> pl.DataFrame:
     `med_recent` is the median of the hourly medians of the last `level_recent_minutes`
     (the hour itself included), `med_base`, `noise_base` and `n_base` those of the
     `level_baseline_hours` before that window began, and `seen_max`/`seen_min` the
-    highest and lowest `med_recent` of the same time of day in the baseline days.
+    highest and lowest `med_recent` of the same time of day in the baseline days (of any
+    hour, with `level_novel_time_of_day` off).
     """
     recent_h = max(1, round(config.level_recent_minutes / 60))
     base_h = max(1, round(config.level_baseline_hours))
