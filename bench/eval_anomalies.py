@@ -91,6 +91,14 @@ def _prf(tp_detections: int, detections: int, hit: int, labels: int) -> dict[str
 # ---- generator ------------------------------------------------------------------------
 
 
+def _count_by(rows: list[dict[str, Any]], keys: tuple[str, str]) -> dict[str, int]:
+    """How many rows per (day of the first key, second key), as "day detector" -> count."""
+    counts: dict[str, int] = defaultdict(int)
+    for row in rows:
+        counts[f"{str(row[keys[0]])[:10]} {row[keys[1]]}"] += 1
+    return dict(sorted(counts.items()))
+
+
 def _fleet_frames(**args: Any) -> Frames:
     def docs() -> Iterator[dict[str, Any]]:
         for doc in generate_fleet(**args):
@@ -166,6 +174,7 @@ def evaluate_generator(seed: int, config: AnomalyConfig, *, orgs: int, assets: i
         "per_detector": per_detector,
         "seconds_build": round(built, 1),
         "seconds_flag": round(flagged, 1),
+        "false_positives_by_day": _count_by(false_positives, ("start", "detector")),
         "false_positives_sample": false_positives[:15],
     }
 

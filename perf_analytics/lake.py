@@ -93,6 +93,8 @@ from perf_analytics.store import Db
 PART = "part-0.parquet"
 ROLLUP_DATASETS = {"assets": "rollups", "disks": "rollups_disks", "interfaces": "rollups_interfaces"}
 ANOMALIES = "anomalies"
+# The anomaly flags' baseline state: version=<n>/orgId=<org>/date=<D>/ (see anomaly_state.py).
+ANOMALY_STATE = "anomaly_state"
 AVAILABILITY = "availability"
 SNAPSHOTS = "snapshots"
 

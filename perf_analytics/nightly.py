@@ -6,10 +6,12 @@ test can call alone:
 
 ```
 sync     the snapshot mirror takes what is new on the server (sync.py)
-flag     read (org, day) and its history from the mirror, flag anomalies (pipeline.flag_day)
+flag     read (org, day) from the mirror and the kept baseline state of the days before it
+         (rebuilt where stale), flag anomalies (pipeline.flag_day; anomaly_state.py)
 plan     which of the org's days are stale (see below)
 rollup   roll the day up, count its flags per bucket, availability (pipeline.rollup_day)
-write    replace the day's lake partitions, and the MongoDB sinks when asked (pipeline.write_day)
+write    replace the day's lake partitions and its baseline state, and the MongoDB sinks when
+         asked (pipeline.write_day)
 retain   delete from the server the old days the lake verifiably holds (retention.py; opt-in)
 report   the day's HTML page beside the lake (report.py)
 ```

@@ -1,11 +1,13 @@
 """One org's day, end to end: snapshots from the lake → anomaly flags → rollups → lake (→ optional sinks).
 
 `run_day` is what the nightly run does for each org and what `perf-analytics rollup` and
-`perf-analytics anomalies` do for one, after a `sync`. It reads the day and its history
-from the lake's snapshot mirror (`mirror.py`), never from the server, an asset batch at
-a time, so the history is held one batch at a time. The flags of day D come from D and
-the configured history before it, never from later days, so re-running D after D+1
-arrived gives the same flags. Every output for (org, D) is replaced as a whole: lake
+`perf-analytics anomalies` do for one, after a `sync`. It reads the day from the lake's
+snapshot mirror (`mirror.py`), never from the server, an asset batch at a time; the
+flags' baselines come from the baseline state the lake keeps for the days before it
+(`anomaly_state.py`: small per-day summaries, rebuilt from a day's snapshots when they are
+missing or stale), so a night reads one day of snapshots, not its history. The flags of
+day D come from D and the configured history before it, never from later days, so
+re-running D after D+1 arrived gives the same flags, with the state kept or rebuilt. Every output for (org, D) is replaced as a whole: lake
 partitions are rewritten (a dataset without rows that day gets an empty partition, so
 nothing stale survives), and the Mongo sinks (`sinks.py`) upsert by natural key and remove
 what the new run no longer produces.
@@ -32,6 +34,8 @@ from perf_analytics.anomalies import (
     flag_peers,
 )
 from perf_analytics.anomalies.series import empty_dropped
+from perf_analytics.anomalies.state import baseline_dates
+from perf_analytics.anomaly_state import day_fingerprint, prior_state, sort_state, write_state
 from perf_analytics.errors import ConfigError
 from perf_analytics.extract import MAX_REPORTED, Extraction, extract_window
 from perf_analytics.frames import Frames, empty_frames
@@ -150,9 +154,12 @@ def run_day(
 
     Reads the snapshot mirror as the org's last `sync` left it (`sync_snapshots` first for
     the server's latest; an org never synced raises `mirror.NotSynced`), or `source`.
-    The org's assets are read `asset_batch` at a time with the day's history of
-    `config.history_days`, so the history, which is most of what is read, is held one
-    batch at a time; the day itself is kept for the whole org until the rollups. The only
+    The org's assets are read `asset_batch` at a time, the day only: the flags' baselines
+    come from the state of the `baseline_days` before it (kept in the lake's
+    `anomaly_state/`, rebuilt from those days' snapshots where missing or stale, and the
+    day's own state is written with its flags); with another `source`, the day's history
+    of `config.history_days` is read instead. The day itself is kept for the whole org
+    until the rollups. The only
     comparison across assets (peers) runs once over small per-asset summaries, so the
     flags do not depend on the batch size. With `sink`, flags and rollups also go to
     that database's `anomaly_flags` and `performance_rollups`.
@@ -187,6 +194,9 @@ class Flagged:
     result: DayResult
     todays: list[Frames]
     flags: pl.DataFrame | None
+    # The day's own baseline state and its fingerprint, for `write_day` to keep in the lake
+    # (None when not flagged, or read from a source other than the lake's mirror).
+    state: tuple[pl.DataFrame, str] | None = None
 
 
 @dataclass
@@ -217,7 +227,9 @@ def flag_day(
     source: SnapshotSource | None = None,
 ) -> Flagged:
     """Read the org's day and its history from the lake, a batch of assets at a time, and
-    flag its anomalies (see `run_day`); nothing is written."""
+    flag its anomalies (see `run_day`). Nothing is written but the baseline state of
+    earlier days that was missing or stale (a cache: see `anomaly_state.py`); the day's
+    own state is in the result, for `write_day`."""
     if asset_batch < 1:
         raise ConfigError(f"asset_batch must be at least 1, got {asset_batch}")
     cfg = config or AnomalyConfig()
@@ -225,15 +237,21 @@ def flag_day(
     start, end = day_bounds(day)
     history_start = start - timedelta(days=cfg.history_days)
     assets = snapshots.assets(org_id, history_start, end)
+    # From the mirror, the baselines come from the kept state of the days before (rebuilt
+    # where stale) and only the day itself is read; another source reads the history.
+    kept = anomalies and source is None
+    prior = prior_state(lake, org_id, baseline_dates(day, cfg), cfg, asset_batch=asset_batch) if kept else None
+    read_from = start if kept else history_start
     batches = [assets[i : i + asset_batch] for i in range(0, len(assets), asset_batch)] or [[]]
     result = DayResult(org_id, day)
     todays: list[Frames] = []
     own_flags: list[pl.DataFrame] = []
     buckets: list[pl.DataFrame] = []
     dropped: list[pl.DataFrame] = []
+    states: list[pl.DataFrame] = []
     done = 0
     for batch in batches:
-        got = snapshots.read(org_id, history_start, end, asset_ids=batch) if batch else None
+        got = snapshots.read(org_id, read_from, end, asset_ids=batch) if batch else None
         frames = got.frames if got is not None else empty_frames()
         if got is not None:
             result.skipped += got.skipped
@@ -242,10 +260,12 @@ def flag_day(
         todays.append(today)
         result.snapshots += today.snapshots.height
         if anomalies:
-            found = flag_assets(frames, day=day, config=cfg)
+            mine = None if prior is None else prior.filter(pl.col("assetId").is_in([a for a in batch if a is not None]))
+            found = flag_assets(frames, day=day, config=cfg, state=mine)
             own_flags.append(found.episodes)
             buckets.append(found.peer_buckets)
             dropped.append(found.dropped)
+            states.append(found.state)
         done += len(batch)
         if progress is not None:
             progress(done, len(assets))
@@ -255,7 +275,8 @@ def flag_day(
         flags = combine_episodes([*own_flags, flag_peers(buckets, day=day, config=cfg)])
         result.flags = flags
         result.dropped = combine_dropped(dropped)
-    return Flagged(result, todays, flags)
+    state = (sort_state(pl.concat(states)), day_fingerprint(lake, org_id, day, cfg)) if kept else None
+    return Flagged(result, todays, flags, state)
 
 
 def rollup_day(flagged: Flagged, *, windows: Sequence[str] = WINDOWS) -> Derived:
@@ -273,6 +294,8 @@ def write_day(lake: str | Path, flagged: Flagged, derived: Derived | None, *, si
     written = Written()
     if flagged.flags is not None:
         written.paths += _replace_flags(lake, org_id, day, flagged.flags)
+        if flagged.state is not None:
+            written.paths.append(write_state(lake, org_id, day, *flagged.state))
         if sink is not None:
             written.sink_writes += upsert_flags(sink, org_id, day, flagged.flags)
     if derived is not None:

@@ -52,8 +52,9 @@ def _files(root: Path) -> dict[str, bytes]:
 
 
 def _derived(root: Path) -> dict[str, bytes]:
-    """The partitions run_day writes (rollups, availability, anomalies), not the snapshot mirror."""
-    return {k: v for k, v in _files(root).items() if not k.startswith("snapshots/")}
+    """The partitions run_day writes (rollups, availability, anomalies), not the snapshot
+    mirror nor the flags' baseline state (kept only when the lake is the source)."""
+    return {k: v for k, v in _files(root).items() if not k.startswith(("snapshots/", "anomaly_state/"))}
 
 
 @pytest.mark.slow

@@ -16,6 +16,13 @@ from datetime import UTC, date, datetime, timedelta
 
 import polars as pl
 
+from perf_analytics.anomalies.baselines import (
+    Baselines,
+    build,
+    earlier_agents,
+    earlier_boots,
+    yesterdays_spacing,
+)
 from perf_analytics.anomalies.config import AnomalyConfig
 from perf_analytics.anomalies.detectors import (
     DETECTORS,
@@ -40,11 +47,23 @@ from perf_analytics.anomalies.episodes import (
     merge_episodes,
 )
 from perf_analytics.anomalies.series import (
+    ASSET,
     DROPPED_SCHEMA,
     SERIES,
     agent_frame,
     empty_dropped,
     read_points,
+)
+from perf_analytics.anomalies.state import (
+    HOUR,
+    STATE_COLUMNS,
+    STATE_VERSION,
+    baseline_dates,
+    day_frames,
+    empty_state,
+    prepare,
+    summarize,
+    summarize_days,
 )
 from perf_analytics.errors import PerfAnalyticsError
 from perf_analytics.frames import Frames
@@ -55,6 +74,8 @@ __all__ = [
     "EPISODE_COLUMNS",
     "EPISODE_SCHEMA",
     "SEVERITIES",
+    "STATE_COLUMNS",
+    "STATE_VERSION",
     "AnomalyConfig",
     "AnomalyInputError",
     "AssetFlags",
@@ -63,6 +84,7 @@ __all__ = [
     "flag_anomalies",
     "flag_assets",
     "flag_peers",
+    "summarize_days",
 ]
 
 log = logging.getLogger(__name__)
@@ -134,6 +156,9 @@ class AssetFlags:
     # Values that cannot be readings of their metric (DROPPED_COLUMNS: per series and reason,
     # count, first, last, example), from the day flagged (or all the frames without a day).
     dropped: pl.DataFrame = field(default_factory=empty_dropped)
+    # The baseline state of the day flagged (of every day, without a day): what it
+    # contributes to the baselines of the days after it (`state.STATE_SCHEMA`).
+    state: pl.DataFrame = field(default_factory=empty_state)
 
 
 def _warn_dropped(dropped: pl.DataFrame) -> None:
@@ -172,12 +197,18 @@ def flag_assets(
     config: AnomalyConfig | None = None,
     last_seen: pl.DataFrame | None = None,
     now: datetime | None = None,
+    state: pl.DataFrame | None = None,
 ) -> AssetFlags:
     """Every detector that looks at one asset at a time (all but peers), as episodes.
 
     The arguments mean what they mean for `flag_anomalies`. Because nothing here compares
     assets, a fleet can be flagged in batches of assets, each batch's frames read on its
     own (bounded memory), with `flag_peers` run once over all the batches' peer buckets.
+
+    With `day` and `state` (the baseline state of the days before it, as earlier calls
+    returned it in `AssetFlags.state`, for these assets), only the day's own rows of the
+    frames are read: the baselines come from the state. Without `state` they are rebuilt
+    from the frames' earlier days, with the same result.
     """
     config = config if config is not None else AnomalyConfig()
     _check(frames)
@@ -187,32 +218,113 @@ def flag_assets(
     if day_start is not None:
         day_end = day_start + timedelta(days=1)
         as_of = day_end if as_of is None else min(as_of, day_end)
-        frames = _window(frames, day_start - timedelta(days=config.history_days), as_of)
-    elif as_of is not None:
-        frames = _window(frames, datetime(1970, 1, 1, tzinfo=UTC), as_of + timedelta(microseconds=1))
-    if frames.snapshots.is_empty() and frames.disks.is_empty() and frames.interfaces.is_empty() and last_seen is None:
-        return AssetFlags(empty_episodes(), peer_buckets(read_points(frames, agent_frame(frames))[0], config))
+    if as_of is not None:
+        frames = _window(frames, datetime(1970, 1, 1, tzinfo=UTC), as_of)
+    offline = as_of is not None and (day is not None or last_seen is not None)
+    if day_start is not None:
+        d = day_start.date()
+        prior = state if state is not None else summarize_days(frames, baseline_dates(d, config), config)
+        got = _flag_day(day_frames(frames, d), d, prior, config, as_of=as_of if offline else None, last_seen=last_seen)
+        return AssetFlags(_starting_on(merge_episodes(got.flags, config), day_start), got.buckets, got.dropped, got.state)
+    days = _frame_days(frames)
+    states: dict[date, pl.DataFrame] = {}
+    found: list[_Day] = []
+    for i, d in enumerate(days):
+        prior = _concat([states[p] for p in baseline_dates(d, config) if p in states], empty_state())
+        last = i == len(days) - 1
+        got = _flag_day(day_frames(frames, d), d, prior, config, as_of=as_of if offline and last else None,
+                        last_seen=last_seen, report_all=True)
+        states[d] = got.state
+        found.append(got)
+    flags = _concat([f.flags for f in found], pl.DataFrame())
+    episodes = merge_episodes(flags, config) if flags.height else empty_episodes()
+    return AssetFlags(
+        episodes,
+        _concat([f.buckets for f in found], peer_buckets(read_points(frames, agent_frame(frames))[0], config)),
+        combine_dropped(f.dropped for f in found),
+        _concat([f.state for f in found], empty_state()),
+    )
 
-    agents = agent_frame(frames)
-    points, dropped = read_points(frames, agents, report_from=day_start)
+
+def _concat(frames: list[pl.DataFrame], empty: pl.DataFrame) -> pl.DataFrame:
+    frames = [f for f in frames if not f.is_empty()]
+    return pl.concat(frames) if frames else empty
+
+
+def _frame_days(frames: Frames) -> list[date]:
+    """Every UTC day from the first to the last row of the frames."""
+    stamps = [getattr(frames, n).get_column("timestamp") for n in ("snapshots", "disks", "interfaces")
+              if "timestamp" in getattr(frames, n).columns and getattr(frames, n).height]
+    if not stamps:
+        return []
+    first = min(s.min() for s in stamps)
+    last = max(s.max() for s in stamps)
+    assert isinstance(first, datetime) and isinstance(last, datetime)
+    a, b = _as_day(first), _as_day(last)
+    return [a + timedelta(days=i) for i in range((b - a).days + 1)]
+
+
+@dataclass(frozen=True)
+class _Day:
+    """What one day's detectors found, before flagged points are merged into episodes."""
+
+    flags: pl.DataFrame
+    buckets: pl.DataFrame
+    dropped: pl.DataFrame
+    state: pl.DataFrame
+
+
+def _flag_day(
+    today: Frames,
+    day: date,
+    prior: pl.DataFrame,
+    config: AnomalyConfig,
+    *,
+    as_of: datetime | None,
+    last_seen: pl.DataFrame | None,
+    report_all: bool = False,
+) -> _Day:
+    """Every per-asset detector over one day's rows, with the baselines of `prior` state.
+
+    With `as_of`, assets silent at that moment get an `offline` flag.
+    """
+    day_start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+    agents = agent_frame(today)
+    points, dropped = read_points(today, agents, report_from=None if report_all else day_start)
     _warn_dropped(dropped)
+    prepared = prepare(points, config)
+    own = summarize(prepared, agents, day) if not agents.is_empty() or not points.is_empty() else empty_state()
+    base = build(prior, own.filter(pl.col("part") == HOUR), day, config)
+    agents = _with_earlier(agents, base)
     reboots = detect_reboots(agents, config)
-    scored = score_points(points, config)
+    boots = pl.concat([earlier_boots(base), reboots.select(*ASSET, "timestamp")])
+    scored = score_points(prepared, base, config, boots)
     parts = [
         reboots,
         detect_thresholds(points, config),
-        detect_outliers(points, config, reboots, scored=scored),
-        detect_joint_moves(scored, config, reboots),
-        detect_level_shifts(points, config, reboots),
-        detect_flatlines(points, config),
-        detect_disk_forecasts(points, config),
+        detect_outliers(scored, config, boots),
+        detect_joint_moves(scored, base, config, boots),
+        detect_level_shifts(base, config, boots),
+        detect_flatlines(prepared, base, config),
+        detect_disk_forecasts(points, base, config),
         detect_gaps(agents, config),
     ]
-    if as_of is not None and (day is not None or last_seen is not None):
+    if as_of is not None:
         parts.append(detect_offline(agents, config, now=as_of, last_seen=last_seen))
-    episodes = _starting_on(merge_episodes(pl.concat(parts), config), day_start)
-    log.debug("flag_assets: %d points, %d episodes", points.height, episodes.height)
-    return AssetFlags(episodes, peer_buckets(points, config), dropped)
+    flags = pl.concat(parts).filter(pl.col("timestamp") >= day_start)
+    log.debug("flag_assets: %s, %d points, %d flagged", day, points.height, flags.height)
+    return _Day(flags, peer_buckets(points, config), dropped, own)
+
+
+def _with_earlier(agents: pl.DataFrame, base: Baselines) -> pl.DataFrame:
+    """The day's agent rows after each asset's latest earlier snapshot (from the state), each
+    judged against the longer of its usual spacing so far and the day before's."""
+    p95 = yesterdays_spacing(base)
+    today = agents.join(p95, on=ASSET, how="left").with_columns(
+        pl.max_horizontal("usual_spacing_s", "_p95").alias("usual_spacing_s")
+    ).drop("_p95")
+    earlier = earlier_agents(base).select(today.columns).cast(dict(today.schema))  # type: ignore[arg-type]
+    return pl.concat([earlier, today]).sort([*ASSET, "timestamp"])
 
 
 def flag_peers(

@@ -69,6 +69,7 @@ class AnomalyConfig:
     # A new level is one no earlier day reached at that hour: with a single earlier day to
     # go by, any day that differs from it looks new, so level shifts learn for two days.
     level_learn_hours: float = 48.0
+    level_novel_time_of_day: bool = True  # beyond the levels of that time of day (else of any hour)
 
     # Flatlines: a metric that moves on at least `flatline_moving_share` of its samples
     # (over the previous day) repeats the same value for `flatline_minutes` or longer.

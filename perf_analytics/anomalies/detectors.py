@@ -16,9 +16,11 @@ from datetime import datetime
 
 import polars as pl
 
+from perf_analytics.anomalies.baselines import Baselines, level_windows, moving_shares, trend_sums
 from perf_analytics.anomalies.config import AnomalyConfig
 from perf_analytics.anomalies.joint import detect_joint
-from perf_analytics.anomalies.series import ASSET, LEVEL, PERCENT, RATE, SERIES
+from perf_analytics.anomalies.series import ASSET, PERCENT, RATE, SERIES, floored_sigma
+from perf_analytics.anomalies.state import DISK_USAGE, trend_time
 
 INFO, WARNING, CRITICAL = 0, 1, 2
 SEVERITIES = ("info", "warning", "critical")
@@ -56,14 +58,9 @@ FLAG_SCHEMA: dict[str, pl.DataType] = {
 }
 FLAG_COLUMNS = tuple(FLAG_SCHEMA)
 
-_IQR_TO_SIGMA = 1.349  # the interquartile range of a normal distribution, in standard deviations
 _MAD_TO_SIGMA = 1.4826
-# Smallest spread a baseline may claim, per kind of metric: a series that sat perfectly
-# still must not make a one-point wobble look like a thousand-sigma event.
-_SCALE_FLOOR = {PERCENT: 0.1, RATE: 0.1, LEVEL: 0.1}
-_SCALE_FLOOR_RELATIVE = 0.02
-_DISK_USAGE = r"^disk\[.*\]\.usagePercent$"
-_ONES = pl.col("timestamp").is_not_null().cast(pl.Float64)  # counts rows in a rolling window
+_PEER_SCALE_FLOOR = 0.1
+_DISK_USAGE = DISK_USAGE
 
 
 def _flags(df: pl.DataFrame, detector: str) -> pl.DataFrame:
@@ -95,10 +92,12 @@ def _duration(seconds: float) -> str:
     return f"{max(1, round(seconds))}s"
 
 
-def _learned(config: AnomalyConfig, hours: float | None = None) -> pl.Expr:
-    """The series has been watched for the learning period, or `hours` (baselines are meaningful)."""
-    first = pl.col("timestamp").min().over(SERIES)
-    return _seconds(pl.col("timestamp") - first) >= (config.learn_hours if hours is None else hours) * 3600.0
+def _learned(config: AnomalyConfig, hours: float | None = None, at: str = "timestamp") -> pl.Expr:
+    """The series has been watched for the learning period, or `hours` (baselines are meaningful).
+
+    Reads `first_seen`, the series' first sample in the baseline days or the day itself.
+    """
+    return _seconds(pl.col(at) - pl.col("first_seen")) >= (config.learn_hours if hours is None else hours) * 3600.0
 
 
 def _settling(df: pl.DataFrame, boots: pl.DataFrame | None, config: AnomalyConfig) -> pl.DataFrame:
@@ -107,32 +106,27 @@ def _settling(df: pl.DataFrame, boots: pl.DataFrame | None, config: AnomalyConfi
     A reboot resets memory, caches and process counts: values lower than the baseline in
     the hours after one are the reboot's doing, not a new anomaly.
     """
+    if "settling" in df.columns:
+        return df
     if boots is None or boots.is_empty() or df.is_empty():
         return df.with_columns(pl.lit(False).alias("settling"))
-    last_boot = boots.select(*ASSET, pl.col("timestamp").alias("_boot")).sort("_boot")
-    joined = (
-        df.with_row_index("_row")
-        .sort("timestamp")
-        .join_asof(last_boot, left_on="timestamp", right_on="_boot", by=ASSET, strategy="backward", check_sortedness=False)
-        .sort("_row")
+    # A point is settling when some boot lies in the hours before it. Boots are few per
+    # asset, so each asset's k-th boot is joined in turn (no sort of the points).
+    settle = pl.duration(milliseconds=round(config.reboot_settle_hours * 3_600_000))
+    ranked = boots.select(*ASSET, pl.col("timestamp").alias("_boot")).unique().sort([*ASSET, "_boot"]).with_columns(
+        pl.int_range(pl.len()).over(ASSET).alias("_k")
     )
-    settling = _seconds(pl.col("timestamp") - pl.col("_boot")) < config.reboot_settle_hours * 3600.0
-    return joined.with_columns(settling.fill_null(False).alias("settling")).drop("_row", "_boot")
-
-
-def _transformed(points: pl.DataFrame) -> pl.Expr:
-    """Byte rates are judged on a log scale (a burst is a ratio), the rest as they are."""
-    return pl.when(pl.col("kind") == RATE).then(pl.col("value").log1p()).otherwise(pl.col("value"))
-
-
-def _floored(sigma: pl.Expr, median: pl.Expr) -> pl.Expr:
-    """A spread no smaller than its kind's floor and a small share of the level."""
-    floor = pl.col("kind").replace_strict(_SCALE_FLOOR, default=0.5, return_dtype=pl.Float64)
-    return pl.max_horizontal(sigma, floor, _SCALE_FLOOR_RELATIVE * median.abs())
-
-
-def _scale(q25: pl.Expr, q75: pl.Expr, median: pl.Expr) -> pl.Expr:
-    return _floored((q75 - q25) / _IQR_TO_SIGMA, median)
+    settling = pl.lit(False)
+    out = df
+    most = ranked.height and int(ranked.get_column("_k").cast(pl.Int64).to_numpy().max()) + 1
+    for k in range(most):
+        name = f"_boot{k}"
+        out = out.join(ranked.filter(pl.col("_k") == k).select(*ASSET, pl.col("_boot").alias(name)), on=ASSET,
+                       how="left", maintain_order="left")
+        t, b = pl.col("timestamp"), pl.col(name)
+        settling = settling | ((t >= b) & (t < b + settle)).fill_null(False)
+    names = [f"_boot{k}" for k in range(most)]
+    return out.with_columns(settling.alias("settling")).drop(names)
 
 
 # ---- sustained thresholds ---------------------------------------------------------------
@@ -174,71 +168,68 @@ def detect_thresholds(points: pl.DataFrame, config: AnomalyConfig) -> pl.DataFra
     return _flags(flagged, THRESHOLD)
 
 
-# ---- robust outliers against the asset's own baseline ----------------------------------
+# ---- robust outliers against the asset's own baselines ---------------------------------
 
 
-def _baselines(df: pl.DataFrame, config: AnomalyConfig) -> pl.DataFrame:
-    """Median and spread of the same time of day over the last days, and of the last day.
+def score_points(
+    prepared: pl.DataFrame, base: Baselines, config: AnomalyConfig, boots: pl.DataFrame | None = None
+) -> pl.DataFrame:
+    """The day's points (disk usage aside) with their baselines and robust z-scores.
 
-    Windows are closed on the left: the point itself is not part of its baseline.
+    `prepared` is `state.prepare(points)`. Adds the time-of-day and last-24-hours
+    baselines (`baselines.py`), the week's extremes and held departures, `ref_x` (the
+    usual level at that time), `z` for the point and `z_up`/`z_down` for the level held
+    by the last samples, and `settling` (after a reboot in `boots`); shared by the
+    outlier and the joint detectors.
     """
-    ts = pl.col("timestamp")
-    bucket = (ts.dt.hour() // config.time_of_day_hours).alias("tod")
-    week = _duration(config.baseline_days * 86400)
-    day = _duration(config.recent_hours * 3600)
-    x = pl.col("x")
-    novel_by = [*SERIES, "tod"] if config.outlier_novel_time_of_day else SERIES
-
-    def stats(window: str, by: list[str], tag: str) -> list[pl.Expr]:
-        return [
-            x.rolling_median_by("timestamp", window, closed="left").over(by).alias(f"med_{tag}"),
-            x.rolling_quantile_by("timestamp", window, quantile=0.25, closed="left").over(by).alias(f"q25_{tag}"),
-            x.rolling_quantile_by("timestamp", window, quantile=0.75, closed="left").over(by).alias(f"q75_{tag}"),
-            _ONES.rolling_sum_by("timestamp", window, closed="left").over(by).alias(f"n_{tag}"),
-        ]
-
-    return (
-        df.with_columns(_transformed(df).alias("x"), bucket)
+    df = prepared.filter(~pl.col("metric").str.contains(_DISK_USAGE))
+    if df.is_empty():
+        return df
+    tod_keys = [*SERIES, "tod"]
+    df = (
+        df.with_columns((pl.col("hour") // config.time_of_day_hours).alias("tod"))
+        .join(base.tod, on=tod_keys, how="left")
+        .join(base.recent, on=[*SERIES, "hour"], how="left")
+        .join(base.week, on=SERIES, how="left")
         .with_columns(
-            *stats(week, [*SERIES, "tod"], "tod"),
-            *stats(day, SERIES, "day"),
-            x.rolling_max_by("timestamp", week, closed="left").over(novel_by).alias("max_week"),
-            x.rolling_min_by("timestamp", week, closed="left").over(novel_by).alias("min_week"),
-        )
-        .with_columns(
-            (pl.col("n_tod") >= config.baseline_min_points).alias("enough_tod"),
-            (pl.col("n_day") >= config.baseline_min_points).alias("enough_day"),
-            *_held(config),
+            (pl.col("n_tod").fill_null(0) >= config.baseline_min_points).alias("enough_tod"),
+            (pl.col("n_day").fill_null(0) >= config.baseline_min_points).alias("enough_day"),
         )
         .with_columns(_reference().alias("ref_x"))
         .with_columns(
             (pl.col("held_up") - pl.col("ref_x")).alias("res_up"),
             (pl.col("ref_x") - pl.col("held_down")).alias("res_down"),
         )
-        .with_columns(
-            pl.col("res_up").rolling_max_by("timestamp", week, closed="left").over(SERIES).alias("max_res_up"),
-            pl.col("res_down").rolling_max_by("timestamp", week, closed="left").over(SERIES).alias("max_res_down"),
-        )
     )
+    # What the day did before the point belongs to the baseline too: the first excursion
+    # of the day beyond the week's range is new, the next ones at the same height are not.
+    novel_by = [*SERIES, "tod"] if config.outlier_novel_time_of_day else SERIES
 
+    def so_far(name: str, how: str, by: list[str]) -> pl.Expr:
+        earlier = pl.col(name).shift(1)
+        return (earlier.cum_max() if how == "max" else earlier.cum_min()).over(by)
 
-def _held(config: AnomalyConfig) -> list[pl.Expr]:
-    """The level the last `outlier_sustained_points` samples all reached, up and down."""
-    n = config.outlier_sustained_points
-    return [
-        pl.col("x").rolling_min(n).over(SERIES).alias("held_up"),
-        pl.col("x").rolling_max(n).over(SERIES).alias("held_down"),
-    ]
+    df = df.with_columns(
+        pl.max_horizontal("max_week", so_far("x", "max", novel_by)).alias("max_week"),
+        pl.min_horizontal("min_week", so_far("x", "min", novel_by)).alias("min_week"),
+        pl.max_horizontal("max_res_up", so_far("res_up", "max", SERIES)).alias("max_res_up"),
+        pl.max_horizontal("max_res_down", so_far("res_down", "max", SERIES)).alias("max_res_down"),
+    )
+    return _settling(df, boots, config).with_columns(
+        _robust_z(pl.col("x")).alias("z"),
+        _hour_z(pl.col("held_up")).alias("z_up"),
+        _robust_z(pl.col("held_down")).alias("z_down"),
+    )
 
 
 def _robust_z(value: pl.Expr) -> pl.Expr:
     """The smaller of the value's robust z-scores against the time-of-day and last-day baselines.
 
     Same sign required: above one baseline and below the other is not unusual. Null while
-    neither baseline has `baseline_min_points` (see `_baselines`; `enough_*` columns).
+    neither baseline has `baseline_min_points` (`enough_*` columns).
     """
-    z_tod = (value - pl.col("med_tod")) / _scale(pl.col("q25_tod"), pl.col("q75_tod"), pl.col("med_tod"))
-    z_day = (value - pl.col("med_day")) / _scale(pl.col("q25_day"), pl.col("q75_day"), pl.col("med_day"))
+    z_tod = (value - pl.col("med_tod")) / pl.col("sigma_tod")
+    z_day = (value - pl.col("med_day")) / pl.col("sigma_day")
     return (
         pl.when(pl.col("enough_tod") & pl.col("enough_day") & (z_tod.sign() == z_day.sign()))
         .then(pl.when(z_tod.abs() < z_day.abs()).then(z_tod).otherwise(z_day))
@@ -257,8 +248,8 @@ def _hour_z(value: pl.Expr) -> pl.Expr:
     quiet spells (a weekend, a holiday) come in runs and are quiet against the hours
     before them too.
     """
-    z_tod = (value - pl.col("med_tod")) / _scale(pl.col("q25_tod"), pl.col("q75_tod"), pl.col("med_tod"))
-    z_day = (value - pl.col("med_day")) / _scale(pl.col("q25_day"), pl.col("q75_day"), pl.col("med_day"))
+    z_tod = (value - pl.col("med_tod")) / pl.col("sigma_tod")
+    z_day = (value - pl.col("med_day")) / pl.col("sigma_day")
     return pl.when(pl.col("enough_tod")).then(z_tod).when(pl.col("enough_day")).then(z_day).otherwise(None)
 
 
@@ -266,29 +257,7 @@ def _reference() -> pl.Expr:
     return pl.when(pl.col("enough_tod")).then(pl.col("med_tod")).otherwise(pl.col("med_day"))
 
 
-def score_points(points: pl.DataFrame, config: AnomalyConfig) -> pl.DataFrame:
-    """The points (disk usage aside) with their baselines and robust z-scores.
-
-    `z` for the point, `z_up`/`z_down` for the level held by the last samples; shared by
-    the outlier and the joint detectors.
-    """
-    df = points.filter(~pl.col("metric").str.contains(_DISK_USAGE))
-    if df.is_empty():
-        return df
-    return _baselines(df, config).with_columns(
-        _robust_z(pl.col("x")).alias("z"),
-        _hour_z(pl.col("held_up")).alias("z_up"),
-        _robust_z(pl.col("held_down")).alias("z_down"),
-    )
-
-
-def detect_outliers(
-    points: pl.DataFrame,
-    config: AnomalyConfig,
-    boots: pl.DataFrame | None = None,
-    *,
-    scored: pl.DataFrame | None = None,
-) -> pl.DataFrame:
+def detect_outliers(scored: pl.DataFrame, config: AnomalyConfig, boots: pl.DataFrame | None = None) -> pl.DataFrame:
     """Points far from both the same time of day on previous days and the last day.
 
     The z-score is the smaller of the two robust z-scores (median and interquartile
@@ -298,9 +267,9 @@ def detect_outliers(
     what the asset already did this week is part of its life. Several samples in a row
     far out (`outlier_sustained_points` beyond `outlier_sustained_z`) are an outlier too
     when they depart from their hour's usual level further than any held departure of
-    the baseline days. `scored` is `score_points(points, config)` when already computed.
+    the baseline days. `scored` is `score_points(...)`.
     """
-    df = score_points(points, config) if scored is None else scored
+    df = scored
     if df.is_empty():
         return empty_flags()
     x = pl.col("x")
@@ -322,8 +291,8 @@ def detect_outliers(
     # (for independent noise, three samples beyond 4 spreads are rarer than one beyond 6),
     # and it is measured from its hour's usual level, where a night-time burst stands out
     # although busy hours reach as high.
-    held_novel_up = pl.col("res_up") > (1.0 + margin) * pl.col("max_res_up")
-    held_novel_down = pl.col("res_down") > (1.0 + margin) * pl.col("max_res_down")
+    held_novel_up = pl.col("res_up") > (1.0 + margin) * pl.col("max_res_up").fill_null(0.0)
+    held_novel_down = pl.col("res_down") > (1.0 + margin) * pl.col("max_res_down").fill_null(0.0)
     held = (
         ((pl.col("z_up") >= config.outlier_sustained_z) & (held_novel_up if config.outlier_novel_only else True))
         | (
@@ -349,7 +318,7 @@ def detect_outliers(
 
 
 def detect_joint_moves(
-    scored: pl.DataFrame, config: AnomalyConfig, boots: pl.DataFrame | None = None
+    scored: pl.DataFrame, base: Baselines, config: AnomalyConfig, boots: pl.DataFrame | None = None
 ) -> pl.DataFrame:
     """Several metrics of one asset off together (see `joint.detect_joint`), as flags.
 
@@ -357,8 +326,8 @@ def detect_joint_moves(
     """
     if scored.is_empty():
         return empty_flags()
-    df = _settling(scored, boots, config).filter(~pl.col("settling"))
-    found = detect_joint(df, config)
+    df = _settling(scored, boots, config).filter(~pl.col("settling") & _learned(config))
+    found = detect_joint(df, base.pairs, config)
     if found.is_empty():
         return empty_flags()
     flagged = found.with_columns(
@@ -373,56 +342,21 @@ def detect_joint_moves(
 # ---- level shifts ---------------------------------------------------------------------
 
 
-def detect_level_shifts(
-    points: pl.DataFrame, config: AnomalyConfig, boots: pl.DataFrame | None = None
-) -> pl.DataFrame:
-    """The median of the recent window (3 hours) far from the median of the day before it.
+def detect_level_shifts(base: Baselines, config: AnomalyConfig, boots: pl.DataFrame | None = None) -> pl.DataFrame:
+    """The median of the last hours (3) far from the median of the day before them.
 
-    Both medians are robust to single spikes, so this fires on a lasting change of level
-    (a service that now runs hotter, a memory footprint that jumped), about half the
-    recent window after it began. Far is measured in the series' sample-to-sample noise.
-    The new level must also lie beyond every recent median seen at the same time of day
-    over the baseline days, by as many noise units, so daily rhythms and on/off services
-    that have been there before are not flagged.
+    Evaluated at the end of each hour of the day from the hourly medians
+    (`baselines.level_windows`): both medians are robust to single spikes, so this fires
+    on a lasting change of level (a service that now runs hotter, a memory footprint that
+    jumped), one to two hours after it began. Far is measured in the series'
+    sample-to-sample noise. The new level must also lie beyond every recent median seen at
+    the same time of day over the baseline days, by as many noise units, so daily rhythms
+    and on/off services that have been there before are not flagged.
     """
-    df = points.filter(~pl.col("metric").str.contains(_DISK_USAGE))
+    df = level_windows(base, config).filter(~pl.col("metric").str.contains(_DISK_USAGE))
     if df.is_empty():
         return empty_flags()
     recent_s = config.level_recent_minutes * 60.0
-    recent = _duration(recent_s)
-    base = _duration(config.level_baseline_hours * 3600)
-    x = pl.col("x")
-    step = (x - x.shift(1)).abs().over(SERIES)
-    df = df.with_columns(_transformed(df).alias("x")).with_columns(step.alias("step")).with_columns(
-        x.rolling_median_by("timestamp", recent).over(SERIES).alias("med_recent"),
-        _ONES.rolling_sum_by("timestamp", recent).over(SERIES).alias("n_recent"),
-        x.rolling_median_by("timestamp", base).over(SERIES).alias("med_base"),
-        pl.col("step").rolling_median_by("timestamp", base).over(SERIES).alias("noise_base"),
-        _ONES.rolling_sum_by("timestamp", base).over(SERIES).alias("n_base"),
-        (pl.col("timestamp") - pl.duration(milliseconds=round(recent_s * 1000))).alias("_before"),
-    )
-    # The baseline as it stood when the recent window began (an as-of join, backwards).
-    baseline = df.select(
-        *SERIES,
-        pl.col("timestamp").alias("_before"),
-        "med_base",
-        "noise_base",
-        "n_base",
-    ).sort("_before")
-    df = (
-        df.drop("med_base", "noise_base", "n_base")
-        .sort("_before")
-        .join_asof(baseline, on="_before", by=SERIES, strategy="backward", check_sortedness=False)
-        .sort([*SERIES, "timestamp"])
-    )
-    # A new level: beyond every recent median of the same time of day in the baseline days
-    # (a daily batch, a weekly busy spell, a service that is off half the time are not new).
-    week = _duration(config.baseline_days * 86400)
-    tod = [*SERIES, (pl.col("timestamp").dt.hour() // config.time_of_day_hours).alias("tod")]
-    df = df.with_columns(
-        pl.col("med_recent").rolling_max_by("timestamp", week, closed="left").over(tod).alias("seen_max"),
-        pl.col("med_recent").rolling_min_by("timestamp", week, closed="left").over(tod).alias("seen_min"),
-    )
     # Spreads are the series' sample-to-sample noise (the median step, as a standard
     # deviation of one sample), not its spread over the day: counting the daily swing as
     # noise hid every shift smaller than that swing. The swing is judged by novelty instead:
@@ -430,7 +364,7 @@ def detect_level_shifts(
     # baseline days by `level_shift_z` noise units too, so a busy morning like the last
     # ones is no shift, while a service that now runs hotter than ever at this hour is.
     change = pl.col("med_recent") - pl.col("med_base")
-    noise = _floored(_MAD_TO_SIGMA * pl.col("noise_base") / math.sqrt(2.0), pl.col("med_base"))
+    noise = floored_sigma(_MAD_TO_SIGMA * pl.col("noise_base") / math.sqrt(2.0), pl.col("med_base"))
     beyond = (
         pl.when(change > 0)
         .then(pl.col("med_recent") - pl.col("seen_max"))
@@ -447,7 +381,7 @@ def detect_level_shifts(
         .otherwise(change.abs() >= config.level_min_change * pl.col("med_base").abs())
     )
     min_recent = max(3.0, 0.5 * recent_s)
-    df = _settling(df, boots, config)
+    df = _settling(df.with_columns(pl.col("last").alias("timestamp")), boots, config)
     shifted = (
         _learned(config, config.level_learn_hours)
         & ~(pl.col("settling") & (change < 0))
@@ -467,6 +401,8 @@ def detect_level_shifts(
         pl.when(is_rate).then(pl.col("med_base").exp() - 1.0).otherwise(pl.col("med_base")).alias("ref"),
         z.abs().alias("score"),
         pl.lit(WARNING).alias("severity"),
+        # Evaluated once an hour: flags an hour apart belong to one episode.
+        pl.max_horizontal("interval_s", pl.lit(3600.0)).alias("interval_s"),
     )
     return _flags(flagged, LEVEL_SHIFT)
 
@@ -474,38 +410,31 @@ def detect_level_shifts(
 # ---- flatlines ------------------------------------------------------------------------
 
 
-def detect_flatlines(points: pl.DataFrame, config: AnomalyConfig) -> pl.DataFrame:
+def detect_flatlines(prepared: pl.DataFrame, base: Baselines, config: AnomalyConfig) -> pl.DataFrame:
     """A metric that normally moves repeats exactly the same value for a long time.
 
     "Normally moves" means it changed on at least `flatline_moving_share` of its samples
-    over the previous day; an idle byte rate stuck at zero is quiet, not stuck.
+    over the day before the run began (`baselines.moving_shares`); an idle byte rate stuck
+    at zero is quiet, not stuck. Runs are counted from the day's first sample.
     """
-    df = points.filter(~pl.col("metric").str.contains(_DISK_USAGE))
+    df = prepared.filter(~pl.col("metric").str.contains(_DISK_USAGE))
     if df.is_empty():
         return empty_flags()
-    changed = (pl.col("value") != pl.col("value").shift(1)).fill_null(True)
-    day = _duration(86400)
-    df = df.with_columns(changed.over(SERIES).alias("changed")).with_columns(
-        pl.col("changed").cum_sum().over(SERIES).alias("run"),
-        pl.col("changed")
-        .cast(pl.Float64)
-        .rolling_mean_by("timestamp", day, closed="left")
-        .over(SERIES)
-        .alias("moving"),
-        _ONES.rolling_sum_by("timestamp", day, closed="left").over(SERIES).alias("n_day"),
-    )
-    df = df.with_columns(
-        pl.col("timestamp").min().over([*SERIES, "run"]).alias("since"),
-        pl.col("timestamp").cum_count().over([*SERIES, "run"]).alias("n_run"),
-        # The share of moving samples as it was when the run began.
-        pl.col("moving").first().over([*SERIES, "run"]).alias("moving_before"),
-        pl.col("n_day").first().over([*SERIES, "run"]).alias("n_before"),
-    )
+    # The points are sorted by series and time and a series' first point counts as
+    # changed, so a run starts at the last changed row: no group per run is needed.
+    row = pl.int_range(pl.len())
     stuck_s = _seconds(pl.col("timestamp") - pl.col("since"))
+    df = df.with_columns(
+        pl.when("changed").then(pl.col("timestamp")).forward_fill().alias("since"),
+        (row - pl.when("changed").then(row).forward_fill() + 1).alias("n_run"),
+    ).filter((stuck_s >= config.flatline_minutes * 60.0) & (pl.col("n_run") >= config.flatline_min_points))
+    df = df.with_columns(pl.col("since").dt.hour().cast(pl.Int8).alias("_run_hour"))
+    shares = moving_shares(base, config).rename({"hour": "_run_hour"})
+    df = df.join(shares, on=[*SERIES, "_run_hour"], how="left").join(
+        base.week.select(*SERIES, "first_seen").unique(SERIES), on=SERIES, how="left"
+    )
     flagged = df.filter(
         _learned(config)
-        & (stuck_s >= config.flatline_minutes * 60.0)
-        & (pl.col("n_run") >= config.flatline_min_points)
         & (pl.col("moving_before") >= config.flatline_moving_share)
         & (pl.col("n_before") >= config.baseline_min_points)
         & ~((pl.col("kind") == RATE) & (pl.col("value") == 0.0))
@@ -520,37 +449,41 @@ def detect_flatlines(points: pl.DataFrame, config: AnomalyConfig) -> pl.DataFram
 # ---- disk-full forecasts --------------------------------------------------------------
 
 
-def detect_disk_forecasts(points: pl.DataFrame, config: AnomalyConfig) -> pl.DataFrame:
-    """A disk whose recent trend (least squares over the last hours) fills it within days."""
+def detect_disk_forecasts(points: pl.DataFrame, base: Baselines, config: AnomalyConfig) -> pl.DataFrame:
+    """A disk whose recent trend (least squares over the last hours) fills it within days.
+
+    The window is the point's hour so far and the whole hours before it up to
+    `forecast_window_hours` (their sums come from the hour summaries, so the previous
+    day's points are not read again).
+    """
     df = points.filter(pl.col("metric").str.contains(_DISK_USAGE))
     if df.is_empty():
         return empty_flags()
-    window = _duration(config.forecast_window_hours * 3600)
-    origin = pl.col("timestamp").min().over(SERIES)
-    df = df.with_columns((_seconds(pl.col("timestamp") - origin) / 86400.0).alias("t"))
+    hour = [*SERIES, "_hour"]
     t, y = pl.col("t"), pl.col("value")
-
-    def mean(expr: pl.Expr) -> pl.Expr:
-        return expr.rolling_mean_by("timestamp", window).over(SERIES)
-
-    df = df.with_columns(
-        mean(t).alias("mt"),
-        mean(y).alias("my"),
-        mean(t * y).alias("mty"),
-        mean(t * t).alias("mtt"),
-        _ONES.rolling_sum_by("timestamp", window).over(SERIES).alias("n"),
-        pl.col("timestamp").rolling_min_by("timestamp", window).over(SERIES).alias("first"),
+    df = (
+        df.with_columns(trend_time().alias("t"), pl.col("timestamp").dt.hour().cast(pl.Int8).alias("_hour"))
+        .join(trend_sums(base, config).rename({"hour": "_hour"}), on=hour, how="left")
+        .with_columns(
+            (t.cum_sum().over(hour) + pl.col("w_st").fill_null(0.0)).alias("st"),
+            (y.cum_sum().over(hour) + pl.col("w_sy").fill_null(0.0)).alias("sy"),
+            ((t * y).cum_sum().over(hour) + pl.col("w_sty").fill_null(0.0)).alias("sty"),
+            ((t * t).cum_sum().over(hour) + pl.col("w_stt").fill_null(0.0)).alias("stt"),
+            (pl.col("timestamp").cum_count().over(hour).cast(pl.Float64) + pl.col("w_n").fill_null(0.0)).alias("n"),
+            pl.coalesce(pl.col("w_first"), pl.col("timestamp").min().over(hour)).alias("first"),
+        )
     )
-    var_t = pl.col("mtt") - pl.col("mt") ** 2
-    slope = (pl.col("mty") - pl.col("mt") * pl.col("my")) / var_t  # percent per day
+    n = pl.col("n")
+    var_t = pl.col("stt") / n - (pl.col("st") / n) ** 2
+    slope = (pl.col("sty") / n - pl.col("st") / n * pl.col("sy") / n) / var_t  # percent per day
     span_ok = _seconds(pl.col("timestamp") - pl.col("first")) >= 0.5 * config.forecast_window_hours * 3600
-    df = df.with_columns(slope.alias("slope")).with_columns(
+    df = df.with_columns(slope.alias("slope"), var_t.alias("var_t")).with_columns(
         ((100.0 - y) / pl.col("slope")).alias("days")
     )
     flagged = df.filter(
-        (pl.col("n") >= config.forecast_min_points)
+        (n >= config.forecast_min_points)
         & span_ok
-        & (var_t > 0)
+        & (pl.col("var_t") > 0)
         & (pl.col("slope") > 0)
         & (pl.col("days") < config.forecast_days)
     ).with_columns(
@@ -559,7 +492,6 @@ def detect_disk_forecasts(points: pl.DataFrame, config: AnomalyConfig) -> pl.Dat
         pl.when(pl.col("days") < 1.0).then(CRITICAL).otherwise(WARNING).alias("severity"),
     )
     return _flags(flagged, DISK_FORECAST)
-
 
 # ---- peers ----------------------------------------------------------------------------
 
@@ -592,7 +524,7 @@ def detect_peers_in(buckets: pl.DataFrame, config: AnomalyConfig) -> pl.DataFram
         pl.len().over(fleet).alias("n"),
     ).with_columns((pl.col("value") - pl.col("ref")).abs().median().over(fleet).alias("mad"))
     diff = pl.col("value") - pl.col("ref")
-    z = diff / pl.max_horizontal(_MAD_TO_SIGMA * pl.col("mad"), pl.lit(_SCALE_FLOOR[PERCENT] * 4))
+    z = diff / pl.max_horizontal(_MAD_TO_SIGMA * pl.col("mad"), pl.lit(_PEER_SCALE_FLOOR * 4))
     flagged = per_asset.filter(
         (pl.col("n") >= config.peer_min_assets)
         & (z.abs() >= config.peer_z)

@@ -211,20 +211,34 @@ def read_points(
         ]
     long = pl.concat(parts)
     dropped = _dropped(long, report_from)
-    points = (
-        long.filter(pl.col("reason").is_null())
-        .drop("reason")
-        .sort([*SERIES, "timestamp"], maintain_order=True)
-        .unique([*SERIES, "timestamp"], keep="last", maintain_order=True)
-    )
+    keys = [*SERIES, "timestamp"]
+    # Sorted stably, the last of rows with equal keys is the one whose next row differs.
+    last = pl.any_horizontal(*(pl.col(k) != pl.col(k).shift(-1) for k in keys)).fill_null(True)
+    points = long.filter(pl.col("reason").is_null()).drop("reason").sort(keys, maintain_order=True).filter(last)
     intervals = agents.select(*ASSET, "timestamp", "interval_s")
-    points = points.join(intervals, on=[*ASSET, "timestamp"], how="left")
     # A disk or interface row whose snapshot row went missing still gets its asset's interval.
     fallback = agents.group_by(ASSET).agg(pl.col("interval_s").median().alias("_fallback"))
     points = (
-        points.join(fallback, on=ASSET, how="left")
+        points.join(intervals, on=[*ASSET, "timestamp"], how="left", maintain_order="left")
+        .join(fallback, on=ASSET, how="left", maintain_order="left")
         .with_columns(pl.col("interval_s").fill_null(pl.col("_fallback")).fill_null(_DEFAULT_INTERVAL_S))
         .drop("_fallback")
-        .sort([*SERIES, "timestamp"])
     )
     return points, dropped
+
+
+# Smallest spread a baseline may claim, per kind of metric: a series that sat perfectly
+# still must not make a one-point wobble look like a thousand-sigma event.
+SCALE_FLOOR = {PERCENT: 0.1, RATE: 0.1, LEVEL: 0.1}
+SCALE_FLOOR_RELATIVE = 0.02
+
+
+def transformed() -> pl.Expr:
+    """Byte rates are judged on a log scale (a burst is a ratio), the rest as they are."""
+    return pl.when(pl.col("kind") == RATE).then(pl.col("value").log1p()).otherwise(pl.col("value"))
+
+
+def floored_sigma(sigma: pl.Expr, median: pl.Expr) -> pl.Expr:
+    """A spread no smaller than its kind's floor and a small share of the level."""
+    floor = pl.col("kind").replace_strict(SCALE_FLOOR, default=0.5, return_dtype=pl.Float64)
+    return pl.max_horizontal(sigma, floor, SCALE_FLOOR_RELATIVE * median.abs())

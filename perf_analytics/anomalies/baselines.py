@@ -1,0 +1,269 @@
+"""A day's baselines, merged from the hour summaries of the days before it (`state.py`).
+
+Nothing here reads a raw point of an earlier day: every baseline is a merge of small
+per-hour summaries, so a night costs the same whatever its history, and the baselines
+are the same whether the summaries were kept in the lake or rebuilt from raw data.
+
+- *Time of day* (per series and `time_of_day_hours` bucket, from the `baseline_days`
+  before the day): the centre is the median of the bucket's hourly medians; the spread
+  combines, as variances add, the typical spread within an hour (median hourly
+  interquartile range) and the spread of the hourly medians themselves (how much the
+  level moves from hour to hour and day to day).
+- *Last 24 hours* (per series and hour of the day): the same merge over the 24 complete
+  hours before the hour (yesterday's and today's earlier ones).
+- *The week's extremes*: the highest and lowest value, and the highest departures held
+  for several samples (measured from the current time-of-day centres).
+- *Level shift windows*: the median of the last hours' medians, the 24 hours' before them,
+  their noise (median step) and every earlier level of the same time of day.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+
+import polars as pl
+
+from perf_analytics.anomalies.config import AnomalyConfig
+from perf_analytics.anomalies.series import ASSET, SERIES, floored_sigma
+from perf_analytics.anomalies.state import AGENT, HOUR, PAIR, TIME
+
+IQR_TO_SIGMA = 1.349  # the interquartile range of a normal distribution, in standard deviations
+
+
+def _hour_start() -> pl.Expr:
+    return (pl.col("date").cast(pl.Datetime("ms", "UTC")) + pl.duration(hours=pl.col("hour").cast(pl.Int64))).alias(
+        "hour_start"
+    )
+
+
+def _merged_sigma(iqr_within: pl.Expr, iqr_between: pl.Expr, centre: pl.Expr) -> pl.Expr:
+    """The spread of merged hours: within-hour and between-hour spreads add as variances."""
+    return floored_sigma((iqr_within.pow(2) + iqr_between.fill_null(0.0).pow(2)).sqrt() / IQR_TO_SIGMA, centre)
+
+
+@dataclass(frozen=True)
+class Baselines:
+    """What a day's detectors read instead of raw history (see the module's docstring)."""
+
+    day: date
+    hours: pl.DataFrame  # hour rows of the baseline days and the day itself, with hour_start
+    tod: pl.DataFrame  # per series and time-of-day bucket: med_tod, sigma_tod, n_tod (or with the extremes)
+    recent: pl.DataFrame  # per series and hour of the day: med_day, sigma_day, n_day
+    week: pl.DataFrame  # per series: first_seen, max_res_up, max_res_down (and max_week, min_week)
+    agents: pl.DataFrame  # agent rows of the baseline days
+    pairs: pl.DataFrame  # pair rows of the baseline days
+
+    @property
+    def day_start(self) -> datetime:
+        return datetime(self.day.year, self.day.month, self.day.day, tzinfo=UTC)
+
+
+def build(state: pl.DataFrame, today_hours: pl.DataFrame, day: date, config: AnomalyConfig) -> Baselines:
+    """The baselines of `day` from the state of the days before it and the day's own hours."""
+    start = day - timedelta(days=max(1, round(config.baseline_days)))
+    prior = state.filter((pl.col("date") >= start) & (pl.col("date") < day))
+    prev = prior.filter(pl.col("part") == HOUR).select(today_hours.columns)
+    hours = (
+        pl.concat([prev, today_hours.select(prev.columns)])
+        .with_columns(_hour_start(), (pl.col("hour") // config.time_of_day_hours).alias("tod"))
+        .sort([*SERIES, "hour_start"])
+    )
+    tod = _tod(hours.filter(pl.col("date") < day))
+    week, extremes = _week(hours, day, tod, config)
+    if config.outlier_novel_time_of_day:
+        tod = tod.join(extremes, on=[*SERIES, "tod"], how="left")
+    else:
+        week = week.join(extremes, on=SERIES, how="left")
+    return Baselines(
+        day=day,
+        hours=hours,
+        tod=tod,
+        recent=_recent(hours, day, config),
+        week=week,
+        agents=prior.filter(pl.col("part") == AGENT),
+        pairs=prior.filter(pl.col("part") == PAIR),
+    )
+
+
+def _tod(prev: pl.DataFrame) -> pl.DataFrame:
+    q50 = pl.col("q50")
+    return (
+        prev.group_by([*SERIES, "tod"])
+        .agg(
+            pl.col("kind").first(),
+            q50.median().alias("med_tod"),
+            (pl.col("q75") - pl.col("q25")).median().alias("_iqr_w"),
+            (q50.quantile(0.75, "linear") - q50.quantile(0.25, "linear")).alias("_iqr_b"),
+            pl.col("n").sum().alias("n_tod"),
+        )
+        .with_columns(_merged_sigma(pl.col("_iqr_w"), pl.col("_iqr_b"), pl.col("med_tod")).alias("sigma_tod"))
+        .select(*SERIES, "tod", "med_tod", "sigma_tod", "n_tod")
+    )
+
+
+def _recent(hours: pl.DataFrame, day: date, config: AnomalyConfig) -> pl.DataFrame:
+    """Per series and hour of `day`: the merge of the `recent_hours` complete hours before it."""
+    window = f"{max(1, round(config.recent_hours))}h"
+    yesterday = day - timedelta(days=math.ceil(config.recent_hours / 24))
+    q50 = pl.col("q50")
+
+    def roll(expr: pl.Expr, how: str, q: float = 0.5) -> pl.Expr:
+        if how == "sum":
+            return expr.rolling_sum_by("hour_start", window, closed="left").over(SERIES)
+        return expr.rolling_quantile_by("hour_start", window, quantile=q, closed="left").over(SERIES)
+
+    return (
+        hours.filter(pl.col("date") >= yesterday)
+        .with_columns(
+            roll(q50, "q").alias("med_day"),
+            roll(pl.col("q75") - pl.col("q25"), "q").alias("_iqr_w"),
+            (roll(q50, "q", 0.75) - roll(q50, "q", 0.25)).alias("_iqr_b"),
+            roll(pl.col("n").cast(pl.Float64), "sum").alias("n_day"),
+        )
+        .filter(pl.col("date") == day)
+        .with_columns(_merged_sigma(pl.col("_iqr_w"), pl.col("_iqr_b"), pl.col("med_day")).alias("sigma_day"))
+        .select(*SERIES, "hour", "med_day", "sigma_day", "n_day")
+    )
+
+
+def _week(
+    hours: pl.DataFrame, day: date, tod: pl.DataFrame, config: AnomalyConfig
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Per series: first seen and the baseline days' held departures; and their extremes
+    (per series, or per series and bucket with `outlier_novel_time_of_day`)."""
+    prev = hours.filter(pl.col("date") < day).join(tod.select(*SERIES, "tod", "med_tod"), on=[*SERIES, "tod"], how="left")
+    first = hours.group_by(SERIES).agg(pl.col("first").min().alias("first_seen"))
+    by = [*SERIES, "tod"] if config.outlier_novel_time_of_day else SERIES
+    extremes = prev.group_by(by).agg(pl.col("hi").max().alias("max_week"), pl.col("lo").min().alias("min_week"))
+    held = prev.group_by(SERIES).agg(
+        (pl.col("held_hi") - pl.col("med_tod")).max().alias("max_res_up"),
+        (pl.col("med_tod") - pl.col("held_lo")).max().alias("max_res_down"),
+    )
+    return first.join(held, on=SERIES, how="left"), extremes
+
+
+def level_windows(base: Baselines, config: AnomalyConfig) -> pl.DataFrame:
+    """Per series and hour of the day: the level shift's windows (see `detect_level_shifts`).
+
+    `med_recent` is the median of the hourly medians of the last `level_recent_minutes`
+    (the hour itself included), `med_base`, `noise_base` and `n_base` those of the
+    `level_baseline_hours` before that window began, and `seen_max`/`seen_min` the
+    highest and lowest `med_recent` of the same time of day in the baseline days (of any
+    hour, with `level_novel_time_of_day` off).
+    """
+    recent_h = max(1, round(config.level_recent_minutes / 60))
+    base_h = max(1, round(config.level_baseline_hours))
+    recent, baseline = f"{recent_h}h", f"{base_h}h"
+    q50 = pl.col("q50")
+    hours = base.hours.with_columns(
+        q50.rolling_median_by("hour_start", recent).over(SERIES).alias("med_recent"),
+        pl.col("n").cast(pl.Float64).rolling_sum_by("hour_start", recent).over(SERIES).alias("n_recent"),
+        q50.rolling_median_by("hour_start", baseline).over(SERIES).alias("med_base"),
+        pl.col("step").rolling_median_by("hour_start", baseline).over(SERIES).alias("noise_base"),
+        pl.col("n").cast(pl.Float64).rolling_sum_by("hour_start", baseline).over(SERIES).alias("n_base"),
+    )
+    before = hours.select(
+        *SERIES,
+        (pl.col("hour_start") + pl.duration(hours=recent_h)).alias("hour_start"),
+        "med_base",
+        "noise_base",
+        "n_base",
+    )
+    seen_by = [*SERIES, "tod"] if config.level_novel_time_of_day else SERIES
+    seen = (
+        hours.filter(pl.col("date") < base.day)
+        .group_by(seen_by)
+        .agg(pl.col("med_recent").max().alias("seen_max"), pl.col("med_recent").min().alias("seen_min"))
+    )
+    return (
+        hours.filter(pl.col("date") == base.day)
+        .select(*SERIES, "kind", "hour", "hour_start", "tod", "last", "interval_s", "med_recent", "n_recent")
+        .join(before, on=[*SERIES, "hour_start"], how="left")
+        .join(seen, on=seen_by, how="left")
+        .join(base.week.select(*SERIES, "first_seen").unique(SERIES), on=SERIES, how="left")
+        .sort([*SERIES, "hour_start"])
+    )
+
+
+def moving_shares(base: Baselines, config: AnomalyConfig) -> pl.DataFrame:
+    """Per series and hour of the day: the share of changing samples in the day before it."""
+    window = f"{max(1, round(config.recent_hours))}h"
+    roll = {
+        name: pl.col(name).cast(pl.Float64).rolling_sum_by("hour_start", window, closed="left").over(SERIES)
+        for name in ("changed", "n")
+    }
+    return (
+        base.hours.with_columns((roll["changed"] / roll["n"]).alias("moving_before"), roll["n"].alias("n_before"))
+        .filter(pl.col("date") == base.day)
+        .select(*SERIES, "hour", "moving_before", "n_before")
+    )
+
+
+def trend_sums(base: Baselines, config: AnomalyConfig) -> pl.DataFrame:
+    """Per series and hour of the day: least-squares sums of the whole hours before it in the trend window."""
+    hours = max(1, math.ceil(config.forecast_window_hours) - 1)
+    window = f"{hours}h"
+    sums = {
+        name: pl.col(name).rolling_sum_by("hour_start", window, closed="left").over(SERIES).alias(f"w_{name}")
+        for name in ("st", "sy", "sty", "stt")
+    }
+    return (
+        base.hours.filter(pl.col("metric").str.contains(r"^disk\[.*\]\.usagePercent$"))
+        .with_columns(
+            *sums.values(),
+            pl.col("n").cast(pl.Float64).rolling_sum_by("hour_start", window, closed="left").over(SERIES).alias("w_n"),
+            pl.col("first").rolling_min_by("hour_start", window, closed="left").over(SERIES).alias("w_first"),
+        )
+        .filter(pl.col("date") == base.day)
+        .select(*SERIES, "hour", "w_st", "w_sy", "w_sty", "w_stt", "w_n", "w_first")
+    )
+
+
+def earlier_agents(base: Baselines) -> pl.DataFrame:
+    """Per asset, its latest snapshot before the day (time, interval, uptime, usual spacing).
+
+    Prepended to the day's agent rows, it lets a gap or a reboot across midnight, and an
+    asset silent all day, be seen without reading the earlier day.
+    """
+    agents = base.agents
+    if agents.is_empty():
+        return pl.DataFrame(schema={"orgId": pl.String(), "assetId": pl.String(), "timestamp": TIME,
+                                    "interval_s": pl.Float64(), "uptime": pl.Float64(), "usual_spacing_s": pl.Float64()})
+    return (
+        agents.sort("date")
+        .group_by(ASSET)
+        .agg(pl.all().last())
+        .select(
+            *ASSET,
+            pl.col("last").alias("timestamp"),
+            "interval_s",
+            pl.col("up_last").alias("uptime"),
+            pl.max_horizontal("interval_s", "spacing_p95").alias("usual_spacing_s"),
+        )
+    )
+
+
+def yesterdays_spacing(base: Baselines) -> pl.DataFrame:
+    """Per asset, the 95th percentile of its spacings the day before (its usual long pause)."""
+    yesterday = base.day - timedelta(days=1)
+    return base.agents.filter(pl.col("date") == yesterday).select(*ASSET, pl.col("spacing_p95").alias("_p95"))
+
+
+def earlier_boots(base: Baselines) -> pl.DataFrame:
+    """Reboots of the baseline days (each day's last, and those across midnight), per asset."""
+    agents = base.agents.sort([*ASSET, "date"])
+    if agents.is_empty():
+        return pl.DataFrame(schema={"orgId": pl.String(), "assetId": pl.String(), "timestamp": TIME})
+    across = agents.with_columns(
+        pl.col("up_last").shift(1).over(ASSET).alias("_prev_up"),
+        pl.col("date").shift(1).over(ASSET).alias("_prev_date"),
+    ).filter(
+        (pl.col("up_first") < pl.col("_prev_up")) & (pl.col("date") - pl.col("_prev_date") == timedelta(days=1))
+    )
+    within = agents.filter(pl.col("boot").is_not_null())
+    return pl.concat([
+        across.select(*ASSET, pl.col("first").alias("timestamp")),
+        within.select(*ASSET, pl.col("boot").alias("timestamp")),
+    ])
