@@ -402,6 +402,11 @@ class _Placed:
             total += row
         return total
 
+    @cached_property
+    def top_two(self) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+        """`_top_two` of the grid (shared by p95 and the second largest value)."""
+        return _top_two(self.grid, self.valid, self.count)
+
     def like(self, values: npt.NDArray[np.float64], alias: str) -> pl.Series:
         """Float results (NaN for null) back in the type of the column."""
         out = pl.Series(alias, values, nan_to_null=True)
@@ -428,7 +433,7 @@ def _grid_stat(kind: str, placed: _Placed, layout: _Grid, alias: str) -> pl.Seri
         from_end = np.argmax(valid[::-1], axis=0)
         rows = np.where(count > 0, layout.starts + layout.shape[0] - 1 - from_end, np.nan)
         return placed.column.gather(pl.Series(rows, nan_to_null=True).cast(pl.Int64)).alias(alias)
-    high, second = _top_two(grid, valid, count)
+    high, second = placed.top_two
     if kind == "second":
         return pl.Series(alias, second, nan_to_null=True)
     return pl.Series(alias, _p95_of_top_two(high, second, count), nan_to_null=True)
@@ -501,14 +506,19 @@ def _aggregate(rows: pl.LazyFrame, specs: Sequence[tuple[str, str, str]]) -> pl.
     way whatever the other groups, so they do not depend on the batch it came in.
     """
     frame = rows.collect(engine=ENGINE)
-    layout = _Grid.of(frame.get_column("_g")) if frame.height else None
-    if frame.height and layout is None:
+    g = frame.get_column("_g")
+    if not frame.height or g[-1] - g[0] == frame.height - 1:
+        # No rows, or every group is one row (`_g` counts up by one from row to row): plain
+        # projections, without laying out a grid.
+        return frame.lazy().select("_g", *(_single_expr(*spec) for spec in specs))
+    layout = _Grid.of(g)
+    if layout is None:
         # Groups too unequal in size for one grid: one grid per class of sizes within a
         # factor of two of each other, each no more than half padding.
         size = frame.select(pl.len().over("_g").log(2).ceil().cast(pl.Int64)).to_series()
         parts = [_aggregate(frame.filter(size == c).lazy(), specs).collect(engine=ENGINE) for c in size.unique()]
         return pl.concat(parts).sort("_g").lazy()
-    if layout is None or layout.shape[0] == 1:  # no rows, or every group is one row
+    if layout.shape[0] == 1:  # every group of this size class is one row
         return frame.lazy().select("_g", *(_single_expr(*spec) for spec in specs))
     out: list[pl.Series] = [frame.get_column("_g").gather(layout.starts)]
     placed: _Placed | None = None
@@ -680,7 +690,7 @@ def _merge_groups(snapshots: pl.LazyFrame, finer: pl.DataFrame, window: str) -> 
         count = total(n_name, n_name).cast(pl.Int64)
         sums = total(sum_name, sum_name)
         largest = layout.place(column(f"{m}_max"))
-        high, second = _top_two(largest.grid, largest.valid, largest.count)
+        high, second = largest.top_two
         second = np.fmax(second, np.fmax.reduce(layout.place(column(second_name)).grid, axis=0))
         counts = count.to_numpy()
         if int(counts.max(initial=0)) <= _TOP_TWO_MAX_N:
@@ -710,19 +720,36 @@ def _merge_groups(snapshots: pl.LazyFrame, finer: pl.DataFrame, window: str) -> 
 
 
 def _asset_rollup(
-    snapshots: pl.LazyFrame, intervals: pl.LazyFrame, flags: pl.LazyFrame | None, window: str, groups: pl.LazyFrame
-) -> pl.LazyFrame:
+    snapshots: pl.LazyFrame, intervals: pl.DataFrame, flags: pl.LazyFrame | None, window: str, groups: pl.DataFrame
+) -> pl.DataFrame:
     """The asset rollups of `window` from its `_asset_groups`: interval, coverage, longest
-    gap and flags added."""
+    gap and flags added.
+
+    The interval and the flag counts are looked up for the keys only and put beside the
+    groups: a join of the groups themselves would copy every one of their columns, which
+    cost more than the rest of the 1-minute window.
+    """
     seconds = WINDOW_SECONDS[window]
-    grouped = groups
     end = pl.col("bucket").dt.offset_by(f"{seconds}s")
     lead_ms = (pl.col("_first") - pl.col("bucket")).dt.total_milliseconds()
     tail_ms = (end - pl.col("_last")).dt.total_milliseconds()
     expected = float(seconds) / pl.col("interval_s")  # samples expected in the bucket
-    out = (
-        grouped.with_columns(pl.col("bucket").dt.truncate("1d").alias("day"))
-        .join(intervals, on=["_series", "day"], how="left", maintain_order="left")
+    if flags is None:
+        counts = pl.repeat(0, groups.height, dtype=pl.Int64, eager=True)
+    else:
+        per_bucket = (
+            flags.join(_series_names(snapshots, *_KEYS), on=list(_KEYS), how="inner")
+            .with_columns(pl.col("start").dt.truncate(_TRUNCATE[window]).alias("bucket"))
+            .group_by("_series", "bucket")
+            .agg(pl.len().cast(pl.Int64).alias("anomaly_flags"))
+        )
+        keys = groups.lazy().select("_series", "bucket")
+        counts = keys.join(per_bucket, on=["_series", "bucket"], how="left", maintain_order="left").collect(
+            engine=ENGINE
+        )["anomaly_flags"].fill_null(0)
+    metrics = [f"{m}_{s}" for m in ASSET_METRICS for s in ASSET_STATS]
+    return (
+        groups.with_columns(_day_intervals(groups, intervals), counts.alias("anomaly_flags"))
         .with_columns(
             # min_horizontal ignores nulls: an unknown interval must leave coverage unknown.
             pl.when(pl.col("interval_s").is_not_null())
@@ -730,34 +757,38 @@ def _asset_rollup(
             .alias("coverage"),
             _divide(pl.max_horizontal(lead_ms, pl.col("_max_step_ms"), tail_ms), 1000.0).alias("longest_gap_s"),
         )
-    )
-    if flags is None:
-        out = out.with_columns(pl.lit(0, dtype=pl.Int64).alias("anomaly_flags"))
-    else:
-        counts = (
-            flags.join(_series_names(snapshots, *_KEYS), on=list(_KEYS), how="inner")
-            .with_columns(pl.col("start").dt.truncate(_TRUNCATE[window]).alias("bucket"))
-            .group_by("_series", "bucket")
-            .agg(pl.len().cast(pl.Int64).alias("anomaly_flags"))
-        )
-        out = out.join(counts, on=["_series", "bucket"], how="left", maintain_order="left")
-        out = out.with_columns(pl.col("anomaly_flags").fill_null(0))
-    metrics = [f"{m}_{s}" for m in ASSET_METRICS for s in ASSET_STATS]
-    return out.select(
-        *_KEYS, "bucket", "samples", "interval_s", "coverage", "longest_gap_s", "anomaly_flags", *metrics
+        .select(*_KEYS, "bucket", "samples", "interval_s", "coverage", "longest_gap_s", "anomaly_flags", *metrics)
     )
 
 
-def _disk_rollup(disks: pl.LazyFrame, window: str) -> pl.LazyFrame:
+def _day_intervals(groups: pl.DataFrame, intervals: pl.DataFrame) -> pl.Series:
+    """`interval_s` of each row of `groups` (an asset's buckets, sorted by `_series` and
+    bucket), from `intervals` (one row per asset and UTC day with samples, in the same
+    order): the n-th run of equal (series, day) among the groups is the n-th interval,
+    since both come from the same snapshots."""
+    bucket = groups.get_column("bucket").to_physical().to_numpy()
+    day = bucket - bucket % (DAY_S * 1000)
+    series = groups.get_column("_series").to_numpy()
+    new = np.ones(bucket.size, dtype=bool)
+    np.not_equal(day[1:], day[:-1], out=new[1:])
+    new[1:] |= series[1:] != series[:-1]
+    run = np.cumsum(new) - 1
+    assert run.size == 0 or run[-1] + 1 == intervals.height
+    return intervals.get_column("interval_s").gather(run)
+
+
+def _disk_rollup(disks: pl.LazyFrame, window: str) -> pl.DataFrame:
     specs = [
         *_firsts(*_KEYS, "disk", "bucket"),
         ("len", "", "samples"),
         *(_stat(column, stat) for column, stats in DISK_STATS for stat in stats),
     ]
-    return _aggregate(_bucketed(disks, window), specs).drop("_g")
+    return _aggregate(_bucketed(disks, window), specs).drop("_g").collect(engine=ENGINE)
 
 
-def _interface_rollup(interfaces: pl.LazyFrame, assets: pl.LazyFrame, intervals: pl.LazyFrame, window: str) -> pl.LazyFrame:
+def _interface_rollup(
+    interfaces: pl.LazyFrame, assets: pl.LazyFrame, intervals: pl.DataFrame, window: str
+) -> pl.DataFrame:
     totals = {"bytes_recv_total": "bytes_recv_per_sec", "bytes_sent_total": "bytes_sent_per_sec"}
     specs = [
         *_firsts(*_KEYS, "interface", "_series", "bucket"),
@@ -766,19 +797,27 @@ def _interface_rollup(interfaces: pl.LazyFrame, assets: pl.LazyFrame, intervals:
         *(("sum", rate, f"_sum_{rate}") for rate in totals.values()),
         *(("count", rate, f"_n_{rate}") for rate in totals.values()),
     ]
-    grouped = (
-        _aggregate(_bucketed(interfaces, window), specs)
-        .with_columns(pl.col("bucket").dt.truncate("1d").alias("day"))
+    grouped = _aggregate(_bucketed(interfaces, window), specs).collect(engine=ENGINE)
+    # The interval is joined to the keys only (see `_asset_rollup`); an interface whose
+    # asset sent no snapshot that day has none.
+    interval = (
+        grouped.lazy()
+        .select("_series", pl.col("bucket").dt.truncate("1d").alias("day"))
         .join(assets, on="_series", how="left", maintain_order="left")
-        .join(intervals.rename({"_series": "_asset"}), on=["_asset", "day"], how="left", maintain_order="left")
+        .join(intervals.lazy().rename({"_series": "_asset"}), on=["_asset", "day"], how="left", maintain_order="left")
+        .collect(engine=ENGINE)
+        .get_column("interval_s")
+    )
+    stats = [f"{rate}_{stat}" for rate in INTERFACE_RATES for stat in ("mean", "max")]
+    return (
+        grouped.with_columns(interval)
         .with_columns(
             pl.when(pl.col(f"_n_{rate}") > 0).then(pl.col(f"_sum_{rate}") * pl.col("interval_s")).alias(total)
             for total, rate in totals.items()
         )
         .with_columns((pl.col("bytes_recv_total") + pl.col("bytes_sent_total")).alias("bytes_total"))
+        .select(*_KEYS, "interface", "bucket", "samples", *stats, *totals, "bytes_total")
     )
-    stats = [f"{rate}_{stat}" for rate in INTERFACE_RATES for stat in ("mean", "max")]
-    return grouped.select(*_KEYS, "interface", "bucket", "samples", *stats, *totals, "bytes_total")
 
 
 def _interface_assets(interfaces: pl.LazyFrame, snapshots: pl.LazyFrame) -> pl.LazyFrame:
@@ -815,7 +854,7 @@ def compute_rollups(
     snapshots = _prepare(frames.snapshots, "snapshots", None, _SNAPSHOT_COLUMNS).collect(engine=ENGINE).lazy()
     disks = _prepare(frames.disks, "disks", "disk", _DISK_COLUMNS).collect(engine=ENGINE).lazy()
     interfaces = _prepare(frames.interfaces, "interfaces", "interface", _INTERFACE_COLUMNS).collect(engine=ENGINE).lazy()
-    intervals = _intervals(snapshots).collect(engine=ENGINE).lazy()
+    intervals = _intervals(snapshots).collect(engine=ENGINE)
     interface_assets = _interface_assets(interfaces, snapshots).collect(engine=ENGINE).lazy()
     flag_frame = _prepare_flags(flags) if flags is not None else None
 
@@ -823,21 +862,19 @@ def compute_rollups(
     # keeps the peak memory near one window's worth (collecting all windows together
     # on two cores was no faster and doubled the peak).
     # The windows from the shortest, the asset groups of those merged from kept for the
-    # next (the others stay in the window's plan, which never holds them whole: the
-    # 1-minute ones are as large as the rollups).
+    # next (the others are dropped once rolled up: the 1-minute ones are as large as the
+    # rollups; most of their columns are the rollups' own, shared, not copied).
     out: dict[str, Rollups] = {}
     known: tuple[str, pl.DataFrame] | None = None
     for window in sorted(set(windows), key=WINDOW_SECONDS.__getitem__):
-        groups = _chained_groups(snapshots, window, known)
+        groups = _chained_groups(snapshots, window, known).collect(engine=ENGINE)
         if window in _MERGED_FROM.values():
-            known = (window, groups.collect(engine=ENGINE))
-            groups = known[1].lazy()
-        plans = [
-            _asset_rollup(snapshots, intervals, flag_frame, window, groups),
-            _disk_rollup(disks, window),
-            _interface_rollup(interfaces, interface_assets, intervals, window),
-        ]
-        out[window] = Rollups(window, *pl.collect_all(plans, engine=ENGINE))
+            known = (window, groups)
+        assets = _asset_rollup(snapshots, intervals, flag_frame, window, groups)
+        del groups  # the 1-minute groups are as large as the rollups: not held twice
+        out[window] = Rollups(
+            window, assets, _disk_rollup(disks, window), _interface_rollup(interfaces, interface_assets, intervals, window)
+        )
     return {window: out[window] for window in windows}
 
 
