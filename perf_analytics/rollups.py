@@ -345,7 +345,7 @@ _GRID_FILL: Final = 2
 _TOP_TWO_MAX_N: Final = 21
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class _Grid:
     """The rows of groups sorted by `_g` placed in a (largest group, groups) grid: row
     `i` of the data goes to cell (its position in its group, its group)."""
@@ -372,6 +372,13 @@ class _Grid:
         position = np.arange(values.size) - starts[group]
         return cls(starts, lengths, position * starts.size + group, (width, starts.size))
 
+    @cached_property
+    def filled(self) -> npt.NDArray[np.bool_]:
+        """The cells that hold a row (the others are padding)."""
+        filled = np.zeros(self.shape[0] * self.shape[1], dtype=bool)
+        filled[self.cells] = True
+        return filled.reshape(self.shape)
+
     def place(self, column: pl.Series) -> _Placed:
         """The column in the grid as float64, NaN for null and for padding (the cleaned
         frames hold no NaN; timestamps in milliseconds and counts are exact in a float64)."""
@@ -379,8 +386,10 @@ class _Grid:
         grid = np.full(self.shape[0] * self.shape[1], np.nan)
         grid[self.cells] = physical.cast(pl.Float64).to_numpy()
         grid = grid.reshape(self.shape)
+        if column.null_count() == 0:  # most columns: the valid cells are the rows, shared
+            return _Placed(column, grid, self.filled, self.lengths, complete=True)
         valid = ~np.isnan(grid)
-        return _Placed(column, grid, valid, valid.sum(axis=0))
+        return _Placed(column, grid, valid, valid.sum(axis=0), complete=False)
 
 
 @dataclass(frozen=True)
@@ -391,6 +400,7 @@ class _Placed:
     grid: npt.NDArray[np.float64]
     valid: npt.NDArray[np.bool_]
     count: npt.NDArray[np.int64]
+    complete: bool  # no null values: a group's last value is in its last row
 
     @cached_property
     def total(self) -> npt.NDArray[np.float64]:
@@ -398,8 +408,8 @@ class _Placed:
         # Row after row, always in this order: numpy's own sum adds a single column
         # pairwise, which would make a group's sum depend on the other groups of the grid.
         total = np.zeros(self.grid.shape[1])
-        for row in np.where(self.valid, self.grid, 0.0):
-            total += row
+        for row, valid in zip(self.grid, self.valid, strict=True):
+            np.add(total, row, out=total, where=valid)
         return total
 
     @cached_property
@@ -429,6 +439,8 @@ def _grid_stat(kind: str, placed: _Placed, layout: _Grid, alias: str) -> pl.Seri
         return placed.like(np.fmin.reduce(grid, axis=0), alias)
     if kind == "max":
         return placed.like(np.fmax.reduce(grid, axis=0), alias)
+    if kind == "last" and placed.complete:
+        return placed.column.gather(layout.starts + layout.lengths - 1).alias(alias)
     if kind == "last":
         from_end = np.argmax(valid[::-1], axis=0)
         rows = np.where(count > 0, layout.starts + layout.shape[0] - 1 - from_end, np.nan)
@@ -446,9 +458,11 @@ def _top_two(
     each grid column, NaN where there is none, in one pass over the grid's rows."""
     high = np.full(grid.shape[1], -np.inf)
     second = high.copy()
-    for row in np.where(valid, grid, -np.inf):
-        np.maximum(second, np.minimum(high, row), out=second)
-        np.maximum(high, row, out=high)
+    lower = np.empty_like(high)
+    for row, present in zip(grid, valid, strict=True):
+        np.minimum(high, row, out=lower, where=present)
+        np.maximum(second, lower, out=second, where=present)
+        np.maximum(high, row, out=high, where=present)
     return np.where(count > 0, high, np.nan), np.where(count > 1, second, np.nan)
 
 
