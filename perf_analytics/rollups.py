@@ -219,12 +219,10 @@ def _prepare(frame: pl.DataFrame, name: str, item: str | None, optional: Mapping
         *(expr.any().alias(column) for column, expr in bad.items() if expr is not None),
         pl.any_horizontal(pl.col(k).is_null() for k in keys).any().alias("_null_key"),
     ).collect(engine=ENGINE)
-    clean = [
-        pl.when(~bad[column]).then(pl.col(column).cast(want)).alias(column)
-        if bad[column] is not None and found.get_column(column).item()
-        else pl.col(column).cast(want)
-        for column, want in optional.items()
-    ]
+    clean = []
+    for column, want in optional.items():
+        value, check = pl.col(column).cast(want), bad[column]
+        clean.append(pl.when(~check).then(value).alias(column) if check is not None and found[column].item() else value)
     lf = lf.select(*keys, *clean)
     if found.get_column("_null_key").item():
         lf = lf.drop_nulls(keys)
@@ -544,14 +542,13 @@ def _p95_of_sorted(layout: _Grid, column: pl.Series, alias: str) -> pl.Series:
     padding (NaN) last, and the two closest ranks read from it."""
     width, groups = layout.shape
     by_group = (layout.cells % groups) * width + layout.cells // groups
-    grid = np.full(groups * width, np.nan)
-    grid[by_group] = column.cast(pl.Float64).to_numpy()
-    grid = grid.reshape(groups, width)
+    flat = np.full(groups * width, np.nan)
+    flat[by_group] = column.cast(pl.Float64).to_numpy()
+    grid = flat.reshape(groups, width)  # a view: sorting its rows sorts `flat`
     grid.sort(axis=1)
     count = layout.lengths if column.null_count() == 0 else (~np.isnan(grid)).sum(axis=1)
     position = (np.maximum(count, 1) - 1) * P95
     row = np.arange(groups) * width
-    flat = grid.ravel()
     low = flat[row + np.floor(position).astype(np.int64)]
     high = flat[row + np.ceil(position).astype(np.int64)]
     return pl.Series(alias, _interpolate(low, high, count), nan_to_null=True)
