@@ -52,7 +52,8 @@ assets (every per-asset column they produce, 1e-9 relative) and must give the sa
 output rows as `polars-assets` at full size; the race of record for them is
 `polars-assets` against each. Every side but the two resample baselines (minutes each)
 runs `--repeat` times (default 3) in turn; the table keeps the fastest time and the
-highest peak RSS of each.
+highest peak RSS of each, the median CPU seconds and their ratio, and the heading the
+range of the 1-minute load average read before each run (the machine may be shared).
 
     python bench/bench_rollups.py                 # 1,000 assets (1.44M snapshots)
     python bench/bench_rollups.py --assets 100    # a quick look
@@ -523,11 +524,14 @@ def run_sides(sides: list[str], assets: int, repeat: int) -> dict[str, dict[str,
         for side in sides:
             if round_ and side in SAME_WORK.values():
                 continue
+            load = os.getloadavg()[0]  # the machine is shared: the load beside every figure
             run = run_child(side, assets)
-            print(f"{side}: {run['seconds']} s, peak {run['peak_rss_during_compute_mb']} MB", file=sys.stderr)
-            best = runs.setdefault(side, {**run, "rounds_s": [], "rounds_cpu_s": []})
+            print(f"{side}: {run['seconds']} s, peak {run['peak_rss_during_compute_mb']} MB, load {load:.1f}",
+                  file=sys.stderr)
+            best = runs.setdefault(side, {**run, "rounds_s": [], "rounds_cpu_s": [], "rounds_load_1min": []})
             best["rounds_s"].append(run["seconds"])
             best["rounds_cpu_s"].append(run["cpu_s"])
+            best["rounds_load_1min"].append(round(load, 2))
             best["seconds"] = min(best["rounds_s"])
             for key in ("peak_rss_during_compute_mb", "process_max_rss_mb"):
                 best[key] = max(best[key], run[key])
@@ -539,6 +543,12 @@ def round_ratio(runs: dict[str, dict[str, Any]], side: str, ours: str) -> float:
     machine whose load changes by the minute, sides are compared within a round."""
     pairs = zip(runs[side]["rounds_s"], runs[ours]["rounds_s"], strict=False)
     return float(np.median([theirs / mine for theirs, mine in pairs]))
+
+
+def cpu_ratio(runs: dict[str, dict[str, Any]], side: str, ours: str) -> float:
+    """`side`'s median CPU seconds over `ours`': less sensitive than wall time to the other
+    work on a shared machine (pandas computes on one thread, Polars and DuckDB on two)."""
+    return float(np.median(runs[side]["rounds_cpu_s"]) / np.median(runs[ours]["rounds_cpu_s"]))
 
 
 WHAT = {
@@ -575,13 +585,15 @@ def print_tables(runs: dict[str, dict[str, Any]], assets: int, machine: str) -> 
     rounds = len(ours["rounds_s"])
     print(f"\nThe per-asset rollups against their best peers ({rounds} rounds; seconds: fastest and median; "
           "ratio: median of the rounds' ratios; highest peak):\n")
-    print("| run | computes | seconds (median) | `compute_rollups` faster by | output rows "
-          "| peak RSS MB during compute (after loading data) |")
-    print("|---|---|---:|---:|---:|---:|")
+    print("| run | computes | seconds (median) | `compute_rollups` faster by | CPU seconds, median (ratio) "
+          "| output rows | peak RSS MB during compute (after loading data) |")
+    print("|---|---|---:|---:|---:|---:|---:|")
     for side in ("polars-assets", *(p for p in PEERS if p in runs)):
         r = runs[side]
-        ratio = "" if side == "polars-assets" else f"{round_ratio(runs, side, 'polars-assets'):.1f}x"
-        print(f"| {side} | {WHAT[side]} | {r['seconds']:.2f} ({np.median(r['rounds_s']):.2f}) | {ratio} | "
+        ours_side = side == "polars-assets"
+        ratio = "" if ours_side else f"{round_ratio(runs, side, 'polars-assets'):.1f}x"
+        cpu = f"{np.median(r['rounds_cpu_s']):.2f}" + ("" if ours_side else f" ({cpu_ratio(runs, side, 'polars-assets'):.1f}x)")
+        print(f"| {side} | {WHAT[side]} | {r['seconds']:.2f} ({np.median(r['rounds_s']):.2f}) | {ratio} | {cpu} | "
               f"{r['output_rows']:,} | {r['peak_rss_during_compute_mb']:,.0f} ({r['rss_after_load_mb']:,.0f}) |")
 
 
@@ -611,7 +623,9 @@ def main() -> None:
     for peer in PEERS:
         if peer in rows and "polars-assets" in rows:
             assert rows[peer] == rows["polars-assets"], peer
-    machine = f"{platform.machine()}, {os.cpu_count()} cpus, Python {platform.python_version()}"
+    loads = [load for r in runs.values() for load in r["rounds_load_1min"]]
+    machine = (f"{platform.machine()}, {os.cpu_count()} cpus, Python {platform.python_version()}, "
+               f"load average (1 min) {min(loads):.1f}-{max(loads):.1f}")
     result = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine,

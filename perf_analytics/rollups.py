@@ -211,24 +211,39 @@ def _prepare(frame: pl.DataFrame, name: str, item: str | None, optional: Mapping
     missing = [pl.lit(None, dtype=t).alias(c) for c, t in optional.items() if c not in frame.columns]
     if missing:
         lf = lf.with_columns(missing)
+    # Only the columns that hold a bad value, and only the rows to drop, are rewritten: most
+    # frames hold neither, and a copy of every column of a large frame cost more than
+    # looking (in time and in memory).
+    bad = {column: _bad_value(column, want) for column, want in optional.items()}
+    found = lf.select(
+        *(expr.any().alias(column) for column, expr in bad.items() if expr is not None),
+        pl.any_horizontal(pl.col(k).is_null() for k in keys).any().alias("_null_key"),
+    ).collect(engine=ENGINE)
     clean = []
     for column, want in optional.items():
-        expr = pl.col(column).cast(want)
-        if want == pl.Float64:
-            expr = expr.fill_nan(None)
-        if column in _PERCENT_COLUMNS:
-            expr = pl.when(expr.is_between(0.0, 100.0)).then(expr)
-        elif column in _NON_NEGATIVE_COLUMNS:
-            expr = pl.when(expr >= 0).then(expr)
-        clean.append(expr.alias(column))
-    df = _sort(lf.select(*keys, *clean).drop_nulls(keys).collect(engine=ENGINE), series, item)
+        value, check = pl.col(column).cast(want), bad[column]
+        clean.append(pl.when(~check).then(value).alias(column) if check is not None and found[column].item() else value)
+    lf = lf.select(*keys, *clean)
+    if found.get_column("_null_key").item():
+        lf = lf.drop_nulls(keys)
+    df = _sort(lf.collect(engine=ENGINE), series, item)
     duplicate = pl.all_horizontal(pl.col(k) == pl.col(k).shift(1) for k in keys).fill_null(False)
+    if df.select(duplicate.any()).item():
+        df = df.filter(~duplicate)
     new_series = ~pl.all_horizontal(pl.col(k) == pl.col(k).shift(1) for k in series).fill_null(False)
-    return (
-        df.lazy()
-        .filter(~duplicate)
-        .with_columns((new_series.cum_sum().cast(pl.Int64) - 1).set_sorted().alias("_series"))
-    )
+    return df.lazy().with_columns((new_series.cum_sum().cast(pl.Int64) - 1).set_sorted().alias("_series"))
+
+
+def _bad_value(column: str, want: pl.DataType) -> pl.Expr | None:
+    """True where `column`, cast to `want`, is NaN or impossible and so counts as null;
+    None for a column that cannot hold such a value."""
+    value = pl.col(column).cast(want)
+    checks = [value.is_nan()] if want == pl.Float64 else []
+    if column in _PERCENT_COLUMNS:
+        checks.append(~value.is_between(0.0, 100.0))
+    elif column in _NON_NEGATIVE_COLUMNS:
+        checks.append(value < 0)
+    return pl.any_horizontal(checks).fill_null(False) if checks else None
 
 
 def _in_order(frame: pl.DataFrame, keys: Sequence[str]) -> bool:
@@ -345,7 +360,7 @@ _GRID_FILL: Final = 2
 _TOP_TWO_MAX_N: Final = 21
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class _Grid:
     """The rows of groups sorted by `_g` placed in a (largest group, groups) grid: row
     `i` of the data goes to cell (its position in its group, its group)."""
@@ -372,6 +387,13 @@ class _Grid:
         position = np.arange(values.size) - starts[group]
         return cls(starts, lengths, position * starts.size + group, (width, starts.size))
 
+    @cached_property
+    def filled(self) -> npt.NDArray[np.bool_]:
+        """The cells that hold a row (the others are padding)."""
+        filled = np.zeros(self.shape[0] * self.shape[1], dtype=bool)
+        filled[self.cells] = True
+        return filled.reshape(self.shape)
+
     def place(self, column: pl.Series) -> _Placed:
         """The column in the grid as float64, NaN for null and for padding (the cleaned
         frames hold no NaN; timestamps in milliseconds and counts are exact in a float64)."""
@@ -379,8 +401,10 @@ class _Grid:
         grid = np.full(self.shape[0] * self.shape[1], np.nan)
         grid[self.cells] = physical.cast(pl.Float64).to_numpy()
         grid = grid.reshape(self.shape)
+        if column.null_count() == 0:  # most columns: the valid cells are the rows, shared
+            return _Placed(column, grid, self.filled, self.lengths, complete=True)
         valid = ~np.isnan(grid)
-        return _Placed(column, grid, valid, valid.sum(axis=0))
+        return _Placed(column, grid, valid, valid.sum(axis=0), complete=False)
 
 
 @dataclass(frozen=True)
@@ -391,6 +415,7 @@ class _Placed:
     grid: npt.NDArray[np.float64]
     valid: npt.NDArray[np.bool_]
     count: npt.NDArray[np.int64]
+    complete: bool  # no null values: a group's last value is in its last row
 
     @cached_property
     def total(self) -> npt.NDArray[np.float64]:
@@ -398,9 +423,14 @@ class _Placed:
         # Row after row, always in this order: numpy's own sum adds a single column
         # pairwise, which would make a group's sum depend on the other groups of the grid.
         total = np.zeros(self.grid.shape[1])
-        for row in np.where(self.valid, self.grid, 0.0):
-            total += row
+        for row, valid in zip(self.grid, self.valid, strict=True):
+            np.add(total, row, out=total, where=valid)
         return total
+
+    @cached_property
+    def top_two(self) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+        """`_top_two` of the grid (shared by p95 and the second largest value)."""
+        return _top_two(self.grid, self.valid, self.count)
 
     def like(self, values: npt.NDArray[np.float64], alias: str) -> pl.Series:
         """Float results (NaN for null) back in the type of the column."""
@@ -424,11 +454,13 @@ def _grid_stat(kind: str, placed: _Placed, layout: _Grid, alias: str) -> pl.Seri
         return placed.like(np.fmin.reduce(grid, axis=0), alias)
     if kind == "max":
         return placed.like(np.fmax.reduce(grid, axis=0), alias)
+    if kind == "last" and placed.complete:
+        return placed.column.gather(layout.starts + layout.lengths - 1).alias(alias)
     if kind == "last":
         from_end = np.argmax(valid[::-1], axis=0)
         rows = np.where(count > 0, layout.starts + layout.shape[0] - 1 - from_end, np.nan)
         return placed.column.gather(pl.Series(rows, nan_to_null=True).cast(pl.Int64)).alias(alias)
-    high, second = _top_two(grid, valid, count)
+    high, second = placed.top_two
     if kind == "second":
         return pl.Series(alias, second, nan_to_null=True)
     return pl.Series(alias, _p95_of_top_two(high, second, count), nan_to_null=True)
@@ -441,9 +473,11 @@ def _top_two(
     each grid column, NaN where there is none, in one pass over the grid's rows."""
     high = np.full(grid.shape[1], -np.inf)
     second = high.copy()
-    for row in np.where(valid, grid, -np.inf):
-        np.maximum(second, np.minimum(high, row), out=second)
-        np.maximum(high, row, out=high)
+    lower = np.empty_like(high)
+    for row, present in zip(grid, valid, strict=True):
+        np.minimum(high, row, out=lower, where=present)
+        np.maximum(second, lower, out=second, where=present)
+        np.maximum(high, row, out=high, where=present)
     return np.where(count > 0, high, np.nan), np.where(count > 1, second, np.nan)
 
 
@@ -469,10 +503,22 @@ def _interpolate(
         return low + (high - low) * (position - np.floor(position))
 
 
+# Up to this many values per group, p95 of groups too large for the two largest values
+# comes from sorting each group's row of a grid (numpy's vectorised sort: 60 values, an
+# hour of a 1-minute agent, in half the time of Polars' selection of two ranks); larger
+# groups from Polars (1,440 values, a day, sort three times slower).
+_SORT_MAX_N: Final = 128
+
+
 def _p95_by_ranks(rows: pl.LazyFrame, columns: Sequence[tuple[str, str]]) -> pl.DataFrame:
     """p95 (column -> alias) of every group `_g` of `rows`, for groups too large for the
-    two largest values: Polars selects the two closest ranks of each group in parallel
-    (sorting every column of a grid was several times slower)."""
+    two largest values: from the sorted rows of a grid with one row per group while the
+    groups are at most _SORT_MAX_N values and similar in size, else Polars selects the two
+    closest ranks of each group in parallel."""
+    frame = rows.collect(engine=ENGINE)
+    layout = _Grid.of(frame.get_column("_g"))
+    if layout is not None and layout.shape[0] <= _SORT_MAX_N:
+        return pl.DataFrame([_p95_of_sorted(layout, frame.get_column(name), alias) for name, alias in columns])
     ranks = []
     for name, alias in columns:
         value = pl.col(name).cast(pl.Float64)
@@ -481,13 +527,31 @@ def _p95_by_ranks(rows: pl.LazyFrame, columns: Sequence[tuple[str, str]]) -> pl.
             value.quantile(P95, interpolation="higher").alias(f"{alias}:hi"),
             value.count().cast(pl.Int64).alias(f"{alias}:n"),
         ]
-    found = rows.group_by("_g", maintain_order=True).agg(ranks).collect(engine=ENGINE)
+    found = frame.lazy().group_by("_g", maintain_order=True).agg(ranks).collect(engine=ENGINE)
     out = []
     for _, alias in columns:
         low, high = (found.get_column(f"{alias}:{k}").cast(pl.Float64).to_numpy() for k in ("lo", "hi"))
         p95 = _interpolate(low, high, found.get_column(f"{alias}:n").to_numpy())
         out.append(pl.Series(alias, p95, nan_to_null=True))
     return pl.DataFrame(out)
+
+
+def _p95_of_sorted(layout: _Grid, column: pl.Series, alias: str) -> pl.Series:
+    """p95 of each group of `layout` from its values sorted: the grid transposed (one row
+    per group, so that each group's values are contiguous), each row sorted, nulls and
+    padding (NaN) last, and the two closest ranks read from it."""
+    width, groups = layout.shape
+    by_group = (layout.cells % groups) * width + layout.cells // groups
+    flat = np.full(groups * width, np.nan)
+    flat[by_group] = column.cast(pl.Float64).to_numpy()
+    grid = flat.reshape(groups, width)  # a view: sorting its rows sorts `flat`
+    grid.sort(axis=1)
+    count = layout.lengths if column.null_count() == 0 else (~np.isnan(grid)).sum(axis=1)
+    position = (np.maximum(count, 1) - 1) * P95
+    row = np.arange(groups) * width
+    low = flat[row + np.floor(position).astype(np.int64)]
+    high = flat[row + np.ceil(position).astype(np.int64)]
+    return pl.Series(alias, _interpolate(low, high, count), nan_to_null=True)
 
 
 def _aggregate(rows: pl.LazyFrame, specs: Sequence[tuple[str, str, str]]) -> pl.LazyFrame:
@@ -501,14 +565,19 @@ def _aggregate(rows: pl.LazyFrame, specs: Sequence[tuple[str, str, str]]) -> pl.
     way whatever the other groups, so they do not depend on the batch it came in.
     """
     frame = rows.collect(engine=ENGINE)
-    layout = _Grid.of(frame.get_column("_g")) if frame.height else None
-    if frame.height and layout is None:
+    g = frame.get_column("_g")
+    if not frame.height or g[-1] - g[0] == frame.height - 1:
+        # No rows, or every group is one row (`_g` counts up by one from row to row): plain
+        # projections, without laying out a grid.
+        return frame.lazy().select("_g", *(_single_expr(*spec) for spec in specs))
+    layout = _Grid.of(g)
+    if layout is None:
         # Groups too unequal in size for one grid: one grid per class of sizes within a
         # factor of two of each other, each no more than half padding.
         size = frame.select(pl.len().over("_g").log(2).ceil().cast(pl.Int64)).to_series()
         parts = [_aggregate(frame.filter(size == c).lazy(), specs).collect(engine=ENGINE) for c in size.unique()]
         return pl.concat(parts).sort("_g").lazy()
-    if layout is None or layout.shape[0] == 1:  # no rows, or every group is one row
+    if layout.shape[0] == 1:  # every group of this size class is one row
         return frame.lazy().select("_g", *(_single_expr(*spec) for spec in specs))
     out: list[pl.Series] = [frame.get_column("_g").gather(layout.starts)]
     placed: _Placed | None = None
@@ -680,7 +749,7 @@ def _merge_groups(snapshots: pl.LazyFrame, finer: pl.DataFrame, window: str) -> 
         count = total(n_name, n_name).cast(pl.Int64)
         sums = total(sum_name, sum_name)
         largest = layout.place(column(f"{m}_max"))
-        high, second = _top_two(largest.grid, largest.valid, largest.count)
+        high, second = largest.top_two
         second = np.fmax(second, np.fmax.reduce(layout.place(column(second_name)).grid, axis=0))
         counts = count.to_numpy()
         if int(counts.max(initial=0)) <= _TOP_TWO_MAX_N:
@@ -710,19 +779,36 @@ def _merge_groups(snapshots: pl.LazyFrame, finer: pl.DataFrame, window: str) -> 
 
 
 def _asset_rollup(
-    snapshots: pl.LazyFrame, intervals: pl.LazyFrame, flags: pl.LazyFrame | None, window: str, groups: pl.LazyFrame
-) -> pl.LazyFrame:
+    snapshots: pl.LazyFrame, intervals: pl.DataFrame, flags: pl.LazyFrame | None, window: str, groups: pl.DataFrame
+) -> pl.DataFrame:
     """The asset rollups of `window` from its `_asset_groups`: interval, coverage, longest
-    gap and flags added."""
+    gap and flags added.
+
+    The interval and the flag counts are looked up for the keys only and put beside the
+    groups: a join of the groups themselves would copy every one of their columns, which
+    cost more than the rest of the 1-minute window.
+    """
     seconds = WINDOW_SECONDS[window]
-    grouped = groups
     end = pl.col("bucket").dt.offset_by(f"{seconds}s")
     lead_ms = (pl.col("_first") - pl.col("bucket")).dt.total_milliseconds()
     tail_ms = (end - pl.col("_last")).dt.total_milliseconds()
     expected = float(seconds) / pl.col("interval_s")  # samples expected in the bucket
-    out = (
-        grouped.with_columns(pl.col("bucket").dt.truncate("1d").alias("day"))
-        .join(intervals, on=["_series", "day"], how="left", maintain_order="left")
+    if flags is None:
+        counts = pl.repeat(0, groups.height, dtype=pl.Int64, eager=True)
+    else:
+        per_bucket = (
+            flags.join(_series_names(snapshots, *_KEYS), on=list(_KEYS), how="inner")
+            .with_columns(pl.col("start").dt.truncate(_TRUNCATE[window]).alias("bucket"))
+            .group_by("_series", "bucket")
+            .agg(pl.len().cast(pl.Int64).alias("anomaly_flags"))
+        )
+        keys = groups.lazy().select("_series", "bucket")
+        counts = keys.join(per_bucket, on=["_series", "bucket"], how="left", maintain_order="left").collect(
+            engine=ENGINE
+        )["anomaly_flags"].fill_null(0)
+    metrics = [f"{m}_{s}" for m in ASSET_METRICS for s in ASSET_STATS]
+    return (
+        groups.with_columns(_day_intervals(groups, intervals), counts.alias("anomaly_flags"))
         .with_columns(
             # min_horizontal ignores nulls: an unknown interval must leave coverage unknown.
             pl.when(pl.col("interval_s").is_not_null())
@@ -730,34 +816,38 @@ def _asset_rollup(
             .alias("coverage"),
             _divide(pl.max_horizontal(lead_ms, pl.col("_max_step_ms"), tail_ms), 1000.0).alias("longest_gap_s"),
         )
-    )
-    if flags is None:
-        out = out.with_columns(pl.lit(0, dtype=pl.Int64).alias("anomaly_flags"))
-    else:
-        counts = (
-            flags.join(_series_names(snapshots, *_KEYS), on=list(_KEYS), how="inner")
-            .with_columns(pl.col("start").dt.truncate(_TRUNCATE[window]).alias("bucket"))
-            .group_by("_series", "bucket")
-            .agg(pl.len().cast(pl.Int64).alias("anomaly_flags"))
-        )
-        out = out.join(counts, on=["_series", "bucket"], how="left", maintain_order="left")
-        out = out.with_columns(pl.col("anomaly_flags").fill_null(0))
-    metrics = [f"{m}_{s}" for m in ASSET_METRICS for s in ASSET_STATS]
-    return out.select(
-        *_KEYS, "bucket", "samples", "interval_s", "coverage", "longest_gap_s", "anomaly_flags", *metrics
+        .select(*_KEYS, "bucket", "samples", "interval_s", "coverage", "longest_gap_s", "anomaly_flags", *metrics)
     )
 
 
-def _disk_rollup(disks: pl.LazyFrame, window: str) -> pl.LazyFrame:
+def _day_intervals(groups: pl.DataFrame, intervals: pl.DataFrame) -> pl.Series:
+    """`interval_s` of each row of `groups` (an asset's buckets, sorted by `_series` and
+    bucket), from `intervals` (one row per asset and UTC day with samples, in the same
+    order): the n-th run of equal (series, day) among the groups is the n-th interval,
+    since both come from the same snapshots."""
+    bucket = groups.get_column("bucket").to_physical().to_numpy()
+    day = bucket - bucket % (DAY_S * 1000)
+    series = groups.get_column("_series").to_numpy()
+    new = np.ones(bucket.size, dtype=bool)
+    np.not_equal(day[1:], day[:-1], out=new[1:])
+    new[1:] |= series[1:] != series[:-1]
+    run = np.cumsum(new) - 1
+    assert run.size == 0 or run[-1] + 1 == intervals.height
+    return intervals.get_column("interval_s").gather(run)
+
+
+def _disk_rollup(disks: pl.LazyFrame, window: str) -> pl.DataFrame:
     specs = [
         *_firsts(*_KEYS, "disk", "bucket"),
         ("len", "", "samples"),
         *(_stat(column, stat) for column, stats in DISK_STATS for stat in stats),
     ]
-    return _aggregate(_bucketed(disks, window), specs).drop("_g")
+    return _aggregate(_bucketed(disks, window), specs).drop("_g").collect(engine=ENGINE)
 
 
-def _interface_rollup(interfaces: pl.LazyFrame, assets: pl.LazyFrame, intervals: pl.LazyFrame, window: str) -> pl.LazyFrame:
+def _interface_rollup(
+    interfaces: pl.LazyFrame, assets: pl.LazyFrame, intervals: pl.DataFrame, window: str
+) -> pl.DataFrame:
     totals = {"bytes_recv_total": "bytes_recv_per_sec", "bytes_sent_total": "bytes_sent_per_sec"}
     specs = [
         *_firsts(*_KEYS, "interface", "_series", "bucket"),
@@ -766,19 +856,27 @@ def _interface_rollup(interfaces: pl.LazyFrame, assets: pl.LazyFrame, intervals:
         *(("sum", rate, f"_sum_{rate}") for rate in totals.values()),
         *(("count", rate, f"_n_{rate}") for rate in totals.values()),
     ]
-    grouped = (
-        _aggregate(_bucketed(interfaces, window), specs)
-        .with_columns(pl.col("bucket").dt.truncate("1d").alias("day"))
+    grouped = _aggregate(_bucketed(interfaces, window), specs).collect(engine=ENGINE)
+    # The interval is joined to the keys only (see `_asset_rollup`); an interface whose
+    # asset sent no snapshot that day has none.
+    interval = (
+        grouped.lazy()
+        .select("_series", pl.col("bucket").dt.truncate("1d").alias("day"))
         .join(assets, on="_series", how="left", maintain_order="left")
-        .join(intervals.rename({"_series": "_asset"}), on=["_asset", "day"], how="left", maintain_order="left")
+        .join(intervals.lazy().rename({"_series": "_asset"}), on=["_asset", "day"], how="left", maintain_order="left")
+        .collect(engine=ENGINE)
+        .get_column("interval_s")
+    )
+    stats = [f"{rate}_{stat}" for rate in INTERFACE_RATES for stat in ("mean", "max")]
+    return (
+        grouped.with_columns(interval)
         .with_columns(
             pl.when(pl.col(f"_n_{rate}") > 0).then(pl.col(f"_sum_{rate}") * pl.col("interval_s")).alias(total)
             for total, rate in totals.items()
         )
         .with_columns((pl.col("bytes_recv_total") + pl.col("bytes_sent_total")).alias("bytes_total"))
+        .select(*_KEYS, "interface", "bucket", "samples", *stats, *totals, "bytes_total")
     )
-    stats = [f"{rate}_{stat}" for rate in INTERFACE_RATES for stat in ("mean", "max")]
-    return grouped.select(*_KEYS, "interface", "bucket", "samples", *stats, *totals, "bytes_total")
 
 
 def _interface_assets(interfaces: pl.LazyFrame, snapshots: pl.LazyFrame) -> pl.LazyFrame:
@@ -815,7 +913,7 @@ def compute_rollups(
     snapshots = _prepare(frames.snapshots, "snapshots", None, _SNAPSHOT_COLUMNS).collect(engine=ENGINE).lazy()
     disks = _prepare(frames.disks, "disks", "disk", _DISK_COLUMNS).collect(engine=ENGINE).lazy()
     interfaces = _prepare(frames.interfaces, "interfaces", "interface", _INTERFACE_COLUMNS).collect(engine=ENGINE).lazy()
-    intervals = _intervals(snapshots).collect(engine=ENGINE).lazy()
+    intervals = _intervals(snapshots).collect(engine=ENGINE)
     interface_assets = _interface_assets(interfaces, snapshots).collect(engine=ENGINE).lazy()
     flag_frame = _prepare_flags(flags) if flags is not None else None
 
@@ -823,21 +921,19 @@ def compute_rollups(
     # keeps the peak memory near one window's worth (collecting all windows together
     # on two cores was no faster and doubled the peak).
     # The windows from the shortest, the asset groups of those merged from kept for the
-    # next (the others stay in the window's plan, which never holds them whole: the
-    # 1-minute ones are as large as the rollups).
+    # next (the others are dropped once rolled up: the 1-minute ones are as large as the
+    # rollups; most of their columns are the rollups' own, shared, not copied).
     out: dict[str, Rollups] = {}
     known: tuple[str, pl.DataFrame] | None = None
     for window in sorted(set(windows), key=WINDOW_SECONDS.__getitem__):
-        groups = _chained_groups(snapshots, window, known)
+        groups = _chained_groups(snapshots, window, known).collect(engine=ENGINE)
         if window in _MERGED_FROM.values():
-            known = (window, groups.collect(engine=ENGINE))
-            groups = known[1].lazy()
-        plans = [
-            _asset_rollup(snapshots, intervals, flag_frame, window, groups),
-            _disk_rollup(disks, window),
-            _interface_rollup(interfaces, interface_assets, intervals, window),
-        ]
-        out[window] = Rollups(window, *pl.collect_all(plans, engine=ENGINE))
+            known = (window, groups)
+        assets = _asset_rollup(snapshots, intervals, flag_frame, window, groups)
+        del groups  # the 1-minute groups are as large as the rollups: not held twice
+        out[window] = Rollups(
+            window, assets, _disk_rollup(disks, window), _interface_rollup(interfaces, interface_assets, intervals, window)
+        )
     return {window: out[window] for window in windows}
 
 

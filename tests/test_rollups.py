@@ -466,6 +466,24 @@ def test_p95_interpolates_linearly_between_closest_ranks() -> None:
     assert row["cpu_usage_p95"] == 9.0 and float(np.percentile(values[:7], 95)) != max(values[:7])
 
 
+def test_p95_of_hours_and_days_with_nulls_and_outages_equals_the_duckdb_reference() -> None:
+    # A 1-minute agent's hours hold up to 60 values (p95 from each bucket's sorted values),
+    # its days 1,440 (p95 from Polars' selection of ranks); nulls, impossible values and an
+    # outage make the buckets' counts differ, one metric is null for a whole hour.
+    rng = np.random.default_rng(11)
+    snaps = [
+        snap(
+            m,
+            cpu_usage=float(rng.uniform(0, 100)) if m % 7 else None,
+            memory_swap_used=float(rng.lognormal(10, 3)) if m % 13 else -1.0,
+            system_thread_count=int(rng.integers(0, 5000)) if not 300 <= m < 360 else None,
+        )
+        for m in range(2 * 1440)
+        if not 130 <= m < 172
+    ]
+    check_against_reference(frames_of(snaps))
+
+
 def test_missing_optional_columns_give_null_statistics() -> None:
     frames = frames_of([snap(0), snap(1)])
     bare = Frames(frames.snapshots.drop("memory_swap_used", "system_uptime"), frames.disks.drop("write_ops_per_sec"),
