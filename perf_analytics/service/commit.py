@@ -45,10 +45,8 @@ from perf_analytics.store import (
     WRITE_CHUNK,
     Db,
     Doc,
-    duplicates_of,
-    error_text,
-    is_duplicate_key,
     require_key_index,
+    sort_write_errors,
     touch_assets,
 )
 
@@ -211,21 +209,14 @@ class GroupCommitter:
         return [Outcome(INSERTED)] * len(docs)
 
     def _sort(self, details: Mapping[str, Any], docs: Sequence[Doc]) -> list[Outcome]:
-        """Each document's outcome from a BulkWriteError's details (as the loader sorts them).
-
-        Only a clash on the unique key index is a duplicate; any other write error is a
-        refusal with the server's reason.
-        """
+        """Each document's outcome from a BulkWriteError's details, sorted as the loader
+        sorts them (`sort_write_errors`)."""
         outcomes = [Outcome(INSERTED)] * len(docs)
-        clashes: list[tuple[int, Mapping[str, Any]]] = []
-        for err in details.get("writeErrors", []):
-            if is_duplicate_key(err):
-                clashes.append((err["index"], err))
-            else:
-                outcomes[err["index"]] = Outcome(REFUSED, f"refused by the server: {error_text(err)}")
-        verdicts = duplicates_of(self.db, [docs[i] for i, _ in clashes], [err for _, err in clashes])
-        for (i, _), clash in zip(clashes, verdicts, strict=True):
-            outcomes[i] = Outcome(DUPLICATE) if clash is None else Outcome(REFUSED, clash.reason)
+        sorted_errors = sort_write_errors(self.db, details, docs.__getitem__)
+        for i in sorted_errors.duplicates:
+            outcomes[i] = Outcome(DUPLICATE)
+        for i, (_field, reason) in sorted_errors.refused.items():
+            outcomes[i] = Outcome(REFUSED, reason)
         return outcomes
 
     async def _touch_loop(self) -> None:
