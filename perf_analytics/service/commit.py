@@ -8,6 +8,12 @@ acknowledged snapshot. While a batch is at the server the next one gathers, so t
 size follows the load by itself (no timer). A duplicate (same org, asset, timestamp) is
 told as such, by the unique key index, as in `ingest`.
 
+A request of one plain snapshot comes as an unchecked JSON line (`payload.Unchecked`):
+the writer checks and encodes a batch's lines together as columns, per org, by the
+loader's block path, in its thread; a line the columns do not vouch for gets the
+per-record check, and a request found invalid is refused (400) before anything of the
+batch is sent, so nothing of it is stored.
+
 lastSeen follows the inserts: a second task sends one `$max` update per asset for all
 batches acknowledged since its last round (`touch_assets`, as `ingest` does per commit),
 at most one round every `last_seen_seconds`, so a fleet costs one update per asset per
@@ -31,16 +37,19 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
+from bson import ObjectId
 from bson.raw_bson import RawBSONDocument
 from pymongo.errors import BulkWriteError, PyMongoError
 
+from perf_analytics.ingest.batches import BlockEncoder
 from perf_analytics.schema import SNAPSHOTS
 from perf_analytics.service.metrics import Metrics
+from perf_analytics.service.payload import Prepared, Refusal, Unchecked, prepare_snapshots
 from perf_analytics.store import (
     WRITE_CHUNK,
     Db,
@@ -57,6 +66,26 @@ DUPLICATE = "duplicate"
 REFUSED = "refused"
 
 
+_ENCODERS = 1000  # orgs whose block encoders are kept
+COLUMNS_FROM = 200
+"""An org's plain snapshots in one batch from which they are checked as columns: the
+block path costs a few milliseconds a batch whatever its size, then about half the
+per-record check a snapshot (measured: even at 300 snapshots, 88 µs against 163 µs)."""
+
+
+def _vouched(document: bytes, request: Unchecked) -> Ready:
+    """A document of the block path: its _id is its first field (`encode_rows` writes it
+    first), the rest of its key is the request's, which the columns vouched for as is."""
+    payload = request.payload
+    return Ready(
+        RawBSONDocument(document), ObjectId(document[_ID_AT : _ID_AT + 12]), request.org_id,
+        payload["assetId"], datetime.fromisoformat(payload["timestamp"]),
+    )
+
+
+_ID_AT = 9  # int32 length, type byte 0x07, "_id\0": the ObjectId's 12 bytes follow
+
+
 class QueueFull(Exception):
     """The queue holds `max_queue` snapshots already."""
 
@@ -67,17 +96,42 @@ class DatabaseUnavailable(Exception):
 
 @dataclass(frozen=True)
 class Outcome:
-    """What became of one snapshot: inserted, duplicate (stored before) or refused (why)."""
+    """What became of one snapshot: inserted (under `id`), duplicate (stored before) or
+    refused (why)."""
 
     status: str
     reason: str = ""
+    id: ObjectId | None = None
+
+
+@dataclass(frozen=True)
+class Ready:
+    """One checked snapshot: its BSON, its id, and the key that moves lastSeen."""
+
+    raw: RawBSONDocument
+    id: ObjectId
+    org_id: str
+    asset_id: str
+    timestamp: datetime
+
+    @classmethod
+    def of(cls, doc: Doc, raw: RawBSONDocument) -> Ready:
+        return cls(raw, doc["_id"], doc["orgId"], doc["assetId"], doc["timestamp"])
+
+    def key(self) -> dict[str, Any]:
+        """What `duplicates_of` reads of a document."""
+        return {"_id": self.id, "orgId": self.org_id, "assetId": self.asset_id, "timestamp": self.timestamp}
 
 
 @dataclass
 class _Pending:
-    docs: list[Doc]
-    raws: list[RawBSONDocument]
+    request: Prepared | Unchecked
     future: asyncio.Future[list[Outcome]]
+    ready: list[Ready] = field(default_factory=list)
+
+    @property
+    def size(self) -> int:
+        return 1 if isinstance(self.request, Unchecked) else len(self.request.docs)
 
 
 class GroupCommitter:
@@ -85,9 +139,10 @@ class GroupCommitter:
 
     def __init__(
         self, db: Db, metrics: Metrics, *, max_batch: int = 1000, max_queue: int = 20_000,
-        last_seen_seconds: float = 30.0,
+        last_seen_seconds: float = 30.0, columns_from: int = COLUMNS_FROM,
     ) -> None:
         self.db = db
+        self.columns_from = columns_from
         self.last_seen_seconds = last_seen_seconds
         self.metrics = metrics
         self.max_batch = max_batch
@@ -101,6 +156,7 @@ class GroupCommitter:
         self._written = asyncio.Event()  # the writer has committed the last queued request
         self._batch_done = asyncio.Event()  # set after every batch
         self._tasks: list[asyncio.Task[None]] = []
+        self._encoders: dict[str, BlockEncoder] = {}
         metrics.queue_depth = lambda: self._queued
 
     def start(self) -> None:
@@ -115,28 +171,32 @@ class GroupCommitter:
         self._touch_wake.set()
         await self._tasks[1]
 
-    async def submit(self, docs: list[Doc], raws: list[RawBSONDocument]) -> list[Outcome]:
-        """Queue one request's documents; return their outcomes once their batch is acknowledged.
+    async def submit(self, request: Prepared | Unchecked) -> list[Outcome]:
+        """Queue one request's snapshots; return their outcomes once their batch is acknowledged.
 
-        Raises QueueFull at once when the queue is full, DatabaseUnavailable when the
-        batch could not be written (some of it may be stored: a retry meets duplicates).
+        Raises QueueFull at once when the queue is full, the request's Refusal when an
+        unchecked snapshot is invalid (nothing of it is stored), DatabaseUnavailable when
+        the batch could not be written (some of it may be stored: a retry meets duplicates).
         """
-        if self._closing or self._queued + len(docs) > self.max_queue:
+        pending = _Pending(request, asyncio.get_running_loop().create_future())
+        if self._closing or self._queued + pending.size > self.max_queue:
             raise QueueFull
-        future: asyncio.Future[list[Outcome]] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(docs, raws, future))
-        self._queued += len(docs)
+        if isinstance(request, Prepared):
+            pending.ready = [Ready.of(doc, raw) for doc, raw in zip(request.docs, request.raws, strict=True)]
+            self.metrics.checks["record"] += len(pending.ready)
+        self._queue.append(pending)
+        self._queued += pending.size
         self._wake.set()
-        return await future
+        return await pending.future
 
     def _take(self) -> list[_Pending]:
         """Whole requests from the queue, up to max_batch snapshots (at least one request)."""
         batch: list[_Pending] = []
         size = 0
-        while self._queue and (not batch or size + len(self._queue[0].docs) <= self.max_batch):
+        while self._queue and (not batch or size + self._queue[0].size <= self.max_batch):
             item = self._queue.popleft()
             batch.append(item)
-            size += len(item.docs)
+            size += item.size
         self._queued -= size
         return batch
 
@@ -156,36 +216,50 @@ class GroupCommitter:
             self._batch_done.set()
 
     async def _send(self, batch: list[_Pending]) -> None:
-        docs = [doc for item in batch for doc in item.docs]
-        raws = [raw for item in batch for raw in item.raws]
+        try:
+            invalid, columns = await asyncio.to_thread(self._check, batch)
+        except Exception as exc:  # a bug: the requests get a 500, the writer lives on
+            log.exception("batch of %d request(s) not checked", len(batch))
+            self._fail(batch, exc)
+            return
+        unchecked = sum(isinstance(item.request, Unchecked) for item in batch)
+        self.metrics.checks["columns"] += columns
+        self.metrics.checks["record"] += unchecked - columns
+        for item, refusal in invalid:
+            if not item.future.done():
+                item.future.set_exception(refusal)
+        batch = [item for item in batch if item.ready]
+        ready = [one for item in batch for one in item.ready]
+        if not ready:
+            return
         started = time.perf_counter()
         try:
-            outcomes = await asyncio.to_thread(self._insert, docs, raws)
+            outcomes = await asyncio.to_thread(self._insert, ready)
         except PyMongoError as exc:
             # The type only: a server error's text may name hosts, never a key or the URI.
-            log.warning("batch of %d snapshot(s) not written: %s", len(docs), type(exc).__name__)
+            log.warning("batch of %d snapshot(s) not written: %s", len(ready), type(exc).__name__)
             self._fail(batch, DatabaseUnavailable())
             return
         except Exception as exc:  # a bug: the requests get a 500, the writer lives on
-            log.exception("batch of %d snapshot(s) failed", len(docs))
+            log.exception("batch of %d snapshot(s) failed", len(ready))
             self._fail(batch, exc)
             return
         self.metrics.insert_seconds.observe(time.perf_counter() - started)
-        self.metrics.batch_size.observe(len(docs))
+        self.metrics.batch_size.observe(len(ready))
         start = 0
         for item in batch:
-            mine = outcomes[start : start + len(item.docs)]
-            start += len(item.docs)
+            mine = outcomes[start : start + len(item.ready)]
+            start += len(item.ready)
             if not item.future.done():  # a request whose client went away is not answered
                 item.future.set_result(mine)
-        for doc, outcome in zip(docs, outcomes, strict=True):
+        for one, outcome in zip(ready, outcomes, strict=True):
             self.metrics.snapshots[outcome.status] += 1
             if outcome.status != REFUSED:
                 # Duplicates too: after a crash they may be the snapshots whose round was lost.
-                key = (doc["orgId"], doc["assetId"])
+                key = (one.org_id, one.asset_id)
                 seen = self._last_seen.get(key)
-                if seen is None or doc["timestamp"] > seen:
-                    self._last_seen[key] = doc["timestamp"]
+                if seen is None or one.timestamp > seen:
+                    self._last_seen[key] = one.timestamp
         self._touch_wake.set()
 
     @staticmethod
@@ -194,7 +268,52 @@ class GroupCommitter:
             if not item.future.done():
                 item.future.set_exception(exc)
 
-    def _insert(self, docs: Sequence[Doc], raws: list[RawBSONDocument]) -> list[Outcome]:
+    def _check(self, batch: list[_Pending]) -> tuple[list[tuple[_Pending, Refusal]], int]:
+        """Check and encode the batch's unchecked requests (in a thread), filling their
+        `ready`; return the invalid ones with their refusals, and how many the columns
+        vouched for.
+
+        The lines of each org go through the loader's block path together; a line its
+        columns do not vouch for is checked on its own by `prepare_snapshots`, which
+        accepts it or says why not exactly as for any other body.
+        """
+        per_org: dict[str, list[_Pending]] = {}
+        for item in batch:
+            if isinstance(item.request, Unchecked):
+                per_org.setdefault(item.request.org_id, []).append(item)
+        invalid: list[tuple[_Pending, Refusal]] = []
+        columns = 0
+        collection = self.db[SNAPSHOTS]
+        for org_id, items in per_org.items():
+            requests = [cast(Unchecked, item.request) for item in items]
+            verdicts: list[bool] = [False] * len(requests)
+            documents: Iterator[bytes] = iter(())
+            if len(requests) >= self.columns_from:
+                encoded = self._encoder(org_id).encode([request.line for request in requests])
+                verdicts, documents = encoded.vouched.tolist(), iter(encoded.documents)
+            for item, request, vouched in zip(items, requests, verdicts, strict=True):
+                if vouched:
+                    item.ready = [_vouched(next(documents), request)]
+                    columns += 1
+                    continue
+                try:
+                    prepared = prepare_snapshots(request.payload, org_id, collection, max_items=1)
+                except Refusal as refusal:
+                    invalid.append((item, refusal))
+                    continue
+                item.ready = [Ready.of(prepared.docs[0], prepared.raws[0])]
+        return invalid, columns
+
+    def _encoder(self, org_id: str) -> BlockEncoder:
+        """The block encoder of an org (kept: it builds its Arrow schemas once)."""
+        encoder = self._encoders.get(org_id)
+        if encoder is None:
+            if len(self._encoders) >= _ENCODERS:
+                self._encoders.clear()
+            encoder = self._encoders[org_id] = BlockEncoder(org_id)
+        return encoder
+
+    def _insert(self, ready: Sequence[Ready]) -> list[Outcome]:
         """Insert unordered (in a thread); the outcome of each document, in order.
 
         A server refuses a bad document with a write error of its own. An error for the
@@ -203,16 +322,16 @@ class GroupCommitter:
         """
         require_key_index(self.db)
         try:
-            self.db[SNAPSHOTS].insert_many(raws, ordered=False)
+            self.db[SNAPSHOTS].insert_many([one.raw for one in ready], ordered=False)
         except BulkWriteError as exc:
-            return self._sort(exc.details, docs)
-        return [Outcome(INSERTED)] * len(docs)
+            return self._sort(exc.details, ready)
+        return [Outcome(INSERTED, id=one.id) for one in ready]
 
-    def _sort(self, details: Mapping[str, Any], docs: Sequence[Doc]) -> list[Outcome]:
+    def _sort(self, details: Mapping[str, Any], ready: Sequence[Ready]) -> list[Outcome]:
         """Each document's outcome from a BulkWriteError's details, sorted as the loader
         sorts them (`sort_write_errors`)."""
-        outcomes = [Outcome(INSERTED)] * len(docs)
-        sorted_errors = sort_write_errors(self.db, details, docs.__getitem__)
+        outcomes = [Outcome(INSERTED, id=one.id) for one in ready]
+        sorted_errors = sort_write_errors(self.db, details, lambda i: ready[i].key())
         for i in sorted_errors.duplicates:
             outcomes[i] = Outcome(DUPLICATE)
         for i, (_field, reason) in sorted_errors.refused.items():
