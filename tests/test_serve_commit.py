@@ -159,3 +159,17 @@ def test_fewer_plain_snapshots_of_an_org_than_columns_from_are_checked_one_by_on
     assert [[o.status for o in r] for r in results] == [[INSERTED]] * 3
     assert metrics.checks == Counter({"columns": 2, "record": 1})  # org-b's one snapshot alone
     assert db[SNAPSHOTS].count_documents({"orgId": "org-b"}) == 1
+
+
+def test_requests_checked_while_a_batch_is_at_the_server_keep_batches_within_the_batch_size(db: Db) -> None:
+    metrics = Metrics()
+    # Three requests of two snapshots, batches of three: a request checked ahead never
+    # fits beside another, and none is left waiting.
+    requests: list[Prepared | Unchecked] = [prepared(db, m, m + 1) for m in (1, 3, 5)]
+    requests += [unchecked(db, m, asset="asset-2") for m in (1, 2, 3, 4)]
+    results = asyncio.run(_submit_all(GroupCommitter(db, metrics, max_batch=3, columns_from=1), requests))
+    assert [len(r) for r in results] == [2, 2, 2, 1, 1, 1, 1]
+    assert all(o.status == INSERTED for r in results for o in r)
+    assert metrics.batch_size.total == 10
+    assert metrics.batch_size.n >= 4  # 10 snapshots in batches of at most 3
+    assert db[SNAPSHOTS].count_documents({}) == 10

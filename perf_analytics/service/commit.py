@@ -83,6 +83,10 @@ def _vouched(document: bytes, request: Unchecked) -> Ready:
     )
 
 
+def _size(batch: list[_Pending]) -> int:
+    return sum(item.size for item in batch)
+
+
 _ID_AT = 9  # int32 length, type byte 0x07, "_id\0": the ObjectId's 12 bytes follow
 
 
@@ -148,7 +152,8 @@ class GroupCommitter:
         self.max_batch = max_batch
         self.max_queue = max_queue
         self._queue: deque[_Pending] = deque()
-        self._queued = 0  # snapshots in _queue
+        self._queued = 0  # snapshots queued, checked or not, until their batch is answered
+        self._unchecked = 0  # snapshots in _queue (not taken for checking yet)
         self._wake = asyncio.Event()
         self._touch_wake = asyncio.Event()
         self._last_seen: dict[tuple[str, str], datetime] = {}
@@ -186,48 +191,81 @@ class GroupCommitter:
             self.metrics.checks["record"] += len(pending.ready)
         self._queue.append(pending)
         self._queued += pending.size
+        self._unchecked += pending.size
         self._wake.set()
         return await pending.future
 
-    def _take(self) -> list[_Pending]:
-        """Whole requests from the queue, up to max_batch snapshots (at least one request)."""
+    def _take(self, room: int) -> list[_Pending]:
+        """Whole requests from the queue, up to `room` snapshots (at least one request
+        when `room` is a whole batch)."""
         batch: list[_Pending] = []
         size = 0
-        while self._queue and (not batch or size + self._queue[0].size <= self.max_batch):
+        while self._queue and (
+            size + self._queue[0].size <= room or (not batch and room == self.max_batch)
+        ):
             item = self._queue.popleft()
             batch.append(item)
             size += item.size
-        self._queued -= size
+        self._unchecked -= size
         return batch
 
     async def _write_loop(self) -> None:
+        """Send batches one at a time; while one is at the server, check what gathers.
+
+        The server stays busy: when a batch is acknowledged, most of the next one has
+        been checked (a block of at least `columns_from` snapshots at a time, as columns)
+        and goes out at once with whatever is left to check.
+        """
+        checked: list[_Pending] = []
         while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._queue:
-                await self._commit(self._take())
-            if self._closing:
-                return
+            if not self._queue and not checked:
+                if self._closing:
+                    return
+                await self._wake.wait()
+                self._wake.clear()
+                continue
+            room = self.max_batch - _size(checked)
+            batch = checked + (await self._check_some(self._take(room)) if room > 0 else [])
+            checked = []
+            sending = asyncio.create_task(self._commit(batch))
+            while not sending.done():  # _commit sets _wake when it is done, as submit does
+                room = self.max_batch - _size(checked)
+                ahead = self._take(room) if room > 0 and self._unchecked >= min(self.columns_from, room) else []
+                if ahead:
+                    checked += await self._check_some(ahead)
+                    continue
+                await self._wake.wait()
+                self._wake.clear()
+            await sending
 
     async def _commit(self, batch: list[_Pending]) -> None:
         try:
             await self._send(batch)
         finally:
+            self._queued -= _size(batch)
             self._batch_done.set()
+            self._wake.set()
 
-    async def _send(self, batch: list[_Pending]) -> None:
+    async def _check_some(self, batch: list[_Pending]) -> list[_Pending]:
+        """The requests of `batch` that pass the check (see `_check`); the others are
+        answered with their refusal (or a 500 for a bug)."""
         try:
             invalid, columns = await asyncio.to_thread(self._check, batch)
         except Exception as exc:  # a bug: the requests get a 500, the writer lives on
             log.exception("batch of %d request(s) not checked", len(batch))
             self._fail(batch, exc)
-            return
+            self._queued -= _size(batch)
+            return []
         unchecked = sum(isinstance(item.request, Unchecked) for item in batch)
         self.metrics.checks["columns"] += columns
         self.metrics.checks["record"] += unchecked - columns
         for item, refusal in invalid:
+            self._queued -= item.size
             if not item.future.done():
                 item.future.set_exception(refusal)
+        return [item for item in batch if item.ready]
+
+    async def _send(self, batch: list[_Pending]) -> None:
         batch = [item for item in batch if item.ready]
         ready = [one for item in batch for one in item.ready]
         if not ready:
