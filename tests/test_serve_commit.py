@@ -173,3 +173,14 @@ def test_requests_checked_while_a_batch_is_at_the_server_keep_batches_within_the
     assert metrics.batch_size.total == 10
     assert metrics.batch_size.n >= 4  # 10 snapshots in batches of at most 3
     assert db[SNAPSHOTS].count_documents({}) == 10
+
+
+def test_a_whole_fleet_waiting_at_once_goes_out_in_two_halves(db: Db) -> None:
+    metrics = Metrics()
+    requests: list[Prepared | Unchecked] = [unchecked(db, 1, asset=f"asset-{i}") for i in range(8)]
+    results = asyncio.run(_submit_all(GroupCommitter(db, metrics, columns_from=2), requests))
+    assert all(r[0].status == INSERTED for r in results)
+    # The second half was checked while the first was at the server, then sent whole.
+    assert (metrics.batch_size.n, metrics.batch_size.total) == (2, 8)
+    assert metrics.checks == Counter({"columns": 8, "record": 0})
+    assert db[SNAPSHOTS].count_documents({}) == 8
