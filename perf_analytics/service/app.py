@@ -184,9 +184,10 @@ class Service:
         """`POST /api/agent/performance` on the ASGI messages themselves.
 
         This is the route every agent calls about once a minute, so it skips the
-        framework's request and response objects, routing and middleware (a fifth of the
-        service's CPU per snapshot, measured): headers are read from the scope, the body
-        from `receive`, the answer is two `send`s.
+        framework's request and response objects, routing and middleware (measured under
+        wrk on a busy machine: 0.54 ms of the service's CPU per snapshot before, 0.43
+        after): headers are read from the scope, the body from `receive`, the answer is
+        two `send`s.
         """
         try:
             status, content = 200, await self._post(scope, receive)
