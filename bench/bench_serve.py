@@ -1,7 +1,8 @@
 """The agents' endpoint under 1,000 simulated agents, against the server's own insert limit.
 
 One run, one database server, three measurements of the same snapshots (a 1.2 kB agent
-payload, 1,000 assets of one org, each request a new (asset, timestamp)):
+payload, 1,000 assets of one org, each request a new (asset, timestamp); the timestamp an
+ISO 8601 string, as a JSON encoder writes a date):
 
 - the limit: `insert_many` of already validated documents in batches of 1,000 straight
   into the server, nothing else (measured before and after the HTTP runs; the mean is
@@ -61,7 +62,7 @@ BASE_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z; each request adds one secon
 PAYLOAD: dict[str, Any] = {
     "agentId": "AGENT",
     "assetId": "ASSET",
-    "timestamp": 0,
+    "timestamp": "TIME",
     "timeWindow": "1min",
     "performanceData": {
         "cpu": {"usage": 37.5, "temperature": 55.0, "frequency": 2400.0, "perCore": [30.0, 45.0, 41.5, 33.0]},
@@ -97,7 +98,8 @@ function init(args)
 end
 function request()
   local agent = tid * share + (n %% share)
-  local body = string.format(template, agent, agent, %(base)d + math.floor(n / share) * 1000)
+  local stamp = os.date("!%%Y-%%m-%%dT%%H:%%M:%%SZ", %(base)d + math.floor(n / share))
+  local body = string.format(template, agent, agent, stamp)
   n = n + 1
   return wrk.format(nil, nil, nil, body)
 end
@@ -113,15 +115,16 @@ end
 
 
 def template() -> str:
-    """The payload as a Lua format string: agent and asset numbers, then the epoch ms."""
+    """The payload as a Lua format string: agent and asset numbers, then the timestamp."""
     text = orjson.dumps(PAYLOAD).decode().replace("%", "%%")
     return (text.replace('"AGENT"', '"agent-%d"').replace('"ASSET"', '"asset-%d"')
-            .replace('"timestamp":0', '"timestamp":%d'))
+            .replace('"timestamp":"TIME"', '"timestamp":"%s"'))
 
 
 def payload(agent: int, second: int) -> dict[str, Any]:
-    out = dict(PAYLOAD, agentId=f"agent-{agent}", assetId=f"asset-{agent}", timestamp=BASE_MS + second * 1000)
-    return out
+    moment = datetime.fromtimestamp(BASE_MS / 1000 + second, UTC)
+    return dict(PAYLOAD, agentId=f"agent-{agent}", assetId=f"asset-{agent}",
+                timestamp=moment.isoformat().replace("+00:00", "Z"))
 
 
 def fresh_db(db: Db, name: str, agents: int) -> Db:
@@ -163,7 +166,7 @@ def wait_healthy(url: str, proc: subprocess.Popen[bytes], seconds: float = 120.0
 
 def run_wrk(port: int, key: str, agents: int, seconds: int, threads: int) -> dict[str, Any]:
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as fh:
-        fh.write(WRK_SCRIPT % {"base": BASE_MS})
+        fh.write(WRK_SCRIPT % {"base": BASE_MS // 1000})
         script = fh.name
     try:
         done = subprocess.run(

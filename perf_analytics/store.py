@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import re
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -321,6 +321,43 @@ def duplicates_of(
             if snapshot_key(docs[i]) not in stored:
                 verdict[i] = ValidationError("_id", f"{docs[i]['_id']!r} is already the id of another snapshot")
     return verdict
+
+
+@dataclass(frozen=True)
+class SortedWriteErrors:
+    """An unordered insert's write errors, by position in the batch sent."""
+
+    duplicates: list[int]  # snapshots already stored (a clash on the unique key index)
+    refused: dict[int, tuple[str, str]]  # position -> (field, reason): not stored
+
+
+def sort_write_errors(
+    db: Db, details: Mapping[str, Any], doc_at: Callable[[int], Mapping[str, Any]]
+) -> SortedWriteErrors:
+    """Sort a BulkWriteError's `details` into duplicates and refusals.
+
+    Only a clash on the unique key index is a duplicate (the snapshot is stored). A clash
+    on _id (another snapshot, perhaps of another org, holds the document's _id) or on any
+    other unique index, and every other write error, is a refusal with the server's
+    reason. `doc_at(i)` is the document at position i of the batch: only those with a
+    duplicate-key error are asked for (see `duplicates_of`), so a caller holding encoded
+    documents decodes just them.
+    """
+    refused: dict[int, tuple[str, str]] = {}
+    clashes: list[tuple[int, Mapping[str, Any]]] = []
+    for err in details.get("writeErrors", []):
+        if is_duplicate_key(err):
+            clashes.append((err["index"], err))
+        else:
+            refused[err["index"]] = ("", f"refused by the server: {error_text(err)}")
+    verdicts = duplicates_of(db, [doc_at(i) for i, _ in clashes], [err for _, err in clashes])
+    duplicates: list[int] = []
+    for (i, _), clash in zip(clashes, verdicts, strict=True):
+        if clash is None:
+            duplicates.append(i)
+        else:
+            refused[i] = (clash.field, clash.reason)
+    return SortedWriteErrors(duplicates, refused)
 
 
 def error_text(error: PyMongoError | Mapping[str, Any], limit: int = 300) -> str:

@@ -4,8 +4,12 @@ insert, each learns its own outcome, lastSeen follows, the queue stays bounded."
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from datetime import timedelta
 from typing import Any
+
+import orjson
+import pytest
 
 from perf_analytics.schema import ASSETS, SNAPSHOTS
 from perf_analytics.service.app import open_database
@@ -18,7 +22,13 @@ from perf_analytics.service.commit import (
     QueueFull,
 )
 from perf_analytics.service.metrics import Metrics
-from perf_analytics.service.payload import Prepared, prepare_snapshots
+from perf_analytics.service.payload import (
+    Prepared,
+    Refusal,
+    Unchecked,
+    prepare_body,
+    prepare_snapshots,
+)
 from perf_analytics.store import Db
 from tests.factories import T0, snapshot
 from tests.test_cli import _closed_port
@@ -29,11 +39,11 @@ def prepared(db: Db, *minutes: int, asset: str = "asset-1", org: str = "org-a") 
     return prepare_snapshots(bodies, org, db[SNAPSHOTS], max_items=100)
 
 
-async def _submit_all(committer: GroupCommitter, requests: list[Prepared]) -> list[Any]:
+async def _submit_all(committer: GroupCommitter, requests: list[Prepared | Unchecked]) -> list[Any]:
     committer.start()
     try:
         return await asyncio.gather(
-            *(committer.submit(p.docs, p.raws) for p in requests), return_exceptions=True
+            *(committer.submit(p) for p in requests), return_exceptions=True
         )
     finally:
         await committer.stop()
@@ -49,12 +59,11 @@ def test_requests_queued_together_share_one_insert_and_each_gets_its_outcomes(db
         prepared(db, 5, asset="asset-2", org="org-b"),
     ]
     results = asyncio.run(_submit_all(GroupCommitter(db, metrics), requests))
-    assert results == [
-        [Outcome(INSERTED), Outcome(INSERTED)],
-        [Outcome(INSERTED)],
-        [Outcome(DUPLICATE)],
-        [Outcome(INSERTED)],
+    assert [[o.status for o in outcomes] for outcomes in results] == [
+        [INSERTED, INSERTED], [INSERTED], [DUPLICATE], [INSERTED],
     ]
+    assert results[0][0] == Outcome(INSERTED, id=requests[0].docs[0]["_id"])  # type: ignore[union-attr]
+    assert results[2][0] == Outcome(DUPLICATE)
     assert (metrics.batch_size.n, metrics.batch_size.total) == (1, 5)
     assert db[SNAPSHOTS].count_documents({}) == 4
     # lastSeen: each asset's newest snapshot, under its own org only.
@@ -92,3 +101,86 @@ def test_last_seen_never_moves_backwards(db: Db) -> None:
     db[ASSETS].insert_one({"_id": "asset-1", "orgId": "org-a", "lastSeen": later})
     asyncio.run(_submit_all(GroupCommitter(db, Metrics()), [prepared(db, 1)]))
     assert db[ASSETS].find_one({"_id": "asset-1"})["lastSeen"] == later  # type: ignore[index]
+
+
+def unchecked(db: Db, minute: int, asset: str = "asset-1", org: str = "org-a", **overrides: Any) -> Unchecked:
+    """An agent's body (no orgId, no timeWindow, an ISO timestamp) as the service leaves it
+    for the committer's batch check."""
+    body = snapshot(assetId=asset, timestamp=(T0 + timedelta(minutes=minute)).isoformat().replace("+00:00", "Z"))
+    del body["orgId"], body["timeWindow"]
+    body.update(overrides)
+    text = orjson.dumps(body, option=orjson.OPT_INDENT_2)  # line breaks, as a person would send it
+    request = prepare_body(orjson.loads(text), text, org, db[SNAPSHOTS], max_items=100)
+    assert isinstance(request, Unchecked)
+    return request
+
+
+def test_plain_snapshots_are_checked_as_columns_and_stored_as_the_record_check_stores_them(db: Db) -> None:
+    metrics = Metrics()
+    requests: list[Prepared | Unchecked] = [unchecked(db, m) for m in (1, 2, 3)]
+    results = asyncio.run(_submit_all(GroupCommitter(db, metrics, columns_from=3), requests))
+    assert [[o.status for o in r] for r in results] == [[INSERTED]] * 3
+    assert metrics.checks == Counter({"columns": 3})
+    for request, (outcome,) in zip(requests, results, strict=True):
+        assert isinstance(request, Unchecked) and outcome.id is not None
+        stored = db[SNAPSHOTS].find_one({"_id": outcome.id})
+        expected = prepare_snapshots(request.payload, "org-a", db[SNAPSHOTS], max_items=1).docs[0]
+        assert stored == expected | {"_id": outcome.id}
+    assert db[ASSETS].find_one({"_id": "asset-1"}) is None  # an orphan: nothing to move
+
+
+def test_an_invalid_plain_snapshot_is_refused_as_the_record_check_says_and_its_batch_goes_on(db: Db) -> None:
+    db[ASSETS].insert_one({"_id": "asset-1", "orgId": "org-a"})
+    bad = unchecked(db, 2, performanceData={**snapshot()["performanceData"], "memory": {"usagePercent": 101}})
+    metrics = Metrics()
+    committer = GroupCommitter(db, metrics, columns_from=1)
+    results = asyncio.run(_submit_all(committer, [unchecked(db, 1), bad, unchecked(db, 3)]))
+    assert isinstance(results[1], Refusal)
+    with pytest.raises(Refusal) as expected:
+        prepare_snapshots(bad.payload, "org-a", db[SNAPSHOTS], max_items=1)
+    assert (results[1].status, results[1].body()) == (400, expected.value.body())
+    assert [[o.status for o in r] for r in (results[0], results[2])] == [[INSERTED], [INSERTED]]
+    assert metrics.checks == Counter({"columns": 2, "record": 1})
+    assert sorted(d["timestamp"] for d in db[SNAPSHOTS].find()) == [T0 + timedelta(minutes=m) for m in (1, 3)]
+    assert db[ASSETS].find_one({"_id": "asset-1"})["lastSeen"] == T0 + timedelta(minutes=3)  # type: ignore[index]
+
+
+def test_a_plain_snapshot_sent_twice_in_one_batch_is_stored_once(db: Db) -> None:
+    committer = GroupCommitter(db, Metrics(), columns_from=1)
+    results = asyncio.run(_submit_all(committer, [unchecked(db, 1), unchecked(db, 1)]))
+    assert [[o.status for o in r] for r in results] == [[INSERTED], [DUPLICATE]]
+    assert db[SNAPSHOTS].count_documents({}) == 1
+
+
+def test_fewer_plain_snapshots_of_an_org_than_columns_from_are_checked_one_by_one(db: Db) -> None:
+    metrics = Metrics()
+    requests: list[Prepared | Unchecked] = [unchecked(db, 1), unchecked(db, 2), unchecked(db, 3, org="org-b")]
+    results = asyncio.run(_submit_all(GroupCommitter(db, metrics, columns_from=2), requests))
+    assert [[o.status for o in r] for r in results] == [[INSERTED]] * 3
+    assert metrics.checks == Counter({"columns": 2, "record": 1})  # org-b's one snapshot alone
+    assert db[SNAPSHOTS].count_documents({"orgId": "org-b"}) == 1
+
+
+def test_requests_checked_while_a_batch_is_at_the_server_keep_batches_within_the_batch_size(db: Db) -> None:
+    metrics = Metrics()
+    # Three requests of two snapshots, batches of three: a request checked ahead never
+    # fits beside another, and none is left waiting.
+    requests: list[Prepared | Unchecked] = [prepared(db, m, m + 1) for m in (1, 3, 5)]
+    requests += [unchecked(db, m, asset="asset-2") for m in (1, 2, 3, 4)]
+    results = asyncio.run(_submit_all(GroupCommitter(db, metrics, max_batch=3, columns_from=1), requests))
+    assert [len(r) for r in results] == [2, 2, 2, 1, 1, 1, 1]
+    assert all(o.status == INSERTED for r in results for o in r)
+    assert metrics.batch_size.total == 10
+    assert metrics.batch_size.n >= 4  # 10 snapshots in batches of at most 3
+    assert db[SNAPSHOTS].count_documents({}) == 10
+
+
+def test_a_whole_fleet_waiting_at_once_goes_out_in_two_halves(db: Db) -> None:
+    metrics = Metrics()
+    requests: list[Prepared | Unchecked] = [unchecked(db, 1, asset=f"asset-{i}") for i in range(8)]
+    results = asyncio.run(_submit_all(GroupCommitter(db, metrics, columns_from=2), requests))
+    assert all(r[0].status == INSERTED for r in results)
+    # The second half was checked while the first was at the server, then sent whole.
+    assert (metrics.batch_size.n, metrics.batch_size.total) == (2, 8)
+    assert metrics.checks == Counter({"columns": 8, "record": 0})
+    assert db[SNAPSHOTS].count_documents({}) == 8

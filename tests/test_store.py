@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from bson import ObjectId
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from perf_analytics.errors import ConfigError, ServerError, ValidationError
 from perf_analytics.schema import ASSETS, SNAPSHOTS, TIME_WINDOWS, validate_snapshot
@@ -16,11 +16,13 @@ from perf_analytics.store import (
     MAX_DOCUMENT_BYTES,
     MAX_NESTING,
     Db,
+    SortedWriteErrors,
     duplicate_key_index,
     duplicates_of,
     get_asset_performance,
     is_duplicate_key,
     missing_indexes,
+    sort_write_errors,
     store_snapshot,
 )
 from tests.factories import T0, series, set_path, snapshot
@@ -299,6 +301,32 @@ def test_only_a_clash_whose_snapshot_is_stored_is_a_duplicate(db: Db) -> None:
         ("_id", "1 is already the id of another snapshot")
     ] * 2
     assert verdicts[5] is not None and verdicts[5].reason.startswith("duplicate key on unique index agent_unique")
+
+
+def test_write_errors_sort_into_duplicates_refusals_and_the_rest_inserted(db: Db) -> None:
+    db[SNAPSHOTS].insert_one(validate_snapshot(snapshot()) | {"_id": 1})
+    batch = [
+        validate_snapshot(snapshot(assetId="asset-2")) | {"_id": 2},  # new
+        validate_snapshot(snapshot()) | {"_id": 3},  # stored before: a duplicate
+        validate_snapshot(snapshot(assetId="asset-3")) | {"_id": 1},  # another snapshot's _id
+    ]
+    with pytest.raises(BulkWriteError) as caught:
+        db[SNAPSHOTS].insert_many(batch, ordered=False)
+    asked: list[int] = []
+
+    def doc_at(i: int) -> dict[str, Any]:
+        asked.append(i)
+        return batch[i]
+
+    result = sort_write_errors(db, caught.value.details, doc_at)
+    assert result == SortedWriteErrors(duplicates=[1], refused={2: ("_id", "1 is already the id of another snapshot")})
+    assert sorted(asked) == [1, 2]  # only the documents with a duplicate-key error are looked at
+
+
+def test_a_write_error_that_is_no_duplicate_key_is_refused_with_the_servers_reason(db: Db) -> None:
+    details = {"writeErrors": [{"index": 0, "code": 2, "errmsg": "bad value\nmore"}]}
+    result = sort_write_errors(db, details, lambda i: pytest.fail("no duplicate to look up"))
+    assert result == SortedWriteErrors(duplicates=[], refused={0: ("", "refused by the server: bad value")})
 
 
 def _deep(levels: int) -> Any:

@@ -59,11 +59,10 @@ from perf_analytics.schema import SNAPSHOTS, validate_snapshot
 from perf_analytics.store import (
     Db,
     check_nesting,
-    duplicates_of,
     encode_document,
     error_text,
-    is_duplicate_key,
     require_key_index,
+    sort_write_errors,
     touch_assets,
 )
 
@@ -311,28 +310,13 @@ class _Writer:
         self, details: Mapping[str, Any], positions: list[int], docs: list[bytes | dict[str, Any]],
         refused: dict[int, tuple[str, str]],
     ) -> tuple[int, int]:
-        """Count the duplicates among an insert's write errors; put the rest in `refused`.
-
-        Only a clash on the unique key index is a duplicate (the snapshot is stored). A
-        clash on _id (another snapshot, perhaps of another org, holds the record's _id)
-        or on any other unique index is a refusal like any other.
-        """
-        clashes: list[tuple[int, dict[str, Any]]] = []
-        for err in details.get("writeErrors", []):
-            i = positions[err["index"]]
-            if is_duplicate_key(err):
-                clashes.append((i, err))
-            else:
-                refused[i] = ("", f"refused by the server: {error_text(err)}")
+        """Count the duplicates among an insert's write errors; put the rest in `refused`
+        (`sort_write_errors` says which is which)."""
         assert self.db is not None  # only a load that sent something has write errors
-        verdicts = duplicates_of(self.db, [_as_dict(docs[i]) for i, _ in clashes], [err for _, err in clashes])
-        duplicates = 0
-        for (i, _), clash in zip(clashes, verdicts, strict=True):
-            if clash is None:
-                duplicates += 1
-            else:
-                refused[i] = (clash.field, clash.reason)
-        return int(details.get("nInserted", 0)), duplicates
+        sorted_errors = sort_write_errors(self.db, details, lambda i: _as_dict(docs[positions[i]]))
+        for i, why in sorted_errors.refused.items():
+            refused[positions[i]] = why
+        return int(details.get("nInserted", 0)), len(sorted_errors.duplicates)
 
     def _write_rejects(self, batch: _Batch) -> None:
         room = _FIRST_REJECTS - len(self.summary.first_rejects)

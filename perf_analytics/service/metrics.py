@@ -46,6 +46,7 @@ class Metrics:
     requests: Counter[tuple[str, str, int]] = field(default_factory=Counter)  # (method, route, status)
     rejects: Counter[str] = field(default_factory=Counter)  # by reason
     snapshots: Counter[str] = field(default_factory=Counter)  # inserted, duplicate, refused
+    checks: Counter[str] = field(default_factory=Counter)  # snapshots checked as "columns" or one by one ("record")
     orphan_updates: int = 0
     batch_size: Histogram = field(default_factory=lambda: Histogram(BATCH_BUCKETS))
     insert_seconds: Histogram = field(default_factory=lambda: Histogram(SECONDS_BUCKETS))
@@ -68,6 +69,11 @@ class Metrics:
             "# TYPE perf_serve_snapshots_total counter",
         ]
         lines += [f'perf_serve_snapshots_total{{outcome="{k}"}} {n}' for k, n in sorted(self.snapshots.items())]
+        lines += [
+            "# HELP perf_serve_checks_total Snapshots checked, by path: a batch's columns or one by one.",
+            "# TYPE perf_serve_checks_total counter",
+        ]
+        lines += [f'perf_serve_checks_total{{path="{k}"}} {n}' for k, n in sorted(self.checks.items())]
         lines += [
             "# HELP perf_serve_orphan_updates_total lastSeen updates for ids the org has no asset for.",
             "# TYPE perf_serve_orphan_updates_total counter",

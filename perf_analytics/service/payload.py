@@ -1,9 +1,15 @@
 """A request body into documents ready to insert, by the checks the archive loader makes.
 
-Each snapshot goes through `validate_snapshot` for the key's org, `check_nesting` and
-`encode_document` (as `ingest` does, in that order), so what the endpoint stores is what
-`ingest` would store. A body is all or nothing: one bad snapshot in an array refuses the
-array, naming each bad one by index, field and reason, and nothing of it is stored.
+A body of one plain snapshot (what an agent sends every minute: an object with an ISO 8601
+timestamp and no `_id`) is left `Unchecked`, as one JSON line: the group committer checks
+and encodes a whole batch of those as columns, by the loader's block path
+(`ingest.batches.BlockEncoder`), and sends any line the columns do not vouch for through
+`prepare_snapshots` (so its refusal reads the same). Any other body goes through
+`prepare_snapshots` at once: each snapshot through `validate_snapshot` for the key's org,
+`check_nesting` and `encode_document` (as `ingest` does, in that order), so what the
+endpoint stores is what `ingest` would store. A body is all or nothing: one bad snapshot
+in an array refuses the array, naming each bad one by index, field and reason, and
+nothing of it is stored.
 """
 
 from __future__ import annotations
@@ -43,8 +49,45 @@ class Prepared:
     many: bool  # the body was an array
 
 
+@dataclass
+class Unchecked:
+    """One snapshot body left to the committer's batch check: `line` is the body as one
+    JSON line with the key's org (and the default timeWindow) written in, `payload` the
+    body as parsed (for the per-record check of a line the columns do not vouch for)."""
+
+    line: bytes
+    payload: dict[str, Any]
+    org_id: str
+
+
 AGENT_TIME_WINDOW = "1min"
 """The `timeWindow` of an agent's snapshot that names none."""
+
+
+def prepare_body(
+    payload: Any, body: bytes, org_id: str, collection: Collection[Doc], *, max_items: int
+) -> Prepared | Unchecked:
+    """A parsed body (`payload`, from `body`) as an `Unchecked` line when it is one plain
+    snapshot for `org_id`, else checked now by `prepare_snapshots` (which refuses it or
+    returns its documents)."""
+    if not (isinstance(payload, dict) and isinstance(payload.get("timestamp"), str) and "_id" not in payload):
+        return prepare_snapshots(payload, org_id, collection, max_items=max_items)
+    given = payload.get("orgId", org_id)
+    if given != org_id:  # 403 or a null org: as prepare_snapshots says it
+        return prepare_snapshots(payload, org_id, collection, max_items=max_items)
+    text = body.strip()
+    if not text.startswith(b"{"):  # a byte-order mark, say: the per-record path takes it
+        return prepare_snapshots(payload, org_id, collection, max_items=max_items)
+    extra = b""
+    if "orgId" not in payload:
+        extra += b'"orgId":' + orjson.dumps(org_id) + b","
+    if "timeWindow" not in payload:
+        extra += b'"timeWindow":"' + AGENT_TIME_WINDOW.encode() + b'",'
+    # A valid JSON text holds line breaks only as whitespace (inside strings they are
+    # escaped), so the body becomes one line by turning them into spaces. The object
+    # has a key (timestamp), so the fields written in are followed by one.
+    line = b"{" + extra + text[1:].replace(b"\n", b" ").replace(b"\r", b" ")
+    return Unchecked(line, payload, org_id)
 
 
 def parse_body(body: bytes) -> Any:
