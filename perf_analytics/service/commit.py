@@ -337,7 +337,7 @@ class GroupCommitter:
             documents: Iterator[bytes] = iter(())
             if len(requests) >= self.columns_from:
                 encoded = self._encoder(org_id).encode([request.line for request in requests])
-                verdicts, documents = encoded.vouched.tolist(), iter(encoded.documents)
+                verdicts, documents = list(encoded.vouched), iter(encoded.documents)
             for item, request, vouched in zip(items, requests, verdicts, strict=True):
                 if vouched:
                     item.ready = [_vouched(next(documents), request)]
