@@ -13,8 +13,8 @@ FerretDB and syncing them out would take hours (about 1,000 documents a second),
 sync is not what is measured. So the fleet is generated (`synth.generate_fleet`), each
 payload normalised as a load would store it (`schema.validate_snapshot`, an ObjectId
 `_id`) and encoded to BSON, and the raw documents go through the sync's own writer
-(`sync._Run.store`: placement, deduplication, typed columns, part files) and its org
-manifests (`sync._save_org`): the lake is what a sync of those documents would leave.
+(`sync.mirror_documents_all_orgs`: placement, deduplication, typed columns, part files,
+org manifests): the lake is what a sync of those documents would leave.
 It is cached in `bench/.cache/nightly-<orgs>x<assets>x<interval>/source/`; each side
 runs on a fresh copy. The run's own sync step then finds nothing new in an empty
 database of the embedded server (its seconds are reported and left out of the total).
@@ -64,25 +64,18 @@ def build_lake(source: Path, *, orgs: int, assets: int, days: int, interval_s: i
     from bson import ObjectId
 
     from perf_analytics.schema import validate_snapshot
-    from perf_analytics.sync import DEFAULT_CHUNK_ROWS, SyncReport, _Run, _save_org
+    from perf_analytics.sync import mirror_documents_all_orgs
     from perf_analytics.synth import generate_fleet
 
     began = time.perf_counter()
     staging = source.with_name(source.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
-    run = _Run(staging, SyncReport(scope="all-orgs", full=True, since=None), None)
-    chunk: list[bytes] = []
-    for payload in generate_fleet(orgs=orgs, assets=assets // orgs, days=days, interval_s=interval_s, seed=42):
-        chunk.append(bson.encode({"_id": ObjectId(), **validate_snapshot(payload)}))
-        if len(chunk) == DEFAULT_CHUNK_ROWS:
-            run.store(chunk)
-            chunk = []
-    if chunk:
-        run.store(chunk)
-    for state in run.orgs.values():
-        _save_org(staging, state)
+    fleet = generate_fleet(orgs=orgs, assets=assets // orgs, days=days, interval_s=interval_s, seed=42)
+    report = mirror_documents_all_orgs(
+        staging, (bson.encode({"_id": ObjectId(), **validate_snapshot(payload)}) for payload in fleet)
+    )
     staging.rename(source)
-    return {"snapshots": run.report.new, "files": run.report.files, "seconds": time.perf_counter() - began}
+    return {"snapshots": report.new, "files": report.files, "seconds": time.perf_counter() - began}
 
 
 # ---- one side, in a child process ---------------------------------------------------------------
