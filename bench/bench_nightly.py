@@ -26,7 +26,9 @@ step records; with workers they add up over both workers, so they exceed the wal
 The derived files of the two sides are checked equal byte for byte. The serial side also
 gives its time after the sync less the flag step (anomaly detection, timed on its own):
 what the rest of the run costs against the goal. Load averages are recorded before, at
-the end of each side and after.
+the end of each side and after. The serial side also gives each step's CPU seconds (the
+process's, every thread's, in each step function of `perf_analytics.nightly`): on a
+shared machine far less inflated than its wall seconds.
 
     python bench/bench_nightly.py                                   # 1,000 assets (4 orgs) x 1 day x 1 min
     python bench/bench_nightly.py --assets 200 --interval 60        # a smaller fleet
@@ -44,6 +46,7 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -84,10 +87,23 @@ def build_lake(source: Path, *, orgs: int, assets: int, days: int, interval_s: i
 # ---- one side, in a child process ---------------------------------------------------------------
 
 
+def _cpu_timed(name: str, step: Callable[..., Any], cpu: dict[str, float]) -> Callable[..., Any]:
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        began = time.process_time()
+        try:
+            return step(*args, **kwargs)
+        finally:
+            cpu[name] += time.process_time() - began
+
+    return timed
+
+
+
 def child(spec: dict[str, Any]) -> dict[str, Any]:
     """One nightly run over a fresh copy of the lake; per-step seconds from its record."""
     from datetime import date
 
+    from perf_analytics import nightly
     from perf_analytics.config import load_settings
     from perf_analytics.nightly import Fanout, list_runs, run_nightly
     from perf_analytics.store import connect
@@ -96,6 +112,14 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     db = connect(load_settings()).client["bench_nightly_empty"]  # nothing new to sync
     fanout = Fanout(workers=spec["workers"]) if spec["workers"] else None
     day = date.fromisoformat(spec["day"])
+    # Each step function of the run, wrapped to add up its CPU time (the process's, every
+    # thread's: Polars' and DuckDB's included), which a busy machine inflates far less
+    # than its seconds. Serial only: on workers the steps run in other processes.
+    cpu: dict[str, float] = defaultdict(float)
+    if fanout is None:
+        for name in ("flag", "rollup", "write", "report"):
+            setattr(nightly, name, _cpu_timed(name, getattr(nightly, name), cpu))
+
     began = time.perf_counter()
     result = run_nightly(db, lake, dates=[day], fanout=fanout)
     wall = time.perf_counter() - began
@@ -107,7 +131,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     # The goal's share apart from anomaly detection: the flag step is timed on its own.
     rest = wall - sync_s - steps.get("flag", 0.0) if fanout is None else None
     return {"wall_s": wall, "sync_s": sync_s, "after_sync_s": wall - sync_s, "after_sync_less_flag_s": rest,
-            "steps_s": dict(steps), "load": os.getloadavg(),
+            "steps_s": dict(steps), "steps_cpu_s": dict(cpu) if fanout is None else None, "load": os.getloadavg(),
             "failed": [s.error for s in result.failed], "derived": len(result.derived),
             "snapshots": sum(s["rows_in"] for s in record["steps"] if s["step"] == "flag"),
             "rss_coordinator_mib": _peak_rss_mib(resource.RUSAGE_SELF),
@@ -192,6 +216,10 @@ def _table(out: dict[str, Any]) -> None:
         print(f"{side:<10} {r['after_sync_s']:>12.1f} {'-' if rest is None else f'{rest:.1f}':>11} {cells} "
               f"{r['rss_coordinator_mib']:>14.0f} {'-' if worker is None else round(worker):>15} "
               f"{r['load'][0] if 'load' in r else float('nan'):>11.1f}")
+    for side, r in out["sides"].items():
+        if r.get("steps_cpu_s"):
+            cells = ", ".join(f"{s} {r['steps_cpu_s'].get(s, 0.0):.1f}" for s in AFTER_SYNC if s in r["steps_cpu_s"])
+            print(f"{side}: CPU seconds per step (every thread): {cells}")
     if "same_files" in out:
         print(f"derived files equal byte for byte: {out['same_files']}")
 
