@@ -344,9 +344,13 @@ def plot_fleet(
         extent=(left, right, len(assets) - 0.5, -0.5),
         vmin=0 if percent else None, vmax=(1 if metric == "coverage" else 100) if percent else None,
     )
-    fig.colorbar(image, ax=ax, label=metric, pad=0.01)
+    # A tall fleet's colour bar stays a few inches high, at the top where the eye starts.
+    fig.colorbar(image, ax=ax, label=metric, pad=0.01, shrink=min(1.0, 5.0 / (row_in * len(assets))), anchor=(0.0, 1.0))
     label_size = "small" if len(assets) <= FLEET_FULL_ROWS else "x-small"
     ax.set_yticks(range(len(assets)), assets, fontsize=label_size)
+    # Neither y axis has a label to place: matplotlib would otherwise measure every row's
+    # label on each draw to place one (seconds for a fleet of hundreds).
+    ax.yaxis.set_label_coords(-0.1, 0.5)
     ax.xaxis_date()
     ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(ax.xaxis.get_major_locator()))
 
@@ -361,7 +365,9 @@ def plot_fleet(
                        label=f"{severity} ({mine.height})", zorder=3)
         ax.set_xlim(left, right)
         if ax.get_legend_handles_labels()[0]:
-            ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.08), ncols=3, fontsize="small", frameon=False)
+            # Below the heatmap in the figure's margin, however tall the fleet.
+            fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncols=3, fontsize="small",
+                       frameon=False)
     if availability is not None and not availability.is_empty():
         share = availability.group_by("assetId").agg(pl.col("availability").mean())
         labels = dict(share.iter_rows())
@@ -369,7 +375,10 @@ def plot_fleet(
         twin.set_yticks(range(len(assets)),
                         [f"{labels[a]:.0%}" if labels.get(a) is not None else "" for a in assets],
                         fontsize=label_size)
-        twin.set_ylabel("available")
+        twin.yaxis.set_label_coords(1.1, 0.5)
+        # The column's header, above its first row.
+        ax.annotate("available", xy=(1, 1), xycoords="axes fraction", xytext=(3, 4), textcoords="offset points",
+                    ha="left", va="bottom", fontsize=label_size)
     org = rollups["orgId"][0] if "orgId" in rollups.columns else None
     fig.suptitle(title or f"{org + ': ' if org else ''}{metric} by asset", fontsize="medium")
     return fig
