@@ -118,13 +118,7 @@ def _db(uri: str, name: str, *listeners: monitoring.CommandListener) -> Any:
 def child_sync(spec: dict[str, Any]) -> dict[str, Any]:
     """Sync into an empty lake counting replies, re-sync, then our CPU on batches in memory."""
     from perf_analytics.schema import SNAPSHOTS
-    from perf_analytics.sync import (
-        DEFAULT_CHUNK_ROWS,
-        SyncReport,
-        _chunks,
-        _Run,
-        sync_snapshots_all_orgs,
-    )
+    from perf_analytics.sync import mirror_documents_all_orgs, sync_snapshots_all_orgs
 
     lake = Path(spec["lake"])
     shutil.rmtree(lake, ignore_errors=True)
@@ -144,16 +138,14 @@ def child_sync(spec: dict[str, Any]) -> dict[str, Any]:
     counter.docs = 0
     tight = sync_snapshots_all_orgs(db, lake, skew=timedelta(0))
     out["resync_no_skew"] = {"new": tight.new, "read": tight.read, "returned": counter.docs}
-    # Server-independent: the raw batches once in memory, then only a sync's per-chunk work.
+    # Server-independent: the raw batches once in memory, then only the sync's writer.
     batches = list(db[SNAPSHOTS].find_raw_batches({}))
     with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
-        run = _Run(Path(tmp), SyncReport(scope="all-orgs", full=True, since=None), None)
         cpu0, _ = _usage()
         began = time.perf_counter()
-        for docs in _chunks(batches, DEFAULT_CHUNK_ROWS):
-            run.store(docs)
+        written = mirror_documents_all_orgs(Path(tmp), batches)
         cpu, rss = _usage()
-        out["in_memory"] = {"snapshots": run.report.new, "cpu_seconds": cpu - cpu0,
+        out["in_memory"] = {"snapshots": written.new, "cpu_seconds": cpu - cpu0,
                             "seconds": time.perf_counter() - began, "peak_rss_mib": rss}
     return out
 

@@ -13,8 +13,8 @@ FerretDB and syncing them out would take hours (about 1,000 documents a second),
 sync is not what is measured. So the fleet is generated (`synth.generate_fleet`), each
 payload normalised as a load would store it (`schema.validate_snapshot`, an ObjectId
 `_id`) and encoded to BSON, and the raw documents go through the sync's own writer
-(`sync._Run.store`: placement, deduplication, typed columns, part files) and its org
-manifests (`sync._save_org`): the lake is what a sync of those documents would leave.
+(`sync.mirror_documents_all_orgs`: placement, deduplication, typed columns, part files,
+org manifests): the lake is what a sync of those documents would leave.
 It is cached in `bench/.cache/nightly-<orgs>x<assets>x<interval>/source/`; each side
 runs on a fresh copy. The run's own sync step then finds nothing new in an empty
 database of the embedded server (its seconds are reported and left out of the total).
@@ -23,7 +23,12 @@ Each side runs in a child process of its own, one after the other, so its peak R
 own: the coordinating process's (RUSAGE_SELF) and the largest worker's (RUSAGE_CHILDREN,
 read after the cluster is closed). The per-step seconds are the sums of the run record's
 step records; with workers they add up over both workers, so they exceed the wall time.
-The derived files of the two sides are checked equal byte for byte.
+The derived files of the two sides are checked equal byte for byte. The serial side also
+gives its time after the sync less the flag step (anomaly detection, timed on its own):
+what the rest of the run costs against the goal. Load averages are recorded before, at
+the end of each side and after. The serial side also gives each step's CPU seconds (the
+process's, every thread's, in each step function of `perf_analytics.nightly`): on a
+shared machine far less inflated than its wall seconds.
 
     python bench/bench_nightly.py                                   # 1,000 assets (4 orgs) x 1 day x 1 min
     python bench/bench_nightly.py --assets 200 --interval 60        # a smaller fleet
@@ -41,6 +46,7 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -64,34 +70,40 @@ def build_lake(source: Path, *, orgs: int, assets: int, days: int, interval_s: i
     from bson import ObjectId
 
     from perf_analytics.schema import validate_snapshot
-    from perf_analytics.sync import DEFAULT_CHUNK_ROWS, SyncReport, _Run, _save_org
+    from perf_analytics.sync import mirror_documents_all_orgs
     from perf_analytics.synth import generate_fleet
 
     began = time.perf_counter()
     staging = source.with_name(source.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
-    run = _Run(staging, SyncReport(scope="all-orgs", full=True, since=None), None)
-    chunk: list[bytes] = []
-    for payload in generate_fleet(orgs=orgs, assets=assets // orgs, days=days, interval_s=interval_s, seed=42):
-        chunk.append(bson.encode({"_id": ObjectId(), **validate_snapshot(payload)}))
-        if len(chunk) == DEFAULT_CHUNK_ROWS:
-            run.store(chunk)
-            chunk = []
-    if chunk:
-        run.store(chunk)
-    for state in run.orgs.values():
-        _save_org(staging, state)
+    fleet = generate_fleet(orgs=orgs, assets=assets // orgs, days=days, interval_s=interval_s, seed=42)
+    report = mirror_documents_all_orgs(
+        staging, (bson.encode({"_id": ObjectId(), **validate_snapshot(payload)}) for payload in fleet)
+    )
     staging.rename(source)
-    return {"snapshots": run.report.new, "files": run.report.files, "seconds": time.perf_counter() - began}
+    return {"snapshots": report.new, "files": report.files, "seconds": time.perf_counter() - began}
 
 
 # ---- one side, in a child process ---------------------------------------------------------------
+
+
+def _cpu_timed(name: str, step: Callable[..., Any], cpu: dict[str, float]) -> Callable[..., Any]:
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        began = time.process_time()
+        try:
+            return step(*args, **kwargs)
+        finally:
+            cpu[name] += time.process_time() - began
+
+    return timed
+
 
 
 def child(spec: dict[str, Any]) -> dict[str, Any]:
     """One nightly run over a fresh copy of the lake; per-step seconds from its record."""
     from datetime import date
 
+    from perf_analytics import nightly
     from perf_analytics.config import load_settings
     from perf_analytics.nightly import Fanout, list_runs, run_nightly
     from perf_analytics.store import connect
@@ -100,6 +112,14 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     db = connect(load_settings()).client["bench_nightly_empty"]  # nothing new to sync
     fanout = Fanout(workers=spec["workers"]) if spec["workers"] else None
     day = date.fromisoformat(spec["day"])
+    # Each step function of the run, wrapped to add up its CPU time (the process's, every
+    # thread's: Polars' and DuckDB's included), which a busy machine inflates far less
+    # than its seconds. Serial only: on workers the steps run in other processes.
+    cpu: dict[str, float] = defaultdict(float)
+    if fanout is None:
+        for name in ("flag", "rollup", "write", "report"):
+            setattr(nightly, name, _cpu_timed(name, getattr(nightly, name), cpu))
+
     began = time.perf_counter()
     result = run_nightly(db, lake, dates=[day], fanout=fanout)
     wall = time.perf_counter() - began
@@ -108,7 +128,10 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     for s in record["steps"]:
         steps[s["step"]] += s["seconds"]
     sync_s = steps.get("sync", 0.0)
-    return {"wall_s": wall, "sync_s": sync_s, "after_sync_s": wall - sync_s, "steps_s": dict(steps),
+    # The goal's share apart from anomaly detection: the flag step is timed on its own.
+    rest = wall - sync_s - steps.get("flag", 0.0) if fanout is None else None
+    return {"wall_s": wall, "sync_s": sync_s, "after_sync_s": wall - sync_s, "after_sync_less_flag_s": rest,
+            "steps_s": dict(steps), "steps_cpu_s": dict(cpu) if fanout is None else None, "load": os.getloadavg(),
             "failed": [s.error for s in result.failed], "derived": len(result.derived),
             "snapshots": sum(s["rows_in"] for s in record["steps"] if s["step"] == "flag"),
             "rss_coordinator_mib": _peak_rss_mib(resource.RUSAGE_SELF),
@@ -185,13 +208,18 @@ def _table(out: dict[str, Any]) -> None:
     f = out["fleet"]
     print(f"nightly, {f['assets']:,} assets in {f['orgs']} orgs, day {f['day']}, one snapshot every {f['interval_s']} s; "
           f"load average {out['load_before'][0]:.1f} before, {out['load_after'][0]:.1f} after")
-    print(f"{'side':<10} {'after sync s':>12} " + " ".join(f"{s + ' s':>9}" for s in AFTER_SYNC)
-          + f" {'RSS coord MiB':>14} {'RSS worker MiB':>15}")
+    print(f"{'side':<10} {'after sync s':>12} {'less flag s':>11} " + " ".join(f"{s + ' s':>9}" for s in AFTER_SYNC)
+          + f" {'RSS coord MiB':>14} {'RSS worker MiB':>15} {'load at end':>11}")
     for side, r in out["sides"].items():
         cells = " ".join(f"{r['steps_s'].get(s, 0.0):>9.1f}" for s in AFTER_SYNC)
-        worker = r["rss_largest_worker_mib"]
-        print(f"{side:<10} {r['after_sync_s']:>12.1f} {cells} {r['rss_coordinator_mib']:>14.0f} "
-              f"{'-' if worker is None else round(worker):>15}")
+        worker, rest = r["rss_largest_worker_mib"], r.get("after_sync_less_flag_s")
+        print(f"{side:<10} {r['after_sync_s']:>12.1f} {'-' if rest is None else f'{rest:.1f}':>11} {cells} "
+              f"{r['rss_coordinator_mib']:>14.0f} {'-' if worker is None else round(worker):>15} "
+              f"{r['load'][0] if 'load' in r else float('nan'):>11.1f}")
+    for side, r in out["sides"].items():
+        if r.get("steps_cpu_s"):
+            cells = ", ".join(f"{s} {r['steps_cpu_s'].get(s, 0.0):.1f}" for s in AFTER_SYNC if s in r["steps_cpu_s"])
+            print(f"{side}: CPU seconds per step (every thread): {cells}")
     if "same_files" in out:
         print(f"derived files equal byte for byte: {out['same_files']}")
 

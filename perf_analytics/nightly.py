@@ -44,7 +44,10 @@ and the days can fan out to workers.
 exits at once with `RunLocked`, naming the run that holds it. The kernel releases an
 flock when its process ends however it ends (kill -9 included), so a killed run never
 leaves a lock to wait out: the next run takes it at once, with no lease to expire and no
-clock to trust. The killed run's manifest, left "running", is marked "interrupted".
+clock to trust. The killed run's manifest, left "running", is marked "interrupted", and
+the temporary files of the lake's atomic writes that killed writers left (older than the
+run, of no running process: `atomic.sweep_temp_files`) are removed and listed in the new
+run's record (`swept`).
 
 **The record.** Each run writes `_manifests/runs/<run id>.json` (versioned, replaced
 atomically as the run goes): what it was asked, the settings, and one record per step
@@ -73,6 +76,7 @@ import polars as pl
 
 from perf_analytics import __version__
 from perf_analytics.anomalies import AnomalyConfig
+from perf_analytics.atomic import sweep_temp_files
 from perf_analytics.errors import ConfigError, PerfAnalyticsError
 from perf_analytics.manifest import lake_lock, manifest_path, read_manifest, write_manifest
 from perf_analytics.pipeline import (
@@ -634,11 +638,14 @@ def run_nightly(
              "yesterday": yesterday.isoformat(), **({"fanout": fanout.as_json()} if fanout is not None else {})}
     # Workers may run on other hosts: they get the lake's absolute path.
     root = Path(lake).absolute()
+    began = time.time()
     with nightly_lock(root), _runner(fanout, root) as runner:
         _mark_interrupted(root)
+        swept = sweep_temp_files(root, older_than=began)
         run = _Run(root, _new_run_id(datetime.now(UTC)), asked, opts, listener)
+        run.head["swept"] = [p.relative_to(root).as_posix() for p in swept]
         run.save("running")
-        run.emit("start", asked=asked)
+        run.emit("start", asked=asked, swept=len(swept))
         _sync_step(run, db, root, orgs)
         run.result.orgs = list(orgs) if orgs is not None else mirrored_orgs(root)
         sink = (sink_at if fanout is not None else db) if opts.to_mongo else None

@@ -26,8 +26,12 @@ import numpy as np
 import polars as pl
 from matplotlib import colormaps
 from matplotlib import dates as mdates
+from matplotlib.artist import Artist
 from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import FixedLocator
+from PIL import Image
 
 from perf_analytics.atomic import atomic_path
 from perf_analytics.errors import PerfAnalyticsError
@@ -41,6 +45,7 @@ SEVERITY_COLOURS = {"info": "#4c72b0", "warning": "#dd8452", "critical": "#c44e5
 SUFFIXES = (".png", ".svg", ".pdf")
 # A silence longer than this many reporting intervals breaks the line.
 GAP_INTERVALS = 2.5
+FLEET_FULL_ROWS = 40
 
 
 class PlotError(PerfAnalyticsError):
@@ -98,8 +103,9 @@ def _utc_naive(series: pl.Series) -> pl.Series:
     return series
 
 
-def _shade(axes: dict[str, Axes], flags: pl.DataFrame, interval_s: float) -> list[str]:
-    """Shade each episode on its panel; returns the severities drawn (for the legend)."""
+def _shade(axes: dict[str, Axes], flags: pl.DataFrame, interval_s: float) -> tuple[list[Artist], list[str]]:
+    """Shade each episode on its panel; returns the shades and the severities drawn (for the legend)."""
+    shades: list[Artist] = []
     drawn: list[str] = []
     minimum = timedelta(seconds=interval_s)
     spans = flags.with_columns(_utc_naive(flags["start"]), _utc_naive(flags["end"]))
@@ -109,9 +115,91 @@ def _shade(axes: dict[str, Axes], flags: pl.DataFrame, interval_s: float) -> lis
         panel = _panel_of(row["metric"])
         targets = [axes[panel]] if panel in axes else list(axes.values())
         for ax in targets:
-            ax.axvspan(start, end, color=colour, alpha=0.25 if panel else 0.12, lw=0)
+            shades.append(ax.axvspan(start, end, color=colour, alpha=0.25 if panel else 0.12, lw=0))
         drawn.append(row["severity"])
-    return drawn
+    return shades, drawn
+
+
+PANELS = ("cpu", "memory", "disk", "network", "processes")
+_LABELS = {"cpu": "CPU %", "memory": "memory %", "disk": "disk full %", "network": "network MB/s",
+           "processes": "processes"}
+# Disks and interfaces take their colours in this order on every picture, so a figure
+# drawn again for another asset gives the same colours as a fresh one.
+_SERIES_COLOURS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c")
+
+
+def _panels(fig: Figure) -> dict[str, Axes]:
+    """The five stacked panels of an asset's picture, with all that is the same for every asset."""
+    grid = fig.subplots(len(PANELS), 1, sharex=True)
+    axes = dict(zip(PANELS, grid, strict=True))
+    for name, ax in axes.items():
+        ax.set_ylabel(_LABELS[name])
+        ax.grid(True, alpha=0.3)
+    for name in ("cpu", "memory", "disk"):
+        axes[name].set_ylim(0, 105)
+    return axes
+
+
+def _interval_s(snaps: pl.DataFrame) -> float:
+    """The asset's usual reporting interval (median step between snapshots), 60 s if unknown."""
+    steps = snaps["timestamp"].diff().dt.total_seconds().drop_nulls()
+    steps = steps.filter(steps > 0)
+    return float(steps.median()) if len(steps) else 60.0  # type: ignore[arg-type]
+
+
+def _draw_asset(
+    axes: dict[str, Axes], frames: Frames, asset_id: str, flags: pl.DataFrame | None
+) -> tuple[list[Artist], str, list[str]]:
+    """Draw one asset's lines, reboots and episodes on the panels.
+
+    Returns the artists added (a reused figure removes them before the next asset), the
+    picture's default heading and what its legend names (flags by severity, reboots).
+    Raises PlotError when the frames hold no snapshot of the asset.
+    """
+    snaps = frames.snapshots.filter(pl.col("assetId") == asset_id).sort("timestamp")
+    if snaps.is_empty():
+        raise PlotError(f"no snapshots of asset {asset_id!r} in this window")
+    interval_s = _interval_s(snaps)
+    added: list[Artist] = []
+    added += axes["cpu"].plot(*_series(snaps, "cpu_usage", interval_s), lw=0.9, color="#4c72b0", label="CPU usage")
+    added += axes["memory"].plot(*_series(snaps, "memory_usage_percent", interval_s), lw=0.9, color="#55a868",
+                                 label="memory used")
+    disks = frames.disks.filter(pl.col("assetId") == asset_id).sort("disk")
+    for i, ((name,), part) in enumerate(disks.group_by("disk", maintain_order=True)):
+        added += axes["disk"].plot(*_series(part, "usage_percent", interval_s), lw=0.9,
+                                   color=_SERIES_COLOURS[i % len(_SERIES_COLOURS)], label=str(name))
+    interfaces = frames.interfaces.filter(pl.col("assetId") == asset_id).sort("interface")
+    scale = 1 / 1e6
+    for i, ((name,), part) in enumerate(interfaces.group_by("interface", maintain_order=True)):
+        both = part.with_columns(
+            ((pl.col("bytes_recv_per_sec").fill_null(0) + pl.col("bytes_sent_per_sec").fill_null(0)) * scale).alias("mb")
+        )
+        added += axes["network"].plot(*_series(both, "mb", interval_s), lw=0.9,
+                                      color=_SERIES_COLOURS[i % len(_SERIES_COLOURS)], label=str(name))
+    added += axes["processes"].plot(*_series(snaps, "system_process_count", interval_s), lw=0.9, color="#8172b3",
+                                    label="processes")
+    added += [axes[name].axhline(90, color="#c44e52", lw=0.6, ls="--") for name in ("cpu", "memory")]
+
+    uptime = snaps.select("timestamp", "system_uptime").drop_nulls()
+    reboots = _utc_naive(uptime.filter(pl.col("system_uptime").diff() < 0)["timestamp"]).to_list()
+    added += [a.axvline(at, color="#333333", lw=0.8, ls=":") for at in reboots for a in axes.values()]
+    drawn: list[str] = []
+    if flags is not None and not flags.is_empty():
+        spans, drawn = _shade(axes, flags.filter(pl.col("assetId") == asset_id), interval_s)
+        added += spans
+    for name in ("disk", "network"):
+        if axes[name].get_legend_handles_labels()[0]:
+            added.append(axes[name].legend(loc="upper left", fontsize="small", ncols=4, frameon=False))
+    legend = [f"{s} flag" for s in ("critical", "warning", "info") if s in drawn]
+    if reboots:
+        legend.append("reboot (dotted)")
+    org = snaps["orgId"][0]
+    first, last = cast(datetime, snaps["timestamp"].min()), cast(datetime, snaps["timestamp"].max())
+    return added, f"{org} / {asset_id}: {first:%Y-%m-%d %H:%M} to {last:%Y-%m-%d %H:%M} UTC", legend
+
+
+def _with_legend(heading: str, legend: Sequence[str]) -> str:
+    return heading + ("   [" + ", ".join(legend) + "]" if legend else "")
 
 
 def plot_asset(
@@ -126,71 +214,81 @@ def plot_asset(
     `flags` is a frame of anomaly episodes (as `flag_anomalies` returns or the lake's
     `anomalies` view holds); only this asset's are drawn.
     """
-    snaps = frames.snapshots.filter(pl.col("assetId") == asset_id).sort("timestamp")
-    if snaps.is_empty():
-        raise PlotError(f"no snapshots of asset {asset_id!r} in this window")
-    steps = snaps["timestamp"].diff().dt.total_seconds().drop_nulls()
-    steps = steps.filter(steps > 0)
-    interval_s = float(steps.median()) if len(steps) else 60.0  # type: ignore[arg-type]
-    disks = frames.disks.filter(pl.col("assetId") == asset_id)
-    interfaces = frames.interfaces.filter(pl.col("assetId") == asset_id)
-
     fig = PlotFigure(figsize=(11, 9.5), layout="constrained")
-    names = ["cpu", "memory", "disk", "network", "processes"]
-    grid = fig.subplots(len(names), 1, sharex=True)
-    axes = dict(zip(names, grid, strict=True))
-
-    ax = axes["cpu"]
-    ax.plot(*_series(snaps, "cpu_usage", interval_s), lw=0.9, color="#4c72b0", label="CPU usage")
-    ax.set_ylabel("CPU %")
-    ax.set_ylim(0, 105)
-    ax = axes["memory"]
-    ax.plot(*_series(snaps, "memory_usage_percent", interval_s), lw=0.9, color="#55a868", label="memory used")
-    ax.set_ylabel("memory %")
-    ax.set_ylim(0, 105)
-    ax = axes["disk"]
-    for (name,), part in disks.sort("disk").group_by("disk", maintain_order=True):
-        ax.plot(*_series(part, "usage_percent", interval_s), lw=0.9, label=str(name))
-    ax.set_ylabel("disk full %")
-    ax.set_ylim(0, 105)
-    ax = axes["network"]
-    scale = 1 / 1e6
-    for (name,), part in interfaces.sort("interface").group_by("interface", maintain_order=True):
-        both = part.with_columns(
-            ((pl.col("bytes_recv_per_sec").fill_null(0) + pl.col("bytes_sent_per_sec").fill_null(0)) * scale).alias("mb")
-        )
-        ax.plot(*_series(both, "mb", interval_s), lw=0.9, label=str(name))
-    ax.set_ylabel("network MB/s")
-    ax = axes["processes"]
-    ax.plot(*_series(snaps, "system_process_count", interval_s), lw=0.9, color="#8172b3", label="processes")
-    ax.set_ylabel("processes")
-
-    for panel in ("cpu", "memory"):
-        axes[panel].axhline(90, color="#c44e52", lw=0.6, ls="--")
-    uptime = snaps.select("timestamp", "system_uptime").drop_nulls()
-    reboots = _utc_naive(uptime.filter(pl.col("system_uptime").diff() < 0)["timestamp"]).to_list()
-    for at in reboots:
-        for a in axes.values():
-            a.axvline(at, color="#333333", lw=0.8, ls=":")
-
-    drawn: list[str] = []
-    if flags is not None and not flags.is_empty():
-        drawn = _shade(axes, flags.filter(pl.col("assetId") == asset_id), interval_s)
-    for name, a in axes.items():
-        a.grid(True, alpha=0.3)
-        if name in ("disk", "network") and a.get_legend_handles_labels()[0]:
-            a.legend(loc="upper left", fontsize="small", ncols=4, frameon=False)
-    legend = [f"{s} flag" for s in ("critical", "warning", "info") if s in drawn]
-    if reboots:
-        legend.append("reboot (dotted)")
-    org = snaps["orgId"][0]
-    first, last = cast(datetime, snaps["timestamp"].min()), cast(datetime, snaps["timestamp"].max())
-    heading = title or f"{org} / {asset_id}: {first:%Y-%m-%d %H:%M} to {last:%Y-%m-%d %H:%M} UTC"
-    if legend:
-        heading += "   [" + ", ".join(legend) + "]"
-    fig.suptitle(heading, fontsize="medium")
+    axes = _panels(fig)
+    _, heading, legend = _draw_asset(axes, frames, asset_id, flags)
+    fig.suptitle(_with_legend(title or heading, legend), fontsize="medium")
     axes["processes"].xaxis.set_major_formatter(mdates.ConciseDateFormatter(axes["processes"].xaxis.get_major_locator()))
     return fig
+
+
+class DayPictures:
+    """Asset after asset of one UTC day drawn into one reused figure, each as PNG bytes.
+
+    For a page that holds many asset pictures (the daily report). `plot_asset` builds a
+    figure, five axes with their ticks, and a constrained layout that measures every
+    label, then renders it all, for each picture: most of a picture's cost goes to parts
+    that are the same for every asset. Here those parts are built and rendered once: the
+    layout is fixed, the x axis is the day with a tick every three hours, the panels'
+    frames, grids and fixed scales are kept as pixels. Each asset then only renders what
+    is its own on top of a copy of them: its lines, reboots, episodes and legends, the
+    y axes of the two panels whose scale follows its data (network, processes) and the
+    heading. The picture shows what `plot_asset` shows of that day.
+
+    PNG at zlib level 1: these pictures are mostly flat colour, and the default level
+    costs several times the time for a few percent of bytes.
+    """
+
+    def __init__(self, day: date, *, dpi: int = 80, size: tuple[float, float] = (11, 8.5)) -> None:
+        self.fig = Figure(figsize=size, dpi=dpi)
+        self.canvas = FigureCanvasAgg(self.fig)
+        self.axes = _panels(self.fig)
+        self.fig.subplots_adjust(left=0.075, right=0.985, bottom=0.045, top=0.94, hspace=0.12)
+        start = _day_window(day, 1)[0].replace(tzinfo=None)
+        hours = mdates.date2num([start + timedelta(hours=h) for h in range(0, 25, 3)])
+        bottom = self.axes["processes"]
+        bottom.xaxis_date()
+        bottom.set_xlim(float(hours[0]), float(hours[-1]))
+        bottom.xaxis.set_major_locator(FixedLocator(hours))
+        bottom.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M"))
+        for ax in self.axes.values():
+            ax.set_autoscalex_on(False)
+            # Placed, not measured against each asset's tick labels: the same for every picture.
+            ax.yaxis.set_label_coords(-0.055, 0.5)
+        self.title = self.fig.suptitle("", fontsize="medium")
+        # The y axes that follow each asset's data are left out of the kept pixels.
+        self.scaled = [self.axes[name] for name in ("network", "processes")]
+        for ax in self.scaled:
+            ax.yaxis.set_visible(False)
+        self.canvas.draw()
+        self.background = self.canvas.copy_from_bbox(self.fig.bbox)
+        for ax in self.scaled:
+            ax.yaxis.set_visible(True)
+
+    def png(self, frames: Frames, asset_id: str, *, flags: pl.DataFrame | None = None) -> bytes:
+        """The asset's picture of the day as PNG bytes; PlotError when it has no snapshot."""
+        added, heading, legend = _draw_asset(self.axes, frames, asset_id, flags)
+        try:
+            for ax in self.scaled:
+                ax.relim()
+                ax.autoscale_view(scalex=False)
+            self.title.set_text(_with_legend(heading, legend))
+            self.canvas.restore_region(self.background)
+            renderer = self.canvas.get_renderer()
+            for ax in self.scaled:
+                ax.yaxis.draw(renderer)
+            # In the order a full draw would take: shades under lines, legends on top.
+            for artist in sorted(added, key=lambda a: a.get_zorder()):
+                artist.draw(renderer)
+            self.title.draw(renderer)
+            width, height = self.canvas.get_width_height()
+            pixels = Image.frombuffer("RGBA", (width, height), self.canvas.buffer_rgba(), "raw", "RGBA", 0, 1)
+            buffer = io.BytesIO()
+            pixels.convert("RGB").save(buffer, format="PNG", compress_level=1)
+            return buffer.getvalue()
+        finally:
+            for artist in added:
+                artist.remove()
 
 
 def plot_fleet(
@@ -235,7 +333,8 @@ def plot_fleet(
     for asset, bucket, value in table.iter_rows():
         grid[row_of[asset], int((bucket - first) / width)] = np.nan if value is None else value
 
-    fig = PlotFigure(figsize=(11, 1.2 + 0.38 * len(assets)), layout="constrained")
+    row_in = 0.38 if len(assets) <= FLEET_FULL_ROWS else 0.16
+    fig = PlotFigure(figsize=(11, 1.2 + row_in * len(assets)), layout="constrained")
     ax = fig.subplots()
     left, right = mdates.date2num(first), mdates.date2num(first + width * columns)
     percent = "percent" in metric or metric.startswith("cpu_usage") or metric == "coverage"
@@ -245,8 +344,13 @@ def plot_fleet(
         extent=(left, right, len(assets) - 0.5, -0.5),
         vmin=0 if percent else None, vmax=(1 if metric == "coverage" else 100) if percent else None,
     )
-    fig.colorbar(image, ax=ax, label=metric, pad=0.01)
-    ax.set_yticks(range(len(assets)), assets, fontsize="small")
+    # A tall fleet's colour bar stays a few inches high, at the top where the eye starts.
+    fig.colorbar(image, ax=ax, label=metric, pad=0.01, shrink=min(1.0, 5.0 / (row_in * len(assets))), anchor=(0.0, 1.0))
+    label_size = "small" if len(assets) <= FLEET_FULL_ROWS else "x-small"
+    ax.set_yticks(range(len(assets)), assets, fontsize=label_size)
+    # Neither y axis has a label to place: matplotlib would otherwise measure every row's
+    # label on each draw to place one (seconds for a fleet of hundreds).
+    ax.yaxis.set_label_coords(-0.1, 0.5)
     ax.xaxis_date()
     ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(ax.xaxis.get_major_locator()))
 
@@ -261,15 +365,20 @@ def plot_fleet(
                        label=f"{severity} ({mine.height})", zorder=3)
         ax.set_xlim(left, right)
         if ax.get_legend_handles_labels()[0]:
-            ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.08), ncols=3, fontsize="small", frameon=False)
+            # Below the heatmap in the figure's margin, however tall the fleet.
+            fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncols=3, fontsize="small",
+                       frameon=False)
     if availability is not None and not availability.is_empty():
         share = availability.group_by("assetId").agg(pl.col("availability").mean())
         labels = dict(share.iter_rows())
         twin = ax.secondary_yaxis("right")
         twin.set_yticks(range(len(assets)),
                         [f"{labels[a]:.0%}" if labels.get(a) is not None else "" for a in assets],
-                        fontsize="small")
-        twin.set_ylabel("available")
+                        fontsize=label_size)
+        twin.yaxis.set_label_coords(1.1, 0.5)
+        # The column's header, above its first row.
+        ax.annotate("available", xy=(1, 1), xycoords="axes fraction", xytext=(3, 4), textcoords="offset points",
+                    ha="left", va="bottom", fontsize=label_size)
     org = rollups["orgId"][0] if "orgId" in rollups.columns else None
     fig.suptitle(title or f"{org + ': ' if org else ''}{metric} by asset", fontsize="medium")
     return fig

@@ -2,8 +2,11 @@
 
 The page holds the fleet heatmap, each asset's availability and reboots, the top assets by
 CPU and by memory (95th percentile of the day, from the 1day rollups), and the day's anomaly
-episodes in words, each linking to its asset's section with that asset's plot. Pictures are
-inline PNG data URIs and the styles are inline; a Content-Security-Policy in the page
+episodes in words, each linking to its asset's section with that asset's plot. Sections are
+for the assets in a top list, then those with the worst episodes, at most `most` of them
+(default DEFAULT_MOST): a fleet of a thousand assets with two hundred flagged gets a page
+that opens quickly, and one line names the flagged assets left without a section (their
+episodes are all in the list). Pictures are inline PNG data URIs and the styles are inline; a Content-Security-Policy in the page
 forbids every other source, so it opens from a mail attachment or an air-gapped share
 exactly as it was written, and a browser refuses (and reports) anything that would fetch.
 
@@ -32,7 +35,6 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
-from matplotlib.figure import Figure
 
 from perf_analytics import plots
 from perf_analytics.atomic import write_atomic
@@ -45,15 +47,18 @@ from perf_analytics.lake import (
     connect_lake,
     partition_dir,
 )
+from perf_analytics.mirror import read_window
+from perf_analytics.pipeline import day_bounds
 from perf_analytics.schema import ID_RULE, is_valid_id
 
 DEFAULT_TOP = 5
+DEFAULT_MOST = 20  # asset sections (with a picture each) at most
 SUFFIXES = (".html", ".htm")
 # The heatmap's window and the window the top lists rank by.
 HEATMAP_WINDOW = "1hour"
 RANKING_WINDOW = "1day"
 SEVERITY_ORDER = {"critical": 0, "warning": 1, "info": 2}
-DPI = 96
+FLEET_DPI = 96
 # Only inline styles and data: images may load; anything else is blocked and reported.
 CONTENT_SECURITY_POLICY = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 
@@ -67,13 +72,29 @@ class DayData:
     ranking: pl.DataFrame  # 1day asset rollups: one row per asset
     availability: pl.DataFrame  # one row per asset
     episodes: pl.DataFrame  # the anomaly episodes flagged for the day
+    hourly: pl.DataFrame  # the heatmap's asset rollups (HEATMAP_WINDOW)
+    shaded: pl.DataFrame  # the episodes that overlap the day (one may start the day before), for the pictures
 
-    def linked_assets(self, top: int) -> list[str]:
-        """The assets that get a section: those with episodes or in a top list."""
-        chosen = set(self.episodes["assetId"].to_list())
+    def sections(self, top: int, most: int = DEFAULT_MOST) -> tuple[list[str], list[str]]:
+        """The assets that get a section, in page order, and the flagged ones left out.
+
+        First the assets of the top lists (by rank, CPU then memory), then those with
+        episodes, worst first (most severe episode, then most episodes, then id), until
+        `most` are chosen; the flagged assets beyond that are returned second, sorted.
+        """
+        chosen: dict[str, None] = {}
         for column in ("cpu_usage_p95", "memory_usage_percent_p95"):
-            chosen.update(_top(self.ranking, column, top)["assetId"].to_list())
-        return sorted(chosen)
+            chosen.update(dict.fromkeys(_top(self.ranking, column, top)["assetId"].to_list()))
+        flagged = self.episodes.group_by("assetId").agg(
+            pl.col("severity").replace_strict(SEVERITY_ORDER, default=len(SEVERITY_ORDER), return_dtype=pl.Int64)
+            .min().alias("worst"),
+            pl.len().alias("count"),
+        ).sort(["worst", "count", "assetId"], descending=[False, True, False])
+        for asset in flagged["assetId"].to_list():
+            chosen.setdefault(asset, None)
+        shown = list(chosen)[:most]
+        left = sorted(set(flagged["assetId"].to_list()) - set(shown))
+        return shown, left
 
 
 def report_path(lake: str | os.PathLike[str], org_id: str, day: date) -> Path:
@@ -102,7 +123,8 @@ def _require_partitions(lake: str | os.PathLike[str], org_id: str, day: date) ->
 
 
 def load_day(lake: str | os.PathLike[str], org_id: str, day: date) -> DayData:
-    """Read (org, day)'s 1day rollups, availability and anomaly episodes from the lake."""
+    """Read (org, day)'s 1day and hourly rollups, availability and anomaly episodes from the lake
+    (one DuckDB connection for all of it: each costs a walk of the org's partitions)."""
     _require_partitions(lake, org_id, day)
     con = connect_lake(lake, org_id=org_id)
     try:
@@ -113,33 +135,44 @@ def load_day(lake: str | os.PathLike[str], org_id: str, day: date) -> DayData:
         episodes = con.sql(
             'SELECT * FROM anomalies WHERE "date" = ? ORDER BY "start", assetId, metric', params=[day]
         ).pl()
+        hourly = con.sql(
+            'SELECT * FROM rollups WHERE "window" = ? AND "date" = ? ORDER BY assetId, bucket',
+            params=[HEATMAP_WINDOW, day],
+        ).pl()
+        start, end = day_bounds(day)
+        shaded = con.sql('SELECT * FROM anomalies WHERE "start" < ? AND "end" >= ?', params=[end, start]).pl()
     finally:
         con.close()
-    return DayData(org_id, day, ranking, availability, episodes)
+    return DayData(org_id, day, ranking, availability, episodes, hourly, shaded)
 
 
 # ---- the pictures: each plot is called in one place --------------------------------------
 
 
-def _png_uri(fig: Figure) -> str:
-    """The figure as a `data:image/png;base64,...` URI."""
+def _png_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def _fleet_picture(data: DayData) -> str:
+    """The heatmap of `plots.plot_fleet`, from the rollups and flags already read."""
+    fig = plots.plot_fleet(data.hourly, flags=data.episodes, availability=data.availability,
+                           title=f"{data.org_id}, {data.day.isoformat()}: cpu_usage_mean per {HEATMAP_WINDOW} by asset")
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=DPI)
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    fig.savefig(buffer, format="png", dpi=FLEET_DPI, pil_kwargs={"compress_level": 1})
+    return _png_uri(buffer.getvalue())
 
 
-def _fleet_picture(lake: str | os.PathLike[str], org_id: str, day: date) -> str:
-    return _png_uri(plots.fleet_figure(lake, org_id, day, window=HEATMAP_WINDOW))
-
-
-def _asset_picture(lake: str | os.PathLike[str], org_id: str, asset_id: str, day: date) -> str | None:
-    """The asset's day as plotted by `plots.asset_figure`, from the lake's snapshot mirror
-    and flags; None when the mirror holds none of its snapshots that day (an asset silent
-    all day is flagged, and linked, for exactly that reason)."""
-    try:
-        return _png_uri(plots.asset_figure(lake, org_id, asset_id, day))
-    except plots.PlotError:
-        return None
+def _asset_pictures(lake: str | os.PathLike[str], data: DayData, assets: Sequence[str]) -> dict[str, str]:
+    """Each asset's day as `plots.DayPictures` draws it, from ONE read of their snapshots in
+    the lake's mirror; an asset the mirror holds no snapshot of that day (silent all day:
+    flagged, and given a section, for exactly that reason) gets none."""
+    if not assets:
+        return {}
+    start, end = day_bounds(data.day)
+    frames = read_window(lake, data.org_id, start, end, asset_ids=list(assets)).frames
+    held = set(frames.snapshots["assetId"].to_list())
+    pictures = plots.DayPictures(data.day)
+    return {a: _png_uri(pictures.png(frames, a, flags=data.shaded)) for a in assets if a in held}
 
 
 # ---- text ---------------------------------------------------------------------------------
@@ -282,12 +315,21 @@ def _episodes_section(data: DayData, linked: set[str]) -> str:
     return f"<section id=episodes><h2>Anomaly episodes</h2>{body}</section>"
 
 
-def _fleet_section(lake: str | os.PathLike[str], data: DayData) -> str:
+def _fleet_section(data: DayData) -> str:
     return (
         "<p>Mean CPU % per hour and asset (grey: no snapshot); markers: anomaly episodes; "
         "right: share of the day each asset reported.</p>"
-        f'<img src="{_fleet_picture(lake, data.org_id, data.day)}" alt="{_e(data.org_id)}: mean CPU per hour by asset">'
+        f'<img src="{_fleet_picture(data)}" alt="{_e(data.org_id)}: mean CPU per hour by asset">'
     )
+
+
+def _left_out(left: Sequence[str], most: int) -> str:
+    """The line that names the flagged assets without a section."""
+    if not left:
+        return ""
+    return (f"<p class=more>And {len(left)} more asset{'' if len(left) == 1 else 's'} with anomaly episodes "
+            f"(sections are drawn for {most} at most; every episode is in the list above): "
+            f"{', '.join(_e(a) for a in left)}.</p>")
 
 
 def _asset_section(data: DayData, asset_id: str, picture: str | None, linked: set[str]) -> str:
@@ -342,23 +384,26 @@ def render_report(
     day: date,
     *,
     top: int = DEFAULT_TOP,
+    most: int = DEFAULT_MOST,
     generated_at: datetime | None = None,
 ) -> str:
     """(org, day)'s report as one self-contained HTML page.
 
     Everything comes from the lake: the numbers, episodes and fleet heatmap from its derived
-    datasets, each linked asset's plot from its snapshot mirror (as the last sync left it).
-    Assets with episodes or in a top-`top` list get a section with their plot.
+    datasets, each section's plot from its snapshot mirror (as the last sync left it). The
+    assets in a top-`top` list, then those with the worst episodes, get a section with
+    their plot, `most` at most (see `DayData.sections`).
     """
     if top < 1:
         raise ConfigError(f"top must be at least 1, got {top}")
+    if most < 1:
+        raise ConfigError(f"most must be at least 1, got {most}")
     data = load_day(lake, org_id, day)
-    linked_list = data.linked_assets(top)
-    linked = set(linked_list)
-    fleet = _fleet_section(lake, data) if data.ranking.height else "<p>No asset reported this day.</p>"
-    sections = "".join(
-        _asset_section(data, a, _asset_picture(lake, org_id, a, day), linked) for a in linked_list
-    )
+    shown, left = data.sections(top, most)
+    linked = set(shown)
+    fleet = _fleet_section(data) if data.hourly.height else "<p>No asset reported this day.</p>"
+    pictures = _asset_pictures(lake, data, shown)
+    sections = "".join(_asset_section(data, a, pictures.get(a), linked) for a in shown)
     stamp = (generated_at or datetime.now(UTC)).astimezone(UTC)
     title = f"{org_id}, {day.isoformat()}: daily performance report"
     return (
@@ -376,7 +421,7 @@ def render_report(
         f"{_availability_section(data, linked)}{_top_section(data, linked, top)}{_episodes_section(data, linked)}"
         f"<section id=assets><h2>Assets</h2><p>The assets with anomaly episodes or in a top list, "
         f"with their day: CPU, memory, disks, network and processes; episodes shaded, reboots dotted.</p>"
-        f"{sections or '<p>None this day.</p>'}</section>"
+        f"{sections or '<p>None this day.</p>'}{_left_out(left, most)}</section>"
         "</body></html>\n"
     )
 
@@ -388,6 +433,7 @@ def write_report(
     out: str | os.PathLike[str] | None = None,
     *,
     top: int = DEFAULT_TOP,
+    most: int = DEFAULT_MOST,
     generated_at: datetime | None = None,
 ) -> Path:
     """Render (org, day)'s report and write it atomically to `out` (default `report_path`).
@@ -402,7 +448,7 @@ def write_report(
         target.parent.mkdir(parents=True, exist_ok=True)
     elif not target.parent.is_dir():
         raise ConfigError(f"{target.parent} is not a directory")
-    page = render_report(lake, org_id, day, top=top, generated_at=generated_at)
+    page = render_report(lake, org_id, day, top=top, most=most, generated_at=generated_at)
     write_atomic(target, page.encode("utf-8"))
     return target
 

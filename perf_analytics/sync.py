@@ -688,25 +688,37 @@ def _read_new(db: Db, run: _Run, org_id: str | None, *, skew: timedelta, full: b
     return marks
 
 
-def _commit(db: Db, run: _Run, org_id: str | None, marks: Sequence[Doc]) -> None:
-    """List the parts (org manifests), then advance the marks, then clear the loaders' marks."""
-    mark = run.report.mark
-    assert mark is not None
+def _list_parts(run: _Run) -> int:
+    """Save the manifest of each org whose parts changed: its new parts become listed."""
     saved = 0
     for state in run.orgs.values():
-        if state.org_id == org_id:
-            state.mark = mark
-            state.dirty = True
         if state.dirty:
             _save_org(run.lake, state)
             saved += 1
             run.tell("manifest", saved)
+    return saved
+
+
+def _end_journal(lake: Path) -> None:
+    """The run's parts are all listed: the next run need not look for unlisted ones."""
+    journal = _journal(lake)
+    journal.unlink()
+    fsync_dir(journal.parent)
+
+
+def _commit(db: Db, run: _Run, org_id: str | None, marks: Sequence[Doc]) -> None:
+    """List the parts (org manifests), then advance the marks, then clear the loaders' marks."""
+    mark = run.report.mark
+    assert mark is not None
+    if org_id is not None:
+        state = run.org(org_id)
+        state.mark = mark
+        state.dirty = True
+    saved = _list_parts(run)
     if org_id is None:
         write_manifest(manifest_path(run.lake, f"{DATASET}.json"), {"dataset": DATASET, "mark": mark.isoformat()})
     run.tell("mark", saved)
-    journal = _journal(run.lake)
-    journal.unlink()
-    fsync_dir(journal.parent)
+    _end_journal(run.lake)
     _clear_marks(db, marks)
     run.tell("cleared", len(marks))
 
@@ -772,6 +784,44 @@ def sync_snapshots_all_orgs(
 ) -> SyncReport:
     """Admin run across tenants: every org's new snapshots, in one query for all of them."""
     return _sync(db, lake, None, skew=skew, full=full, chunk_rows=chunk_rows, progress=progress)
+
+
+def mirror_documents_all_orgs(
+    lake: str | os.PathLike[str],
+    documents: Iterable[bytes],
+    *,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    progress: Progress | None = None,
+) -> SyncReport:
+    """Admin write across tenants: put these raw BSON documents into the mirror as a sync
+    puts what it reads, without a server.
+
+    Each item of `documents` is one encoded document or several back to back (a raw batch
+    as `find_raw_batches` gives), `_id` included, as the server would hold it. Each
+    document goes to its org's and day's partition through the sync's own writer: the
+    same placement, deduplication by `_id` (within the call and against the listed
+    files), typed columns, part files and org manifests, under the lake's sync lock, with
+    the same recovery if the call is killed. No mark moves, so the next sync still reads
+    everything new on the server (and skips what this call wrote, by `_id`). For lakes
+    built without a server: benchmarks, tests, documents exported elsewhere.
+    `progress(stage, count)` as for `sync_snapshots` ("read", "part", "manifest").
+    """
+    _check_options(DEFAULT_SKEW, chunk_rows)
+    started_at = time.monotonic()
+    root = Path(lake)
+    report = SyncReport(scope=ALL_ORGS, full=False, since=None)
+    run = _Run(root, report, progress)
+    with lake_lock(root, DATASET, SyncError, who="sync"):
+        _resume(run, None)
+        for docs in _chunks(documents, chunk_rows):
+            report.read += len(docs)
+            run.tell("read", report.read)
+            run.store(docs)
+        _list_parts(run)
+        _end_journal(root)
+    report.partitions = len(run.partitions)
+    report.seconds = round(time.monotonic() - started_at, 3)
+    return report
 
 
 # ---- reading the mirror ------------------------------------------------------------------

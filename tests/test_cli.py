@@ -75,6 +75,7 @@ def test_the_help_defaults_are_the_librarys_own() -> None:
     assert _defaults.SYNC_SKEW == sync.DEFAULT_SKEW
     assert _defaults.MIGRATE_BATCH_SIZE == migrate.DEFAULT_BATCH_SIZE
     assert _defaults.REPORT_TOP == report.DEFAULT_TOP
+    assert _defaults.REPORT_MOST == report.DEFAULT_MOST
     assert _defaults.RETENTION_OLDER_THAN_DAYS == retention.DEFAULT_OLDER_THAN_DAYS
     assert _defaults.PLOT_SUFFIXES == plots.SUFFIXES
     assert _defaults.INGEST_FORMATS == readers.FORMATS

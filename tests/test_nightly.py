@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
+import time
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -233,6 +235,38 @@ def test_one_run_at_a_time_and_a_killed_runs_lock_is_taken_at_once(db: Db, setti
     assert statuses == {held_by: "interrupted", result.run_id: "ok"}
     code, out, _ = _cli(settings, "runs")
     assert code == 0 and "interrupted" in out.splitlines()[1]
+
+
+def test_a_run_sweeps_the_temp_files_killed_writers_left_and_nothing_else(db: Db, settings: Settings) -> None:
+    """A worker killed inside a Parquet write leaves a hidden temp file that readers skip
+    and nothing else removes: the next run does, when no running process can still own it."""
+    lake = Path(settings.lake)
+    _load(db, days=1, orgs=1)
+    options = NightlyOptions(reports=False)
+    assert run_nightly(db, lake, dates=[DAY1], options=options).failed == []
+    finished = subprocess.Popen([sys.executable, "-c", "pass"])
+    finished.wait()
+    dead, alive = finished.pid, os.getpid()
+    hour_ago, later = time.time() - 3600, time.time() + 3600
+    anomalies = partition_dir(lake, ANOMALIES, {"orgId": "org-01", "date": DAY1.isoformat()})
+    mirror = Path(lake, listed_snapshot_files(lake, org_id="org-01")[0].path).parent
+    planted = {
+        anomalies / f".part-0.parquet.{dead}.0123abcd.tmp": (hour_ago, "swept"),
+        mirror / f".part-1a2b.parquet.{dead}.89abcdef.tmp": (hour_ago, "swept"),
+        lake / "_manifests" / "runs" / f".r.json.{dead}.00ff00ff.tmp": (hour_ago, "swept"),
+        anomalies / f".part-0.parquet.{dead}.fedcba98.tmp": (later, "kept"),  # written after the run began
+        anomalies / f".part-0.parquet.{alive}.76543210.tmp": (hour_ago, "kept"),  # its writer still runs
+        anomalies / ".notes.tmp": (hour_ago, "kept"),  # not the writer's pattern
+    }
+    for path, (mtime, _) in planted.items():
+        path.write_bytes(b"PAR1 half a file")
+        os.utime(path, (mtime, mtime))
+    result = run_nightly(db, lake, dates=[DAY1], options=options)
+    assert result.failed == []
+    assert {p: p.exists() for p in planted} == {p: fate == "kept" for p, (_, fate) in planted.items()}
+    assert (lake / "_manifests" / ".nightly.lock").exists()
+    swept = sorted(p.relative_to(lake).as_posix() for p, (_, fate) in planted.items() if fate == "swept")
+    assert list_runs(lake, last=1)[0]["swept"] == swept
 
 
 def test_a_sink_scope_holds_exactly_the_last_write_and_leaves_the_rest(db: Db) -> None:

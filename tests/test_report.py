@@ -226,6 +226,27 @@ def test_text_from_the_data_is_escaped() -> None:
 
 
 @pytest.mark.slow
+def test_sections_stop_at_most_and_one_line_names_the_flagged_assets_left_out(lake: Lake, tmp_path: Path) -> None:
+    """A big fleet's page stays quick to write and to open: the top list first, then the
+    worst flagged, `most` in all; the others are named, and their episodes are not links."""
+    (top_cpu,) = _lake_rows(lake, "SELECT assetId FROM rollups WHERE \"window\" = '1day' AND date = ? "
+                                  "ORDER BY cpu_usage_p95 DESC, assetId LIMIT 1")[0]
+    flagged = sorted({str(a) for (a,) in _lake_rows(lake, "SELECT DISTINCT assetId FROM anomalies WHERE date = ?")})
+    left = [a for a in flagged if a != top_cpu]
+    assert left, "the generated day should have flagged assets outside the CPU top list"
+    out = write_report(lake.settings.lake, ORG, DAY, tmp_path / "capped.html", top=1, most=1)
+    parsed = parse(out)
+    assert [s for s, _ in parsed.images] == ["fleet", anchor_id(str(top_cpu))]
+    assert {i for i in parsed.ids if i.startswith(("asset-", "asset~"))} == {anchor_id(str(top_cpu))}
+    assert f"And {len(left)} more asset{'' if len(left) == 1 else 's'} with anomaly episodes " in out.read_text()
+    assert out.read_text().split("with anomaly episodes")[-1].count(left[0]) == 1
+    for text, hrefs in parsed.items["episodes"]:
+        asset = text.split(" on asset ")[1].split(" ")[0]
+        assert hrefs == ([f"#{anchor_id(asset)}"] if asset == top_cpu else [])
+    assert parsed.hrefs and all(h[1:] in parsed.ids for h in parsed.hrefs)
+
+
+@pytest.mark.slow
 def test_a_day_without_snapshots_is_a_quiet_page_not_an_error(lake: Lake, tmp_path: Path) -> None:
     copy = str(tmp_path / "lake")
     shutil.copytree(lake.settings.lake, copy)

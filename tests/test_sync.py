@@ -42,6 +42,7 @@ from perf_analytics.sync import (
     listed_snapshot_files,
     mark_documents_for_sync,
     mark_for_sync,
+    mirror_documents_all_orgs,
     read_lake_documents,
     sync_snapshots,
     sync_snapshots_all_orgs,
@@ -226,6 +227,30 @@ def test_a_second_sync_adds_nothing_and_late_data_becomes_a_new_part(db: Db, set
     assert docs == server_documents(db)
     assert counts[("org-a", "2026-03-01")] == 45
     assert len([p for p in parts_on_disk(settings.lake) if "org-a/date=2026-03-01" in p]) == 2
+
+
+def test_documents_written_without_a_server_are_the_lake_a_sync_of_them_leaves(
+    db: Db, settings: Settings, tmp_path: Path
+) -> None:
+    fleet(db)
+    held = server_documents(db)
+    sync_snapshots_all_orgs(db, settings.lake)
+    batches = list(db[SNAPSHOTS].find_raw_batches({}, batch_size=7))  # several documents an item
+    lake = tmp_path / "written"
+    report = mirror_documents_all_orgs(lake, batches, chunk_rows=25)
+    assert (report.read, report.new, report.already, report.partitions) == (90, 90, 0, 4)
+    orgs = ["org-a", "org-b"]
+    assert mirrored(lake, orgs) == mirrored(settings.lake, orgs)
+    assert mirrored(lake, orgs)[0] == held
+    assert view_counts(lake) == view_counts(settings.lake)
+    assert not Path(lake, "_manifests", "snapshots.running.json").exists()
+    # Written again, one document at a time: nothing twice. No mark moved, so a sync of
+    # the server reads everything and finds it all in the lake.
+    again = mirror_documents_all_orgs(lake, list(held.values()))
+    assert (again.read, again.new, again.already) == (90, 0, 90)
+    synced = sync_snapshots_all_orgs(db, lake)
+    assert (synced.since, synced.read, synced.new) == (None, 90, 0)
+    assert mirrored(lake, orgs)[0] == held
 
 
 def test_snapshots_loaded_with_old_ids_are_found_through_day_marks(db: Db, settings: Settings) -> None:

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from datetime import date
 
 import click
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from perf_analytics.commands._defaults import ASSET_BATCH
 from perf_analytics.config import Settings
@@ -26,20 +22,6 @@ def db_of(ctx: click.Context) -> Db:
     db = connect(settings_of(ctx))
     ctx.call_on_close(db.client.close)
     return db
-
-
-@contextmanager
-def asset_progress(what: str) -> Iterator[Callable[[int, int], None]]:
-    """A progress bar of assets done (on a terminal only), as a `progress(done, total)` callback."""
-    console = Console(stderr=True)
-    columns = (TextColumn(what), BarColumn(), MofNCompleteColumn(), TextColumn("assets"), TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as bar:
-        task = bar.add_task(what, total=None)
-
-        def advance(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
-
-        yield advance
 
 
 asset_batch_option = click.option(

@@ -17,6 +17,7 @@ SYNC_CHUNK_ROWS = 50_000  # sync.DEFAULT_CHUNK_ROWS
 SYNC_SKEW = timedelta(minutes=10)  # sync.DEFAULT_SKEW
 MIGRATE_BATCH_SIZE = 1000  # migrate.DEFAULT_BATCH_SIZE
 REPORT_TOP = 5  # report.DEFAULT_TOP
+REPORT_MOST = 20  # report.DEFAULT_MOST
 RETENTION_OLDER_THAN_DAYS = 30  # retention.DEFAULT_OLDER_THAN_DAYS
 PLOT_SUFFIXES = (".png", ".svg", ".pdf")  # plots.SUFFIXES
 INGEST_FORMATS = ("ndjson", "json", "bson")  # ingest.readers.FORMATS

@@ -6,13 +6,13 @@ import click
 
 from perf_analytics.commands._common import (
     asset_batch_option,
-    asset_progress,
     db_of,
     no_sync_option,
     settings_of,
     sync_org,
 )
 from perf_analytics.commands.rollup import parse_day
+from perf_analytics.progress import count_progress
 
 
 @click.command("anomalies")
@@ -44,7 +44,7 @@ def command(ctx: click.Context, org_id: str, day: str, asset_batch: int, to_mong
     when = parse_day(day)
     if not no_sync:
         sync_org(ctx, org_id)
-    with asset_progress("flagging") as progress:
+    with count_progress("flagging", "assets") as progress:
         result = run_day(settings_of(ctx).lake, org_id, when, rollups=False,
                          sink=db_of(ctx) if to_mongo else None, asset_batch=asset_batch, progress=progress)
     flags = result.flags

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from perf_analytics.progress import count_progress
 
 if TYPE_CHECKING:
     from perf_analytics.synth import GenerateSummary
@@ -97,14 +97,7 @@ def command(
     # NumPy loads here, when the command runs, not for --help.
     from perf_analytics.synth import write_fleet
 
-    console = Console(stderr=True)
-    columns = (TextColumn("generating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as bar:
-        task = bar.add_task("generate", total=None)
-
-        def advance(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
-
+    with count_progress("generating") as advance:
         summary = write_fleet(
             out,
             labels_path=labels_path,

@@ -8,12 +8,12 @@ from typing import TYPE_CHECKING, Any
 
 import click
 import orjson
-from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, DownloadColumn, TextColumn, TimeElapsedColumn
 
 from perf_analytics.commands._common import db_of
 from perf_analytics.commands._defaults import CHECKPOINT_DIR, INGEST_COMPRESSIONS, INGEST_FORMATS
 from perf_analytics.errors import IncompleteLoad
+from perf_analytics.progress import progress_bar
 
 if TYPE_CHECKING:
     from perf_analytics.ingest import IngestSummary
@@ -91,17 +91,13 @@ def command(
     )
 
     total = sum(p.stat().st_size for p in paths)
-    console = Console(stderr=True)
-    show = console.is_terminal and not as_json
-    with Progress(
+    with progress_bar(
         TextColumn("[bold]ingest"),
         BarColumn(),
         DownloadColumn(),
         TextColumn("{task.fields[docs]:,} docs · {task.fields[rate]:,.0f} docs/s"),
         TimeElapsedColumn(),
-        console=console,
-        disable=not show,
-        transient=True,
+        show=not as_json,
     ) as bar:
         task = bar.add_task("ingest", total=total, docs=0, rate=0.0)
 

@@ -10,13 +10,13 @@ from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import click
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
 from perf_analytics.commands._common import asset_batch_option, db_of, settings_of
 from perf_analytics.commands._defaults import WINDOWS
 from perf_analytics.commands.rollup import parse_day
 from perf_analytics.errors import ConfigError
+from perf_analytics.progress import progress_bar
 
 if TYPE_CHECKING:
     from perf_analytics.config import Settings
@@ -54,10 +54,10 @@ def _json_lines(event: dict[str, Any]) -> None:
 def _text_progress() -> Iterator[Listener]:
     """On a terminal: a bar of (org, day)s done and a line per failure (elsewhere the
     summary and the final `Error:` line say it, and `runs` has every failure)."""
-    console = Console(stderr=True)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("days"),
                TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as bar:
+    with progress_bar(*columns) as bar:
+        console = bar.console
         task = bar.add_task("nightly: sync", total=0)
 
         def listen(event: dict[str, Any]) -> None:

@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from datetime import date
 from itertools import groupby
 from typing import TYPE_CHECKING, Any
 
 import click
-from rich.console import Console
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from perf_analytics.commands._common import db_of, json_default, settings_of
 from perf_analytics.commands._defaults import RETENTION_OLDER_THAN_DAYS
+from perf_analytics.progress import stage_progress
 
 if TYPE_CHECKING:
     from perf_analytics.retention import DayStatus, ExportReport, RestoreReport
@@ -26,22 +24,6 @@ STATES = (
     ("lake", "only in the lake"),
     ("unverified", "unverified"),
 )
-
-
-@contextmanager
-def _progress(what: str, describe: Callable[[dict[str, int]], str]) -> Iterator[Callable[[str, int], None]]:
-    """A spinner with the run's counts (on a terminal only), as a `progress(stage, count)` callback."""
-    console = Console(stderr=True)
-    columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as bar:
-        task = bar.add_task(f"{what}: connecting", total=None)
-        counts: dict[str, int] = {}
-
-        def advance(stage: str, count: int) -> None:
-            counts[stage] = count
-            bar.update(task, description=f"{what}: {describe(counts)}")
-
-        yield advance
 
 
 def _export_counts(c: dict[str, int]) -> str:
@@ -93,7 +75,7 @@ def export(ctx: click.Context, older_than_days: int, org_id: str | None, dry_run
 
     db = db_of(ctx)
     lake = settings_of(ctx).lake
-    with _progress("retention export", _export_counts) as progress:
+    with stage_progress("retention export", _export_counts) as progress:
         if org_id is not None:
             report = export_snapshots(db, lake, org_id=org_id, older_than_days=older_than_days, dry_run=dry_run,
                                       progress=progress)
@@ -156,7 +138,7 @@ def restore(ctx: click.Context, org_id: str, start: str, end: str, as_json: bool
 
     db = db_of(ctx)
     lake = settings_of(ctx).lake
-    with _progress("retention restore", lambda c: f"{c.get('inserted', 0)} snapshots written back") as progress:
+    with stage_progress("retention restore", lambda c: f"{c.get('inserted', 0)} snapshots written back") as progress:
         report = restore_snapshots(db, lake, org_id=org_id, start=start, end=end, progress=progress)
     if as_json:
         _echo_json(dataclasses.asdict(report))

@@ -8,7 +8,6 @@ import click
 
 from perf_analytics.commands._common import (
     asset_batch_option,
-    asset_progress,
     db_of,
     no_sync_option,
     settings_of,
@@ -16,6 +15,7 @@ from perf_analytics.commands._common import (
 )
 from perf_analytics.commands._defaults import WINDOWS
 from perf_analytics.errors import ConfigError
+from perf_analytics.progress import count_progress
 
 
 def parse_day(value: str) -> date:
@@ -60,7 +60,7 @@ def command(ctx: click.Context, org_id: str, day: str, asset_batch: int, windows
     when = parse_day(day)
     if not no_sync:
         sync_org(ctx, org_id)
-    with asset_progress("rolling up") as progress:
+    with count_progress("rolling up", "assets") as progress:
         result = run_day(settings_of(ctx).lake, org_id, when, windows=chosen, anomalies=True,
                          sink=db_of(ctx) if to_mongo else None, asset_batch=asset_batch, progress=progress)
     rows = ", ".join(f"{w} {n:,}" for w, n in result.rollup_rows.items())

@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
 import click
-from rich.console import Console
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from perf_analytics.commands._common import db_of, json_default, settings_of
 from perf_analytics.commands._defaults import SYNC_CHUNK_ROWS, SYNC_SKEW
+from perf_analytics.progress import stage_progress
 
 if TYPE_CHECKING:
     from perf_analytics.sync import SyncReport
@@ -22,21 +19,8 @@ if TYPE_CHECKING:
 _LISTED = 20  # unplaced documents listed by _id in the text report
 
 
-@contextmanager
-def _progress() -> Iterator[Callable[[str, int], None]]:
-    """Snapshots read and parts written so far (on a terminal only), as a sync progress callback."""
-    console = Console(stderr=True)
-    columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as bar:
-        task = bar.add_task("sync: connecting", total=None)
-        counts = {"read": 0, "part": 0}
-
-        def advance(stage: str, count: int) -> None:
-            if stage in counts:
-                counts[stage] = count
-            bar.update(task, description=f"sync: {counts['read']} snapshots read, {counts['part']} parts written")
-
-        yield advance
+def _counts(c: dict[str, int]) -> str:
+    return f"{c.get('read', 0)} snapshots read, {c.get('part', 0)} parts written"
 
 
 @click.command("sync")
@@ -69,7 +53,7 @@ def command(ctx: click.Context, org_id: str | None, full: bool, skew_minutes: fl
     db = db_of(ctx)
     lake = settings_of(ctx).lake
     skew = timedelta(minutes=skew_minutes)
-    with _progress() as progress:
+    with stage_progress("sync", _counts) as progress:
         if org_id is not None:
             report = sync_snapshots(db, lake, org_id=org_id, skew=skew, full=full, chunk_rows=chunk_rows, progress=progress)
         else:
