@@ -99,7 +99,11 @@ def load_settings(
     env: dict[str, str] | None = None,
     **flags: str | None,
 ) -> Settings:
-    """Resolve settings from flags (non-None values win), then env, then the TOML file."""
+    """Resolve settings from flags (non-None values win), then env, then the TOML file.
+
+    Raises:
+        ConfigError: an unknown setting, a malformed value, or a config file that is missing or not TOML.
+    """
     environ = os.environ if env is None else env
     unknown = sorted(set(flags) - set(_KEYS))
     if unknown:

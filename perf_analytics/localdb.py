@@ -92,7 +92,8 @@ def install_ferretdb(*, force: bool = False) -> Path:
     if go is None:
         raise ServerError(
             "FerretDB is not installed and Go is not on PATH to build it; "
-            "install Go, put mongod on PATH, or set MONGODB_URI"
+            "install Go, put mongod on PATH, or set MONGODB_URI",
+            retryable=False,
         )
     proc = subprocess.run(
         [go, "mod", "download", "-json", f"{FERRETDB_MODULE}@{FERRETDB_VERSION}"],
@@ -102,7 +103,7 @@ def install_ferretdb(*, force: bool = False) -> Path:
         check=False,
     )
     if proc.returncode != 0:
-        raise ServerError(f"could not download FerretDB {FERRETDB_VERSION}: {proc.stderr.strip()[-300:]}")
+        raise ServerError(f"could not download FerretDB {FERRETDB_VERSION}: {proc.stderr.strip()[-300:]}", retryable=True)
     source = Path(json.loads(proc.stdout)["Dir"])
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -123,7 +124,7 @@ def install_ferretdb(*, force: bool = False) -> Path:
             check=False,
         )
         if built.returncode != 0:
-            raise ServerError(f"building FerretDB failed: {built.stderr.strip()[-500:]}")
+            raise ServerError(f"building FerretDB failed: {built.stderr.strip()[-500:]}", retryable=False)
         partial.replace(target)
     return target
 
@@ -196,7 +197,8 @@ def server_status(state_dir: str | os.PathLike[str]) -> LocalServer | None:
     if version != STATE_VERSION:
         raise ServerError(
             f"{record} has format version {version!r}; this perf_analytics reads version {STATE_VERSION}: "
-            "stop that server with the perf_analytics that started it, or remove the file once it is stopped"
+            "stop that server with the perf_analytics that started it, or remove the file once it is stopped",
+            retryable=False,
         )
     try:
         server = LocalServer(**info)
@@ -238,7 +240,7 @@ def start_server(
         kind, binary = find_server_binary()
         if binary is None:
             if not install:
-                raise ServerError("no mongod on PATH and FerretDB is not installed; run `make setup`")
+                raise ServerError("no mongod on PATH and FerretDB is not installed; run `make setup`", retryable=False)
             binary = install_ferretdb()
         port = port or _free_port()
         log = (state / "server.log").open("ab")
@@ -255,7 +257,7 @@ def start_server(
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 tail = (state / "server.log").read_text(errors="replace")[-400:]
-                raise ServerError(f"{kind} exited at start (code {proc.returncode}): {tail.strip()}")
+                raise ServerError(f"{kind} exited at start (code {proc.returncode}): {tail.strip()}", retryable=False)
             if _ping(port, timeout_ms=300):
                 _STARTED[proc.pid] = proc
                 server = LocalServer(kind=kind, pid=proc.pid, port=port, state_dir=str(state))
@@ -266,7 +268,7 @@ def start_server(
             time.sleep(0.1)
         proc.kill()
         proc.wait()
-        raise ServerError(f"{kind} did not answer on 127.0.0.1:{port} within {START_TIMEOUT_S:.0f}s")
+        raise ServerError(f"{kind} did not answer on 127.0.0.1:{port} within {START_TIMEOUT_S:.0f}s", retryable=True)
 
 
 def stop_server(state_dir: str | os.PathLike[str]) -> LocalServer | None:

@@ -32,7 +32,7 @@ from perf_analytics.anomalies import (
     flag_peers,
 )
 from perf_analytics.anomalies.series import empty_dropped
-from perf_analytics.errors import ConfigError
+from perf_analytics.errors import InvalidArgument
 from perf_analytics.extract import MAX_REPORTED, Extraction, extract_window
 from perf_analytics.frames import Frames, empty_frames
 from perf_analytics.lake import (
@@ -163,6 +163,10 @@ def run_day(
 
     It is the composition of the three steps the nightly run names: `flag_day`,
     `rollup_day`, `write_day`.
+
+    Raises:
+        InvalidArgument: `asset_batch` below 1.
+        NotSynced: the org has no mirror in the lake yet.
     """
     flagged = flag_day(lake, org_id, day, config=config, anomalies=anomalies, asset_batch=asset_batch,
                        progress=progress, source=source)
@@ -217,9 +221,14 @@ def flag_day(
     source: SnapshotSource | None = None,
 ) -> Flagged:
     """Read the org's day and its history from the lake, a batch of assets at a time, and
-    flag its anomalies (see `run_day`); nothing is written."""
+    flag its anomalies (see `run_day`); nothing is written.
+
+    Raises:
+        InvalidArgument: `asset_batch` below 1.
+        NotSynced: the org has no mirror in the lake yet.
+    """
     if asset_batch < 1:
-        raise ConfigError(f"asset_batch must be at least 1, got {asset_batch}")
+        raise InvalidArgument(f"asset_batch must be at least 1, got {asset_batch}")
     cfg = config or AnomalyConfig()
     snapshots = source if source is not None else LakeSnapshots(lake)
     start, end = day_bounds(day)

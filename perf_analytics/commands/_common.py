@@ -12,6 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from perf_analytics.commands._defaults import ASSET_BATCH
 from perf_analytics.config import Settings
+from perf_analytics.errors import ConfigError
 from perf_analytics.store import Db, connect
 
 
@@ -61,6 +62,14 @@ def sync_org(ctx: click.Context, org_id: str) -> None:
 
     report = sync_snapshots(db_of(ctx), settings_of(ctx).lake, org_id=org_id)
     click.echo(f"sync {org_id}: {report.new:,} new snapshot(s) into the lake", err=True)
+
+
+def day_option(flag: str, value: str) -> date:
+    """The UTC day an option gives as YYYY-MM-DD; else the one-line error naming the option."""
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise ConfigError(f"{flag}: not a date (YYYY-MM-DD): {value!r}") from None
 
 
 def json_default(value: object) -> str:

@@ -39,8 +39,9 @@ from pymongo.errors import AutoReconnect, BulkWriteError, OperationFailure, PyMo
 
 from perf_analytics.errors import (
     CheckpointError,
-    ConfigError,
+    DamagedArchive,
     IncompleteLoad,
+    InvalidArgument,
     ServerError,
     ValidationError,
 )
@@ -48,7 +49,6 @@ from perf_analytics.ingest import checkpoint as ckpt
 from perf_analytics.ingest.batches import BlockEncoder, LastSeen, add_seen
 from perf_analytics.ingest.readers import (
     Archive,
-    DamagedArchive,
     Record,
     RecordBlock,
     open_archive,
@@ -63,6 +63,7 @@ from perf_analytics.store import (
     encode_document,
     error_text,
     is_duplicate_key,
+    is_retryable,
     require_key_index,
     touch_assets,
 )
@@ -203,7 +204,9 @@ class _Writer:
         if self.error is None:
             return
         if isinstance(self.error, PyMongoError):
-            raise ServerError(f"the server failed during the load: {self.error}") from self.error
+            raise ServerError(
+                f"the server failed during the load: {self.error}", retryable=is_retryable(self.error)
+            ) from self.error
         raise self.error
 
     def _run(self) -> None:
@@ -430,9 +433,15 @@ def ingest_archives(db: Db, paths: Sequence[str | Path], org_id: str, **options:
     """Load one organisation's snapshots from archives; records of any other org are rejected.
 
     Options as for `ingest_archives_all_orgs`.
+
+    Raises:
+        InvalidArgument: no `org_id`, no archive, a missing file, a count below 1, or a rejects file that is one of the archives.
+        IncompleteLoad: a damaged archive, unless `allow_partial`.
+        CheckpointError: the saved load state cannot be used.
+        ServerError: the server fails during the load.
     """
     if not org_id:
-        raise ConfigError("an org id is required (ingest_archives_all_orgs loads every org)")
+        raise InvalidArgument("an org id is required (ingest_archives_all_orgs loads every org)")
     return _ingest(db, paths, org_id, **options)
 
 
@@ -441,6 +450,12 @@ def ingest_archives_all_orgs(db: Db, paths: Sequence[str | Path], **options: Any
 
     Records naming no org are rejected. Every write is still filtered by the record's
     own orgId (assets of one org are never touched by another org's snapshots).
+
+    Raises:
+        InvalidArgument: no archive, a missing file, a count below 1, or a rejects file that is one of the archives.
+        IncompleteLoad: a damaged archive, unless `allow_partial`.
+        CheckpointError: the saved load state cannot be used.
+        ServerError: the server fails during the load.
     """
     return _ingest(db, paths, None, **options)
 
@@ -466,7 +481,7 @@ def validate_archives(
     A damaged archive raises IncompleteLoad unless `allow_partial`, as in a load.
     """
     if batch_size < 1:
-        raise ConfigError("batch size must be at least 1")
+        raise InvalidArgument("batch size must be at least 1")
     archives = _archive_paths(paths)
     rejects_path = _rejects_path(rejects, archives)
     summary = IngestSummary(
@@ -493,10 +508,10 @@ def _archive_paths(paths: Sequence[str | Path]) -> list[Path]:
     """The archives to read, each an existing file."""
     archives = [Path(p) for p in paths]
     if not archives:
-        raise ConfigError("no archive given")
+        raise InvalidArgument("no archive given")
     for p in archives:
         if not p.is_file():
-            raise ConfigError(f"{p}: no such file")
+            raise InvalidArgument(f"{p}: no such file")
     return archives
 
 
@@ -531,9 +546,9 @@ def _ingest(
     # snapshot again: it is created here if missing, before anything is written.
     require_key_index(db)
     if batch_size < 1:
-        raise ConfigError("batch size must be at least 1")
+        raise InvalidArgument("batch size must be at least 1")
     if workers < 1:
-        raise ConfigError("workers must be at least 1")
+        raise InvalidArgument("workers must be at least 1")
     archives = _archive_paths(paths)
     rejects_path = _rejects_path(rejects, archives)
     cp_dir = Path(checkpoint_dir)
@@ -712,7 +727,7 @@ def _rejects_path(rejects: str | Path | None, archives: Sequence[Path]) -> Path 
     path = Path(rejects)
     for archive in archives:
         if path.resolve() == archive.resolve() or (path.exists() and path.samefile(archive)):
-            raise ConfigError(f"the rejects file {path} is one of the archives to load; name another file")
+            raise InvalidArgument(f"the rejects file {path} is one of the archives to load; name another file")
     return path
 
 
