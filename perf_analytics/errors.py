@@ -13,6 +13,7 @@ one it can handle:
 
 from __future__ import annotations
 
+from datetime import date
 from pathlib import Path
 
 
@@ -164,8 +165,49 @@ class RetentionError(PerfAnalyticsError):
     """Retention cannot go on: another run holds the lake, or the lake's files cannot be restored."""
 
 
+# ---- deriving: rollups, flags, plots -------------------------------------------------------
+
+
+class RollupError(PerfAnalyticsError):
+    """The input frames cannot be rolled up at all (a key column missing or mistyped)."""
+
+    def __init__(self, frame: str, column: str, reason: str) -> None:
+        self.frame = frame
+        self.column = column
+        super().__init__(f"{frame}.{column}: {reason}")
+
+
+class AnomalyInputError(PerfAnalyticsError):
+    """The frames given to `flag_anomalies` cannot be read (not bad values: a bad shape)."""
+
+
+class PlotError(PerfAnalyticsError):
+    """Nothing to plot, or an unusable output path."""
+
+
 # ---- the nightly run ----------------------------------------------------------------------
 
 
 class FanoutError(PerfAnalyticsError):
     """The Dask cluster cannot run the nightly tasks (unreachable, no workers, unfit workers)."""
+
+
+class StepFailed(PerfAnalyticsError):
+    """A named step of the nightly run failed for an org and day; `cause` is what it raised."""
+
+    def __init__(self, step: str, org_id: str | None, day: date | None, cause: BaseException) -> None:
+        self.step = step
+        self.org_id = org_id
+        self.day = day
+        self.cause = cause
+        where = " ".join(x for x in (f"org {org_id}" if org_id else "", day.isoformat() if day else "") if x)
+        reason = str(cause) if isinstance(cause, PerfAnalyticsError) else f"{type(cause).__name__}: {cause}"
+        super().__init__(f"{step} failed{' for ' + where if where else ''}: {reason}")
+
+
+class RunLocked(PerfAnalyticsError):
+    """Another nightly run holds the lake."""
+
+
+class RunFailed(PerfAnalyticsError):
+    """The run finished, but some steps failed (recorded in its manifest)."""

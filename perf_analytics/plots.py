@@ -30,7 +30,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from perf_analytics.atomic import atomic_path
-from perf_analytics.errors import PerfAnalyticsError
+from perf_analytics.errors import PlotError
 from perf_analytics.frames import Frames
 from perf_analytics.lake import connect_lake
 from perf_analytics.mirror import read_window
@@ -41,10 +41,6 @@ SEVERITY_COLOURS = {"info": "#4c72b0", "warning": "#dd8452", "critical": "#c44e5
 SUFFIXES = (".png", ".svg", ".pdf")
 # A silence longer than this many reporting intervals breaks the line.
 GAP_INTERVALS = 2.5
-
-
-class PlotError(PerfAnalyticsError):
-    """Nothing to plot, or an unusable output path."""
 
 
 class PlotFigure(Figure):

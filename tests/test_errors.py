@@ -3,6 +3,8 @@ library's own words, and a ServerError says whether the same call may succeed la
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -65,3 +67,34 @@ def test_a_refused_command_is_not_retryable(db: Db) -> None:
     with pytest.raises(OperationFailure) as raised:
         db.command("noSuchCommand")
     assert is_retryable(raised.value) is False
+
+
+def _package_modules() -> list[str]:
+    """The names of every module of the package."""
+    import perf_analytics
+
+    return sorted(m.name for m in pkgutil.walk_packages(perf_analytics.__path__, "perf_analytics."))
+
+
+# Signals passed between two functions of one module, caught before any user sees them.
+INTERNAL_SIGNALS = {
+    "perf_analytics.ingest.bsonbatch.TooWide",
+    "perf_analytics.service.commit.QueueFull",
+    "perf_analytics.service.commit.DatabaseUnavailable",
+    "perf_analytics.service.payload.Refusal",
+}
+
+
+def test_every_error_class_is_defined_in_errors_under_perf_analytics_error() -> None:
+    defined: dict[str, type[BaseException]] = {}
+    for name in _package_modules():
+        module = importlib.import_module(name)
+        for value in vars(module).values():
+            if isinstance(value, type) and issubclass(value, BaseException) and value.__module__ == name:
+                defined[f"{name}.{value.__qualname__}"] = value
+    elsewhere = {k for k in defined if not k.startswith("perf_analytics.errors.")} - INTERNAL_SIGNALS
+    assert elsewhere == set()
+    errors = {k: v for k, v in defined.items() if k.startswith("perf_analytics.errors.")}
+    assert all(issubclass(v, PerfAnalyticsError) for v in errors.values())
+    assert {"StepFailed", "RunLocked", "RunFailed", "PlotError", "RollupError", "AnomalyInputError", "LakeError",
+            "SyncError", "DamagedArchive", "InvalidArgument"} <= {v.__name__ for v in errors.values()}

@@ -46,7 +46,7 @@ from perf_analytics.anomalies.series import (
     empty_dropped,
     read_points,
 )
-from perf_analytics.errors import PerfAnalyticsError
+from perf_analytics.errors import AnomalyInputError
 from perf_analytics.frames import Frames
 
 __all__ = [
@@ -70,10 +70,6 @@ log = logging.getLogger(__name__)
 _REQUIRED = ("orgId", "assetId", "timestamp")
 DROPPED_COLUMNS = tuple(DROPPED_SCHEMA)
 _LOGGED_DROPS = 5  # series named in the warning about dropped values; the frame has them all
-
-
-class AnomalyInputError(PerfAnalyticsError):
-    """The frames given to `flag_anomalies` cannot be read (not bad values: a bad shape)."""
 
 
 def _as_day(day: date | datetime | str) -> date:

@@ -143,7 +143,8 @@ def command(ctx: click.Context, day: str | None, start: str | None, end: str | N
       perf-analytics nightly --scheduler tcp://dask.internal:8786
     """
     # The data stack loads here, when the command runs, not for --help.
-    from perf_analytics.nightly import Fanout, NightlyOptions, RunFailed, run_nightly
+    from perf_analytics.errors import RunFailed
+    from perf_analytics.nightly import Fanout, NightlyOptions, run_nightly
 
     dates = asked_dates(day, start, end)
     options = NightlyOptions(windows=tuple(w.strip() for w in windows.split(",") if w.strip()),
