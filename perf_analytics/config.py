@@ -97,17 +97,21 @@ def load_settings(
     *,
     config_file: str | os.PathLike[str] | None = None,
     env: dict[str, str] | None = None,
-    **flags: str | None,
+    uri: str | None = None,
+    db: str | None = None,
+    lake: str | None = None,
+    state_dir: str | None = None,
+    duckdb_memory_limit: str | None = None,
+    duckdb_threads: int | None = None,
 ) -> Settings:
-    """Resolve settings from flags (non-None values win), then env, then the TOML file.
+    """Resolve settings from the arguments (non-None values win), then env, then the TOML file.
 
     Raises:
         ConfigError: an unknown setting, a malformed value, or a config file that is missing or not TOML.
     """
     environ = os.environ if env is None else env
-    unknown = sorted(set(flags) - set(_KEYS))
-    if unknown:
-        raise ConfigError(f"unknown setting(s) {', '.join(unknown)}")
+    flags = {"uri": uri, "db": db, "lake": lake, "state_dir": state_dir,
+             "duckdb_memory_limit": duckdb_memory_limit, "duckdb_threads": duckdb_threads}
     path = config_file or environ.get("PERF_CONFIG")
     values: dict[str, Any] = {}
     if path:

@@ -21,7 +21,7 @@ No server-side sort: FerretDB 1.24 sorts by loading every matching document into
 (`SortIterator` consumes the whole cursor), so parts of one query come in the server's
 natural order, not time order. Each part is sorted by (orgId, assetId, timestamp) within
 itself; `extract_window` concatenates the parts and sorts the whole window, and
-`write_window_parquet` (`perf-analytics extract`) writes them to Parquet as they come.
+`sink_window_parquet` (`perf-analytics extract`) writes them to Parquet as they come.
 
 A document written by other code with an off-type field (a metric stored as a string,
 an `_id` that is no ObjectId, say) is refused: the native decoder leaves it out and says
@@ -406,7 +406,7 @@ def _combine(parts: Iterator[Extraction]) -> Extraction:
 
 @dataclass(frozen=True)
 class WrittenWindow:
-    """What `write_window_parquet` wrote: three files and their row counts."""
+    """What `sink_window_parquet` wrote: three files and their row counts."""
 
     paths: tuple[Path, Path, Path]  # snapshots, disks, interfaces
     rows: tuple[int, int, int]
@@ -424,7 +424,7 @@ def _tables(frames: Frames) -> tuple[pa.Table, pa.Table, pa.Table]:
     return frames.snapshots.to_arrow(), frames.disks.to_arrow(), frames.interfaces.to_arrow()
 
 
-def write_window_parquet(
+def sink_window_parquet(
     db: Db,
     org_id: str,
     start: datetime,

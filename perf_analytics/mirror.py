@@ -2,7 +2,7 @@
 
 `read_window(lake, org_id, start, end)` gives what `extract_window(db, org_id, start, end)`
 gives for the same snapshots (the same `Extraction`: three sorted frames and the
-documents left out, and why) without a query to the server; `scan_snapshots` is the lazy
+documents left out, and why) without a query to the server; `scan_window` is the lazy
 Polars scan underneath, rows in the nested `frames.arrow_schema()` shape.
 
 **What is opened.** Only the part files the org's manifest lists (`sync.listed_snapshot_files`),
@@ -131,7 +131,7 @@ def _readable(files: Sequence[Path], org_id: str, start: datetime, end: datetime
     )
 
 
-def scan_snapshots(
+def scan_window(
     lake: str | os.PathLike[str],
     org_id: str,
     start: datetime,
@@ -176,7 +176,7 @@ def skipped_snapshots(
 ) -> tuple[list[Problem], int]:
     """The window's mirrored snapshots extraction cannot read: (the first MAX_REPORTED, count).
 
-    `asset_ids` as for `scan_snapshots`. A document none of whose off-type kinds `doctor`
+    `asset_ids` as for `scan_window`. A document none of whose off-type kinds `doctor`
     repairs raises ExtractError, as extraction does.
     """
     return _refused(window_files(lake, org_id, start, end), org_id, start, end, asset_ids)
@@ -232,5 +232,5 @@ class LakeSnapshots:
 
 
 __all__: Sequence[str] = (
-    "LakeSnapshots", "MirrorError", "NotSynced", "read_window", "scan_snapshots", "skipped_snapshots", "window_assets", "window_files",
+    "LakeSnapshots", "MirrorError", "NotSynced", "read_window", "scan_window", "skipped_snapshots", "window_assets", "window_files",
 )

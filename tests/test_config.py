@@ -130,9 +130,11 @@ def test_a_missing_perf_config_file_is_a_config_error(tmp_path: Path) -> None:
         load_settings(env={"PERF_CONFIG": str(tmp_path / "nope.toml")})
 
 
-def test_an_unknown_flag_is_a_config_error() -> None:
-    with pytest.raises(ConfigError, match="unknown setting"):
-        load_settings(env={}, colour="blue")
+def test_settings_are_named_keyword_arguments() -> None:
+    with pytest.raises(TypeError, match="unexpected keyword argument 'colour'"):
+        load_settings(env={}, colour="blue")  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="positional"):
+        load_settings({})  # type: ignore[misc]
 
 
 @pytest.mark.parametrize("name", ["a/b", "a.b", "a b", "a$b", 'a"b', "a\\b"])

@@ -12,7 +12,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from perf_analytics.commands._defaults import ASSET_BATCH
 from perf_analytics.config import Settings
-from perf_analytics.errors import ConfigError
+from perf_analytics.days import parse_day
+from perf_analytics.errors import ConfigError, InvalidArgument
 from perf_analytics.store import Db, connect
 
 
@@ -67,9 +68,9 @@ def sync_org(ctx: click.Context, org_id: str) -> None:
 def day_option(flag: str, value: str) -> date:
     """The UTC day an option gives as YYYY-MM-DD; else the one-line error naming the option."""
     try:
-        return date.fromisoformat(value)
-    except ValueError:
-        raise ConfigError(f"{flag}: not a date (YYYY-MM-DD): {value!r}") from None
+        return parse_day(value)
+    except InvalidArgument as exc:
+        raise ConfigError(f"{flag}: {exc}") from None
 
 
 def json_default(value: object) -> str:

@@ -7,12 +7,12 @@ import click
 from perf_analytics.commands._common import (
     asset_batch_option,
     asset_progress,
+    day_option,
     db_of,
     no_sync_option,
     settings_of,
     sync_org,
 )
-from perf_analytics.commands.rollup import parse_day
 
 
 @click.command("anomalies")
@@ -41,7 +41,7 @@ def command(ctx: click.Context, org_id: str, day: str, asset_batch: int, to_mong
     # The data stack loads here, when the command runs, not for --help.
     from perf_analytics.pipeline import run_day
 
-    when = parse_day(day)
+    when = day_option("--date", day)
     if not no_sync:
         sync_org(ctx, org_id)
     with asset_progress("flagging") as progress:

@@ -13,9 +13,8 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from perf_analytics.commands._common import asset_batch_option, db_of, settings_of
+from perf_analytics.commands._common import asset_batch_option, day_option, db_of, settings_of
 from perf_analytics.commands._defaults import WINDOWS
-from perf_analytics.commands.rollup import parse_day
 from perf_analytics.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -30,12 +29,12 @@ def asked_dates(day: str | None, start: str | None, end: str | None) -> list[dat
     if day is not None and (start is not None or end is not None):
         raise ConfigError("give --date, or --from and --to, not both")
     if day is not None:
-        return [parse_day(day)]
+        return [day_option("--date", day)]
     if start is None and end is None:
         return None
     if start is None or end is None:
         raise ConfigError("--from and --to go together")
-    first, last = parse_day(start), parse_day(end)
+    first, last = day_option("--from", start), day_option("--to", end)
     if last < first:
         raise ConfigError(f"--to {last} is before --from {first}")
     if (last - first).days >= _MAX_DAYS:

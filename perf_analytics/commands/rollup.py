@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import date
-
 import click
 
 from perf_analytics.commands._common import (
     asset_batch_option,
     asset_progress,
+    day_option,
     db_of,
     no_sync_option,
     settings_of,
@@ -16,13 +15,6 @@ from perf_analytics.commands._common import (
 )
 from perf_analytics.commands._defaults import WINDOWS
 from perf_analytics.errors import ConfigError
-
-
-def parse_day(value: str) -> date:
-    try:
-        return date.fromisoformat(value)
-    except ValueError:
-        raise ConfigError(f"--date: not a date (YYYY-MM-DD): {value!r}") from None
 
 
 @click.command("rollup")
@@ -57,7 +49,7 @@ def command(ctx: click.Context, org_id: str, day: str, asset_batch: int, windows
     unknown = [w for w in chosen if w not in WINDOWS]
     if unknown or not chosen:
         raise ConfigError(f"--windows: unknown window {unknown[0] if unknown else '(none)'}; valid: {', '.join(WINDOWS)}")
-    when = parse_day(day)
+    when = day_option("--date", day)
     if not no_sync:
         sync_org(ctx, org_id)
     with asset_progress("rolling up") as progress:

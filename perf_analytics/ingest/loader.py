@@ -111,6 +111,41 @@ class IngestSummary:
     def counts(self) -> dict[str, int]:
         return {k: getattr(self, k) for k in ("read", "inserted", "duplicates", "rejected", "orphaned")}
 
+    def describe(self) -> str:
+        """The summary as lines for a person: counts and rate, then where the load fell short
+        (damaged archives, a checkpoint set aside, rejects, assets not found)."""
+        s = self
+        rate = s.read / s.seconds if s.seconds else 0.0
+        if s.dry_run:
+            cpu = f"{s.cpu_seconds / s.read * 1e6:,.1f} µs of client CPU a record" if s.read else "no records"
+            lines = [
+                f"dry run, nothing written: read {s.read:,} · valid {s.valid:,} · rejected {s.rejected:,} · "
+                f"{s.seconds:.1f}s ({rate:,.0f} docs/s; {cpu})"
+            ]
+            lines += [f"rejected {r['position']}: {r['field'] or 'record'}: {r['reason']}" for r in s.first_rejects]
+            if s.rejected > len(s.first_rejects):
+                lines.append(f"... {s.rejected - len(s.first_rejects):,} more")
+        else:
+            lines = [
+                f"read {s.read:,} · inserted {s.inserted:,} · duplicates {s.duplicates:,} · "
+                f"rejected {s.rejected:,} · orphaned {s.orphaned:,} · {s.seconds:.1f}s ({rate:,.0f} docs/s)"
+            ]
+        if s.set_aside:
+            lines.append(f"started from the beginning: the checkpoint found for these archives was of a load with other settings ({s.set_aside})")
+        if s.resumed_from:
+            lines.append(f"resumed an interrupted load after {s.resumed_from:,} committed records")
+        for d in s.damaged:
+            lines.append(
+                f"damaged: {d['archive']} unreadable from {d['position']} of its content, after "
+                f"{d['records_before']:,} records (file read to byte {d['file_bytes_read']:,} of {d['file_bytes']:,})"
+            )
+        if s.rejected and s.rejects_path:
+            lines.append(f"rejected records and reasons: {s.rejects_path}")
+        if s.orphan_assets:
+            shown = ", ".join(s.orphan_assets[:5]) + (" ..." if len(s.orphan_assets) > 5 else "")
+            lines.append(f"{len(s.orphan_assets)} asset(s) not found in assets (snapshots kept): {shown}")
+        return "\n".join(lines)
+
 
 @dataclass
 class _Batch:
@@ -429,10 +464,25 @@ class _Writer:
         self._committed_at = time.monotonic()
 
 
-def ingest_archives(db: Db, paths: Sequence[str | Path], org_id: str, **options: Any) -> IngestSummary:
+def ingest_archives(
+    db: Db,
+    paths: Sequence[str | Path],
+    org_id: str,
+    *,
+    rejects: str | Path | None = None,
+    fmt: str | None = None,
+    compression: str | None = None,
+    batch_size: int = 2000,
+    checkpoint_dir: str | Path = ckpt.DEFAULT_DIR,
+    resume: bool = True,
+    workers: int = 2,
+    commit_seconds: float = 10.0,
+    progress: ProgressFn | None = None,
+    allow_partial: bool = False,
+) -> IngestSummary:
     """Load one organisation's snapshots from archives; records of any other org are rejected.
 
-    Options as for `ingest_archives_all_orgs`.
+    The options are `ingest_archives_all_orgs`'s.
 
     Raises:
         InvalidArgument: no `org_id`, no archive, a missing file, a count below 1, or a rejects file that is one of the archives.
@@ -442,14 +492,40 @@ def ingest_archives(db: Db, paths: Sequence[str | Path], org_id: str, **options:
     """
     if not org_id:
         raise InvalidArgument("an org id is required (ingest_archives_all_orgs loads every org)")
-    return _ingest(db, paths, org_id, **options)
+    return _ingest(
+        db, paths, org_id,
+        rejects=rejects, fmt=fmt, compression=compression, batch_size=batch_size, checkpoint_dir=checkpoint_dir,
+        resume=resume, workers=workers, commit_seconds=commit_seconds, progress=progress, allow_partial=allow_partial,
+    )
 
 
-def ingest_archives_all_orgs(db: Db, paths: Sequence[str | Path], **options: Any) -> IngestSummary:
+def ingest_archives_all_orgs(
+    db: Db,
+    paths: Sequence[str | Path],
+    *,
+    rejects: str | Path | None = None,
+    fmt: str | None = None,
+    compression: str | None = None,
+    batch_size: int = 2000,
+    checkpoint_dir: str | Path = ckpt.DEFAULT_DIR,
+    resume: bool = True,
+    workers: int = 2,
+    commit_seconds: float = 10.0,
+    progress: ProgressFn | None = None,
+    allow_partial: bool = False,
+) -> IngestSummary:
     """Admin load across tenants: each record goes to the org it names.
 
     Records naming no org are rejected. Every write is still filtered by the record's
     own orgId (assets of one org are never touched by another org's snapshots).
+
+    `rejects`: a file that receives every rejected record with its reason. `fmt` and
+    `compression`: the archives' format ("ndjson", "json", "bson") and compression, when
+    their names do not tell. `batch_size` records are sent per insert, `workers` inserts at
+    once. `checkpoint_dir` holds the load's progress; with `resume` an interrupted identical
+    load continues where it stopped, committed every `commit_seconds` (0: after every
+    batch). `progress(bytes_read, records_read)` follows the load. A damaged archive
+    raises IncompleteLoad at the end unless `allow_partial` accepts the load as it is.
 
     Raises:
         InvalidArgument: no archive, a missing file, a count below 1, or a rejects file that is one of the archives.
@@ -457,7 +533,11 @@ def ingest_archives_all_orgs(db: Db, paths: Sequence[str | Path], **options: Any
         CheckpointError: the saved load state cannot be used.
         ServerError: the server fails during the load.
     """
-    return _ingest(db, paths, None, **options)
+    return _ingest(
+        db, paths, None,
+        rejects=rejects, fmt=fmt, compression=compression, batch_size=batch_size, checkpoint_dir=checkpoint_dir,
+        resume=resume, workers=workers, commit_seconds=commit_seconds, progress=progress, allow_partial=allow_partial,
+    )
 
 
 def validate_archives(
