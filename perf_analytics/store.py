@@ -5,7 +5,6 @@ Every function that touches tenant data takes an org id and puts it in its filte
 
 from __future__ import annotations
 
-import os
 import re
 import weakref
 from collections.abc import Mapping, Sequence
@@ -30,7 +29,7 @@ from pymongo.errors import (
 )
 
 from perf_analytics import localdb
-from perf_analytics.config import Settings
+from perf_analytics.config import Settings, load_settings
 from perf_analytics.errors import (
     ConfigError,
     InvalidArgument,
@@ -56,8 +55,6 @@ INDEXES: dict[str, tuple[list[tuple[str, int]], bool]] = {
     "orgId_1_timestamp_-1": ([("orgId", ASCENDING), ("timestamp", DESCENDING)], False),
 }
 TTL_INDEX = "timestamp_ttl"
-SERVER_TIMEOUT_ENV = "PERF_SERVER_TIMEOUT_MS"
-DEFAULT_SERVER_TIMEOUT_MS = 10_000
 
 
 def connect(settings: Settings) -> Db:
@@ -69,26 +66,28 @@ def connect(settings: Settings) -> Db:
     """
     uri = settings.uri
     if uri is None:
-        uri = localdb.start_server(settings.state_dir).uri
-    return connect_uri(uri, settings.db)
+        uri = localdb.start_server(settings.state_dir, settings=settings).uri
+    return connect_uri(uri, settings.db, timeout_ms=settings.server_timeout_ms)
 
 
 SOCKET_TIMEOUT_MS = 600_000  # far above any single batch or getMore, even on FerretDB
 
 
-def connect_uri(uri: str, db_name: str) -> Db:
+def connect_uri(uri: str, db_name: str, *, timeout_ms: int | None = None) -> Db:
     """The database `db_name` on the server at `uri`, after checking that the server answers.
 
-    How long to wait for the server: env PERF_SERVER_TIMEOUT_MS, default 10 s. A request
+    How long to wait for the server: `timeout_ms`, else the `server_timeout_ms` setting
+    (env PERF_SERVER_TIMEOUT_MS, default 10 s). A request
     the server never answers fails after SOCKET_TIMEOUT_MS (unless the URI sets
     socketTimeoutMS) instead of hanging: a stuck server then ends a load with an error,
     and the re-run resumes from the checkpoint.
 
     Raises:
-        ConfigError: `uri` is not a MongoDB URI, or PERF_SERVER_TIMEOUT_MS is not a positive whole number.
+        ConfigError: `uri` is not a MongoDB URI, or the timeout setting is not a positive whole number.
         ServerError: the server does not answer (`retryable` True) or refuses the ping (False).
     """
-    timeout_ms = _server_timeout_ms()
+    if timeout_ms is None:
+        timeout_ms = load_settings().server_timeout_ms
     options: dict[str, Any] = {"tz_aware": True, "serverSelectionTimeoutMS": timeout_ms}
     if "sockettimeoutms" not in uri.lower():
         options["socketTimeoutMS"] = SOCKET_TIMEOUT_MS
@@ -104,19 +103,6 @@ def connect_uri(uri: str, db_name: str) -> Db:
             f"cannot reach MongoDB at {_redact(uri)}: {str(exc).splitlines()[0]}", retryable=is_retryable(exc)
         ) from None
     return client[db_name]
-
-
-def _server_timeout_ms() -> int:
-    raw = os.environ.get(SERVER_TIMEOUT_ENV, "").strip()
-    if not raw:
-        return DEFAULT_SERVER_TIMEOUT_MS
-    try:
-        value = int(raw)
-    except ValueError:
-        value = 0
-    if value <= 0:
-        raise ConfigError(f"{SERVER_TIMEOUT_ENV} must be a positive whole number of milliseconds, got {raw!r}")
-    return value
 
 
 def _redact(uri: str) -> str:

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from perf_analytics.commands._defaults import ASSET_BATCH
-from perf_analytics.config import Settings
+from perf_analytics.config import Settings, load_settings
 from perf_analytics.days import parse_day
 from perf_analytics.errors import ConfigError, InvalidArgument
 from perf_analytics.store import Db, connect
@@ -47,6 +47,21 @@ def asset_progress(what: str) -> Iterator[Callable[[int, int], None]]:
 asset_batch_option = click.option(
     "--asset-batch", type=click.IntRange(min=1), default=ASSET_BATCH, show_default=True,
     help="Assets read from the lake and flagged at a time with their history (that memory follows it).",
+)
+
+def _settings_from(ctx: click.Context, _param: click.Parameter, config_file: str | None) -> None:
+    """Resolve the settings again from this command's --config file (the global flags still win)."""
+    if config_file is None:
+        return
+    from perf_analytics.cli import FLAGS  # the entry point, loaded already
+
+    root = ctx.find_root()
+    root.obj = load_settings(config_file=config_file, **root.meta.get(FLAGS, {}))
+
+
+config_option = click.option(
+    "--config", type=click.Path(dir_okay=False), expose_value=False, callback=_settings_from,
+    help="TOML settings file for this run, as the global --config (its [anomalies] table tunes the detectors).",
 )
 
 no_sync_option = click.option(

@@ -13,7 +13,13 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from perf_analytics.commands._common import asset_batch_option, day_option, db_of, settings_of
+from perf_analytics.commands._common import (
+    asset_batch_option,
+    config_option,
+    day_option,
+    db_of,
+    settings_of,
+)
 from perf_analytics.commands._defaults import WINDOWS
 from perf_analytics.errors import ConfigError
 
@@ -88,7 +94,7 @@ def _sink_address(settings: Settings) -> SinkAddress:
     from perf_analytics.localdb import start_server
     from perf_analytics.nightly import SinkAddress
 
-    uri = settings.uri if settings.uri is not None else start_server(settings.state_dir).uri
+    uri = settings.uri if settings.uri is not None else start_server(settings.state_dir, settings=settings).uri
     return SinkAddress(str(uri), settings.db)
 
 
@@ -113,6 +119,7 @@ def _sink_address(settings: Settings) -> SinkAddress:
                    "(tcp://host:8786); it and its workers need this perf_analytics, the workers the lake "
                    "at the same path.")
 @asset_batch_option
+@config_option
 @click.pass_context
 def command(ctx: click.Context, day: str | None, start: str | None, end: str | None, orgs: tuple[str, ...],
             windows: str, to_mongo: bool, retain_days: int | None, no_report: bool, log_format: str,
@@ -147,7 +154,7 @@ def command(ctx: click.Context, day: str | None, start: str | None, end: str | N
 
     dates = asked_dates(day, start, end)
     options = NightlyOptions(windows=tuple(w.strip() for w in windows.split(",") if w.strip()),
-                             asset_batch=asset_batch, to_mongo=to_mongo, retain_days=retain_days,
+                             config=settings_of(ctx).anomaly_config(), asset_batch=asset_batch, to_mongo=to_mongo, retain_days=retain_days,
                              reports=not no_report)
     fanout = Fanout(workers=workers, scheduler=scheduler) if workers is not None or scheduler is not None else None
     db = db_of(ctx)

@@ -7,6 +7,7 @@ import click
 from perf_analytics.commands._common import (
     asset_batch_option,
     asset_progress,
+    config_option,
     day_option,
     db_of,
     no_sync_option,
@@ -25,6 +26,7 @@ from perf_analytics.errors import ConfigError
 @click.option("--to-mongo", is_flag=True, help="Also upsert into the performance_rollups collection.")
 @asset_batch_option
 @no_sync_option
+@config_option
 @click.pass_context
 def command(ctx: click.Context, org_id: str, day: str, asset_batch: int, windows: str, to_mongo: bool,
             no_sync: bool) -> None:
@@ -50,10 +52,12 @@ def command(ctx: click.Context, org_id: str, day: str, asset_batch: int, windows
     if unknown or not chosen:
         raise ConfigError(f"--windows: unknown window {unknown[0] if unknown else '(none)'}; valid: {', '.join(WINDOWS)}")
     when = day_option("--date", day)
+    config = settings_of(ctx).anomaly_config()  # a mistake in it is told before any work
     if not no_sync:
         sync_org(ctx, org_id)
     with asset_progress("rolling up") as progress:
         result = run_day(settings_of(ctx).lake, org_id, when, windows=chosen, anomalies=True,
+                         config=config,
                          sink=db_of(ctx) if to_mongo else None, asset_batch=asset_batch, progress=progress)
     rows = ", ".join(f"{w} {n:,}" for w, n in result.rollup_rows.items())
     click.echo(f"{org_id} {result.day}: {result.snapshots:,} snapshots -> asset rollup rows: {rows}; "
