@@ -149,7 +149,7 @@ def run_day(
     """Flag and roll up `org_id`'s snapshots of `day` (UTC) from the lake into the lake.
 
     Reads the snapshot mirror as the org's last `sync` left it (`sync_snapshots` first for
-    the server's latest; an org never synced raises `mirror.NotSynced`), or `source`.
+    the server's latest; an org never synced raises `NotSynced`), or `source`.
     The org's assets are read `asset_batch` at a time with the day's history of
     `config.history_days`, so the history, which is most of what is read, is held one
     batch at a time; the day itself is kept for the whole org until the rollups. The only
