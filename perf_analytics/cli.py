@@ -18,6 +18,9 @@ import click
 from perf_analytics.config import load_settings
 from perf_analytics.errors import PerfAnalyticsError
 
+# ctx.meta key of the global --uri/--db/--lake values.
+FLAGS = "perf_analytics.flags"
+
 # Each command's short help, as `perf-analytics --help` lists it without importing the
 # command's module; tests/test_cli.py checks every entry against the command itself.
 SUMMARIES = {
@@ -93,6 +96,8 @@ def app(ctx: click.Context, uri: str | None, db_name: str | None, lake: str | No
       perf-analytics ingest fleet.ndjson.zst --rejects rejects.ndjson
       perf-analytics doctor --fix
     """
+    # Kept for a command's own --config, which resolves the settings again with these flags.
+    ctx.meta[FLAGS] = {"uri": uri, "db": db_name, "lake": lake}
     try:
         ctx.obj = load_settings(config_file=config_file, uri=uri, db=db_name, lake=lake)
     except PerfAnalyticsError as exc:

@@ -25,9 +25,9 @@ from datetime import datetime
 from typing import Any
 
 from bson import ObjectId
-from pymongo.errors import DuplicateKeyError, OperationFailure
+from pymongo.errors import OperationFailure
 
-from perf_analytics.errors import ConfigError, PerfAnalyticsError, ValidationError
+from perf_analytics.errors import InvalidArgument, PerfAnalyticsError, ValidationError
 from perf_analytics.migrate import legacy_filter, legacy_org_ids
 from perf_analytics.schema import (
     ASSETS,
@@ -138,9 +138,12 @@ def diagnose(db: Db, org_id: str, *, fix: bool = False) -> DoctorReport:
     Every query and write is filtered by `org_id`, except the index check, which is about
     the collection. Repairs run before the lastSeen check, so lastSeen moves to the newest
     snapshot with its timestamp repaired.
+
+    Raises:
+        InvalidArgument: no `org_id`.
     """
     if not org_id:
-        raise ConfigError("an org id is required")
+        raise InvalidArgument("an org id is required")
     indexes = diagnose_indexes(db, fix=fix)
     scan = _scan_org(db, org_id) if _scans_per_query(db) else None
     off_type, unrepairable = _check_off_type(db, org_id, fix=fix, scan=scan)
@@ -413,7 +416,9 @@ def _finish_id_repair(db: Db, org_id: str, entry: Doc) -> str | None:
     db[SNAPSHOTS].delete_one({"_id": entry["oldId"], "orgId": org_id})
     try:
         db[SNAPSHOTS].insert_one(entry["doc"])
-    except DuplicateKeyError:
+    except OperationFailure as exc:
+        if not is_duplicate_key(exc):
+            raise
         if db[SNAPSHOTS].find_one({"_id": entry["_id"], "orgId": org_id}, {"_id": 1}) is None:
             return f"{_DUPLICATE}; the repaired document is kept in {REPAIR_JOURNAL} under _id {entry['_id']}"
     db[REPAIR_JOURNAL].delete_one({"_id": entry["_id"], "orgId": org_id})

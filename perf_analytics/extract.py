@@ -21,7 +21,7 @@ No server-side sort: FerretDB 1.24 sorts by loading every matching document into
 (`SortIterator` consumes the whole cursor), so parts of one query come in the server's
 natural order, not time order. Each part is sorted by (orgId, assetId, timestamp) within
 itself; `extract_window` concatenates the parts and sorts the whole window, and
-`write_window_parquet` (`perf-analytics extract`) writes them to Parquet as they come.
+`sink_window_parquet` (`perf-analytics extract`) writes them to Parquet as they come.
 
 A document written by other code with an off-type field (a metric stored as a string,
 an `_id` that is no ObjectId, say) is refused: the native decoder leaves it out and says
@@ -55,7 +55,7 @@ from pymongoarrow.context import PyMongoArrowContext
 from pymongoarrow.types import ObjectIdType
 
 from perf_analytics.atomic import atomic_path
-from perf_analytics.errors import ConfigError, PerfAnalyticsError
+from perf_analytics.errors import ConfigError, ExtractError, InvalidArgument
 from perf_analytics.frames import (
     KEYS,
     Decoder,
@@ -83,10 +83,6 @@ MAX_REPORTED = 100  # skipped documents listed by _id; the count is complete
 _DOC_LENGTH = struct.Struct("<i")  # every BSON document starts with its length in bytes
 
 
-class ExtractError(PerfAnalyticsError):
-    """A window could not be read."""
-
-
 @dataclass
 class Extraction:
     frames: Frames
@@ -101,13 +97,13 @@ def _mongo_schema() -> Schema:
 
 def _check_window(start: datetime, end: datetime, slice_length: timedelta | None, chunk_rows: int) -> None:
     if start.tzinfo is None or end.tzinfo is None:
-        raise ConfigError("window bounds must be timezone-aware (UTC)")
+        raise InvalidArgument("window bounds must be timezone-aware (UTC)")
     if end <= start:
-        raise ConfigError(f"empty window: end {end.isoformat()} is not after start {start.isoformat()}")
+        raise InvalidArgument(f"empty window: end {end.isoformat()} is not after start {start.isoformat()}")
     if slice_length is not None and slice_length <= timedelta(0):
-        raise ConfigError("slice length must be positive")
+        raise InvalidArgument("slice length must be positive")
     if chunk_rows <= 0:
-        raise ConfigError("chunk rows must be a positive number of snapshots")
+        raise InvalidArgument("chunk rows must be a positive number of snapshots")
 
 
 def _slice_length(db: Db, start: datetime, end: datetime, asked: timedelta | None) -> timedelta:
@@ -221,7 +217,7 @@ def _decoder(asked: Decoder | None) -> Decoder:
     if asked is None:
         return raw_decoder()
     if asked not in ("native", "pymongoarrow"):
-        raise ConfigError(f"unknown decoder {asked!r}: use 'native' or 'pymongoarrow'")
+        raise InvalidArgument(f"unknown decoder {asked!r}: use 'native' or 'pymongoarrow'")
     if asked == "native" and raw_decoder() != "native":
         raise ConfigError("the native decoder is not installed: `make setup` builds it")
     return asked
@@ -240,6 +236,11 @@ def frames_from_raw_batches(
     give equal frames and skip the same documents (off-type fields, reported for
     `doctor --fix`; one that `doctor` cannot repair raises ExtractError). `codec` decodes
     a skipped document to report it (the collection's codec options).
+
+    Raises:
+        InvalidArgument: an unknown `decoder`.
+        ConfigError: the native decoder is asked for but not built.
+        ExtractError: a document that `doctor` cannot repair.
     """
     codec = codec or CodecOptions()
     if _decoder(decoder) == "native":
@@ -335,10 +336,14 @@ def iter_window(
     to the whole window, read with one query and cut into parts in the server's natural
     order, not time order. Each part's frames are sorted by (orgId, assetId, timestamp)
     within the part; sort the concatenation for the window's order (`extract_window`
-    does). Bad windows raise ConfigError here, not at the first part.
+    does). Bad windows raise InvalidArgument here, not at the first part.
+
+    Raises:
+        InvalidArgument: a naive or empty window, or a `slice_length`/`chunk_rows` below 1.
+        ExtractError: a snapshot that `doctor` cannot repair.
     """
     if not org_id:
-        raise ConfigError("an org id is required (extract_window_all_orgs reads every org)")
+        raise InvalidArgument("an org id is required (extract_window_all_orgs reads every org)")
     return _iter(db, org_id, start, end, asset_ids, slice_length, chunk_rows)
 
 
@@ -355,9 +360,13 @@ def extract_window(
     """`org_id`'s snapshots of [start, end) as three sorted frames, plus what had to be skipped.
 
     The whole window is held in memory; `iter_window` reads it in bounded parts.
+
+    Raises:
+        InvalidArgument: no `org_id`, a naive or empty window, or `chunk_rows` below 1.
+        ExtractError: a snapshot that `doctor` cannot repair.
     """
     if not org_id:
-        raise ConfigError("an org id is required (extract_window_all_orgs reads every org)")
+        raise InvalidArgument("an org id is required (extract_window_all_orgs reads every org)")
     return _combine(_iter(db, org_id, start, end, asset_ids, slice_length, chunk_rows))
 
 
@@ -369,7 +378,12 @@ def extract_window_all_orgs(
     slice_length: timedelta | None = None,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
 ) -> Extraction:
-    """Admin read across tenants: every org's snapshots of [start, end)."""
+    """Admin read across tenants: every org's snapshots of [start, end).
+
+    Raises:
+        InvalidArgument: a naive or empty window.
+        ExtractError: a snapshot that `doctor` cannot repair.
+    """
     return _combine(_iter(db, None, start, end, None, slice_length, chunk_rows))
 
 
@@ -392,7 +406,7 @@ def _combine(parts: Iterator[Extraction]) -> Extraction:
 
 @dataclass(frozen=True)
 class WrittenWindow:
-    """What `write_window_parquet` wrote: three files and their row counts."""
+    """What `sink_window_parquet` wrote: three files and their row counts."""
 
     paths: tuple[Path, Path, Path]  # snapshots, disks, interfaces
     rows: tuple[int, int, int]
@@ -410,7 +424,7 @@ def _tables(frames: Frames) -> tuple[pa.Table, pa.Table, pa.Table]:
     return frames.snapshots.to_arrow(), frames.disks.to_arrow(), frames.interfaces.to_arrow()
 
 
-def write_window_parquet(
+def sink_window_parquet(
     db: Db,
     org_id: str,
     start: datetime,
@@ -428,6 +442,10 @@ def write_window_parquet(
     come, each part sorted by (orgId, assetId, timestamp): a window of at most
     `chunk_rows` snapshots is sorted as a whole. Each file is replaced atomically once
     the whole window is written; a failed read leaves the previous files as they were.
+
+    Raises:
+        InvalidArgument: no `org_id`, a naive or empty window.
+        ExtractError: a snapshot that `doctor` cannot repair.
     """
     parts = iter_window(db, org_id, start, end, asset_ids=asset_ids, slice_length=slice_length,
                         chunk_rows=chunk_rows)

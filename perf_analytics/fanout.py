@@ -37,14 +37,10 @@ from pathlib import Path
 from distributed import Client, LocalCluster, as_completed, get_worker
 
 from perf_analytics import __version__
-from perf_analytics.errors import PerfAnalyticsError
+from perf_analytics.errors import FanoutError
 from perf_analytics.nightly import Fanout, Job, Outcome, Runner, StepRecord, Task
 
 WORKERS_TIMEOUT_S = 120
-
-
-class FanoutError(PerfAnalyticsError):
-    """The Dask cluster cannot run the nightly tasks (unreachable, no workers, unfit workers)."""
 
 
 @contextmanager

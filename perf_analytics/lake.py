@@ -83,7 +83,13 @@ import pyarrow.parquet as pq
 from perf_analytics import schema
 from perf_analytics.atomic import atomic_path, fsync_dir
 from perf_analytics.config import DEFAULT_DUCKDB_MEMORY_LIMIT, parse_duckdb_threads
-from perf_analytics.errors import ConfigError, PerfAnalyticsError
+from perf_analytics.errors import (
+    ConfigError,
+    LakeError,
+    NotReadOnly,
+    QueryError,
+    UnreadableLakeFile,
+)
 from perf_analytics.frames import empty_frames, snake
 from perf_analytics.manifest import manifest_path
 from perf_analytics.rollups import Rollups, compute_availability, compute_rollups
@@ -125,10 +131,6 @@ ANOMALY_SCHEMA = pa.schema(
 _ROOT_FORBIDDEN = ("*", "?", "[", "]", "{", "}", "%")
 
 
-class LakeError(PerfAnalyticsError):
-    """A lake operation cannot be done: a bad partition value, a missing column, a bad root."""
-
-
 # ---- writing ------------------------------------------------------------------------------
 
 
@@ -163,6 +165,9 @@ def write_partition(
     """Replace the partition's content with `table`, atomically; returns the file written.
 
     Columns named like the partition keys are dropped (the path carries them).
+
+    Raises:
+        LakeError: a partition value that cannot be a path segment.
     """
     directory = partition_dir(root, dataset, partition)
     arrow = table.to_arrow() if isinstance(table, pl.DataFrame) else table
@@ -506,6 +511,11 @@ def connect_lake(
     the last sync and, with retention, across what is left on the server. `memory_limit`
     ("4GB", or a share of RAM such as "50%") and `threads` (None: every CPU) are fixed
     before the lock. A lake file DuckDB cannot open raises UnreadableLakeFile.
+
+    Raises:
+        LakeError: a bad org id or lake root.
+        ConfigError: an unusable DuckDB memory limit or thread count.
+        UnreadableLakeFile: a lake file DuckDB cannot open.
     """
     return _connect_org(root, org_id, hot=hot, memory_limit=memory_limit, threads=threads)[0]
 
@@ -530,33 +540,18 @@ def _connect_org(
 def connect_lake_all_orgs(
     root: str | os.PathLike[str], *, memory_limit: str = DEFAULT_DUCKDB_MEMORY_LIMIT, threads: int | None = None
 ) -> duckdb.DuckDBPyConnection:
-    """Admin: a DuckDB connection over every org's partitions (cross-tenant, unlocked)."""
+    """Admin: a DuckDB connection over every org's partitions (cross-tenant, unlocked).
+
+    Raises:
+        LakeError: a bad lake root.
+        ConfigError: an unusable DuckDB memory limit or thread count.
+        UnreadableLakeFile: a lake file DuckDB cannot open.
+    """
     con, _ = _connect(root, None, memory_limit=memory_limit, threads=threads)
     return con
 
 
 # ---- querying -----------------------------------------------------------------------------
-
-
-class QueryError(LakeError):
-    """SQL over the lake failed or was refused; the message is the reason in one line."""
-
-
-class NotReadOnly(QueryError):
-    """The SQL would do more than read; `statement` names what it is (COPY, INSERT, ...)."""
-
-    def __init__(self, statement: str, hint: str = "") -> None:
-        self.statement = statement
-        super().__init__(f"statement refused ({statement}): only read statements run here ({READ_STATEMENTS}){hint}")
-
-
-class UnreadableLakeFile(LakeError):
-    """A lake file cannot be read (truncated, not Parquet, damaged, or gone); `path` names it."""
-
-    def __init__(self, path: Path, reason: str) -> None:
-        self.path = path
-        self.reason = reason
-        super().__init__(f"lake file {path} cannot be read: {reason}")
 
 
 READ_STATEMENTS = "SELECT, WITH, FROM, VALUES, DESCRIBE, SUMMARIZE, SHOW, PIVOT ... IN (...), UNPIVOT, EXPLAIN of these"
@@ -574,7 +569,7 @@ def check_read_only(sql: str) -> None:
     kind = _write_kind(_one_statement(sql))
     if kind is not None:
         hint = "; name the pivoted values, e.g. PIVOT anomalies ON severity IN ('low', 'high') USING count(*)"
-        raise NotReadOnly(kind, hint if kind.endswith(_PIVOT_WITHOUT_IN) else "")
+        raise NotReadOnly(kind, READ_STATEMENTS, hint if kind.endswith(_PIVOT_WITHOUT_IN) else "")
 
 
 def _one_statement(sql: str) -> duckdb.Statement:
@@ -677,6 +672,11 @@ def query_lake(
     The connection is `connect_lake`'s: that org's files only (plus, with `hot`, its
     snapshots not synced yet), and locked. Failures are
     one-line errors: QueryError for the SQL, UnreadableLakeFile naming a damaged file.
+
+    Raises:
+        NotReadOnly: the SQL would do more than read.
+        QueryError: the SQL fails.
+        UnreadableLakeFile: a lake file DuckDB cannot open.
     """
     check_read_only(sql)
     con, files = _connect_org(root, org_id, hot=hot, memory_limit=memory_limit, threads=threads)

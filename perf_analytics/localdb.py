@@ -24,6 +24,7 @@ from pathlib import Path
 from pymongo import MongoClient
 from pymongo.errors import PyMongoError
 
+from perf_analytics.config import Settings, load_settings
 from perf_analytics.errors import ServerError
 
 FERRETDB_MODULE = "github.com/FerretDB/FerretDB"
@@ -38,16 +39,14 @@ STATE_VERSION = 1  # format of server.json; a record without one predates versio
 _STARTED: dict[int, subprocess.Popen[bytes]] = {}
 
 
-def cache_dir() -> Path:
-    """Where installed tools live (PERF_CACHE_DIR, else ~/.cache/perf_analytics)."""
-    if os.environ.get("PERF_CACHE_DIR"):
-        return Path(os.environ["PERF_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "perf_analytics"
+def cache_dir(settings: Settings | None = None) -> Path:
+    """Where installed tools live: `settings.cache_dir` (env PERF_CACHE_DIR, else
+    ~/.cache/perf_analytics); without `settings`, the environment's settings."""
+    return Path((settings or load_settings()).cache_dir)
 
 
-def ferretdb_path() -> Path:
-    return cache_dir() / "bin" / "ferretdb"
+def ferretdb_path(settings: Settings | None = None) -> Path:
+    return cache_dir(settings) / "bin" / "ferretdb"
 
 
 @dataclass(frozen=True)
@@ -62,22 +61,23 @@ class LocalServer:
         return f"mongodb://127.0.0.1:{self.port}/?directConnection=true"
 
 
-def find_server_binary() -> tuple[str, Path | None]:
-    """Return (kind, path): mongod on PATH first, else FerretDB (path None if not installed)."""
+def find_server_binary(settings: Settings | None = None) -> tuple[str, Path | None]:
+    """Return (kind, path): mongod on PATH first, else FerretDB (path None if not installed):
+    `settings.ferretdb` (env PERF_FERRETDB), on PATH, or built into the cache directory."""
     mongod = shutil.which("mongod")
     if mongod:
         return "mongod", Path(mongod)
-    explicit = os.environ.get("PERF_FERRETDB")
-    if explicit:
-        return "ferretdb", Path(explicit)
+    settings = settings or load_settings()
+    if settings.ferretdb:
+        return "ferretdb", Path(settings.ferretdb)
     on_path = shutil.which("ferretdb")
     if on_path:
         return "ferretdb", Path(on_path)
-    cached = ferretdb_path()
+    cached = ferretdb_path(settings)
     return "ferretdb", cached if cached.exists() else None
 
 
-def install_ferretdb(*, force: bool = False) -> Path:
+def install_ferretdb(settings: Settings | None = None, *, force: bool = False) -> Path:
     """Build FerretDB from its Go module into the cache directory, once.
 
     FerretDB's main package panics at start unless build/version/version.txt exists, a
@@ -85,14 +85,15 @@ def install_ferretdb(*, force: bool = False) -> Path:
     `go install .../cmd/ferretdb@v1.24.2` yields a binary that cannot run. We download the
     same module version with the Go tool, add that file to a private copy and build it.
     """
-    target = ferretdb_path()
+    target = ferretdb_path(settings)
     if target.exists() and not force:
         return target
     go = shutil.which("go")
     if go is None:
         raise ServerError(
             "FerretDB is not installed and Go is not on PATH to build it; "
-            "install Go, put mongod on PATH, or set MONGODB_URI"
+            "install Go, put mongod on PATH, or set MONGODB_URI",
+            retryable=False,
         )
     proc = subprocess.run(
         [go, "mod", "download", "-json", f"{FERRETDB_MODULE}@{FERRETDB_VERSION}"],
@@ -102,7 +103,7 @@ def install_ferretdb(*, force: bool = False) -> Path:
         check=False,
     )
     if proc.returncode != 0:
-        raise ServerError(f"could not download FerretDB {FERRETDB_VERSION}: {proc.stderr.strip()[-300:]}")
+        raise ServerError(f"could not download FerretDB {FERRETDB_VERSION}: {proc.stderr.strip()[-300:]}", retryable=True)
     source = Path(json.loads(proc.stdout)["Dir"])
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -123,7 +124,7 @@ def install_ferretdb(*, force: bool = False) -> Path:
             check=False,
         )
         if built.returncode != 0:
-            raise ServerError(f"building FerretDB failed: {built.stderr.strip()[-500:]}")
+            raise ServerError(f"building FerretDB failed: {built.stderr.strip()[-500:]}", retryable=False)
         partial.replace(target)
     return target
 
@@ -196,7 +197,8 @@ def server_status(state_dir: str | os.PathLike[str]) -> LocalServer | None:
     if version != STATE_VERSION:
         raise ServerError(
             f"{record} has format version {version!r}; this perf_analytics reads version {STATE_VERSION}: "
-            "stop that server with the perf_analytics that started it, or remove the file once it is stopped"
+            "stop that server with the perf_analytics that started it, or remove the file once it is stopped",
+            retryable=False,
         )
     try:
         server = LocalServer(**info)
@@ -227,19 +229,29 @@ def _command(kind: str, binary: Path, state: Path, port: int) -> list[str]:
 
 
 def start_server(
-    state_dir: str | os.PathLike[str], *, port: int | None = None, install: bool = True
+    state_dir: str | os.PathLike[str],
+    *,
+    port: int | None = None,
+    install: bool = True,
+    settings: Settings | None = None,
 ) -> LocalServer:
-    """Start the private server for `state_dir`, or return the one already running there."""
+    """Start the private server for `state_dir`, or return the one already running there.
+
+    Which server and where its tools are come from `settings` (the environment's without).
+
+    Raises:
+        ServerError: no server can be found or built, or it does not start.
+    """
     state = Path(state_dir).resolve()
     with _locked(state):
         running = server_status(state)
         if running is not None:
             return running
-        kind, binary = find_server_binary()
+        kind, binary = find_server_binary(settings)
         if binary is None:
             if not install:
-                raise ServerError("no mongod on PATH and FerretDB is not installed; run `make setup`")
-            binary = install_ferretdb()
+                raise ServerError("no mongod on PATH and FerretDB is not installed; run `make setup`", retryable=False)
+            binary = install_ferretdb(settings)
         port = port or _free_port()
         log = (state / "server.log").open("ab")
         proc = subprocess.Popen(
@@ -255,7 +267,7 @@ def start_server(
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 tail = (state / "server.log").read_text(errors="replace")[-400:]
-                raise ServerError(f"{kind} exited at start (code {proc.returncode}): {tail.strip()}")
+                raise ServerError(f"{kind} exited at start (code {proc.returncode}): {tail.strip()}", retryable=False)
             if _ping(port, timeout_ms=300):
                 _STARTED[proc.pid] = proc
                 server = LocalServer(kind=kind, pid=proc.pid, port=port, state_dir=str(state))
@@ -266,7 +278,7 @@ def start_server(
             time.sleep(0.1)
         proc.kill()
         proc.wait()
-        raise ServerError(f"{kind} did not answer on 127.0.0.1:{port} within {START_TIMEOUT_S:.0f}s")
+        raise ServerError(f"{kind} did not answer on 127.0.0.1:{port} within {START_TIMEOUT_S:.0f}s", retryable=True)
 
 
 def stop_server(state_dir: str | os.PathLike[str]) -> LocalServer | None:

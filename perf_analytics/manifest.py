@@ -19,14 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from perf_analytics.atomic import fsync_dir, write_atomic
-from perf_analytics.errors import PerfAnalyticsError
+from perf_analytics.errors import ManifestError, PerfAnalyticsError
 
 VERSION = 1
 MANIFESTS = "_manifests"
-
-
-class ManifestError(PerfAnalyticsError):
-    """A manifest cannot be read: malformed, or written by a version this code does not know."""
 
 
 def manifest_path(root: str | os.PathLike[str], *parts: str) -> Path:

@@ -18,7 +18,7 @@ from typing import Any
 
 from pymongo.errors import BulkWriteError
 
-from perf_analytics.errors import ConfigError, ServerError, ValidationError
+from perf_analytics.errors import InvalidArgument, ServerError, ValidationError
 from perf_analytics.schema import ASSETS, SNAPSHOTS, Problem, repaired_id, validate_snapshot
 from perf_analytics.store import (
     KEY_INDEX,
@@ -80,11 +80,15 @@ def migrate_legacy_snapshots(
     documents by _id and orgId. Documents that fail validation or verification stay in
     `assets` and are listed in the report. A real run first creates the snapshot indexes
     if the unique one is missing. With `dry_run` nothing is written.
+
+    Raises:
+        InvalidArgument: no `org_id`, or `batch_size` below 1.
+        ServerError: documents moved but still in `assets` (a concurrent writer; `retryable` True).
     """
     if not org_id:
-        raise ConfigError("an org id is required")
+        raise InvalidArgument("an org id is required")
     if batch_size <= 0:
-        raise ConfigError(f"batch size must be positive, got {batch_size}")
+        raise InvalidArgument(f"batch size must be positive, got {batch_size}")
     # The unique (orgId, assetId, timestamp) index is what turns a second copy of a
     # snapshot into a duplicate-key error instead of a duplicate; a real run creates it.
     created: list[str] = []
@@ -158,6 +162,10 @@ def migrate_all_orgs(
     Lists the distinct orgIds of legacy documents and runs `migrate_legacy_snapshots` for
     each, so every read and write is still filtered by one org. Legacy documents without
     an orgId belong to no org and are not touched.
+
+    Raises:
+        InvalidArgument: `batch_size` below 1.
+        ServerError: documents moved but still in `assets` (a concurrent writer; `retryable` True).
     """
     return [
         migrate_legacy_snapshots(db, org_id, dry_run=dry_run, batch_size=batch_size)
@@ -206,7 +214,8 @@ def _legacy_batches(
             # than loop; the next run picks these up again.
             raise ServerError(
                 f"legacy snapshot(s) {', '.join(map(str, again[:5]))} of org {org_id!r} "
-                "were moved but are still in assets; run migrate again"
+                "were moved but are still in assets; run migrate again",
+                retryable=True,
             )
         seen.update(doc["_id"] for doc in batch)
         yield batch

@@ -2,7 +2,7 @@
 
 `read_window(lake, org_id, start, end)` gives what `extract_window(db, org_id, start, end)`
 gives for the same snapshots (the same `Extraction`: three sorted frames and the
-documents left out, and why) without a query to the server; `scan_snapshots` is the lazy
+documents left out, and why) without a query to the server; `scan_window` is the lazy
 Polars scan underneath, rows in the nested `frames.arrow_schema()` shape.
 
 **What is opened.** Only the part files the org's manifest lists (`sync.listed_snapshot_files`),
@@ -38,7 +38,7 @@ from typing import Any
 import polars as pl
 from bson.codec_options import CodecOptions, DatetimeConversion
 
-from perf_analytics.errors import ConfigError, NotFound, PerfAnalyticsError
+from perf_analytics.errors import InvalidArgument, MirrorError, NotSynced
 from perf_analytics.extract import MAX_REPORTED, Extraction, refused_problem
 from perf_analytics.frames import arrow_schema, empty_frames, frames_from_arrow
 from perf_analytics.schema import Problem
@@ -48,19 +48,11 @@ from perf_analytics.sync import last_synced, listed_snapshot_files, part_schema
 _DECODE: CodecOptions[Doc] = CodecOptions(tz_aware=True, tzinfo=UTC, datetime_conversion=DatetimeConversion.DATETIME_AUTO)
 
 
-class NotSynced(NotFound):
-    """The lake holds no mirror of the org's snapshots yet (no sync has covered it)."""
-
-
-class MirrorError(PerfAnalyticsError):
-    """A part file the manifest lists is missing or cannot be read."""
-
-
 def _check_window(start: datetime, end: datetime) -> None:
     if start.tzinfo is None or end.tzinfo is None:
-        raise ConfigError("window bounds must be timezone-aware (UTC)")
+        raise InvalidArgument("window bounds must be timezone-aware (UTC)")
     if end <= start:
-        raise ConfigError(f"empty window: end {end.isoformat()} is not after start {start.isoformat()}")
+        raise InvalidArgument(f"empty window: end {end.isoformat()} is not after start {start.isoformat()}")
 
 
 def _window_dates(start: datetime, end: datetime) -> set[str]:
@@ -77,7 +69,7 @@ def window_files(lake: str | os.PathLike[str], org_id: str, start: datetime, end
     file is missing.
     """
     if not org_id:
-        raise ConfigError("an org id is required to read the lake's snapshots")
+        raise InvalidArgument("an org id is required to read the lake's snapshots")
     _check_window(start, end)
     if last_synced(lake, org_id=org_id) is None:
         raise NotSynced(f"the lake at {lake} holds no snapshots of org {org_id} yet: run `perf-analytics sync --org {org_id}` first")
@@ -139,7 +131,7 @@ def _readable(files: Sequence[Path], org_id: str, start: datetime, end: datetime
     )
 
 
-def scan_snapshots(
+def scan_window(
     lake: str | os.PathLike[str],
     org_id: str,
     start: datetime,
@@ -152,6 +144,11 @@ def scan_snapshots(
     The rows extraction reads (typed, ObjectId `_id`), one per `_id`, in no particular
     order; `orgId` comes from the path. Only the window's listed files are scanned.
     `asset_ids` keeps those assets' rows (None in it: those whose assetId is no string).
+
+    Raises:
+        InvalidArgument: no `org_id`, a naive or empty window.
+        NotSynced: no sync has covered the org yet.
+        MirrorError: a listed part file is missing.
     """
     return _readable(window_files(lake, org_id, start, end), org_id, start, end, asset_ids)
 
@@ -179,7 +176,7 @@ def skipped_snapshots(
 ) -> tuple[list[Problem], int]:
     """The window's mirrored snapshots extraction cannot read: (the first MAX_REPORTED, count).
 
-    `asset_ids` as for `scan_snapshots`. A document none of whose off-type kinds `doctor`
+    `asset_ids` as for `scan_window`. A document none of whose off-type kinds `doctor`
     repairs raises ExtractError, as extraction does.
     """
     return _refused(window_files(lake, org_id, start, end), org_id, start, end, asset_ids)
@@ -194,7 +191,13 @@ def read_window(
     asset_ids: Sequence[str | None] | None = None,
 ) -> Extraction:
     """`org_id`'s mirrored snapshots of [start, end) as three sorted frames, plus what
-    extraction would skip: `extract_window`'s result for the same snapshots, from the lake."""
+    extraction would skip: `extract_window`'s result for the same snapshots, from the lake.
+
+    Raises:
+        InvalidArgument: no `org_id`, a naive or empty window.
+        NotSynced: no sync has covered the org yet.
+        MirrorError: a listed part file is missing or unreadable.
+    """
     files = window_files(lake, org_id, start, end)
     frame = _collect(_readable(files, org_id, start, end, asset_ids), org_id)
     skipped, count = _refused(files, org_id, start, end, asset_ids)
@@ -229,5 +232,5 @@ class LakeSnapshots:
 
 
 __all__: Sequence[str] = (
-    "LakeSnapshots", "MirrorError", "NotSynced", "read_window", "scan_snapshots", "skipped_snapshots", "window_assets", "window_files",
+    "LakeSnapshots", "MirrorError", "NotSynced", "read_window", "scan_window", "skipped_snapshots", "window_assets", "window_files",
 )

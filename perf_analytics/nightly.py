@@ -77,7 +77,7 @@ import polars as pl
 from perf_analytics import __version__
 from perf_analytics.anomalies import AnomalyConfig
 from perf_analytics.atomic import sweep_temp_files
-from perf_analytics.errors import ConfigError, PerfAnalyticsError
+from perf_analytics.errors import ConfigError, PerfAnalyticsError, RunLocked, StepFailed
 from perf_analytics.manifest import lake_lock, manifest_path, read_manifest, write_manifest
 from perf_analytics.pipeline import (
     DEFAULT_ASSET_BATCH,
@@ -107,27 +107,6 @@ LOCK = "nightly"
 
 Listener = Callable[[dict[str, Any]], None]
 T = TypeVar("T")
-
-
-class StepFailed(PerfAnalyticsError):
-    """A named step of the nightly run failed for an org and day; `cause` is what it raised."""
-
-    def __init__(self, step: str, org_id: str | None, day: date | None, cause: BaseException) -> None:
-        self.step = step
-        self.org_id = org_id
-        self.day = day
-        self.cause = cause
-        where = " ".join(x for x in (f"org {org_id}" if org_id else "", day.isoformat() if day else "") if x)
-        reason = str(cause) if isinstance(cause, PerfAnalyticsError) else f"{type(cause).__name__}: {cause}"
-        super().__init__(f"{step} failed{' for ' + where if where else ''}: {reason}")
-
-
-class RunLocked(PerfAnalyticsError):
-    """Another nightly run holds the lake."""
-
-
-class RunFailed(PerfAnalyticsError):
-    """The run finished, but some steps failed (recorded in its manifest)."""
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ from perf_analytics.anomalies import (
 from perf_analytics.anomalies.series import empty_dropped
 from perf_analytics.anomalies.state import baseline_dates
 from perf_analytics.anomaly_state import day_fingerprint, prior_state, sort_state, write_state
-from perf_analytics.errors import ConfigError
+from perf_analytics.errors import InvalidArgument
 from perf_analytics.extract import MAX_REPORTED, Extraction, extract_window
 from perf_analytics.frames import Frames, empty_frames
 from perf_analytics.lake import (
@@ -153,7 +153,7 @@ def run_day(
     """Flag and roll up `org_id`'s snapshots of `day` (UTC) from the lake into the lake.
 
     Reads the snapshot mirror as the org's last `sync` left it (`sync_snapshots` first for
-    the server's latest; an org never synced raises `mirror.NotSynced`), or `source`.
+    the server's latest; an org never synced raises `NotSynced`), or `source`.
     The org's assets are read `asset_batch` at a time, the day only: the flags' baselines
     come from the state of the `baseline_days` before it (kept in the lake's
     `anomaly_state/`, rebuilt from those days' snapshots where missing or stale, and the
@@ -170,6 +170,10 @@ def run_day(
 
     It is the composition of the three steps the nightly run names: `flag_day`,
     `rollup_day`, `write_day`.
+
+    Raises:
+        InvalidArgument: `asset_batch` below 1.
+        NotSynced: the org has no mirror in the lake yet.
     """
     flagged = flag_day(lake, org_id, day, config=config, anomalies=anomalies, asset_batch=asset_batch,
                        progress=progress, source=source)
@@ -229,9 +233,14 @@ def flag_day(
     """Read the org's day and its history from the lake, a batch of assets at a time, and
     flag its anomalies (see `run_day`). Nothing is written but the baseline state of
     earlier days that was missing or stale (a cache: see `anomaly_state.py`); the day's
-    own state is in the result, for `write_day`."""
+    own state is in the result, for `write_day`.
+
+    Raises:
+        InvalidArgument: `asset_batch` below 1.
+        NotSynced: the org has no mirror in the lake yet.
+    """
     if asset_batch < 1:
-        raise ConfigError(f"asset_batch must be at least 1, got {asset_batch}")
+        raise InvalidArgument(f"asset_batch must be at least 1, got {asset_batch}")
     cfg = config or AnomalyConfig()
     snapshots = source if source is not None else LakeSnapshots(lake)
     start, end = day_bounds(day)

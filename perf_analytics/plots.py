@@ -34,7 +34,7 @@ from matplotlib.ticker import FixedLocator
 from PIL import Image
 
 from perf_analytics.atomic import atomic_path
-from perf_analytics.errors import PerfAnalyticsError
+from perf_analytics.errors import PlotError
 from perf_analytics.frames import Frames
 from perf_analytics.lake import connect_lake
 from perf_analytics.mirror import read_window
@@ -46,10 +46,6 @@ SUFFIXES = (".png", ".svg", ".pdf")
 # A silence longer than this many reporting intervals breaks the line.
 GAP_INTERVALS = 2.5
 FLEET_FULL_ROWS = 40
-
-
-class PlotError(PerfAnalyticsError):
-    """Nothing to plot, or an unusable output path."""
 
 
 class PlotFigure(Figure):

@@ -86,12 +86,17 @@ from bson.json_util import CANONICAL_JSON_OPTIONS
 from bson.raw_bson import RawBSONDocument
 from pymongo.errors import BulkWriteError
 
-from perf_analytics.errors import ConfigError, NotFound, PerfAnalyticsError
+from perf_analytics.errors import (
+    InvalidArgument,
+    LakeError,
+    NotFound,
+    RetentionError,
+)
 from perf_analytics.lake import SNAPSHOTS as LAKE_SNAPSHOTS
-from perf_analytics.lake import LakeError, partition_dir
+from perf_analytics.lake import partition_dir
 from perf_analytics.manifest import lake_lock, manifest_path, read_manifest, write_manifest
 from perf_analytics.schema import SNAPSHOTS
-from perf_analytics.store import Db
+from perf_analytics.store import Db, is_duplicate_key
 from perf_analytics.sync import (
     ALL_ORGS,
     PartFile,
@@ -121,16 +126,11 @@ DELETED = "deleted"
 RESTORED = "restored"
 
 _DAY = timedelta(days=1)
-_DUPLICATE_KEY = 11000
 _READ: CodecOptions[RawBSONDocument] = CodecOptions(
     document_class=RawBSONDocument, tz_aware=True, tzinfo=UTC, datetime_conversion=DatetimeConversion.DATETIME_AUTO
 )
 
 Progress = Callable[[str, int], None]
-
-
-class RetentionError(PerfAnalyticsError):
-    """Retention cannot go on: another run holds the lake, or the lake's files cannot be restored."""
 
 
 # ---- reports -----------------------------------------------------------------------------
@@ -306,11 +306,15 @@ def _by_day(files: Iterable[PartFile]) -> dict[str, list[PartFile]]:
 
 
 def cutoff_of(now: datetime, older_than_days: int) -> datetime:
-    """The start of the UTC day `older_than_days` before `now`: days before it are old."""
+    """The start of the UTC day `older_than_days` before `now`: days before it are old.
+
+    Raises:
+        InvalidArgument: a naive `now`, or `older_than_days` below 1.
+    """
     if now.tzinfo is None:
-        raise ConfigError(f"now {now.isoformat()} must be timezone-aware (UTC)")
+        raise InvalidArgument(f"now {now.isoformat()} must be timezone-aware (UTC)")
     if older_than_days < 1:
-        raise ConfigError("--older-than-days must be at least 1 (today's snapshots are never old)")
+        raise InvalidArgument("older_than_days must be at least 1 (today's snapshots are never old)")
     day = (now.astimezone(UTC) - older_than_days * _DAY).date()
     return datetime(day.year, day.month, day.day, tzinfo=UTC)
 
@@ -421,7 +425,7 @@ def _export(
 ) -> ExportReport:
     started = time.monotonic()
     if delete_chunk <= 0:
-        raise ConfigError("the delete chunk must be a positive number of snapshots")
+        raise InvalidArgument("the delete chunk must be a positive number of snapshots")
     cutoff = cutoff_of(now or datetime.now(UTC), older_than_days)
     root = Path(lake)
     if org_id is not None:
@@ -491,9 +495,14 @@ def export_snapshots(
     stands would let go. `progress(stage, count)` gets the sync's stages, then "days" (old
     days found), "verified" (days verified so far, before their delete) and "deleted"
     (snapshots deleted so far, after each chunk). See the module docstring.
+
+    Raises:
+        InvalidArgument: no `org_id`, a naive `now` or `older_than_days` below 1.
+        RetentionError: another run holds the lake.
+        SyncError: the sync before it fails.
     """
     if not org_id:
-        raise ConfigError("an org id is required (export_snapshots_all_orgs exports every org)")
+        raise InvalidArgument("an org id is required (export_snapshots_all_orgs exports every org)")
     return _export(db, lake, org_id, older_than_days=older_than_days, now=now, dry_run=dry_run,
                    delete_chunk=delete_chunk, progress=progress)
 
@@ -508,7 +517,13 @@ def export_snapshots_all_orgs(
     delete_chunk: int = DELETE_CHUNK,
     progress: Progress | None = None,
 ) -> ExportReport:
-    """Admin run across tenants: `export_snapshots` for every org, with one sync and one server query."""
+    """Admin run across tenants: `export_snapshots` for every org, with one sync and one server query.
+
+    Raises:
+        InvalidArgument: a naive `now` or `older_than_days` below 1.
+        RetentionError: another run holds the lake.
+        SyncError: the sync before it fails.
+    """
     return _export(db, lake, None, older_than_days=older_than_days, now=now, dry_run=dry_run,
                    delete_chunk=delete_chunk, progress=progress)
 
@@ -522,7 +537,7 @@ def _iso(value: date | str, what: str) -> str:
     try:
         return date.fromisoformat(value).isoformat()
     except ValueError:
-        raise ConfigError(f"{what} {value!r} is not a YYYY-MM-DD date") from None
+        raise InvalidArgument(f"{what} {value!r} is not a YYYY-MM-DD date") from None
 
 
 def restore_snapshots(
@@ -541,13 +556,18 @@ def restore_snapshots(
     inserted unordered, duplicates counted, the days marked for sync and recorded
     `restored`. `progress(stage, count)` gets "checked" (files) and "inserted" (snapshots
     sent so far). Safe to run again: what is back already is counted, not doubled.
+
+    Raises:
+        InvalidArgument: no `org_id`, a day that is not YYYY-MM-DD, or `start` after `end`.
+        NotFound: the lake holds none of the org's snapshots of those days.
+        RetentionError: a listed file fails its check, or the server refuses a document.
     """
     started = time.monotonic()
     if not org_id:
-        raise ConfigError("an org id is required to restore snapshots")
-    first, last = _iso(start, "--from"), _iso(end, "--to")
+        raise InvalidArgument("an org id is required to restore snapshots")
+    first, last = _iso(start, "start"), _iso(end, "end")
     if first > last:
-        raise ConfigError(f"--from {first} is after --to {last}")
+        raise InvalidArgument(f"start {first} is after end {last}")
     root = Path(lake)
     partition_dir(root, LAKE_SNAPSHOTS, {"orgId": org_id})
     report = RestoreReport(org_id, first, last)
@@ -609,7 +629,7 @@ def _insert(db: Db, raws: Sequence[bytes]) -> tuple[int, int]:
         return len(docs), 0
     except BulkWriteError as exc:
         errors = exc.details.get("writeErrors", [])
-        other = [e for e in errors if e.get("code") != _DUPLICATE_KEY]
+        other = [e for e in errors if not is_duplicate_key(e)]
         if other:
             raise RetentionError(f"the server refused a restored snapshot: {other[0].get('errmsg')}") from None
         return int(exc.details.get("nInserted", 0)), len(errors)
@@ -619,9 +639,13 @@ def _insert(db: Db, raws: Sequence[bytes]) -> tuple[int, int]:
 
 
 def retention_status(db: Db, lake: str | os.PathLike[str], *, org_id: str) -> list[DayStatus]:
-    """Each day of `org_id`'s snapshots, by date, with where it lives (see the module docstring)."""
+    """Each day of `org_id`'s snapshots, by date, with where it lives (see the module docstring).
+
+    Raises:
+        InvalidArgument: no `org_id`.
+    """
     if not org_id:
-        raise ConfigError("an org id is required (retention_status_all_orgs covers every org)")
+        raise InvalidArgument("an org id is required (retention_status_all_orgs covers every org)")
     partition_dir(lake, LAKE_SNAPSHOTS, {"orgId": org_id})
     held, _ = _server_days(db, {"orgId": org_id})
     return _status(Path(lake), [org_id], held)

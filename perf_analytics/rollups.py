@@ -89,7 +89,7 @@ import numpy.typing as npt
 import polars as pl
 import pyarrow as pa
 
-from perf_analytics.errors import PerfAnalyticsError
+from perf_analytics.errors import RollupError
 from perf_analytics.frames import Frames
 from perf_analytics.schema import TIME_WINDOWS
 from perf_analytics.store import Db
@@ -160,15 +160,6 @@ _DISK_COLUMNS: dict[str, pl.DataType] = {name: pl.Float64() for name, _ in DISK_
 _INTERFACE_COLUMNS: dict[str, pl.DataType] = {name: pl.Float64() for name in INTERFACE_RATES}
 
 _KEYS = ("orgId", "assetId")
-
-
-class RollupError(PerfAnalyticsError):
-    """The input frames cannot be rolled up at all (a key column missing or mistyped)."""
-
-    def __init__(self, frame: str, column: str, reason: str) -> None:
-        self.frame = frame
-        self.column = column
-        super().__init__(f"{frame}.{column}: {reason}")
 
 
 @dataclass(frozen=True)

@@ -26,19 +26,15 @@ import polars as pl
 from pymongo import ReplaceOne
 from pymongo.errors import PyMongoError
 
-from perf_analytics.errors import ServerError
+from perf_analytics.errors import SinkError
 from perf_analytics.rollups import Rollups, rollup_frames
 from perf_analytics.schema import hashed_key
-from perf_analytics.store import Db, Doc, bulk_write_chunked
+from perf_analytics.store import Db, Doc, bulk_write_chunked, is_retryable
 
 ANOMALY_FLAGS = "anomaly_flags"
 ROLLUPS_COLLECTION = "performance_rollups"
 _DELETE_CHUNK = 1000
 _KIND = {"assets": ("asset", None), "disks": ("disk", "disk"), "interfaces": ("interface", "interface")}
-
-
-class SinkError(ServerError):
-    """A sink could not be written; the message names the collection, the org and the scope."""
 
 
 def replace_scope(db: Db, collection: str, org_id: str, scope: Mapping[str, Any], docs: Sequence[Doc]) -> int:
@@ -55,7 +51,10 @@ def replace_scope(db: Db, collection: str, org_id: str, scope: Mapping[str, Any]
         for i in range(0, len(gone), _DELETE_CHUNK):
             coll.delete_many({"orgId": org_id, "_id": {"$in": gone[i : i + _DELETE_CHUNK]}})
     except PyMongoError as exc:
-        raise SinkError(f"writing {collection} for org {org_id} ({_scope_text(scope)}): {str(exc).splitlines()[0]}") from None
+        raise SinkError(
+            f"writing {collection} for org {org_id} ({_scope_text(scope)}): {str(exc).splitlines()[0]}",
+            retryable=is_retryable(exc),
+        ) from None
     return len(docs) + len(gone)
 
 

@@ -5,7 +5,6 @@ Every function that touches tenant data takes an org id and puts it in its filte
 
 from __future__ import annotations
 
-import os
 import re
 import weakref
 from collections.abc import Callable, Mapping, Sequence
@@ -20,11 +19,24 @@ from bson.raw_bson import RawBSONDocument
 from pymongo import ASCENDING, DESCENDING, MongoClient, UpdateOne
 from pymongo.collection import Collection
 from pymongo.database import Database
-from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError
+from pymongo.errors import (
+    ConnectionFailure,
+    DuplicateKeyError,
+    ExecutionTimeout,
+    OperationFailure,
+    PyMongoError,
+    WTimeoutError,
+)
 
 from perf_analytics import localdb
-from perf_analytics.config import Settings
-from perf_analytics.errors import ConfigError, ServerError, UnsupportedFeature, ValidationError
+from perf_analytics.config import Settings, load_settings
+from perf_analytics.errors import (
+    ConfigError,
+    InvalidArgument,
+    ServerError,
+    UnsupportedFeature,
+    ValidationError,
+)
 from perf_analytics.schema import (
     ASSETS,
     SNAPSHOTS,
@@ -43,30 +55,39 @@ INDEXES: dict[str, tuple[list[tuple[str, int]], bool]] = {
     "orgId_1_timestamp_-1": ([("orgId", ASCENDING), ("timestamp", DESCENDING)], False),
 }
 TTL_INDEX = "timestamp_ttl"
-SERVER_TIMEOUT_ENV = "PERF_SERVER_TIMEOUT_MS"
-DEFAULT_SERVER_TIMEOUT_MS = 10_000
 
 
 def connect(settings: Settings) -> Db:
-    """The configured database: MONGODB_URI's server, else the embedded local one."""
+    """The configured database: MONGODB_URI's server, else the embedded local one.
+
+    Raises:
+        ConfigError: the settings name no usable server (a bad URI or timeout).
+        ServerError: the server cannot be started or reached (`retryable` says whether to try again).
+    """
     uri = settings.uri
     if uri is None:
-        uri = localdb.start_server(settings.state_dir).uri
-    return connect_uri(uri, settings.db)
+        uri = localdb.start_server(settings.state_dir, settings=settings).uri
+    return connect_uri(uri, settings.db, timeout_ms=settings.server_timeout_ms)
 
 
 SOCKET_TIMEOUT_MS = 600_000  # far above any single batch or getMore, even on FerretDB
 
 
-def connect_uri(uri: str, db_name: str) -> Db:
+def connect_uri(uri: str, db_name: str, *, timeout_ms: int | None = None) -> Db:
     """The database `db_name` on the server at `uri`, after checking that the server answers.
 
-    How long to wait for the server: env PERF_SERVER_TIMEOUT_MS, default 10 s. A request
+    How long to wait for the server: `timeout_ms`, else the `server_timeout_ms` setting
+    (env PERF_SERVER_TIMEOUT_MS, default 10 s). A request
     the server never answers fails after SOCKET_TIMEOUT_MS (unless the URI sets
     socketTimeoutMS) instead of hanging: a stuck server then ends a load with an error,
     and the re-run resumes from the checkpoint.
+
+    Raises:
+        ConfigError: `uri` is not a MongoDB URI, or the timeout setting is not a positive whole number.
+        ServerError: the server does not answer (`retryable` True) or refuses the ping (False).
     """
-    timeout_ms = _server_timeout_ms()
+    if timeout_ms is None:
+        timeout_ms = load_settings().server_timeout_ms
     options: dict[str, Any] = {"tz_aware": True, "serverSelectionTimeoutMS": timeout_ms}
     if "sockettimeoutms" not in uri.lower():
         options["socketTimeoutMS"] = SOCKET_TIMEOUT_MS
@@ -78,21 +99,10 @@ def connect_uri(uri: str, db_name: str) -> Db:
         client.admin.command("ping")
     except PyMongoError as exc:
         client.close()  # an unclosed client warns (ResourceWarning) when collected
-        raise ServerError(f"cannot reach MongoDB at {_redact(uri)}: {str(exc).splitlines()[0]}") from None
+        raise ServerError(
+            f"cannot reach MongoDB at {_redact(uri)}: {str(exc).splitlines()[0]}", retryable=is_retryable(exc)
+        ) from None
     return client[db_name]
-
-
-def _server_timeout_ms() -> int:
-    raw = os.environ.get(SERVER_TIMEOUT_ENV, "").strip()
-    if not raw:
-        return DEFAULT_SERVER_TIMEOUT_MS
-    try:
-        value = int(raw)
-    except ValueError:
-        value = 0
-    if value <= 0:
-        raise ConfigError(f"{SERVER_TIMEOUT_ENV} must be a positive whole number of milliseconds, got {raw!r}")
-    return value
 
 
 def _redact(uri: str) -> str:
@@ -163,9 +173,14 @@ class IndexReport:
 
 
 def ensure_indexes(db: Db, *, ttl_days: int | None = None) -> IndexReport:
-    """Create the snapshot indexes that are missing; safe to run any number of times."""
+    """Create the snapshot indexes that are missing; safe to run any number of times.
+
+    Raises:
+        InvalidArgument: `ttl_days` is below 1.
+        ServerError: an index cannot be built (duplicates stop the unique one; `retryable` False).
+    """
     if ttl_days is not None and ttl_days <= 0:
-        raise ConfigError("--ttl-days must be a positive number of days")
+        raise InvalidArgument(f"ttl_days must be a positive number of days, got {ttl_days}")
     coll = db[SNAPSHOTS]
     have = {ix["name"]: ix for ix in coll.list_indexes()}
     created: list[str] = []
@@ -209,7 +224,8 @@ def _create_index(coll: Collection[Doc], name: str, have: Mapping[str, Mapping[s
         if unique and not have[name].get("unique"):
             raise ServerError(
                 f"index {name} exists but is not unique; drop it and run init again "
-                "(duplicates must be removed first: see `doctor`)"
+                "(duplicates must be removed first: see `doctor`)",
+                retryable=False,
             )
         return False
     try:
@@ -218,9 +234,10 @@ def _create_index(coll: Collection[Doc], name: str, have: Mapping[str, Mapping[s
         if unique and is_duplicate_key(exc):
             raise ServerError(
                 f"cannot create unique index {name}: duplicate snapshots exist "
-                "(remove them first: see `doctor`, then run `perf-analytics init`)"
+                "(remove them first: see `doctor`, then run `perf-analytics init`)",
+                retryable=False,
             ) from None
-        raise ServerError(f"cannot create index {name}: {exc.details or exc}") from None
+        raise ServerError(f"cannot create index {name}: {exc.details or exc}", retryable=is_retryable(exc)) from None
     return True
 
 
@@ -248,6 +265,17 @@ def require_key_index(db: Db) -> bool:
 
 
 DUPLICATE_KEY_CODES = frozenset({11000, 11001})
+_RETRYABLE_LABELS = ("RetryableWriteError", "TransientTransactionError", "ResumableChangeStreamError")
+
+
+def is_retryable(error: PyMongoError) -> bool:
+    """Whether the call that raised `error` may succeed if made again unchanged: the server
+    was unreachable, timed out or labelled the error transient. An authentication failure
+    or a refused command is not (something must change first)."""
+    if isinstance(error, ConnectionFailure | ExecutionTimeout | WTimeoutError):
+        return True
+    return any(error.has_error_label(label) for label in _RETRYABLE_LABELS)
+
 
 
 def is_duplicate_key(error: PyMongoError | Mapping[str, Any]) -> bool:
@@ -529,6 +557,10 @@ def store_snapshot(db: Db, org_id: str, snapshot: Mapping[str, Any]) -> StoreRes
     Storing the same snapshot twice stores it once (the unique key decides; it is created
     first if missing, see `require_key_index`). A snapshot whose _id another snapshot
     holds, or that nests too deep or is too large to store, raises ValidationError.
+
+    Raises:
+        ValidationError: the payload breaks the contract, or its _id is another snapshot's.
+        UnsupportedFeature: the server cannot hold the unique key index.
     """
     require_key_index(db)
     doc = validate_snapshot(snapshot, org_id=org_id)
@@ -560,11 +592,15 @@ def get_asset_performance(
     *,
     now: datetime | None = None,
 ) -> list[Doc]:
-    """The asset's snapshots of the last `time_window`, newest first, at most `limit`."""
+    """The asset's snapshots of the last `time_window`, newest first, at most `limit`.
+
+    Raises:
+        InvalidArgument: an unknown `time_window` or a `limit` below 1.
+    """
     if time_window not in TIME_WINDOWS:
-        raise ConfigError(f"unknown time window {time_window!r}; valid: {', '.join(TIME_WINDOWS)}")
+        raise InvalidArgument(f"unknown time window {time_window!r}; valid: {', '.join(TIME_WINDOWS)}")
     if limit <= 0:
-        raise ConfigError(f"limit must be positive, got {limit}")
+        raise InvalidArgument(f"limit must be positive, got {limit}")
     end = now or datetime.now(UTC)
     start = end - TIME_WINDOWS[time_window]
     cursor = (

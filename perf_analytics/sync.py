@@ -94,10 +94,15 @@ from pymongoarrow.api import Schema
 from pymongoarrow.context import PyMongoArrowContext
 
 from perf_analytics.atomic import atomic_path, fsync_dir
-from perf_analytics.errors import ConfigError, PerfAnalyticsError
+from perf_analytics.errors import (
+    InvalidArgument,
+    LakeError,
+    PerfAnalyticsError,
+    SyncError,
+)
 from perf_analytics.frames import Decoder, arrow_schema, native_table_from_raw, raw_decoder
 from perf_analytics.lake import SNAPSHOTS as DATASET
-from perf_analytics.lake import LakeError, partition_dir
+from perf_analytics.lake import partition_dir
 from perf_analytics.manifest import (
     lake_lock,
     make_dirs,
@@ -121,10 +126,6 @@ _OID_FIRST = b"\x07_id\x00"  # a document whose first element is an ObjectId `_i
 _DECODE: CodecOptions[Doc] = CodecOptions(tz_aware=True, tzinfo=UTC, datetime_conversion=DatetimeConversion.DATETIME_AUTO)
 
 Progress = Callable[[str, int], None]
-
-
-class SyncError(PerfAnalyticsError):
-    """The mirror cannot be brought up to date (another run holds the lake, a listed file is gone)."""
 
 
 @dataclass(frozen=True)
@@ -186,14 +187,14 @@ class _OrgState:
 def _day(value: date | datetime | str) -> str:
     if isinstance(value, datetime):
         if value.tzinfo is None:
-            raise ConfigError(f"mark date {value.isoformat()} must be timezone-aware (UTC)")
+            raise InvalidArgument(f"mark date {value.isoformat()} must be timezone-aware (UTC)")
         return value.astimezone(UTC).date().isoformat()
     if isinstance(value, date):
         return value.isoformat()
     try:
         return date.fromisoformat(value).isoformat()
     except ValueError:
-        raise ConfigError(f"mark date {value!r} is not a YYYY-MM-DD date") from None
+        raise InvalidArgument(f"mark date {value!r} is not a YYYY-MM-DD date") from None
 
 
 def mark_for_sync(db: Db, org_id: str, dates: Iterable[date | datetime | str]) -> int:
@@ -204,9 +205,12 @@ def mark_for_sync(db: Db, org_id: str, dates: Iterable[date | datetime | str]) -
     after the insert returns (duplicates included) and before the load's checkpoint
     advances, with the days of the batch's timestamps: a mark then always follows the
     documents it covers. One upsert per day, all in one round trip; returns the days marked.
+
+    Raises:
+        InvalidArgument: no `org_id`, or a day that is not a YYYY-MM-DD date or is naive.
     """
     if not org_id or not isinstance(org_id, str):
-        raise ConfigError("an org id is required to mark days for sync")
+        raise InvalidArgument("an org id is required to mark days for sync")
     return _upsert_marks(db, {(org_id, _day(d)) for d in dates})
 
 
@@ -220,7 +224,7 @@ def mark_documents_for_sync(db: Db, docs: Iterable[Mapping[str, Any]]) -> int:
     for doc in docs:
         org, stamp = doc.get("orgId"), doc.get("timestamp")
         if not isinstance(org, str) or not org or not isinstance(stamp, datetime):
-            raise ConfigError(f"document {doc.get('_id')!r} has no string orgId and date timestamp to mark")
+            raise InvalidArgument(f"document {doc.get('_id')!r} has no string orgId and date timestamp to mark")
         days.add((org, _day(stamp)))
     return _upsert_marks(db, days)
 
@@ -270,7 +274,7 @@ def _is_mark(mark: Doc) -> bool:
     day = mark.get("date")
     try:
         return isinstance(mark.get("orgId"), str) and isinstance(day, str) and _day(day) == day
-    except ConfigError:
+    except InvalidArgument:
         return False
 
 
@@ -638,9 +642,9 @@ class _Run:
 
 def _check_options(skew: timedelta, chunk_rows: int) -> None:
     if skew < timedelta(0):
-        raise ConfigError("the clock skew margin cannot be negative")
+        raise InvalidArgument("the clock skew margin cannot be negative")
     if chunk_rows <= 0:
-        raise ConfigError("chunk rows must be a positive number of snapshots")
+        raise InvalidArgument("chunk rows must be a positive number of snapshots")
 
 
 def _journal(lake: Path) -> Path:
@@ -767,9 +771,13 @@ def sync_snapshots(
     so far, before they are written), "part" (part files in place, not yet listed),
     "manifest" (manifests saved), "mark" (high-water mark saved) and "cleared" (loaders'
     marks removed): the points where a run can stop and be resumed.
+
+    Raises:
+        InvalidArgument: no `org_id`, a negative skew or `chunk_rows` below 1.
+        SyncError: another run holds the lake, or a listed file is gone.
     """
     if not org_id:
-        raise ConfigError("an org id is required (sync_snapshots_all_orgs mirrors every org)")
+        raise InvalidArgument("an org id is required (sync_snapshots_all_orgs mirrors every org)")
     return _sync(db, lake, org_id, skew=skew, full=full, chunk_rows=chunk_rows, progress=progress)
 
 
@@ -782,7 +790,12 @@ def sync_snapshots_all_orgs(
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     progress: Progress | None = None,
 ) -> SyncReport:
-    """Admin run across tenants: every org's new snapshots, in one query for all of them."""
+    """Admin run across tenants: every org's new snapshots, in one query for all of them.
+
+    Raises:
+        InvalidArgument: a negative skew or `chunk_rows` below 1.
+        SyncError: another run holds the lake, or a listed file is gone.
+    """
     return _sync(db, lake, None, skew=skew, full=full, chunk_rows=chunk_rows, progress=progress)
 
 

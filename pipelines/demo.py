@@ -24,18 +24,26 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
-from perf_analytics.commands.ingest import format_summary
-from perf_analytics.config import load_settings
-from perf_analytics.doctor import diagnose
-from perf_analytics.ingest import ingest_archives_all_orgs
-from perf_analytics.lake import connect_lake
-from perf_analytics.pipeline import run_day
-from perf_analytics.plots import asset_figure, fleet_figure, save_figure
-from perf_analytics.report import write_report
-from perf_analytics.schema import ASSETS
-from perf_analytics.store import connect, ensure_indexes, get_asset_performance, probe_capabilities
-from perf_analytics.sync import sync_snapshots_all_orgs
-from perf_analytics.synth import DEFAULT_START, fleet_assets, write_fleet
+from perf_analytics import (
+    ASSETS,
+    asset_figure,
+    connect,
+    connect_lake,
+    diagnose,
+    ensure_indexes,
+    fleet_assets,
+    fleet_figure,
+    get_asset_performance,
+    ingest_archives_all_orgs,
+    load_settings,
+    probe_capabilities,
+    run_day,
+    save_figure,
+    sync_snapshots_all_orgs,
+    write_fleet,
+    write_report,
+)
+from perf_analytics.synth import DEFAULT_START
 
 FLEET = {"orgs": 3, "assets": 4, "days": 2, "interval_s": 60, "seed": 7}
 OUT = Path("data/demo")
@@ -63,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # An admin load across the demo's orgs; `ingest_archives(db, paths, org_id)` loads one.
     loaded = ingest_archives_all_orgs(db, [archive], rejects=OUT / "rejects.ndjson")
-    print(format_summary(loaded))
+    print(loaded.describe())
 
     # doctor reads a healthy org's snapshots once on FerretDB (one scan of the collection,
     # as every query there), so the demo checks one org; `perf-analytics doctor` checks all.

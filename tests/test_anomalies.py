@@ -17,13 +17,12 @@ from perf_analytics.anomalies import (
     DROPPED_COLUMNS,
     EPISODE_COLUMNS,
     AnomalyConfig,
-    AnomalyInputError,
     flag_anomalies,
     flag_assets,
 )
 from perf_analytics.anomalies.detectors import FLAG_SCHEMA
 from perf_analytics.anomalies.episodes import merge_episodes
-from perf_analytics.errors import ConfigError
+from perf_analytics.errors import AnomalyInputError, ConfigError
 from perf_analytics.frames import Frames, frames_from_documents
 
 T0 = datetime(2026, 3, 2, tzinfo=UTC)  # a Monday

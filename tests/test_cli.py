@@ -157,7 +157,8 @@ def test_a_bad_server_timeout_is_one_error_line(cli: CliRunner, value: str) -> N
     result = cli.invoke(app, ["--uri", "mongodb://127.0.0.1:1/", "init"], env={"PERF_SERVER_TIMEOUT_MS": value})
     line = _one_error_line(result)
     assert line == (
-        f"Error: PERF_SERVER_TIMEOUT_MS must be a positive whole number of milliseconds, got {value!r}"
+        "Error: server_timeout_ms (env PERF_SERVER_TIMEOUT_MS) must be a positive whole number of milliseconds, "
+        f"got {value!r}"
     )
 
 

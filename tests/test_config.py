@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
+import re
 import socket
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -130,9 +133,11 @@ def test_a_missing_perf_config_file_is_a_config_error(tmp_path: Path) -> None:
         load_settings(env={"PERF_CONFIG": str(tmp_path / "nope.toml")})
 
 
-def test_an_unknown_flag_is_a_config_error() -> None:
-    with pytest.raises(ConfigError, match="unknown setting"):
-        load_settings(env={}, colour="blue")
+def test_settings_are_named_keyword_arguments() -> None:
+    with pytest.raises(TypeError, match="unexpected keyword argument 'colour'"):
+        load_settings(env={}, colour="blue")  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="positional"):
+        load_settings({})  # type: ignore[misc]
 
 
 @pytest.mark.parametrize("name", ["a/b", "a.b", "a b", "a$b", 'a"b', "a\\b"])
@@ -260,3 +265,99 @@ def test_duckdb_threads_of_another_toml_type_names_the_type() -> None:
     with pytest.raises(ConfigError) as info:
         load_settings(env={})
     assert _one_line(info.value) == "perf-analytics.toml: duckdb_threads must be a whole number, not a TOML float"
+
+
+def test_every_environment_variable_the_package_reads_is_a_setting(tmp_path: Path) -> None:
+    settings = load_settings(env={
+        "PERF_SERVER_TIMEOUT_MS": "250", "PERF_CACHE_DIR": str(tmp_path / "cache"),
+        "PERF_FERRETDB": "/opt/ferretdb/bin/ferretdb",
+    })
+    assert (settings.server_timeout_ms, settings.cache_dir, settings.ferretdb) == (
+        250, str(tmp_path / "cache"), "/opt/ferretdb/bin/ferretdb",
+    )
+    assert load_settings(env={"XDG_CACHE_HOME": "/var/cache"}).cache_dir == "/var/cache/perf_analytics"
+    assert load_settings(env={}).cache_dir == str(Path.home() / ".cache" / "perf_analytics")
+
+
+def test_the_server_settings_can_come_from_the_file() -> None:
+    _write(Path("perf-analytics.toml"), 'server_timeout_ms = 300\ncache_dir = "tools"\nferretdb = "bin/ferretdb"\n')
+    settings = load_settings(env={})
+    assert (settings.server_timeout_ms, settings.cache_dir, settings.ferretdb) == (300, "tools", "bin/ferretdb")
+    assert load_settings(env={"PERF_SERVER_TIMEOUT_MS": "400"}).server_timeout_ms == 400
+
+
+def test_the_local_server_is_looked_for_where_the_settings_say(tmp_path: Path) -> None:
+    import shutil
+
+    from perf_analytics import localdb
+
+    if shutil.which("mongod"):
+        pytest.skip("mongod on PATH comes first")
+    named = Settings(ferretdb=str(tmp_path / "my-ferretdb"))
+    assert localdb.find_server_binary(named) == ("ferretdb", tmp_path / "my-ferretdb")
+    assert localdb.ferretdb_path(Settings(cache_dir=str(tmp_path))) == tmp_path / "bin" / "ferretdb"
+
+
+@pytest.mark.parametrize("layout", [
+    "[anomalies]\ncpu_threshold = 85.0\noutlier_novel_only = false\n",
+    '[perf_analytics]\nlake = "lake"\n\n[anomalies]\ncpu_threshold = 85.0\noutlier_novel_only = false\n',
+    'lake = "lake"\n\n[anomalies]\ncpu_threshold = 85.0\noutlier_novel_only = false\n',
+])
+def test_the_anomalies_table_sets_the_detectors(layout: str) -> None:
+    _write(Path("perf-analytics.toml"), layout)
+    config = load_settings(env={}).anomaly_config()
+    assert (config.cpu_threshold, config.outlier_novel_only, config.memory_threshold) == (85.0, False, 90.0)
+
+
+def test_anomaly_settings_given_as_arguments_apply_over_the_file() -> None:
+    _write(Path("perf-analytics.toml"), "[anomalies]\ncpu_threshold = 85.0\npeer_z = 5.0\n")
+    config = load_settings(env={}, anomalies={"cpu_threshold": 80.0}).anomaly_config()
+    assert (config.cpu_threshold, config.peer_z) == (80.0, 5.0)
+
+
+@pytest.mark.parametrize(("table", "message"), [
+    ("[anomalies]\ncpu_treshold = 85.0\n",
+     "[anomalies] cpu_treshold: unknown anomaly setting (the keys are AnomalyConfig's fields)"),
+    ("[anomalies]\ncpu_threshold = -1.0\n", "anomaly setting cpu_threshold must be a number >= 0, got -1.0"),
+    ("anomalies = 3\n", "perf-analytics.toml: anomalies must be a table, not a TOML integer"),
+    ("[perf_analytics]\n[perf_analytics.anomalies]\ncpu_threshold = 85.0\n",
+     "perf-analytics.toml: [anomalies] is a table of its own, not one of [perf_analytics]"),
+])
+def test_a_bad_anomalies_table_is_one_line_naming_the_key(table: str, message: str) -> None:
+    _write(Path("perf-analytics.toml"), table)
+    with pytest.raises(ConfigError) as info:
+        load_settings(env={}).anomaly_config()
+    assert _one_line(info.value) == message
+
+
+@pytest.mark.parametrize("command", [
+    ["anomalies", "--org", "org-a", "--date", "2026-03-01"],
+    ["rollup", "--org", "org-a", "--date", "2026-03-01"],
+    ["nightly", "--date", "2026-03-01"],
+])
+def test_commands_that_flag_take_a_config_file_whose_mistakes_are_one_line(
+    cli: CliRunner, tmp_path: Path, command: list[str]
+) -> None:
+    tuned = _write(tmp_path / "tuned.toml", "[anomalies]\ncpu_treshold = 85.0\n")
+    result = cli.invoke(app, ["--lake", str(tmp_path / "lake"), *command, "--config", str(tuned)])
+    assert _one_error_line(result) == (
+        "Error: [anomalies] cpu_treshold: unknown anomaly setting (the keys are AnomalyConfig's fields)"
+    )
+
+
+def _readme_table_keys(heading: str) -> list[str]:
+    """The keys (first column) of the first table after `heading` in README.md."""
+    lines = (Path(__file__).resolve().parents[1] / "README.md").read_text().splitlines()
+    after = lines[lines.index(heading):]
+    start = next(i for i, line in enumerate(after) if line.startswith("|"))
+    table = list(itertools.takewhile(lambda line: line.startswith("|"), after[start:]))
+    return [m[1] for line in table if (m := re.match(r"\| `(\w+)` \|", line))]
+
+
+def test_readme_documents_every_setting_and_every_anomaly_key() -> None:
+    from perf_analytics.anomalies.config import AnomalyConfig
+    from perf_analytics.config import _ENV, _KEYS
+
+    assert sorted(_readme_table_keys("## The database")) == sorted(_KEYS)
+    assert set(_ENV) <= set(_KEYS)
+    assert _readme_table_keys("### Anomaly settings") == [f.name for f in fields(AnomalyConfig)]

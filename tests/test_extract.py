@@ -14,13 +14,8 @@ import pytest
 from bson import ObjectId
 from pymongo import MongoClient, monitoring
 
-from perf_analytics.errors import ConfigError
-from perf_analytics.extract import (
-    ExtractError,
-    extract_window,
-    extract_window_all_orgs,
-    iter_window,
-)
+from perf_analytics.errors import ExtractError, InvalidArgument
+from perf_analytics.extract import extract_window, extract_window_all_orgs, iter_window
 from perf_analytics.frames import KEYS, frames_from_documents
 from perf_analytics.schema import ID_NOT_OBJECTID, SNAPSHOTS, validate_snapshot
 from perf_analytics.store import Db
@@ -91,14 +86,14 @@ def test_reading_every_org_is_a_separately_named_admin_call(db: Db) -> None:
     _store(db, series(5) + series(5, org="org-b"))
     both = extract_window_all_orgs(db, T0, T0 + timedelta(hours=1))
     assert sorted(both.frames.snapshots["orgId"].unique().to_list()) == ["org-a", "org-b"]
-    with pytest.raises(ConfigError, match="an org id is required"):
+    with pytest.raises(InvalidArgument, match="an org id is required"):
         extract_window(db, "", T0, T0 + timedelta(hours=1))
 
 
 def test_bad_windows_are_clear_errors(db: Db) -> None:
-    with pytest.raises(ConfigError, match="empty window"):
+    with pytest.raises(InvalidArgument, match="empty window"):
         extract_window(db, "org-a", T0, T0)
-    with pytest.raises(ConfigError, match="timezone-aware"):
+    with pytest.raises(InvalidArgument, match="timezone-aware"):
         extract_window(db, "org-a", T0.replace(tzinfo=None), T0.replace(tzinfo=None) + timedelta(hours=1))
 
 
@@ -243,7 +238,7 @@ def test_unknown_extra_fields_of_any_type_neither_change_nor_break_the_frames(db
 
 
 def test_a_bad_chunk_size_is_a_clear_error_before_any_read(db: Db) -> None:
-    with pytest.raises(ConfigError, match="chunk rows must be a positive number"):
+    with pytest.raises(InvalidArgument, match="chunk rows must be a positive number"):
         iter_window(db, "org-a", T0, T0 + timedelta(hours=1), chunk_rows=0)
 
 

@@ -12,7 +12,8 @@ import pytest
 from bson import Decimal128, Int64, ObjectId
 from polars.testing import assert_frame_equal
 
-from perf_analytics.extract import ExtractError, frames_from_raw_batches
+from perf_analytics.errors import ExtractError
+from perf_analytics.extract import frames_from_raw_batches
 from perf_analytics.frames import (
     KEYS,
     Decoder,

@@ -21,7 +21,7 @@ from bson import ObjectId, json_util
 from click.testing import CliRunner
 
 from perf_analytics.cli import app
-from perf_analytics.errors import ConfigError
+from perf_analytics.errors import InvalidArgument
 from perf_analytics.schema import parse_timestamp, validate_snapshot
 from perf_analytics.synth import (
     ANOMALY_KINDS,
@@ -485,14 +485,14 @@ def test_the_time_window_is_the_nearest_to_the_interval(interval: int, window: s
         ({"start": "last week"}, "start 'last week' is not a date (YYYY-MM-DD) or ISO-8601 time"),
     ],
 )
-def test_bad_arguments_raise_config_error(change: dict[str, Any], message: str) -> None:
-    with pytest.raises(ConfigError) as raised:
+def test_bad_arguments_raise_invalid_argument(change: dict[str, Any], message: str) -> None:
+    with pytest.raises(InvalidArgument) as raised:
         fleet_labels(**{**FLEET, **change})
     assert str(raised.value) == message
 
 
-def test_writing_into_a_missing_directory_is_a_config_error(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="does not exist"):
+def test_writing_into_a_missing_directory_is_an_invalid_argument(tmp_path: Path) -> None:
+    with pytest.raises(InvalidArgument, match="does not exist"):
         write_fleet(tmp_path / "nope" / "f.ndjson", orgs=1, assets=1, days=1)
 
 

@@ -19,7 +19,7 @@ from pymongo import MongoClient
 from perf_analytics import localdb
 from perf_analytics.cli import app
 from perf_analytics.config import Settings
-from perf_analytics.errors import CheckpointError, ConfigError, ServerError
+from perf_analytics.errors import CheckpointError, InvalidArgument, ServerError
 from perf_analytics.ingest import checkpoint as ckpt
 from perf_analytics.schema import SNAPSHOTS
 from perf_analytics.store import Db
@@ -144,7 +144,7 @@ def test_a_server_state_file_of_an_unknown_version_is_refused(tmp_path: Path) ->
 def test_the_rejects_file_refuses_to_be_one_of_the_archives(db: Db, settings: Settings, tmp_path: Path) -> None:
     archive = write_ndjson(tmp_path / "a.ndjson", series(5))
     content = archive.read_bytes()
-    with pytest.raises(ConfigError, match="is one of the archives to load"):
+    with pytest.raises(InvalidArgument, match="is one of the archives to load"):
         load(db, [archive], tmp_path, rejects=tmp_path / "." / "a.ndjson")
     linked = tmp_path / "linked.ndjson"
     os.link(archive, linked)

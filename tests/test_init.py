@@ -13,7 +13,7 @@ from pymongo.errors import DuplicateKeyError, OperationFailure
 from perf_analytics import localdb
 from perf_analytics.cli import app
 from perf_analytics.config import Settings
-from perf_analytics.errors import ConfigError, ServerError
+from perf_analytics.errors import InvalidArgument, ServerError
 from perf_analytics.schema import SNAPSHOTS, validate_snapshot
 from perf_analytics.store import (
     INDEXES,
@@ -106,7 +106,7 @@ def test_the_unique_index_accepts_the_same_timestamp_for_another_asset_or_org(db
 
 @pytest.mark.parametrize("days", [0, -3])
 def test_a_ttl_of_no_days_is_refused_before_anything_is_created(raw_db: Db, days: int) -> None:
-    with pytest.raises(ConfigError, match="positive number of days"):
+    with pytest.raises(InvalidArgument, match="positive number of days"):
         ensure_indexes(raw_db, ttl_days=days)
     assert _indexes(raw_db) == {}
 

@@ -11,10 +11,10 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 
+from perf_analytics.errors import LakeError
 from perf_analytics.frames import Frames
 from perf_analytics.lake import (
     ANOMALY_SCHEMA,
-    LakeError,
     connect_lake,
     connect_lake_all_orgs,
     lake_files,

@@ -15,14 +15,9 @@ from bson import ObjectId
 
 from perf_analytics import schema
 from perf_analytics.config import Settings
+from perf_analytics.errors import LakeError, UnreadableLakeFile
 from perf_analytics.frames import Frames, frames_from_documents
-from perf_analytics.lake import (
-    LakeError,
-    UnreadableLakeFile,
-    connect_lake,
-    connect_lake_all_orgs,
-    query_lake,
-)
+from perf_analytics.lake import connect_lake, connect_lake_all_orgs, query_lake
 from perf_analytics.schema import COUNT, SNAPSHOTS, SYSTEM_FIELDS, Table, validate_snapshot
 from perf_analytics.store import Db
 from perf_analytics.sync import (

@@ -14,17 +14,10 @@ from bson import ObjectId
 
 from perf_analytics import schema
 from perf_analytics.config import Settings
-from perf_analytics.errors import ConfigError
-from perf_analytics.extract import ExtractError, Extraction, extract_window
+from perf_analytics.errors import ExtractError, InvalidArgument, MirrorError, NotSynced
+from perf_analytics.extract import Extraction, extract_window
 from perf_analytics.frames import arrow_schema
-from perf_analytics.mirror import (
-    MirrorError,
-    NotSynced,
-    read_window,
-    scan_snapshots,
-    window_assets,
-    window_files,
-)
+from perf_analytics.mirror import read_window, scan_window, window_assets, window_files
 from perf_analytics.schema import SNAPSHOTS, validate_snapshot
 from perf_analytics.store import Db
 from perf_analytics.sync import (
@@ -89,7 +82,7 @@ def test_a_window_read_from_the_lake_equals_the_same_window_extracted_from_the_s
 def test_the_lazy_scan_has_the_snapshot_schema_and_pushes_the_filters(db: Db, settings: Settings) -> None:
     fleet(db)
     sync_snapshots(db, settings.lake, org_id="org-a")
-    scan = scan_snapshots(settings.lake, "org-a", T0, T0 + timedelta(hours=1), asset_ids=["a2"])
+    scan = scan_window(settings.lake, "org-a", T0, T0 + timedelta(hours=1), asset_ids=["a2"])
     assert isinstance(scan, pl.LazyFrame)
     assert scan.collect_schema().names() == arrow_schema().names
     rows = scan.collect()
@@ -140,9 +133,9 @@ def test_an_org_never_synced_is_an_error_and_a_synced_empty_one_is_an_empty_wind
     got = read_window(settings.lake, "org-a", T0, T0 + DAY)
     assert (got.frames.snapshots.height, got.skipped_count) == (0, 0)
     assert got.frames.snapshots.columns == extract_window(db, "org-a", T0, T0 + DAY).frames.snapshots.columns
-    with pytest.raises(ConfigError, match="empty window"):
+    with pytest.raises(InvalidArgument, match="empty window"):
         read_window(settings.lake, "org-a", T0, T0)
-    with pytest.raises(ConfigError, match="timezone-aware"):
+    with pytest.raises(InvalidArgument, match="timezone-aware"):
         read_window(settings.lake, "org-a", T0.replace(tzinfo=None), T0 + DAY)
 
 

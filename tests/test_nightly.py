@@ -18,11 +18,10 @@ from click.testing import CliRunner
 
 from perf_analytics.cli import app
 from perf_analytics.config import Settings
+from perf_analytics.errors import MirrorError, StepFailed
 from perf_analytics.lake import ANOMALIES, partition_dir
-from perf_analytics.mirror import MirrorError
 from perf_analytics.nightly import (
     NightlyOptions,
-    StepFailed,
     derived_days,
     flag,
     list_runs,

@@ -20,10 +20,9 @@ from pymongo import MongoClient, monitoring
 from perf_analytics.anomalies import AnomalyConfig, flag_anomalies
 from perf_analytics.cli import app
 from perf_analytics.config import Settings
-from perf_analytics.errors import ConfigError
-from perf_analytics.extract import ExtractError, extract_window
+from perf_analytics.errors import ExtractError, InvalidArgument, NotSynced
+from perf_analytics.extract import extract_window
 from perf_analytics.lake import connect_lake
-from perf_analytics.mirror import NotSynced
 from perf_analytics.pipeline import ANOMALY_FLAGS, ServerSnapshots, run_day
 from perf_analytics.plots import asset_figure
 from perf_analytics.schema import SNAPSHOTS, validate_snapshot
@@ -233,7 +232,7 @@ def test_an_org_the_lake_never_mirrored_is_an_error_and_nothing_is_written(db: D
 
 
 def test_a_batch_size_below_one_is_a_config_error(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="asset_batch must be at least 1, got 0"):
+    with pytest.raises(InvalidArgument, match="asset_batch must be at least 1, got 0"):
         run_day(tmp_path, "org-01", DAY2, asset_batch=0)
 
 

@@ -15,11 +15,11 @@ from matplotlib import dates as mdates
 
 from perf_analytics.cli import app
 from perf_analytics.config import Settings
+from perf_analytics.errors import PlotError
 from perf_analytics.frames import frames_from_documents
 from perf_analytics.lake import connect_lake_all_orgs
 from perf_analytics.pipeline import run_day
 from perf_analytics.plots import (
-    PlotError,
     _panel_of,
     asset_figure,
     fleet_figure,

@@ -18,11 +18,10 @@ from click.testing import CliRunner, Result
 
 from perf_analytics.cli import app
 from perf_analytics.config import Settings
+from perf_analytics.errors import NotReadOnly, UnreadableLakeFile
 from perf_analytics.frames import frames_from_documents
 from perf_analytics.lake import (
     READ_STATEMENTS,
-    NotReadOnly,
-    UnreadableLakeFile,
     check_read_only,
     connect_lake,
     connect_lake_all_orgs,

@@ -23,9 +23,8 @@ from pymongo import MongoClient, monitoring
 
 from perf_analytics.cli import app
 from perf_analytics.config import Settings
-from perf_analytics.errors import ConfigError, NotFound
+from perf_analytics.errors import InvalidArgument, NotFound, RetentionError
 from perf_analytics.retention import (
-    RetentionError,
     cutoff_of,
     export_snapshots,
     export_snapshots_all_orgs,
@@ -156,9 +155,9 @@ def test_verified_days_are_deleted_in_few_large_deletes_each_id_scoped_by_its_or
 def test_the_cutoff_is_the_start_of_the_utc_day_n_days_back() -> None:
     assert cutoff_of(NOW, 30) == CUTOFF
     assert cutoff_of(datetime(2026, 4, 10, 23, 59, tzinfo=UTC), 1) == datetime(2026, 4, 9, tzinfo=UTC)
-    with pytest.raises(ConfigError, match="at least 1"):
+    with pytest.raises(InvalidArgument, match="at least 1"):
         cutoff_of(NOW, 0)
-    with pytest.raises(ConfigError, match="timezone-aware"):
+    with pytest.raises(InvalidArgument, match="timezone-aware"):
         cutoff_of(datetime(2026, 4, 10), 30)
 
 
@@ -228,7 +227,7 @@ def test_an_org_export_reads_and_deletes_only_that_org(db: Db, settings: Setting
     assert db[SNAPSHOTS].count_documents({"orgId": "org-a"}) == 75
     assert not Path(settings.lake, "snapshots/orgId=org-a").exists()
     assert not Path(settings.lake, "_manifests/retention/orgId=org-a.json").exists()
-    with pytest.raises(ConfigError, match="org id is required"):
+    with pytest.raises(InvalidArgument, match="org id is required"):
         export_snapshots(db, settings.lake, org_id="", now=NOW)
 
 
@@ -294,9 +293,9 @@ def test_restore_of_days_the_lake_does_not_hold_is_an_error(db: Db, settings: Se
     export_snapshots_all_orgs(db, settings.lake, now=NOW)
     with pytest.raises(NotFound, match="the lake holds no snapshots of org org-c from 2026-03-01 to 2026-03-02"):
         restore_snapshots(db, settings.lake, org_id="org-c", start="2026-03-01", end="2026-03-02")
-    with pytest.raises(ConfigError, match="--from 2026-03-02 is after --to 2026-03-01"):
+    with pytest.raises(InvalidArgument, match="start 2026-03-02 is after end 2026-03-01"):
         restore_snapshots(db, settings.lake, org_id="org-a", start="2026-03-02", end="2026-03-01")
-    with pytest.raises(ConfigError, match="not a YYYY-MM-DD date"):
+    with pytest.raises(InvalidArgument, match="not a YYYY-MM-DD date"):
         restore_snapshots(db, settings.lake, org_id="org-a", start="March", end="2026-03-01")
 
 
@@ -446,6 +445,10 @@ def test_cli_restore_needs_an_org_and_reports_mistakes_in_one_line(db: Db, setti
     assert nothing.stderr == "Error: the lake holds no snapshots of org acme from 2026-03-01 to 2026-03-02\n"
     bad = _cli(settings, "export", "--org", "../x")
     assert bad.exit_code == 1 and bad.stderr.startswith("Error: value of orgId '../x' cannot be a partition path segment")
+    backwards = _cli(settings, "restore", "--org", "acme", "--from", "2026-03-02", "--to", "2026-03-01")
+    assert backwards.exit_code == 1 and backwards.stderr == "Error: --from 2026-03-02 is after --to 2026-03-01\n"
+    not_a_day = _cli(settings, "restore", "--org", "acme", "--from", "March", "--to", "2026-03-01")
+    assert not_a_day.exit_code == 1 and not_a_day.stderr == "Error: --from: not a date (YYYY-MM-DD): 'March'\n"
 
 
 def test_cli_retention_help_has_examples_that_run(db: Db, settings: Settings) -> None:

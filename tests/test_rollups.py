@@ -25,13 +25,13 @@ import numpy as np
 import polars as pl
 import pytest
 
+from perf_analytics.errors import RollupError
 from perf_analytics.frames import Frames, empty_frames, frames_from_documents
 from perf_analytics.rollups import (
     ASSET_METRICS,
     SKETCH_ALPHA,
     WINDOW_SECONDS,
     WINDOWS,
-    RollupError,
     coarsen_rollups,
     compute_availability,
     compute_rollups,

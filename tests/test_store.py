@@ -9,7 +9,7 @@ import pytest
 from bson import ObjectId
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
-from perf_analytics.errors import ConfigError, ServerError, ValidationError
+from perf_analytics.errors import InvalidArgument, ServerError, ValidationError
 from perf_analytics.schema import ASSETS, SNAPSHOTS, TIME_WINDOWS, validate_snapshot
 from perf_analytics.store import (
     KEY_INDEX,
@@ -414,7 +414,7 @@ def test_the_window_ends_at_the_current_time_when_now_is_not_given(db: Db) -> No
 
 
 def test_an_unknown_window_is_an_error_listing_the_valid_ones(db: Db) -> None:
-    with pytest.raises(ConfigError) as info:
+    with pytest.raises(InvalidArgument) as info:
         get_asset_performance(db, "asset-1", "org-a", "2hours")
     message = str(info.value)
     assert "'2hours'" in message
@@ -424,7 +424,7 @@ def test_an_unknown_window_is_an_error_listing_the_valid_ones(db: Db) -> None:
 
 @pytest.mark.parametrize("limit", [0, -1])
 def test_a_limit_below_one_is_an_error(db: Db, limit: int) -> None:
-    with pytest.raises(ConfigError, match="limit must be positive"):
+    with pytest.raises(InvalidArgument, match="limit must be positive"):
         get_asset_performance(db, "asset-1", "org-a", "1hour", limit)
 
 

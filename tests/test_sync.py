@@ -28,16 +28,14 @@ from pymongo.errors import PyMongoError
 
 from perf_analytics.cli import app
 from perf_analytics.config import Settings
-from perf_analytics.errors import ConfigError
+from perf_analytics.errors import InvalidArgument, LakeError, ManifestError, SyncError
 from perf_analytics.extract import extract_window
 from perf_analytics.frames import arrow_schema, frames_from_arrow
-from perf_analytics.lake import LakeError, connect_lake, connect_lake_all_orgs
-from perf_analytics.manifest import ManifestError
+from perf_analytics.lake import connect_lake, connect_lake_all_orgs
 from perf_analytics.schema import ID_RULE, SNAPSHOTS, validate_snapshot
 from perf_analytics.store import Db
 from perf_analytics.sync import (
     MARKS,
-    SyncError,
     ids_sha256,
     listed_snapshot_files,
     mark_documents_for_sync,
@@ -297,16 +295,16 @@ def test_a_loaders_batch_marks_each_org_and_day_it_holds(db: Db, settings: Setti
     insert(db, series(1, org="org-b", asset="again"), _id=old_id(T0 - 400 * DAY))
     mark_documents_for_sync(db, db[SNAPSHOTS].find({"assetId": "again"}))
     assert sync_snapshots_all_orgs(db, settings.lake).new == 1
-    with pytest.raises(ConfigError, match="no string orgId and date timestamp"):
+    with pytest.raises(InvalidArgument, match="no string orgId and date timestamp"):
         mark_documents_for_sync(db, [{"_id": 1, "orgId": "org-a", "timestamp": "2026-03-01"}])
 
 
 def test_a_mark_needs_an_org_and_real_dates(db: Db) -> None:
-    with pytest.raises(ConfigError, match="not a YYYY-MM-DD date"):
+    with pytest.raises(InvalidArgument, match="not a YYYY-MM-DD date"):
         mark_for_sync(db, "org-a", ["yesterday"])
-    with pytest.raises(ConfigError, match="org id is required"):
+    with pytest.raises(InvalidArgument, match="org id is required"):
         mark_for_sync(db, "", ["2026-03-01"])
-    with pytest.raises(ConfigError, match="timezone-aware"):
+    with pytest.raises(InvalidArgument, match="timezone-aware"):
         mark_for_sync(db, "org-a", [datetime(2026, 3, 1)])
 
 

@@ -65,7 +65,7 @@ from perf_analytics.anomalies.state import (
     summarize,
     summarize_days,
 )
-from perf_analytics.errors import PerfAnalyticsError
+from perf_analytics.errors import AnomalyInputError
 from perf_analytics.frames import Frames
 
 __all__ = [
@@ -92,10 +92,6 @@ log = logging.getLogger(__name__)
 _REQUIRED = ("orgId", "assetId", "timestamp")
 DROPPED_COLUMNS = tuple(DROPPED_SCHEMA)
 _LOGGED_DROPS = 5  # series named in the warning about dropped values; the frame has them all
-
-
-class AnomalyInputError(PerfAnalyticsError):
-    """The frames given to `flag_anomalies` cannot be read (not bad values: a bad shape)."""
 
 
 def _as_day(day: date | datetime | str) -> date:

@@ -7,7 +7,9 @@ from datetime import date
 import click
 
 from perf_analytics.commands._defaults import ASSET_BATCH
-from perf_analytics.config import Settings
+from perf_analytics.config import Settings, load_settings
+from perf_analytics.days import parse_day
+from perf_analytics.errors import ConfigError, InvalidArgument
 from perf_analytics.store import Db, connect
 
 
@@ -29,6 +31,21 @@ asset_batch_option = click.option(
     help="Assets read from the lake and flagged at a time with their history (that memory follows it).",
 )
 
+def _settings_from(ctx: click.Context, _param: click.Parameter, config_file: str | None) -> None:
+    """Resolve the settings again from this command's --config file (the global flags still win)."""
+    if config_file is None:
+        return
+    from perf_analytics.cli import FLAGS  # the entry point, loaded already
+
+    root = ctx.find_root()
+    root.obj = load_settings(config_file=config_file, **root.meta.get(FLAGS, {}))
+
+
+config_option = click.option(
+    "--config", type=click.Path(dir_okay=False), expose_value=False, callback=_settings_from,
+    help="TOML settings file for this run, as the global --config (its [anomalies] table tunes the detectors).",
+)
+
 no_sync_option = click.option(
     "--no-sync", is_flag=True,
     help="Read the lake's snapshots as the last sync left them, without asking the server for new ones.",
@@ -43,6 +60,14 @@ def sync_org(ctx: click.Context, org_id: str) -> None:
 
     report = sync_snapshots(db_of(ctx), settings_of(ctx).lake, org_id=org_id)
     click.echo(f"sync {org_id}: {report.new:,} new snapshot(s) into the lake", err=True)
+
+
+def day_option(flag: str, value: str) -> date:
+    """The UTC day an option gives as YYYY-MM-DD; else the one-line error naming the option."""
+    try:
+        return parse_day(value)
+    except InvalidArgument as exc:
+        raise ConfigError(f"{flag}: {exc}") from None
 
 
 def json_default(value: object) -> str:

@@ -6,12 +6,13 @@ import click
 
 from perf_analytics.commands._common import (
     asset_batch_option,
+    config_option,
+    day_option,
     db_of,
     no_sync_option,
     settings_of,
     sync_org,
 )
-from perf_analytics.commands.rollup import parse_day
 from perf_analytics.progress import count_progress
 
 
@@ -22,6 +23,7 @@ from perf_analytics.progress import count_progress
 @click.option("--limit", default=20, show_default=True, help="Flags to print (all go to the lake).")
 @asset_batch_option
 @no_sync_option
+@config_option
 @click.pass_context
 def command(ctx: click.Context, org_id: str, day: str, asset_batch: int, to_mongo: bool, limit: int,
             no_sync: bool) -> None:
@@ -41,11 +43,12 @@ def command(ctx: click.Context, org_id: str, day: str, asset_batch: int, to_mong
     # The data stack loads here, when the command runs, not for --help.
     from perf_analytics.pipeline import run_day
 
-    when = parse_day(day)
+    when = day_option("--date", day)
+    config = settings_of(ctx).anomaly_config()  # a mistake in it is told before any work
     if not no_sync:
         sync_org(ctx, org_id)
     with count_progress("flagging", "assets") as progress:
-        result = run_day(settings_of(ctx).lake, org_id, when, rollups=False,
+        result = run_day(settings_of(ctx).lake, org_id, when, rollups=False, config=config,
                          sink=db_of(ctx) if to_mongo else None, asset_batch=asset_batch, progress=progress)
     flags = result.flags
     click.echo(f"{org_id} {result.day}: {result.snapshots:,} snapshots, {flags.height} anomaly flags")

@@ -50,10 +50,10 @@ def command(
           --asset 63d97a451d91d66a10abae42 --out hour.parquet
     """
     # The data stack loads here, when the command runs, not for --help.
-    from perf_analytics.extract import write_window_parquet
+    from perf_analytics.extract import sink_window_parquet
 
     lo, hi = parse_time(start, "--from"), parse_time(end, "--to")
-    written = write_window_parquet(db_of(ctx), org_id, lo, hi, out, asset_ids=list(assets) or None,
+    written = sink_window_parquet(db_of(ctx), org_id, lo, hi, out, asset_ids=list(assets) or None,
                                   chunk_rows=chunk_rows)
     snapshots, disks, interfaces = written.rows
     click.echo(

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import sys
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import click
 import orjson
@@ -105,19 +106,16 @@ def command(
             elapsed = bar.tasks[0].elapsed or 1e-9
             bar.update(task, completed=done_bytes, docs=docs, rate=docs / elapsed)
 
-        options: dict[str, Any] = {
-            "rejects": rejects, "fmt": fmt, "compression": compression, "batch_size": batch_size,
-            "progress": progress, "allow_partial": allow_partial,
-        }
-        load_options: dict[str, Any] = {"workers": workers, "commit_seconds": commit_seconds, "checkpoint_dir": checkpoint_dir,
-                        "resume": not restart}
         try:
             if dry_run:
-                summary = validate_archives(paths, org_id, **options)
-            elif org_id:
-                summary = ingest_archives(db_of(ctx), paths, org_id, **options, **load_options)
+                summary = validate_archives(paths, org_id, rejects=rejects, fmt=fmt, compression=compression,
+                                            batch_size=batch_size, progress=progress, allow_partial=allow_partial)
             else:
-                summary = ingest_archives_all_orgs(db_of(ctx), paths, **options, **load_options)
+                load = partial(ingest_archives, org_id=org_id) if org_id else ingest_archives_all_orgs
+                summary = load(db_of(ctx), paths, rejects=rejects, fmt=fmt, compression=compression,
+                               batch_size=batch_size, checkpoint_dir=checkpoint_dir, resume=not restart,
+                               workers=workers, commit_seconds=commit_seconds, progress=progress,
+                               allow_partial=allow_partial)
         except IncompleteLoad as exc:
             # How far the load got matters most when it fell short: summary first, then the error.
             if isinstance(exc.summary, IngestSummary):
@@ -130,39 +128,7 @@ def _print(summary: IngestSummary, as_json: bool) -> None:
     if as_json:
         sys.stdout.write(orjson.dumps(summary.as_dict(), option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
-        click.echo(format_summary(summary))
+        click.echo(summary.describe())
+        if summary.rejected and not summary.rejects_path:
+            click.echo("rejected records were not kept: pass --rejects FILE to see them")
 
-
-def format_summary(s: IngestSummary) -> str:
-    rate = s.read / s.seconds if s.seconds else 0.0
-    if s.dry_run:
-        cpu = f"{s.cpu_seconds / s.read * 1e6:,.1f} µs of client CPU a record" if s.read else "no records"
-        lines = [
-            f"dry run, nothing written: read {s.read:,} · valid {s.valid:,} · rejected {s.rejected:,} · "
-            f"{s.seconds:.1f}s ({rate:,.0f} docs/s; {cpu})"
-        ]
-        lines += [f"rejected {r['position']}: {r['field'] or 'record'}: {r['reason']}" for r in s.first_rejects]
-        if s.rejected > len(s.first_rejects):
-            lines.append(f"... {s.rejected - len(s.first_rejects):,} more")
-    else:
-        lines = [
-            f"read {s.read:,} · inserted {s.inserted:,} · duplicates {s.duplicates:,} · "
-            f"rejected {s.rejected:,} · orphaned {s.orphaned:,} · {s.seconds:.1f}s ({rate:,.0f} docs/s)"
-        ]
-    if s.set_aside:
-        lines.append(f"started from the beginning: the checkpoint found for these archives was of a load with other settings ({s.set_aside})")
-    if s.resumed_from:
-        lines.append(f"resumed an interrupted load after {s.resumed_from:,} committed records")
-    for d in s.damaged:
-        lines.append(
-            f"damaged: {d['archive']} unreadable from {d['position']} of its content, after "
-            f"{d['records_before']:,} records (file read to byte {d['file_bytes_read']:,} of {d['file_bytes']:,})"
-        )
-    if s.rejected and s.rejects_path:
-        lines.append(f"rejected records and reasons: {s.rejects_path}")
-    elif s.rejected:
-        lines.append("rejected records were not kept: pass --rejects FILE to see them")
-    if s.orphan_assets:
-        shown = ", ".join(s.orphan_assets[:5]) + (" ..." if len(s.orphan_assets) > 5 else "")
-        lines.append(f"{len(s.orphan_assets)} asset(s) not found in assets (snapshots kept): {shown}")
-    return "\n".join(lines)

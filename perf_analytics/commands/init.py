@@ -15,7 +15,7 @@ TTL_WARNING = (
 
 
 @click.command("init")
-@click.option("--ttl-days", type=int,
+@click.option("--ttl-days", type=click.IntRange(min=1),
               help="Also expire snapshots older than N days (TTL index), where supported. Deletes without an archive: "
               "`retention export` is the safe default.")
 @click.pass_context

@@ -31,7 +31,7 @@ def start(ctx: click.Context, port: int | None) -> None:
       perf-analytics localdb start --port 27018
     """
     state = settings_of(ctx).state_dir
-    server = localdb.start_server(state, port=port)
+    server = localdb.start_server(state, port=port, settings=settings_of(ctx))
     click.echo(f"{server.kind} running on {server.uri} (pid {server.pid}, state in {server.state_dir})")
 
 
@@ -59,7 +59,7 @@ def status(ctx: click.Context) -> None:
     """
     server = localdb.server_status(settings_of(ctx).state_dir)
     if server is None:
-        kind, binary = localdb.find_server_binary()
+        kind, binary = localdb.find_server_binary(settings_of(ctx))
         where = binary or "not installed (run `perf-analytics localdb install`)"
         click.echo(f"not running; would start {kind}: {where}")
         ctx.exit(3)
@@ -68,12 +68,13 @@ def status(ctx: click.Context) -> None:
 
 @command.command("install")
 @click.option("--force", is_flag=True, help="Rebuild even if already installed.")
-def install(force: bool) -> None:
+@click.pass_context
+def install(ctx: click.Context, force: bool) -> None:
     """Build FerretDB into the cache directory (needs Go; done once).
 
     \b
     Example:
       perf-analytics localdb install
     """
-    path = localdb.install_ferretdb(force=force)
+    path = localdb.install_ferretdb(settings_of(ctx), force=force)
     click.echo(f"FerretDB {localdb.FERRETDB_VERSION} at {path}")

@@ -12,9 +12,14 @@ from typing import TYPE_CHECKING, Any
 import click
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
-from perf_analytics.commands._common import asset_batch_option, db_of, settings_of
+from perf_analytics.commands._common import (
+    asset_batch_option,
+    config_option,
+    day_option,
+    db_of,
+    settings_of,
+)
 from perf_analytics.commands._defaults import WINDOWS
-from perf_analytics.commands.rollup import parse_day
 from perf_analytics.errors import ConfigError
 from perf_analytics.progress import progress_bar
 
@@ -30,12 +35,12 @@ def asked_dates(day: str | None, start: str | None, end: str | None) -> list[dat
     if day is not None and (start is not None or end is not None):
         raise ConfigError("give --date, or --from and --to, not both")
     if day is not None:
-        return [parse_day(day)]
+        return [day_option("--date", day)]
     if start is None and end is None:
         return None
     if start is None or end is None:
         raise ConfigError("--from and --to go together")
-    first, last = parse_day(start), parse_day(end)
+    first, last = day_option("--from", start), day_option("--to", end)
     if last < first:
         raise ConfigError(f"--to {last} is before --from {first}")
     if (last - first).days >= _MAX_DAYS:
@@ -89,7 +94,7 @@ def _sink_address(settings: Settings) -> SinkAddress:
     from perf_analytics.localdb import start_server
     from perf_analytics.nightly import SinkAddress
 
-    uri = settings.uri if settings.uri is not None else start_server(settings.state_dir).uri
+    uri = settings.uri if settings.uri is not None else start_server(settings.state_dir, settings=settings).uri
     return SinkAddress(str(uri), settings.db)
 
 
@@ -114,6 +119,7 @@ def _sink_address(settings: Settings) -> SinkAddress:
                    "(tcp://host:8786); it and its workers need this perf_analytics, the workers the lake "
                    "at the same path.")
 @asset_batch_option
+@config_option
 @click.pass_context
 def command(ctx: click.Context, day: str | None, start: str | None, end: str | None, orgs: tuple[str, ...],
             windows: str, to_mongo: bool, retain_days: int | None, no_report: bool, log_format: str,
@@ -143,11 +149,12 @@ def command(ctx: click.Context, day: str | None, start: str | None, end: str | N
       perf-analytics nightly --scheduler tcp://dask.internal:8786
     """
     # The data stack loads here, when the command runs, not for --help.
-    from perf_analytics.nightly import Fanout, NightlyOptions, RunFailed, run_nightly
+    from perf_analytics.errors import RunFailed
+    from perf_analytics.nightly import Fanout, NightlyOptions, run_nightly
 
     dates = asked_dates(day, start, end)
     options = NightlyOptions(windows=tuple(w.strip() for w in windows.split(",") if w.strip()),
-                             asset_batch=asset_batch, to_mongo=to_mongo, retain_days=retain_days,
+                             config=settings_of(ctx).anomaly_config(), asset_batch=asset_batch, to_mongo=to_mongo, retain_days=retain_days,
                              reports=not no_report)
     fanout = Fanout(workers=workers, scheduler=scheduler) if workers is not None or scheduler is not None else None
     db = db_of(ctx)

@@ -6,9 +6,8 @@ from pathlib import Path
 
 import click
 
-from perf_analytics.commands._common import no_sync_option, settings_of, sync_org
+from perf_analytics.commands._common import day_option, no_sync_option, settings_of, sync_org
 from perf_analytics.commands._defaults import PLOT_SUFFIXES, WINDOWS
-from perf_analytics.commands.rollup import parse_day
 from perf_analytics.errors import ConfigError
 
 
@@ -47,7 +46,7 @@ def command(ctx: click.Context, org_id: str, day: str, days: int, asset_id: str 
 
     if Path(out).suffix.lower() not in PLOT_SUFFIXES:
         raise ConfigError(f"--out: choose a .png, .svg or .pdf file name, not {out!r}")
-    first = parse_day(day)
+    first = day_option("--date", day)
     lake = settings_of(ctx).lake
     if asset_id:
         if not no_sync:

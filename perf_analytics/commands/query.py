@@ -100,7 +100,7 @@ def _check_text_columns(schema: pa.Schema, fmt: str) -> None:
     """Refuse, naming the column, what CSV or JSON cannot hold (rather than a traceback or half a file)."""
     import pyarrow as pa  # the data stack, already loaded by the query that ran
 
-    from perf_analytics.lake import QueryError
+    from perf_analytics.errors import QueryError
 
     if fmt == "table":
         return

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import click
 
-from perf_analytics.commands._common import settings_of
+from perf_analytics.commands._common import day_option, settings_of
 from perf_analytics.commands._defaults import REPORT_MOST, REPORT_TOP
-from perf_analytics.commands.rollup import parse_day
 
 
 @click.command("report")
@@ -37,5 +36,5 @@ def command(ctx: click.Context, org_id: str, day: str, out: str | None, top: int
     # The data stack loads here, when the command runs, not for --help.
     from perf_analytics.report import write_report
 
-    page = write_report(settings_of(ctx).lake, org_id, parse_day(day), out, top=top, most=most)
+    page = write_report(settings_of(ctx).lake, org_id, day_option("--date", day), out, top=top, most=most)
     click.echo(f"wrote {page}")

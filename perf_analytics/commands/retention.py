@@ -11,8 +11,9 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from perf_analytics.commands._common import db_of, json_default, settings_of
+from perf_analytics.commands._common import day_option, db_of, json_default, settings_of
 from perf_analytics.commands._defaults import RETENTION_OLDER_THAN_DAYS
+from perf_analytics.errors import ConfigError
 from perf_analytics.progress import stage_progress
 
 if TYPE_CHECKING:
@@ -133,13 +134,16 @@ def restore(ctx: click.Context, org_id: str, start: str, end: str, as_json: bool
       perf-analytics retention restore --org acme --from 2026-01-01 --to 2026-01-31
       perf-analytics retention restore --org acme --from 2026-01-05 --to 2026-01-05 --json
     """
+    first, last = day_option("--from", start), day_option("--to", end)
+    if first > last:
+        raise ConfigError(f"--from {first} is after --to {last}")
     # The data stack loads here, when the command runs, not for --help.
     from perf_analytics.retention import restore_snapshots
 
     db = db_of(ctx)
     lake = settings_of(ctx).lake
     with stage_progress("retention restore", lambda c: f"{c.get('inserted', 0)} snapshots written back") as progress:
-        report = restore_snapshots(db, lake, org_id=org_id, start=start, end=end, progress=progress)
+        report = restore_snapshots(db, lake, org_id=org_id, start=first, end=last, progress=progress)
     if as_json:
         _echo_json(dataclasses.asdict(report))
     else:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import date
-
 import click
 
 from perf_analytics.commands._common import (
     asset_batch_option,
+    config_option,
+    day_option,
     db_of,
     no_sync_option,
     settings_of,
@@ -18,13 +18,6 @@ from perf_analytics.errors import ConfigError
 from perf_analytics.progress import count_progress
 
 
-def parse_day(value: str) -> date:
-    try:
-        return date.fromisoformat(value)
-    except ValueError:
-        raise ConfigError(f"--date: not a date (YYYY-MM-DD): {value!r}") from None
-
-
 @click.command("rollup")
 @click.option("--org", "org_id", required=True, help="The organisation.")
 @click.option("--date", "day", required=True, help="The UTC day, YYYY-MM-DD.")
@@ -33,6 +26,7 @@ def parse_day(value: str) -> date:
 @click.option("--to-mongo", is_flag=True, help="Also upsert into the performance_rollups collection.")
 @asset_batch_option
 @no_sync_option
+@config_option
 @click.pass_context
 def command(ctx: click.Context, org_id: str, day: str, asset_batch: int, windows: str, to_mongo: bool,
             no_sync: bool) -> None:
@@ -57,11 +51,13 @@ def command(ctx: click.Context, org_id: str, day: str, asset_batch: int, windows
     unknown = [w for w in chosen if w not in WINDOWS]
     if unknown or not chosen:
         raise ConfigError(f"--windows: unknown window {unknown[0] if unknown else '(none)'}; valid: {', '.join(WINDOWS)}")
-    when = parse_day(day)
+    when = day_option("--date", day)
+    config = settings_of(ctx).anomaly_config()  # a mistake in it is told before any work
     if not no_sync:
         sync_org(ctx, org_id)
     with count_progress("rolling up", "assets") as progress:
         result = run_day(settings_of(ctx).lake, org_id, when, windows=chosen, anomalies=True,
+                         config=config,
                          sink=db_of(ctx) if to_mongo else None, asset_batch=asset_batch, progress=progress)
     rows = ", ".join(f"{w} {n:,}" for w, n in result.rollup_rows.items())
     click.echo(f"{org_id} {result.day}: {result.snapshots:,} snapshots -> asset rollup rows: {rows}; "

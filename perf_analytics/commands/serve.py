@@ -54,7 +54,7 @@ def command(
     from perf_analytics.service.app import ServiceOptions, run_service
 
     settings = settings_of(ctx)
-    uri = settings.uri or localdb.start_server(settings.state_dir).uri
+    uri = settings.uri or localdb.start_server(settings.state_dir, settings=settings).uri
     options = ServiceOptions(
         max_body=max_body, max_items=max_items, max_batch=max_batch, max_queue=max_queue, rate=rate,
         burst=burst, key_cache_seconds=key_cache_seconds, last_seen_seconds=last_seen_seconds,

@@ -39,8 +39,9 @@ from pymongo.errors import AutoReconnect, BulkWriteError, OperationFailure, PyMo
 
 from perf_analytics.errors import (
     CheckpointError,
-    ConfigError,
+    DamagedArchive,
     IncompleteLoad,
+    InvalidArgument,
     ServerError,
     ValidationError,
 )
@@ -48,7 +49,6 @@ from perf_analytics.ingest import checkpoint as ckpt
 from perf_analytics.ingest.batches import BlockEncoder, LastSeen, add_seen
 from perf_analytics.ingest.readers import (
     Archive,
-    DamagedArchive,
     Record,
     RecordBlock,
     open_archive,
@@ -61,6 +61,7 @@ from perf_analytics.store import (
     check_nesting,
     encode_document,
     error_text,
+    is_retryable,
     require_key_index,
     sort_write_errors,
     touch_assets,
@@ -108,6 +109,41 @@ class IngestSummary:
 
     def counts(self) -> dict[str, int]:
         return {k: getattr(self, k) for k in ("read", "inserted", "duplicates", "rejected", "orphaned")}
+
+    def describe(self) -> str:
+        """The summary as lines for a person: counts and rate, then where the load fell short
+        (damaged archives, a checkpoint set aside, rejects, assets not found)."""
+        s = self
+        rate = s.read / s.seconds if s.seconds else 0.0
+        if s.dry_run:
+            cpu = f"{s.cpu_seconds / s.read * 1e6:,.1f} µs of client CPU a record" if s.read else "no records"
+            lines = [
+                f"dry run, nothing written: read {s.read:,} · valid {s.valid:,} · rejected {s.rejected:,} · "
+                f"{s.seconds:.1f}s ({rate:,.0f} docs/s; {cpu})"
+            ]
+            lines += [f"rejected {r['position']}: {r['field'] or 'record'}: {r['reason']}" for r in s.first_rejects]
+            if s.rejected > len(s.first_rejects):
+                lines.append(f"... {s.rejected - len(s.first_rejects):,} more")
+        else:
+            lines = [
+                f"read {s.read:,} · inserted {s.inserted:,} · duplicates {s.duplicates:,} · "
+                f"rejected {s.rejected:,} · orphaned {s.orphaned:,} · {s.seconds:.1f}s ({rate:,.0f} docs/s)"
+            ]
+        if s.set_aside:
+            lines.append(f"started from the beginning: the checkpoint found for these archives was of a load with other settings ({s.set_aside})")
+        if s.resumed_from:
+            lines.append(f"resumed an interrupted load after {s.resumed_from:,} committed records")
+        for d in s.damaged:
+            lines.append(
+                f"damaged: {d['archive']} unreadable from {d['position']} of its content, after "
+                f"{d['records_before']:,} records (file read to byte {d['file_bytes_read']:,} of {d['file_bytes']:,})"
+            )
+        if s.rejected and s.rejects_path:
+            lines.append(f"rejected records and reasons: {s.rejects_path}")
+        if s.orphan_assets:
+            shown = ", ".join(s.orphan_assets[:5]) + (" ..." if len(s.orphan_assets) > 5 else "")
+            lines.append(f"{len(s.orphan_assets)} asset(s) not found in assets (snapshots kept): {shown}")
+        return "\n".join(lines)
 
 
 @dataclass
@@ -202,7 +238,9 @@ class _Writer:
         if self.error is None:
             return
         if isinstance(self.error, PyMongoError):
-            raise ServerError(f"the server failed during the load: {self.error}") from self.error
+            raise ServerError(
+                f"the server failed during the load: {self.error}", retryable=is_retryable(self.error)
+            ) from self.error
         raise self.error
 
     def _run(self) -> None:
@@ -410,23 +448,80 @@ class _Writer:
         self._committed_at = time.monotonic()
 
 
-def ingest_archives(db: Db, paths: Sequence[str | Path], org_id: str, **options: Any) -> IngestSummary:
+def ingest_archives(
+    db: Db,
+    paths: Sequence[str | Path],
+    org_id: str,
+    *,
+    rejects: str | Path | None = None,
+    fmt: str | None = None,
+    compression: str | None = None,
+    batch_size: int = 2000,
+    checkpoint_dir: str | Path = ckpt.DEFAULT_DIR,
+    resume: bool = True,
+    workers: int = 2,
+    commit_seconds: float = 10.0,
+    progress: ProgressFn | None = None,
+    allow_partial: bool = False,
+) -> IngestSummary:
     """Load one organisation's snapshots from archives; records of any other org are rejected.
 
-    Options as for `ingest_archives_all_orgs`.
+    The options are `ingest_archives_all_orgs`'s.
+
+    Raises:
+        InvalidArgument: no `org_id`, no archive, a missing file, a count below 1, or a rejects file that is one of the archives.
+        IncompleteLoad: a damaged archive, unless `allow_partial`.
+        CheckpointError: the saved load state cannot be used.
+        ServerError: the server fails during the load.
     """
     if not org_id:
-        raise ConfigError("an org id is required (ingest_archives_all_orgs loads every org)")
-    return _ingest(db, paths, org_id, **options)
+        raise InvalidArgument("an org id is required (ingest_archives_all_orgs loads every org)")
+    return _ingest(
+        db, paths, org_id,
+        rejects=rejects, fmt=fmt, compression=compression, batch_size=batch_size, checkpoint_dir=checkpoint_dir,
+        resume=resume, workers=workers, commit_seconds=commit_seconds, progress=progress, allow_partial=allow_partial,
+    )
 
 
-def ingest_archives_all_orgs(db: Db, paths: Sequence[str | Path], **options: Any) -> IngestSummary:
+def ingest_archives_all_orgs(
+    db: Db,
+    paths: Sequence[str | Path],
+    *,
+    rejects: str | Path | None = None,
+    fmt: str | None = None,
+    compression: str | None = None,
+    batch_size: int = 2000,
+    checkpoint_dir: str | Path = ckpt.DEFAULT_DIR,
+    resume: bool = True,
+    workers: int = 2,
+    commit_seconds: float = 10.0,
+    progress: ProgressFn | None = None,
+    allow_partial: bool = False,
+) -> IngestSummary:
     """Admin load across tenants: each record goes to the org it names.
 
     Records naming no org are rejected. Every write is still filtered by the record's
     own orgId (assets of one org are never touched by another org's snapshots).
+
+    `rejects`: a file that receives every rejected record with its reason. `fmt` and
+    `compression`: the archives' format ("ndjson", "json", "bson") and compression, when
+    their names do not tell. `batch_size` records are sent per insert, `workers` inserts at
+    once. `checkpoint_dir` holds the load's progress; with `resume` an interrupted identical
+    load continues where it stopped, committed every `commit_seconds` (0: after every
+    batch). `progress(bytes_read, records_read)` follows the load. A damaged archive
+    raises IncompleteLoad at the end unless `allow_partial` accepts the load as it is.
+
+    Raises:
+        InvalidArgument: no archive, a missing file, a count below 1, or a rejects file that is one of the archives.
+        IncompleteLoad: a damaged archive, unless `allow_partial`.
+        CheckpointError: the saved load state cannot be used.
+        ServerError: the server fails during the load.
     """
-    return _ingest(db, paths, None, **options)
+    return _ingest(
+        db, paths, None,
+        rejects=rejects, fmt=fmt, compression=compression, batch_size=batch_size, checkpoint_dir=checkpoint_dir,
+        resume=resume, workers=workers, commit_seconds=commit_seconds, progress=progress, allow_partial=allow_partial,
+    )
 
 
 def validate_archives(
@@ -450,7 +545,7 @@ def validate_archives(
     A damaged archive raises IncompleteLoad unless `allow_partial`, as in a load.
     """
     if batch_size < 1:
-        raise ConfigError("batch size must be at least 1")
+        raise InvalidArgument("batch size must be at least 1")
     archives = _archive_paths(paths)
     rejects_path = _rejects_path(rejects, archives)
     summary = IngestSummary(
@@ -477,10 +572,10 @@ def _archive_paths(paths: Sequence[str | Path]) -> list[Path]:
     """The archives to read, each an existing file."""
     archives = [Path(p) for p in paths]
     if not archives:
-        raise ConfigError("no archive given")
+        raise InvalidArgument("no archive given")
     for p in archives:
         if not p.is_file():
-            raise ConfigError(f"{p}: no such file")
+            raise InvalidArgument(f"{p}: no such file")
     return archives
 
 
@@ -515,9 +610,9 @@ def _ingest(
     # snapshot again: it is created here if missing, before anything is written.
     require_key_index(db)
     if batch_size < 1:
-        raise ConfigError("batch size must be at least 1")
+        raise InvalidArgument("batch size must be at least 1")
     if workers < 1:
-        raise ConfigError("workers must be at least 1")
+        raise InvalidArgument("workers must be at least 1")
     archives = _archive_paths(paths)
     rejects_path = _rejects_path(rejects, archives)
     cp_dir = Path(checkpoint_dir)
@@ -699,7 +794,7 @@ def _rejects_path(rejects: str | Path | None, archives: Sequence[Path]) -> Path 
     path = Path(rejects)
     for archive in archives:
         if path.resolve() == archive.resolve() or (path.exists() and path.samefile(archive)):
-            raise ConfigError(f"the rejects file {path} is one of the archives to load; name another file")
+            raise InvalidArgument(f"the rejects file {path} is one of the archives to load; name another file")
     return path
 
 

@@ -27,7 +27,7 @@ import zstandard
 from bson import json_util
 from bson.errors import BSONError
 
-from perf_analytics.errors import ArchiveError
+from perf_analytics.errors import ArchiveError, DamagedArchive
 from perf_analytics.store import MAX_NESTING
 
 FORMATS = ("ndjson", "json", "bson")
@@ -55,16 +55,6 @@ class Record:
     error: str | None = None
     raw: str | None = None
     damaged: bool = False  # stands for the unreadable rest of its archive
-
-
-class DamagedArchive(Exception):
-    """The archive is unreadable from here on; `offset` is the content byte where it broke,
-    when the reader knows it exactly (else the loader uses how far decompression got)."""
-
-    def __init__(self, reason: str, offset: int | None = None) -> None:
-        self.reason = reason
-        self.offset = offset
-        super().__init__(reason)
 
 
 @dataclass

@@ -242,7 +242,7 @@ def fleet_assets(*, orgs: int, assets: int, seed: int = 0) -> list[dict[str, Any
     """The `assets` documents of the fleet: `_id` is the payloads' assetId as an ObjectId.
 
     They depend on (orgs, assets, seed) only, so a demo can register the assets before or
-    after generating any span of snapshots. Raises ConfigError for a count below 1 or a
+    after generating any span of snapshots. Raises InvalidArgument for a count below 1 or a
     negative seed.
     """
     check_count("orgs", orgs)

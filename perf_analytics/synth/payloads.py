@@ -148,7 +148,7 @@ def generate_fleet(
     seconds (at its own second within the interval) for `days` days from `start`
     (default 2026-01-05T00:00:00Z, fixed so the output depends on the seed alone), except
     during outages. `anomalies=False` leaves out injected anomalies but keeps routine
-    reboots and agent-update outages. Raises ConfigError for an invalid argument (at the
+    reboots and agent-update outages. Raises InvalidArgument for an invalid argument (at the
     call, before the first payload).
     """
     spec = FleetSpec.of(

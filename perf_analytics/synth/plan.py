@@ -84,7 +84,7 @@ def fleet_labels(
 
     Each label is `{orgId, assetId, metric, kind, start, end, injected}` (see the module
     docstring); it is computed from the plan alone, without generating snapshots. Raises
-    ConfigError for an invalid argument.
+    InvalidArgument for an invalid argument.
     """
     spec = FleetSpec.of(
         orgs=orgs, assets=assets, days=days, interval_s=interval_s, seed=seed, start=start, anomalies=anomalies

@@ -11,23 +11,23 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from perf_analytics.errors import ConfigError
+from perf_analytics.errors import InvalidArgument
 from perf_analytics.schema import TIME_WINDOWS
 
 DEFAULT_START = datetime(2026, 1, 5, tzinfo=UTC)  # a Monday; fixed so output depends on the seed only
 
 
 def check_count(name: str, value: Any) -> int:
-    """`value` if it is a whole number >= 1, else a ConfigError naming the argument."""
+    """`value` if it is a whole number >= 1, else an InvalidArgument naming the argument."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{name} must be a whole number >= 1, got {value!r}")
+        raise InvalidArgument(f"{name} must be a whole number >= 1, got {value!r}")
     return value
 
 
 def check_seed(seed: Any) -> int:
-    """`seed` if it is a whole number >= 0, else a ConfigError."""
+    """`seed` if it is a whole number >= 0, else an InvalidArgument."""
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ConfigError(f"seed must be a whole number >= 0, got {seed!r}")
+        raise InvalidArgument(f"seed must be a whole number >= 0, got {seed!r}")
     return seed
 
 
@@ -44,7 +44,7 @@ def parse_start(start: datetime | date | str | None) -> datetime:
                 else datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
             )
         except ValueError:
-            raise ConfigError(f"start {start!r} is not a date (YYYY-MM-DD) or ISO-8601 time") from None
+            raise InvalidArgument(f"start {start!r} is not a date (YYYY-MM-DD) or ISO-8601 time") from None
         start = parsed
     if not isinstance(start, datetime):
         start = datetime(start.year, start.month, start.day, tzinfo=UTC)
@@ -81,11 +81,11 @@ class FleetSpec:
         start: datetime | date | str | None,
         anomalies: bool,
     ) -> FleetSpec:
-        """Check the public functions' arguments; raises ConfigError on the first bad one."""
+        """Check the public functions' arguments; raises InvalidArgument on the first bad one."""
         checked = [check_count(name, value) for name, value in (("orgs", orgs), ("assets", assets), ("days", days))]
         interval = check_count("interval_s", interval_s)
         if interval > 86400:
-            raise ConfigError(f"interval_s must be at most 86400 (one day), got {interval_s}")
+            raise InvalidArgument(f"interval_s must be at most 86400 (one day), got {interval_s}")
         return cls(
             orgs=checked[0],
             per_org=checked[1],

@@ -27,7 +27,7 @@ import zstandard
 from bson import json_util
 
 from perf_analytics.atomic import atomic_path, write_atomic
-from perf_analytics.errors import ConfigError
+from perf_analytics.errors import InvalidArgument
 from perf_analytics.synth.payloads import chunks
 from perf_analytics.synth.plan import FleetPlan
 from perf_analytics.synth.spec import FleetSpec
@@ -110,15 +110,15 @@ def _write_snapshots(path: Path, fleet: FleetPlan, progress: Progress | None) ->
 
 
 def _check_targets(targets: list[Path]) -> None:
-    """Distinct files in existing directories, or a ConfigError before anything is written."""
+    """Distinct files in existing directories, or an InvalidArgument before anything is written."""
     resolved = [p.resolve() for p in targets]
     if len(set(resolved)) != len(resolved):
-        raise ConfigError(f"output files must differ: {', '.join(str(p) for p in targets)}")
+        raise InvalidArgument(f"output files must differ: {', '.join(str(p) for p in targets)}")
     for p in targets:
         if not p.parent.is_dir():
-            raise ConfigError(f"directory {p.parent} does not exist (for {p.name})")
+            raise InvalidArgument(f"directory {p.parent} does not exist (for {p.name})")
         if p.is_dir():
-            raise ConfigError(f"{p} is a directory")
+            raise InvalidArgument(f"{p} is a directory")
 
 
 def _labels_document(fleet: FleetPlan, labels: list[dict[str, Any]]) -> bytes:
@@ -160,7 +160,7 @@ def write_fleet(
     default `default_labels_path(out_path)`) and, when `assets_path` is given, the asset
     documents as Extended JSON lines. Each file appears under its final name only when
     complete; the snapshots come last, so their presence means the run finished.
-    `progress(written, expected)` is called after each time chunk. Raises ConfigError
+    `progress(written, expected)` is called after each time chunk. Raises InvalidArgument
     for an invalid argument, equal output paths or a missing directory.
     """
     began = time.perf_counter()
