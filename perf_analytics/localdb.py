@@ -21,9 +21,6 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from pymongo import MongoClient
-from pymongo.errors import PyMongoError
-
 from perf_analytics.config import Settings, load_settings
 from perf_analytics.errors import ServerError
 
@@ -153,6 +150,10 @@ def _alive(pid: int) -> bool:
 
 
 def _ping(port: int, timeout_ms: int = 1000) -> bool:
+    # Imported here: `localdb status` asks the pid file first, and --help needs no pymongo.
+    from pymongo import MongoClient
+    from pymongo.errors import PyMongoError
+
     client: MongoClient[dict[str, object]] = MongoClient(
         f"mongodb://127.0.0.1:{port}/?directConnection=true",
         serverSelectionTimeoutMS=timeout_ms,

@@ -86,7 +86,7 @@ def test_the_help_defaults_are_the_librarys_own() -> None:
 
 HEAVY_MODULES = (
     "polars", "pyarrow", "duckdb", "pymongoarrow", "matplotlib", "numpy",
-    "dask", "distributed", "starlette", "uvicorn",
+    "dask", "distributed", "starlette", "uvicorn", "pymongo", "rich",
 )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import date
+from typing import TYPE_CHECKING
 
 import click
 
@@ -10,7 +11,9 @@ from perf_analytics.commands._defaults import ASSET_BATCH
 from perf_analytics.config import Settings, load_settings
 from perf_analytics.days import parse_day
 from perf_analytics.errors import ConfigError, InvalidArgument
-from perf_analytics.store import Db, connect
+
+if TYPE_CHECKING:
+    from perf_analytics.store import Db
 
 
 def settings_of(ctx: click.Context) -> Settings:
@@ -21,6 +24,9 @@ def settings_of(ctx: click.Context) -> Settings:
 
 def db_of(ctx: click.Context) -> Db:
     """The configured database; its client is closed when the command ends."""
+    # Imported here: pymongo is a tenth of a second that no --help needs.
+    from perf_analytics.store import connect
+
     db = connect(settings_of(ctx))
     ctx.call_on_close(db.client.close)
     return db

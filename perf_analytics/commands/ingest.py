@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING
 
 import click
 import orjson
-from rich.progress import BarColumn, DownloadColumn, TextColumn, TimeElapsedColumn
 
 from perf_analytics.commands._common import db_of
 from perf_analytics.commands._defaults import CHECKPOINT_DIR, INGEST_COMPRESSIONS, INGEST_FORMATS
@@ -84,6 +83,8 @@ def command(
       perf-analytics ingest export.json --org org-7 --format json
     """
     # The data stack loads here, when the command runs, not for --help.
+    from rich.progress import BarColumn, DownloadColumn, TextColumn, TimeElapsedColumn
+
     from perf_analytics.ingest import (
         IngestSummary,
         ingest_archives,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import click
 
 from perf_analytics.commands._common import db_of
-from perf_analytics.store import ensure_indexes, probe_capabilities
 
 # A TTL index deletes by age alone, whether or not the lake holds the snapshots (README: Retention).
 TTL_WARNING = (
@@ -29,6 +28,8 @@ def command(ctx: click.Context, ttl_days: int | None) -> None:
       perf-analytics init
       perf-analytics --uri mongodb://127.0.0.1:27017 init --ttl-days 90
     """
+    from perf_analytics.store import ensure_indexes, probe_capabilities
+
     db = db_of(ctx)
     try:
         caps = probe_capabilities(db)

@@ -10,7 +10,6 @@ from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import click
-from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
 from perf_analytics.commands._common import (
     asset_batch_option,
@@ -59,6 +58,8 @@ def _json_lines(event: dict[str, Any]) -> None:
 def _text_progress() -> Iterator[Listener]:
     """On a terminal: a bar of (org, day)s done and a line per failure (elsewhere the
     summary and the final `Error:` line say it, and `runs` has every failure)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("days"),
                TimeElapsedColumn())
     with progress_bar(*columns) as bar:
