@@ -337,7 +337,7 @@ class GroupCommitter:
             documents: Iterator[bytes] = iter(())
             if len(requests) >= self.columns_from:
                 encoded = self._encoder(org_id).encode([request.line for request in requests])
-                verdicts, documents = list(encoded.vouched), iter(encoded.documents)
+                verdicts, documents = encoded.vouched, iter(encoded.documents)
             for item, request, vouched in zip(items, requests, verdicts, strict=True):
                 if vouched:
                     item.ready = [_vouched(next(documents), request)]
@@ -352,7 +352,7 @@ class GroupCommitter:
         return invalid, columns
 
     def _encoder(self, org_id: str) -> BlockEncoder:
-        """The block encoder of an org (kept: it builds its Arrow schemas once)."""
+        """The block encoder of an org (kept: it builds its contract tables once, native or Arrow)."""
         encoder = self._encoders.get(org_id)
         if encoder is None:
             if len(self._encoders) >= _ENCODERS:
