@@ -7,11 +7,21 @@ Two sources, one detector configuration (`AnomalyConfig()`, the default) for bot
 - `--nab PATH`: the labelled real server metrics in PATH (default `../shared/data/nab`),
   loaded as snapshots and scored exactly as that folder's README says.
 
-With neither option both run. Prints tables and writes `bench/results/anomalies.json`.
+With neither option both run. Prints tables and writes `bench/results/anomalies.json`
+(or `--out`).
+
+A checkout of the whole Numenta Anomaly Benchmark (`--nab-repo DIR`, NAB's own layout,
+kept outside the project) adds two measures on data the detectors were not tuned on:
+
+- `--heldout`: its server series that the shared folder lacks, scored exactly as the
+  shared ones and printed beside them (`nab_corpus.heldout` says which and why);
+- `--nab-results OUTDIR`: NAB result files of every series, for NAB's own scorer.
 
     .venv/bin/python bench/eval_anomalies.py
     .venv/bin/python bench/eval_anomalies.py --generator --seeds 7 11
     .venv/bin/python bench/eval_anomalies.py --nab ../shared/data/nab
+    .venv/bin/python bench/eval_anomalies.py --nab ../shared/data/nab --nab-repo NAB --heldout \
+        --nab-results NAB/results
 """
 
 from __future__ import annotations
