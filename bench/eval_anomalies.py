@@ -20,8 +20,7 @@ kept outside the project) adds two measures on data the detectors were not tuned
     .venv/bin/python bench/eval_anomalies.py
     .venv/bin/python bench/eval_anomalies.py --generator --seeds 7 11
     .venv/bin/python bench/eval_anomalies.py --nab ../shared/data/nab
-    .venv/bin/python bench/eval_anomalies.py --nab ../shared/data/nab --nab-repo NAB --heldout \
-        --nab-results NAB/results
+    .venv/bin/python bench/eval_anomalies.py --nab ../shared/data/nab --nab-repo NAB --heldout --nab-results NAB/results
 """
 
 from __future__ import annotations
