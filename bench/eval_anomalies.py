@@ -7,24 +7,34 @@ Two sources, one detector configuration (`AnomalyConfig()`, the default) for bot
 - `--nab PATH`: the labelled real server metrics in PATH (default `../shared/data/nab`),
   loaded as snapshots and scored exactly as that folder's README says.
 
-With neither option both run. Prints tables and writes `bench/results/anomalies.json`.
+With neither option both run. Prints tables and writes `bench/results/anomalies.json`
+(or `--out`).
+
+A checkout of the whole Numenta Anomaly Benchmark (`--nab-repo DIR`, NAB's own layout,
+kept outside the project) adds two measures on data the detectors were not tuned on:
+
+- `--heldout`: its server series that the shared folder lacks, scored exactly as the
+  shared ones and printed beside them (`nab_corpus.heldout` says which and why);
+- `--nab-results OUTDIR`: NAB result files of every series, for NAB's own scorer.
 
     .venv/bin/python bench/eval_anomalies.py
     .venv/bin/python bench/eval_anomalies.py --generator --seeds 7 11
     .venv/bin/python bench/eval_anomalies.py --nab ../shared/data/nab
+    .venv/bin/python bench/eval_anomalies.py --nab ../shared/data/nab --nab-repo NAB --heldout --nab-results NAB/results
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import math
 import sys
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -33,6 +43,20 @@ import polars as pl
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from nab_corpus import (  # noqa: E402  (bench/, beside this script)
+    DETECTOR_SPANS,
+    DETECTOR_STARTS,
+    CorpusError,
+    Series,
+    episode_scores,
+    heldout,
+    read_corpus,
+    read_rows,
+    series_field,
+    time_window,
+    write_result,
+)
 
 from perf_analytics.anomalies import AnomalyConfig, flag_anomalies  # noqa: E402
 from perf_analytics.anomalies.series import agent_frame, read_points  # noqa: E402
@@ -182,22 +206,13 @@ def evaluate_generator(seed: int, config: AnomalyConfig, *, orgs: int, assets: i
 # ---- NAB ------------------------------------------------------------------------------
 
 
-def _nab_field(stem: str) -> str:
-    if stem.startswith("ec2_network_in_"):
-        return "network"
-    if stem.startswith("ec2_disk_write_bytes_"):
-        return "disk_write"
-    if stem.startswith("machine_temperature_"):
-        return "temperature"
-    return "cpu"  # *cpu_utilization*, rds_cpu_*, ec2_request_latency_*, art_*
-
-
 def _nab_docs(stem: str, rows: list[tuple[datetime, float]]) -> Iterator[dict[str, Any]]:
     """One snapshot per CSV row, as the NAB README says: the value in its field, the rest constant."""
-    field = _nab_field(stem)
+    field, rescale = series_field(stem)
     values = [v for _, v in rows]
     lo, hi = min(values), max(values)
-    rescale = stem.startswith("art_") and (lo < 0 or hi > 100)
+    rescale = rescale and (lo < 0 or hi > 100)
+    window = time_window([ts for ts, _ in rows])
     t0 = rows[0][0]
     for ts, value in rows:
         if rescale:
@@ -217,7 +232,7 @@ def _nab_docs(stem: str, rows: list[tuple[datetime, float]]) -> Iterator[dict[st
             "agentId": "nab-agent",
             "assetId": stem,
             "timestamp": ts,
-            "timeWindow": "5min",
+            "timeWindow": window,
             "performanceData": {
                 "cpu": cpu,
                 "memory": {"usagePercent": 50.0, "usedBytes": 4e9, "totalBytes": 8e9, "availableBytes": 4e9},
@@ -261,10 +276,35 @@ def _parse_nab_time(text: str) -> datetime:
     return datetime.fromisoformat(text).replace(tzinfo=UTC)
 
 
-def evaluate_nab_file(path: Path, windows: list[list[str]], config: AnomalyConfig) -> dict[str, Any]:
+@dataclass(frozen=True)
+class FlaggedFile:
+    """A data file's rows and the flags of its every day, computed once per run."""
+
+    rows: list[tuple[datetime, float]]
+    flags: pl.DataFrame
+    dropped: dict[str, int]
+    seconds: float
+
+
+def flag_nab_file(path: Path, config: AnomalyConfig) -> FlaggedFile:
+    """Load one NAB file as an asset's snapshots and flag it day by day."""
+    began = time.perf_counter()
     rows = _read_csv(path)
     frames = frames_from_documents(_nab_docs(path.stem, rows))
     flags = flag_day_by_day(frames, config)
+    dropped = read_points(frames, agent_frame(frames))[1]
+    return FlaggedFile(
+        rows,
+        flags,
+        # Values the series' validity filter left out (a rescaled series aside, none expected).
+        {f"{r['metric']}: {r['reason']}": r["count"] for r in dropped.iter_rows(named=True)},
+        round(time.perf_counter() - began, 1),
+    )
+
+
+def score_nab_file(key: str, flagged: FlaggedFile, windows: Iterable[Iterable[str]]) -> dict[str, Any]:
+    """One file's detections against its windows, as the shared NAB README scores them."""
+    rows, flags = flagged.rows, flagged.flags
     probation = min(math.floor(0.15 * len(rows)), 750)
     learn_until = rows[probation][0] if probation < len(rows) else rows[-1][0]
     starts = [s for s in flags.get_column("start").to_list() if s >= learn_until]
@@ -274,22 +314,37 @@ def evaluate_nab_file(path: Path, windows: list[list[str]], config: AnomalyConfi
     detectors: dict[str, int] = defaultdict(int)
     for row in flags.filter(pl.col("start") >= learn_until).iter_rows(named=True):
         detectors[row["detector"]] += 1
-    dropped = read_points(frames, agent_frame(frames))[1]
     return {
-        "file": f"{path.parent.name}/{path.name}",
+        "file": key,
         "rows": len(rows),
         "windows": len(spans),
         "detections": len(starts),
         "true_detections": true,
         "windows_found": hit,
         "by_detector": dict(detectors),
-        # Values the series' validity filter left out (a rescaled series aside, none expected).
-        "dropped": {f"{r['metric']}: {r['reason']}": r["count"] for r in dropped.iter_rows(named=True)},
+        "dropped": flagged.dropped,
+        "seconds": flagged.seconds,
         "flags": [
             [str(r["start"]), r["detector"], r["metric"], r["severity"], round(r["score"], 2)]
             for r in flags.iter_rows(named=True)
         ],
     }
+
+
+class FlagCache:
+    """Flags per data file, so a file the shared subset and the NAB checkout both hold is flagged once."""
+
+    def __init__(self, config: AnomalyConfig) -> None:
+        self.config = config
+        self._done: dict[tuple[str, str], FlaggedFile] = {}
+
+    def get(self, key: str, path: Path) -> FlaggedFile:
+        ident = (key, hashlib.sha256(path.read_bytes()).hexdigest())
+        if ident not in self._done:
+            flagged = flag_nab_file(path, self.config)
+            print(f"  flagged {key}: {len(flagged.rows)} rows, {flagged.flags.height} flags, {flagged.seconds} s", flush=True)
+            self._done[ident] = flagged
+        return self._done[ident]
 
 
 def _total(files: Iterable[dict[str, Any]]) -> dict[str, Any]:
@@ -301,7 +356,14 @@ def _total(files: Iterable[dict[str, Any]]) -> dict[str, Any]:
     return {"files": len(files), "windows": win, "windows_found": hit, "detections": det, "true_detections": tp, **_prf(tp, det, hit, win)}
 
 
-def evaluate_nab(folder: Path, config: AnomalyConfig) -> dict[str, Any] | None:
+def _summary(files: list[dict[str, Any]], path: Path) -> dict[str, Any]:
+    real = [f for f in files if f["file"].split("/")[0] in REAL_GROUPS]
+    art = [f for f in files if f["file"].split("/")[0] in ARTIFICIAL_GROUPS]
+    dropped = sum(sum(f["dropped"].values()) for f in files)
+    return {"path": str(path), "real": _total(real), "artificial": _total(art), "dropped": dropped, "files": files}
+
+
+def evaluate_nab(folder: Path, cache: FlagCache) -> dict[str, Any] | None:
     labels_path = folder / "labels.json"
     if not labels_path.is_file():
         return None
@@ -312,14 +374,36 @@ def evaluate_nab(folder: Path, config: AnomalyConfig) -> dict[str, Any] | None:
         if not path.is_file():
             print(f"  (missing {name}, skipped)")
             continue
-        began = time.perf_counter()
-        result = evaluate_nab_file(path, labels[name], config)
-        result["seconds"] = round(time.perf_counter() - began, 1)
+        flagged = cache.get(name, path)
+        files.append(score_nab_file(name, flagged, labels[name]))
+    return _summary(files, folder)
+
+
+def evaluate_heldout(corpus: list[Series], shared_keys: Iterable[str], root: Path, cache: FlagCache) -> dict[str, Any]:
+    """The held-out server series of a NAB checkout, scored exactly as the shared subset."""
+    files = []
+    for series in heldout(corpus, shared_keys):
+        flagged = cache.get(series.key, series.path)
+        result = score_nab_file(series.key, flagged, series.windows)
+        result["field"] = series_field(series.stem)[0]
         files.append(result)
-    real = [f for f in files if f["file"].split("/")[0] in REAL_GROUPS]
-    art = [f for f in files if f["file"].split("/")[0] in ARTIFICIAL_GROUPS]
-    dropped = sum(sum(f["dropped"].values()) for f in files)
-    return {"path": str(folder), "real": _total(real), "artificial": _total(art), "dropped": dropped, "files": files}
+    summary = _summary(files, root)
+    summary["aws"] = _total(f for f in files if f["file"].startswith("realAWSCloudwatch/"))
+    return summary
+
+
+def write_nab_results(corpus: list[Series], out: Path, cache: FlagCache) -> dict[str, Any]:
+    """NAB result files of every series of the corpus, for NAB's own scorer (see nab_corpus)."""
+    written = []
+    for series in corpus:
+        flagged = cache.get(series.key, series.path)
+        rows = read_rows(series.path)
+        timestamps = [ts for ts, _ in flagged.rows]
+        episodes = list(zip(flagged.flags.get_column("start").to_list(), flagged.flags.get_column("end").to_list(), strict=True))
+        for detector, spans in ((DETECTOR_STARTS, False), (DETECTOR_SPANS, True)):
+            write_result(out, detector, series, rows, episode_scores(timestamps, episodes, spans=spans))
+        written.append({"file": series.key, "field": series_field(series.stem)[0], "flags": flagged.flags.height})
+    return {"out": str(out), "detectors": [DETECTOR_STARTS, DETECTOR_SPANS], "files": written}
 
 
 # ---- output ---------------------------------------------------------------------------
@@ -339,8 +423,8 @@ def _print_generator(result: dict[str, Any]) -> None:
         print(f"  {det:<16}{d['detections']:>11}{d['precision']:>10.3f}")
 
 
-def _print_nab(result: dict[str, Any]) -> None:
-    print(f"\nNAB ({result['path']})")
+def _print_nab(result: dict[str, Any], title: str = "NAB") -> None:
+    print(f"\n{title} ({result['path']})")
     print(f"  {'file':<58}{'windows':>8}{'found':>6}{'detect':>7}{'true':>6}  detectors")
     for f in result["files"]:
         print(
@@ -351,13 +435,44 @@ def _print_nab(result: dict[str, Any]) -> None:
     for f in result["files"]:
         for what, count in f["dropped"].items():
             print(f"    {f['file']}: {count} {what}")
-    for group in ("real", "artificial"):
-        t = result[group]
+    for group in ("real", "aws", "artificial"):
+        t = result.get(group)
+        if not t or not t["files"]:
+            continue
         print(
             f"  {group:<10} {t['files']} files, {t['windows']} windows: P {t['precision']:.3f}  R {t['recall']:.3f}"
             f"  F1 {t['f1']:.3f}  ({t['true_detections']}/{t['detections']} detections true,"
             f" {t['windows_found']}/{t['windows']} windows found)"
         )
+
+
+def _print_side_by_side(shared: dict[str, Any], held: dict[str, Any]) -> None:
+    print(f"\n  {'real server series':<28}{'files':>6}{'windows':>8}{'found':>6}{'detect':>7}{'true':>6}{'P':>7}{'R':>7}{'F1':>7}")
+    for name, t in (("shared (tuned on)", shared["real"]), ("held-out", held["real"]), ("held-out, AWS only", held["aws"])):
+        print(
+            f"  {name:<28}{t['files']:>6}{t['windows']:>8}{t['windows_found']:>6}{t['detections']:>7}"
+            f"{t['true_detections']:>6}{t['precision']:>7.3f}{t['recall']:>7.3f}{t['f1']:>7.3f}"
+        )
+
+
+def _run_corpus(args: argparse.Namespace, cache: FlagCache, out: dict[str, Any]) -> None:
+    """The NAB checkout's held-out series and result files, as the options ask."""
+    root = Path(args.nab_repo)
+    corpus = read_corpus(root)
+    if args.heldout:
+        shared_folder = Path(args.nab) if args.nab is not None else DEFAULT_NAB
+        shared_labels = shared_folder / "labels.json"
+        if not shared_labels.is_file():
+            raise CorpusError(f"{shared_labels} not found: the held-out set is what the shared subset lacks")
+        held = evaluate_heldout(corpus, json.loads(shared_labels.read_text()), root, cache)
+        _print_nab(held, "NAB held-out server series")
+        if "nab" in out:
+            _print_side_by_side(out["nab"], held)
+        out["nab_heldout"] = held
+    if args.nab_results is not None:
+        results = write_nab_results(corpus, Path(args.nab_results), cache)
+        print(f"\nNAB result files of {len(results['files'])} series in {results['out']} ({', '.join(results['detectors'])})")
+        out["nab_results"] = results
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -372,14 +487,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--set", action="append", default=[], metavar="NAME=VALUE", help="override one AnomalyConfig setting"
     )
+    parser.add_argument("--nab-repo", metavar="DIR", help="a NAB checkout (data/, labels/combined_windows.json)")
+    parser.add_argument(
+        "--heldout", action="store_true", help="score the checkout's server series the shared subset lacks"
+    )
+    parser.add_argument("--nab-results", metavar="OUTDIR", help="write NAB result files of every series of the checkout")
+    parser.add_argument("--out", default=str(RESULTS), help=f"results JSON (default {RESULTS.relative_to(ROOT)})")
     args = parser.parse_args(argv)
-    run_all = not args.generator and args.nab is None
+    if (args.heldout or args.nab_results is not None) and args.nab_repo is None:
+        parser.error("--heldout and --nab-results read a NAB checkout: give --nab-repo DIR")
+    corpus_run = args.nab_repo is not None
+    run_all = not args.generator and args.nab is None and not corpus_run
     config = AnomalyConfig()
     for item in args.set:
         name, _, text = item.partition("=")
         current = getattr(config, name)
         value = text.lower() in ("1", "true", "yes") if isinstance(current, bool) else type(current)(text)
         config = replace(config, **{name: value})
+    cache = FlagCache(config)
     out: dict[str, Any] = {"measured": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), "config": config.__dict__}
     if args.generator or run_all:
         out["generator"] = []
@@ -391,15 +516,22 @@ def main(argv: list[str] | None = None) -> int:
             out["generator"].append(result)
     if args.nab is not None or run_all:
         folder = Path(args.nab) if args.nab is not None else DEFAULT_NAB
-        nab = evaluate_nab(folder, config)
+        nab = evaluate_nab(folder, cache)
         if nab is None:
             print(f"\nNAB: no labelled data at {folder} (labels.json missing); skipped")
         else:
             _print_nab(nab)
             out["nab"] = nab
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(out, indent=2, default=str) + "\n")
-    print(f"\nwritten {RESULTS.relative_to(ROOT)}")
+    if corpus_run:
+        try:
+            _run_corpus(args, cache, out)
+        except CorpusError as exc:
+            print(f"Error: {exc}", file=sys.stderr)
+            return 2
+    results = Path(args.out)
+    results.parent.mkdir(parents=True, exist_ok=True)
+    results.write_text(json.dumps(out, indent=2, default=str) + "\n")
+    print(f"\nwritten {results}")
     return 0
 
 
