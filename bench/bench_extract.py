@@ -38,7 +38,10 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from perf_analytics.synth import FleetSpec
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -76,7 +79,7 @@ def captured_batches(size: int) -> list[bytes]:
         CACHE.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         with tmp.open("wb") as out:
-            for payload in generate_fleet(**fleet_for(size)):
+            for payload in generate_fleet(fleet_for(size)):
                 doc = validate_snapshot(payload)
                 out.write(bson.encode({"_id": bson.ObjectId(), **doc}))
         tmp.rename(path)
@@ -134,10 +137,8 @@ def run_decode(path: str, size: int, chunk_rows: int, repeat: int) -> dict[str, 
             "cpu_runs": cpu, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
-def _day(fleet: dict[str, Any]) -> tuple[datetime, datetime]:
-    from perf_analytics.synth import DEFAULT_START
-
-    return DEFAULT_START, DEFAULT_START + timedelta(days=fleet["days"])
+def _day(fleet: FleetSpec) -> tuple[datetime, datetime]:
+    return fleet.start_time, fleet.start_time + timedelta(days=fleet.days)
 
 
 # Run by the polars-mongo interpreter (Polars 1.x, without this package): argv = uri, db,
@@ -201,11 +202,11 @@ def run_server(path: str, uri: str, db_name: str, orgs: list[str], start: dateti
             "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
-def ensure_data(size: int) -> tuple[str, str, dict[str, Any]]:
+def ensure_data(size: int) -> tuple[str, str, FleetSpec]:
     from bench_ingest import archive_for
 
     from perf_analytics.config import load_settings
-    from perf_analytics.ingest import ingest_archives_all_orgs
+    from perf_analytics.ingest import LoadOptions, ingest_archives_all_orgs
     from perf_analytics.schema import SNAPSHOTS
     from perf_analytics.store import connect, ensure_indexes
 
@@ -217,7 +218,7 @@ def ensure_data(size: int) -> tuple[str, str, dict[str, Any]]:
     if target[SNAPSHOTS].estimated_document_count() == 0:
         ensure_indexes(target)
         with_dir = HERE / ".cache" / "checkpoints"
-        ingest_archives_all_orgs(target, [archive], checkpoint_dir=with_dir)
+        ingest_archives_all_orgs(target, [archive], options=LoadOptions(checkpoint_dir=with_dir))
     host, port = db.client.address  # type: ignore[misc]
     uri = settings.uri or f"mongodb://{host}:{port}/?directConnection=true"
     return uri, name, fleet
@@ -251,7 +252,7 @@ def decode_table(size: int, chunk_rows: int, repeat: int, paths: list[str]) -> d
 def server_table(size: int, polars_mongo: str | None) -> dict[str, Any]:
     uri, name, fleet = ensure_data(size)
     start, end = _day(fleet)
-    orgs = [f"org-{i:02d}" for i in range(1, fleet["orgs"] + 1)]
+    orgs = [f"org-{i:02d}" for i in range(1, fleet.orgs + 1)]
     paths = SERVER_PATHS if polars_mongo else SERVER_PATHS[:-1]
     spec = {"kind": "server", "uri": uri, "db": name, "orgs": orgs, "start": start.isoformat(), "end": end.isoformat()}
     results = {p: _child({**spec, "path": p}) for p in paths[:3]}

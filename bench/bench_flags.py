@@ -52,7 +52,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from perf_analytics.frames import frames_from_documents  # noqa: E402
-from perf_analytics.synth import DEFAULT_START, generate_fleet  # noqa: E402
+from perf_analytics.synth import DEFAULT_START, FleetSpec, generate_fleet  # noqa: E402
 
 DAYS = 9
 FLEET_ASSETS = 1_000
@@ -67,6 +67,10 @@ from datetime import UTC, date, datetime, timedelta
 import polars as pl
 from perf_analytics.anomalies import flag_assets, flag_peers, combine_episodes
 from perf_analytics.frames import Frames
+try:
+    from perf_analytics.anomalies import FlagOptions
+except ImportError:  # the "before" side's checkout predates FlagOptions
+    FlagOptions = None
 cache, day, side, copies, batch, out = sys.argv[1], date.fromisoformat(sys.argv[2]), sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), sys.argv[6]
 start = datetime(day.year, day.month, day.day, tzinfo=UTC)
 base = Frames(*(pl.read_parquet(f"{cache}/{n}.parquet") for n in ("snapshots", "disks", "interfaces")))
@@ -84,8 +88,9 @@ for lo in range(0, copies, per_batch):
     hi = min(copies, lo + per_batch)
     frames = Frames(*(copy(getattr(base, n), lo, hi) for n in ("snapshots", "disks", "interfaces")))
     kwargs = {"state": copy(state, lo, hi)} if side == "state" else {}
+    kwargs.update({"options": FlagOptions(day=day)} if FlagOptions is not None else {"day": day})
     w, c = time.perf_counter(), time.process_time()
-    found = flag_assets(frames, day=day, **kwargs)
+    found = flag_assets(frames, **kwargs)
     if side == "state":
         found.state.write_parquet(f"{tmp}/state-{lo}.parquet", compression="zstd")
     wall += time.perf_counter() - w
@@ -120,7 +125,7 @@ def build(cache: Path, *, base: int) -> None:
     from perf_analytics.anomalies import AnomalyConfig, summarize_days
 
     def docs() -> Any:
-        for doc in generate_fleet(orgs=1, assets=base, days=DAYS, interval_s=60, seed=7):
+        for doc in generate_fleet(FleetSpec(orgs=1, assets=base, days=DAYS, interval_s=60, seed=7)):
             doc["timestamp"] = datetime.fromisoformat(doc["timestamp"].replace("Z", "+00:00"))
             yield doc
 

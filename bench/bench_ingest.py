@@ -60,7 +60,7 @@ from perf_analytics.store import (
     ensure_indexes,
     probe_capabilities,
 )
-from perf_analytics.synth import fleet_assets, generate_fleet, write_fleet
+from perf_analytics.synth import FleetSpec, fleet_assets, generate_fleet, write_fleet
 
 HERE = Path(__file__).resolve().parent
 CACHE = HERE / ".cache"
@@ -69,31 +69,31 @@ ORGS = 4
 DAY_SNAPSHOTS = 1440  # one a minute
 
 
-def fleet_for(size: int) -> dict[str, int]:
-    """Fleet arguments giving about `size` snapshots in one day per asset."""
+def fleet_for(size: int) -> FleetSpec:
+    """The fleet giving about `size` snapshots in one day per asset."""
     assets = max(1, round(size / (ORGS * DAY_SNAPSHOTS)))
-    return {"orgs": ORGS, "assets": assets, "days": 1, "interval_s": 60, "seed": 42}
+    return FleetSpec(orgs=ORGS, assets=assets, days=1, interval_s=60, seed=42)
 
 
-def archive_for(size: int) -> tuple[Path, dict[str, int]]:
-    args = fleet_for(size)
+def archive_for(size: int) -> tuple[Path, FleetSpec]:
+    fleet = fleet_for(size)
     CACHE.mkdir(parents=True, exist_ok=True)
-    path = CACHE / f"fleet-{args['orgs']}x{args['assets']}x{args['days']}.ndjson.zst"
+    path = CACHE / f"fleet-{fleet.orgs}x{fleet.assets}x{fleet.days}.ndjson.zst"
     if not path.exists():
-        summary = write_fleet(path, **args)
+        summary = write_fleet(path, fleet)
         print(f"generated {summary.snapshots:,} snapshots -> {path}", file=sys.stderr)
-    return path, args
+    return path, fleet
 
 
 def extended_json_archive(size: int) -> Path:
     """The first `size` snapshots of the fleet for `size` as Extended JSON lines (cached)."""
-    args = fleet_for(size)
+    fleet = fleet_for(size)
     CACHE.mkdir(parents=True, exist_ok=True)
-    path = CACHE / f"fleet-ext-{args['orgs']}x{args['assets']}x{args['days']}-{size}.ndjson"
+    path = CACHE / f"fleet-ext-{fleet.orgs}x{fleet.assets}x{fleet.days}-{size}.ndjson"
     if not path.exists():
         partial = path.with_suffix(".partial")
         with partial.open("wb") as fh:
-            for payload in islice(generate_fleet(**args), size):
+            for payload in islice(generate_fleet(fleet), size):
                 payload["timestamp"] = {"$date": payload["timestamp"]}
                 fh.write(orjson.dumps(payload) + b"\n")
         partial.rename(path)
@@ -263,11 +263,11 @@ def print_client_table(table: dict[str, Any]) -> None:
     print()
 
 
-def fresh_db(db: Db, name: str, fleet: dict[str, int]) -> Db:
+def fresh_db(db: Db, name: str, fleet: FleetSpec) -> Db:
     db.client.drop_database(name)
     target = db.client[name]
     ensure_indexes(target)
-    target[ASSETS].insert_many(fleet_assets(orgs=fleet["orgs"], assets=fleet["assets"], seed=fleet["seed"]))
+    target[ASSETS].insert_many(fleet_assets(orgs=fleet.orgs, assets=fleet.assets, seed=fleet.seed))
     return target
 
 

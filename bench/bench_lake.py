@@ -37,10 +37,13 @@ import time
 from collections import defaultdict
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bench_extract import count_documents
 from pymongo import MongoClient, monitoring
+
+if TYPE_CHECKING:
+    from perf_analytics.synth import FleetSpec
 
 HERE = Path(__file__).resolve().parent
 CACHE = HERE / ".cache"
@@ -80,28 +83,28 @@ class ReplyCounter(monitoring.CommandListener):
 # ---- data ----------------------------------------------------------------------------------
 
 
-def ensure_data(fleet: dict[str, int]) -> tuple[str, str, Path]:
+def ensure_data(fleet: FleetSpec) -> tuple[str, str, Path]:
     """The fleet loaded once in a database of its own (cached), and the server's URI."""
     from perf_analytics.config import load_settings
-    from perf_analytics.ingest import ingest_archives_all_orgs
+    from perf_analytics.ingest import LoadOptions, ingest_archives_all_orgs
     from perf_analytics.schema import SNAPSHOTS
     from perf_analytics.store import connect, ensure_indexes
     from perf_analytics.synth import write_fleet
 
     settings = load_settings()
     db = connect(settings)
-    tag = "x".join(str(fleet[k]) for k in ("orgs", "assets", "days", "interval_s"))
+    tag = "x".join(str(n) for n in (fleet.orgs, fleet.assets, fleet.days, fleet.interval_s))
     CACHE.mkdir(parents=True, exist_ok=True)
     archive = CACHE / f"lake-fleet-{tag}.ndjson.zst"
     if not archive.exists():
-        summary = write_fleet(archive, seed=42, **fleet)
+        summary = write_fleet(archive, fleet)
         print(f"generated {summary.snapshots:,} snapshots -> {archive}", file=sys.stderr)
     name = f"bench_lake_{tag}"
     target = db.client[name]
     if target[SNAPSHOTS].estimated_document_count() == 0:
         ensure_indexes(target)
         began = time.perf_counter()
-        ingest_archives_all_orgs(target, [archive], checkpoint_dir=CACHE / f"checkpoints-lake-{tag}")
+        ingest_archives_all_orgs(target, [archive], options=LoadOptions(checkpoint_dir=CACHE / f"checkpoints-lake-{tag}"))
         print(f"loaded {name} in {time.perf_counter() - began:.0f}s", file=sys.stderr)
     host, port = db.client.address  # type: ignore[misc]
     uri = settings.uri or f"mongodb://{host}:{port}/?directConnection=true"
@@ -321,10 +324,10 @@ def main() -> int:
         print(json.dumps(CHILDREN[spec["part"]](spec), default=str))
         return 0
 
-    from perf_analytics.synth import DEFAULT_START
+    from perf_analytics.synth import DEFAULT_START, FleetSpec
 
     results: dict[str, Any] = {"args": vars(args)}
-    day_fleet = {"orgs": args.orgs, "assets": args.assets, "days": args.days, "interval_s": args.interval}
+    day_fleet = FleetSpec(orgs=args.orgs, assets=args.assets, days=args.days, interval_s=args.interval, seed=42)
     if "sync" in args.parts or "race" in args.parts:
         uri, name, lake = ensure_data(day_fleet)
         spec = {"uri": uri, "db": name, "lake": str(lake), "rounds": args.rounds,
@@ -335,7 +338,7 @@ def main() -> int:
         if "race" in args.parts:
             results["race"] = _child("race", spec)
     if "fleet" in args.parts:
-        fleet = {"orgs": 1, "assets": args.fleet_assets, "days": args.fleet_days, "interval_s": args.fleet_interval}
+        fleet = FleetSpec(orgs=1, assets=args.fleet_assets, days=args.fleet_days, interval_s=args.fleet_interval, seed=42)
         uri, name, lake = ensure_data(fleet)
         spec = {"uri": uri, "db": name, "lake": str(lake), "rounds": args.rounds}
         if not lake.exists():

@@ -71,12 +71,12 @@ def build_lake(source: Path, *, orgs: int, assets: int, days: int, interval_s: i
 
     from perf_analytics.schema import validate_snapshot
     from perf_analytics.sync import mirror_documents_all_orgs
-    from perf_analytics.synth import generate_fleet
+    from perf_analytics.synth import FleetSpec, generate_fleet
 
     began = time.perf_counter()
     staging = source.with_name(source.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
-    fleet = generate_fleet(orgs=orgs, assets=assets // orgs, days=days, interval_s=interval_s, seed=42)
+    fleet = generate_fleet(FleetSpec(orgs=orgs, assets=assets // orgs, days=days, interval_s=interval_s, seed=42))
     report = mirror_documents_all_orgs(
         staging, (bson.encode({"_id": ObjectId(), **validate_snapshot(payload)}) for payload in fleet)
     )

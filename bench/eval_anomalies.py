@@ -58,10 +58,10 @@ from nab_corpus import (  # noqa: E402  (bench/, beside this script)
     write_result,
 )
 
-from perf_analytics.anomalies import AnomalyConfig, flag_anomalies  # noqa: E402
+from perf_analytics.anomalies import AnomalyConfig, FlagOptions, flag_anomalies  # noqa: E402
 from perf_analytics.anomalies.series import agent_frame, read_points  # noqa: E402
 from perf_analytics.frames import Frames, frames_from_documents  # noqa: E402
-from perf_analytics.synth import fleet_labels, generate_fleet  # noqa: E402
+from perf_analytics.synth import FleetSpec, fleet_labels, generate_fleet  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "anomalies.json"
 DEFAULT_NAB = ROOT.parent / "shared" / "data" / "nab"
@@ -101,7 +101,7 @@ def flag_day_by_day(frames: Frames, config: AnomalyConfig) -> pl.DataFrame:
         part = _window(frames, start - timedelta(days=config.history_days), start + timedelta(days=1))
         # The clock stops where the recording stops: its end is not an agent going offline.
         now = min(start + timedelta(days=1), end + timedelta(seconds=1))
-        out.append(flag_anomalies(part, day=d, config=config, now=now))
+        out.append(flag_anomalies(part, options=FlagOptions(day=d, config=config, now=now)))
     return pl.concat(out)
 
 
@@ -123,9 +123,9 @@ def _count_by(rows: list[dict[str, Any]], keys: tuple[str, str]) -> dict[str, in
     return dict(sorted(counts.items()))
 
 
-def _fleet_frames(**args: Any) -> Frames:
+def _fleet_frames(spec: FleetSpec) -> Frames:
     def docs() -> Iterator[dict[str, Any]]:
-        for doc in generate_fleet(**args):
+        for doc in generate_fleet(spec):
             doc["timestamp"] = datetime.fromisoformat(doc["timestamp"].replace("Z", "+00:00"))
             yield doc
 
@@ -141,11 +141,11 @@ def _label_counts(label: dict[str, Any], gap_intervals: float, interval_s: int) 
 
 
 def evaluate_generator(seed: int, config: AnomalyConfig, *, orgs: int, assets: int, days: int, interval_s: int) -> dict[str, Any]:
-    args = {"orgs": orgs, "assets": assets, "days": days, "interval_s": interval_s, "seed": seed}
+    spec = FleetSpec(orgs=orgs, assets=assets, days=days, interval_s=interval_s, seed=seed)
     began = time.perf_counter()
-    frames = _fleet_frames(**args)
+    frames = _fleet_frames(spec)
     built = time.perf_counter() - began
-    labels = fleet_labels(**args)
+    labels = fleet_labels(spec)
     for label in labels:
         for key in ("start", "end"):
             label[key] = datetime.fromisoformat(label[key].replace("Z", "+00:00"))
@@ -186,7 +186,10 @@ def evaluate_generator(seed: int, config: AnomalyConfig, *, orgs: int, assets: i
     found_all = sum(1 for lab in counted if id(lab) in hit)
     return {
         "seed": seed,
-        **{k: v for k, v in args.items() if k != "seed"},
+        "orgs": orgs,
+        "assets": assets,
+        "days": days,
+        "interval_s": interval_s,
         "snapshots": frames.snapshots.height,
         "labels": len(labels),
         "labels_counted": len(counted),

@@ -24,7 +24,9 @@ _HOMES: dict[str, tuple[str, ...]] = {
         "connect", "connect_uri", "ensure_indexes", "get_asset_performance", "probe_capabilities", "store_snapshot",
     ),
     "perf_analytics.schema": ("ASSETS", "SNAPSHOTS", "validate_snapshot"),
-    "perf_analytics.ingest": ("IngestSummary", "ingest_archives", "ingest_archives_all_orgs", "validate_archives"),
+    "perf_analytics.ingest": (
+        "IngestSummary", "LoadOptions", "ingest_archives", "ingest_archives_all_orgs", "validate_archives",
+    ),
     "perf_analytics.extract": (
         "Extraction", "extract_window", "extract_window_all_orgs", "iter_window", "sink_window_parquet",
     ),
@@ -33,7 +35,7 @@ _HOMES: dict[str, tuple[str, ...]] = {
     "perf_analytics.mirror": ("read_window", "scan_window"),
     "perf_analytics.lake": ("connect_lake", "connect_lake_all_orgs", "query_lake"),
     "perf_analytics.rollups": ("Rollups", "compute_availability", "compute_rollups"),
-    "perf_analytics.anomalies": ("AnomalyConfig", "flag_anomalies"),
+    "perf_analytics.anomalies": ("AnomalyConfig", "FlagOptions", "flag_anomalies"),
     "perf_analytics.pipeline": ("run_day",),
     "perf_analytics.nightly": ("Fanout", "NightlyOptions", "list_runs", "run_nightly"),
     "perf_analytics.report": ("render_report", "write_report"),
@@ -44,7 +46,7 @@ _HOMES: dict[str, tuple[str, ...]] = {
     ),
     "perf_analytics.migrate": ("migrate_all_orgs", "migrate_legacy_snapshots"),
     "perf_analytics.doctor": ("diagnose", "diagnose_all_orgs"),
-    "perf_analytics.synth": ("fleet_assets", "generate_fleet", "write_fleet"),
+    "perf_analytics.synth": ("FleetSpec", "fleet_assets", "fleet_labels", "generate_fleet", "write_fleet"),
     "perf_analytics.errors": (
         "AnomalyInputError", "ArchiveError", "CheckpointError", "ConfigError", "DamagedArchive", "ExtractError",
         "FanoutError", "IncompleteLoad", "InvalidArgument", "LakeError", "ManifestError", "MirrorError", "NotFound",
@@ -57,14 +59,14 @@ _HOME_OF = {name: module for module, names in _HOMES.items() for name in names}
 
 __all__ = [
     "ASSETS", "SNAPSHOTS", "AnomalyConfig", "AnomalyInputError", "ArchiveError", "CheckpointError", "ConfigError", "DamagedArchive",
-    "ExtractError", "Extraction", "Fanout", "FanoutError", "Frames", "IncompleteLoad", "IngestSummary",
-    "InvalidArgument", "LakeError", "ManifestError", "MirrorError", "NightlyOptions", "NotFound", "NotReadOnly",
+    "ExtractError", "Extraction", "Fanout", "FanoutError", "FlagOptions", "FleetSpec", "Frames", "IncompleteLoad",
+    "IngestSummary", "InvalidArgument", "LakeError", "LoadOptions", "ManifestError", "MirrorError", "NightlyOptions", "NotFound", "NotReadOnly",
     "NotSynced", "PerfAnalyticsError", "PlotError", "QueryError", "RetentionError", "RollupError", "Rollups",
     "RunFailed", "RunLocked", "ServerError", "Settings", "SinkError", "StepFailed", "SyncError",
     "UnreadableLakeFile", "UnsupportedFeature", "ValidationError", "__version__", "asset_figure",
     "compute_availability", "compute_rollups", "connect", "connect_lake", "connect_lake_all_orgs", "connect_uri",
     "diagnose", "diagnose_all_orgs", "ensure_indexes", "export_snapshots", "export_snapshots_all_orgs",
-    "extract_window", "extract_window_all_orgs", "flag_anomalies", "fleet_assets", "fleet_figure",
+    "extract_window", "extract_window_all_orgs", "flag_anomalies", "fleet_assets", "fleet_figure", "fleet_labels",
     "frames_from_documents", "generate_fleet", "get_asset_performance", "ingest_archives",
     "ingest_archives_all_orgs", "iter_window", "list_runs", "load_settings", "mark_for_sync", "migrate_all_orgs",
     "migrate_legacy_snapshots", "mirror_documents_all_orgs", "parse_day", "plot_asset", "plot_fleet", "probe_capabilities", "query_lake",
@@ -90,7 +92,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # what type checkers and editors see; at run time __getattr__ imports these
-    from perf_analytics.anomalies import AnomalyConfig, flag_anomalies
+    from perf_analytics.anomalies import AnomalyConfig, FlagOptions, flag_anomalies
     from perf_analytics.config import Settings, load_settings
     from perf_analytics.days import parse_day
     from perf_analytics.doctor import diagnose, diagnose_all_orgs
@@ -135,6 +137,7 @@ if TYPE_CHECKING:  # what type checkers and editors see; at run time __getattr__
     from perf_analytics.frames import Frames, frames_from_documents
     from perf_analytics.ingest import (
         IngestSummary,
+        LoadOptions,
         ingest_archives,
         ingest_archives_all_orgs,
         validate_archives,
@@ -169,4 +172,10 @@ if TYPE_CHECKING:  # what type checkers and editors see; at run time __getattr__
         sync_snapshots,
         sync_snapshots_all_orgs,
     )
-    from perf_analytics.synth import fleet_assets, generate_fleet, write_fleet
+    from perf_analytics.synth import (
+        FleetSpec,
+        fleet_assets,
+        fleet_labels,
+        generate_fleet,
+        write_fleet,
+    )

@@ -77,7 +77,7 @@ import polars as pl
 from perf_analytics import __version__
 from perf_analytics.anomalies import AnomalyConfig
 from perf_analytics.atomic import sweep_temp_files
-from perf_analytics.errors import ConfigError, PerfAnalyticsError, RunLocked, StepFailed
+from perf_analytics.errors import InvalidArgument, PerfAnalyticsError, RunLocked, StepFailed
 from perf_analytics.manifest import lake_lock, manifest_path, read_manifest, write_manifest
 from perf_analytics.pipeline import (
     DEFAULT_ASSET_BATCH,
@@ -111,7 +111,11 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class NightlyOptions:
-    """What a run derives and how. `retain_days` None: no retention (opt-in, see README)."""
+    """What a run derives and how. `retain_days` None: no retention (opt-in, see README).
+
+    Raises:
+        InvalidArgument: on construction, for an unknown or no window, or a count below 1.
+    """
 
     windows: tuple[str, ...] = WINDOWS
     config: AnomalyConfig = field(default_factory=AnomalyConfig)
@@ -123,11 +127,13 @@ class NightlyOptions:
     def __post_init__(self) -> None:
         unknown = [w for w in self.windows if w not in WINDOWS]
         if unknown or not self.windows:
-            raise ConfigError(f"windows: unknown window {unknown[0] if unknown else '(none)'}; valid: {', '.join(WINDOWS)}")
+            raise InvalidArgument(
+                f"windows: unknown window {unknown[0] if unknown else '(none)'}; valid: {', '.join(WINDOWS)}"
+            )
         if self.asset_batch < 1:
-            raise ConfigError(f"asset_batch must be at least 1, got {self.asset_batch}")
+            raise InvalidArgument(f"asset_batch must be at least 1, got {self.asset_batch}")
         if self.retain_days is not None and self.retain_days < 1:
-            raise ConfigError(f"retain_days must be at least 1, got {self.retain_days}")
+            raise InvalidArgument(f"retain_days must be at least 1, got {self.retain_days}")
 
     def as_json(self) -> dict[str, Any]:
         return {"windows": list(self.windows), "config": asdict(self.config), "asset_batch": self.asset_batch,
@@ -480,16 +486,21 @@ def run_here(tasks: Sequence[tuple[Job, Task]]) -> Iterator[tuple[Job, Outcome]]
 @dataclass(frozen=True)
 class Fanout:
     """Where the (org, day) tasks run: a local Dask cluster of `workers` processes, or the
-    existing Dask cluster whose scheduler is at `scheduler` (see perf_analytics.fanout)."""
+    existing Dask cluster whose scheduler is at `scheduler` (see perf_analytics.fanout).
+
+    Raises:
+        InvalidArgument: on construction, unless exactly one of the two is given, or for
+            `workers` below 1.
+    """
 
     workers: int | None = None
     scheduler: str | None = None
 
     def __post_init__(self) -> None:
         if (self.workers is None) == (self.scheduler is None):
-            raise ConfigError("give --workers N or --scheduler ADDRESS, not both")
+            raise InvalidArgument("give exactly one of workers and scheduler")
         if self.workers is not None and self.workers < 1:
-            raise ConfigError(f"--workers must be at least 1, got {self.workers}")
+            raise InvalidArgument(f"workers must be at least 1, got {self.workers}")
 
     def as_json(self) -> dict[str, Any]:
         return {"workers": self.workers, "scheduler": self.scheduler}
@@ -605,12 +616,16 @@ def run_nightly(
     None: yesterday (of `today`, default the UTC clock) plus every stale day; given: those
     days, derived again whatever the record says. `fanout`: the (org, day) tasks and the
     reports run on a Dask cluster (perf_analytics.fanout) instead of this process; with
-    `options.to_mongo` the workers connect to `sink_at`. Raises RunLocked when another
-    run holds the lake; otherwise returns, failed steps included (`RunResult.failed`).
+    `options.to_mongo` the workers connect to `sink_at`. Returns, failed steps included
+    (`RunResult.failed`).
+
+    Raises:
+        RunLocked: another run holds the lake.
+        InvalidArgument: `fanout` with `options.to_mongo` but no `sink_at`.
     """
     opts = options or NightlyOptions()
     if fanout is not None and opts.to_mongo and sink_at is None:
-        raise ConfigError("writing to MongoDB from workers needs the database's address (sink_at)")
+        raise InvalidArgument("writing to MongoDB from workers needs the database's address (sink_at)")
     yesterday = (today or datetime.now(UTC).date()) - timedelta(days=1)
     asked = {"orgs": list(orgs) if orgs is not None else None,
              "dates": [d.isoformat() for d in dates] if dates is not None else None,

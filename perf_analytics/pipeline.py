@@ -28,6 +28,7 @@ import polars as pl
 
 from perf_analytics.anomalies import (
     AnomalyConfig,
+    FlagOptions,
     combine_dropped,
     combine_episodes,
     flag_assets,
@@ -270,7 +271,7 @@ def flag_day(
         result.snapshots += today.snapshots.height
         if anomalies:
             mine = None if prior is None else prior.filter(pl.col("assetId").is_in([a for a in batch if a is not None]))
-            found = flag_assets(frames, day=day, config=cfg, state=mine)
+            found = flag_assets(frames, options=FlagOptions(day=day, config=cfg), state=mine)
             own_flags.append(found.episodes)
             buckets.append(found.peer_buckets)
             dropped.append(found.dropped)

@@ -34,7 +34,7 @@ from matplotlib.ticker import FixedLocator
 from PIL import Image
 
 from perf_analytics.atomic import atomic_path
-from perf_analytics.errors import PlotError
+from perf_analytics.errors import InvalidArgument, PlotError
 from perf_analytics.frames import Frames
 from perf_analytics.lake import connect_lake
 from perf_analytics.mirror import read_window
@@ -300,12 +300,16 @@ def plot_fleet(
     `rollups` is one window's asset rollups (the lake's `rollups` view, e.g. 1hour);
     flags are drawn as markers at their start on their asset's row, availability as a
     percentage beside the row.
+
+    Raises:
+        InvalidArgument: `metric` is not a column of the rollups.
+        PlotError: no rollups, or rollups of several windows.
     """
     if rollups.is_empty():
         raise PlotError("no rollups to plot (has the day been rolled up?)")
     if metric not in rollups.columns:
         numeric = [c for c, t in rollups.schema.items() if t.is_numeric() and c not in ("samples", "interval_s")]
-        raise PlotError(f"unknown rollup column {metric!r}; choose one of: {', '.join(numeric)}")
+        raise InvalidArgument(f"unknown rollup column {metric!r}; choose one of: {', '.join(numeric)}")
     table = pl.DataFrame({
         "assetId": rollups["assetId"],
         "bucket": _utc_naive(rollups["bucket"]),
@@ -381,12 +385,15 @@ def plot_fleet(
 
 
 def save_figure(fig: Figure, path: str | os.PathLike[str], *, dpi: int = 110) -> Path:
-    """Write the figure (format from the suffix: .png, .svg, .pdf) via a temp file and rename."""
+    """Write the figure (format from the suffix: .png, .svg, .pdf) via a temp file and rename.
+
+    Raises InvalidArgument for another suffix or a directory that does not exist.
+    """
     target = Path(path)
     if target.suffix.lower() not in SUFFIXES:
-        raise PlotError(f"{target}: choose a .png, .svg or .pdf file name")
+        raise InvalidArgument(f"{target}: choose a .png, .svg or .pdf file name")
     if not target.parent.is_dir():
-        raise PlotError(f"{target.parent} is not a directory")
+        raise InvalidArgument(f"{target.parent} is not a directory")
     with atomic_path(target) as tmp:
         fig.savefig(tmp, dpi=dpi, format=target.suffix.lower()[1:])
     return target

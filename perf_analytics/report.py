@@ -38,7 +38,7 @@ import polars as pl
 
 from perf_analytics import plots
 from perf_analytics.atomic import write_atomic
-from perf_analytics.errors import ConfigError, NotFound
+from perf_analytics.errors import InvalidArgument, NotFound
 from perf_analytics.lake import (
     ANOMALIES,
     AVAILABILITY,
@@ -98,9 +98,12 @@ class DayData:
 
 
 def report_path(lake: str | os.PathLike[str], org_id: str, day: date) -> Path:
-    """Where the nightly run writes (org, day)'s page: `reports/<org>/<date>.html` beside the lake."""
+    """Where the nightly run writes (org, day)'s page: `reports/<org>/<date>.html` beside the lake.
+
+    Raises InvalidArgument for an org id that cannot name a file.
+    """
     if not is_valid_id(org_id):
-        raise ConfigError(f"org id {org_id!r} cannot name a report file: use {ID_RULE}")
+        raise InvalidArgument(f"org id {org_id!r} cannot name a report file: use {ID_RULE}")
     return Path(lake).absolute().parent / "reports" / org_id / f"{day.isoformat()}.html"
 
 
@@ -393,11 +396,15 @@ def render_report(
     datasets, each section's plot from its snapshot mirror (as the last sync left it). The
     assets in a top-`top` list, then those with the worst episodes, get a section with
     their plot, `most` at most (see `DayData.sections`).
+
+    Raises:
+        InvalidArgument: `top` or `most` below 1.
+        NotFound: a derived dataset of the day is missing from the lake.
     """
     if top < 1:
-        raise ConfigError(f"top must be at least 1, got {top}")
+        raise InvalidArgument(f"top must be at least 1, got {top}")
     if most < 1:
-        raise ConfigError(f"most must be at least 1, got {most}")
+        raise InvalidArgument(f"most must be at least 1, got {most}")
     data = load_day(lake, org_id, day)
     shown, left = data.sections(top, most)
     linked = set(shown)
@@ -440,14 +447,19 @@ def write_report(
 
     Returns the path written. Nothing is written when the day cannot be reported; the
     directory of a default path is created, a given one must exist.
+
+    Raises:
+        InvalidArgument: `out` is not an .html file in an existing directory, `top` or `most`
+            below 1, or an org id that cannot name a file.
+        NotFound: a derived dataset of the day is missing from the lake.
     """
     target = Path(out) if out is not None else report_path(lake, org_id, day)
     if target.suffix.lower() not in SUFFIXES:
-        raise ConfigError(f"{target}: choose a .html file name")
+        raise InvalidArgument(f"{target}: choose a .html file name")
     if out is None:
         target.parent.mkdir(parents=True, exist_ok=True)
     elif not target.parent.is_dir():
-        raise ConfigError(f"{target.parent} is not a directory")
+        raise InvalidArgument(f"{target.parent} is not a directory")
     page = render_report(lake, org_id, day, top=top, most=most, generated_at=generated_at)
     write_atomic(target, page.encode("utf-8"))
     return target

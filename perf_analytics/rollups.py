@@ -89,7 +89,7 @@ import numpy.typing as npt
 import polars as pl
 import pyarrow as pa
 
-from perf_analytics.errors import RollupError
+from perf_analytics.errors import InvalidArgument, RollupError
 from perf_analytics.frames import Frames
 from perf_analytics.schema import TIME_WINDOWS
 from perf_analytics.store import Db
@@ -896,10 +896,14 @@ def compute_rollups(
     `flags` is an optional frame of anomaly flags (orgId, assetId, start) counted per
     bucket. Returns {window: Rollups}, each frame sorted by its key. The caller's frames are
     not modified.
+
+    Raises:
+        InvalidArgument: an unknown window.
+        RollupError: a frame's key column is missing or mistyped.
     """
     unknown = [w for w in windows if w not in WINDOW_SECONDS]
     if unknown:
-        raise RollupError("windows", str(unknown[0]), f"unknown window; expected one of {', '.join(WINDOWS)}")
+        raise InvalidArgument(f"windows: unknown window {unknown[0]!r}; expected one of {', '.join(WINDOWS)}")
     # Cleaned once and shared by every window's plan.
     snapshots = _prepare(frames.snapshots, "snapshots", None, _SNAPSHOT_COLUMNS).collect(engine=ENGINE).lazy()
     disks = _prepare(frames.disks, "disks", "disk", _DISK_COLUMNS).collect(engine=ENGINE).lazy()
@@ -968,9 +972,13 @@ def mergeable_rollups(frames: Frames, window: str = "1min") -> pl.DataFrame:
     sum, and sketch: the metric's DDSketch-style bins, a list of {key, count} sorted by key.
     The snapshots are cleaned as `compute_rollups` cleans them, so every value is
     non-negative (percentages, bytes and counts), which the sketch relies on.
+
+    Raises:
+        InvalidArgument: `window` is not one of `MERGE_WINDOWS`.
+        RollupError: a frame's key column is missing or mistyped.
     """
     if window not in MERGE_WINDOWS:
-        raise RollupError("windows", window, f"unknown window; expected one of {', '.join(MERGE_WINDOWS)}")
+        raise InvalidArgument(f"window: unknown window {window!r}; expected one of {', '.join(MERGE_WINDOWS)}")
     snapshots = _prepare(frames.snapshots, "snapshots", None, _SNAPSHOT_COLUMNS)
     singles = []
     for metric in ASSET_METRICS:
@@ -1004,9 +1012,13 @@ def coarsen_rollups(rollups: pl.DataFrame, window: str) -> pl.DataFrame:
     estimates within a relative error of non-negative values stays within it:
     |p95_estimate - p95| <= SKETCH_ALPHA * p95. The estimate is also clamped to the exact
     [min, max], which can only bring it closer.
+
+    Raises:
+        InvalidArgument: `window` is not one of `MERGE_WINDOWS`.
+        RollupError: a column of mergeable rollups is missing.
     """
     if window not in MERGE_WINDOWS:
-        raise RollupError("windows", window, f"unknown window; expected one of {', '.join(MERGE_WINDOWS)}")
+        raise InvalidArgument(f"window: unknown window {window!r}; expected one of {', '.join(MERGE_WINDOWS)}")
     for column in (*_KEYS, "bucket", "samples", *(f"{m}_{s}" for m in ASSET_METRICS for s in _MERGEABLE_STATS)):
         if column not in rollups.columns:
             raise RollupError("rollups", column, "column is missing (not a mergeable rollup)")

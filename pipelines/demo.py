@@ -21,11 +21,14 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
 from perf_analytics import (
     ASSETS,
+    FleetSpec,
+    LoadOptions,
     asset_figure,
     connect,
     connect_lake,
@@ -43,34 +46,33 @@ from perf_analytics import (
     write_fleet,
     write_report,
 )
-from perf_analytics.synth import DEFAULT_START
 
-FLEET = {"orgs": 3, "assets": 4, "days": 2, "interval_s": 60, "seed": 7}
+FLEET = FleetSpec(orgs=3, assets=4, days=2, interval_s=60, seed=7)
 OUT = Path("data/demo")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--interval", type=int, default=FLEET["interval_s"],
+    parser.add_argument("--interval", type=int, default=FLEET.interval_s,
                         help="seconds between an asset's snapshots (default %(default)s)")
     args = parser.parse_args(argv)
-    fleet = {**FLEET, "interval_s": args.interval}
+    fleet = replace(FLEET, interval_s=args.interval)
     settings = load_settings()
-    archive = OUT / f"fleet-{fleet['interval_s']}s.ndjson.zst"
+    archive = OUT / f"fleet-{fleet.interval_s}s.ndjson.zst"
     if not archive.exists():
         OUT.mkdir(parents=True, exist_ok=True)
-        summary = write_fleet(archive, **fleet)
+        summary = write_fleet(archive, fleet)
         print(f"generated {summary.snapshots:,} snapshots of {summary.assets} assets -> {archive}")
     db = connect(settings)
     caps = probe_capabilities(db)
     print(f"server: {caps.server}; database: {settings.db}")
     ensure_indexes(db)
     # The application owns `assets`; here we stand in for it and register the fleet once.
-    for entry in fleet_assets(orgs=FLEET["orgs"], assets=FLEET["assets"], seed=FLEET["seed"]):
+    for entry in fleet_assets(orgs=fleet.orgs, assets=fleet.assets, seed=fleet.seed):
         db[ASSETS].update_one({"_id": entry["_id"], "orgId": entry["orgId"]}, {"$setOnInsert": entry}, upsert=True)
 
     # An admin load across the demo's orgs; `ingest_archives(db, paths, org_id)` loads one.
-    loaded = ingest_archives_all_orgs(db, [archive], rejects=OUT / "rejects.ndjson")
+    loaded = ingest_archives_all_orgs(db, [archive], options=LoadOptions(rejects=OUT / "rejects.ndjson"))
     print(loaded.describe())
 
     # doctor reads a healthy org's snapshots once on FerretDB (one scan of the collection,
@@ -97,9 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     synced = sync_snapshots_all_orgs(db, settings.lake)
     print(f"sync: read {synced.read:,}, {synced.new:,} new snapshot(s) mirrored into {settings.lake} "
           f"({synced.seconds:.1f}s)")
-    day = (DEFAULT_START + timedelta(days=FLEET["days"] - 1)).date()
+    day = (fleet.start_time + timedelta(days=fleet.days - 1)).date()
     started = time.monotonic()
-    for org in (f"org-{i:02d}" for i in range(1, FLEET["orgs"] + 1)):
+    for org in (f"org-{i:02d}" for i in range(1, fleet.orgs + 1)):
         result = run_day(settings.lake, org, day)
         n = result.flags.height
         print(f"{org} {day}: {result.snapshots:,} snapshots, {n} anomaly flag{'' if n == 1 else 's'}, "

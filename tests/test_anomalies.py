@@ -17,6 +17,7 @@ from perf_analytics.anomalies import (
     DROPPED_COLUMNS,
     EPISODE_COLUMNS,
     AnomalyConfig,
+    FlagOptions,
     flag_anomalies,
     flag_assets,
 )
@@ -161,7 +162,7 @@ def test_thresholds_are_configurable() -> None:
 
     frames = frames_of(asset_docs(edit=edit))
     assert only(flag_anomalies(frames), "threshold").is_empty()
-    lowered = flag_anomalies(frames, config=AnomalyConfig(memory_threshold=80.0))
+    lowered = flag_anomalies(frames, options=FlagOptions(config=AnomalyConfig(memory_threshold=80.0)))
     assert only(lowered, "threshold", "memory.usagePercent").height == 1
 
 
@@ -195,12 +196,12 @@ def test_a_night_transfer_below_the_daytime_spikes_is_an_outlier_because_it_hold
         c["recv"][(t >= at(24 + 3)) & (t < at(24 + 3) + 1200)] *= 30.0
 
     day3 = DAY2 + timedelta(days=1)
-    flags = only(flag_anomalies(frames_of(asset_docs(days=3, edit=edit)), day=day3), "outlier")
+    flags = only(flag_anomalies(frames_of(asset_docs(days=3, edit=edit)), options=FlagOptions(day=day3)), "outlier")
     assert flags.get_column("metric").to_list() == ["network.interfaces[eth0].bytesRecvPerSec"]
     assert T0 + timedelta(seconds=at(24 + 3)) <= flags.item(0, "start") <= T0 + timedelta(seconds=at(24 + 3) + 1200)
     assert flags.item(0, "score") >= 4.0
     assert "robust z-score" in flags.item(0, "message")
-    quiet = flag_anomalies(frames_of(asset_docs(days=3, edit=busy_days_with_spikes)), day=day3)
+    quiet = flag_anomalies(frames_of(asset_docs(days=3, edit=busy_days_with_spikes)), options=FlagOptions(day=day3))
     assert only(quiet, "outlier").is_empty()
 
 
@@ -235,11 +236,11 @@ def test_a_cpu_shift_smaller_than_the_daily_swing_is_a_level_shift() -> None:
         c["cpu"][(t >= at(24 + 6)) & (t < at(24 + 14))] += 15.0
 
     day3 = DAY2 + timedelta(days=1)
-    flags = only(flag_anomalies(frames_of(asset_docs(days=3, edit=edit)), day=day3), "level_shift", "cpu.usage")
+    flags = only(flag_anomalies(frames_of(asset_docs(days=3, edit=edit)), options=FlagOptions(day=day3)), "level_shift", "cpu.usage")
     assert flags.height == 1
     # At the peak of its day (6:00) the shift must first pass the peaks of earlier days.
     assert T0 + timedelta(seconds=at(24 + 6)) < flags.item(0, "start") <= T0 + timedelta(seconds=at(24 + 9))
-    assert only(flag_anomalies(frames_of(asset_docs(days=3)), day=day3), "level_shift").is_empty()
+    assert only(flag_anomalies(frames_of(asset_docs(days=3)), options=FlagOptions(day=day3)), "level_shift").is_empty()
 
 
 def test_a_spike_shorter_than_the_recent_window_is_no_level_shift() -> None:
@@ -258,7 +259,7 @@ def test_metrics_that_move_together_each_too_little_for_its_own_flag_are_one_joi
         c["temp"][hours] += 3.5
         c["recv"][hours] *= np.exp(0.3 * 3.5)
 
-    flags = flag_anomalies(frames_of(asset_docs(days=3, edit=edit)), day=DAY2 + timedelta(days=1))
+    flags = flag_anomalies(frames_of(asset_docs(days=3, edit=edit)), options=FlagOptions(day=DAY2 + timedelta(days=1)))
     assert flags.get_column("detector").to_list() == ["joint"]
     row = flags.row(0, named=True)
     assert row["metric"] == "*"
@@ -266,7 +267,7 @@ def test_metrics_that_move_together_each_too_little_for_its_own_flag_are_one_joi
     assert row["message"].startswith("Several metrics moved together as they usually do not: ")
     for metric in ("memory.usagePercent", "cpu.temperature", "network.interfaces[eth0].bytesRecvPerSec"):
         assert metric in row["message"]
-    assert flag_anomalies(frames_of(asset_docs(days=3)), day=DAY2 + timedelta(days=1)).is_empty()
+    assert flag_anomalies(frames_of(asset_docs(days=3)), options=FlagOptions(day=DAY2 + timedelta(days=1))).is_empty()
 
 
 def test_a_stuck_cpu_is_a_flatline_but_a_metric_that_never_moves_is_not() -> None:
@@ -329,11 +330,11 @@ def test_an_agent_silent_at_the_end_of_the_day_is_offline_unless_last_seen_is_re
         c["keep"][t >= at(20)] = False
 
     frames = frames_of(asset_docs(edit=edit))
-    flags = only(flag_anomalies(frames, day=DAY2), "offline")
+    flags = only(flag_anomalies(frames, options=FlagOptions(day=DAY2)), "offline")
     assert flags.height == 1
     assert flags.item(0, "start") == T0 + timedelta(seconds=at(20))
     seen = pl.DataFrame({"orgId": ["org-a"], "assetId": ["asset-1"], "lastSeen": [T0 + timedelta(seconds=at(23.9))]})
-    assert only(flag_anomalies(frames, day=DAY2, last_seen=seen), "offline").is_empty()
+    assert only(flag_anomalies(frames, options=FlagOptions(day=DAY2, last_seen=seen)), "offline").is_empty()
 
 
 def test_uptime_going_down_is_a_reboot() -> None:
@@ -407,11 +408,11 @@ def test_a_days_flags_do_not_change_when_the_next_day_arrives() -> None:
 
     docs = asset_docs(days=3, edit=edit)
     until_day2 = [d for d in docs if d["timestamp"] < T0 + timedelta(days=2)]
-    alone = flag_anomalies(frames_of(until_day2), day=DAY2)
-    with_next = flag_anomalies(frames_of(docs), day=DAY2)
+    alone = flag_anomalies(frames_of(until_day2), options=FlagOptions(day=DAY2))
+    with_next = flag_anomalies(frames_of(docs), options=FlagOptions(day=DAY2))
     assert not alone.is_empty()
     assert alone.equals(with_next)
-    day3 = flag_anomalies(frames_of(docs), day="2026-03-04")
+    day3 = flag_anomalies(frames_of(docs), options=FlagOptions(day="2026-03-04"))
     assert (day3.get_column("start") >= T0 + timedelta(days=2)).all()
 
 
@@ -423,7 +424,7 @@ def test_every_message_is_a_sentence_with_its_numbers() -> None:
         c["keep"][(t >= at(42)) & (t < at(43))] = False
         c["uptime"][t >= at(44)] = 300 + t[t >= at(44)] - at(44)
 
-    flags = flag_anomalies(frames_of(asset_docs(days=3, edit=edit)), day=DAY2 + timedelta(days=1))
+    flags = flag_anomalies(frames_of(asset_docs(days=3, edit=edit)), options=FlagOptions(day=DAY2 + timedelta(days=1)))
     assert set(flags.get_column("detector")) >= {"threshold", "level_shift", "outlier", "gap", "reboot"}
     for message in flags.get_column("message"):
         assert message[0].isupper() and message.endswith("."), message
@@ -456,7 +457,7 @@ def test_values_that_cannot_be_readings_are_counted_per_series_and_reason_and_lo
         c["memory"][(t >= 3600) & (t < 7200)] = 250.0  # the day before: history, not reported again
 
     with caplog.at_level(logging.WARNING, logger="perf_analytics.anomalies"):
-        found = flag_assets(frames_of(asset_docs(edit=edit)), day=DAY2)
+        found = flag_assets(frames_of(asset_docs(edit=edit)), options=FlagOptions(day=DAY2))
     assert found.episodes.is_empty()
     assert found.dropped.columns == list(DROPPED_COLUMNS)
     rows = found.dropped.select("metric", "reason", "count", "example").rows()
@@ -472,7 +473,7 @@ def test_values_that_cannot_be_readings_are_counted_per_series_and_reason_and_lo
 
 def test_a_clean_day_drops_nothing_and_logs_no_warning(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="perf_analytics.anomalies"):
-        found = flag_assets(frames_of(asset_docs()), day=DAY2)
+        found = flag_assets(frames_of(asset_docs()), options=FlagOptions(day=DAY2))
     assert found.dropped.is_empty()
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
@@ -484,7 +485,7 @@ def test_a_single_snapshot_gives_no_flags() -> None:
 
 
 def test_empty_frames_give_an_empty_result() -> None:
-    assert flag_anomalies(frames_of([]), day=DAY2).is_empty()
+    assert flag_anomalies(frames_of([]), options=FlagOptions(day=DAY2)).is_empty()
 
 
 def test_duplicate_timestamps_count_once() -> None:
@@ -518,7 +519,7 @@ def test_an_agent_that_reports_at_irregular_times_gets_gaps_only_for_a_real_sile
         c["keep"][(t >= at(10)) & (t < at(13))] = False
 
     frames = frames_of(asset_docs(interval=60, edit=edit))
-    flags = flag_anomalies(frames, day=DAY2)
+    flags = flag_anomalies(frames, options=FlagOptions(day=DAY2))
     assert only(flags, "offline").is_empty()
     gaps = only(flags, "gap")
     assert gaps.height == 1, gaps.select("start", "message").rows()
@@ -532,7 +533,7 @@ def test_an_agent_that_reports_at_irregular_times_and_then_stops_is_offline() ->
     def edit(t: np.ndarray, c: dict[str, np.ndarray]) -> None:
         c["keep"][:] = (rng.random(t.size) < 0.2) & (t < at(21))
 
-    flags = flag_anomalies(frames_of(asset_docs(interval=60, edit=edit)), day=DAY2)
+    flags = flag_anomalies(frames_of(asset_docs(interval=60, edit=edit)), options=FlagOptions(day=DAY2))
     offline = only(flags, "offline")
     assert offline.height == 1
     assert T0 + timedelta(seconds=at(20.5)) <= offline.item(0, "start") <= T0 + timedelta(seconds=at(22))
@@ -559,7 +560,7 @@ def test_frames_of_the_wrong_shape_raise_a_clear_error() -> None:
     with pytest.raises(AnomalyInputError, match="lacks the column"):
         flag_anomalies(bad)
     with pytest.raises(AnomalyInputError, match="not a date"):
-        flag_anomalies(frames_of(asset_docs(days=0.1)), day="yesterday")
+        flag_anomalies(frames_of(asset_docs(days=0.1)), options=FlagOptions(day="yesterday"))
 
 
 def test_a_negative_threshold_is_a_config_error() -> None:

@@ -16,7 +16,7 @@ import polars as pl
 import pytest
 from bson import ObjectId
 
-from perf_analytics.anomalies import AnomalyConfig, flag_assets, summarize_days
+from perf_analytics.anomalies import AnomalyConfig, FlagOptions, flag_assets, summarize_days
 from perf_analytics.anomalies.state import day_frames
 from perf_analytics.anomaly_state import day_fingerprint, read_state, state_files, state_path
 from perf_analytics.frames import Frames, frames_from_documents
@@ -24,7 +24,7 @@ from perf_analytics.pipeline import ServerSnapshots, run_day
 from perf_analytics.schema import SNAPSHOTS, validate_snapshot
 from perf_analytics.store import Db
 from perf_analytics.sync import sync_snapshots_all_orgs
-from perf_analytics.synth import DEFAULT_START, generate_fleet
+from perf_analytics.synth import DEFAULT_START, FleetSpec, generate_fleet
 
 DAY1 = DEFAULT_START.date()
 ORG = "org-01"
@@ -32,7 +32,7 @@ ORG = "org-01"
 
 def _docs(days: int, assets: int = 2, interval_s: int = 300) -> list[dict[str, Any]]:
     return [{"_id": ObjectId(), **validate_snapshot(p)}
-            for p in generate_fleet(orgs=1, assets=assets, days=days, interval_s=interval_s, seed=7)]
+            for p in generate_fleet(FleetSpec(orgs=1, assets=assets, days=days, interval_s=interval_s, seed=7))]
 
 
 def _frames(docs: list[dict[str, Any]]) -> Frames:
@@ -50,8 +50,8 @@ def test_each_days_flags_with_the_kept_state_equal_those_rebuilt_from_the_raw_hi
         day = DAY1 + timedelta(days=i)
         prior = [kept[day - timedelta(days=k)] for k in range(7, 0, -1) if day - timedelta(days=k) in kept]
         state = pl.concat(prior) if prior else None
-        with_state = flag_assets(day_frames(frames, day), day=day, state=state, config=config)
-        rebuilt = flag_assets(frames, day=day, config=config)
+        with_state = flag_assets(day_frames(frames, day), options=FlagOptions(day=day, config=config), state=state)
+        rebuilt = flag_assets(frames, options=FlagOptions(day=day, config=config))
         assert with_state.episodes.equals(rebuilt.episodes), day
         assert with_state.state.equals(summarize_days(frames, [day], config))
         kept[day] = with_state.state

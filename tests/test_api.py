@@ -9,14 +9,23 @@ import re
 import subprocess
 import sys
 import tomllib
+from dataclasses import FrozenInstanceError
 from datetime import UTC, date, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
 
 import perf_analytics
-from perf_analytics import InvalidArgument, ingest_archives, ingest_archives_all_orgs, parse_day
+from perf_analytics import (
+    InvalidArgument,
+    LoadOptions,
+    ingest_archives,
+    ingest_archives_all_orgs,
+    parse_day,
+    validate_archives,
+)
 from perf_analytics.cli import app
 from perf_analytics.ingest import IngestSummary
 
@@ -63,11 +72,55 @@ def test_no_exported_function_takes_arbitrary_keyword_options() -> None:
 def test_load_options_are_keyword_only(tmp_path: Path) -> None:
     archive = tmp_path / "a.ndjson"
     with pytest.raises(TypeError, match="positional"):
-        ingest_archives(None, [archive], "org-a", tmp_path / "rejects.ndjson")  # type: ignore[arg-type,misc]
+        ingest_archives(None, [archive], "org-a", LoadOptions())  # type: ignore[arg-type,misc]
     with pytest.raises(TypeError, match="positional"):
-        ingest_archives_all_orgs(None, [archive], tmp_path / "rejects.ndjson")  # type: ignore[arg-type,misc]
-    with pytest.raises(TypeError, match="unexpected keyword argument 'batchsize'"):
-        ingest_archives_all_orgs(None, [archive], batchsize=10)  # type: ignore[arg-type,call-arg]
+        ingest_archives_all_orgs(None, [archive], LoadOptions())  # type: ignore[arg-type,misc]
+
+
+@pytest.mark.parametrize("load", [ingest_archives_all_orgs, validate_archives])
+def test_the_loading_calls_take_their_options_as_one_load_options(load: Any, tmp_path: Path) -> None:
+    # The options are one value, passed whole, not eleven keywords repeated per function.
+    with pytest.raises(TypeError, match="unexpected keyword argument 'batch_size'"):
+        load(None, [tmp_path / "a.ndjson"], batch_size=10)
+    shared = {"options", "progress"}
+    for function in (ingest_archives, ingest_archives_all_orgs, validate_archives):
+        keywords = {n for n, p in inspect.signature(function).parameters.items() if p.kind is p.KEYWORD_ONLY}
+        assert keywords == shared, function.__name__
+
+
+@pytest.mark.parametrize(("name", "keywords"), [("flag_anomalies", {"options"}), ("flag_assets", {"options", "state"})])
+def test_the_flag_calls_take_their_options_as_one_flag_options(name: str, keywords: set[str]) -> None:
+    # day, history, config, last_seen and now are one FlagOptions, not keywords repeated per function.
+    import perf_analytics.anomalies as anomalies
+
+    function = getattr(anomalies, name)
+    params = inspect.signature(function).parameters.values()
+    assert {p.name for p in params if p.kind is p.KEYWORD_ONLY} == keywords
+    assert perf_analytics.FlagOptions is anomalies.FlagOptions
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"batch_size": 0}, "batch_size must be a whole number >= 1, got 0"),
+        ({"workers": True}, "workers must be a whole number >= 1, got True"),
+        ({"commit_seconds": -1.0}, "commit_seconds must be a finite number >= 0, got -1.0"),
+        ({"commit_seconds": float("nan")}, "commit_seconds must be a finite number >= 0, got nan"),
+        ({"fmt": "csv"}, "fmt must be one of ndjson, json, bson, got 'csv'"),
+        ({"compression": "xz"}, "compression must be one of none, gzip, zstd, got 'xz'"),
+    ],
+)
+def test_load_options_are_checked_when_built(change: dict[str, Any], message: str) -> None:
+    with pytest.raises(InvalidArgument) as raised:
+        LoadOptions(**change)
+    assert str(raised.value) == message
+    assert isinstance(raised.value, ValueError)
+
+
+def test_load_options_are_frozen() -> None:
+    options = LoadOptions(batch_size=10)
+    with pytest.raises(FrozenInstanceError):
+        options.batch_size = 20  # type: ignore[misc]
 
 
 def test_the_package_ships_its_type_hints() -> None:

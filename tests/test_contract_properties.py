@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from perf_analytics.errors import ValidationError
-from perf_analytics.ingest import ingest_archives_all_orgs
+from perf_analytics.ingest import LoadOptions, ingest_archives_all_orgs
 from perf_analytics.ingest.readers import decode_extended_json
 from perf_analytics.schema import SNAPSHOTS, parse_timestamp, validate_snapshot
 from perf_analytics.store import Db
@@ -187,7 +187,7 @@ def test_ingest_stores_or_rejects_with_a_reason_every_record(db: Db, records: li
         archive.write_bytes(b"".join(_bytes(line) + b"\n" for line in records))
 
         summary = ingest_archives_all_orgs(
-            db, [archive], rejects=rejects, fmt="ndjson", checkpoint_dir=Path(tmp) / "ckpt"
+            db, [archive], options=LoadOptions(rejects=rejects, fmt="ndjson", checkpoint_dir=Path(tmp) / "ckpt")
         )
 
         rejected = [orjson.loads(line) for line in rejects.read_bytes().splitlines()] if rejects.exists() else []

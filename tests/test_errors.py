@@ -5,16 +5,25 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import re
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import polars as pl
 import pytest
+from matplotlib.figure import Figure
 from pymongo.errors import OperationFailure
 
 from perf_analytics.errors import InvalidArgument, PerfAnalyticsError, ServerError
 from perf_analytics.extract import extract_window
+from perf_analytics.frames import frames_from_documents
+from perf_analytics.ingest import LoadOptions
+from perf_analytics.nightly import Fanout, NightlyOptions, run_nightly
+from perf_analytics.plots import save_figure
+from perf_analytics.report import render_report, report_path, write_report
 from perf_analytics.retention import cutoff_of, restore_snapshots
+from perf_analytics.rollups import coarsen_rollups, compute_rollups, mergeable_rollups
 from perf_analytics.schema import SNAPSHOTS, validate_snapshot
 from perf_analytics.store import Db, connect_uri, ensure_indexes, is_retryable
 from perf_analytics.sync import mark_for_sync
@@ -22,6 +31,7 @@ from perf_analytics.synth.spec import FleetSpec
 from tests.factories import snapshot
 
 NOW = datetime(2026, 3, 2, 12, tzinfo=UTC)
+DAY = NOW.date()
 
 
 CALLS = [
@@ -34,7 +44,30 @@ CALLS = [
      "start 'March' is not a YYYY-MM-DD date"),
     (lambda db, lake: extract_window(db, "org-a", NOW, NOW - timedelta(hours=1)), "empty window"),
     (lambda db, lake: mark_for_sync(db, "", [NOW]), "an org id is required"),
-    (lambda db, lake: FleetSpec.of(orgs=0, assets=1, days=1, interval_s=60, seed=0, start=None, anomalies=False), "orgs must be a whole number >= 1, got 0"),
+    (lambda db, lake: FleetSpec(orgs=0, assets=1, days=1), "orgs must be a whole number >= 1, got 0"),
+    (lambda db, lake: LoadOptions(workers=0), "workers must be a whole number >= 1, got 0"),
+    # The nightly run's options and where it fans out.
+    (lambda db, lake: NightlyOptions(windows=("2min",)), "windows: unknown window 2min; valid: 1min"),
+    (lambda db, lake: NightlyOptions(windows=()), re.escape("windows: unknown window (none)")),
+    (lambda db, lake: NightlyOptions(asset_batch=0), "asset_batch must be at least 1, got 0"),
+    (lambda db, lake: NightlyOptions(retain_days=0), "retain_days must be at least 1, got 0"),
+    (lambda db, lake: Fanout(), "give exactly one of workers and scheduler"),
+    (lambda db, lake: Fanout(workers=2, scheduler="tcp://127.0.0.1:8786"), "give exactly one of workers and scheduler"),
+    (lambda db, lake: Fanout(workers=0), "workers must be at least 1, got 0"),
+    (lambda db, lake: run_nightly(db, lake, options=NightlyOptions(to_mongo=True), fanout=Fanout(workers=1)),
+     re.escape("needs the database's address (sink_at)")),
+    # The daily report.
+    (lambda db, lake: report_path(lake, "org 01", DAY), "org id 'org 01' cannot name a report file"),
+    (lambda db, lake: render_report(lake, "org-a", DAY, top=0), "top must be at least 1, got 0"),
+    (lambda db, lake: render_report(lake, "org-a", DAY, most=0), "most must be at least 1, got 0"),
+    (lambda db, lake: write_report(lake, "org-a", DAY, lake.parent / "r.txt"), re.escape("r.txt: choose a .html file name")),
+    (lambda db, lake: write_report(lake, "org-a", DAY, lake / "missing" / "r.html"), "missing is not a directory"),
+    # Rollups and plots.
+    (lambda db, lake: compute_rollups(frames_from_documents([]), windows=["2min"]), "windows: unknown window '2min'"),
+    (lambda db, lake: mergeable_rollups(frames_from_documents([]), "2min"), "window: unknown window '2min'"),
+    (lambda db, lake: coarsen_rollups(pl.DataFrame(), "2min"), "window: unknown window '2min'"),
+    (lambda db, lake: save_figure(Figure(), lake.parent / "f.jpg"), re.escape("f.jpg: choose a .png, .svg or .pdf file name")),
+    (lambda db, lake: save_figure(Figure(), lake / "missing" / "f.png"), "missing is not a directory"),
 ]
 
 

@@ -34,7 +34,7 @@ from perf_analytics import localdb
 from perf_analytics.cli import app
 from perf_analytics.schema import ASSETS
 from perf_analytics.store import connect_uri
-from perf_analytics.synth import fleet_assets, generate_fleet, write_fleet
+from perf_analytics.synth import FleetSpec, fleet_assets, generate_fleet, write_fleet
 from tests.test_cli import COMMAND_PATHS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -84,7 +84,7 @@ ARCHIVES = {
 ACME = ("acme.ndjson", (2, "acme"))
 
 # What a Python example may use without defining it: one agent payload, as it arrives.
-PAYLOAD = next(generate_fleet(orgs=1, assets=1, days=1, seed=5))
+PAYLOAD = next(generate_fleet(FleetSpec(orgs=1, assets=1, days=1, seed=5)))
 
 
 @dataclass(frozen=True)
@@ -100,7 +100,7 @@ def _write_archive(path: Path, seed: int, org: str | None) -> list[dict[str, Any
     array); returns the documents of its assets, in `org` when given."""
     path.parent.mkdir(parents=True, exist_ok=True)
     args: dict[str, Any] = {"orgs": 1, "assets": 1, "days": 1, "interval_s": 3600, "seed": seed}
-    docs = [{**doc, "orgId": org or doc["orgId"]} for doc in generate_fleet(**args)]
+    docs = [{**doc, "orgId": org or doc["orgId"]} for doc in generate_fleet(FleetSpec(**args))]
     if path.name.endswith(".bson.gz"):
         path.write_bytes(gzip.compress(b"".join(bson.encode(doc) for doc in docs)))
     elif path.name.endswith(".json"):
@@ -132,7 +132,7 @@ def workdir(server_uri: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
             for name, value in env.items():
                 patch.setenv(name, value)  # for the Python examples, which read the environment
             loaded = Workdir(path=path, env=env)
-            write_fleet(path / "docs-fleet.ndjson.zst", **FLEET)
+            write_fleet(path / "docs-fleet.ndjson.zst", FleetSpec(**FLEET))
             # The application's asset documents: the examples' fleets are seed 0's first
             # five assets of each org, and the archives' assets.
             assets = {doc["_id"]: doc for doc in fleet_assets(orgs=2, assets=5, seed=0)}

@@ -24,7 +24,7 @@ from perf_analytics.frames import (
     snake,
 )
 from perf_analytics.schema import DISK_FIELDS, validate_snapshot
-from perf_analytics.synth import generate_fleet
+from perf_analytics.synth import FleetSpec, generate_fleet
 from tests.factories import DELETE, series, set_path
 
 
@@ -112,7 +112,7 @@ def _fleet_documents() -> list[dict[str, Any]]:
     """A small generated fleet as stored (ObjectId `_id` first), every damage applied to
     some of its snapshots, untouched ones in between."""
     docs = []
-    for i, payload in enumerate(generate_fleet(orgs=2, assets=3, days=1, interval_s=900, seed=7)):
+    for i, payload in enumerate(generate_fleet(FleetSpec(orgs=2, assets=3, days=1, interval_s=900, seed=7))):
         doc = {"_id": ObjectId(), **validate_snapshot(payload)}
         if i % 3 == 1:
             path, value = DAMAGE[(i // 3) % len(DAMAGE)]

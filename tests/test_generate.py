@@ -10,7 +10,8 @@ import statistics
 import subprocess
 import sys
 from collections import defaultdict
-from datetime import UTC, datetime, timedelta
+from dataclasses import FrozenInstanceError
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from perf_analytics.schema import parse_timestamp, validate_snapshot
 from perf_analytics.synth import (
     ANOMALY_KINDS,
     DEFAULT_START,
+    FleetSpec,
     default_labels_path,
     fleet_assets,
     fleet_labels,
@@ -83,17 +85,17 @@ def _metric(doc: dict[str, Any], path: str) -> float:
 
 @pytest.fixture(scope="module")
 def docs() -> list[dict[str, Any]]:
-    return list(generate_fleet(**FLEET))
+    return list(generate_fleet(FleetSpec(**FLEET)))
 
 
 @pytest.fixture(scope="module")
 def labels() -> list[dict[str, Any]]:
-    return fleet_labels(**FLEET)
+    return fleet_labels(FleetSpec(**FLEET))
 
 
 @pytest.fixture(scope="module")
 def clean_docs() -> list[dict[str, Any]]:
-    return list(generate_fleet(**FLEET, anomalies=False))
+    return list(generate_fleet(FleetSpec(**FLEET, anomalies=False)))
 
 
 # ---- the payloads ------------------------------------------------------------------------
@@ -175,7 +177,7 @@ def test_the_same_seed_writes_identical_bytes_and_another_seed_does_not(tmp_path
     first, second, other = (tmp_path / d for d in ("a", "b", "c"))
     for directory, seed in ((first, 3), (second, 3), (other, 4)):
         directory.mkdir()
-        write_fleet(directory / name, assets_path=directory / "assets.ndjson", seed=seed, **args)
+        write_fleet(directory / name, FleetSpec(seed=seed, **args), assets_path=directory / "assets.ndjson")
     for file in (name, "fleet.labels.json", "assets.ndjson"):
         assert (first / file).read_bytes() == (second / file).read_bytes(), file
         assert (first / file).read_bytes() != (other / file).read_bytes(), file
@@ -183,17 +185,18 @@ def test_the_same_seed_writes_identical_bytes_and_another_seed_does_not(tmp_path
 
 def test_the_default_start_is_a_fixed_date_and_start_moves_the_data() -> None:
     args = {"orgs": 1, "assets": 1, "days": 1, "interval_s": 3600}
-    first = next(generate_fleet(**args))
+    first = next(generate_fleet(FleetSpec(**args)))
     assert _when(first["timestamp"]) - DEFAULT_START < timedelta(seconds=60)
-    moved = next(generate_fleet(**args, start="2025-06-01"))
+    moved = next(generate_fleet(FleetSpec(**args, start="2025-06-01")))
     assert moved["timestamp"].startswith("2025-06-01T00:00:")
-    assert next(generate_fleet(**args, start=datetime(2025, 6, 1, tzinfo=UTC))) == moved
+    assert next(generate_fleet(FleetSpec(**args, start=datetime(2025, 6, 1, tzinfo=UTC)))) == moved
 
 
 # Golden output: the sha256 of every file `write_fleet` writes for three fixed fleets. They
 # were recorded from perf_analytics/generate.py at commit 4d1e514, before the generator
 # became the perf_analytics/synth package, by calling
 #     write_fleet(f"{name}.ndjson", assets_path=f"{name}.assets.ndjson", **GOLDEN[name][0])
+# (today's `write_fleet(f"{name}.ndjson", FleetSpec(**GOLDEN[name][0]), assets_path=...)`)
 # and hashing each file with hashlib.sha256; the package must keep writing these bytes.
 # Plain NDJSON only: compressed bytes also depend on the zlib and zstd builds. A change of
 # numpy's random streams or of orjson's float formatting would show here too; only then,
@@ -237,7 +240,7 @@ def _sha256(path: Path) -> str:
 @pytest.mark.parametrize("name", sorted(GOLDEN))
 def test_the_generator_writes_the_recorded_bytes(tmp_path: Path, name: str) -> None:
     args, expected = GOLDEN[name]
-    write_fleet(tmp_path / f"{name}.ndjson", assets_path=tmp_path / f"{name}.assets.ndjson", **args)
+    write_fleet(tmp_path / f"{name}.ndjson", FleetSpec(**args), assets_path=tmp_path / f"{name}.assets.ndjson")
     assert {p.name: _sha256(p) for p in tmp_path.iterdir()} == expected
 
 
@@ -359,7 +362,7 @@ def test_injected_anomalies_alter_the_data_only_inside_their_labels(
     docs: list[dict[str, Any]], clean_docs: list[dict[str, Any]], labels: list[dict[str, Any]]
 ) -> None:
     data, clean = _by_asset(docs), _by_asset(clean_docs)
-    clean_labels = fleet_labels(**FLEET, anomalies=False)
+    clean_labels = fleet_labels(FleetSpec(**FLEET, anomalies=False))
     labelled: dict[str, set[datetime]] = defaultdict(set)
     for label in labels + clean_labels:
         labelled[label["assetId"]].update(_window(label))
@@ -399,21 +402,21 @@ def test_gz_and_zst_files_hold_the_same_records_as_plain_and_as_the_generator(tm
     args = {"orgs": 1, "assets": 3, "days": 1, "interval_s": 120, "seed": 2}
     records = []
     for name in ("f.ndjson", "f.ndjson.gz", "f.ndjson.zst"):
-        summary = write_fleet(tmp_path / name, labels_path=tmp_path / f"{name}.labels.json", **args)
+        summary = write_fleet(tmp_path / name, FleetSpec(**args), labels_path=tmp_path / f"{name}.labels.json")
         lines = _read_lines(tmp_path / name)
         assert summary.snapshots == len(lines)
         records.append(lines)
-    assert records[0] == records[1] == records[2] == list(generate_fleet(**args))
+    assert records[0] == records[1] == records[2] == list(generate_fleet(FleetSpec(**args)))
     compressed = (tmp_path / "f.ndjson.gz").read_bytes()
     assert compressed[4:8] == b"\0\0\0\0", "no modification time in the gzip header"
     assert gzip.decompress(compressed) == (tmp_path / "f.ndjson").read_bytes()
 
 
 def test_the_labels_file_holds_the_arguments_and_the_labels(tmp_path: Path) -> None:
-    summary = write_fleet(tmp_path / "fleet.ndjson.zst", **FLEET)
+    summary = write_fleet(tmp_path / "fleet.ndjson.zst", FleetSpec(**FLEET))
     assert summary.labels_path == tmp_path / "fleet.labels.json"
     written = orjson.loads(summary.labels_path.read_bytes())
-    assert written["labels"] == fleet_labels(**FLEET)
+    assert written["labels"] == fleet_labels(FleetSpec(**FLEET))
     assert written["snapshots"] == summary.snapshots
     assert (written["intervalSeconds"], written["timeWindow"], written["start"]) == (300, "5min", "2026-01-05T00:00:00Z")
     assert summary.labels == len(written["labels"])
@@ -434,7 +437,7 @@ def test_the_default_labels_path_drops_compression_and_ndjson_suffixes(out: str,
 
 
 def test_the_assets_file_is_extended_json_with_oids_and_dates(tmp_path: Path) -> None:
-    write_fleet(tmp_path / "f.ndjson", assets_path=tmp_path / "assets.ndjson", orgs=2, assets=2, days=1)
+    write_fleet(tmp_path / "f.ndjson", FleetSpec(orgs=2, assets=2, days=1), assets_path=tmp_path / "assets.ndjson")
     lines = (tmp_path / "assets.ndjson").read_text().splitlines()
     raw = orjson.loads(lines[0])
     assert set(raw) == {"_id", "orgId", "name", "hostname", "os", "createdAt"}
@@ -449,7 +452,7 @@ def test_a_failed_write_leaves_no_file_under_the_final_name(tmp_path: Path) -> N
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        write_fleet(tmp_path / "fleet.ndjson.zst", progress=stop, orgs=1, assets=2, days=1)
+        write_fleet(tmp_path / "fleet.ndjson.zst", FleetSpec(orgs=1, assets=2, days=1), progress=stop)
     assert not (tmp_path / "fleet.ndjson.zst").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
@@ -457,7 +460,7 @@ def test_a_failed_write_leaves_no_file_under_the_final_name(tmp_path: Path) -> N
 def test_progress_reports_reach_the_total(tmp_path: Path) -> None:
     reports: list[tuple[int, int]] = []
     summary = write_fleet(
-        tmp_path / "f.ndjson", progress=lambda done, total: reports.append((done, total)), **FLEET
+        tmp_path / "f.ndjson", FleetSpec(**FLEET), progress=lambda done, total: reports.append((done, total))
     )
     assert reports[-1] == (summary.snapshots, summary.snapshots)
     assert [done for done, _ in reports] == sorted(done for done, _ in reports)
@@ -487,13 +490,35 @@ def test_the_time_window_is_the_nearest_to_the_interval(interval: int, window: s
 )
 def test_bad_arguments_raise_invalid_argument(change: dict[str, Any], message: str) -> None:
     with pytest.raises(InvalidArgument) as raised:
-        fleet_labels(**{**FLEET, **change})
+        fleet_labels(FleetSpec(**{**FLEET, **change}))
     assert str(raised.value) == message
+
+
+def test_a_spec_is_checked_once_and_equal_for_the_same_moment_however_given() -> None:
+    by_text = FleetSpec(orgs=1, assets=2, days=1, start="2025-06-01")
+    assert by_text == FleetSpec(orgs=1, assets=2, days=1, start=date(2025, 6, 1))
+    assert by_text.start == by_text.start_time == datetime(2025, 6, 1, tzinfo=UTC)
+    assert FleetSpec(orgs=1, assets=2, days=1).start_time == DEFAULT_START
+    with pytest.raises(FrozenInstanceError):
+        by_text.days = 2  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: generate_fleet(orgs=1, assets=1, days=1),  # type: ignore[call-arg]
+        lambda: fleet_labels(orgs=1, assets=1, days=1),  # type: ignore[call-arg]
+        lambda: write_fleet("f.ndjson", orgs=1, assets=1, days=1),  # type: ignore[call-arg]
+    ],
+)
+def test_the_fleet_functions_take_the_spec_whole_not_its_fields(call: Any) -> None:
+    with pytest.raises(TypeError, match="unexpected keyword argument 'orgs'"):
+        call()
 
 
 def test_writing_into_a_missing_directory_is_an_invalid_argument(tmp_path: Path) -> None:
     with pytest.raises(InvalidArgument, match="does not exist"):
-        write_fleet(tmp_path / "nope" / "f.ndjson", orgs=1, assets=1, days=1)
+        write_fleet(tmp_path / "nope" / "f.ndjson", FleetSpec(orgs=1, assets=1, days=1))
 
 
 # ---- the command --------------------------------------------------------------------------------
@@ -525,7 +550,7 @@ def test_the_command_honours_start_labels_and_no_anomalies(cli: CliRunner, tmp_p
     assert records[0]["timeWindow"] == "15min"
     written = orjson.loads((tmp_path / "truth.json").read_bytes())
     assert not any(label["injected"] for label in written["labels"])
-    assert records == list(generate_fleet(orgs=2, assets=2, days=2, interval_s=600, start="2025-03-02", anomalies=False))
+    assert records == list(generate_fleet(FleetSpec(orgs=2, assets=2, days=2, interval_s=600, start="2025-03-02", anomalies=False)))
 
 
 @pytest.mark.parametrize(

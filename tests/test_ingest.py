@@ -23,7 +23,7 @@ from click.testing import CliRunner
 
 from perf_analytics.cli import app
 from perf_analytics.config import Settings
-from perf_analytics.ingest import ingest_archives, ingest_archives_all_orgs
+from perf_analytics.ingest import LoadOptions, ingest_archives, ingest_archives_all_orgs
 from perf_analytics.schema import ASSETS, SNAPSHOTS, validate_snapshot
 from perf_analytics.store import Db
 from tests.factories import DELETE, T0, series, set_path, snapshot
@@ -51,11 +51,13 @@ def stored(db: Db, org: str | None = None) -> list[dict[str, Any]]:
     return list(docs)
 
 
-def load(db: Db, paths: list[Path], tmp_path: Path, org_id: str | None = None, **kw: Any) -> Any:
+def load(db: Db, paths: list[Path], tmp_path: Path, org_id: str | None = None, progress: Any = None,
+         **kw: Any) -> Any:
     kw.setdefault("checkpoint_dir", tmp_path / "checkpoints")
+    options = LoadOptions(**kw)
     if org_id is not None:
-        return ingest_archives(db, paths, org_id, **kw)
-    return ingest_archives_all_orgs(db, paths, **kw)
+        return ingest_archives(db, paths, org_id, options=options, progress=progress)
+    return ingest_archives_all_orgs(db, paths, options=options, progress=progress)
 
 
 def test_loading_an_archive_stores_every_valid_record(db: Db, tmp_path: Path) -> None:
@@ -284,8 +286,8 @@ def test_kill_9_during_a_load_then_rerun_ends_exactly_like_one_clean_run(
         from perf_analytics.store import ensure_indexes
 
         ensure_indexes(clean_db)
-        clean = ingest_archives_all_orgs(clean_db, [archive], rejects=tmp_path / "clean-rejects.ndjson",
-                                checkpoint_dir=tmp_path / "cp2", batch_size=250)
+        clean = ingest_archives_all_orgs(clean_db, [archive], options=LoadOptions(
+            rejects=tmp_path / "clean-rejects.ndjson", checkpoint_dir=tmp_path / "cp2", batch_size=250))
         assert stored(db) == stored(clean_db)
         assert list(db[ASSETS].find({}, {"updatedAt": 0}).sort("_id")) == list(
             clean_db[ASSETS].find({}, {"updatedAt": 0}).sort("_id"))

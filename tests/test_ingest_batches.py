@@ -23,12 +23,12 @@ from click.testing import CliRunner
 from perf_analytics.cli import app
 from perf_analytics.config import Settings
 from perf_analytics.errors import ValidationError
-from perf_analytics.ingest import ingest_archives_all_orgs, validate_archives
+from perf_analytics.ingest import LoadOptions, ingest_archives_all_orgs, validate_archives
 from perf_analytics.ingest.batches import BlockEncoder, native_available
 from perf_analytics.ingest.readers import parse_line
 from perf_analytics.schema import SNAPSHOTS, validate_snapshot
 from perf_analytics.store import MAX_DOCUMENT_BYTES, Db, check_nesting
-from perf_analytics.synth import generate_fleet
+from perf_analytics.synth import FleetSpec, generate_fleet
 from tests.factories import DELETE, set_path, snapshot
 
 _CODEC: bson.CodecOptions[dict[str, Any]] = bson.CodecOptions(tz_aware=True)
@@ -81,7 +81,7 @@ def _shapes() -> list[Any]:
 
 @pytest.mark.parametrize("dates", ["ISO-8601", "Extended JSON"])
 def test_block_documents_are_the_bytes_the_per_record_path_stores(dates: str, block_path: str) -> None:
-    payloads = [*islice(generate_fleet(orgs=2, assets=3, days=1, seed=7), 300), *_shapes()]
+    payloads = [*islice(generate_fleet(FleetSpec(orgs=2, assets=3, days=1, seed=7)), 300), *_shapes()]
     if dates == "Extended JSON":  # as mongoexport writes them, for a whole archive
         payloads = [{**p, "timestamp": {"$date": p["timestamp"]}} for p in payloads]
     lines = [_line(p) for p in payloads]
@@ -143,7 +143,7 @@ def test_a_record_the_block_paths_do_not_vouch_for_gets_its_per_record_verdict(
         expected = (exc.field, exc.reason)
 
     encoded = _encoder(block_path).encode([*good[:20], line, *good[20:]])
-    summary = validate_archives([archive], rejects=tmp_path / "rejects.ndjson")
+    summary = validate_archives([archive], options=LoadOptions(rejects=tmp_path / "rejects.ndjson"))
 
     # Vouched for only when the per-record path stores it (a signed zero, natively).
     assert not encoded.vouched[20] or expected is None
@@ -169,7 +169,7 @@ def test_records_outside_the_columns_are_stored_as_the_per_record_path_stores_th
     archive = tmp_path / "a.ndjson"
     archive.write_bytes(b"".join(_line(p) for p in [snapshot(), *odd]))
 
-    summary = ingest_archives_all_orgs(db, [archive], checkpoint_dir=tmp_path / "cp")
+    summary = ingest_archives_all_orgs(db, [archive], options=LoadOptions(checkpoint_dir=tmp_path / "cp"))
 
     assert (summary.inserted, summary.rejected) == (4, 0)
     for payload in [snapshot(), *odd]:
@@ -191,18 +191,19 @@ def test_a_block_that_arrow_cannot_read_leaves_only_its_unreadable_lines_to_the_
 
 
 def test_a_load_stores_the_same_documents_through_blocks_as_one_by_one(db: Db, tmp_path: Path) -> None:
-    payloads = list(islice(generate_fleet(orgs=2, assets=2, days=1, seed=3), 500))
+    payloads = list(islice(generate_fleet(FleetSpec(orgs=2, assets=2, days=1, seed=3)), 500))
     archive = tmp_path / "fleet.ndjson"
     archive.write_bytes(b"".join(orjson.dumps(p) + b"\n" for p in payloads))
 
-    summary = ingest_archives_all_orgs(db, [archive], checkpoint_dir=tmp_path / "cp", batch_size=128)
+    options = LoadOptions(checkpoint_dir=tmp_path / "cp", batch_size=128)
+    summary = ingest_archives_all_orgs(db, [archive], options=options)
 
     assert (summary.read, summary.inserted) == (500, 500)
     stored = {(d["orgId"], d["assetId"], d["timestamp"]): d for d in db[SNAPSHOTS].find({}, {"_id": 0})}
     for payload in payloads:
         doc = validate_snapshot(payload)
         assert bson.encode(stored[doc["orgId"], doc["assetId"], doc["timestamp"]]) == bson.encode(doc)
-    again = ingest_archives_all_orgs(db, [archive], checkpoint_dir=tmp_path / "cp", batch_size=128)
+    again = ingest_archives_all_orgs(db, [archive], options=options)
     assert (again.inserted, again.duplicates) == (0, 500)
 
 
@@ -256,7 +257,7 @@ def test_a_row_far_larger_than_its_block_goes_one_by_one_and_a_too_large_one_is_
     archive.write_bytes(b"".join(lines))
 
     encoded = _encoder(block_path).encode(lines)
-    summary = validate_archives([archive], rejects=tmp_path / "r.ndjson")
+    summary = validate_archives([archive], options=LoadOptions(rejects=tmp_path / "r.ndjson"))
 
     # Arrow pads a block's rows to the widest, so the wide ones go one by one; the native
     # encoder writes each row apart. Neither vouches for the one too large to store.
@@ -349,7 +350,7 @@ def _hostile_lines(seed: int) -> list[bytes]:
     strings, dates, nulls and types; keys shuffled, repeated, unknown; bytes cut, added,
     corrupted; odd whitespace."""
     rng = random.Random(seed)
-    payloads = list(islice(generate_fleet(orgs=1, assets=2, days=1, seed=seed), 40))
+    payloads = list(islice(generate_fleet(FleetSpec(orgs=1, assets=2, days=1, seed=seed)), 40))
     lines: list[bytes] = []
     for payload in [snapshot(), *payloads[:6]]:
         paths = _paths(payload)
@@ -427,7 +428,7 @@ def test_the_native_encoder_vouches_only_for_what_the_per_record_path_stores_the
 @pytest.mark.skipif(not native_available(), reason="perf_analytics_native is not built (make setup)")
 def test_the_native_encoder_keeps_each_payloads_key_order_as_the_per_record_path_does() -> None:
     rng = random.Random(5)
-    payloads = [_shuffled(p, rng) for p in islice(generate_fleet(orgs=1, assets=2, days=1, seed=5), 50)]
+    payloads = [_shuffled(p, rng) for p in islice(generate_fleet(FleetSpec(orgs=1, assets=2, days=1, seed=5)), 50)]
     lines = [_line(p) for p in payloads]
 
     encoded = BlockEncoder(None, native=True).encode(lines)
@@ -450,8 +451,8 @@ def test_native_and_arrow_paths_give_every_line_the_same_verdict(tmp_path: Path)
         "import json, sys\n"
         "if sys.argv[2] == 'arrow':\n"
         "    sys.modules['perf_analytics_native'] = None  # the extension as if it were not built\n"
-        "from perf_analytics.ingest import validate_archives\n"
-        "s = validate_archives([sys.argv[1]], rejects=sys.argv[1] + '.' + sys.argv[2])\n"
+        "from perf_analytics.ingest import LoadOptions, validate_archives\n"
+        "s = validate_archives([sys.argv[1]], options=LoadOptions(rejects=sys.argv[1] + '.' + sys.argv[2]))\n"
         "print(json.dumps([s.read, s.valid, s.rejected]))\n"
     )
 

@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from perf_analytics.cli import app
 from perf_analytics.config import Settings
 from perf_analytics.errors import ServerError
-from perf_analytics.ingest import ingest_archives_all_orgs
+from perf_analytics.ingest import LoadOptions, ingest_archives_all_orgs
 from perf_analytics.ingest.readers import MAX_LINE_BYTES, open_archive
 from perf_analytics.schema import ASSETS, SNAPSHOTS, validate_snapshot
 from perf_analytics.store import (
@@ -35,7 +35,7 @@ from tests.factories import T0, series, set_path, snapshot
 def _load(db: Db, path: Path, tmp_path: Path, **kw: Any) -> Any:
     kw.setdefault("checkpoint_dir", tmp_path / "cp")
     kw.setdefault("rejects", tmp_path / "rejects.ndjson")
-    return ingest_archives_all_orgs(db, [path], **kw)
+    return ingest_archives_all_orgs(db, [path], options=LoadOptions(**kw))
 
 
 def _ndjson(path: Path, records: list[Any]) -> Path:

@@ -34,7 +34,7 @@ from perf_analytics.schema import SNAPSHOTS, validate_snapshot
 from perf_analytics.sinks import replace_scope
 from perf_analytics.store import Db
 from perf_analytics.sync import listed_snapshot_files, sync_snapshots_all_orgs
-from perf_analytics.synth import DEFAULT_START, generate_fleet
+from perf_analytics.synth import DEFAULT_START, FleetSpec, generate_fleet
 
 DAY1 = DEFAULT_START.date()
 DAY2 = DAY1 + timedelta(days=1)
@@ -43,7 +43,7 @@ DAY3 = DAY1 + timedelta(days=2)
 
 def _load(db: Db, *, days: int, orgs: int = 2) -> None:
     docs = [{"_id": ObjectId(), **validate_snapshot(p)}
-            for p in generate_fleet(orgs=orgs, assets=2, days=days, interval_s=300, seed=11)]
+            for p in generate_fleet(FleetSpec(orgs=orgs, assets=2, days=days, interval_s=300, seed=11))]
     db[SNAPSHOTS].insert_many(docs)
 
 
@@ -96,7 +96,7 @@ def test_a_run_derives_every_day_then_only_what_a_late_snapshot_changed(db: Db, 
 def test_values_the_flags_leave_out_are_in_the_run_record_and_its_summary(db: Db, settings: Settings) -> None:
     """A percentage another application wrote as a byte rate is counted where the operator looks."""
     docs = [{"_id": ObjectId(), **validate_snapshot(p)}
-            for p in generate_fleet(orgs=1, assets=2, days=1, interval_s=300, seed=11)]
+            for p in generate_fleet(FleetSpec(orgs=1, assets=2, days=1, interval_s=300, seed=11))]
     victim = docs[0]["assetId"]
     bad = [d for d in docs if d["assetId"] == victim][:3]
     for doc in bad:

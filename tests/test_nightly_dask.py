@@ -25,7 +25,7 @@ from perf_analytics.config import Settings
 from perf_analytics.nightly import Fanout, NightlyOptions, derived_days, list_runs, run_nightly
 from perf_analytics.schema import SNAPSHOTS, validate_snapshot
 from perf_analytics.store import Db
-from perf_analytics.synth import DEFAULT_START, generate_fleet
+from perf_analytics.synth import DEFAULT_START, FleetSpec, generate_fleet
 
 DAY1 = DEFAULT_START.date()
 DAY2 = DAY1 + timedelta(days=1)
@@ -41,7 +41,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 def _load(db: Db) -> None:
     docs = [{"_id": ObjectId(), **validate_snapshot(p)}
-            for p in generate_fleet(orgs=len(ORGS), assets=2, days=2, interval_s=600, seed=7)]
+            for p in generate_fleet(FleetSpec(orgs=len(ORGS), assets=2, days=2, interval_s=600, seed=7))]
     db[SNAPSHOTS].insert_many(docs)
 
 
@@ -87,7 +87,7 @@ def test_two_workers_leave_the_serial_runs_lake_byte_for_byte(db: Db, settings: 
 
 def test_workers_write_the_mongodb_sinks_through_their_own_client(db: Db, settings: Settings) -> None:
     db[SNAPSHOTS].insert_many([{"_id": ObjectId(), **validate_snapshot(p)}
-                               for p in generate_fleet(orgs=1, assets=2, days=1, interval_s=3600, seed=7)])
+                               for p in generate_fleet(FleetSpec(orgs=1, assets=2, days=1, interval_s=3600, seed=7))])
     code, _, err = _cli(settings, Path(settings.lake), "nightly", "--date", DAY1.isoformat(), "--workers", "1",
                         "--to-mongo", "--windows", "1day", "--no-report")
     assert code == 0, err

@@ -19,7 +19,7 @@ from perf_analytics.pipeline import run_day
 from perf_analytics.schema import SNAPSHOTS, validate_snapshot
 from perf_analytics.store import Db
 from perf_analytics.sync import sync_snapshots_all_orgs
-from perf_analytics.synth import DEFAULT_START, generate_fleet
+from perf_analytics.synth import DEFAULT_START, FleetSpec, generate_fleet
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 DAY = DEFAULT_START.date() + timedelta(days=1)
@@ -31,7 +31,7 @@ pytestmark = pytest.mark.slow
 def loaded(db: Db, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Settings:
     """Two orgs, two days at 5-minute intervals, synced, the second day rolled up and flagged."""
     docs = [{"_id": ObjectId(), **validate_snapshot(p)}
-            for p in generate_fleet(orgs=2, assets=3, days=2, interval_s=300, seed=11)]
+            for p in generate_fleet(FleetSpec(orgs=2, assets=3, days=2, interval_s=300, seed=11))]
     db[SNAPSHOTS].insert_many(docs)
     sync_snapshots_all_orgs(db, settings.lake)
     for org in ("org-01", "org-02"):

@@ -17,7 +17,7 @@ from bson import ObjectId
 from click.testing import CliRunner
 from pymongo import MongoClient, monitoring
 
-from perf_analytics.anomalies import AnomalyConfig, flag_anomalies
+from perf_analytics.anomalies import AnomalyConfig, FlagOptions, flag_anomalies
 from perf_analytics.cli import app
 from perf_analytics.config import Settings
 from perf_analytics.errors import ExtractError, InvalidArgument, NotSynced
@@ -28,7 +28,7 @@ from perf_analytics.plots import asset_figure
 from perf_analytics.schema import SNAPSHOTS, validate_snapshot
 from perf_analytics.store import Db
 from perf_analytics.sync import sync_snapshots, sync_snapshots_all_orgs
-from perf_analytics.synth import DEFAULT_START, generate_fleet
+from perf_analytics.synth import DEFAULT_START, FleetSpec, generate_fleet
 
 DAY1 = DEFAULT_START.date()
 DAY2 = DAY1 + timedelta(days=1)
@@ -37,7 +37,7 @@ DAY2 = DAY1 + timedelta(days=1)
 def _load(db: Db, *, days: int, orgs: int = 2, until: date | None = None, lake: Path | None = None) -> int:
     """Insert a generated fleet; with `lake`, sync it there (as the nightly run does first)."""
     docs = [{"_id": ObjectId(), **validate_snapshot(p)}
-            for p in generate_fleet(orgs=orgs, assets=2, days=days, interval_s=300, seed=3)]
+            for p in generate_fleet(FleetSpec(orgs=orgs, assets=2, days=days, interval_s=300, seed=3))]
     if until is not None:
         docs = [d for d in docs if d["timestamp"].date() < until]
     db[SNAPSHOTS].insert_many(docs)
@@ -78,7 +78,7 @@ def test_a_day_lands_in_the_lake_and_duckdb_reads_only_that_org(db: Db, tmp_path
 @pytest.mark.slow
 def test_the_lake_and_the_server_give_the_same_flags_rollups_and_partitions(db: Db, tmp_path: Path) -> None:
     docs = [{"_id": ObjectId(), **validate_snapshot(p)}
-            for p in generate_fleet(orgs=2, assets=4, days=3, interval_s=300, seed=5)]
+            for p in generate_fleet(FleetSpec(orgs=2, assets=4, days=3, interval_s=300, seed=5))]
     db[SNAPSHOTS].insert_many(docs)
     # Off-type documents: one extraction reads (an integer metric), one it skips and reports.
     odd = {**docs[0], "_id": ObjectId(), "timestamp": docs[0]["timestamp"] + timedelta(days=2, seconds=7)}
@@ -130,7 +130,7 @@ def test_flagging_and_rolling_up_a_synced_day_reads_no_synced_snapshot_from_the_
     # Loaded from an archive with its _ids, older than any sync's margin: a sync that
     # finds nothing new reads nothing (fresh _ids would be re-read within the margin).
     docs = [{"_id": ObjectId(ObjectId.from_datetime(p_ts).binary[:4] + os.urandom(8)), **p}
-            for p in (validate_snapshot(p) for p in generate_fleet(orgs=2, assets=2, days=2, interval_s=300, seed=3))
+            for p in (validate_snapshot(p) for p in generate_fleet(FleetSpec(orgs=2, assets=2, days=2, interval_s=300, seed=3)))
             for p_ts in [p["timestamp"]]]
     db[SNAPSHOTS].insert_many(docs)
     sync_snapshots_all_orgs(db, settings.lake)
@@ -169,7 +169,7 @@ def test_rerunning_a_day_rewrites_identical_partitions(db: Db, tmp_path: Path) -
 @pytest.mark.slow
 def test_reading_the_fleet_in_batches_of_assets_gives_the_same_lake_and_flags(db: Db, tmp_path: Path) -> None:
     docs = [{"_id": ObjectId(), **validate_snapshot(p)}
-            for p in generate_fleet(orgs=2, assets=5, days=2, interval_s=300, seed=8)]
+            for p in generate_fleet(FleetSpec(orgs=2, assets=5, days=2, interval_s=300, seed=8))]
     db[SNAPSHOTS].insert_many(docs)
     for name in ("whole", "batched"):
         sync_snapshots_all_orgs(db, tmp_path / name)
@@ -186,7 +186,7 @@ def test_reading_the_fleet_in_batches_of_assets_gives_the_same_lake_and_flags(db
     # And both equal flagging the org read whole from the server, without any assetId filter.
     start = DEFAULT_START + timedelta(days=1)
     read_whole = extract_window(db, "org-01", start - timedelta(days=cfg.history_days), start + timedelta(days=1))
-    assert flag_anomalies(read_whole.frames, day=DAY2, config=cfg).equals(whole.flags)
+    assert flag_anomalies(read_whole.frames, options=FlagOptions(day=DAY2, config=cfg)).equals(whole.flags)
     assert _derived(tmp_path / "batched") == _derived(tmp_path / "whole")
     assert not batched.flags.filter(pl.col("orgId") != "org-01").height
 
@@ -239,7 +239,7 @@ def test_a_batch_size_below_one_is_a_config_error(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_a_days_flags_do_not_change_when_the_next_day_arrives(db: Db, tmp_path: Path) -> None:
     docs = [{"_id": ObjectId(), **validate_snapshot(p)}
-            for p in generate_fleet(orgs=1, assets=2, days=3, interval_s=300, seed=3)]
+            for p in generate_fleet(FleetSpec(orgs=1, assets=2, days=3, interval_s=300, seed=3))]
     later = DAY2 + timedelta(days=1)
     db[SNAPSHOTS].insert_many([d for d in docs if d["timestamp"].date() < later])
     sync_snapshots_all_orgs(db, tmp_path)
@@ -295,7 +295,7 @@ def test_a_days_values_that_cannot_be_readings_are_in_the_result_per_series_and_
 ) -> None:
     """A byte rate written into memory.usagePercent by another application is counted, not lost in silence."""
     docs = [{"_id": ObjectId(), **validate_snapshot(p)}
-            for p in generate_fleet(orgs=1, assets=2, days=2, interval_s=300, seed=3)]
+            for p in generate_fleet(FleetSpec(orgs=1, assets=2, days=2, interval_s=300, seed=3))]
     start = DEFAULT_START + timedelta(days=1)
     victim = docs[0]["assetId"]
     bad = [d for d in docs if d["assetId"] == victim and d["timestamp"] >= start][:4]

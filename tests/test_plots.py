@@ -15,7 +15,7 @@ from matplotlib import dates as mdates
 
 from perf_analytics.cli import app
 from perf_analytics.config import Settings
-from perf_analytics.errors import PlotError
+from perf_analytics.errors import InvalidArgument, PlotError
 from perf_analytics.frames import frames_from_documents
 from perf_analytics.lake import connect_lake_all_orgs
 from perf_analytics.pipeline import run_day
@@ -30,7 +30,7 @@ from perf_analytics.plots import (
 from perf_analytics.schema import SNAPSHOTS, validate_snapshot
 from perf_analytics.store import Db
 from perf_analytics.sync import sync_snapshots_all_orgs
-from perf_analytics.synth import DEFAULT_START, generate_fleet
+from perf_analytics.synth import DEFAULT_START, FleetSpec, generate_fleet
 from tests.factories import snapshot
 
 DAY = DEFAULT_START.date() + timedelta(days=1)
@@ -114,7 +114,7 @@ def test_the_fleet_heatmap_has_a_cell_per_asset_and_hour_and_leaves_missing_ones
 
 
 def test_the_fleet_plot_names_the_columns_it_could_use() -> None:
-    with pytest.raises(PlotError, match="unknown rollup column 'nope'; choose one of: cpu_usage_mean"):
+    with pytest.raises(InvalidArgument, match="unknown rollup column 'nope'; choose one of: cpu_usage_mean"):
         plot_fleet(_rollups(1, 2), metric="nope")
 
 
@@ -140,7 +140,7 @@ def test_save_figure_writes_the_format_of_the_suffix_and_refuses_others(tmp_path
     fig = plot_fleet(_rollups(2, 3))
     assert save_figure(fig, tmp_path / "f.png").read_bytes().startswith(PNG)
     assert save_figure(fig, tmp_path / "f.svg").read_text().lstrip().startswith("<?xml")
-    with pytest.raises(PlotError, match=r"choose a \.png, \.svg or \.pdf"):
+    with pytest.raises(InvalidArgument, match=r"choose a \.png, \.svg or \.pdf"):
         save_figure(fig, tmp_path / "f.txt")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f.png", "f.svg"]
 
@@ -152,7 +152,7 @@ def test_a_figure_shows_itself_as_png_in_a_notebook() -> None:
 @pytest.fixture
 def day_in_lake(db: Db, settings: Settings) -> Settings:
     docs = [{"_id": ObjectId(), **validate_snapshot(p)}
-            for p in generate_fleet(orgs=2, assets=2, days=2, interval_s=300, seed=5)]
+            for p in generate_fleet(FleetSpec(orgs=2, assets=2, days=2, interval_s=300, seed=5))]
     db[SNAPSHOTS].insert_many(docs)
     sync_snapshots_all_orgs(db, settings.lake)
     for org in ("org-01", "org-02"):

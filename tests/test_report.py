@@ -32,7 +32,7 @@ from perf_analytics.report import anchor_id, episode_sentence, report_path, writ
 from perf_analytics.schema import ID_RULE, SNAPSHOTS, validate_snapshot
 from perf_analytics.store import Db, connect_uri, ensure_indexes
 from perf_analytics.sync import sync_snapshots_all_orgs
-from perf_analytics.synth import DEFAULT_START, generate_fleet
+from perf_analytics.synth import DEFAULT_START, FleetSpec, generate_fleet
 
 DAY = DEFAULT_START.date() + timedelta(days=1)
 ORG = "org-01"
@@ -56,7 +56,7 @@ def lake(server_uri: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     try:
         ensure_indexes(db)
         docs = [{"_id": ObjectId(), **validate_snapshot(p)}
-                for p in generate_fleet(orgs=2, assets=3, days=2, interval_s=300, seed=5)]
+                for p in generate_fleet(FleetSpec(orgs=2, assets=3, days=2, interval_s=300, seed=5))]
         db[SNAPSHOTS].insert_many(docs)
         settings = Settings(uri=server_uri, db=name, lake=str(root / "lake"), state_dir=str(root / "state"))
         sync_snapshots_all_orgs(db, settings.lake)
@@ -263,7 +263,7 @@ def test_a_day_without_snapshots_is_a_quiet_page_not_an_error(lake: Lake, tmp_pa
 @pytest.mark.slow
 def test_an_asset_silent_all_day_gets_its_section_without_a_plot(db: Db, tmp_path: Path) -> None:
     """The silence is flagged, so the asset is linked; its section says there is nothing to draw."""
-    fleet = list(generate_fleet(orgs=1, assets=2, days=2, interval_s=900, seed=5))
+    fleet = list(generate_fleet(FleetSpec(orgs=1, assets=2, days=2, interval_s=900, seed=5)))
     silent = fleet[0]["assetId"]
     kept = [p for p in fleet if p["assetId"] != silent or p["timestamp"] < DAY.isoformat()]
     db[SNAPSHOTS].insert_many([{"_id": ObjectId(), **validate_snapshot(p)} for p in kept])

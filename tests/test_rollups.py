@@ -25,7 +25,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from perf_analytics.errors import RollupError
+from perf_analytics.errors import InvalidArgument, RollupError
 from perf_analytics.frames import Frames, empty_frames, frames_from_documents
 from perf_analytics.rollups import (
     ASSET_METRICS,
@@ -40,7 +40,7 @@ from perf_analytics.rollups import (
 )
 from perf_analytics.schema import validate_snapshot
 from perf_analytics.store import Db
-from perf_analytics.synth import fleet_labels, generate_fleet
+from perf_analytics.synth import FleetSpec, fleet_labels, generate_fleet
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
 SNAPSHOT_SCHEMA = empty_frames().snapshots.schema
@@ -52,11 +52,11 @@ TOLERANT = ("_mean", "_total")  # columns summed in a different order by the ref
 
 @cache
 def fleet_frames() -> Frames:
-    return frames_from_documents(validate_snapshot(p) for p in generate_fleet(**FLEET))
+    return frames_from_documents(validate_snapshot(p) for p in generate_fleet(FleetSpec(**FLEET)))
 
 
 def fleet_flags() -> pl.DataFrame:
-    labels = fleet_labels(**FLEET)
+    labels = fleet_labels(FleetSpec(**FLEET))
     return pl.DataFrame(
         {
             "orgId": [x["orgId"] for x in labels],
@@ -518,7 +518,7 @@ def test_a_frame_without_a_key_column_raises_a_rollup_error_naming_it() -> None:
     with pytest.raises(RollupError, match=r"snapshots\.timestamp: expected a datetime"):
         compute_rollups(Frames(frames.snapshots.with_columns(pl.col("timestamp").cast(pl.String)),
                                frames.disks, frames.interfaces))
-    with pytest.raises(RollupError, match="unknown window"):
+    with pytest.raises(InvalidArgument, match="unknown window"):
         compute_rollups(frames, windows=["2min"])
 
 
@@ -619,7 +619,7 @@ def test_mergeable_rollups_ignore_null_values_and_reject_what_they_cannot_merge(
     assert row["cpu_usage_min"] == 0.0 and row["cpu_usage_p95"] == pytest.approx(10.0, rel=SKETCH_ALPHA)
     empty = mergeable_rollups(frames_of([]))
     assert empty.height == 0 and empty.columns == coarsen_rollups(mergeable_rollups(frames), "1day").columns
-    with pytest.raises(RollupError, match="unknown window"):
+    with pytest.raises(InvalidArgument, match="unknown window"):
         mergeable_rollups(frames, "2min")
     with pytest.raises(RollupError, match=r"rollups\.cpu_usage_count: column is missing"):
         coarsen_rollups(compute_rollups(frames, windows=["1min"])["1min"].assets, "1hour")

@@ -540,7 +540,7 @@ def test_cli_sync_help_has_examples_that_run(db: Db, settings: Settings) -> None
 def test_an_archive_loaded_with_its_own_old_ids_reaches_the_lake_at_the_next_sync(
     db: Db, settings: Settings, tmp_path: Path
 ) -> None:
-    from perf_analytics.ingest import ingest_archives_all_orgs
+    from perf_analytics.ingest import LoadOptions, ingest_archives_all_orgs
 
     insert(db, series(3, org="org-a"))
     sync_snapshots_all_orgs(db, settings.lake)
@@ -549,7 +549,9 @@ def test_an_archive_loaded_with_its_own_old_ids_reaches_the_lake_at_the_next_syn
     archive.write_bytes(b"".join(bson.encode(doc) for doc in dump))
     fresh = tmp_path / "fresh.ndjson"  # records without _id get new ObjectIds: no mark needed
     fresh.write_text("\n".join(json.dumps(p) for p in series(2, org="org-c")) + "\n")
-    summary = ingest_archives_all_orgs(db, [archive, fresh], checkpoint_dir=tmp_path / "cp", batch_size=4)
+    summary = ingest_archives_all_orgs(
+        db, [archive, fresh], options=LoadOptions(checkpoint_dir=tmp_path / "cp", batch_size=4)
+    )
     assert summary.inserted == 8
     assert sorted((m["orgId"], m["date"]) for m in db[MARKS].find()) == [("org-b", "2026-03-02")]
     report = sync_snapshots_all_orgs(db, settings.lake)

@@ -1,7 +1,7 @@
 """Anomaly flags: per asset and metric episodes from the snapshot frames.
 
-`flag_anomalies(frames, day=...)` runs every detector over the frames and returns one
-row per episode (`EPISODE_COLUMNS`). With `day`, only data up to the end of that UTC day
+`flag_anomalies(frames, options=FlagOptions(day=...))` runs every detector over the
+frames and returns one row per episode (`EPISODE_COLUMNS`). With `day`, only data up to the end of that UTC day
 is read and only episodes starting that day are returned, so a day's flags never change
 when later days arrive; the frames may (and should) include the days before it as
 history. `AnomalyConfig` holds every threshold.
@@ -79,6 +79,7 @@ __all__ = [
     "AnomalyConfig",
     "AnomalyInputError",
     "AssetFlags",
+    "FlagOptions",
     "combine_dropped",
     "combine_episodes",
     "flag_anomalies",
@@ -143,6 +144,27 @@ def _utc(moment: datetime) -> datetime:
     return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
+# eq=False: the fields hold frames, which have no truth value to compare by.
+@dataclass(frozen=True, eq=False)
+class FlagOptions:
+    """What `flag_anomalies` and `flag_assets` read, up to when, and against which thresholds.
+
+    - `day`: only episodes starting on this UTC day, computed from data up to the end of
+      it (and `config.history_days` before it) whatever else the frames hold.
+    - `history`: earlier frames to use as baseline only (a lake partition, say).
+    - `config`: every threshold (default `AnomalyConfig()`).
+    - `last_seen`: the assets' `lastSeen` (columns orgId, assetId, lastSeen) and `now`:
+      with them (or with `day`, whose end is then `now`), assets silent for more than
+      `config.gap_intervals` intervals get an `offline` flag.
+    """
+
+    day: date | datetime | str | None = None
+    history: Frames | None = None
+    config: AnomalyConfig = field(default_factory=AnomalyConfig)
+    last_seen: pl.DataFrame | None = None
+    now: datetime | None = None
+
+
 @dataclass(frozen=True)
 class AssetFlags:
     """What `flag_assets` found: its assets' episodes, and their inputs to the peer comparison."""
@@ -188,25 +210,26 @@ def _starting_on(episodes: pl.DataFrame, day_start: datetime | None) -> pl.DataF
 def flag_assets(
     frames: Frames,
     *,
-    day: date | datetime | str | None = None,
-    history: Frames | None = None,
-    config: AnomalyConfig | None = None,
-    last_seen: pl.DataFrame | None = None,
-    now: datetime | None = None,
+    options: FlagOptions | None = None,
     state: pl.DataFrame | None = None,
 ) -> AssetFlags:
     """Every detector that looks at one asset at a time (all but peers), as episodes.
 
-    The arguments mean what they mean for `flag_anomalies`. Because nothing here compares
-    assets, a fleet can be flagged in batches of assets, each batch's frames read on its
-    own (bounded memory), with `flag_peers` run once over all the batches' peer buckets.
+    `options` (default `FlagOptions()`) means what it means for `flag_anomalies`. Because
+    nothing here compares assets, a fleet can be flagged in batches of assets, each batch's
+    frames read on its own (bounded memory), with `flag_peers` run once over all the
+    batches' peer buckets.
 
-    With `day` and `state` (the baseline state of the days before it, as earlier calls
-    returned it in `AssetFlags.state`, for these assets), only the day's own rows of the
-    frames are read: the baselines come from the state. Without `state` they are rebuilt
-    from the frames' earlier days, with the same result.
+    With `options.day` and `state` (the baseline state of the days before it, as earlier
+    calls returned it in `AssetFlags.state`, for these assets), only the day's own rows of
+    the frames are read: the baselines come from the state. Without `state` they are
+    rebuilt from the frames' earlier days, with the same result.
+
+    Raises:
+        AnomalyInputError: frames of the wrong shape, or a `day` that is not a date.
     """
-    config = config if config is not None else AnomalyConfig()
+    opts = options if options is not None else FlagOptions()
+    day, history, config, last_seen, now = opts.day, opts.history, opts.config, opts.last_seen, opts.now
     _check(frames)
     frames = _combine(history, frames)
     day_start = _day_start(day)
@@ -358,23 +381,11 @@ def combine_dropped(parts: Iterable[pl.DataFrame]) -> pl.DataFrame:
     return pl.concat(frames).sort([*SERIES, "reason"])
 
 
-def flag_anomalies(
-    frames: Frames,
-    *,
-    day: date | datetime | str | None = None,
-    history: Frames | None = None,
-    config: AnomalyConfig | None = None,
-    last_seen: pl.DataFrame | None = None,
-    now: datetime | None = None,
-) -> pl.DataFrame:
+def flag_anomalies(frames: Frames, *, options: FlagOptions | None = None) -> pl.DataFrame:
     """The anomaly episodes in the frames, one row each (columns `EPISODE_COLUMNS`).
 
-    - `day`: return only episodes starting on this UTC day, computed from data up to the
-      end of it (and `config.history_days` before it) whatever else the frames hold.
-    - `history`: earlier frames to use as baseline only (a lake partition, say).
-    - `last_seen`: the assets' `lastSeen` (columns orgId, assetId, lastSeen) and `now`:
-      with them (or with `day`, whose end is then `now`), assets silent for more than
-      `config.gap_intervals` intervals get an `offline` flag.
+    `options` (default `FlagOptions()`): the day to flag, the history to read as baseline
+    only, the thresholds, and what tells an asset offline (see `FlagOptions`).
 
     Bad values (NaN, out of range, duplicate timestamps) are dropped before detection;
     the out-of-range and non-finite ones are counted and logged as a warning naming the
@@ -382,5 +393,6 @@ def flag_anomalies(
     shape raises `AnomalyInputError`. For a fleet too large to hold
     at once, `flag_assets` per batch of assets plus one `flag_peers` give the same result.
     """
-    got = flag_assets(frames, day=day, history=history, config=config, last_seen=last_seen, now=now)
-    return combine_episodes([got.episodes, flag_peers(got.peer_buckets, day=day, config=config)])
+    opts = options if options is not None else FlagOptions()
+    got = flag_assets(frames, options=opts)
+    return combine_episodes([got.episodes, flag_peers(got.peer_buckets, day=opts.day, config=opts.config)])

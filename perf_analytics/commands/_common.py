@@ -75,8 +75,3 @@ def day_option(flag: str, value: str) -> date:
     except InvalidArgument as exc:
         raise ConfigError(f"{flag}: {exc}") from None
 
-
-def json_default(value: object) -> str:
-    """orjson's `default` for the commands' `--json` output: dates as ISO 8601, else text
-    (ObjectIds, paths)."""
-    return value.isoformat() if isinstance(value, date) else str(value)

@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING
 
 import click
 
-from perf_analytics.commands._common import db_of, json_default
+from perf_analytics.commands._common import db_of
+from perf_analytics.jsonable import json_default
 
 if TYPE_CHECKING:
     from perf_analytics.doctor import Check, DoctorReport

@@ -95,20 +95,17 @@ def command(
       perf-analytics generate --assets 3 --days 2 --interval 300 --no-anomalies --out clean.ndjson
     """
     # NumPy loads here, when the command runs, not for --help.
-    from perf_analytics.synth import write_fleet
+    from perf_analytics.synth import FleetSpec, write_fleet
 
+    spec = FleetSpec(
+        orgs=orgs,
+        assets=assets_per_org,
+        days=days,
+        interval_s=interval,
+        seed=seed,
+        start=start.replace(tzinfo=UTC) if start is not None else None,
+        anomalies=not no_anomalies,
+    )
     with count_progress("generating") as advance:
-        summary = write_fleet(
-            out,
-            labels_path=labels_path,
-            assets_path=assets_out,
-            progress=advance,
-            orgs=orgs,
-            assets=assets_per_org,
-            days=days,
-            interval_s=interval,
-            seed=seed,
-            start=start.replace(tzinfo=UTC) if start is not None else None,
-            anomalies=not no_anomalies,
-        )
+        summary = write_fleet(out, spec, labels_path=labels_path, assets_path=assets_out, progress=advance)
     click.echo(summary_line(summary))

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 @click.option("--compression", type=click.Choice(INGEST_COMPRESSIONS), help="Compression (default: detected).")
 @click.option("--org", "org_id",
               help="Load only this organisation's records; others are rejected. Default: every org (admin load).")
-@click.option("--batch-size", default=2000, show_default=True, help="Records per insert batch.")
+@click.option("--batch-size", default=2000, show_default=True, type=click.IntRange(min=1), help="Records per insert batch.")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 16),
               help="Batches sent to the server at once.")
 @click.option("--commit-seconds", default=10.0, show_default=True, type=click.FloatRange(0),
@@ -87,9 +87,15 @@ def command(
 
     from perf_analytics.ingest import (
         IngestSummary,
+        LoadOptions,
         ingest_archives,
         ingest_archives_all_orgs,
         validate_archives,
+    )
+
+    options = LoadOptions(
+        rejects=rejects, fmt=fmt, compression=compression, batch_size=batch_size, checkpoint_dir=checkpoint_dir,
+        resume=not restart, workers=workers, commit_seconds=commit_seconds, allow_partial=allow_partial,
     )
 
     total = sum(p.stat().st_size for p in paths)
@@ -109,14 +115,10 @@ def command(
 
         try:
             if dry_run:
-                summary = validate_archives(paths, org_id, rejects=rejects, fmt=fmt, compression=compression,
-                                            batch_size=batch_size, progress=progress, allow_partial=allow_partial)
+                summary = validate_archives(paths, org_id, options=options, progress=progress)
             else:
                 load = partial(ingest_archives, org_id=org_id) if org_id else ingest_archives_all_orgs
-                summary = load(db_of(ctx), paths, rejects=rejects, fmt=fmt, compression=compression,
-                               batch_size=batch_size, checkpoint_dir=checkpoint_dir, resume=not restart,
-                               workers=workers, commit_seconds=commit_seconds, progress=progress,
-                               allow_partial=allow_partial)
+                summary = load(db_of(ctx), paths, options=options, progress=progress)
         except IncompleteLoad as exc:
             # How far the load got matters most when it fell short: summary first, then the error.
             if isinstance(exc.summary, IngestSummary):

@@ -5,7 +5,8 @@ from __future__ import annotations
 import click
 import orjson
 
-from perf_analytics.commands._common import db_of, json_default
+from perf_analytics.commands._common import db_of
+from perf_analytics.jsonable import json_default
 
 
 @click.group("keys")

@@ -8,8 +8,9 @@ from typing import TYPE_CHECKING
 
 import click
 
-from perf_analytics.commands._common import db_of, json_default
+from perf_analytics.commands._common import db_of
 from perf_analytics.commands._defaults import MIGRATE_BATCH_SIZE
+from perf_analytics.jsonable import json_default
 
 if TYPE_CHECKING:
     from perf_analytics.migrate import MigrateReport

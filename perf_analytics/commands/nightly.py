@@ -154,6 +154,8 @@ def command(ctx: click.Context, day: str | None, start: str | None, end: str | N
     from perf_analytics.nightly import Fanout, NightlyOptions, run_nightly
 
     dates = asked_dates(day, start, end)
+    if workers is not None and scheduler is not None:
+        raise ConfigError("give --workers N or --scheduler ADDRESS, not both")
     options = NightlyOptions(windows=tuple(w.strip() for w in windows.split(",") if w.strip()),
                              config=settings_of(ctx).anomaly_config(), asset_batch=asset_batch, to_mongo=to_mongo, retain_days=retain_days,
                              reports=not no_report)

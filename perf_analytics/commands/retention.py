@@ -11,9 +11,10 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from perf_analytics.commands._common import day_option, db_of, json_default, settings_of
+from perf_analytics.commands._common import day_option, db_of, settings_of
 from perf_analytics.commands._defaults import RETENTION_OLDER_THAN_DAYS
 from perf_analytics.errors import ConfigError
+from perf_analytics.jsonable import json_default
 from perf_analytics.progress import stage_progress
 
 if TYPE_CHECKING:

@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING
 
 import click
 
-from perf_analytics.commands._common import db_of, json_default, settings_of
+from perf_analytics.commands._common import db_of, settings_of
 from perf_analytics.commands._defaults import SYNC_CHUNK_ROWS, SYNC_SKEW
+from perf_analytics.jsonable import json_default
 from perf_analytics.progress import stage_progress
 
 if TYPE_CHECKING:

@@ -6,6 +6,15 @@ from perf_analytics.ingest.loader import (
     ingest_archives_all_orgs,
     validate_archives,
 )
+from perf_analytics.ingest.options import LoadOptions
 from perf_analytics.ingest.readers import FORMATS, open_archive
 
-__all__ = ["FORMATS", "IngestSummary", "ingest_archives", "ingest_archives_all_orgs", "open_archive", "validate_archives"]
+__all__ = [
+    "FORMATS",
+    "IngestSummary",
+    "LoadOptions",
+    "ingest_archives",
+    "ingest_archives_all_orgs",
+    "open_archive",
+    "validate_archives",
+]

@@ -47,6 +47,7 @@ from perf_analytics.errors import (
 )
 from perf_analytics.ingest import checkpoint as ckpt
 from perf_analytics.ingest.batches import BlockEncoder, LastSeen, add_seen
+from perf_analytics.ingest.options import LoadOptions
 from perf_analytics.ingest.readers import (
     Archive,
     Record,
@@ -453,101 +454,72 @@ def ingest_archives(
     paths: Sequence[str | Path],
     org_id: str,
     *,
-    rejects: str | Path | None = None,
-    fmt: str | None = None,
-    compression: str | None = None,
-    batch_size: int = 2000,
-    checkpoint_dir: str | Path = ckpt.DEFAULT_DIR,
-    resume: bool = True,
-    workers: int = 2,
-    commit_seconds: float = 10.0,
+    options: LoadOptions | None = None,
     progress: ProgressFn | None = None,
-    allow_partial: bool = False,
 ) -> IngestSummary:
     """Load one organisation's snapshots from archives; records of any other org are rejected.
 
-    The options are `ingest_archives_all_orgs`'s.
+    `options` (default `LoadOptions()`) and `progress` mean what they mean for
+    `ingest_archives_all_orgs`.
 
     Raises:
-        InvalidArgument: no `org_id`, no archive, a missing file, a count below 1, or a rejects file that is one of the archives.
-        IncompleteLoad: a damaged archive, unless `allow_partial`.
+        InvalidArgument: no `org_id`, no archive, a missing file, or a rejects file that is one of the archives.
+        IncompleteLoad: a damaged archive, unless `options.allow_partial`.
         CheckpointError: the saved load state cannot be used.
         ServerError: the server fails during the load.
     """
     if not org_id:
         raise InvalidArgument("an org id is required (ingest_archives_all_orgs loads every org)")
-    return _ingest(
-        db, paths, org_id,
-        rejects=rejects, fmt=fmt, compression=compression, batch_size=batch_size, checkpoint_dir=checkpoint_dir,
-        resume=resume, workers=workers, commit_seconds=commit_seconds, progress=progress, allow_partial=allow_partial,
-    )
+    return _ingest(db, paths, org_id, options or LoadOptions(), progress)
 
 
 def ingest_archives_all_orgs(
     db: Db,
     paths: Sequence[str | Path],
     *,
-    rejects: str | Path | None = None,
-    fmt: str | None = None,
-    compression: str | None = None,
-    batch_size: int = 2000,
-    checkpoint_dir: str | Path = ckpt.DEFAULT_DIR,
-    resume: bool = True,
-    workers: int = 2,
-    commit_seconds: float = 10.0,
+    options: LoadOptions | None = None,
     progress: ProgressFn | None = None,
-    allow_partial: bool = False,
 ) -> IngestSummary:
     """Admin load across tenants: each record goes to the org it names.
 
     Records naming no org are rejected. Every write is still filtered by the record's
     own orgId (assets of one org are never touched by another org's snapshots).
-
-    `rejects`: a file that receives every rejected record with its reason. `fmt` and
-    `compression`: the archives' format ("ndjson", "json", "bson") and compression, when
-    their names do not tell. `batch_size` records are sent per insert, `workers` inserts at
-    once. `checkpoint_dir` holds the load's progress; with `resume` an interrupted identical
-    load continues where it stopped, committed every `commit_seconds` (0: after every
-    batch). `progress(bytes_read, records_read)` follows the load. A damaged archive
-    raises IncompleteLoad at the end unless `allow_partial` accepts the load as it is.
+    `options` (default `LoadOptions()`) says where rejects go, how the archives are read,
+    how many records are sent at once and where the checkpoint of an interrupted load is
+    kept. `progress(bytes_read, records_read)` follows the load.
 
     Raises:
-        InvalidArgument: no archive, a missing file, a count below 1, or a rejects file that is one of the archives.
-        IncompleteLoad: a damaged archive, unless `allow_partial`.
+        InvalidArgument: no archive, a missing file, or a rejects file that is one of the archives.
+        IncompleteLoad: a damaged archive, unless `options.allow_partial`.
         CheckpointError: the saved load state cannot be used.
         ServerError: the server fails during the load.
     """
-    return _ingest(
-        db, paths, None,
-        rejects=rejects, fmt=fmt, compression=compression, batch_size=batch_size, checkpoint_dir=checkpoint_dir,
-        resume=resume, workers=workers, commit_seconds=commit_seconds, progress=progress, allow_partial=allow_partial,
-    )
+    return _ingest(db, paths, None, options or LoadOptions(), progress)
 
 
 def validate_archives(
     paths: Sequence[str | Path],
     org_id: str | None = None,
     *,
-    rejects: str | Path | None = None,
-    fmt: str | None = None,
-    compression: str | None = None,
-    batch_size: int = 2000,
+    options: LoadOptions | None = None,
     progress: ProgressFn | None = None,
-    allow_partial: bool = False,
 ) -> IngestSummary:
-    """Read, check and encode archives exactly as a load does, and send nothing.
+    """Read, check and encode archives exactly as a load with the same `options` does, and send nothing.
 
     No server is needed: nothing is inserted, no lastSeen moves, no checkpoint is read or
-    kept. The summary counts what was read, what passed (`valid`: what a load would send)
-    and what was rejected, with the first rejects; with `rejects` every rejected record
-    goes to that file, as in a load. Duplicates cannot be known without the server.
+    kept (the options' checkpoint, resume, workers and commit settings are not used). The
+    summary counts what was read, what passed (`valid`: what a load would send) and what
+    was rejected, with the first rejects; with `options.rejects` every rejected record goes
+    to that file, as in a load. Duplicates cannot be known without the server.
     `summary.cpu_seconds` is the client's own cost. `org_id` rejects other orgs' records.
-    A damaged archive raises IncompleteLoad unless `allow_partial`, as in a load.
+
+    Raises:
+        InvalidArgument: no archive, a missing file, or a rejects file that is one of the archives.
+        IncompleteLoad: a damaged archive, unless `options.allow_partial`, as in a load.
     """
-    if batch_size < 1:
-        raise InvalidArgument("batch size must be at least 1")
+    opts = options or LoadOptions()
     archives = _archive_paths(paths)
-    rejects_path = _rejects_path(rejects, archives)
+    rejects_path = _rejects_path(opts.rejects, archives)
     summary = IngestSummary(
         archives=[str(p) for p in archives], rejects_path=str(rejects_path) if rejects_path else None, dry_run=True
     )
@@ -555,7 +527,7 @@ def validate_archives(
     rejects_fh = _open_rejects(rejects_path, 0)
     writer = _Writer(None, None, None, rejects_fh, summary, archives, workers=1, commit_seconds=0.0)
     try:
-        _read_all(archives, 0, 0, writer, batch_size, fmt=fmt, compression=compression, org_id=org_id, progress=progress)
+        _read_all(archives, 0, 0, writer, opts, org_id=org_id, progress=progress)
         writer.close()
     finally:
         writer.close()
@@ -563,7 +535,7 @@ def validate_archives(
             rejects_fh.close()
     summary.seconds = round(time.perf_counter() - started, 3)
     summary.cpu_seconds = round(time.process_time() - cpu, 3)
-    if summary.damaged and not allow_partial:
+    if summary.damaged and not opts.allow_partial:
         raise IncompleteLoad(_incomplete(summary), summary)
     return summary
 
@@ -583,66 +555,52 @@ def _ingest(
     db: Db,
     paths: Sequence[str | Path],
     org_id: str | None,
-    *,
-    rejects: str | Path | None = None,
-    fmt: str | None = None,
-    compression: str | None = None,
-    batch_size: int = 2000,
-    checkpoint_dir: str | Path = ckpt.DEFAULT_DIR,
-    resume: bool = True,
-    workers: int = 2,
-    commit_seconds: float = 10.0,
-    progress: ProgressFn | None = None,
-    allow_partial: bool = False,
+    options: LoadOptions,
+    progress: ProgressFn | None,
 ) -> IngestSummary:
     """Load snapshot archives; return what was read, inserted, skipped and rejected.
 
     `org_id` restricts the load to one organisation; None loads every org (admin).
-    With `resume` (the default) an interrupted identical load continues where it stopped;
+    With `options.resume` an interrupted identical load continues where it stopped;
     a checkpoint of these archives with other settings is set aside (summary.set_aside).
     A damaged archive (unreadable from some byte on) raises IncompleteLoad at the end and
-    keeps the checkpoint before the damage, unless `allow_partial` accepts the load as it is.
-    `workers` batches are sent to the server at once (the server parses documents on
-    each connection in parallel; bookkeeping stays in order). lastSeen updates and the
-    checkpoint are committed every `commit_seconds` (0: after every batch).
+    keeps the checkpoint before the damage, unless `options.allow_partial` accepts the load
+    as it is. `options.workers` batches are sent to the server at once (the server parses
+    documents on each connection in parallel; bookkeeping stays in order). lastSeen updates
+    and the checkpoint are committed every `options.commit_seconds` (0: after every batch).
     """
     # Without the unique key index a re-run (or a resume after a kill) would store every
     # snapshot again: it is created here if missing, before anything is written.
     require_key_index(db)
-    if batch_size < 1:
-        raise InvalidArgument("batch size must be at least 1")
-    if workers < 1:
-        raise InvalidArgument("workers must be at least 1")
     archives = _archive_paths(paths)
-    rejects_path = _rejects_path(rejects, archives)
-    cp_dir = Path(checkpoint_dir)
-    identity = ckpt.load_identity(ckpt.server_identity(db.client), db.name, archives, org=org_id, fmt=fmt,
-                                  compression=compression, rejects=rejects_path)
+    rejects_path = _rejects_path(options.rejects, archives)
+    cp_dir = Path(options.checkpoint_dir)
+    identity = ckpt.load_identity(ckpt.server_identity(db.client), db.name, archives, org=org_id, fmt=options.fmt,
+                                  compression=options.compression, rejects=rejects_path)
     started, cpu = time.perf_counter(), time.process_time()
     summary = IngestSummary(
         archives=[str(p) for p in archives], rejects_path=str(rejects_path) if rejects_path else None
     )
 
-    cp, summary.set_aside = ckpt.open_checkpoint(cp_dir, identity, resume=resume)
+    cp, summary.set_aside = ckpt.open_checkpoint(cp_dir, identity, resume=options.resume)
     for key in summary.counts():
         setattr(summary, key, cp.counts.get(key, 0))
     summary.resumed_from = summary.read
     rejects_fh = _open_rejects(rejects_path, cp.rejects_bytes)
-    writer = _Writer(db, cp, cp_dir, rejects_fh, summary, archives, workers, commit_seconds)
+    writer = _Writer(db, cp, cp_dir, rejects_fh, summary, archives, options.workers, options.commit_seconds)
     try:
-        _read_all(archives, cp.archive_index, cp.records_done, writer, batch_size,
-                  fmt=fmt, compression=compression, org_id=org_id, progress=progress)
+        _read_all(archives, cp.archive_index, cp.records_done, writer, options, org_id=org_id, progress=progress)
         writer.close()
     finally:
         writer.close()  # on an error: commit what was queued, then let the error through
         if rejects_fh is not None:
             rejects_fh.close()
-    if allow_partial or not summary.damaged:
+    if options.allow_partial or not summary.damaged:
         ckpt.clear_checkpoint(cp_dir, cp.run)
     summary.orphan_assets = sorted(f"{org}/{asset}" for org, asset in writer.orphans)
     summary.seconds = round(time.perf_counter() - started, 3)
     summary.cpu_seconds = round(time.process_time() - cpu, 3)
-    if summary.damaged and not allow_partial:
+    if summary.damaged and not options.allow_partial:
         raise IncompleteLoad(_incomplete(summary), summary)
     return summary
 
@@ -662,10 +620,8 @@ def _read_all(
     first: int,
     skip: int,
     writer: _Writer,
-    batch_size: int,
+    options: LoadOptions,
     *,
-    fmt: str | None,
-    compression: str | None,
     org_id: str | None,
     progress: ProgressFn | None,
 ) -> None:
@@ -676,9 +632,9 @@ def _read_all(
     for index in range(first, len(archives)):
         path = archives[index]
         start = skip if index == first else 0
-        archive = open_archive(path, fmt=fmt, compression=compression, skip=start)
+        archive = open_archive(path, fmt=options.fmt, compression=options.compression, skip=start)
         try:
-            for block in archive.blocks(batch_size):
+            for block in archive.blocks(options.batch_size):
                 batch = _Batch(index, block.first_index)
                 _classify_block(block, batch, org_id, encoder)
                 read += len(block.items)

@@ -19,11 +19,10 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
-from datetime import datetime
+from functools import partial
 from typing import Any
 
 import orjson
-from bson import ObjectId
 from pymongo import MongoClient
 from pymongo.errors import PyMongoError
 from starlette.applications import Starlette
@@ -34,6 +33,7 @@ from starlette.types import Receive, Scope, Send
 
 from perf_analytics.config import load_settings
 from perf_analytics.errors import ConfigError, ValidationError
+from perf_analytics.jsonable import json_default
 from perf_analytics.schema import SNAPSHOTS, TIME_WINDOWS, check_id
 from perf_analytics.service.commit import (
     COLUMNS_FROM,
@@ -313,17 +313,11 @@ def _result(outcome: Outcome) -> dict[str, Any]:
     return {"error": "refused", "reason": outcome.reason}
 
 
-def _default(value: Any) -> str:
-    if isinstance(value, ObjectId):
-        return str(value)
-    if isinstance(value, datetime):  # only naive ones reach here: orjson writes aware ones
-        return value.isoformat()
-    raise TypeError(type(value).__name__)
-
-
 def _dumps(body: Any) -> bytes:
     """JSON with dates as ISO 8601 UTC ("...Z") and ObjectIds as hex."""
-    return orjson.dumps(body, default=_default, option=orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC)
+    return orjson.dumps(
+        body, default=partial(json_default, strict=True), option=orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC
+    )
 
 
 def _json(status: int, body: Any) -> Response:

@@ -2,7 +2,8 @@
 
 Demos, tests and benchmarks need archives that look like what agents send, in any
 size, reproducibly, together with the truth about what is unusual in them. This package
-makes such a fleet from a handful of numbers and a seed:
+makes such a fleet from a handful of numbers and a seed, described once as a `FleetSpec`
+(`FleetSpec(orgs=2, assets=5, days=1, seed=7)`) and passed whole to:
 
 - `generate_fleet` yields agent payloads (the shape `schema.validate_snapshot` accepts),
   time-ordered across the whole fleet;
@@ -13,7 +14,7 @@ makes such a fleet from a handful of numbers and a seed:
 
 Every series is a closed-form function of time plus noise drawn from a per-asset random
 stream, so the data is generated chunk by chunk in bounded memory, and the same
-arguments always give byte-identical files.
+spec always gives byte-identical files.
 
 Where things live, in the order the data is made:
 
@@ -41,7 +42,7 @@ from perf_analytics.synth.events import (
 )
 from perf_analytics.synth.payloads import generate_fleet
 from perf_analytics.synth.plan import fleet_labels
-from perf_analytics.synth.spec import DEFAULT_START, time_window_for
+from perf_analytics.synth.spec import DEFAULT_START, FleetSpec, time_window_for
 from perf_analytics.synth.writer import GenerateSummary, default_labels_path, write_fleet
 
 __all__ = [
@@ -56,6 +57,7 @@ __all__ = [
     "OUTAGE",
     "OUTAGE_METRIC",
     "REBOOT",
+    "FleetSpec",
     "GenerateSummary",
     "default_labels_path",
     "fleet_assets",

@@ -79,27 +79,27 @@ class AssetPlan:
 
 
 def _base_plan(spec: FleetSpec, a: Asset) -> AssetPlan:
-    rng = streams.stream(spec.seed, streams.PLAN, a.org_index, a.index, spec.interval, spec.days)
-    offset = int(rng.integers(min(spec.interval, 60)))
+    rng = streams.stream(spec.seed, streams.PLAN, a.org_index, a.index, spec.interval_s, spec.days)
+    offset = int(rng.integers(min(spec.interval_s, 60)))
     first_boot = -float(rng.uniform(1.0, 25.0)) * 86400.0
-    return AssetPlan(interval=spec.interval, offset_s=offset, boots=np.array([first_boot]))
+    return AssetPlan(interval=spec.interval_s, offset_s=offset, boots=np.array([first_boot]))
 
 
 def _reboot_length(spec: FleetSpec, uptime_s: float) -> int:
     """Samples a reboot alters: the first one after boot through the end of warm-up."""
-    return max(1, math.ceil((WARMUP_S - uptime_s) / spec.interval))
+    return max(1, math.ceil((WARMUP_S - uptime_s) / spec.interval_s))
 
 
 def _reboot_uptime(spec: FleetSpec, rng: np.random.Generator) -> float:
     """Seconds between the boot and the first sample after it (less than one interval)."""
-    return float(rng.integers(min(15, spec.interval - 1), min(spec.interval, 240)))
+    return float(rng.integers(min(15, spec.interval_s - 1), min(spec.interval_s, 240)))
 
 
 def _fits(spec: FleetSpec, plan: AssetPlan, start: int, end: int) -> bool:
     """Inside the span (step 0 stays normal, as a reference) and clear of other events."""
     if start < 1 or end > spec.steps - 1:
         return False
-    margin = max(1, math.ceil(1800 / spec.interval))
+    margin = max(1, math.ceil(1800 / spec.interval_s))
     return all(end + margin < e.start or start > e.end + margin for e in plan.events)
 
 
@@ -121,7 +121,7 @@ def _anomaly(spec: FleetSpec, rng: np.random.Generator, a: Asset, plan: AssetPla
         length = _reboot_length(spec, uptime)
     else:
         low, high = _MINUTES[kind]
-        length = max(1, round(float(rng.uniform(low, high)) * 60.0 / spec.interval))
+        length = max(1, round(float(rng.uniform(low, high)) * 60.0 / spec.interval_s))
         if kind == FLATLINE:
             length = max(length, 3)  # a value repeated once is no flatline, even at long intervals
     start = _place(spec, rng, plan, length)
@@ -152,7 +152,7 @@ def _anomaly(spec: FleetSpec, rng: np.random.Generator, a: Asset, plan: AssetPla
 
 def _inject(spec: FleetSpec, assets: list[Asset], plans: list[AssetPlan]) -> None:
     """Spread injected anomalies over a share of the fleet, cycling through every kind."""
-    rng = streams.stream(spec.seed, streams.FLEET, spec.orgs, spec.per_org, spec.days, spec.interval)
+    rng = streams.stream(spec.seed, streams.FLEET, spec.orgs, spec.assets, spec.days, spec.interval_s)
     total = len(assets)
     chosen = sorted(rng.permutation(total)[: max(1, round(total * ANOMALOUS_ASSET_SHARE))].tolist())
     kinds: list[str] = []
@@ -167,11 +167,11 @@ def _inject(spec: FleetSpec, assets: list[Asset], plans: list[AssetPlan]) -> Non
 
 def _routine(spec: FleetSpec, a: Asset, plan: AssetPlan) -> None:
     """Normal fleet life: night-time maintenance reboots and short agent-update outages."""
-    rng = streams.stream(spec.seed, streams.ROUTINE, a.org_index, a.index, spec.interval, spec.days)
+    rng = streams.stream(spec.seed, streams.ROUTINE, a.org_index, a.index, spec.interval_s, spec.days)
     for _ in range(int(rng.poisson(spec.days / (10.0 if a.server else 7.0)))):
         day = int(rng.integers(spec.days))
         local_s = day * 86400 + float(rng.uniform(2.0, 4.5)) * 3600 - a.tz_hours * 3600
-        step = round((local_s - plan.offset_s) / spec.interval)
+        step = round((local_s - plan.offset_s) / spec.interval_s)
         uptime = _reboot_uptime(spec, rng)
         end = step + _reboot_length(spec, uptime) - 1
         if _fits(spec, plan, step, end):
@@ -179,10 +179,10 @@ def _routine(spec: FleetSpec, a: Asset, plan: AssetPlan) -> None:
     for _ in range(int(rng.poisson(spec.days / 4.0))):
         # An agent update takes the agent away for 1-12 minutes; only the samples that
         # fall due in that time go missing, so at long intervals it often costs none.
-        down_from = float(rng.uniform(0.0, spec.steps * spec.interval))
+        down_from = float(rng.uniform(0.0, spec.steps * spec.interval_s))
         down_until = down_from + float(rng.uniform(60.0, 720.0))
-        first = math.ceil((down_from - plan.offset_s) / spec.interval)
-        last = math.ceil((down_until - plan.offset_s) / spec.interval) - 1
+        first = math.ceil((down_from - plan.offset_s) / spec.interval_s)
+        last = math.ceil((down_until - plan.offset_s) / spec.interval_s) - 1
         if first <= last and _fits(spec, plan, first, last):
             plan.events.append(Event(OUTAGE, OUTAGE_METRIC, first, last, False))
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from datetime import date, datetime
 from typing import Any
 
 import numpy as np
@@ -132,28 +131,13 @@ def chunks(fleet: FleetPlan) -> Iterator[Iterator[dict[str, Any]]]:
         yield _interleave(rows, n1 - n0)
 
 
-def generate_fleet(
-    *,
-    orgs: int,
-    assets: int,
-    days: int,
-    interval_s: int = 60,
-    seed: int = 0,
-    start: datetime | date | str | None = None,
-    anomalies: bool = True,
-) -> Iterator[dict[str, Any]]:
-    """Yield the fleet's agent payloads, time-ordered across all assets.
+def generate_fleet(spec: FleetSpec) -> Iterator[dict[str, Any]]:
+    """Yield the payloads of the fleet `spec` describes, time-ordered across all assets.
 
-    `assets` is per organisation; each asset sends one snapshot every `interval_s`
-    seconds (at its own second within the interval) for `days` days from `start`
-    (default 2026-01-05T00:00:00Z, fixed so the output depends on the seed alone), except
-    during outages. `anomalies=False` leaves out injected anomalies but keeps routine
-    reboots and agent-update outages. Raises InvalidArgument for an invalid argument (at the
-    call, before the first payload).
+    Each asset sends one snapshot every `spec.interval_s` seconds (at its own second
+    within the interval) for `spec.days` days from `spec.start`, except during outages.
+    The plan is made at the call, the payloads as they are asked for.
     """
-    spec = FleetSpec.of(
-        orgs=orgs, assets=assets, days=days, interval_s=interval_s, seed=seed, start=start, anomalies=anomalies
-    )
     return _payloads(FleetPlan.of(spec))
 
 

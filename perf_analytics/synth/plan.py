@@ -15,7 +15,7 @@ processes); as on a real machine, uptime and memory stay reset after it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from perf_analytics.synth.assets import Asset, make_assets
@@ -35,14 +35,14 @@ class FleetPlan:
     @classmethod
     def of(cls, spec: FleetSpec) -> FleetPlan:
         """Plan the fleet `spec` describes (cheap: no samples are made)."""
-        assets = make_assets(spec.seed, spec.orgs, spec.per_org)
+        assets = make_assets(spec.seed, spec.orgs, spec.assets)
         plans = plan_assets(spec, assets)
         order = sorted(range(len(assets)), key=lambda k: (plans[k].offset_s, k))
         return cls(spec=spec, assets=assets, plans=plans, order=order)
 
     def timestamp(self, plan: AssetPlan, step: int) -> str:
         """The payload timestamp of an asset's sample `step` (ISO-8601, UTC, whole seconds)."""
-        moment = self.spec.start + timedelta(seconds=plan.time_of(step))
+        moment = self.spec.start_time + timedelta(seconds=plan.time_of(step))
         return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
     def labels(self) -> list[dict[str, Any]]:
@@ -50,7 +50,7 @@ class FleetPlan:
         rows = []
         for a, plan in zip(self.assets, self.plans, strict=True):
             for e in plan.events:
-                key = (e.start * self.spec.interval + plan.offset_s, a.org_id, a.asset_id, e.kind)
+                key = (e.start * self.spec.interval_s + plan.offset_s, a.org_id, a.asset_id, e.kind)
                 label = {
                     "orgId": a.org_id,
                     "assetId": a.asset_id,
@@ -70,23 +70,10 @@ class FleetPlan:
         return len(self.assets) * self.spec.steps - missing
 
 
-def fleet_labels(
-    *,
-    orgs: int,
-    assets: int,
-    days: int,
-    interval_s: int = 60,
-    seed: int = 0,
-    start: datetime | date | str | None = None,
-    anomalies: bool = True,
-) -> list[dict[str, Any]]:
-    """The events in the fleet `generate_fleet` makes from the same arguments, by start time.
+def fleet_labels(spec: FleetSpec) -> list[dict[str, Any]]:
+    """The events in the fleet `generate_fleet(spec)` makes, by start time.
 
     Each label is `{orgId, assetId, metric, kind, start, end, injected}` (see the module
-    docstring); it is computed from the plan alone, without generating snapshots. Raises
-    InvalidArgument for an invalid argument.
+    docstring); it is computed from the plan alone, without generating snapshots.
     """
-    spec = FleetSpec.of(
-        orgs=orgs, assets=assets, days=days, interval_s=interval_s, seed=seed, start=start, anomalies=anomalies
-    )
     return FleetPlan.of(spec).labels()

@@ -1,7 +1,8 @@
 """The fleet's arguments, checked once: how many orgs and assets, which span, which seed.
 
-Every other module of the fleet reads these numbers from one `FleetSpec`, so a bad
-argument is reported before any work starts, in the words of the library's arguments.
+Every other module of the fleet reads these numbers from one `FleetSpec`, the one
+argument of the public functions, so a bad argument is reported when the spec is built,
+before any work starts, in the words of the library's arguments.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from perf_analytics.errors import InvalidArgument
 from perf_analytics.schema import TIME_WINDOWS
@@ -59,59 +60,59 @@ def time_window_for(interval_s: int) -> str:
 
 @dataclass(frozen=True)
 class FleetSpec:
-    """The checked generation arguments and the figures that follow from them."""
+    """A synthetic fleet, described: every argument of `generate_fleet`, `fleet_labels` and `write_fleet`.
+
+    Built once with keywords (`FleetSpec(orgs=2, assets=5, days=1)`) and passed whole, so
+    the three functions cannot be called with arguments that differ by accident. `assets`
+    is per organisation; each asset sends one snapshot every `interval_s` seconds for `days`
+    days from `start` (a datetime, a date meaning its midnight UTC, or ISO-8601 text;
+    default `DEFAULT_START`, fixed so the output depends on the seed alone).
+    `anomalies=False` leaves out injected anomalies but keeps routine reboots and
+    agent-update outages. The same spec always gives the same bytes.
+
+    Raises:
+        InvalidArgument: on construction, for the first bad argument (named as here).
+    """
 
     orgs: int
-    per_org: int  # assets per organisation
+    assets: int  # per organisation
     days: int
-    interval: int  # seconds between two snapshots of one asset
-    seed: int
-    start: datetime
-    anomalies: bool
+    interval_s: int = 60  # seconds between two snapshots of one asset
+    seed: int = 0
+    start: datetime | date | str | None = None  # a datetime in UTC, whole seconds, once built
+    anomalies: bool = True
 
-    @classmethod
-    def of(
-        cls,
-        *,
-        orgs: int,
-        assets: int,
-        days: int,
-        interval_s: int,
-        seed: int,
-        start: datetime | date | str | None,
-        anomalies: bool,
-    ) -> FleetSpec:
-        """Check the public functions' arguments; raises InvalidArgument on the first bad one."""
-        checked = [check_count(name, value) for name, value in (("orgs", orgs), ("assets", assets), ("days", days))]
-        interval = check_count("interval_s", interval_s)
-        if interval > 86400:
-            raise InvalidArgument(f"interval_s must be at most 86400 (one day), got {interval_s}")
-        return cls(
-            orgs=checked[0],
-            per_org=checked[1],
-            days=checked[2],
-            interval=interval,
-            seed=check_seed(seed),
-            start=parse_start(start),
-            anomalies=anomalies,
-        )
+    def __post_init__(self) -> None:
+        for name in ("orgs", "assets", "days", "interval_s"):
+            check_count(name, getattr(self, name))
+        if self.interval_s > 86400:
+            raise InvalidArgument(f"interval_s must be at most 86400 (one day), got {self.interval_s}")
+        check_seed(self.seed)
+        # Frozen, so the checked start replaces the given one through object.__setattr__:
+        # two specs of the same moment, given as a date or as text, are then equal.
+        object.__setattr__(self, "start", parse_start(self.start))
+
+    @property
+    def start_time(self) -> datetime:
+        """`start` as checked: the first moment of the fleet, UTC, whole seconds."""
+        return cast(datetime, self.start)
 
     @property
     def start_epoch(self) -> int:
         """`start` in seconds since 1970 (the series models work in plain seconds)."""
-        return int(self.start.timestamp())
+        return int(self.start_time.timestamp())
 
     @property
     def steps(self) -> int:
         """Sample slots per asset over the whole span."""
-        return self.days * 86400 // self.interval
+        return self.days * 86400 // self.interval_s
 
     @property
     def window(self) -> str:
         """The `timeWindow` every payload carries."""
-        return time_window_for(self.interval)
+        return time_window_for(self.interval_s)
 
     @property
     def end(self) -> datetime:
         """The moment just after the span (exclusive)."""
-        return self.start + timedelta(seconds=self.steps * self.interval)
+        return self.start_time + timedelta(seconds=self.steps * self.interval_s)

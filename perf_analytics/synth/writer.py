@@ -17,7 +17,6 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import date, datetime
 from itertools import islice
 from pathlib import Path
 from typing import Any, Protocol
@@ -127,11 +126,11 @@ def _labels_document(fleet: FleetPlan, labels: list[dict[str, Any]]) -> bytes:
         "generator": GENERATOR,
         "seed": spec.seed,
         "orgs": spec.orgs,
-        "assetsPerOrg": spec.per_org,
+        "assetsPerOrg": spec.assets,
         "days": spec.days,
-        "intervalSeconds": spec.interval,
+        "intervalSeconds": spec.interval_s,
         "timeWindow": spec.window,
-        "start": spec.start.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "start": spec.start_time.strftime("%Y-%m-%dT%H:%M:%SZ"),
         "end": spec.end.strftime("%Y-%m-%dT%H:%M:%SZ"),
         "anomalies": spec.anomalies,
         "snapshots": fleet.expected_snapshots(),
@@ -142,31 +141,24 @@ def _labels_document(fleet: FleetPlan, labels: list[dict[str, Any]]) -> bytes:
 
 def write_fleet(
     out_path: str | os.PathLike[str],
+    spec: FleetSpec,
     *,
     labels_path: str | os.PathLike[str] | None = None,
     assets_path: str | os.PathLike[str] | None = None,
     progress: Progress | None = None,
-    orgs: int,
-    assets: int,
-    days: int,
-    interval_s: int = 60,
-    seed: int = 0,
-    start: datetime | date | str | None = None,
-    anomalies: bool = True,
 ) -> GenerateSummary:
-    """Write the fleet's snapshots as NDJSON (gzip for .gz, zstd for .zst, else plain).
+    """Write the snapshots of the fleet `spec` describes as NDJSON (gzip for .gz, zstd for .zst, else plain).
 
     Also writes the labels (JSON: the generation arguments and `labels`, at `labels_path`,
     default `default_labels_path(out_path)`) and, when `assets_path` is given, the asset
     documents as Extended JSON lines. Each file appears under its final name only when
     complete; the snapshots come last, so their presence means the run finished.
-    `progress(written, expected)` is called after each time chunk. Raises InvalidArgument
-    for an invalid argument, equal output paths or a missing directory.
+    `progress(written, expected)` is called after each time chunk.
+
+    Raises:
+        InvalidArgument: equal output paths, a missing directory or a directory as a file.
     """
     began = time.perf_counter()
-    spec = FleetSpec.of(
-        orgs=orgs, assets=assets, days=days, interval_s=interval_s, seed=seed, start=start, anomalies=anomalies
-    )
     fleet = FleetPlan.of(spec)
     out = Path(out_path)
     labels_out = Path(labels_path) if labels_path is not None else default_labels_path(out)
