@@ -8,9 +8,11 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
-from datetime import datetime, timedelta
+from concurrent.futures import ThreadPoolExecutor
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +35,7 @@ from perf_analytics.extract import extract_window
 from perf_analytics.frames import arrow_schema, frames_from_arrow
 from perf_analytics.lake import connect_lake, connect_lake_all_orgs
 from perf_analytics.schema import ID_RULE, SNAPSHOTS, validate_snapshot
-from perf_analytics.store import Db
+from perf_analytics.store import Db, connect_uri
 from perf_analytics.sync import (
     MARKS,
     ids_sha256,
@@ -568,6 +570,35 @@ def test_legacy_snapshots_moved_by_migrate_reach_the_lake_at_the_next_sync(db: D
     assert migrate_legacy_snapshots(db, "org-a").moved == 5
     assert sync_snapshots_all_orgs(db, settings.lake).new == 5
     assert mirrored(settings.lake, ["org-a"])[0] == server_documents(db)
+
+
+def test_two_writers_marking_the_same_days_at_once_leave_one_mark_a_day(db: Db, server_uri: str) -> None:
+    # An upsert finds, then inserts: two loaders (the ingest writer threads, or ingest and a
+    # restore) marking one day at once both found nothing and both inserted, before marks
+    # were keyed by (org, day). Each round starts both writers together on fresh days.
+    writers = [connect_uri(server_uri, db.name) for _ in range(2)]
+    try:
+        for round_ in range(10):
+            days = [T0.date() + (round_ * 20 + i) * DAY for i in range(20)]
+            start = threading.Barrier(len(writers))
+
+            def mark(writer: Db, days: list[date] = days, start: threading.Barrier = start) -> int:
+                start.wait()
+                return mark_for_sync(writer, "org-a", days)
+
+            with ThreadPoolExecutor(len(writers)) as pool:
+                assert [f.result() for f in [pool.submit(mark, w) for w in writers]] == [20, 20]
+            marks = Counter(m["date"] for m in db[MARKS].find({"orgId": "org-a", "date": {"$in": [d.isoformat() for d in days]}}))
+            assert marks == Counter(d.isoformat() for d in days), f"round {round_}"
+    finally:
+        for writer in writers:
+            writer.client.close()
+
+
+def test_a_mark_written_before_marks_had_keys_is_marked_again_not_doubled(db: Db) -> None:
+    db[MARKS].insert_one({"orgId": "org-a", "date": "2026-03-01", "token": ObjectId()})
+    assert mark_for_sync(db, "org-a", ["2026-03-01", "2026-03-02"]) == 2
+    assert sorted(m["date"] for m in db[MARKS].find({"orgId": "org-a"})) == ["2026-03-01", "2026-03-02"]
 
 
 def test_marking_more_days_than_one_update_command_holds_marks_them_all(db: Db) -> None:
