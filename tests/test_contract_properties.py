@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -97,6 +98,7 @@ def _only_validation_errors(value: Any, coerce: bool) -> None:
         assert isinstance(doc, dict) and doc["timestamp"].tzinfo is not None
 
 
+@pytest.mark.slow
 @given(value=json_values | spoiled_snapshots, coerce=st.booleans())
 @settings(max_examples=400, deadline=None)
 def test_validate_snapshot_raises_only_validation_errors_on_any_json_value(value: Any, coerce: bool) -> None:

@@ -334,6 +334,7 @@ def _uri(db: Db) -> str:
     return f"mongodb://{host}:{port}/?directConnection=true"
 
 
+@pytest.mark.slow
 def test_extraction_reads_the_contract_from_schema_without_importing_doctor() -> None:
     code = "import sys, perf_analytics.extract; print('perf_analytics.doctor' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -190,6 +190,7 @@ def test_a_block_that_arrow_cannot_read_leaves_only_its_unreadable_lines_to_the_
     assert sum(encoded.vouched) >= (60 if block_path == "native" else 60 - 2 * 16)  # Arrow: the halves holding a bad line
 
 
+@pytest.mark.slow
 def test_a_load_stores_the_same_documents_through_blocks_as_one_by_one(db: Db, tmp_path: Path) -> None:
     payloads = list(islice(generate_fleet(orgs=2, assets=2, days=1, seed=3), 500))
     archive = tmp_path / "fleet.ndjson"
@@ -241,6 +242,7 @@ def test_dry_run_json_counts_what_a_load_would_send(settings: Settings, db: Db, 
     assert db[SNAPSHOTS].count_documents({}) == 0
 
 
+@pytest.mark.slow
 def test_a_row_far_larger_than_its_block_goes_one_by_one_and_a_too_large_one_is_refused(
     block_path: str, tmp_path: Path
 ) -> None:
@@ -403,6 +405,7 @@ def _per_record_verdict(line: bytes, object_id: Any, org_id: str | None) -> byte
     return data if len(data) <= MAX_DOCUMENT_BYTES else None
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not native_available(), reason="perf_analytics_native is not built (make setup)")
 @pytest.mark.parametrize("org_id", [None, "org-a"])
 def test_the_native_encoder_vouches_only_for_what_the_per_record_path_stores_the_same(org_id: str | None) -> None:
@@ -441,6 +444,7 @@ def _verdicts(rejects: bytes) -> list[tuple[str, str, str]]:
     return [(r["position"], r["field"], r["reason"]) for r in map(orjson.loads, rejects.splitlines())]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not native_available(), reason="perf_analytics_native is not built (make setup)")
 def test_native_and_arrow_paths_give_every_line_the_same_verdict(tmp_path: Path) -> None:
     lines = _hostile_lines(3)

@@ -148,6 +148,7 @@ def test_a_record_at_the_nesting_limit_is_stored(db: Db, tmp_path: Path) -> None
     assert (summary.inserted, summary.rejected) == (1, 0)
 
 
+@pytest.mark.slow
 def test_a_document_over_16_mib_as_bson_is_rejected_with_its_size_and_the_rest_loads(
     db: Db, tmp_path: Path
 ) -> None:

@@ -49,6 +49,7 @@ def two_orgs(tmp_path: Path, name: str = "a.ndjson") -> Path:
     return write_ndjson(tmp_path / name, records)
 
 
+@pytest.mark.slow
 def test_a_load_for_all_orgs_never_resumes_the_checkpoint_of_a_load_for_one_org(db: Db, tmp_path: Path) -> None:
     archive = two_orgs(tmp_path)
     interrupted(db, [archive], tmp_path, org_id="org-a")

@@ -93,6 +93,7 @@ def test_a_run_derives_every_day_then_only_what_a_late_snapshot_changed(db: Db, 
     assert all(s["status"] == "ok" and s["rows_in"] > 0 and s["seconds"] >= 0 for s in flagged)
 
 
+@pytest.mark.slow
 def test_values_the_flags_leave_out_are_in_the_run_record_and_its_summary(db: Db, settings: Settings) -> None:
     """A percentage another application wrote as a byte rate is counted where the operator looks."""
     docs = [{"_id": ObjectId(), **validate_snapshot(p)}
@@ -182,6 +183,7 @@ def test_a_failing_step_is_named_with_its_org_and_day(db: Db, settings: Settings
     assert str(StepFailed("flag", "org-01", DAY1, MirrorError("boom"))) == f"flag failed for org org-01 {DAY1}: boom"
 
 
+@pytest.mark.slow
 def test_the_steps_run_alone_and_rollup_leaves_the_flags_alone(db: Db, settings: Settings) -> None:
     lake = Path(settings.lake)
     _load(db, days=1, orgs=1)
@@ -236,6 +238,7 @@ def test_one_run_at_a_time_and_a_killed_runs_lock_is_taken_at_once(db: Db, setti
     assert code == 0 and "interrupted" in out.splitlines()[1]
 
 
+@pytest.mark.slow
 def test_a_run_sweeps_the_temp_files_killed_writers_left_and_nothing_else(db: Db, settings: Settings) -> None:
     """A worker killed inside a Parquet write leaves a hidden temp file that readers skip
     and nothing else removes: the next run does, when no running process can still own it."""
@@ -297,6 +300,7 @@ def test_the_scheduler_entry_point_runs_the_command(settings: Settings) -> None:
     assert [r["status"] for r in list_runs(settings.lake)] == ["ok"]
 
 
+@pytest.mark.slow
 def test_yesterday_without_snapshots_is_derived_empty_not_failed(db: Db, settings: Settings) -> None:
     lake = Path(settings.lake)
     _load(db, days=1, orgs=1)

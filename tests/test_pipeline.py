@@ -290,6 +290,7 @@ def test_cli_rollup_anomalies_and_query(db: Db, settings: Settings) -> None:
     assert (r.exit_code, r.stderr) == (1, "Error: --date: not a date (YYYY-MM-DD): 'yesterday'\n")
 
 
+@pytest.mark.slow
 def test_a_days_values_that_cannot_be_readings_are_in_the_result_per_series_and_reason(
     db: Db, tmp_path: Path
 ) -> None:

@@ -298,10 +298,12 @@ def test_rollups_of_a_generated_fleet_equal_the_duckdb_reference() -> None:
     check_against_reference(fleet_frames(), flags)
 
 
+@pytest.mark.slow
 def test_rollups_of_messy_frames_equal_the_duckdb_reference() -> None:
     check_against_reference(messy_frames())
 
 
+@pytest.mark.slow
 def test_every_window_has_one_row_per_asset_and_bucket_with_samples() -> None:
     frames = fleet_frames()
     rollups = compute_rollups(frames)
@@ -314,6 +316,7 @@ def test_every_window_has_one_row_per_asset_and_bucket_with_samples() -> None:
     assert rollups["1day"].assets.height == 2 * 2 * 2  # orgs x assets x days
 
 
+@pytest.mark.slow
 def test_groups_of_very_unequal_sizes_equal_the_duckdb_reference() -> None:
     # One asset every second beside ten that sent one snapshot each: most groups are one
     # row and one is hundreds, too unequal for a single grid of `_aggregate` past 1 minute.
@@ -322,6 +325,7 @@ def test_groups_of_very_unequal_sizes_equal_the_duckdb_reference() -> None:
     check_against_reference(frames_of(busy + quiet))
 
 
+@pytest.mark.slow
 def test_an_assets_rollups_do_not_depend_on_the_other_assets_nor_the_windows_asked_for() -> None:
     frames = fleet_frames()
     asset = frames.snapshots.get_column("assetId")[0]
@@ -686,6 +690,7 @@ def check_availability(frames: Frames) -> pl.DataFrame:
     return ours
 
 
+@pytest.mark.slow
 def test_availability_of_a_generated_fleet_equals_the_loop_reference() -> None:
     ours = check_availability(fleet_frames())
     assert ours["reboots"].sum() > 0  # the seed has a reboot

@@ -24,7 +24,6 @@ import pytest
 from bson import Decimal128, Int64, ObjectId
 from bson.codec_options import CodecOptions
 from bson.raw_bson import RawBSONDocument
-from click.testing import CliRunner
 from pymongo import MongoClient, monitoring
 from pymongo.errors import PyMongoError
 
@@ -47,6 +46,7 @@ from perf_analytics.sync import (
     sync_snapshots,
     sync_snapshots_all_orgs,
 )
+from tests.conftest import Cli
 from tests.factories import T0, series, set_path, snapshot
 
 DAY = timedelta(days=1)
@@ -229,6 +229,7 @@ def test_a_second_sync_adds_nothing_and_late_data_becomes_a_new_part(db: Db, set
     assert len([p for p in parts_on_disk(settings.lake) if "org-a/date=2026-03-01" in p]) == 2
 
 
+@pytest.mark.slow
 def test_documents_written_without_a_server_are_the_lake_a_sync_of_them_leaves(
     db: Db, settings: Settings, tmp_path: Path
 ) -> None:
@@ -508,34 +509,32 @@ def test_kill_9_of_the_cli_while_it_writes_parts_then_rerun_ends_like_one_clean_
 # ---- the command -------------------------------------------------------------------------
 
 
-def test_cli_sync_prints_a_summary_and_json(db: Db, settings: Settings) -> None:
+def test_cli_sync_prints_a_summary_and_json(cli: Cli, db: Db) -> None:
     fleet(db)
-    base = ["--uri", str(settings.uri), "--db", settings.db, "--lake", str(settings.lake), "sync"]
-    result = CliRunner().invoke(app, [*base, "--org", "org-b"])
+    result = cli("sync", "--org", "org-b")
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith("org org-b: read 20, new 20, already in lake 0, partitions written 2, ")
-    result = CliRunner().invoke(app, [*base, "--json"])
+    result = cli("sync", "--json")
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert (data["scope"], data["read"], data["new"], data["already"], data["partitions"]) == ("all-orgs", 90, 70, 20, 2)
 
 
-def test_cli_sync_of_a_bad_org_is_one_error_line(settings: Settings) -> None:
-    result = CliRunner().invoke(app, ["--uri", str(settings.uri), "--db", settings.db, "--lake", str(settings.lake),
-                                      "sync", "--org", "../x"])
+def test_cli_sync_of_a_bad_org_is_one_error_line(cli: Cli) -> None:
+    result = cli("sync", "--org", "../x")
     assert result.exit_code == 1
     assert result.stderr == f"Error: value of orgId '../x' cannot be a partition path segment: use {ID_RULE}\n"
 
 
-def test_cli_sync_help_has_examples_that_run(db: Db, settings: Settings) -> None:
+def test_cli_sync_help_has_examples_that_run(cli: Cli, db: Db) -> None:
     insert(db, series(2, org="acme"))
-    result = CliRunner().invoke(app, ["sync", "--help"])
+    result = cli.invoke(app, ["sync", "--help"])
     assert result.exit_code == 0
     examples = [line.strip() for line in result.stdout.splitlines() if line.strip().startswith("perf-analytics sync")]
     assert len(examples) == 3
     for example in examples:
         args = example.split()[1:]
-        run = CliRunner().invoke(app, ["--uri", str(settings.uri), "--db", settings.db, "--lake", str(settings.lake), *args])
+        run = cli(*args)
         assert run.exit_code == 0, (example, run.output)
 
 
@@ -601,6 +600,7 @@ def test_a_mark_written_before_marks_had_keys_is_marked_again_not_doubled(db: Db
     assert sorted(m["date"] for m in db[MARKS].find({"orgId": "org-a"})) == ["2026-03-01", "2026-03-02"]
 
 
+@pytest.mark.slow
 def test_marking_more_days_than_one_update_command_holds_marks_them_all(db: Db) -> None:
     # FerretDB 1.24 never answers an update command of more than 100 statements.
     days = [T0.date() + i * DAY for i in range(150)]
