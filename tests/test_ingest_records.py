@@ -205,6 +205,7 @@ def test_a_line_over_the_limit_is_never_held_whole_in_memory(tmp_path: Path) -> 
     assert peak < 2.5 * MAX_LINE_BYTES
 
 
+@pytest.mark.slow
 def test_a_record_the_server_refuses_as_a_whole_batch_is_isolated_and_the_rest_loads(
     db: Db, tmp_path: Path
 ) -> None:

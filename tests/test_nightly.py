@@ -168,6 +168,7 @@ def test_a_broken_org_fails_alone_and_the_next_run_redoes_only_it(cli: Cli, db: 
     assert sorted(fixed.derived) == [("org-02", DAY1.isoformat()), ("org-02", DAY2.isoformat())]
 
 
+@pytest.mark.slow
 def test_a_failing_step_is_named_with_its_org_and_day(db: Db, settings: Settings) -> None:
     lake = Path(settings.lake)
     _load(db, days=1, orgs=1)

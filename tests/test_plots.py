@@ -135,6 +135,7 @@ def test_a_one_day_rollup_is_one_cell_a_day_wide_with_its_flags_inside() -> None
     assert left < markers.get_offsets()[0][0] < right
 
 
+@pytest.mark.slow
 def test_save_figure_writes_the_format_of_the_suffix_and_refuses_others(tmp_path: Path) -> None:
     fig = plot_fleet(_rollups(2, 3))
     assert save_figure(fig, tmp_path / "f.png").read_bytes().startswith(PNG)

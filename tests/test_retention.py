@@ -163,6 +163,7 @@ def test_the_cutoff_is_the_start_of_the_utc_day_n_days_back() -> None:
         cutoff_of(datetime(2026, 4, 10), 30)
 
 
+@pytest.mark.slow
 def test_a_day_whose_database_holds_a_snapshot_the_lake_lacks_is_kept_and_reported(db: Db, settings: Settings) -> None:
     fleet(db)
     sync_snapshots_all_orgs(db, settings.lake)
@@ -209,6 +210,7 @@ def test_a_lake_file_that_no_longer_matches_its_manifest_keeps_its_day(db: Db, s
     assert db[SNAPSHOTS].count_documents({"orgId": "org-a", "assetId": "a2"}) == 30
 
 
+@pytest.mark.slow
 def test_a_dry_run_says_what_would_go_and_writes_nothing(db: Db, settings: Settings) -> None:
     fleet(db)
     sync_snapshots(db, settings.lake, org_id="org-a")
@@ -223,6 +225,7 @@ def test_a_dry_run_says_what_would_go_and_writes_nothing(db: Db, settings: Setti
     assert server_documents(db) == held and lake_files(settings.lake) == files
 
 
+@pytest.mark.slow
 def test_an_org_export_reads_and_deletes_only_that_org(db: Db, settings: Settings) -> None:
     fleet(db)
     report = export_snapshots(db, settings.lake, org_id="org-b", now=NOW)
@@ -292,6 +295,7 @@ def test_restore_refuses_a_file_holding_another_orgs_snapshot_before_writing_any
     assert server_documents(db) == held
 
 
+@pytest.mark.slow
 def test_restore_of_days_the_lake_does_not_hold_is_an_error(db: Db, settings: Settings) -> None:
     fleet(db)
     export_snapshots_all_orgs(db, settings.lake, now=NOW)

@@ -347,6 +347,7 @@ def test_an_assets_rollups_do_not_depend_on_the_other_assets_nor_the_windows_ask
         assert crowded[window].assets.filter(pl.col("assetId") == "asset-1").equals(quiet[window].assets), window
 
 
+@pytest.mark.slow
 def test_row_order_of_the_input_does_not_change_the_rollups() -> None:
     frames = fleet_frames()  # in the frames' own order: the fast path that skips the string sort
     shuffled = Frames(*(f.sample(fraction=1.0, shuffle=True, seed=3) for f in (frames.snapshots, frames.disks,
@@ -470,6 +471,7 @@ def test_p95_interpolates_linearly_between_closest_ranks() -> None:
     assert row["cpu_usage_p95"] == 9.0 and float(np.percentile(values[:7], 95)) != max(values[:7])
 
 
+@pytest.mark.slow
 def test_p95_of_hours_and_days_with_nulls_and_outages_equals_the_duckdb_reference() -> None:
     # A 1-minute agent's hours hold up to 60 values (p95 from each bucket's sorted values),
     # its days 1,440 (p95 from Polars' selection of ranks); nulls, impossible values and an
@@ -545,6 +547,7 @@ def assert_within_sketch_bound(estimate: Sequence[float | None], exact: Sequence
     return compared
 
 
+@pytest.mark.slow
 def test_coarsened_rollups_equal_compute_rollups_and_p95_is_within_the_sketch_bound() -> None:
     frames = fleet_frames()
     minutes = mergeable_rollups(frames)
