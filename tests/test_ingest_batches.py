@@ -18,10 +18,8 @@ import bson
 import orjson
 import pytest
 from bson import ObjectId
-from click.testing import CliRunner
 
 from perf_analytics.cli import app
-from perf_analytics.config import Settings
 from perf_analytics.errors import ValidationError
 from perf_analytics.ingest import ingest_archives_all_orgs, validate_archives
 from perf_analytics.ingest.batches import BlockEncoder, native_available
@@ -29,6 +27,7 @@ from perf_analytics.ingest.readers import parse_line
 from perf_analytics.schema import SNAPSHOTS, validate_snapshot
 from perf_analytics.store import MAX_DOCUMENT_BYTES, Db, check_nesting
 from perf_analytics.synth import generate_fleet
+from tests.conftest import Cli
 from tests.factories import DELETE, set_path, snapshot
 
 _CODEC: bson.CodecOptions[dict[str, Any]] = bson.CodecOptions(tz_aware=True)
@@ -207,13 +206,13 @@ def test_a_load_stores_the_same_documents_through_blocks_as_one_by_one(db: Db, t
     assert (again.inserted, again.duplicates) == (0, 500)
 
 
-def test_dry_run_checks_without_a_server_and_writes_nothing_but_rejects(tmp_path: Path) -> None:
+def test_dry_run_checks_without_a_server_and_writes_nothing_but_rejects(cli: Cli, tmp_path: Path) -> None:
     archive = tmp_path / "a.ndjson"
     bad = set_path(snapshot(assetId="asset-9"), "performanceData.cpu.usage", 120)
     archive.write_bytes(b"".join(_line(snapshot(timestamp=f"2026-03-01T12:{i:02d}:00Z")) for i in range(3)) + _line(bad))
     unreachable = "mongodb://127.0.0.1:9/?serverSelectionTimeoutMS=200"
 
-    result = CliRunner().invoke(app, ["--uri", unreachable, "ingest", str(archive), "--dry-run",
+    result = cli.invoke(app, ["--uri", unreachable, "ingest", str(archive), "--dry-run",
                                       "--rejects", str(tmp_path / "r.ndjson"),
                                       "--checkpoint-dir", str(tmp_path / "cp")])
 
@@ -227,12 +226,11 @@ def test_dry_run_checks_without_a_server_and_writes_nothing_but_rejects(tmp_path
     assert len((tmp_path / "r.ndjson").read_bytes().splitlines()) == 1
 
 
-def test_dry_run_json_counts_what_a_load_would_send(settings: Settings, db: Db, tmp_path: Path) -> None:
+def test_dry_run_json_counts_what_a_load_would_send(cli: Cli, db: Db, tmp_path: Path) -> None:
     archive = tmp_path / "a.ndjson"
     archive.write_bytes(b"".join(_line(snapshot(timestamp=f"2026-03-01T12:{i:02d}:00Z")) for i in range(5)))
 
-    result = CliRunner().invoke(app, ["--uri", str(settings.uri), "--db", str(settings.db), "ingest",
-                                      str(archive), "--dry-run", "--json", "--org", "org-b"])
+    result = cli("ingest", str(archive), "--dry-run", "--json", "--org", "org-b")
 
     summary = json.loads(result.output)
     assert result.exit_code == 0
