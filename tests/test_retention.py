@@ -476,8 +476,8 @@ def test_cli_retention_help_has_examples_that_run(cli: Cli, db: Db) -> None:
 # ---- init --ttl-days ---------------------------------------------------------------------
 
 
-def test_init_with_ttl_days_warns_that_ttl_deletes_without_an_archive(cli: Cli, settings: Settings, raw_db: Db) -> None:
-    result = cli.invoke(app, ["--uri", str(settings.uri), "--db", settings.db, "init", "--ttl-days", "30"])
+def test_init_with_ttl_days_warns_that_ttl_deletes_without_an_archive(cli: Cli, raw_db: Db) -> None:
+    result = cli("init", "--ttl-days", "30")
     caps = probe_capabilities(raw_db)
     warning = ("warning: a TTL index deletes snapshots without an archive; "
                "`perf-analytics retention export` deletes only what the lake verifiably holds")
