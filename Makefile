@@ -43,10 +43,11 @@ test: setup browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # While working: everything but the tests marked slow (the demo, the notebooks, subprocess
-# kills, whole-pipeline runs over generated fleets, the report in a browser, the documented
-# examples). CI runs `make test`, the whole suite.
+# kills, whole-pipeline runs over generated fleets, reference computations, the report in a
+# browser, the documented examples), with the ten slowest named so a new slow test shows.
+# CI runs `make test`, the whole suite.
 test-fast: setup
-	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not slow" --durations=10 $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

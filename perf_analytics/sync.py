@@ -23,6 +23,7 @@ sorts by loading every match into memory). "Not yet in the lake" is the `$or` of
   A run reads the marks before its query and, once the parts are listed, deletes exactly
   those marks it read, unless a loader re-marked the day since (each mark carries a fresh
   `token`), so a day marked during a run is read again by the next one.
+  A mark's `_id` is its (org, day), so loaders marking one day at once leave one mark.
 
 The first run, or `full=True`, reads everything. FerretDB scans the whole collection for
 any query (no range pushdown), so there the pass costs a scan per run; on MongoDB the
@@ -88,8 +89,7 @@ from bson import ObjectId, json_util
 from bson.codec_options import CodecOptions, DatetimeConversion
 from bson.json_util import CANONICAL_JSON_OPTIONS
 from bson.raw_bson import RawBSONDocument
-from pymongo import UpdateOne
-from pymongo.errors import OperationFailure
+from pymongo.errors import BulkWriteError, OperationFailure
 from pymongoarrow.api import Schema
 from pymongoarrow.context import PyMongoArrowContext
 
@@ -111,13 +111,14 @@ from perf_analytics.manifest import (
     write_manifest,
 )
 from perf_analytics.schema import SNAPSHOTS, parse_timestamp
-from perf_analytics.store import Db, Doc, bulk_write_chunked
+from perf_analytics.store import WRITE_CHUNK, Db, Doc, is_duplicate_key
 
 MARKS = "lake_sync_marks"
 ALL_ORGS = "all-orgs"
 DEFAULT_SKEW = timedelta(minutes=10)
 DEFAULT_CHUNK_ROWS = 50_000  # snapshots held (raw and typed) between reading and writing parts
 RAW_BATCH_DOCS = 2_000  # documents per server reply (FerretDB takes batchSize literally)
+_MARK_ATTEMPTS = 5  # writes of a chunk of marks whose insert met another writer's, at most
 MAX_REPORTED = 100  # unplaced documents listed; the count is complete
 _HASH_IN_NAME = 20  # hex digits of the key hash in a part's file name
 
@@ -229,20 +230,64 @@ def mark_documents_for_sync(db: Db, docs: Iterable[Mapping[str, Any]]) -> int:
     return _upsert_marks(db, days)
 
 
+def _mark_id(org_id: str, day: str) -> str:
+    """The `_id` of the mark of (org, day): one key per day, so a second mark cannot be inserted.
+
+    The day is the last 10 characters, so the key is unambiguous whatever the org id holds.
+    """
+    return f"{org_id}/{day}"
+
+
 def _upsert_marks(db: Db, days: set[tuple[str, str]]) -> int:
-    if not days:
-        return 0
+    """Mark each (org, day), WRITE_CHUNK days a round trip; returns the days marked.
+
+    An upsert is a find, then an insert when nothing was found: two loaders marking the
+    same day at once (the ingest writer threads do, for the batches of one archive) can
+    both find nothing. The `_id` each inserts is the day's own key (`_mark_id`), so the
+    server refuses the second insert as a duplicate key, and that chunk is written again:
+    its upserts now find the first writer's marks. Marks written before keys were used
+    (ObjectId `_id`s) are found by the filter and updated the same way.
+    """
+    ordered = sorted(days)
+    for start in range(0, len(ordered), WRITE_CHUNK):
+        chunk = ordered[start : start + WRITE_CHUNK]
+        attempt = 1
+        while not _try_upsert_marks(db, chunk):
+            if attempt == _MARK_ATTEMPTS:
+                org, day = chunk[0]
+                raise SyncError(
+                    f"sync marks of {len(chunk)} day(s) from {org} {day} were taken by other writers "
+                    f"{_MARK_ATTEMPTS} times running; run the load again"
+                )
+            attempt += 1
+    return len(ordered)
+
+
+def _try_upsert_marks(db: Db, chunk: Sequence[tuple[str, str]]) -> bool:
+    """Upsert the marks of `chunk` in one command; False when another writer inserted one first.
+
+    The command is sent as it is (not through `bulk_write`): FerretDB 1.24's reply to an
+    update that meets a duplicate key lacks `nModified`, which pymongo's bulk result needs,
+    and stops at the failing statement even when unordered, so the caller writes the whole
+    chunk again (marking a day twice only gives it a fresh token).
+    """
     now = datetime.now(UTC)
-    bulk_write_chunked(
-        db[MARKS],
-        [
+    updates = [
+        {
+            "q": {"orgId": org, "date": day},
             # A fresh token on every mark: a sync deletes a mark only if it still holds the
             # token that sync read, so a day re-marked during a run survives it.
-            UpdateOne({"orgId": org, "date": day}, {"$set": {"token": ObjectId(), "markedAt": now}}, upsert=True)
-            for org, day in sorted(days)
-        ],
-    )
-    return len(days)
+            "u": {"$set": {"token": ObjectId(), "markedAt": now}, "$setOnInsert": {"_id": _mark_id(org, day)}},
+            "upsert": True,
+        }
+        for org, day in chunk
+    ]
+    reply = db.command("update", MARKS, updates=updates, ordered=False)
+    errors = reply.get("writeErrors") or []
+    concern = reply.get("writeConcernError")
+    if concern or not all(is_duplicate_key(e) for e in errors):
+        raise BulkWriteError({"writeErrors": errors, "writeConcernErrors": [concern] if concern else []})
+    return not errors
 
 
 def _read_marks(db: Db, org_id: str | None) -> list[Doc]:

@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 from pymongo import MongoClient
 
 from perf_analytics import localdb
+from perf_analytics.cli import app
 from perf_analytics.config import Settings
 from perf_analytics.store import Db, connect_uri, ensure_indexes
 
@@ -82,9 +83,32 @@ def client(server_uri: str) -> Iterator[MongoClient[dict[str, object]]]:
         c.close()
 
 
+class Cli(CliRunner):
+    """A click runner for the CLI; called, it runs `perf-analytics` on this test's server and lake.
+
+    `cli("sync", "--json")` runs `perf-analytics --uri U --db D --lake L sync --json` with the
+    test's `settings`, which are asked for only then: a test of `--help` or of a bad flag
+    (`cli.invoke(app, [...])`, as click's runner) needs no server.
+    """
+
+    def __init__(self, request: pytest.FixtureRequest) -> None:
+        super().__init__()
+        self._request = request
+
+    @property
+    def settings(self) -> Settings:
+        settings: Settings = self._request.getfixturevalue("settings")
+        return settings
+
+    def __call__(self, *args: str, env: Mapping[str, str | None] | None = None) -> Result:
+        s = self.settings
+        return self.invoke(app, ["--uri", str(s.uri), "--db", s.db, "--lake", str(s.lake), *args], env=env)
+
+
 @pytest.fixture
-def cli(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> CliRunner:
-    """A click runner for the CLI in a working directory of its own (`tmp_path`).
+def cli(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Cli:
+    """The CLI in a working directory of its own (`tmp_path`): a click runner, and called,
+    the command pointed at this test's database and lake (see `Cli`).
 
     The settings variables a developer may have exported are removed, so only what a
     test passes reaches the command (MONGODB_URI stays: it names the test server).
@@ -92,4 +116,4 @@ def cli(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> CliRunner:
     monkeypatch.chdir(tmp_path)
     for var in ("PERF_CONFIG", "PERF_DB", "PERF_LAKE", "PERF_STATE_DIR", "PERF_SERVER_TIMEOUT_MS"):
         monkeypatch.delenv(var, raising=False)
-    return CliRunner()
+    return Cli(request)

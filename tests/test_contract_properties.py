@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -97,6 +98,7 @@ def _only_validation_errors(value: Any, coerce: bool) -> None:
         assert isinstance(doc, dict) and doc["timestamp"].tzinfo is not None
 
 
+@pytest.mark.slow
 @given(value=json_values | spoiled_snapshots, coerce=st.booleans())
 @settings(max_examples=400, deadline=None)
 def test_validate_snapshot_raises_only_validation_errors_on_any_json_value(value: Any, coerce: bool) -> None:
@@ -145,6 +147,7 @@ def _forms(instant: datetime, zone: timezone) -> list[Any]:
     return forms
 
 
+@pytest.mark.slow
 @given(instant=instants, zone=offsets)
 @settings(max_examples=300, deadline=None)
 def test_every_timestamp_form_of_one_instant_parses_to_the_same_utc_instant(instant: datetime, zone: timezone) -> None:
@@ -177,6 +180,7 @@ def _bytes(line: str) -> bytes:
     return line.encode("utf-8", "surrogatepass")
 
 
+@pytest.mark.slow
 @given(records=lines)
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_ingest_stores_or_rejects_with_a_reason_every_record(db: Db, records: list[str]) -> None:

@@ -11,12 +11,9 @@ from typing import Any
 
 import pytest
 from bson import Int64, ObjectId
-from click.testing import CliRunner
 from pymongo import MongoClient, monitoring
 
 from perf_analytics import doctor
-from perf_analytics.cli import app
-from perf_analytics.config import Settings
 from perf_analytics.doctor import (
     REPAIR_JOURNAL,
     REPAIR_PENDING,
@@ -54,6 +51,7 @@ from perf_analytics.store import (
     missing_indexes,
     probe_capabilities,
 )
+from tests.conftest import Cli
 from tests.factories import T0, set_path, snapshot
 
 OLD = datetime(2020, 1, 1, tzinfo=UTC)
@@ -487,16 +485,12 @@ def test_ids_outside_the_rule_are_reported_and_never_rewritten(db: Db) -> None:
 # -- CLI ------------------------------------------------------------------------------
 
 
-def _invoke(settings: Settings, *args: str) -> Any:
-    return CliRunner().invoke(app, ["--uri", str(settings.uri), "--db", settings.db, "doctor", *args])
-
-
-def test_cli_exits_1_with_problems_then_0_after_fix(db: Db, settings: Settings) -> None:
+def test_cli_exits_1_with_problems_then_0_after_fix(cli: Cli, db: Db) -> None:
     bad = off_type()
     db[ASSETS].insert_one(asset("org-a", "asset-1", last_seen=OLD))
     db[SNAPSHOTS].insert_many(bad.values())
 
-    first = _invoke(settings)
+    first = cli("doctor")
 
     assert first.exit_code == 1, first.output
     lines = first.output.splitlines()
@@ -510,21 +504,21 @@ def test_cli_exits_1_with_problems_then_0_after_fix(db: Db, settings: Settings) 
     assert "  stale lastSeen                    1 found  e.g. asset-1  (run `perf-analytics doctor --fix`)" in lines
     assert lines[-1] == "2 problem(s) remain"
 
-    fixed = _invoke(settings, "--org", "org-a", "--fix")
+    fixed = cli("doctor", "--org", "org-a", "--fix")
     assert fixed.exit_code == 0, fixed.output
     assert "  off-type snapshots                4 found, 4 fixed" in fixed.output.splitlines()
     assert fixed.output.splitlines()[-1] == "healthy after repairs"
 
-    again = _invoke(settings, "--org", "org-a")
+    again = cli("doctor", "--org", "org-a")
     assert again.exit_code == 0, again.output
     assert again.output.splitlines()[-1] == "healthy"
 
 
-def test_cli_json_report_for_scripts(db: Db, settings: Settings) -> None:
+def test_cli_json_report_for_scripts(cli: Cli, db: Db) -> None:
     db[ASSETS].insert_one(asset("org-a", "asset-1"))
     db[SNAPSHOTS].insert_one(stored(asset="nowhere"))
 
-    result = _invoke(settings, "--org", "org-a", "--json")
+    result = cli("doctor", "--org", "org-a", "--json")
 
     assert result.exit_code == 1, result.output
     payload = json.loads(result.output)

@@ -19,6 +19,7 @@ from perf_analytics.extract import extract_window, extract_window_all_orgs, iter
 from perf_analytics.frames import KEYS, frames_from_documents
 from perf_analytics.schema import ID_NOT_OBJECTID, SNAPSHOTS, validate_snapshot
 from perf_analytics.store import Db
+from tests.conftest import Cli
 from tests.factories import T0, series, set_path
 
 
@@ -242,17 +243,11 @@ def test_a_bad_chunk_size_is_a_clear_error_before_any_read(db: Db) -> None:
         iter_window(db, "org-a", T0, T0 + timedelta(hours=1), chunk_rows=0)
 
 
-def test_cli_extract_writes_three_parquet_files_that_duckdb_reads(db: Db, tmp_path: Any) -> None:
+def test_cli_extract_writes_three_parquet_files_that_duckdb_reads(cli: Cli, db: Db, tmp_path: Any) -> None:
     import duckdb
-    from click.testing import CliRunner
-
-    from perf_analytics.cli import app
-
     _store(db, series(20))
     out = tmp_path / "w.parquet"
-    result = CliRunner().invoke(app, ["--uri", _uri(db), "--db", db.name, "extract",
-                                      "--org", "org-a", "--from", "2026-03-01T12:00", "--to", "2026-03-01T12:10",
-                                      "--out", str(out)])
+    result = cli("extract", "--org", "org-a", "--from", "2026-03-01T12:00", "--to", "2026-03-01T12:10", "--out", str(out))
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith("10 snapshots, 10 disk rows, 10 interface rows -> ")
     con = duckdb.connect()
@@ -260,19 +255,11 @@ def test_cli_extract_writes_three_parquet_files_that_duckdb_reads(db: Db, tmp_pa
     assert con.execute(f"select count(*) from '{tmp_path / 'w.disks.parquet'}'").fetchone() == (10,)
 
 
-def _cli(db: Db, *args: str) -> Any:
-    from click.testing import CliRunner
-
-    from perf_analytics.cli import app
-
-    return CliRunner().invoke(app, ["--uri", _uri(db), "--db", db.name, "extract", *args])
-
-
-def test_cli_extract_streams_parts_into_the_parquet_the_one_shot_write_gave(db: Db, tmp_path: Path) -> None:
+def test_cli_extract_streams_parts_into_the_parquet_the_one_shot_write_gave(cli: Cli, db: Db, tmp_path: Path) -> None:
     docs = _store(db, series(30, asset="a1") + series(30, asset="a2"))
     db[SNAPSHOTS].update_one({"_id": docs[4]["_id"]}, {"$set": {"performanceData.cpu.usage": "45.5"}})
     out = tmp_path / "w.parquet"
-    result = _cli(db, "--org", "org-a", "--from", "2026-03-01T12:00", "--to", "2026-03-01T12:10",
+    result = cli("extract", "--org", "org-a", "--from", "2026-03-01T12:00", "--to", "2026-03-01T12:10",
                   "--chunk-rows", "4", "--out", str(out))
     assert result.exit_code == 0, result.output
     names = ("w.parquet", "w.disks.parquet", "w.interfaces.parquet")
@@ -291,12 +278,12 @@ def test_cli_extract_streams_parts_into_the_parquet_the_one_shot_write_gave(db: 
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("before-")) == sorted(names)
 
 
-def test_cli_extract_leaves_the_previous_files_when_the_read_fails(db: Db, tmp_path: Path) -> None:
+def test_cli_extract_leaves_the_previous_files_when_the_read_fails(cli: Cli, db: Db, tmp_path: Path) -> None:
     docs = _store(db, series(10))
     db[SNAPSHOTS].update_one({"_id": docs[7]["_id"]}, {"$set": {"agentId": 7}})
     out = tmp_path / "w.parquet"
     out.write_bytes(b"the previous extract")
-    result = _cli(db, "--org", "org-a", "--from", "2026-03-01T12:00", "--to", "2026-03-01T13:00",
+    result = cli("extract", "--org", "org-a", "--from", "2026-03-01T12:00", "--to", "2026-03-01T13:00",
                   "--chunk-rows", "3", "--out", str(out))
     assert result.exit_code == 1
     assert result.stderr == (
@@ -307,9 +294,9 @@ def test_cli_extract_leaves_the_previous_files_when_the_read_fails(db: Db, tmp_p
     assert [p.name for p in tmp_path.iterdir()] == ["w.parquet"]  # no temporary file left behind
 
 
-def test_cli_extract_of_an_empty_window_writes_three_empty_files_with_every_column(db: Db, tmp_path: Path) -> None:
+def test_cli_extract_of_an_empty_window_writes_three_empty_files_with_every_column(cli: Cli, db: Db, tmp_path: Path) -> None:
     out = tmp_path / "w.parquet"
-    result = _cli(db, "--org", "org-a", "--from", "2026-03-01", "--to", "2026-03-02", "--out", str(out))
+    result = cli("extract", "--org", "org-a", "--from", "2026-03-01", "--to", "2026-03-02", "--out", str(out))
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith("0 snapshots, 0 disk rows, 0 interface rows -> ")
     empty = extract_window(db, "org-a", T0, T0 + timedelta(hours=1)).frames
@@ -318,22 +305,13 @@ def test_cli_extract_of_an_empty_window_writes_three_empty_files_with_every_colu
     assert pl.read_parquet(tmp_path / "w.interfaces.parquet").equals(empty.interfaces)
 
 
-def test_cli_extract_rejects_a_bad_time_in_one_line(db: Db) -> None:
-    from click.testing import CliRunner
-
-    from perf_analytics.cli import app
-
-    result = CliRunner().invoke(app, ["--uri", _uri(db), "extract", "--org", "o", "--from", "soon",
-                                      "--to", "2026-01-01", "--out", "x.parquet"])
+def test_cli_extract_rejects_a_bad_time_in_one_line(cli: Cli) -> None:
+    result = cli("extract", "--org", "o", "--from", "soon", "--to", "2026-01-01", "--out", "x.parquet")
     assert result.exit_code == 1
     assert result.stderr == "Error: --from: not an ISO-8601 date: 'soon'\n"
 
 
-def _uri(db: Db) -> str:
-    host, port = db.client.address  # type: ignore[misc]
-    return f"mongodb://{host}:{port}/?directConnection=true"
-
-
+@pytest.mark.slow
 def test_extraction_reads_the_contract_from_schema_without_importing_doctor() -> None:
     code = "import sys, perf_analytics.extract; print('perf_analytics.doctor' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -129,6 +129,7 @@ def test_the_native_decoder_is_built_and_in_use() -> None:
     assert raw_decoder() == "native"
 
 
+@pytest.mark.slow
 def test_both_decoders_give_equal_frames_and_skip_the_same_documents() -> None:
     docs = _fleet_documents()
     assert len(docs) > 3 * len(DAMAGE)  # every damage is applied at least once
@@ -167,6 +168,7 @@ def test_a_refused_document_doctor_cannot_repair_stops_either_decoder_with_one_m
     )
 
 
+@pytest.mark.slow
 def test_both_decoders_give_the_mirror_equal_typed_rows_with_refused_ones_in_place() -> None:
     from perf_analytics.sync import _typed_rows, _typed_schema
 
@@ -178,6 +180,7 @@ def test_both_decoders_give_the_mirror_equal_typed_rows_with_refused_ones_in_pla
     assert native.column("typed").to_pylist().count(False) == 30  # the `_id` is no typed column here
 
 
+@pytest.mark.slow
 def test_without_the_native_module_pymongoarrow_decodes_and_asking_for_native_is_a_clear_error() -> None:
     script = (
         "import sys; sys.modules['perf_analytics_native'] = None\n"  # what an absent module does

@@ -19,13 +19,12 @@ import orjson
 import pytest
 import zstandard
 from bson import ObjectId, json_util
-from click.testing import CliRunner
 
-from perf_analytics.cli import app
 from perf_analytics.config import Settings
 from perf_analytics.ingest import LoadOptions, ingest_archives, ingest_archives_all_orgs
 from perf_analytics.schema import ASSETS, SNAPSHOTS, validate_snapshot
 from perf_analytics.store import Db
+from tests.conftest import Cli
 from tests.factories import DELETE, T0, series, set_path, snapshot
 
 
@@ -301,23 +300,23 @@ def test_kill_9_during_a_load_then_rerun_ends_exactly_like_one_clean_run(
         db.client.drop_database(db.name + "_clean")
 
 
-def test_cli_ingest_prints_a_summary_and_json(db: Db, settings: Settings, tmp_path: Path) -> None:
+def test_cli_ingest_prints_a_summary_and_json(cli: Cli, db: Db, tmp_path: Path) -> None:
     archive = write_ndjson(tmp_path / "a.ndjson", [*series(3), "oops"])
-    base = ["--uri", str(settings.uri), "--db", settings.db, "ingest", str(archive),
+    base = ["ingest", str(archive),
             "--checkpoint-dir", str(tmp_path / "cp")]
-    result = CliRunner().invoke(app, [*base, "--rejects", str(tmp_path / "r.ndjson")])
+    result = cli(*base, "--rejects", str(tmp_path / "r.ndjson"))
     assert result.exit_code == 0, result.output
     first, second = result.stdout.splitlines()[:2]
     assert first.startswith("read 4 · inserted 3 · duplicates 0 · rejected 1 · orphaned 3 · ")
     assert second == f"rejected records and reasons: {tmp_path / 'r.ndjson'}"
-    result = CliRunner().invoke(app, [*base, "--json"])
+    result = cli(*base, "--json")
     assert result.exit_code == 0
     data = json.loads(result.stdout)
     assert (data["read"], data["inserted"], data["duplicates"], data["rejected"]) == (4, 0, 3, 1)
 
 
-def test_cli_ingest_of_a_missing_file_is_a_usage_error(settings: Settings, tmp_path: Path) -> None:
-    result = CliRunner().invoke(app, ["--uri", str(settings.uri), "ingest", str(tmp_path / "nope.ndjson")])
+def test_cli_ingest_of_a_missing_file_is_a_usage_error(cli: Cli, tmp_path: Path) -> None:
+    result = cli("ingest", str(tmp_path / "nope.ndjson"))
     assert result.exit_code == 2
     assert "does not exist" in result.stderr
 

@@ -18,10 +18,8 @@ import bson
 import orjson
 import pytest
 from bson import ObjectId
-from click.testing import CliRunner
 
 from perf_analytics.cli import app
-from perf_analytics.config import Settings
 from perf_analytics.errors import ValidationError
 from perf_analytics.ingest import LoadOptions, ingest_archives_all_orgs, validate_archives
 from perf_analytics.ingest.batches import BlockEncoder, native_available
@@ -29,6 +27,7 @@ from perf_analytics.ingest.readers import parse_line
 from perf_analytics.schema import SNAPSHOTS, validate_snapshot
 from perf_analytics.store import MAX_DOCUMENT_BYTES, Db, check_nesting
 from perf_analytics.synth import FleetSpec, generate_fleet
+from tests.conftest import Cli
 from tests.factories import DELETE, set_path, snapshot
 
 _CODEC: bson.CodecOptions[dict[str, Any]] = bson.CodecOptions(tz_aware=True)
@@ -190,6 +189,7 @@ def test_a_block_that_arrow_cannot_read_leaves_only_its_unreadable_lines_to_the_
     assert sum(encoded.vouched) >= (60 if block_path == "native" else 60 - 2 * 16)  # Arrow: the halves holding a bad line
 
 
+@pytest.mark.slow
 def test_a_load_stores_the_same_documents_through_blocks_as_one_by_one(db: Db, tmp_path: Path) -> None:
     payloads = list(islice(generate_fleet(FleetSpec(orgs=2, assets=2, days=1, seed=3)), 500))
     archive = tmp_path / "fleet.ndjson"
@@ -207,13 +207,13 @@ def test_a_load_stores_the_same_documents_through_blocks_as_one_by_one(db: Db, t
     assert (again.inserted, again.duplicates) == (0, 500)
 
 
-def test_dry_run_checks_without_a_server_and_writes_nothing_but_rejects(tmp_path: Path) -> None:
+def test_dry_run_checks_without_a_server_and_writes_nothing_but_rejects(cli: Cli, tmp_path: Path) -> None:
     archive = tmp_path / "a.ndjson"
     bad = set_path(snapshot(assetId="asset-9"), "performanceData.cpu.usage", 120)
     archive.write_bytes(b"".join(_line(snapshot(timestamp=f"2026-03-01T12:{i:02d}:00Z")) for i in range(3)) + _line(bad))
     unreachable = "mongodb://127.0.0.1:9/?serverSelectionTimeoutMS=200"
 
-    result = CliRunner().invoke(app, ["--uri", unreachable, "ingest", str(archive), "--dry-run",
+    result = cli.invoke(app, ["--uri", unreachable, "ingest", str(archive), "--dry-run",
                                       "--rejects", str(tmp_path / "r.ndjson"),
                                       "--checkpoint-dir", str(tmp_path / "cp")])
 
@@ -227,12 +227,11 @@ def test_dry_run_checks_without_a_server_and_writes_nothing_but_rejects(tmp_path
     assert len((tmp_path / "r.ndjson").read_bytes().splitlines()) == 1
 
 
-def test_dry_run_json_counts_what_a_load_would_send(settings: Settings, db: Db, tmp_path: Path) -> None:
+def test_dry_run_json_counts_what_a_load_would_send(cli: Cli, db: Db, tmp_path: Path) -> None:
     archive = tmp_path / "a.ndjson"
     archive.write_bytes(b"".join(_line(snapshot(timestamp=f"2026-03-01T12:{i:02d}:00Z")) for i in range(5)))
 
-    result = CliRunner().invoke(app, ["--uri", str(settings.uri), "--db", str(settings.db), "ingest",
-                                      str(archive), "--dry-run", "--json", "--org", "org-b"])
+    result = cli("ingest", str(archive), "--dry-run", "--json", "--org", "org-b")
 
     summary = json.loads(result.output)
     assert result.exit_code == 0
@@ -242,6 +241,7 @@ def test_dry_run_json_counts_what_a_load_would_send(settings: Settings, db: Db, 
     assert db[SNAPSHOTS].count_documents({}) == 0
 
 
+@pytest.mark.slow
 def test_a_row_far_larger_than_its_block_goes_one_by_one_and_a_too_large_one_is_refused(
     block_path: str, tmp_path: Path
 ) -> None:
@@ -404,6 +404,7 @@ def _per_record_verdict(line: bytes, object_id: Any, org_id: str | None) -> byte
     return data if len(data) <= MAX_DOCUMENT_BYTES else None
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not native_available(), reason="perf_analytics_native is not built (make setup)")
 @pytest.mark.parametrize("org_id", [None, "org-a"])
 def test_the_native_encoder_vouches_only_for_what_the_per_record_path_stores_the_same(org_id: str | None) -> None:
@@ -442,6 +443,7 @@ def _verdicts(rejects: bytes) -> list[tuple[str, str, str]]:
     return [(r["position"], r["field"], r["reason"]) for r in map(orjson.loads, rejects.splitlines())]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not native_available(), reason="perf_analytics_native is not built (make setup)")
 def test_native_and_arrow_paths_give_every_line_the_same_verdict(tmp_path: Path) -> None:
     lines = _hostile_lines(3)

@@ -18,13 +18,11 @@ import bson
 import orjson
 import pytest
 import zstandard
-from click.testing import CliRunner
 
-from perf_analytics.cli import app
-from perf_analytics.config import Settings
 from perf_analytics.errors import IncompleteLoad
 from perf_analytics.schema import SNAPSHOTS, validate_snapshot
 from perf_analytics.store import Db
+from tests.conftest import Cli
 from tests.factories import series
 from tests.test_ingest import load
 
@@ -112,17 +110,17 @@ def test_garbage_after_a_complete_zstd_frame_is_damage_after_every_record(db: Db
 
 
 def test_a_cut_gzip_archive_fails_the_cli_after_its_summary_unless_partial_is_allowed(
-    db: Db, settings: Settings, tmp_path: Path
+    cli: Cli, db: Db, tmp_path: Path
 ) -> None:
     whole = gzip.compress(ndjson_bytes(series(400)))
     path = tmp_path / "cut.ndjson.gz"
     path.write_bytes(whole[: len(whole) // 2])
     readable = zlib.decompressobj(wbits=31).decompress(whole[: len(whole) // 2])
     good = readable.count(b"\n")
-    base = ["--uri", str(settings.uri), "--db", settings.db, "ingest", str(path),
+    base = ["ingest", str(path),
             "--checkpoint-dir", str(tmp_path / "cp"), "--batch-size", "50"]
 
-    result = CliRunner().invoke(app, base)
+    result = cli(*base)
     assert result.exit_code == 1
     lines = result.stdout.splitlines()
     assert lines[0].startswith(f"read {good + 1:,} · inserted {good:,} · duplicates 0 · rejected 1 · ")
@@ -136,7 +134,7 @@ def test_a_cut_gzip_archive_fails_the_cli_after_its_summary_unless_partial_is_al
         "--allow-partial to accept what was readable\n"
     )
 
-    result = CliRunner().invoke(app, [*base, "--allow-partial", "--json"])
+    result = cli(*base, "--allow-partial", "--json")
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert (data["read"], data["duplicates"], data["rejected"]) == (good + 1, good, 1)

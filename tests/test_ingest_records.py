@@ -13,10 +13,7 @@ import bson
 import orjson
 import pytest
 from bson import ObjectId, json_util
-from click.testing import CliRunner
 
-from perf_analytics.cli import app
-from perf_analytics.config import Settings
 from perf_analytics.errors import ServerError
 from perf_analytics.ingest import LoadOptions, ingest_archives_all_orgs
 from perf_analytics.ingest.readers import MAX_LINE_BYTES, open_archive
@@ -29,6 +26,7 @@ from perf_analytics.store import (
     missing_indexes,
     probe_capabilities,
 )
+from tests.conftest import Cli
 from tests.factories import T0, series, set_path, snapshot
 
 
@@ -94,14 +92,12 @@ def test_a_load_into_a_database_whose_duplicates_stop_the_key_index_says_what_to
 
 
 def test_cli_ingest_where_duplicates_stop_the_key_index_is_one_error_line(
-    raw_db: Db, settings: Settings, tmp_path: Path
+    cli: Cli, raw_db: Db, tmp_path: Path
 ) -> None:
     twice = validate_snapshot(snapshot())
     raw_db[SNAPSHOTS].insert_many([dict(twice), dict(twice)])
     archive = _ndjson(tmp_path / "a.ndjson", series(2, asset="asset-9"))
-    result = CliRunner().invoke(
-        app, ["--uri", str(settings.uri), "--db", settings.db, "ingest", str(archive), "--checkpoint-dir", str(tmp_path)]
-    )
+    result = cli("ingest", str(archive), "--checkpoint-dir", str(tmp_path))
     assert result.exit_code == 1
     assert result.stderr == (
         f"Error: cannot create unique index {KEY_INDEX}: duplicate snapshots exist "
@@ -148,6 +144,7 @@ def test_a_record_at_the_nesting_limit_is_stored(db: Db, tmp_path: Path) -> None
     assert (summary.inserted, summary.rejected) == (1, 0)
 
 
+@pytest.mark.slow
 def test_a_document_over_16_mib_as_bson_is_rejected_with_its_size_and_the_rest_loads(
     db: Db, tmp_path: Path
 ) -> None:
@@ -204,6 +201,7 @@ def test_a_line_over_the_limit_is_never_held_whole_in_memory(tmp_path: Path) -> 
     assert peak < 2.5 * MAX_LINE_BYTES
 
 
+@pytest.mark.slow
 def test_a_record_the_server_refuses_as_a_whole_batch_is_isolated_and_the_rest_loads(
     db: Db, tmp_path: Path
 ) -> None:

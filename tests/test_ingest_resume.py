@@ -13,16 +13,14 @@ from typing import Any
 
 import orjson
 import pytest
-from click.testing import CliRunner
 from pymongo import MongoClient
 
 from perf_analytics import localdb
-from perf_analytics.cli import app
-from perf_analytics.config import Settings
 from perf_analytics.errors import CheckpointError, InvalidArgument, ServerError
 from perf_analytics.ingest import checkpoint as ckpt
 from perf_analytics.schema import SNAPSHOTS
 from perf_analytics.store import Db
+from tests.conftest import Cli
 from tests.factories import series, set_path
 from tests.test_ingest import load, write_ndjson
 
@@ -49,6 +47,7 @@ def two_orgs(tmp_path: Path, name: str = "a.ndjson") -> Path:
     return write_ndjson(tmp_path / name, records)
 
 
+@pytest.mark.slow
 def test_a_load_for_all_orgs_never_resumes_the_checkpoint_of_a_load_for_one_org(db: Db, tmp_path: Path) -> None:
     archive = two_orgs(tmp_path)
     interrupted(db, [archive], tmp_path, org_id="org-a")
@@ -111,7 +110,7 @@ def test_the_same_load_resumes_and_its_checkpoint_names_server_and_settings_with
 
 
 def test_a_checkpoint_of_an_unknown_version_is_refused_and_restart_overrides_it(
-    db: Db, settings: Settings, tmp_path: Path
+    cli: Cli, db: Db, tmp_path: Path
 ) -> None:
     archive = write_ndjson(tmp_path / "a.ndjson", series(30))
     saved = interrupted(db, [archive], tmp_path, batches=2)
@@ -119,13 +118,13 @@ def test_a_checkpoint_of_an_unknown_version_is_refused_and_restart_overrides_it(
     path.write_text(json.dumps({**saved, "version": 2, "shape": "from a newer release"}))
     with pytest.raises(CheckpointError, match=r"has format version 2; this perf_analytics reads version 1"):
         load(db, [archive], tmp_path, batch_size=10)
-    base = ["--uri", str(settings.uri), "--db", settings.db, "ingest", str(archive), "--batch-size", "10",
+    base = ["ingest", str(archive), "--batch-size", "10",
             "--checkpoint-dir", str(tmp_path / "checkpoints")]
-    result = CliRunner().invoke(app, base)
+    result = cli(*base)
     assert result.exit_code == 1
     assert result.stderr.startswith(f"Error: checkpoint {path} has format version 2; ")
     assert result.stderr.rstrip().endswith("pass --restart to start the load over")
-    result = CliRunner().invoke(app, [*base, "--restart", "--json"])
+    result = cli(*base, "--restart", "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["read"] == 30
 
@@ -141,15 +140,14 @@ def test_a_server_state_file_of_an_unknown_version_is_refused(tmp_path: Path) ->
     assert localdb.server_status(tmp_path) is None
 
 
-def test_the_rejects_file_refuses_to_be_one_of_the_archives(db: Db, settings: Settings, tmp_path: Path) -> None:
+def test_the_rejects_file_refuses_to_be_one_of_the_archives(cli: Cli, db: Db, tmp_path: Path) -> None:
     archive = write_ndjson(tmp_path / "a.ndjson", series(5))
     content = archive.read_bytes()
     with pytest.raises(InvalidArgument, match="is one of the archives to load"):
         load(db, [archive], tmp_path, rejects=tmp_path / "." / "a.ndjson")
     linked = tmp_path / "linked.ndjson"
     os.link(archive, linked)
-    result = CliRunner().invoke(app, ["--uri", str(settings.uri), "--db", settings.db, "ingest", str(archive),
-                                      "--rejects", str(linked), "--checkpoint-dir", str(tmp_path / "cp")])
+    result = cli("ingest", str(archive), "--rejects", str(linked), "--checkpoint-dir", str(tmp_path / "cp"))
     assert result.exit_code == 1
     assert result.stderr == f"Error: the rejects file {linked} is one of the archives to load; name another file\n"
     assert archive.read_bytes() == content

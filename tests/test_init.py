@@ -7,12 +7,9 @@ from typing import Any
 
 import pytest
 from bson import ObjectId
-from click.testing import CliRunner, Result
 from pymongo.errors import DuplicateKeyError, OperationFailure
 
 from perf_analytics import localdb
-from perf_analytics.cli import app
-from perf_analytics.config import Settings
 from perf_analytics.errors import InvalidArgument, ServerError
 from perf_analytics.schema import SNAPSHOTS, validate_snapshot
 from perf_analytics.store import (
@@ -24,6 +21,7 @@ from perf_analytics.store import (
     missing_indexes,
     probe_capabilities,
 )
+from tests.conftest import Cli
 from tests.factories import snapshot
 
 EXPECTED = {
@@ -42,11 +40,6 @@ def _shape(db: Db) -> dict[str, tuple[list[tuple[str, int]], bool]]:
         name: ([(k, int(v)) for k, v in ix["key"].items()], bool(ix.get("unique")))
         for name, ix in _indexes(db).items()
     }
-
-
-def _init(cli: CliRunner, settings: Settings, *args: str) -> Result:
-    assert settings.uri is not None
-    return cli.invoke(app, ["--uri", settings.uri, "--db", settings.db, "init", *args])
 
 
 def test_ensure_indexes_creates_the_three_snapshot_indexes(raw_db: Db) -> None:
@@ -132,8 +125,8 @@ def test_probe_capabilities_tells_what_the_server_supports(db: Db) -> None:
         assert caps.ttl_indexes, "probe denies TTL support but the server built a TTL index"
 
 
-def test_init_creates_the_indexes_and_says_so(cli: CliRunner, settings: Settings, raw_db: Db) -> None:
-    result = _init(cli, settings)
+def test_init_creates_the_indexes_and_says_so(cli: Cli, raw_db: Db) -> None:
+    result = cli("init")
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     assert lines[:3] == [f"created index {name}" for name in EXPECTED]
@@ -144,10 +137,10 @@ def test_init_creates_the_indexes_and_says_so(cli: CliRunner, settings: Settings
 
 
 def test_init_a_second_time_creates_nothing_and_says_already_present(
-    cli: CliRunner, settings: Settings, raw_db: Db
+    cli: Cli, raw_db: Db
 ) -> None:
-    assert _init(cli, settings).exit_code == 0
-    result = _init(cli, settings)
+    assert cli("init").exit_code == 0
+    result = cli("init")
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     assert lines[:3] == [f"index {name} already present" for name in EXPECTED]
@@ -156,15 +149,15 @@ def test_init_a_second_time_creates_nothing_and_says_already_present(
 
 
 def test_init_with_ttl_days_builds_a_ttl_index_only_where_the_server_has_them(
-    cli: CliRunner, settings: Settings, raw_db: Db
+    cli: Cli, raw_db: Db
 ) -> None:
-    result = _init(cli, settings, "--ttl-days", "30")
+    result = cli("init", "--ttl-days", "30")
     caps = probe_capabilities(raw_db)
     if caps.ttl_indexes:
         assert result.exit_code == 0, result.output
         assert f"created index {TTL_INDEX}" in result.stdout.splitlines()
         assert _indexes(raw_db)[TTL_INDEX]["expireAfterSeconds"] == 30 * 86400
-        again = _init(cli, settings, "--ttl-days", "30")
+        again = cli("init", "--ttl-days", "30")
         assert f"index {TTL_INDEX} already present" in again.stdout.splitlines()
     else:
         assert result.exit_code == 1

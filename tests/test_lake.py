@@ -77,6 +77,7 @@ def test_derived_partitions_are_written_without_dictionary_pages(tmp_path: Path)
         assert encodings.isdisjoint({"PLAIN_DICTIONARY", "RLE_DICTIONARY"}), path
 
 
+@pytest.mark.slow
 def test_duckdb_reads_back_exactly_the_rollups_that_were_written(tmp_path: Path) -> None:
     rollups = rollups_of(two_org_frames())
     write_rollups(tmp_path, rollups)

@@ -281,6 +281,7 @@ def test_for_an_id_in_both_the_lake_row_is_the_one_seen(db: Db, settings: Settin
     assert con.execute("SELECT count(*), max(cpu_usage) FROM snapshot_metrics").fetchone() == (2, 37.5)
 
 
+@pytest.mark.slow
 def test_a_query_over_sixty_days_crosses_the_retention_boundary(db: Db, settings: Settings) -> None:
     start = T0 - 59 * DAY
     insert(db, series(50, org="org-a", asset="a1", start=start, step=DAY))  # days 1 to 50

@@ -8,14 +8,12 @@ from typing import Any
 
 import pytest
 from bson import ObjectId
-from click.testing import CliRunner
 
-from perf_analytics.cli import app
-from perf_analytics.config import Settings
 from perf_analytics.errors import ServerError
 from perf_analytics.migrate import migrate_all_orgs, migrate_legacy_snapshots
 from perf_analytics.schema import ASSETS, ORIGINAL_ID, SNAPSHOTS, validate_snapshot
 from perf_analytics.store import KEY_INDEX, Db, missing_indexes
+from tests.conftest import Cli
 from tests.factories import T0, set_path, snapshot
 
 OLD = datetime(2020, 1, 1, tzinfo=UTC)
@@ -260,14 +258,10 @@ def test_a_real_run_where_duplicates_stop_the_key_index_says_what_to_do_and_move
     assert raw_db[SNAPSHOTS].count_documents({}) == 2
 
 
-def _invoke(settings: Settings, *args: str) -> Any:
-    return CliRunner().invoke(app, ["--uri", str(settings.uri), "--db", settings.db, "migrate", *args])
-
-
-def test_cli_dry_run_says_what_would_move(db: Db, settings: Settings) -> None:
+def test_cli_dry_run_says_what_would_move(cli: Cli, db: Db) -> None:
     db[ASSETS].insert_many([asset("org-a", "asset-1"), legacy(minute=0), legacy(minute=1)])
 
-    result = _invoke(settings, "--org", "org-a", "--dry-run")
+    result = cli("migrate", "--org", "org-a", "--dry-run")
 
     assert result.exit_code == 0, result.output
     assert result.output == (
@@ -278,12 +272,12 @@ def test_cli_dry_run_says_what_would_move(db: Db, settings: Settings) -> None:
 
 
 def test_cli_without_org_runs_every_org_says_so_and_exits_1_when_documents_stay(
-    db: Db, settings: Settings
+    cli: Cli, db: Db
 ) -> None:
     bad = legacy("org-b", "b1", timestamp="soon")
     db[ASSETS].insert_many([asset("org-a", "a1"), asset("org-b", "b1"), legacy("org-a", "a1"), bad])
 
-    result = _invoke(settings)
+    result = cli("migrate")
 
     assert result.exit_code == 1, result.output
     lines = result.output.splitlines()
@@ -295,10 +289,10 @@ def test_cli_without_org_runs_every_org_says_so_and_exits_1_when_documents_stay(
     assert lines[-1].startswith("total: moved 1 legacy snapshot ")
 
 
-def test_cli_json_report(db: Db, settings: Settings) -> None:
+def test_cli_json_report(cli: Cli, db: Db) -> None:
     db[ASSETS].insert_many([asset("org-a", "asset-1"), legacy(minute=0)])
 
-    result = _invoke(settings, "--org", "org-a", "--json")
+    result = cli("migrate", "--org", "org-a", "--json")
 
     assert result.exit_code == 0, result.output
     payload = json.loads(result.output)

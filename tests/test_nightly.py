@@ -14,9 +14,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from bson import ObjectId
-from click.testing import CliRunner
 
-from perf_analytics.cli import app
 from perf_analytics.config import Settings
 from perf_analytics.errors import MirrorError, StepFailed
 from perf_analytics.lake import ANOMALIES, partition_dir
@@ -35,10 +33,12 @@ from perf_analytics.sinks import replace_scope
 from perf_analytics.store import Db
 from perf_analytics.sync import listed_snapshot_files, sync_snapshots_all_orgs
 from perf_analytics.synth import DEFAULT_START, FleetSpec, generate_fleet
+from tests.conftest import Cli
 
 DAY1 = DEFAULT_START.date()
 DAY2 = DAY1 + timedelta(days=1)
 DAY3 = DAY1 + timedelta(days=2)
+
 
 
 def _load(db: Db, *, days: int, orgs: int = 2) -> None:
@@ -47,9 +47,8 @@ def _load(db: Db, *, days: int, orgs: int = 2) -> None:
     db[SNAPSHOTS].insert_many(docs)
 
 
-def _cli(settings: Settings, *args: str) -> tuple[int, str, str]:
-    base = ["--uri", str(settings.uri), "--db", settings.db, "--lake", settings.lake]
-    r = CliRunner().invoke(app, [*base, *args])
+def _cli(cli: Cli, *args: str) -> tuple[int, str, str]:
+    r = cli(*args)
     return r.exit_code, r.stdout, r.stderr
 
 
@@ -93,6 +92,7 @@ def test_a_run_derives_every_day_then_only_what_a_late_snapshot_changed(db: Db, 
     assert all(s["status"] == "ok" and s["rows_in"] > 0 and s["seconds"] >= 0 for s in flagged)
 
 
+@pytest.mark.slow
 def test_values_the_flags_leave_out_are_in_the_run_record_and_its_summary(db: Db, settings: Settings) -> None:
     """A percentage another application wrote as a byte rate is counted where the operator looks."""
     docs = [{"_id": ObjectId(), **validate_snapshot(p)}
@@ -112,15 +112,15 @@ def test_values_the_flags_leave_out_are_in_the_run_record_and_its_summary(db: Db
 
 
 @pytest.mark.slow
-def test_the_same_date_twice_gives_the_same_lake_byte_for_byte_and_json_logs(db: Db, settings: Settings) -> None:
+def test_the_same_date_twice_gives_the_same_lake_byte_for_byte_and_json_logs(cli: Cli, db: Db, settings: Settings) -> None:
     lake = Path(settings.lake)
     _load(db, days=2)
-    code, out, err = _cli(settings, "nightly", "--date", DAY2.isoformat())
+    code, out, err = _cli(cli, "nightly", "--date", DAY2.isoformat())
     assert code == 0, err
     assert out.startswith("nightly ") and "2 org(s), 2 day(s) derived, 0 failed, 2 report(s)" in out
     before = _lake_bytes(lake)
     assert any(k.startswith("anomalies/orgId=org-02/date=") for k in before)
-    code, out, err = _cli(settings, "nightly", "--date", DAY2.isoformat(), "--log-format", "json")
+    code, out, err = _cli(cli, "nightly", "--date", DAY2.isoformat(), "--log-format", "json")
     assert code == 0, err
     assert _lake_bytes(lake) == before
     events = [json.loads(line) for line in err.splitlines()]
@@ -130,15 +130,15 @@ def test_the_same_date_twice_gives_the_same_lake_byte_for_byte_and_json_logs(db:
     assert write_step["day"] == DAY2.isoformat() and write_step["status"] == "ok"
     assert write_step["rows_out"] > 0 and "seconds" in write_step
     assert events[-1]["event"] == "end" and events[-1]["failed"] == 0
-    code, out, _ = _cli(settings, "runs", "--last", "1")
+    code, out, _ = _cli(cli, "runs", "--last", "1")
     assert code == 0 and out.startswith(run_id) and f"ok          {DAY2}" in out
-    code, out, _ = _cli(settings, "runs", "--json")
+    code, out, _ = _cli(cli, "runs", "--json")
     runs = json.loads(out)
     assert len(runs) == 2 and runs[0]["runId"] == run_id
 
 
 @pytest.mark.slow
-def test_a_broken_org_fails_alone_and_the_next_run_redoes_only_it(db: Db, settings: Settings, tmp_path: Path) -> None:
+def test_a_broken_org_fails_alone_and_the_next_run_redoes_only_it(cli: Cli, db: Db, settings: Settings, tmp_path: Path) -> None:
     lake = Path(settings.lake)
     _load(db, days=2)
     sync_snapshots_all_orgs(db, lake)
@@ -146,7 +146,7 @@ def test_a_broken_org_fails_alone_and_the_next_run_redoes_only_it(db: Db, settin
     aside = tmp_path / "aside.parquet"
     shutil.move(lake / part.path, aside)  # org-02's mirror is damaged: a listed part is gone
 
-    code, out, err = _cli(settings, "nightly")  # yesterday (the clock's) and every stale day
+    code, out, err = _cli(cli, "nightly")  # yesterday (the clock's) and every stale day
     assert code == 1
     assert err.startswith("Error: ") and err.count("\n") == 1 and "org-02" in err
     assert "0 failed" not in out
@@ -168,6 +168,7 @@ def test_a_broken_org_fails_alone_and_the_next_run_redoes_only_it(db: Db, settin
     assert sorted(fixed.derived) == [("org-02", DAY1.isoformat()), ("org-02", DAY2.isoformat())]
 
 
+@pytest.mark.slow
 def test_a_failing_step_is_named_with_its_org_and_day(db: Db, settings: Settings) -> None:
     lake = Path(settings.lake)
     _load(db, days=1, orgs=1)
@@ -182,6 +183,7 @@ def test_a_failing_step_is_named_with_its_org_and_day(db: Db, settings: Settings
     assert str(StepFailed("flag", "org-01", DAY1, MirrorError("boom"))) == f"flag failed for org org-01 {DAY1}: boom"
 
 
+@pytest.mark.slow
 def test_the_steps_run_alone_and_rollup_leaves_the_flags_alone(db: Db, settings: Settings) -> None:
     lake = Path(settings.lake)
     _load(db, days=1, orgs=1)
@@ -214,7 +216,7 @@ def _holder_script(settings: Settings) -> str:
 
 
 @pytest.mark.slow
-def test_one_run_at_a_time_and_a_killed_runs_lock_is_taken_at_once(db: Db, settings: Settings) -> None:
+def test_one_run_at_a_time_and_a_killed_runs_lock_is_taken_at_once(cli: Cli, db: Db, settings: Settings) -> None:
     lake = Path(settings.lake)
     with subprocess.Popen([sys.executable, "-c", _holder_script(settings)],
                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as holder:
@@ -222,7 +224,7 @@ def test_one_run_at_a_time_and_a_killed_runs_lock_is_taken_at_once(db: Db, setti
             assert holder.stdout is not None
             held_by = holder.stdout.readline().strip()
             assert held_by, "the holding run did not start"
-            code, _, err = _cli(settings, "nightly")
+            code, _, err = _cli(cli, "nightly")
             assert code == 1
             assert err.startswith("Error: another nightly run is using the lake at ") and f"run {held_by}" in err
             assert err.count("\n") == 1
@@ -232,10 +234,11 @@ def test_one_run_at_a_time_and_a_killed_runs_lock_is_taken_at_once(db: Db, setti
     assert result.failed == []
     statuses = {r["runId"]: r["status"] for r in list_runs(lake)}
     assert statuses == {held_by: "interrupted", result.run_id: "ok"}
-    code, out, _ = _cli(settings, "runs")
+    code, out, _ = _cli(cli, "runs")
     assert code == 0 and "interrupted" in out.splitlines()[1]
 
 
+@pytest.mark.slow
 def test_a_run_sweeps_the_temp_files_killed_writers_left_and_nothing_else(db: Db, settings: Settings) -> None:
     """A worker killed inside a Parquet write leaves a hidden temp file that readers skip
     and nothing else removes: the next run does, when no running process can still own it."""
@@ -277,10 +280,10 @@ def test_a_sink_scope_holds_exactly_the_last_write_and_leaves_the_rest(db: Db) -
     assert sorted(d["_id"] for d in db["c"].find()) == ["kept", "new", "theirs"]
 
 
-def test_dates_are_asked_one_way(settings: Settings) -> None:
-    code, _, err = _cli(settings, "nightly", "--date", "2026-01-05", "--from", "2026-01-01")
+def test_dates_are_asked_one_way(cli: Cli) -> None:
+    code, _, err = _cli(cli, "nightly", "--date", "2026-01-05", "--from", "2026-01-01")
     assert code == 1 and err == "Error: give --date, or --from and --to, not both\n"
-    code, _, err = _cli(settings, "nightly", "--from", "2026-01-05", "--to", "2026-01-01")
+    code, _, err = _cli(cli, "nightly", "--from", "2026-01-05", "--to", "2026-01-01")
     assert code == 1 and "is before --from" in err
 
 
@@ -297,6 +300,7 @@ def test_the_scheduler_entry_point_runs_the_command(settings: Settings) -> None:
     assert [r["status"] for r in list_runs(settings.lake)] == ["ok"]
 
 
+@pytest.mark.slow
 def test_yesterday_without_snapshots_is_derived_empty_not_failed(db: Db, settings: Settings) -> None:
     lake = Path(settings.lake)
     _load(db, days=1, orgs=1)

@@ -14,11 +14,9 @@ import bson
 import polars as pl
 import pytest
 from bson import ObjectId
-from click.testing import CliRunner
 from pymongo import MongoClient, monitoring
 
 from perf_analytics.anomalies import AnomalyConfig, FlagOptions, flag_anomalies
-from perf_analytics.cli import app
 from perf_analytics.config import Settings
 from perf_analytics.errors import ExtractError, InvalidArgument, NotSynced
 from perf_analytics.extract import extract_window
@@ -29,6 +27,7 @@ from perf_analytics.schema import SNAPSHOTS, validate_snapshot
 from perf_analytics.store import Db
 from perf_analytics.sync import sync_snapshots, sync_snapshots_all_orgs
 from perf_analytics.synth import DEFAULT_START, FleetSpec, generate_fleet
+from tests.conftest import Cli
 
 DAY1 = DEFAULT_START.date()
 DAY2 = DAY1 + timedelta(days=1)
@@ -266,30 +265,29 @@ def test_the_mongo_sink_holds_exactly_the_days_flags_after_reruns(db: Db, tmp_pa
 
 
 @pytest.mark.slow
-def test_cli_rollup_anomalies_and_query(db: Db, settings: Settings) -> None:
+def test_cli_rollup_anomalies_and_query(cli: Cli, db: Db, settings: Settings) -> None:
     _load(db, days=2, orgs=1)
-    base = ["--uri", str(settings.uri), "--db", settings.db, "--lake", settings.lake]
-    r = CliRunner().invoke(app, [*base, "anomalies", "--org", "org-01", "--date", DAY2.isoformat(), "--no-sync"])
+    r = cli("anomalies", "--org", "org-01", "--date", DAY2.isoformat(), "--no-sync")
     assert (r.exit_code, r.stderr) == (
         1, f"Error: the lake at {settings.lake} holds no snapshots of org org-01 yet: run `perf-analytics sync --org org-01` first\n")
-    r = CliRunner().invoke(app, [*base, "rollup", "--org", "org-01", "--date", DAY2.isoformat(), "--windows", "1hour,1day"])
+    r = cli("rollup", "--org", "org-01", "--date", DAY2.isoformat(), "--windows", "1hour,1day")
     assert r.exit_code == 0, r.output
     assert r.stderr == f"sync org-01: {db[SNAPSHOTS].count_documents({}):,} new snapshot(s) into the lake\n"
     assert r.stdout.startswith(f"org-01 {DAY2}: ")
     assert "1hour 48, 1day 2" in r.stdout
-    r = CliRunner().invoke(app, [*base, "anomalies", "--org", "org-01", "--date", DAY2.isoformat(), "--no-sync"])
+    r = cli("anomalies", "--org", "org-01", "--date", DAY2.isoformat(), "--no-sync")
     assert (r.exit_code, r.stderr) == (0, "")
-    r = CliRunner().invoke(app, [*base, "query", "--org", "org-01", "--format", "json",
-                                 "select count(*) as n from rollups where \"window\" = '1day'"])
+    r = cli("query", "--org", "org-01", "--format", "json", "select count(*) as n from rollups where \"window\" = '1day'")
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout) == [{"n": 2}]
-    r = CliRunner().invoke(app, [*base, "query", "--org", "org-01", "select * from nowhere"])
+    r = cli("query", "--org", "org-01", "select * from nowhere")
     assert r.exit_code == 1
     assert r.stderr.startswith("Error: Catalog Error")
-    r = CliRunner().invoke(app, [*base, "rollup", "--org", "org-01", "--date", "yesterday"])
+    r = cli("rollup", "--org", "org-01", "--date", "yesterday")
     assert (r.exit_code, r.stderr) == (1, "Error: --date: not a date (YYYY-MM-DD): 'yesterday'\n")
 
 
+@pytest.mark.slow
 def test_a_days_values_that_cannot_be_readings_are_in_the_result_per_series_and_reason(
     db: Db, tmp_path: Path
 ) -> None:

@@ -10,10 +10,8 @@ import numpy as np
 import polars as pl
 import pytest
 from bson import ObjectId
-from click.testing import CliRunner
 from matplotlib import dates as mdates
 
-from perf_analytics.cli import app
 from perf_analytics.config import Settings
 from perf_analytics.errors import InvalidArgument, PlotError
 from perf_analytics.frames import frames_from_documents
@@ -31,6 +29,7 @@ from perf_analytics.schema import SNAPSHOTS, validate_snapshot
 from perf_analytics.store import Db
 from perf_analytics.sync import sync_snapshots_all_orgs
 from perf_analytics.synth import DEFAULT_START, FleetSpec, generate_fleet
+from tests.conftest import Cli
 from tests.factories import snapshot
 
 DAY = DEFAULT_START.date() + timedelta(days=1)
@@ -136,6 +135,7 @@ def test_a_one_day_rollup_is_one_cell_a_day_wide_with_its_flags_inside() -> None
     assert left < markers.get_offsets()[0][0] < right
 
 
+@pytest.mark.slow
 def test_save_figure_writes_the_format_of_the_suffix_and_refuses_others(tmp_path: Path) -> None:
     fig = plot_fleet(_rollups(2, 3))
     assert save_figure(fig, tmp_path / "f.png").read_bytes().startswith(PNG)
@@ -160,15 +160,15 @@ def day_in_lake(db: Db, settings: Settings) -> Settings:
     return settings
 
 
-def _invoke(settings: Settings, *args: str) -> tuple[int, str, str]:
-    result = CliRunner().invoke(app, ["--uri", str(settings.uri), "--db", settings.db, "--lake", settings.lake, *args])
+def _invoke(cli: Cli, *args: str) -> tuple[int, str, str]:
+    result = cli(*args)
     return result.exit_code, result.stdout, result.stderr
 
 
 @pytest.mark.slow
-def test_cli_plots_an_orgs_fleet_day_with_only_its_assets(db: Db, day_in_lake: Settings, tmp_path: Path) -> None:
+def test_cli_plots_an_orgs_fleet_day_with_only_its_assets(cli: Cli, db: Db, day_in_lake: Settings, tmp_path: Path) -> None:
     out = tmp_path / "fleet.png"
-    code, stdout, _ = _invoke(day_in_lake, "plot", "--org", "org-01", "--date", DAY.isoformat(), "--out", str(out))
+    code, stdout, _ = _invoke(cli, "plot", "--org", "org-01", "--date", DAY.isoformat(), "--out", str(out))
     assert (code, stdout) == (0, f"wrote {out}\n")
     assert out.read_bytes().startswith(PNG)
     labels = {t.get_text() for t in fleet_figure(day_in_lake.lake, "org-01", DAY).axes[0].get_yticklabels()}
@@ -176,7 +176,7 @@ def test_cli_plots_an_orgs_fleet_day_with_only_its_assets(db: Db, day_in_lake: S
 
 
 @pytest.mark.slow
-def test_cli_plots_one_assets_day_with_its_lake_flags(db: Db, day_in_lake: Settings, tmp_path: Path) -> None:
+def test_cli_plots_one_assets_day_with_its_lake_flags(cli: Cli, db: Db, day_in_lake: Settings, tmp_path: Path) -> None:
     con = connect_lake_all_orgs(day_in_lake.lake)
     org, asset = con.execute("select orgId, assetId from anomalies order by start, assetId limit 1").fetchall()[0]
     flags = con.sql("select * from anomalies where assetId = ?", params=[asset]).pl()
@@ -191,7 +191,7 @@ def test_cli_plots_one_assets_day_with_its_lake_flags(db: Db, day_in_lake: Setti
     assert late is not None
     db[SNAPSHOTS].insert_one({**late, "_id": ObjectId(), "timestamp": late["timestamp"] + timedelta(seconds=30)})
     out = tmp_path / "asset.svg"
-    code, stdout, err = _invoke(day_in_lake, "plot", "--org", org, "--date", DAY.isoformat(),
+    code, stdout, err = _invoke(cli, "plot", "--org", org, "--date", DAY.isoformat(),
                                 "--asset", asset, "--out", str(out))
     assert (code, stdout, err) == (0, f"wrote {out}\n", f"sync {org}: 1 new snapshot(s) into the lake\n")
     assert "<svg" in out.read_text()
@@ -199,13 +199,13 @@ def test_cli_plots_one_assets_day_with_its_lake_flags(db: Db, day_in_lake: Setti
 
 
 @pytest.mark.slow
-def test_cli_plot_errors_are_one_line(day_in_lake: Settings, tmp_path: Path) -> None:
-    code, _, err = _invoke(day_in_lake, "plot", "--org", "org-01", "--date", "2020-01-01", "--out", str(tmp_path / "x.png"))
+def test_cli_plot_errors_are_one_line(cli: Cli, day_in_lake: Settings, tmp_path: Path) -> None:
+    code, _, err = _invoke(cli, "plot", "--org", "org-01", "--date", "2020-01-01", "--out", str(tmp_path / "x.png"))
     assert (code, err) == (1, "Error: the lake has no 1hour rollups of org-01 for 2020-01-01 "
                               "(run: perf-analytics rollup --org org-01 --date 2020-01-01)\n")
-    code, _, err = _invoke(day_in_lake, "plot", "--org", "org-01", "--date", DAY.isoformat(), "--out", str(tmp_path / "x.jpg"))
+    code, _, err = _invoke(cli, "plot", "--org", "org-01", "--date", DAY.isoformat(), "--out", str(tmp_path / "x.jpg"))
     assert (code, err) == (1, f"Error: --out: choose a .png, .svg or .pdf file name, not '{tmp_path / 'x.jpg'}'\n")
-    code, _, err = _invoke(day_in_lake, "plot", "--org", "org-01", "--date", DAY.isoformat(), "--asset", "nope",
+    code, _, err = _invoke(cli, "plot", "--org", "org-01", "--date", DAY.isoformat(), "--asset", "nope",
                            "--no-sync", "--out", str(tmp_path / "x.png"))
     assert (code, err) == (1, "Error: no snapshots of asset 'nope' in this window\n")
     assert not list(tmp_path.glob("x.*"))

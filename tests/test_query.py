@@ -35,6 +35,7 @@ from perf_analytics.rollups import compute_availability, compute_rollups
 from perf_analytics.schema import SNAPSHOTS
 from perf_analytics.store import Db
 from perf_analytics.sync import sync_snapshots
+from tests.conftest import Cli
 from tests.factories import T0, series, set_path
 from tests.test_lake import flags_frame, rollups_of, two_org_frames
 from tests.test_sync import insert
@@ -369,33 +370,30 @@ def test_nested_values_go_to_json_and_parquet(lake: Path, tmp_path: Path) -> Non
 # ---- the snapshot views and the hot tail ------------------------------------------------------
 
 
-def _cli(settings: Settings, *args: str) -> Result:
-    return CliRunner().invoke(app, ["--uri", str(settings.uri), "--db", settings.db, "--lake", str(settings.lake), *args])
-
-
-def test_hot_adds_the_snapshots_the_last_sync_has_not_copied(db: Db, settings: Settings) -> None:
+def test_hot_adds_the_snapshots_the_last_sync_has_not_copied(cli: Cli, db: Db, settings: Settings) -> None:
     insert(db, series(4, org="org-a", asset="a1"))
     sync_snapshots(db, settings.lake, org_id="org-a")
     insert(db, series(2, org="org-a", asset="a1", start=T0 + timedelta(days=1)))
     insert(db, series(3, org="org-b", asset="b1", start=T0 + timedelta(days=1)))
     sql = "SELECT count(*) AS n, count(DISTINCT _id) AS ids FROM snapshot_metrics"
-    cold = _cli(settings, "query", "--org", "org-a", "--format", "json", sql)
+    cold = cli("query", "--org", "org-a", "--format", "json", sql)
     assert json.loads(cold.stdout) == [{"n": 4, "ids": 4}]
-    hot = _cli(settings, "query", "--org", "org-a", "--hot", "--format", "json", sql)
+    hot = cli("query", "--org", "org-a", "--hot", "--format", "json", sql)
     assert hot.exit_code == 0, hot.output
     assert json.loads(hot.stdout) == [{"n": 6, "ids": 6}]
 
 
-def _help_examples() -> list[list[str]]:
+def _help_examples(cli: Cli) -> list[list[str]]:
     """The examples of `query --help`, as argument lists (continued lines joined)."""
-    text = CliRunner().invoke(app, ["query", "--help"]).stdout
+    text = cli.invoke(app, ["query", "--help"]).stdout
     lines = text.split("Examples:")[1].split("Options:")[0].splitlines()
     joined = " ".join(line.strip() for line in lines).replace("\\ ", "")
     return [shlex.split("perf-analytics " + e)[1:] for e in joined.split("perf-analytics ") if e.strip()]
 
 
+@pytest.mark.slow
 def test_the_help_examples_run_against_a_loaded_lake(
-    db: Db, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    cli: Cli, db: Db, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
     day = datetime(2026, 1, 6, 12, tzinfo=UTC)
@@ -407,12 +405,12 @@ def test_the_help_examples_run_against_a_loaded_lake(
     docs = list(db[SNAPSHOTS].find({"orgId": "org-01"}))
     write_rollups(settings.lake, compute_rollups(frames_from_documents(docs), windows=["1hour"]))
     write_anomalies(settings.lake, flags_frame().with_columns(pl.lit("org-01").alias("orgId")))
-    examples = _help_examples()
+    examples = _help_examples(cli)
     assert len(examples) == 5
     for args in examples:
-        result = _cli(settings, *args)
+        result = cli(*args)
         assert result.exit_code == 0, (args, result.output)
         assert result.stdout.strip(), args
     assert pq.read_table(tmp_path / "full-disks.parquet").column("assetId").to_pylist() == ["a2", "a2"]
-    hot = _cli(settings, *examples[3], "--format", "json")
+    hot = cli(*examples[3], "--format", "json")
     assert sum(row["count_star()"] for row in json.loads(hot.stdout)) == 1  # within the last 60 days: the hot one

@@ -18,7 +18,6 @@ import pytest
 from bson import ObjectId
 from bson.codec_options import CodecOptions
 from bson.raw_bson import RawBSONDocument
-from click.testing import CliRunner
 from pymongo import MongoClient, monitoring
 
 from perf_analytics.cli import app
@@ -41,6 +40,7 @@ from perf_analytics.sync import (
     sync_snapshots,
     sync_snapshots_all_orgs,
 )
+from tests.conftest import Cli
 from tests.factories import T0, series, snapshot
 from tests.test_sync import insert, mirrored, old_id, server_documents
 
@@ -91,6 +91,7 @@ def states(rows: list[Any]) -> list[tuple[str, str, str, int, int]]:
 # ---- export ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_export_syncs_then_deletes_exactly_the_old_days_the_lake_holds(db: Db, settings: Settings) -> None:
     fleet(db)
     before = server_documents(db)
@@ -128,6 +129,7 @@ class _Deletes(monitoring.CommandListener):
         pass
 
 
+@pytest.mark.slow
 def test_verified_days_are_deleted_in_few_large_deletes_each_id_scoped_by_its_org(
     db: Db, settings: Settings, server_uri: str
 ) -> None:
@@ -161,6 +163,7 @@ def test_the_cutoff_is_the_start_of_the_utc_day_n_days_back() -> None:
         cutoff_of(datetime(2026, 4, 10), 30)
 
 
+@pytest.mark.slow
 def test_a_day_whose_database_holds_a_snapshot_the_lake_lacks_is_kept_and_reported(db: Db, settings: Settings) -> None:
     fleet(db)
     sync_snapshots_all_orgs(db, settings.lake)
@@ -177,6 +180,7 @@ def test_a_day_whose_database_holds_a_snapshot_the_lake_lacks_is_kept_and_report
     assert export_snapshots(db, settings.lake, org_id="org-a", now=NOW).deleted == 31
 
 
+@pytest.mark.slow
 def test_a_snapshot_written_into_a_day_after_its_verification_is_not_deleted(db: Db, settings: Settings) -> None:
     fleet(db)
     late = {"_id": ObjectId(), **validate_snapshot(snapshot(orgId="org-a", assetId="late", timestamp="2026-03-01T15:00:00Z"))}
@@ -206,6 +210,7 @@ def test_a_lake_file_that_no_longer_matches_its_manifest_keeps_its_day(db: Db, s
     assert db[SNAPSHOTS].count_documents({"orgId": "org-a", "assetId": "a2"}) == 30
 
 
+@pytest.mark.slow
 def test_a_dry_run_says_what_would_go_and_writes_nothing(db: Db, settings: Settings) -> None:
     fleet(db)
     sync_snapshots(db, settings.lake, org_id="org-a")
@@ -220,6 +225,7 @@ def test_a_dry_run_says_what_would_go_and_writes_nothing(db: Db, settings: Setti
     assert server_documents(db) == held and lake_files(settings.lake) == files
 
 
+@pytest.mark.slow
 def test_an_org_export_reads_and_deletes_only_that_org(db: Db, settings: Settings) -> None:
     fleet(db)
     report = export_snapshots(db, settings.lake, org_id="org-b", now=NOW)
@@ -243,6 +249,7 @@ def test_a_second_retention_run_on_the_same_lake_at_once_is_refused(db: Db, sett
 # ---- restore -----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_restore_writes_back_the_exact_documents_and_never_twice(db: Db, settings: Settings) -> None:
     fleet(db)
     odd = {**validate_snapshot(snapshot(orgId="org-a", assetId="odd", timestamp="2026-03-02T06:00:00Z")),
@@ -288,6 +295,7 @@ def test_restore_refuses_a_file_holding_another_orgs_snapshot_before_writing_any
     assert server_documents(db) == held
 
 
+@pytest.mark.slow
 def test_restore_of_days_the_lake_does_not_hold_is_an_error(db: Db, settings: Settings) -> None:
     fleet(db)
     export_snapshots_all_orgs(db, settings.lake, now=NOW)
@@ -302,6 +310,7 @@ def test_restore_of_days_the_lake_does_not_hold_is_an_error(db: Db, settings: Se
 # ---- status ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_status_puts_each_day_of_each_org_in_one_state(db: Db, settings: Settings) -> None:
     fleet(db)
     export_snapshots_all_orgs(db, settings.lake, now=NOW)  # the old days: only in the lake
@@ -394,32 +403,27 @@ def test_kill_9_between_verify_and_delete_or_during_it_then_rerun_ends_like_a_cl
 # ---- the command -------------------------------------------------------------------------
 
 
-def _cli(settings: Settings, *args: str) -> Any:
-    return CliRunner().invoke(app, ["--uri", str(settings.uri), "--db", settings.db, "--lake", str(settings.lake),
-                                    "retention", *args])
-
-
-def test_cli_export_status_and_restore_print_summaries(db: Db, settings: Settings) -> None:
+def test_cli_export_status_and_restore_print_summaries(cli: Cli, db: Db) -> None:
     # The CLI's clock is today's: data 400 days old is old for any --older-than-days below that.
     today = datetime.now(UTC).replace(hour=12, minute=0, second=0, microsecond=0)
     old = today - 400 * DAY
     insert(db, series(3, org="acme", asset="x", start=old))
     insert(db, series(2, org="acme", asset="y", start=today - DAY))
     old_day = old.date().isoformat()
-    dry = _cli(settings, "export", "--dry-run")
+    dry = cli("retention", "export", "--dry-run")
     assert dry.exit_code == 0, dry.output
     assert dry.stdout.splitlines() == [
         f"all orgs (admin run across tenants), days before {(today - 30 * DAY).date().isoformat()}, dry run: would delete 0 "
         "snapshots of 0 verified day(s); 1 day(s) wait for the sync export runs first; 0 day(s) would be kept; nothing written",
         f"  needs sync acme {old_day} (3 snapshots): the lake lists no file of this day",
     ]
-    result = _cli(settings, "export", "--org", "acme")
+    result = cli("retention", "export", "--org", "acme")
     assert result.exit_code == 0, result.output
     cutoff = (today - 30 * DAY).date().isoformat()
     assert result.stdout.startswith(
         f"org acme, days before {cutoff}: synced 5 new; deleted 3 snapshots of 1 verified day(s); 0 day(s) kept; "
     )
-    status = _cli(settings, "status")
+    status = cli("retention", "status")
     assert status.exit_code == 0, status.output
     recent_day = (today - DAY).date().isoformat()
     assert status.stdout.splitlines() == [
@@ -427,44 +431,44 @@ def test_cli_export_status_and_restore_print_summaries(db: Db, settings: Setting
         f"  in both                  1 day(s)  database         2  lake         2  {recent_day}",
         f"  only in the lake         1 day(s)  database         0  lake         3  {old_day}",
     ]
-    as_json = json.loads(_cli(settings, "status", "--org", "acme", "--json").stdout)
+    as_json = json.loads(cli("retention", "status", "--org", "acme", "--json").stdout)
     assert [(d["date"], d["state"]) for d in as_json] == [(old_day, "lake"), (recent_day, "both")]
-    back = _cli(settings, "restore", "--org", "acme", "--from", old_day, "--to", old_day)
+    back = cli("retention", "restore", "--org", "acme", "--from", old_day, "--to", old_day)
     assert back.exit_code == 0, back.output
     assert back.stdout.startswith(f"org acme, {old_day}..{old_day}: restored 3 snapshots, 0 already present, "
                                   "1 day(s) marked for sync; ")
-    data = json.loads(_cli(settings, "export", "--json").stdout)
+    data = json.loads(cli("retention", "export", "--json").stdout)
     assert (data["scope"], data["deleted"], data["kept"], data["dry_run"]) == ("all-orgs", 3, 0, False)
 
 
-def test_cli_restore_needs_an_org_and_reports_mistakes_in_one_line(db: Db, settings: Settings) -> None:
-    missing = _cli(settings, "restore", "--from", "2026-03-01", "--to", "2026-03-02")
+def test_cli_restore_needs_an_org_and_reports_mistakes_in_one_line(cli: Cli, db: Db) -> None:
+    missing = cli("retention", "restore", "--from", "2026-03-01", "--to", "2026-03-02")
     assert missing.exit_code == 2 and "Missing option '--org'" in missing.stderr
-    nothing = _cli(settings, "restore", "--org", "acme", "--from", "2026-03-01", "--to", "2026-03-02")
+    nothing = cli("retention", "restore", "--org", "acme", "--from", "2026-03-01", "--to", "2026-03-02")
     assert nothing.exit_code == 1
     assert nothing.stderr == "Error: the lake holds no snapshots of org acme from 2026-03-01 to 2026-03-02\n"
-    bad = _cli(settings, "export", "--org", "../x")
+    bad = cli("retention", "export", "--org", "../x")
     assert bad.exit_code == 1 and bad.stderr.startswith("Error: value of orgId '../x' cannot be a partition path segment")
-    backwards = _cli(settings, "restore", "--org", "acme", "--from", "2026-03-02", "--to", "2026-03-01")
+    backwards = cli("retention", "restore", "--org", "acme", "--from", "2026-03-02", "--to", "2026-03-01")
     assert backwards.exit_code == 1 and backwards.stderr == "Error: --from 2026-03-02 is after --to 2026-03-01\n"
-    not_a_day = _cli(settings, "restore", "--org", "acme", "--from", "March", "--to", "2026-03-01")
+    not_a_day = cli("retention", "restore", "--org", "acme", "--from", "March", "--to", "2026-03-01")
     assert not_a_day.exit_code == 1 and not_a_day.stderr == "Error: --from: not a date (YYYY-MM-DD): 'March'\n"
 
 
-def test_cli_retention_help_has_examples_that_run(db: Db, settings: Settings) -> None:
+def test_cli_retention_help_has_examples_that_run(cli: Cli, db: Db) -> None:
     insert(db, series(3, org="acme", start=datetime(2026, 1, 5, 12, tzinfo=UTC)))
     examples: list[str] = []
     for sub in ("export", "status", "restore"):  # restore last: it needs what export moved
-        result = CliRunner().invoke(app, ["retention", sub, "--help"])
+        result = cli.invoke(app, ["retention", sub, "--help"])
         assert result.exit_code == 0
         found = [line.strip() for line in result.stdout.splitlines() if line.strip().startswith("perf-analytics retention")]
         assert found, sub
         examples += found
-    group = CliRunner().invoke(app, ["retention", "--help"])
+    group = cli.invoke(app, ["retention", "--help"])
     assert group.exit_code == 0 and "perf-analytics retention export --dry-run" in group.stdout
     for example in examples:
         args = example.split()[1:]
-        run = CliRunner().invoke(app, ["--uri", str(settings.uri), "--db", settings.db, "--lake", str(settings.lake), *args])
+        run = cli(*args)
         assert run.exit_code == 0, (example, run.output)
     assert db[SNAPSHOTS].count_documents({"orgId": "acme"}) == 3  # restored by the last example
 
@@ -472,8 +476,8 @@ def test_cli_retention_help_has_examples_that_run(db: Db, settings: Settings) ->
 # ---- init --ttl-days ---------------------------------------------------------------------
 
 
-def test_init_with_ttl_days_warns_that_ttl_deletes_without_an_archive(settings: Settings, raw_db: Db) -> None:
-    result = CliRunner().invoke(app, ["--uri", str(settings.uri), "--db", settings.db, "init", "--ttl-days", "30"])
+def test_init_with_ttl_days_warns_that_ttl_deletes_without_an_archive(cli: Cli, raw_db: Db) -> None:
+    result = cli("init", "--ttl-days", "30")
     caps = probe_capabilities(raw_db)
     warning = ("warning: a TTL index deletes snapshots without an archive; "
                "`perf-analytics retention export` deletes only what the lake verifiably holds")
@@ -483,5 +487,5 @@ def test_init_with_ttl_days_warns_that_ttl_deletes_without_an_archive(settings: 
     else:  # no TTL index is built, so there is nothing to warn of: the error points to retention
         assert result.exit_code == 1
         assert warning not in result.stderr and "expire old snapshots with `retention` instead" in result.stderr
-    help_text = " ".join(CliRunner().invoke(app, ["init", "--help"]).stdout.split())
+    help_text = " ".join(cli.invoke(app, ["init", "--help"]).stdout.split())
     assert "Deletes without an archive: `retention export` is the safe default." in help_text

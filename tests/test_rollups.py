@@ -298,10 +298,12 @@ def test_rollups_of_a_generated_fleet_equal_the_duckdb_reference() -> None:
     check_against_reference(fleet_frames(), flags)
 
 
+@pytest.mark.slow
 def test_rollups_of_messy_frames_equal_the_duckdb_reference() -> None:
     check_against_reference(messy_frames())
 
 
+@pytest.mark.slow
 def test_every_window_has_one_row_per_asset_and_bucket_with_samples() -> None:
     frames = fleet_frames()
     rollups = compute_rollups(frames)
@@ -314,6 +316,7 @@ def test_every_window_has_one_row_per_asset_and_bucket_with_samples() -> None:
     assert rollups["1day"].assets.height == 2 * 2 * 2  # orgs x assets x days
 
 
+@pytest.mark.slow
 def test_groups_of_very_unequal_sizes_equal_the_duckdb_reference() -> None:
     # One asset every second beside ten that sent one snapshot each: most groups are one
     # row and one is hundreds, too unequal for a single grid of `_aggregate` past 1 minute.
@@ -322,6 +325,7 @@ def test_groups_of_very_unequal_sizes_equal_the_duckdb_reference() -> None:
     check_against_reference(frames_of(busy + quiet))
 
 
+@pytest.mark.slow
 def test_an_assets_rollups_do_not_depend_on_the_other_assets_nor_the_windows_asked_for() -> None:
     frames = fleet_frames()
     asset = frames.snapshots.get_column("assetId")[0]
@@ -343,6 +347,7 @@ def test_an_assets_rollups_do_not_depend_on_the_other_assets_nor_the_windows_ask
         assert crowded[window].assets.filter(pl.col("assetId") == "asset-1").equals(quiet[window].assets), window
 
 
+@pytest.mark.slow
 def test_row_order_of_the_input_does_not_change_the_rollups() -> None:
     frames = fleet_frames()  # in the frames' own order: the fast path that skips the string sort
     shuffled = Frames(*(f.sample(fraction=1.0, shuffle=True, seed=3) for f in (frames.snapshots, frames.disks,
@@ -466,6 +471,7 @@ def test_p95_interpolates_linearly_between_closest_ranks() -> None:
     assert row["cpu_usage_p95"] == 9.0 and float(np.percentile(values[:7], 95)) != max(values[:7])
 
 
+@pytest.mark.slow
 def test_p95_of_hours_and_days_with_nulls_and_outages_equals_the_duckdb_reference() -> None:
     # A 1-minute agent's hours hold up to 60 values (p95 from each bucket's sorted values),
     # its days 1,440 (p95 from Polars' selection of ranks); nulls, impossible values and an
@@ -541,6 +547,7 @@ def assert_within_sketch_bound(estimate: Sequence[float | None], exact: Sequence
     return compared
 
 
+@pytest.mark.slow
 def test_coarsened_rollups_equal_compute_rollups_and_p95_is_within_the_sketch_bound() -> None:
     frames = fleet_frames()
     minutes = mergeable_rollups(frames)
@@ -686,6 +693,7 @@ def check_availability(frames: Frames) -> pl.DataFrame:
     return ours
 
 
+@pytest.mark.slow
 def test_availability_of_a_generated_fleet_equals_the_loop_reference() -> None:
     ours = check_availability(fleet_frames())
     assert ours["reboots"].sum() > 0  # the seed has a reboot

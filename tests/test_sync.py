@@ -8,9 +8,11 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
-from datetime import datetime, timedelta
+from concurrent.futures import ThreadPoolExecutor
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,6 @@ import pytest
 from bson import Decimal128, Int64, ObjectId
 from bson.codec_options import CodecOptions
 from bson.raw_bson import RawBSONDocument
-from click.testing import CliRunner
 from pymongo import MongoClient, monitoring
 from pymongo.errors import PyMongoError
 
@@ -33,7 +34,7 @@ from perf_analytics.extract import extract_window
 from perf_analytics.frames import arrow_schema, frames_from_arrow
 from perf_analytics.lake import connect_lake, connect_lake_all_orgs
 from perf_analytics.schema import ID_RULE, SNAPSHOTS, validate_snapshot
-from perf_analytics.store import Db
+from perf_analytics.store import Db, connect_uri
 from perf_analytics.sync import (
     MARKS,
     ids_sha256,
@@ -45,6 +46,7 @@ from perf_analytics.sync import (
     sync_snapshots,
     sync_snapshots_all_orgs,
 )
+from tests.conftest import Cli
 from tests.factories import T0, series, set_path, snapshot
 
 DAY = timedelta(days=1)
@@ -227,6 +229,7 @@ def test_a_second_sync_adds_nothing_and_late_data_becomes_a_new_part(db: Db, set
     assert len([p for p in parts_on_disk(settings.lake) if "org-a/date=2026-03-01" in p]) == 2
 
 
+@pytest.mark.slow
 def test_documents_written_without_a_server_are_the_lake_a_sync_of_them_leaves(
     db: Db, settings: Settings, tmp_path: Path
 ) -> None:
@@ -506,34 +509,32 @@ def test_kill_9_of_the_cli_while_it_writes_parts_then_rerun_ends_like_one_clean_
 # ---- the command -------------------------------------------------------------------------
 
 
-def test_cli_sync_prints_a_summary_and_json(db: Db, settings: Settings) -> None:
+def test_cli_sync_prints_a_summary_and_json(cli: Cli, db: Db) -> None:
     fleet(db)
-    base = ["--uri", str(settings.uri), "--db", settings.db, "--lake", str(settings.lake), "sync"]
-    result = CliRunner().invoke(app, [*base, "--org", "org-b"])
+    result = cli("sync", "--org", "org-b")
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith("org org-b: read 20, new 20, already in lake 0, partitions written 2, ")
-    result = CliRunner().invoke(app, [*base, "--json"])
+    result = cli("sync", "--json")
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert (data["scope"], data["read"], data["new"], data["already"], data["partitions"]) == ("all-orgs", 90, 70, 20, 2)
 
 
-def test_cli_sync_of_a_bad_org_is_one_error_line(settings: Settings) -> None:
-    result = CliRunner().invoke(app, ["--uri", str(settings.uri), "--db", settings.db, "--lake", str(settings.lake),
-                                      "sync", "--org", "../x"])
+def test_cli_sync_of_a_bad_org_is_one_error_line(cli: Cli) -> None:
+    result = cli("sync", "--org", "../x")
     assert result.exit_code == 1
     assert result.stderr == f"Error: value of orgId '../x' cannot be a partition path segment: use {ID_RULE}\n"
 
 
-def test_cli_sync_help_has_examples_that_run(db: Db, settings: Settings) -> None:
+def test_cli_sync_help_has_examples_that_run(cli: Cli, db: Db) -> None:
     insert(db, series(2, org="acme"))
-    result = CliRunner().invoke(app, ["sync", "--help"])
+    result = cli.invoke(app, ["sync", "--help"])
     assert result.exit_code == 0
     examples = [line.strip() for line in result.stdout.splitlines() if line.strip().startswith("perf-analytics sync")]
     assert len(examples) == 3
     for example in examples:
         args = example.split()[1:]
-        run = CliRunner().invoke(app, ["--uri", str(settings.uri), "--db", settings.db, "--lake", str(settings.lake), *args])
+        run = cli(*args)
         assert run.exit_code == 0, (example, run.output)
 
 
@@ -572,6 +573,36 @@ def test_legacy_snapshots_moved_by_migrate_reach_the_lake_at_the_next_sync(db: D
     assert mirrored(settings.lake, ["org-a"])[0] == server_documents(db)
 
 
+def test_two_writers_marking_the_same_days_at_once_leave_one_mark_a_day(db: Db, server_uri: str) -> None:
+    # An upsert finds, then inserts: two loaders (the ingest writer threads, or ingest and a
+    # restore) marking one day at once both found nothing and both inserted, before marks
+    # were keyed by (org, day). Each round starts both writers together on fresh days.
+    writers = [connect_uri(server_uri, db.name) for _ in range(2)]
+    try:
+        for round_ in range(10):
+            days = [T0.date() + (round_ * 20 + i) * DAY for i in range(20)]
+            start = threading.Barrier(len(writers))
+
+            def mark(writer: Db, days: list[date] = days, start: threading.Barrier = start) -> int:
+                start.wait()
+                return mark_for_sync(writer, "org-a", days)
+
+            with ThreadPoolExecutor(len(writers)) as pool:
+                assert [f.result() for f in [pool.submit(mark, w) for w in writers]] == [20, 20]
+            marks = Counter(m["date"] for m in db[MARKS].find({"orgId": "org-a", "date": {"$in": [d.isoformat() for d in days]}}))
+            assert marks == Counter(d.isoformat() for d in days), f"round {round_}"
+    finally:
+        for writer in writers:
+            writer.client.close()
+
+
+def test_a_mark_written_before_marks_had_keys_is_marked_again_not_doubled(db: Db) -> None:
+    db[MARKS].insert_one({"orgId": "org-a", "date": "2026-03-01", "token": ObjectId()})
+    assert mark_for_sync(db, "org-a", ["2026-03-01", "2026-03-02"]) == 2
+    assert sorted(m["date"] for m in db[MARKS].find({"orgId": "org-a"})) == ["2026-03-01", "2026-03-02"]
+
+
+@pytest.mark.slow
 def test_marking_more_days_than_one_update_command_holds_marks_them_all(db: Db) -> None:
     # FerretDB 1.24 never answers an update command of more than 100 statements.
     days = [T0.date() + i * DAY for i in range(150)]

@@ -193,6 +193,7 @@ class _Writer:
         self.error: BaseException | None = None
         self.orphans: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
+        self._failed = threading.Lock()  # guards `error`, set once
         self._finished: dict[int, tuple[_Batch, int, int]] = {}
         self._next_seq = 0  # next batch number handed out by put()
         self._next_done = 0  # next batch number whose bookkeeping is due
@@ -221,10 +222,15 @@ class _Writer:
         self._raise()
 
     def close(self) -> None:
-        """Commit what is queued, stop the threads, and raise what they met."""
-        for thread in self.threads:
-            if thread.is_alive():
-                self.queue.put(None)
+        """Commit what is queued, stop the threads, and raise what they met.
+
+        Each writer stops at the first end marker it takes, whichever writer it was put for,
+        so one marker goes in per writer started, not per writer seen alive: a writer that
+        took a marker and stopped while the markers were being put must not cost another
+        writer its own (that writer would wait for it forever, and so would the join).
+        """
+        for _ in self.threads:
+            self._put_end_marker()
         for thread in self.threads:
             thread.join()
         self.threads = []
@@ -234,6 +240,15 @@ class _Writer:
         self._raise()
         with self._lock:
             self._commit()
+
+    def _put_end_marker(self) -> None:
+        """Queue one end marker, waiting for room only while a writer is left to make it."""
+        while any(thread.is_alive() for thread in self.threads):
+            try:
+                self.queue.put(None, timeout=0.2)
+                return
+            except queue.Full:
+                continue
 
     def _raise(self) -> None:
         if self.error is None:
@@ -254,7 +269,11 @@ class _Writer:
                     self._finished[batch.seq] = (batch, inserted, duplicates)
                     self._advance()
         except BaseException as exc:  # noqa: BLE001 - handed to the main thread by _raise
-            self.error = exc
+            with self._failed:
+                # The first failure is the one to report: the other writer's, if it fails
+                # too, is most often the same cause met a moment later.
+                if self.error is None:
+                    self.error = exc
             while self.queue.get() is not None:  # let put() and close() finish
                 pass
 
