@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from perf_analytics.ingest import ingest_archives_all_orgs, loader
+from perf_analytics.ingest import LoadOptions, ingest_archives_all_orgs, loader
 from perf_analytics.ingest.loader import IngestSummary
 from perf_analytics.schema import SNAPSHOTS
 from perf_analytics.store import Db
@@ -96,7 +96,7 @@ def _load_in_thread(db: Db, tmp_path: Path, records: int) -> tuple[threading.Thr
     def run() -> None:
         try:
             outcome["summary"] = ingest_archives_all_orgs(
-                db, [archive], checkpoint_dir=tmp_path / "cp", batch_size=2, workers=2, commit_seconds=0
+                db, [archive], options=LoadOptions(checkpoint_dir=tmp_path / "cp", batch_size=2, workers=2, commit_seconds=0)
             )
         except BaseException as exc:  # noqa: BLE001 - the test looks at it
             outcome["error"] = exc
