@@ -220,7 +220,8 @@ def test_a_lasting_memory_jump_is_a_level_shift() -> None:
     flags = only(flag_anomalies(frames_of(asset_docs(days=3, edit=edit))), "level_shift", "memory.usagePercent")
     assert flags.height == 1
     start = flags.item(0, "start")
-    assert T0 + timedelta(seconds=at(24 + 12)) < start <= T0 + timedelta(seconds=at(24 + 14))
+    # Flagged once every hour of the recent window (three) has held the new level.
+    assert T0 + timedelta(seconds=at(24 + 12)) < start <= T0 + timedelta(seconds=at(24 + 15))
     assert re.match(r"Memory moved from about (49|50)\S*% to about 7[45]\S*% and stayed there", flags.item(0, "message"))
 
 
@@ -240,6 +241,20 @@ def test_a_cpu_shift_smaller_than_the_daily_swing_is_a_level_shift() -> None:
     # At the peak of its day (6:00) the shift must first pass the peaks of earlier days.
     assert T0 + timedelta(seconds=at(24 + 6)) < flags.item(0, "start") <= T0 + timedelta(seconds=at(24 + 9))
     assert only(flag_anomalies(frames_of(asset_docs(days=3)), day=day3), "level_shift").is_empty()
+
+
+def test_a_service_that_bursts_for_hours_at_a_time_is_no_level_shift() -> None:
+    """Busy for two hours, idle for one, busy again: the median of three hours jumps with
+    every busy pair, but no level was held through the window, so nothing shifted."""
+
+    def edit(t: np.ndarray, c: dict[str, np.ndarray]) -> None:
+        hour = (t - at(24)) // 3600
+        busy = (hour >= 8) & (hour < 20) & (np.mod(hour - 8, 3) != 2)
+        c["cpu"][busy] += 45.0
+
+    day3 = DAY2 + timedelta(days=1)
+    flags = flag_anomalies(frames_of(asset_docs(days=3, edit=edit)), day=day3)
+    assert only(flags, "level_shift").is_empty(), only(flags, "level_shift").get_column("message").to_list()
 
 
 def test_a_spike_shorter_than_the_recent_window_is_no_level_shift() -> None:

@@ -13,7 +13,7 @@ are the same whether the summaries were kept in the lake or rebuilt from raw dat
   hours before the hour (yesterday's and today's earlier ones).
 - *The week's extremes*: the highest and lowest value, and the highest departures held
   for several samples (measured from the current time-of-day centres).
-- *Level shift windows*: the median of the last hours' medians, the 24 hours' before them,
+- *Level shift windows*: the median (and the range) of the last hours' medians, the 24 hours' before them,
   their noise (median step) and every earlier level of the same time of day.
 """
 
@@ -148,7 +148,7 @@ def level_windows(base: Baselines, config: AnomalyConfig) -> pl.DataFrame:
     """Per series and hour of the day: the level shift's windows (see `detect_level_shifts`).
 
     `med_recent` is the median of the hourly medians of the last `level_recent_minutes`
-    (the hour itself included), `med_base`, `noise_base` and `n_base` those of the
+    (the hour itself included), `lo_recent`/`hi_recent` the least and greatest of them, `med_base`, `noise_base` and `n_base` those of the
     `level_baseline_hours` before that window began, and `seen_max`/`seen_min` the
     highest and lowest `med_recent` of the same time of day in the baseline days (of any
     hour, with `level_novel_time_of_day` off).
@@ -159,6 +159,8 @@ def level_windows(base: Baselines, config: AnomalyConfig) -> pl.DataFrame:
     q50 = pl.col("q50")
     hours = base.hours.with_columns(
         q50.rolling_median_by("hour_start", recent).over(SERIES).alias("med_recent"),
+        q50.rolling_min_by("hour_start", recent).over(SERIES).alias("lo_recent"),
+        q50.rolling_max_by("hour_start", recent).over(SERIES).alias("hi_recent"),
         pl.col("n").cast(pl.Float64).rolling_sum_by("hour_start", recent).over(SERIES).alias("n_recent"),
         q50.rolling_median_by("hour_start", baseline).over(SERIES).alias("med_base"),
         pl.col("step").rolling_median_by("hour_start", baseline).over(SERIES).alias("noise_base"),
@@ -179,7 +181,8 @@ def level_windows(base: Baselines, config: AnomalyConfig) -> pl.DataFrame:
     )
     return (
         hours.filter(pl.col("date") == base.day)
-        .select(*SERIES, "kind", "hour", "hour_start", "tod", "last", "interval_s", "med_recent", "n_recent")
+        .select(*SERIES, "kind", "hour", "hour_start", "tod", "last", "interval_s", "med_recent", "lo_recent",
+                "hi_recent", "n_recent")
         .join(before, on=[*SERIES, "hour_start"], how="left")
         .join(seen, on=seen_by, how="left")
         .join(base.week.select(*SERIES, "first_seen").unique(SERIES), on=SERIES, how="left")
