@@ -204,6 +204,25 @@ def test_a_night_transfer_below_the_daytime_spikes_is_an_outlier_because_it_hold
     assert only(quiet, "outlier").is_empty()
 
 
+def test_held_a_little_off_the_one_day_before_is_no_outlier_but_far_off_is() -> None:
+    """With a single earlier day, the centre of its time of day is uncertain too.
+
+    Memory (one point of noise) held 5 points up for 20 minutes on the second day is 5
+    spreads from the first day's level, but within the spread of a new day around a
+    centre drawn from one day (sqrt 2 wider); 9 points up is an outlier still.
+    """
+
+    def held(points: float) -> Edit:
+        def edit(t: np.ndarray, c: dict[str, np.ndarray]) -> None:
+            c["memory"][(t >= at(14)) & (t < at(14) + 1200)] = 50.0 + points
+
+        return edit
+
+    assert only(flag_anomalies(frames_of(asset_docs(edit=held(5.0)))), "outlier").is_empty()
+    far = only(flag_anomalies(frames_of(asset_docs(edit=held(9.0)))), "outlier")
+    assert far.get_column("metric").to_list() == ["memory.usagePercent"]
+
+
 def test_a_value_the_asset_reached_before_is_not_an_outlier() -> None:
     def edit(t: np.ndarray, c: dict[str, np.ndarray]) -> None:
         c["recv"][(t >= 3 * 3600) & (t < 3 * 3600 + 900)] = 5e6  # day one: part of its history
@@ -266,12 +285,15 @@ def test_a_spike_shorter_than_the_recent_window_is_no_level_shift() -> None:
 
 def test_metrics_that_move_together_each_too_little_for_its_own_flag_are_one_joint_episode() -> None:
     """Memory, temperature and received bytes each about three spreads up for two hours."""
+    # 3.5 spreads of the third day's time-of-day baseline, whose spread is sqrt(1 + 1/2)
+    # times the samples' (a centre drawn from two days).
+    lift = 3.5 * np.sqrt(1.5)
 
     def edit(t: np.ndarray, c: dict[str, np.ndarray]) -> None:
         hours = (t >= at(24 + 14)) & (t < at(24 + 16))
-        c["memory"][hours] += 3.5
-        c["temp"][hours] += 3.5
-        c["recv"][hours] *= np.exp(0.3 * 3.5)
+        c["memory"][hours] += lift
+        c["temp"][hours] += lift
+        c["recv"][hours] *= np.exp(0.3 * lift)
 
     flags = flag_anomalies(frames_of(asset_docs(days=3, edit=edit)), day=DAY2 + timedelta(days=1))
     assert flags.get_column("detector").to_list() == ["joint"]

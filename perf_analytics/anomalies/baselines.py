@@ -88,6 +88,12 @@ def build(state: pl.DataFrame, today_hours: pl.DataFrame, day: date, config: Ano
 
 
 def _tod(prev: pl.DataFrame) -> pl.DataFrame:
+    """Per series and time-of-day bucket: centre, spread and count of the baseline days.
+
+    The spread is that of a new day around a centre drawn from `n` earlier days, so it
+    grows by sqrt(1 + 1/n) (a prediction interval): with one or two days to go by, the
+    centre itself is uncertain, and a day that differs from it by chance is not unusual.
+    """
     q50 = pl.col("q50")
     return (
         prev.group_by([*SERIES, "tod"])
@@ -97,8 +103,14 @@ def _tod(prev: pl.DataFrame) -> pl.DataFrame:
             (pl.col("q75") - pl.col("q25")).median().alias("_iqr_w"),
             (q50.quantile(0.75, "linear") - q50.quantile(0.25, "linear")).alias("_iqr_b"),
             pl.col("n").sum().alias("n_tod"),
+            pl.col("date").n_unique().alias("_days"),
         )
-        .with_columns(_merged_sigma(pl.col("_iqr_w"), pl.col("_iqr_b"), pl.col("med_tod")).alias("sigma_tod"))
+        .with_columns(
+            (
+                _merged_sigma(pl.col("_iqr_w"), pl.col("_iqr_b"), pl.col("med_tod"))
+                * (1.0 + 1.0 / pl.col("_days").cast(pl.Float64)).sqrt()
+            ).alias("sigma_tod")
+        )
         .select(*SERIES, "tod", "med_tod", "sigma_tod", "n_tod")
     )
 
