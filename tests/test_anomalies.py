@@ -262,6 +262,27 @@ def test_a_cpu_shift_smaller_than_the_daily_swing_is_a_level_shift() -> None:
     assert only(flag_anomalies(frames_of(asset_docs(days=3)), day=day3), "level_shift").is_empty()
 
 
+def test_memory_held_five_noise_units_higher_for_hours_is_a_level_shift() -> None:
+    """Memory with two points of sample noise runs 12 points higher from noon on the third
+    day: every hourly median of the window moved about 5 noise units (and beyond the
+    levels of earlier days by more than 4), which noise alone does not do; the same asset
+    without the move raises no level shift."""
+
+    def noisy(t: np.ndarray, c: dict[str, np.ndarray]) -> None:
+        c["memory"] = 50.0 + np.random.default_rng(3).normal(0.0, 2.0, t.size)
+
+    def edit(t: np.ndarray, c: dict[str, np.ndarray]) -> None:
+        noisy(t, c)
+        c["memory"][t >= at(24 + 12)] += 12.0
+
+    day3 = DAY2 + timedelta(days=1)
+    flags = only(flag_anomalies(frames_of(asset_docs(days=3, edit=edit)), day=day3), "level_shift")
+    assert flags.get_column("metric").to_list() == ["memory.usagePercent"]
+    assert T0 + timedelta(seconds=at(24 + 12)) < flags.item(0, "start") <= T0 + timedelta(seconds=at(24 + 15))
+    quiet = flag_anomalies(frames_of(asset_docs(days=3, edit=noisy)), day=day3)
+    assert only(quiet, "level_shift").is_empty()
+
+
 def test_a_service_that_bursts_for_hours_at_a_time_is_no_level_shift() -> None:
     """Busy for two hours, idle for one, busy again: the median of three hours jumps with
     every busy pair, but no level was held through the window, so nothing shifted."""
