@@ -205,6 +205,25 @@ def test_a_night_transfer_below_the_daytime_spikes_is_an_outlier_because_it_hold
     assert only(quiet, "outlier").is_empty()
 
 
+def test_held_a_little_off_the_one_day_before_is_no_outlier_but_far_off_is() -> None:
+    """With a single earlier day, the centre of its time of day is uncertain too.
+
+    Memory (one point of noise) held 5 points up for 20 minutes on the second day is 5
+    spreads from the first day's level, but within the spread of a new day around a
+    centre drawn from one day (sqrt 2 wider); 9 points up is an outlier still.
+    """
+
+    def held(points: float) -> Edit:
+        def edit(t: np.ndarray, c: dict[str, np.ndarray]) -> None:
+            c["memory"][(t >= at(14)) & (t < at(14) + 1200)] = 50.0 + points
+
+        return edit
+
+    assert only(flag_anomalies(frames_of(asset_docs(edit=held(5.0)))), "outlier").is_empty()
+    far = only(flag_anomalies(frames_of(asset_docs(edit=held(9.0)))), "outlier")
+    assert far.get_column("metric").to_list() == ["memory.usagePercent"]
+
+
 def test_a_value_the_asset_reached_before_is_not_an_outlier() -> None:
     def edit(t: np.ndarray, c: dict[str, np.ndarray]) -> None:
         c["recv"][(t >= 3 * 3600) & (t < 3 * 3600 + 900)] = 5e6  # day one: part of its history
@@ -221,7 +240,8 @@ def test_a_lasting_memory_jump_is_a_level_shift() -> None:
     flags = only(flag_anomalies(frames_of(asset_docs(days=3, edit=edit))), "level_shift", "memory.usagePercent")
     assert flags.height == 1
     start = flags.item(0, "start")
-    assert T0 + timedelta(seconds=at(24 + 12)) < start <= T0 + timedelta(seconds=at(24 + 14))
+    # Flagged once every hour of the recent window (three) has held the new level.
+    assert T0 + timedelta(seconds=at(24 + 12)) < start <= T0 + timedelta(seconds=at(24 + 15))
     assert re.match(r"Memory moved from about (49|50)\S*% to about 7[45]\S*% and stayed there", flags.item(0, "message"))
 
 
@@ -243,6 +263,41 @@ def test_a_cpu_shift_smaller_than_the_daily_swing_is_a_level_shift() -> None:
     assert only(flag_anomalies(frames_of(asset_docs(days=3)), options=FlagOptions(day=day3)), "level_shift").is_empty()
 
 
+def test_memory_held_five_noise_units_higher_for_hours_is_a_level_shift() -> None:
+    """Memory with two points of sample noise runs 12 points higher from noon on the third
+    day: every hourly median of the window moved about 5 noise units (and beyond the
+    levels of earlier days by more than 4), which noise alone does not do; the same asset
+    without the move raises no level shift."""
+
+    def noisy(t: np.ndarray, c: dict[str, np.ndarray]) -> None:
+        c["memory"] = 50.0 + np.random.default_rng(3).normal(0.0, 2.0, t.size)
+
+    def edit(t: np.ndarray, c: dict[str, np.ndarray]) -> None:
+        noisy(t, c)
+        c["memory"][t >= at(24 + 12)] += 12.0
+
+    day3 = DAY2 + timedelta(days=1)
+    flags = only(flag_anomalies(frames_of(asset_docs(days=3, edit=edit)), day=day3), "level_shift")
+    assert flags.get_column("metric").to_list() == ["memory.usagePercent"]
+    assert T0 + timedelta(seconds=at(24 + 12)) < flags.item(0, "start") <= T0 + timedelta(seconds=at(24 + 15))
+    quiet = flag_anomalies(frames_of(asset_docs(days=3, edit=noisy)), day=day3)
+    assert only(quiet, "level_shift").is_empty()
+
+
+def test_a_service_that_bursts_for_hours_at_a_time_is_no_level_shift() -> None:
+    """Busy for two hours, idle for one, busy again: the median of three hours jumps with
+    every busy pair, but no level was held through the window, so nothing shifted."""
+
+    def edit(t: np.ndarray, c: dict[str, np.ndarray]) -> None:
+        hour = (t - at(24)) // 3600
+        busy = (hour >= 8) & (hour < 20) & (np.mod(hour - 8, 3) != 2)
+        c["cpu"][busy] += 45.0
+
+    day3 = DAY2 + timedelta(days=1)
+    flags = flag_anomalies(frames_of(asset_docs(days=3, edit=edit)), day=day3)
+    assert only(flags, "level_shift").is_empty(), only(flags, "level_shift").get_column("message").to_list()
+
+
 def test_a_spike_shorter_than_the_recent_window_is_no_level_shift() -> None:
     def edit(t: np.ndarray, c: dict[str, np.ndarray]) -> None:
         c["memory"][(t >= at(24 + 12)) & (t < at(24 + 13))] += 25.0
@@ -252,12 +307,15 @@ def test_a_spike_shorter_than_the_recent_window_is_no_level_shift() -> None:
 
 def test_metrics_that_move_together_each_too_little_for_its_own_flag_are_one_joint_episode() -> None:
     """Memory, temperature and received bytes each about three spreads up for two hours."""
+    # 3.5 spreads of the third day's time-of-day baseline, whose spread is sqrt(1 + 1/2)
+    # times the samples' (a centre drawn from two days).
+    lift = 3.5 * np.sqrt(1.5)
 
     def edit(t: np.ndarray, c: dict[str, np.ndarray]) -> None:
         hours = (t >= at(24 + 14)) & (t < at(24 + 16))
-        c["memory"][hours] += 3.5
-        c["temp"][hours] += 3.5
-        c["recv"][hours] *= np.exp(0.3 * 3.5)
+        c["memory"][hours] += lift
+        c["temp"][hours] += lift
+        c["recv"][hours] *= np.exp(0.3 * lift)
 
     flags = flag_anomalies(frames_of(asset_docs(days=3, edit=edit)), options=FlagOptions(day=DAY2 + timedelta(days=1)))
     assert flags.get_column("detector").to_list() == ["joint"]

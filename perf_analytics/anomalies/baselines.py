@@ -13,7 +13,7 @@ are the same whether the summaries were kept in the lake or rebuilt from raw dat
   hours before the hour (yesterday's and today's earlier ones).
 - *The week's extremes*: the highest and lowest value, and the highest departures held
   for several samples (measured from the current time-of-day centres).
-- *Level shift windows*: the median of the last hours' medians, the 24 hours' before them,
+- *Level shift windows*: the median (and the range) of the last hours' medians, the 24 hours' before them,
   their noise (median step) and every earlier level of the same time of day.
 """
 
@@ -88,6 +88,12 @@ def build(state: pl.DataFrame, today_hours: pl.DataFrame, day: date, config: Ano
 
 
 def _tod(prev: pl.DataFrame) -> pl.DataFrame:
+    """Per series and time-of-day bucket: centre, spread and count of the baseline days.
+
+    The spread is that of a new day around a centre drawn from `n` earlier days, so it
+    grows by sqrt(1 + 1/n) (a prediction interval): with one or two days to go by, the
+    centre itself is uncertain, and a day that differs from it by chance is not unusual.
+    """
     q50 = pl.col("q50")
     return (
         prev.group_by([*SERIES, "tod"])
@@ -97,8 +103,14 @@ def _tod(prev: pl.DataFrame) -> pl.DataFrame:
             (pl.col("q75") - pl.col("q25")).median().alias("_iqr_w"),
             (q50.quantile(0.75, "linear") - q50.quantile(0.25, "linear")).alias("_iqr_b"),
             pl.col("n").sum().alias("n_tod"),
+            pl.col("date").n_unique().alias("_days"),
         )
-        .with_columns(_merged_sigma(pl.col("_iqr_w"), pl.col("_iqr_b"), pl.col("med_tod")).alias("sigma_tod"))
+        .with_columns(
+            (
+                _merged_sigma(pl.col("_iqr_w"), pl.col("_iqr_b"), pl.col("med_tod"))
+                * (1.0 + 1.0 / pl.col("_days").cast(pl.Float64)).sqrt()
+            ).alias("sigma_tod")
+        )
         .select(*SERIES, "tod", "med_tod", "sigma_tod", "n_tod")
     )
 
@@ -148,7 +160,7 @@ def level_windows(base: Baselines, config: AnomalyConfig) -> pl.DataFrame:
     """Per series and hour of the day: the level shift's windows (see `detect_level_shifts`).
 
     `med_recent` is the median of the hourly medians of the last `level_recent_minutes`
-    (the hour itself included), `med_base`, `noise_base` and `n_base` those of the
+    (the hour itself included), `lo_recent`/`hi_recent` the least and greatest of them, `med_base`, `noise_base` and `n_base` those of the
     `level_baseline_hours` before that window began, and `seen_max`/`seen_min` the
     highest and lowest `med_recent` of the same time of day in the baseline days (of any
     hour, with `level_novel_time_of_day` off).
@@ -159,6 +171,8 @@ def level_windows(base: Baselines, config: AnomalyConfig) -> pl.DataFrame:
     q50 = pl.col("q50")
     hours = base.hours.with_columns(
         q50.rolling_median_by("hour_start", recent).over(SERIES).alias("med_recent"),
+        q50.rolling_min_by("hour_start", recent).over(SERIES).alias("lo_recent"),
+        q50.rolling_max_by("hour_start", recent).over(SERIES).alias("hi_recent"),
         pl.col("n").cast(pl.Float64).rolling_sum_by("hour_start", recent).over(SERIES).alias("n_recent"),
         q50.rolling_median_by("hour_start", baseline).over(SERIES).alias("med_base"),
         pl.col("step").rolling_median_by("hour_start", baseline).over(SERIES).alias("noise_base"),
@@ -179,7 +193,8 @@ def level_windows(base: Baselines, config: AnomalyConfig) -> pl.DataFrame:
     )
     return (
         hours.filter(pl.col("date") == base.day)
-        .select(*SERIES, "kind", "hour", "hour_start", "tod", "last", "interval_s", "med_recent", "n_recent")
+        .select(*SERIES, "kind", "hour", "hour_start", "tod", "last", "interval_s", "med_recent", "lo_recent",
+                "hi_recent", "n_recent")
         .join(before, on=[*SERIES, "hour_start"], how="left")
         .join(seen, on=seen_by, how="left")
         .join(base.week.select(*SERIES, "first_seen").unique(SERIES), on=SERIES, how="left")

@@ -59,9 +59,12 @@ class AnomalyConfig:
     # not flagged for this long.
     reboot_settle_hours: float = 24.0
 
-    # Level shifts: the median of the last `level_recent_minutes` against the median of
-    # the `level_baseline_hours` before them, in robust spread units.
-    level_shift_z: float = 6.0
+    # Level shifts: the level held through the last `level_recent_minutes` (every hourly
+    # median of them beyond it) against the median of the `level_baseline_hours` before
+    # them, in units of the series' sample-to-sample noise. Each hourly median sits far
+    # closer to the level than one sample does, so three of them all this far out are
+    # rarer under noise than three samples beyond `outlier_sustained_z`.
+    level_shift_z: float = 4.0
     level_recent_minutes: float = 180.0
     level_baseline_hours: float = 24.0
     level_min_change: float = 0.25  # and at least this share of the baseline's level...

@@ -343,13 +343,15 @@ def detect_joint_moves(
 
 
 def detect_level_shifts(base: Baselines, config: AnomalyConfig, boots: pl.DataFrame | None = None) -> pl.DataFrame:
-    """The median of the last hours (3) far from the median of the day before them.
+    """The level held through the last hours (3) far from the median of the day before them.
 
     Evaluated at the end of each hour of the day from the hourly medians
-    (`baselines.level_windows`): both medians are robust to single spikes, so this fires
-    on a lasting change of level (a service that now runs hotter, a memory footprint that
-    jumped), one to two hours after it began. Far is measured in the series'
-    sample-to-sample noise. The new level must also lie beyond every recent median seen at
+    (`baselines.level_windows`): the level held is the least of the window's hourly
+    medians for a move up (the greatest for one down), so every hour of the window must
+    have moved. Hourly medians are robust to single spikes, and a service busy for an hour,
+    idle for the next, is no new level; this fires on a lasting change of level (a service
+    that now runs hotter, a memory footprint that jumped), two to three hours after it
+    began. Far is measured in the series' sample-to-sample noise. The new level must also lie beyond every recent median seen at
     the same time of day over the baseline days, by as many noise units, so daily rhythms
     and on/off services that have been there before are not flagged.
     """
@@ -363,12 +365,21 @@ def detect_level_shifts(base: Baselines, config: AnomalyConfig, boots: pl.DataFr
     # the recent median must pass every recent median seen at this time of day in the
     # baseline days by `level_shift_z` noise units too, so a busy morning like the last
     # ones is no shift, while a service that now runs hotter than ever at this hour is.
-    change = pl.col("med_recent") - pl.col("med_base")
+    # The level held: the least hourly median of the recent window for a shift up, the
+    # greatest for one down. A service that runs hotter is hotter every hour; one that
+    # bursts (idle, then busy for an hour, then idle) moves its median from hour to hour,
+    # which is no new level.
+    up = pl.col("med_recent") > pl.col("med_base")
+    change = (
+        pl.when(up)
+        .then((pl.col("lo_recent") - pl.col("med_base")).clip(lower_bound=0.0))
+        .otherwise((pl.col("hi_recent") - pl.col("med_base")).clip(upper_bound=0.0))
+    )
     noise = floored_sigma(_MAD_TO_SIGMA * pl.col("noise_base") / math.sqrt(2.0), pl.col("med_base"))
     beyond = (
-        pl.when(change > 0)
-        .then(pl.col("med_recent") - pl.col("seen_max"))
-        .otherwise(pl.col("seen_min") - pl.col("med_recent"))
+        pl.when(up)
+        .then(pl.col("lo_recent") - pl.col("seen_max"))
+        .otherwise(pl.col("seen_min") - pl.col("hi_recent"))
     )
     novel = (beyond / noise >= config.level_shift_z).fill_null(False)
     z = change / noise
