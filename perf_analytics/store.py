@@ -432,13 +432,13 @@ def bulk_write_chunked(collection: Collection[Doc], ops: Sequence[Any]) -> int:
     return len(ops)
 
 
-SHARED_FROM = 64
+SHARED_FROM = 16
 """Assets of one touch sharing one time from which FerretDB gets them as one `UpdateMany`.
 
-FerretDB 1.24 reads its whole collection for an `$in` on _id (one read, as the org-filtered
-read of `touch_assets` already costs), but then spends less per document than on one
-`UpdateOne` each (measured at 1,000 assets of 2,000: 11-23 s against 15-34 s, under load).
-Below a chunk's worth of assets, the extra read of a large assets collection could cost more
+FerretDB 1.24 reads its whole collection for an `$in` on _id (one more such read: the
+org-filtered read of `touch_assets` is one already), then spends less per document than
+on one `UpdateOne` each (measured at 1,000 assets of 2,000: 11-23 s against 15-34 s,
+under load). For a few assets the extra read of a large assets collection could cost more
 than it saves. A server that narrows `{_id: {$in}}` by its index takes any group of two or
 more as one statement."""
 
