@@ -45,18 +45,28 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
 import psutil
+from pymongo import UpdateOne
 
 from perf_analytics.config import load_settings
 from perf_analytics.schema import ASSETS, SNAPSHOTS, validate_snapshot
 from perf_analytics.service.keys import create_api_key
-from perf_analytics.store import Db, connect, connect_uri, ensure_indexes, probe_capabilities
+from perf_analytics.store import (
+    WRITE_CHUNK,
+    Db,
+    bulk_write_chunked,
+    connect,
+    connect_uri,
+    ensure_indexes,
+    probe_capabilities,
+    touch_assets,
+)
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -270,6 +280,68 @@ def baseline_app(uri: str, db_name: str) -> Any:
                              Route("/healthz", health)], lifespan=asynccontextmanager(lifespan))
 
 
+def round_times(agents: int, threads: int) -> dict[str, datetime]:
+    """A lastSeen round's work as the wrk load leaves it: each thread's agents at one of
+    two consecutive seconds (its walk was part-way through a second), in arrival order
+    (the threads' agents interleaved)."""
+    share = agents // threads
+    base = datetime.fromtimestamp(BASE_MS / 1000, UTC) + timedelta(seconds=30)
+    times: dict[str, datetime] = {}
+    for n in range(share):
+        for t in range(threads):
+            # Thread t has walked (t + 1) / (threads + 1) of its agents into the next second.
+            ahead = n < share * (t + 1) // (threads + 1)
+            times[f"asset-{t * share + n}"] = base + timedelta(seconds=2 * t + (1 if ahead else 0))
+    return times
+
+
+def one_by_one(db: Db, items: list[tuple[str, datetime]]) -> None:
+    """lastSeen as `touch_assets` moved it before assets shared updates: per WRITE_CHUNK
+    assets in arrival order, the org-filtered read of which are assets, then one `$max`
+    UpdateOne by _id each (FerretDB's way: it cannot narrow `{_id, orgId}`)."""
+    for i in range(0, len(items), WRITE_CHUNK):
+        chunk = dict(items[i : i + WRITE_CHUNK])
+        found = {d["_id"] for d in db[ASSETS].find({"orgId": ORG, "_id": {"$in": list(chunk)}}, {"_id": 1})}
+        now = datetime.now(UTC)
+        bulk_write_chunked(db[ASSETS], [
+            UpdateOne({"_id": a}, {"$max": {"lastSeen": t}, "$set": {"updatedAt": now}})
+            for a, t in chunk.items() if a in found])
+
+
+def last_seen_rounds(db: Db, args: argparse.Namespace) -> dict[str, Any]:
+    """One lastSeen round of every agent's asset, the service's way (in order of time,
+    WRITE_CHUNK assets a `touch_assets`, so a second's assets share an update) against one
+    `$max` UpdateOne per asset in arrival order (the way before), alternating, on the same
+    assets (and as many of another org beside them); each round moves every asset one
+    minute on. The share is the median of the rounds' time ratios."""
+    target = fresh_db(db, f"bench_serve_rounds_{datetime.now(UTC):%Y%m%d%H%M%S}", args.agents)
+    target[ASSETS].insert_many([{"_id": f"other-{i}", "orgId": "org-other"} for i in range(args.agents)])
+    times = round_times(args.agents, args.threads)
+    seconds: dict[str, list[float]] = {"grouped": [], "one by one": []}
+    try:
+        for r in range(args.rounds):
+            for way in seconds:
+                moved = {a: t + timedelta(minutes=2 * r + (way == "grouped")) for a, t in times.items()}
+                started = time.perf_counter()
+                if way == "grouped":
+                    items = sorted(moved.items(), key=lambda item: item[1])
+                    for i in range(0, len(items), WRITE_CHUNK):
+                        touch_assets(target, ORG, dict(items[i : i + WRITE_CHUNK]))
+                else:
+                    one_by_one(target, list(moved.items()))
+                seconds[way].append(time.perf_counter() - started)
+                print(f"round of {args.agents} assets, {way}: {seconds[way][-1]:.2f} s "
+                      f"(load {os.getloadavg()[0]:.1f})", file=sys.stderr)
+        stored = {a["_id"]: a["lastSeen"] for a in target[ASSETS].find({"orgId": ORG})}
+        last = {a: t + timedelta(minutes=2 * (args.rounds - 1) + 1) for a, t in times.items()}
+        assert stored == last, "a round left lastSeen other than its newest time"
+    finally:
+        db.client.drop_database(target.name)
+    ratios = [one / grouped for one, grouped in zip(seconds["one by one"], seconds["grouped"], strict=True)]
+    return {"seconds": seconds, "ratios": ratios, "median_ratio": statistics.median(ratios),
+            "distinct_times": len(set(times.values()))}
+
+
 class Interleaved:
     """HTTP runs, each between two measurements of the insert limit on a fresh database.
 
@@ -336,6 +408,8 @@ def main() -> int:
     parser.add_argument("--limit-docs", type=int, default=20_000, help="snapshots for each limit measurement")
     parser.add_argument("--workers", type=int, default=1, help="serve --workers")
     parser.add_argument("--no-baseline", action="store_true", help="skip the per-request path")
+    parser.add_argument("--last-seen-only", action="store_true",
+                        help="only time lastSeen rounds of every asset, grouped against one update per asset")
     parser.add_argument("--before", metavar="DIR",
                         help="also serve each round from the checkout at DIR (an earlier commit), lastSeen on")
     parser.add_argument("--baseline-server", nargs=2, metavar=("DB", "PORT"), help=argparse.SUPPRESS)
@@ -357,6 +431,15 @@ def main() -> int:
         from perf_analytics import localdb
 
         uri = localdb.start_server(settings.state_dir).uri
+    if args.last_seen_only:
+        rounds = last_seen_rounds(db, args)
+        print(f"server: {probe_capabilities(db).server}; a lastSeen round of {args.agents} assets at "
+              f"{rounds['distinct_times']} distinct times, {args.rounds} round(s) of each way, load average "
+              f"{os.getloadavg()[0]:.1f}: one update per asset takes {rounds['median_ratio']:.2f}x the time of "
+              f"the grouped round (median; each round {', '.join(f'{x:.2f}' for x in rounds['ratios'])}; "
+              f"grouped {', '.join(f'{x:.2f}' for x in rounds['seconds']['grouped'])} s, one by one "
+              f"{', '.join(f'{x:.2f}' for x in rounds['seconds']['one by one'])} s)")
+        return 0
     env = {**os.environ, "MONGODB_URI": uri, "PYTHONPATH": os.pathsep.join(sys.path)}
     out: dict[str, Any] = {"server": probe_capabilities(db).server, "agents": args.agents,
                            "seconds": args.seconds, "rounds": args.rounds, "machine": platform.platform(),
