@@ -5,16 +5,19 @@ payload, 1,000 assets of one org, each request a new (asset, timestamp); the tim
 ISO 8601 string, as a JSON encoder writes a date):
 
 - the limit: `insert_many` of already validated documents in batches of 1,000 straight
-  into the server, nothing else (measured before and after the HTTP runs; the mean is
-  the limit);
+  into the server, nothing else, measured before and after EVERY HTTP run (limit, HTTP,
+  limit, HTTP, ..., limit): each HTTP run is compared with the mean of the two limits
+  around it, so a machine whose speed drifts compares like with like;
 - `perf-analytics serve`: wrk keeps 1,000 connections (one per simulated agent) each
   POSTing one snapshot at a time, for `--seconds`; group commit, lastSeen rounds, the
   API key cache and the rate limiter all run as in production (the rate set high);
   then once more with `--last-seen-seconds 3600`, so that no lastSeen round but the
-  first (small) one falls in the run: the difference is what lastSeen costs;
+  first (small) one falls in the run: the difference is what lastSeen costs. Both are
+  run `--rounds` times, alternating; the share of the limit reported is the median of
+  the rounds' shares;
 - the original service's per-request path: a minimal Starlette app under the same
   uvicorn that, per request, validates, `insert_one`s the snapshot and `update_one`s the
-  asset's lastSeen (filtered by _id and orgId), under the same wrk load.
+  asset's lastSeen (filtered by _id and orgId), under the same wrk load (once).
 
 Acknowledged snapshots (200s) per second are compared with the limit; p50 and p99 are
 wrk's latency over every completed request. After each run the stored snapshots are
@@ -22,8 +25,8 @@ counted: every acknowledged one is stored (a few more may be: requests in flight
 stops). Needs `wrk` on PATH (Debian: apt-get install wrk). Results go to
 bench/results/serve.json and a markdown table on stdout.
 
-    python bench/bench_serve.py --seconds 60           # 1,000 agents, 60 s per run
-    python bench/bench_serve.py --agents 200 --seconds 5   # a quick look
+    python bench/bench_serve.py --seconds 40 --rounds 3     # 1,000 agents, 40 s per run
+    python bench/bench_serve.py --agents 200 --seconds 5 --rounds 1   # a quick look
 """
 
 from __future__ import annotations
@@ -36,23 +39,34 @@ import platform
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
 import psutil
+from pymongo import UpdateOne
 
 from perf_analytics.config import load_settings
 from perf_analytics.schema import ASSETS, SNAPSHOTS, validate_snapshot
 from perf_analytics.service.keys import create_api_key
-from perf_analytics.store import Db, connect, connect_uri, ensure_indexes, probe_capabilities
+from perf_analytics.store import (
+    WRITE_CHUNK,
+    Db,
+    bulk_write_chunked,
+    connect,
+    connect_uri,
+    ensure_indexes,
+    probe_capabilities,
+    touch_assets,
+)
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -218,7 +232,8 @@ def measure(cmd: list[str], env: dict[str, str], port: int, key: str, args: argp
 
 
 def run_serve(db: Db, name: str, env: dict[str, str], args: argparse.Namespace, *extra: str) -> dict[str, Any]:
-    """`perf-analytics serve` on a fresh database under the wrk load."""
+    """`perf-analytics serve` on a fresh database under the wrk load (the package that
+    `env`'s PYTHONPATH finds)."""
     serve_db = fresh_db(db, name, args.agents)
     _, key = create_api_key(serve_db, ORG, name="bench")
     port = free_port()
@@ -265,13 +280,138 @@ def baseline_app(uri: str, db_name: str) -> Any:
                              Route("/healthz", health)], lifespan=asynccontextmanager(lifespan))
 
 
+def round_times(agents: int, threads: int) -> dict[str, datetime]:
+    """A lastSeen round's work as the wrk load leaves it: each thread's agents at one of
+    two consecutive seconds (its walk was part-way through a second), in arrival order
+    (the threads' agents interleaved)."""
+    share = agents // threads
+    base = datetime.fromtimestamp(BASE_MS / 1000, UTC) + timedelta(seconds=30)
+    times: dict[str, datetime] = {}
+    for n in range(share):
+        for t in range(threads):
+            # Thread t has walked (t + 1) / (threads + 1) of its agents into the next second.
+            ahead = n < share * (t + 1) // (threads + 1)
+            times[f"asset-{t * share + n}"] = base + timedelta(seconds=2 * t + (1 if ahead else 0))
+    return times
+
+
+def one_by_one(db: Db, items: list[tuple[str, datetime]]) -> None:
+    """lastSeen as `touch_assets` moved it before assets shared updates: per WRITE_CHUNK
+    assets in arrival order, the org-filtered read of which are assets, then one `$max`
+    UpdateOne by _id each (FerretDB's way: it cannot narrow `{_id, orgId}`)."""
+    for i in range(0, len(items), WRITE_CHUNK):
+        chunk = dict(items[i : i + WRITE_CHUNK])
+        found = {d["_id"] for d in db[ASSETS].find({"orgId": ORG, "_id": {"$in": list(chunk)}}, {"_id": 1})}
+        now = datetime.now(UTC)
+        bulk_write_chunked(db[ASSETS], [
+            UpdateOne({"_id": a}, {"$max": {"lastSeen": t}, "$set": {"updatedAt": now}})
+            for a, t in chunk.items() if a in found])
+
+
+def last_seen_rounds(db: Db, args: argparse.Namespace) -> dict[str, Any]:
+    """One lastSeen round of every agent's asset, the service's way (in order of time,
+    WRITE_CHUNK assets a `touch_assets`, so a second's assets share an update) against one
+    `$max` UpdateOne per asset in arrival order (the way before), alternating, on the same
+    assets (and as many of another org beside them); each round moves every asset one
+    minute on. The share is the median of the rounds' time ratios."""
+    target = fresh_db(db, f"bench_serve_rounds_{datetime.now(UTC):%Y%m%d%H%M%S}", args.agents)
+    target[ASSETS].insert_many([{"_id": f"other-{i}", "orgId": "org-other"} for i in range(args.agents)])
+    times = round_times(args.agents, args.threads)
+    seconds: dict[str, list[float]] = {"grouped": [], "one by one": []}
+    try:
+        for r in range(args.rounds):
+            for way in seconds:
+                moved = {a: t + timedelta(minutes=2 * r + (way == "grouped")) for a, t in times.items()}
+                started = time.perf_counter()
+                if way == "grouped":
+                    items = sorted(moved.items(), key=lambda item: item[1])
+                    for i in range(0, len(items), WRITE_CHUNK):
+                        touch_assets(target, ORG, dict(items[i : i + WRITE_CHUNK]))
+                else:
+                    one_by_one(target, list(moved.items()))
+                seconds[way].append(time.perf_counter() - started)
+                print(f"round of {args.agents} assets, {way}: {seconds[way][-1]:.2f} s "
+                      f"(load {os.getloadavg()[0]:.1f})", file=sys.stderr)
+        stored = {a["_id"]: a["lastSeen"] for a in target[ASSETS].find({"orgId": ORG})}
+        last = {a: t + timedelta(minutes=2 * (args.rounds - 1) + 1) for a, t in times.items()}
+        assert stored == last, "a round left lastSeen other than its newest time"
+    finally:
+        db.client.drop_database(target.name)
+    ratios = [one / grouped for one, grouped in zip(seconds["one by one"], seconds["grouped"], strict=True)]
+    return {"seconds": seconds, "ratios": ratios, "median_ratio": statistics.median(ratios),
+            "distinct_times": len(set(times.values()))}
+
+
+class Interleaved:
+    """HTTP runs, each between two measurements of the insert limit on a fresh database.
+
+    The limit is measured first, then after every HTTP run; run i is compared with the
+    mean of limits i and i + 1 (the machine as it was around that run).
+    """
+
+    def __init__(self, db: Db, stamp: str, args: argparse.Namespace) -> None:
+        self.db = db
+        self.stamp = stamp
+        self.args = args
+        self.names: list[str] = []
+        self.limits: list[float] = []
+        self.runs: list[tuple[str, dict[str, Any]]] = []
+
+    def name(self, part: str) -> str:
+        name = f"bench_serve_{self.stamp}_{len(self.names)}_{part}"
+        self.names.append(name)
+        return name
+
+    def limit(self) -> None:
+        docs_per_s = insert_limit(fresh_db(self.db, self.name("limit"), self.args.agents), self.args.limit_docs,
+                                  self.args.agents)
+        self.limits.append(docs_per_s)
+        print(f"limit: {docs_per_s:,.0f}/s (load {os.getloadavg()[0]:.1f})", file=sys.stderr)
+
+    def run(self, label: str, measure_run: Any) -> None:
+        """`measure_run(name)` (an HTTP run on a database of that name), then a limit."""
+        if not self.limits:
+            self.limit()
+        result = measure_run(self.name(label))
+        result["load_after"] = os.getloadavg()[0]
+        self.runs.append((label, result))
+        self.limit()
+        around = self.limits[-2:]
+        result["limit_around"] = around
+        result["share_of_limit"] = result["acknowledged_per_s"] / statistics.fmean(around)
+        print(f"{label}: {result['share_of_limit']:.2f} of the limit", file=sys.stderr)
+
+    def of(self, label: str) -> list[dict[str, Any]]:
+        return [result for run_label, result in self.runs if run_label == label]
+
+    def drop(self) -> None:
+        for name in self.names:
+            self.db.client.drop_database(name)
+
+
+def summary(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians over the rounds of one kind of run."""
+    return {key: statistics.median(r[key] for r in results)
+            for key in ("share_of_limit", "acknowledged_per_s", "p50_us", "p99_us", "server_cpu_ms_per_ack")} | {
+        "shares": [round(r["share_of_limit"], 3) for r in results],
+        "every_acknowledged_stored": all(r["every_acknowledged_stored"] for r in results),
+        "acknowledged": sum(r["acknowledged"] for r in results), "stored": sum(r["stored"] for r in results),
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--agents", type=int, default=1000, help="concurrent connections, one per agent")
-    parser.add_argument("--seconds", type=int, default=60, help="length of each HTTP run")
+    parser.add_argument("--seconds", type=int, default=40, help="length of each HTTP run")
+    parser.add_argument("--rounds", type=int, default=3, help="serve runs of each kind (with and without lastSeen)")
     parser.add_argument("--threads", type=int, default=2, help="wrk threads")
     parser.add_argument("--limit-docs", type=int, default=20_000, help="snapshots for each limit measurement")
     parser.add_argument("--workers", type=int, default=1, help="serve --workers")
+    parser.add_argument("--no-baseline", action="store_true", help="skip the per-request path")
+    parser.add_argument("--last-seen-only", action="store_true",
+                        help="only time lastSeen rounds of every asset, grouped against one update per asset")
+    parser.add_argument("--before", metavar="DIR",
+                        help="also serve each round from the checkout at DIR (an earlier commit), lastSeen on")
     parser.add_argument("--baseline-server", nargs=2, metavar=("DB", "PORT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.baseline_server:
@@ -291,51 +431,72 @@ def main() -> int:
         from perf_analytics import localdb
 
         uri = localdb.start_server(settings.state_dir).uri
-    stamp = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
+    if args.last_seen_only:
+        rounds = last_seen_rounds(db, args)
+        print(f"server: {probe_capabilities(db).server}; a lastSeen round of {args.agents} assets at "
+              f"{rounds['distinct_times']} distinct times, {args.rounds} round(s) of each way, load average "
+              f"{os.getloadavg()[0]:.1f}: one update per asset takes {rounds['median_ratio']:.2f}x the time of "
+              f"the grouped round (median; each round {', '.join(f'{x:.2f}' for x in rounds['ratios'])}; "
+              f"grouped {', '.join(f'{x:.2f}' for x in rounds['seconds']['grouped'])} s, one by one "
+              f"{', '.join(f'{x:.2f}' for x in rounds['seconds']['one by one'])} s)")
+        return 0
     env = {**os.environ, "MONGODB_URI": uri, "PYTHONPATH": os.pathsep.join(sys.path)}
     out: dict[str, Any] = {"server": probe_capabilities(db).server, "agents": args.agents,
-                           "seconds": args.seconds, "machine": platform.platform(), "cpus": os.cpu_count(),
-                           "load_before": os.getloadavg()}
-    names = [f"bench_serve_{stamp}_{part}" for part in ("limit1", "serve", "deferred", "base", "limit2")]
-    try:
-        limit_before = insert_limit(fresh_db(db, names[0], args.agents), args.limit_docs, args.agents)
-        serve = run_serve(db, names[1], env, args)
-        # The same service with lastSeen rounds out of the way (only the first, small one
-        # falls in the run): what the lastSeen updates cost.
-        deferred = run_serve(db, names[2], env, args, "--last-seen-seconds", "3600")
+                           "seconds": args.seconds, "rounds": args.rounds, "machine": platform.platform(),
+                           "cpus": os.cpu_count(), "load_before": os.getloadavg()}
+    runs = Interleaved(db, datetime.now(UTC).strftime("%Y%m%d%H%M%S"), args)
 
-        base_db = fresh_db(db, names[3], args.agents)
+    def per_request(name: str) -> dict[str, Any]:
+        base_db = fresh_db(db, name, args.agents)
         _, key = create_api_key(base_db, ORG, name="bench")
         port = free_port()
-        cmd = [sys.executable, __file__, "--baseline-server", names[3], str(port)]
-        base = measure(cmd, env, port, key, args, base_db, drain=False)
+        cmd = [sys.executable, __file__, "--baseline-server", name, str(port)]
+        return measure(cmd, env, port, key, args, base_db, drain=False)
 
-        limit_after = insert_limit(fresh_db(db, names[4], args.agents), args.limit_docs, args.agents)
+    before_env = {**env, "PYTHONPATH": os.pathsep.join([str(Path(args.before or ".").resolve()), *sys.path])}
+    try:
+        for _ in range(args.rounds):
+            runs.run("serve", lambda name: run_serve(db, name, env, args))
+            # The same service with lastSeen rounds out of the way (only the first, small
+            # one falls in the run): what the lastSeen updates cost.
+            runs.run("deferred", lambda name: run_serve(db, name, env, args, "--last-seen-seconds", "3600"))
+            if args.before:
+                runs.run("before", lambda name: run_serve(db, name, before_env, args))
+        if not args.no_baseline:
+            runs.run("base", per_request)
     finally:
-        for name in names:
-            db.client.drop_database(name)
-    limit = (limit_before + limit_after) / 2
-    out.update(limit_before=limit_before, limit_after=limit_after, limit=limit, serve=serve,
-               serve_last_seen_deferred=deferred, baseline=base,
-               share_of_limit=serve["acknowledged_per_s"] / limit,
-               ratio_vs_per_request=serve["acknowledged_per_s"] / base["acknowledged_per_s"],
+        runs.drop()
+    serve, deferred = summary(runs.of("serve")), summary(runs.of("deferred"))
+    base = runs.of("base")
+    if args.before:
+        out["serve_before"] = summary(runs.of("before"))
+    out.update(limits=runs.limits, runs=runs.runs, serve=serve, serve_last_seen_deferred=deferred,
+               baseline=base[0] if base else None, share_of_limit=serve["share_of_limit"],
                load_after=os.getloadavg())
+    if base:
+        out["ratio_vs_per_request"] = serve["acknowledged_per_s"] / base[0]["acknowledged_per_s"]
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "serve.json").write_text(json.dumps(out, indent=2))
-    print(f"server: {out['server']}; {args.agents} agents (connections), {args.seconds} s per run; "
-          f"load average before {out['load_before'][0]:.1f}, after {out['load_after'][0]:.1f}\n")
-    print("| path | acknowledged/s | share of insert limit | p50 ms | p99 ms | server CPU ms per snapshot | acknowledged | stored |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    rows = (("`serve` (group commit, lastSeen rounds every 30 s)", serve),
-            ("`serve --last-seen-seconds 3600` (no round but the first)", deferred),
-            ("per-request insert + update", base))
+    print(f"server: {out['server']}; {args.agents} agents (connections), {args.seconds} s per run, "
+          f"{args.rounds} round(s); load average before {out['load_before'][0]:.1f}, "
+          f"after {out['load_after'][0]:.1f}\n")
+    print("| path | share of insert limit (median; each round) | acknowledged/s | p50 ms | p99 ms "
+          "| server CPU ms per snapshot | every acknowledged stored |")
+    print("|---|---:|---:|---:|---:|---:|---|")
+    rows = [("`serve` (group commit, lastSeen rounds every 30 s)", serve),
+            ("`serve --last-seen-seconds 3600` (no round but the first)", deferred)]
+    if args.before:
+        rows.append((f"`serve` of {args.before} (lastSeen rounds every 30 s)", summary(runs.of("before"))))
+    if base:
+        rows.append(("per-request insert + update", summary(base)))
     for label, r in rows:
-        print(f"| {label} | {r['acknowledged_per_s']:,.0f} | {r['acknowledged_per_s'] / limit:.2f} | "
-              f"{r['p50_us'] / 1000:.0f} | {r['p99_us'] / 1000:.0f} | {r['server_cpu_ms_per_ack']:.2f} | "
-              f"{r['acknowledged']:,} | {r['stored']:,} |")
-    print(f"| server insert limit (`insert_many`, batches of 1,000) | {limit:,.0f} "
-          f"({limit_before:,.0f} before, {limit_after:,.0f} after) | 1.00 | | | | | |")
-    print(f"\nserve vs per-request: {out['ratio_vs_per_request']:.1f}x")
+        print(f"| {label} | {r['share_of_limit']:.2f} ({', '.join(f'{x:.2f}' for x in r['shares'])}) | "
+              f"{r['acknowledged_per_s']:,.0f} | {r['p50_us'] / 1000:.0f} | {r['p99_us'] / 1000:.0f} | "
+              f"{r['server_cpu_ms_per_ack']:.2f} | {'yes' if r['every_acknowledged_stored'] else 'NO'} |")
+    print(f"| server insert limit (`insert_many`, batches of 1,000), each measurement | "
+          f"{', '.join(f'{x:,.0f}' for x in runs.limits)} | | | | | |")
+    if base:
+        print(f"\nserve vs per-request: {out['ratio_vs_per_request']:.1f}x")
     return 0
 
 

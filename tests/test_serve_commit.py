@@ -184,3 +184,24 @@ def test_a_whole_fleet_waiting_at_once_goes_out_in_two_halves(db: Db) -> None:
     assert (metrics.batch_size.n, metrics.batch_size.total) == (2, 8)
     assert metrics.checks == Counter({"columns": 8, "record": 0})
     assert db[SNAPSHOTS].count_documents({}) == 8
+
+
+def test_a_round_moves_a_fleet_reporting_at_the_same_seconds_in_few_updates(db: Db, server_uri: str) -> None:
+    """Arrival order mixes the seconds (asset 0 at minute 1, asset 1 at minute 2, ...,
+    asset 8 at minute 1 again); the round still gives each time's assets one update."""
+    from tests.test_store import _watched
+
+    fleet = [f"asset-{i}" for i in range(128)]
+    db[ASSETS].insert_many([{"_id": a, "orgId": "org-a"} for a in fleet])
+    moment = {a: T0 + timedelta(minutes=1 + i % 8) for i, a in enumerate(fleet)}
+    bodies = [snapshot(orgId="org-a", assetId=a, timestamp=moment[a].isoformat()) for a in fleet]
+    watched, updates, client = _watched(db, server_uri)
+    try:
+        request = prepare_snapshots(bodies, "org-a", watched[SNAPSHOTS], max_items=len(bodies))
+        results = asyncio.run(_submit_all(GroupCommitter(watched, Metrics()), [request]))
+    finally:
+        client.close()
+    assert [o.status for o in results[0]] == [INSERTED] * len(fleet)
+    # Eight times of 16 assets: one update each (in arrival order, 128 one by one).
+    assert len(updates.statements) == 8
+    assert {a["_id"]: a["lastSeen"] for a in db[ASSETS].find()} == moment

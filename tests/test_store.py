@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from bson import ObjectId
+from pymongo import MongoClient, monitoring
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from perf_analytics.errors import InvalidArgument, ServerError, ValidationError
@@ -24,6 +25,7 @@ from perf_analytics.store import (
     missing_indexes,
     sort_write_errors,
     store_snapshot,
+    touch_assets,
 )
 from tests.factories import T0, series, set_path, snapshot
 
@@ -175,6 +177,58 @@ def test_only_the_asset_of_the_callers_org_moves_when_both_orgs_have_the_id_text
     assert not result.orphaned
     assert _asset(db, ObjectId(text))["lastSeen"] == T0
     assert set(_asset(db, text)) == {"_id", "orgId", "name"}
+
+
+class _AssetUpdates(monitoring.CommandListener):
+    """The update statements sent to `assets` (an update command carries a list of them)."""
+
+    def __init__(self) -> None:
+        self.statements: list[dict[str, Any]] = []
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        if event.command_name == "update" and event.command.get("update") == ASSETS:
+            self.statements.extend(event.command["updates"])
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
+def _watched(db: Db, server_uri: str) -> tuple[Db, _AssetUpdates, MongoClient[dict[str, Any]]]:
+    updates = _AssetUpdates()
+    client: MongoClient[dict[str, Any]] = MongoClient(server_uri, tz_aware=True, event_listeners=[updates])
+    return client[db.name], updates, client
+
+
+def test_a_fleet_reporting_at_one_time_moves_in_one_update_statement(db: Db, server_uri: str) -> None:
+    fleet = [f"asset-{i}" for i in range(100)]
+    db[ASSETS].insert_many([{"_id": a, "orgId": "org-a"} for a in fleet])
+    db[ASSETS].insert_many([{"_id": "b-1", "orgId": "org-b"}, {"_id": "ahead", "orgId": "org-a", "lastSeen": T0 + MS}])
+    watched, updates, client = _watched(db, server_uri)
+    try:
+        missing = touch_assets(watched, "org-a", {**dict.fromkeys(fleet, T0), "b-1": T0, "ahead": T0})
+    finally:
+        client.close()
+    assert len(updates.statements) == 1
+    assert missing == {"b-1"}  # another org's asset is no asset of this org
+    assert {a["_id"]: a["lastSeen"] for a in db[ASSETS].find({"orgId": "org-a"})} == {
+        **dict.fromkeys(fleet, T0), "ahead": T0 + MS  # $max: never backwards, in a shared update too
+    }
+    assert set(_asset(db, "b-1")) == {"_id", "orgId"}
+
+
+def test_assets_of_different_times_each_move_to_their_own(db: Db, server_uri: str) -> None:
+    times = {f"asset-{i}": T0 + i * MS for i in range(5)} | {f"shared-{i}": T0 + 100 * MS for i in range(20)}
+    db[ASSETS].insert_many([{"_id": a, "orgId": "org-a"} for a in times])
+    watched, updates, client = _watched(db, server_uri)
+    try:
+        assert touch_assets(watched, "org-a", times) == set()
+    finally:
+        client.close()
+    assert len(updates.statements) == 6  # five times of one asset each, one time of 20
+    assert {a["_id"]: a["lastSeen"] for a in db[ASSETS].find({"orgId": "org-a"})} == times
 
 
 def test_storing_the_same_snapshot_twice_stores_it_once(db: Db) -> None:
