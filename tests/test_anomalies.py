@@ -277,10 +277,10 @@ def test_memory_held_five_noise_units_higher_for_hours_is_a_level_shift() -> Non
         c["memory"][t >= at(24 + 12)] += 12.0
 
     day3 = DAY2 + timedelta(days=1)
-    flags = only(flag_anomalies(frames_of(asset_docs(days=3, edit=edit)), day=day3), "level_shift")
+    flags = only(flag_anomalies(frames_of(asset_docs(days=3, edit=edit)), options=FlagOptions(day=day3)), "level_shift")
     assert flags.get_column("metric").to_list() == ["memory.usagePercent"]
     assert T0 + timedelta(seconds=at(24 + 12)) < flags.item(0, "start") <= T0 + timedelta(seconds=at(24 + 15))
-    quiet = flag_anomalies(frames_of(asset_docs(days=3, edit=noisy)), day=day3)
+    quiet = flag_anomalies(frames_of(asset_docs(days=3, edit=noisy)), options=FlagOptions(day=day3))
     assert only(quiet, "level_shift").is_empty()
 
 
@@ -294,7 +294,7 @@ def test_a_service_that_bursts_for_hours_at_a_time_is_no_level_shift() -> None:
         c["cpu"][busy] += 45.0
 
     day3 = DAY2 + timedelta(days=1)
-    flags = flag_anomalies(frames_of(asset_docs(days=3, edit=edit)), day=day3)
+    flags = flag_anomalies(frames_of(asset_docs(days=3, edit=edit)), options=FlagOptions(day=day3))
     assert only(flags, "level_shift").is_empty(), only(flags, "level_shift").get_column("message").to_list()
 
 
