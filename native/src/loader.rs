@@ -501,38 +501,47 @@ fn write_number(r: &mut Reader, out: &mut Out, key: &[u8], kind: Kind) -> Sure<f
 }
 
 fn write_number_array(r: &mut Reader, out: &mut Out, key: &[u8], kind: Kind) -> Sure<()> {
-    r.eat(b'[')?;
     out.element(ARRAY, key);
     let at = out.open();
-    if r.peek()? == b']' {
-        r.i += 1;
-    } else {
-        let mut index = 0usize;
-        loop {
-            let x = r.number()?.as_f64();
-            if !kind.accepts(x) {
-                return Err(Unsure);
-            }
-            if let Kind::Count = kind {
-                out.index_key(INT32, index);
-                out.buf.extend_from_slice(&(x as i32).to_le_bytes());
-            } else {
-                out.index_key(DOUBLE, index);
-                out.buf.extend_from_slice(&x.to_le_bytes());
-            }
-            index += 1;
-            match r.peek()? {
-                b',' => r.i += 1,
-                b']' => {
-                    r.i += 1;
-                    break;
-                }
-                _ => return Err(Unsure),
-            }
+    array_items(r, |r, index| {
+        let x = r.number()?.as_f64();
+        if !kind.accepts(x) {
+            return Err(Unsure);
         }
-    }
+        if let Kind::Count = kind {
+            out.index_key(INT32, index);
+            out.buf.extend_from_slice(&(x as i32).to_le_bytes());
+        } else {
+            out.index_key(DOUBLE, index);
+            out.buf.extend_from_slice(&x.to_le_bytes());
+        }
+        Ok(())
+    })?;
     out.close(at);
     Ok(())
+}
+
+/// Calls `each` for every item of an array (the reader then at the item) with its index,
+/// in order: the one loop over the items of number arrays and of arrays of tables.
+fn array_items<'a>(r: &mut Reader<'a>, mut each: impl FnMut(&mut Reader<'a>, usize) -> Sure<()>) -> Sure<()> {
+    r.eat(b'[')?;
+    if r.peek()? == b']' {
+        r.i += 1;
+        return Ok(());
+    }
+    let mut index = 0usize;
+    loop {
+        each(r, index)?;
+        index += 1;
+        match r.peek()? {
+            b',' => r.i += 1,
+            b']' => {
+                r.i += 1;
+                return Ok(());
+            }
+            _ => return Err(Unsure),
+        }
+    }
 }
 
 /// Calls `each` for every key of an object (the reader then at its value), in order.
@@ -650,26 +659,9 @@ fn write_child(r: &mut Reader, out: &mut Out, child: &Child) -> Sure<()> {
     if !child.repeated {
         return write_table(r, out, &child.table, |out| out.element(DOCUMENT, &child.key));
     }
-    r.eat(b'[')?;
     out.element(ARRAY, &child.key);
     let at = out.open();
-    if r.peek()? == b']' {
-        r.i += 1;
-    } else {
-        let mut index = 0usize;
-        loop {
-            write_table(r, out, &child.table, |out| out.index_key(DOCUMENT, index))?;
-            index += 1;
-            match r.peek()? {
-                b',' => r.i += 1,
-                b']' => {
-                    r.i += 1;
-                    break;
-                }
-                _ => return Err(Unsure),
-            }
-        }
-    }
+    array_items(r, |r, index| write_table(r, out, &child.table, |out| out.index_key(DOCUMENT, index)))?;
     out.close(at);
     Ok(())
 }
