@@ -4,8 +4,9 @@ Two tables, each path in a child process of its own (so its peak RSS is its own)
 
 1. **Decode, no server.** A generated fleet captured as the server sends it (raw BSON
    batches of 2,000 documents, cached in bench/.cache), decoded in memory in parts of
-   `--chunk-rows` snapshots, as extraction reads them. CPU per snapshot (median of
-   `--repeat` runs in the child), wall time, peak RSS:
+   `--chunk-rows` snapshots, as extraction reads them (several sizes, comma-separated,
+   are run in turn in each path's one process, so their ratio is measured under the same
+   load). CPU per snapshot (median of `--repeat` runs in the child), wall time, peak RSS:
    - `native`: `frames_from_raw_batches(decoder="native")`, the three frames (the default);
    - `pymongoarrow frames`: the same with `decoder="pymongoarrow"`: pymongoarrow's builder
      with the nested schema, flattened by Polars (where the native decoder is not built);
@@ -21,6 +22,7 @@ Two tables, each path in a child process of its own (so its peak RSS is its own)
    the server's; client CPU is what each path costs us.
 
     python bench/bench_extract.py --size 1000000 --repeat 1 --server-size 0
+    python bench/bench_extract.py --size 1000000 --repeat 3 --chunk-rows 100000,1000000 --paths native --server-size 0
     python bench/bench_extract.py --size 100000 --repeat 3 --server-size 10000 --polars-mongo /tmp/pm/bin/python
 """
 
@@ -123,18 +125,25 @@ def _decoder(path: str) -> Callable[[list[bytes]], int]:
     return lambda part: sum(count_documents(batch) for batch in part)
 
 
-def run_decode(path: str, size: int, chunk_rows: int, repeat: int) -> dict[str, Any]:
-    """Decode the captured batches `repeat` times on `path`; median CPU and wall seconds."""
+def run_decode(path: str, size: int, chunk_rows: list[int], repeat: int) -> dict[str, Any]:
+    """Decode the captured batches `repeat` times on `path` in parts of each size of
+    `chunk_rows` (the sizes taking turns within each run); per size the median CPU and
+    wall seconds."""
     batches = captured_batches(size)
     decode = _decoder(path)
-    cpu, wall, rows = [], [], 0
+    cpu: dict[int, list[float]] = {c: [] for c in chunk_rows}
+    wall: dict[int, list[float]] = {c: [] for c in chunk_rows}
+    rows = 0
     for _ in range(repeat):
-        began, cpu_before = time.perf_counter(), _cpu()
-        rows = sum(decode(part) for part in _parts(batches, chunk_rows))
-        cpu.append(_cpu() - cpu_before)
-        wall.append(time.perf_counter() - began)
-    return {"path": path, "rows": rows, "cpu_seconds": statistics.median(cpu), "seconds": statistics.median(wall),
-            "cpu_runs": cpu, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+        for chunk in chunk_rows:
+            began, cpu_before = time.perf_counter(), _cpu()
+            rows = sum(decode(part) for part in _parts(batches, chunk))
+            cpu[chunk].append(_cpu() - cpu_before)
+            wall[chunk].append(time.perf_counter() - began)
+    parts = {str(c): {"cpu_seconds": statistics.median(cpu[c]), "seconds": statistics.median(wall[c]), "cpu_runs": cpu[c]}
+             for c in chunk_rows}
+    return {"path": path, "rows": rows, "parts": parts,
+            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
 def _day(fleet: FleetSpec) -> tuple[datetime, datetime]:
@@ -233,19 +242,22 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def decode_table(size: int, chunk_rows: int, repeat: int, paths: list[str]) -> dict[str, Any]:
+def decode_table(size: int, chunk_rows: list[int], repeat: int, paths: list[str]) -> dict[str, Any]:
     captured_batches(size)  # generate once, before the children read it
     paths = ["native", *(p for p in paths if p != "native")]
     results = {p: _child({"kind": "decode", "path": p, "size": size, "chunk_rows": chunk_rows, "repeat": repeat})
                for p in paths}
-    print(f"\nDecode, no server: {results['native']['rows']:,} snapshots in parts of {chunk_rows:,}, "
-          f"median of {repeat}\n")
-    print("| path | CPU µs per snapshot | x native | wall s | peak RSS MiB |\n|---|---:|---:|---:|---:|")
-    native = results["native"]["cpu_seconds"]
+    sizes = ", ".join(f"{c:,}" for c in chunk_rows)
+    print(f"\nDecode, no server: {results['native']['rows']:,} snapshots in parts of {sizes}, median of {repeat}\n")
+    print("| path | part | CPU µs per snapshot | x native | x first part | wall s | peak RSS MiB |\n"
+          "|---|---:|---:|---:|---:|---:|---:|")
     for p in paths:
         r = results[p]
-        print(f"| {p} | {1e6 * r['cpu_seconds'] / r['rows']:.2f} | {r['cpu_seconds'] / native:.2f} | "
-              f"{r['seconds']:.2f} | {r['peak_rss_mib']:.0f} |")
+        for c in chunk_rows:
+            part, native, first = r["parts"][str(c)], results["native"]["parts"][str(c)], r["parts"][str(chunk_rows[0])]
+            print(f"| {p} | {c:,} | {1e6 * part['cpu_seconds'] / r['rows']:.2f} | "
+                  f"{part['cpu_seconds'] / native['cpu_seconds']:.2f} | {part['cpu_seconds'] / first['cpu_seconds']:.2f} | "
+                  f"{part['seconds']:.2f} | {r['peak_rss_mib']:.0f} |")
     return results
 
 
@@ -274,7 +286,8 @@ def server_table(size: int, polars_mongo: str | None) -> dict[str, Any]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=1_000_000, help="captured snapshots to decode")
-    parser.add_argument("--chunk-rows", type=int, default=100_000, help="snapshots per decoded part")
+    parser.add_argument("--chunk-rows", default="100000",
+                        help="snapshots per decoded part; several sizes comma-separated, run in turn in one process")
     parser.add_argument("--repeat", type=int, default=3, help="decode runs per path (median)")
     parser.add_argument("--server-size", type=int, default=100_000, help="snapshots in the server's collection (0: skip)")
     parser.add_argument("--polars-mongo", help="a Python interpreter with polars-mongo 0.3.1 installed")
@@ -290,13 +303,19 @@ def main() -> int:
             print(json.dumps(run_server(spec["path"], spec["uri"], spec["db"], spec["orgs"], start, end)))
         return 0
 
-    summary: dict[str, Any] = {"size": args.size, "chunk_rows": args.chunk_rows, "repeat": args.repeat,
+    try:
+        chunk_rows = [int(c) for c in args.chunk_rows.split(",") if c]
+    except ValueError:
+        parser.error(f"--chunk-rows: whole numbers, comma-separated, got {args.chunk_rows!r}")
+    if not chunk_rows or min(chunk_rows) < 1:
+        parser.error(f"--chunk-rows: sizes of at least 1, got {args.chunk_rows!r}")
+    summary: dict[str, Any] = {"size": args.size, "chunk_rows": chunk_rows, "repeat": args.repeat,
                                "load_average": os.getloadavg()}
     paths = [p for p in args.paths.split(",") if p]
     unknown = sorted(set(paths) - set(DECODE_PATHS))
     if unknown:
         parser.error(f"unknown decode paths {unknown}: choose from {', '.join(DECODE_PATHS)}")
-    summary["decode"] = decode_table(args.size, args.chunk_rows, args.repeat, paths)
+    summary["decode"] = decode_table(args.size, chunk_rows, args.repeat, paths)
     if args.server_size:
         summary["server_size"] = args.server_size
         summary["server"] = server_table(args.server_size, args.polars_mongo)

@@ -20,6 +20,7 @@ import json
 import math
 import re
 import reprlib
+import string
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -49,8 +50,12 @@ TIME_WINDOWS: dict[str, timedelta] = {
 # "." and ".." (path steps), "/" and "\" (path separators), "*", "?", "[" (DuckDB globs
 # the paths it reads), "%" (DuckDB decodes %xx in Hive partition values), "=" (Hive
 # key=value), "|" and spaces (separators of keys older code joined).
-ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
-ID_RULE = "letters, digits and . _ : - (1 to 128 characters, starting with a letter or digit)"
+# The pattern is built from its parts, which the native line encoder also receives.
+ID_START = string.ascii_letters + string.digits  # an identifier's first character
+ID_CHARS = ID_START + "._:-"  # any of its characters
+ID_MAX_LENGTH = 128
+ID_PATTERN = re.compile(f"[{re.escape(ID_START)}][{re.escape(ID_CHARS)}]{{0,{ID_MAX_LENGTH - 1}}}")
+ID_RULE = f"letters, digits and . _ : - (1 to {ID_MAX_LENGTH} characters, starting with a letter or digit)"
 ID_FIELDS = ("orgId", "agentId", "assetId")
 
 
@@ -125,6 +130,33 @@ NUMBER = "number"  # any finite double
 COUNT = "count"  # int >= 0
 TEMPERATURE = "temperature"  # double above absolute zero
 
+
+@dataclass(frozen=True)
+class Limits:
+    """The numbers a kind of field takes: from `minimum` to `maximum`, both included;
+    `whole`: whole numbers only, stored as integers."""
+
+    minimum: float = -math.inf
+    maximum: float = math.inf
+    whole: bool = False
+
+
+ABSOLUTE_ZERO = -273.15
+
+# Each kind's limits, read by the checkers below, the Arrow batch path (`conforming_rows`)
+# and the native line encoder (its spec carries them), so a limit is changed here only.
+LIMITS: dict[str, Limits] = {
+    PERCENT: Limits(0.0, 100.0),
+    BYTES: Limits(0.0),
+    RATE: Limits(0.0),
+    NUMBER: Limits(),
+    COUNT: Limits(0.0, whole=True),
+    TEMPERATURE: Limits(ABSOLUTE_ZERO),
+}
+
+NAME = "name"  # the key of each object's name in a named table
+BOUND = ("usedBytes", "totalBytes")  # in a bounded table the first may not exceed the second
+
 FieldSpec = tuple[tuple[str, str, bool], ...]
 
 # (field, kind, required) per table.
@@ -170,7 +202,8 @@ class Table:
     `path` is the dotted path of an object (or, `repeated`, of an array of objects) whose
     parent is `performanceData` or another table. `required`: present whenever its parent
     is (`performanceData`'s required tables: every snapshot has them). `named`: each object
-    carries a non-empty string `name`. `bounded`: its usedBytes may not exceed totalBytes.
+    carries a non-empty string `name` (`NAME`). `bounded`: its usedBytes may not exceed
+    totalBytes (`BOUND`).
     A repeated table is one row per object in the frame `frame` (its name column `item`);
     with `sum_prefix` its fields are also summed per snapshot as `<sum_prefix>_<field>`.
     """
@@ -343,42 +376,32 @@ def _as_float(path: str, value: Any) -> float:
     return number
 
 
-def _percent(path: str, value: Any) -> float:
+def _limited(kind: str, path: str, value: Any) -> float | int:
+    """`value` as a number of `kind`: within its `LIMITS`, an int when they say whole."""
     number = _as_float(path, value)
-    if not 0.0 <= number <= 100.0:
-        raise ValidationError(path, f"percentage {number:g} is outside [0, 100]")
-    return number
+    limits = LIMITS[kind]
+    if not limits.minimum <= number <= limits.maximum or (limits.whole and number != int(number)):
+        raise ValidationError(path, _outside(kind, limits, number, value))
+    return int(number) if limits.whole else number
 
 
-def _non_negative(path: str, value: Any) -> float:
-    number = _as_float(path, value)
-    if number < 0:
-        raise ValidationError(path, f"must be >= 0, got {number:g}")
-    return number
+def _outside(kind: str, limits: Limits, number: float, value: Any) -> str:
+    """Why `number` (given as `value`) is no number of `kind`, in the words of its limits."""
+    if kind == PERCENT:
+        return f"percentage {number:g} is outside [{limits.minimum:g}, {limits.maximum:g}]"
+    if kind == TEMPERATURE and number < limits.minimum:
+        return f"temperature {number:g} is below absolute zero"
+    bounds = []
+    if math.isfinite(limits.minimum):
+        bounds.append(f">= {limits.minimum:g}")
+    if math.isfinite(limits.maximum):
+        bounds.append(f"<= {limits.maximum:g}")
+    if limits.whole:
+        return f"expected a whole number {' and '.join(bounds)}, got {_shown(value)}"
+    return f"must be {' and '.join(bounds)}, got {number:g}"
 
 
-def _temperature(path: str, value: Any) -> float:
-    number = _as_float(path, value)
-    if number < -273.15:
-        raise ValidationError(path, f"temperature {number:g} is below absolute zero")
-    return number
-
-
-def _count(path: str, value: Any) -> int:
-    number = _as_float(path, value)
-    if number < 0 or number != int(number):
-        raise ValidationError(path, f"expected a whole number >= 0, got {_shown(value)}")
-    return int(number)
-
-
-_CHECKERS: dict[str, Callable[[str, Any], float | int]] = {
-    PERCENT: _percent,
-    BYTES: _non_negative,
-    RATE: _non_negative,
-    NUMBER: _as_float,
-    COUNT: _count,
-    TEMPERATURE: _temperature,
-}
+_CHECKERS: dict[str, Callable[[str, Any], float | int]] = {kind: partial(_limited, kind) for kind in LIMITS}
 _ARRAY_OF = {PERCENTS: PERCENT}  # array kinds and the kind of their items
 ARRAY_KINDS = frozenset(_ARRAY_OF)
 
@@ -438,16 +461,17 @@ def _fields(path: str, section: Mapping[str, Any], spec: FieldSpec, coerce: bool
 
 
 def _used_within_total(path: str, section: Mapping[str, Any]) -> None:
-    used, total = section.get("usedBytes"), section.get("totalBytes")
+    part, whole = BOUND
+    used, total = section.get(part), section.get(whole)
     if used is not None and total is not None and used > total:
-        raise ValidationError(f"{path}.usedBytes", f"{used:g} exceeds totalBytes {total:g}")
+        raise ValidationError(f"{path}.{part}", f"{used:g} exceeds {whole} {total:g}")
 
 
 def _table_object(path: str, table: Table, value: Any, coerce: bool) -> dict[str, Any]:
     """One object of `table` (at `path`, indexes shown), checked, with its child tables."""
     out = _fields(path, _object(path, value), table.fields, coerce)
     if table.named:
-        out["name"] = _name(f"{path}.name", out.get("name"))
+        out[NAME] = _name(f"{path}.{NAME}", out.get(NAME))
     if table.bounded:
         _used_within_total(path, out)
     _child_tables(table.path, path, out, coerce)
@@ -590,7 +614,7 @@ def asset_id_filter(asset_id: str) -> Any:
 # the rules stay written once, above; this only recognises their plainest cases.
 
 _BATCH_ISO = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{3})?(Z|\+00:00)$"
-_BATCH_ID = "^[A-Za-z0-9][A-Za-z0-9._:-]*$"  # ID_PATTERN but for its length
+_BATCH_ID = f"^[{re.escape(ID_START)}][{re.escape(ID_CHARS)}]*$"  # ID_PATTERN but for its length
 _INT32_LIMIT = 2**31  # pymongo stores a smaller int as int32; a batch encodes only those
 _BATCH_ITEMS = 1024  # longer lists go one by one (a batch pads every row to its longest)
 DATE_KEY = "$date"  # Extended JSON's date wrapper (mongoexport writes timestamps in it)
@@ -615,7 +639,7 @@ def _arrow_struct(path: str, table: Table | None) -> Any:
     """The Arrow struct of `table`'s objects (or of performanceData when None)."""
     import pyarrow as pa
 
-    fields: list[tuple[str, Any]] = [("name", pa.string())] if table is not None and table.named else []
+    fields: list[tuple[str, Any]] = [(NAME, pa.string())] if table is not None and table.named else []
     for name, kind, _ in table.fields if table is not None else ():
         fields.append((name, pa.list_(pa.float64()) if kind in _ARRAY_OF else pa.float64()))
     for child in children(path):
@@ -640,7 +664,7 @@ def conforming_rows(batch: Any, *, org_id: str | None = None) -> tuple[Any, Any]
     for field in ID_FIELDS:
         column = batch.column(field)
         # RE2 is slow on counted repeats ({0,127}): the length is checked apart.
-        ok &= _true(pc.match_substring_regex(column, _BATCH_ID)) & _true(pc.less_equal(pc.binary_length(column), 128))
+        ok &= _true(pc.match_substring_regex(column, _BATCH_ID)) & _true(pc.less_equal(pc.binary_length(column), ID_MAX_LENGTH))
         if field == "orgId" and org_id is not None:
             ok &= _true(pc.equal(column, org_id))
     ok &= _true(pc.is_in(batch.column("timeWindow"), value_set=_string_array(list(TIME_WINDOWS))))
@@ -718,16 +742,12 @@ def _number_faults(kind: str, values: Any, present: Any) -> Any:
     """Per item: a present number that `validate_snapshot` would refuse or store otherwise."""
     import numpy as np
 
+    limits = LIMITS[kind]
     with np.errstate(invalid="ignore"):
         bad = ~np.isfinite(values) | ((values == 0) & np.signbit(values))
-        if kind == PERCENT:
-            bad |= (values < 0) | (values > 100)
-        elif kind in (BYTES, RATE):
-            bad |= values < 0
-        elif kind == TEMPERATURE:
-            bad |= values < -273.15
-        elif kind == COUNT:
-            bad |= (values < 0) | (values >= _INT32_LIMIT) | (np.floor(values) != values)
+        bad |= (values < limits.minimum) | (values > limits.maximum)
+        if limits.whole:
+            bad |= (values < -_INT32_LIMIT) | (values >= _INT32_LIMIT) | (np.floor(values) != values)
     return present & bad
 
 
@@ -765,11 +785,11 @@ def _section_faults(path: str, table: Table | None, array: Any, present: Any) ->
             if required:
                 bad |= present & ~given
         if table.named:
-            names = pc.struct_field(array, "name")
+            names = pc.struct_field(array, NAME)
             bad |= present & ~_true(pc.match_substring_regex(names, "[!-~]"))
         if table.bounded:
-            used, has_used = _floats(pc.struct_field(array, "usedBytes"))
-            total, has_total = _floats(pc.struct_field(array, "totalBytes"))
+            used, has_used = _floats(pc.struct_field(array, BOUND[0]))
+            total, has_total = _floats(pc.struct_field(array, BOUND[1]))
             bad |= present & has_used & has_total & (used > total)
     for child_table in children(path):
         child = pc.struct_field(array, child_table.key)

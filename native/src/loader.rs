@@ -1,7 +1,9 @@
 //! NDJSON lines of agent snapshots parsed, checked and written as BSON in one pass.
 //!
 //! Each line is read by a JSON parser of its own that knows the snapshot contract (a tree
-//! of tables that Python builds from `schema.TABLES`, see `Table::from_spec`): while it
+//! of tables with each field's limits, and the identifier rule, that Python builds from
+//! `schema.TABLES`, `schema.LIMITS` and `schema.ID_PATTERN`'s parts, see `Table::from_spec`
+//! and `LineEncoder::new`; no limit is written here): while it
 //! reads a line it checks every field against its kind and writes the document the
 //! per-record path (`validate_snapshot`, then `bson.encode`) would store for it, byte for
 //! byte: `_id` first, the payload's keys in the payload's order, doubles for metrics,
@@ -29,54 +31,35 @@ const OBJECT_ID: u8 = 0x07;
 const DATE: u8 = 0x09;
 const INT32: u8 = 0x10;
 
-const ID_MAX_BYTES: usize = 128; // schema.ID_PATTERN: 1 to 128 characters
-const ABSOLUTE_ZERO: f64 = -273.15; // schema._temperature's bound
-const INT32_LIMIT: f64 = 2_147_483_648.0; // a count below this is stored as int32
-
 /// Not vouched for: the line goes to the per-record path, which gives the verdict.
 struct Unsure;
 
 type Sure<T> = Result<T, Unsure>;
 
-/// What a number field holds, as `schema._CHECKERS` check it.
+/// The numbers a field takes, as `schema.LIMITS` gives them: from `minimum` to `maximum`,
+/// both included; `whole`: whole numbers, stored as integers.
 #[derive(Clone, Copy)]
-enum Kind {
-    Percent,
-    NonNegative,
-    Number,
-    Count,
-    Temperature,
+struct Limits {
+    minimum: f64,
+    maximum: f64,
+    whole: bool,
 }
 
-impl Kind {
-    fn parse(name: &str) -> PyResult<Kind> {
-        Ok(match name {
-            "percent" => Kind::Percent,
-            "bytes" | "rate" => Kind::NonNegative,
-            "number" => Kind::Number,
-            "count" => Kind::Count,
-            "temperature" => Kind::Temperature,
-            other => return Err(PyValueError::new_err(format!("unknown field kind {other:?}"))),
-        })
-    }
-
-    /// Whether a finite number passes the kind's check (infinite ones never reach here).
+impl Limits {
+    /// Whether a finite number passes (infinite ones never reach here). A whole number is
+    /// vouched for only in BSON int32's range, which is how Python's encoder stores it;
+    /// larger ones are stored as int64: rare, left to the per-record path.
     fn accepts(self, x: f64) -> bool {
-        match self {
-            Kind::Percent => (0.0..=100.0).contains(&x),
-            Kind::NonNegative => x >= 0.0,
-            Kind::Number => true,
-            // Larger whole numbers are stored as int64: rare, left to the per-record path.
-            Kind::Count => x >= 0.0 && x.fract() == 0.0 && x < INT32_LIMIT,
-            Kind::Temperature => x >= ABSOLUTE_ZERO,
-        }
+        x >= self.minimum
+            && x <= self.maximum
+            && (!self.whole || (x.fract() == 0.0 && (f64::from(i32::MIN)..=f64::from(i32::MAX)).contains(&x)))
     }
 }
 
 struct Field {
     name: Vec<u8>,
-    kind: Kind,
-    array: bool, // an array of numbers of `kind`
+    limits: Limits,
+    array: bool, // an array of numbers within `limits`
     required: bool,
 }
 
@@ -88,25 +71,32 @@ struct Child {
 }
 
 /// One object of the contract: its fields and child tables (performanceData has only
-/// children). `named`: a non-empty string `name`; `bounded`: usedBytes <= totalBytes.
+/// children). `name`: the key of its non-empty string name, in a named table; `bound`:
+/// (part, whole), two fields of which the part may not exceed the whole, in a bounded one.
 struct Table {
     fields: Vec<Field>,
-    named: bool,
-    bounded: bool,
+    name: Option<Vec<u8>>,
+    bound: Option<(Vec<u8>, Vec<u8>)>,
     children: Vec<Child>,
 }
 
-type FieldSpec = (String, String, bool, bool);
-type TableSpec<'py> = (Vec<FieldSpec>, bool, bool, Vec<(String, bool, bool, Bound<'py, PyAny>)>);
+type FieldSpec = (String, bool, bool, (f64, f64, bool));
+type TableSpec<'py> =
+    (Vec<FieldSpec>, Option<String>, Option<(String, String)>, Vec<(String, bool, bool, Bound<'py, PyAny>)>);
 
 impl Table {
-    /// `spec`: (fields: [(name, kind, array, required)], named, bounded,
-    /// children: [(key, repeated, required, spec)]).
+    /// `spec`: (fields: [(name, array, required, (minimum, maximum, whole))], name's key
+    /// or None, (part, whole) or None, children: [(key, repeated, required, spec)]).
     fn from_spec(spec: &Bound<PyAny>) -> PyResult<Table> {
-        let (fields, named, bounded, children): TableSpec = spec.extract()?;
+        let (fields, name, bound, children): TableSpec = spec.extract()?;
         let fields = fields
             .into_iter()
-            .map(|(name, kind, array, required)| Ok(Field { name: name.into_bytes(), kind: Kind::parse(&kind)?, array, required }))
+            .map(|(name, array, required, (minimum, maximum, whole))| {
+                if minimum.is_nan() || maximum.is_nan() {
+                    return Err(PyValueError::new_err(format!("{name}: limits must be numbers")));
+                }
+                Ok(Field { name: name.into_bytes(), limits: Limits { minimum, maximum, whole }, array, required })
+            })
             .collect::<PyResult<Vec<_>>>()?;
         let children = children
             .into_iter()
@@ -117,7 +107,12 @@ impl Table {
         if fields.len() + children.len() + 1 > 64 {
             return Err(PyValueError::new_err("a table of more than 63 fields"));
         }
-        Ok(Table { fields, named, bounded, children })
+        Ok(Table {
+            fields,
+            name: name.map(String::into_bytes),
+            bound: bound.map(|(part, whole)| (part.into_bytes(), whole.into_bytes())),
+            children,
+        })
     }
 }
 
@@ -484,13 +479,13 @@ fn itoa_buf(mut n: usize) -> Vec<u8> {
 }
 
 /// A number field's value, checked, written as the per-record path stores it.
-fn write_number(r: &mut Reader, out: &mut Out, key: &[u8], kind: Kind) -> Sure<f64> {
+fn write_number(r: &mut Reader, out: &mut Out, key: &[u8], limits: Limits) -> Sure<f64> {
     let number = r.number()?;
     let x = number.as_f64();
-    if !x.is_finite() || !kind.accepts(x) {
+    if !x.is_finite() || !limits.accepts(x) {
         return Err(Unsure);
     }
-    if let Kind::Count = kind {
+    if limits.whole {
         out.element(INT32, key);
         out.buf.extend_from_slice(&(x as i32).to_le_bytes());
     } else {
@@ -500,39 +495,48 @@ fn write_number(r: &mut Reader, out: &mut Out, key: &[u8], kind: Kind) -> Sure<f
     Ok(x)
 }
 
-fn write_number_array(r: &mut Reader, out: &mut Out, key: &[u8], kind: Kind) -> Sure<()> {
-    r.eat(b'[')?;
+fn write_number_array(r: &mut Reader, out: &mut Out, key: &[u8], limits: Limits) -> Sure<()> {
     out.element(ARRAY, key);
     let at = out.open();
-    if r.peek()? == b']' {
-        r.i += 1;
-    } else {
-        let mut index = 0usize;
-        loop {
-            let x = r.number()?.as_f64();
-            if !kind.accepts(x) {
-                return Err(Unsure);
-            }
-            if let Kind::Count = kind {
-                out.index_key(INT32, index);
-                out.buf.extend_from_slice(&(x as i32).to_le_bytes());
-            } else {
-                out.index_key(DOUBLE, index);
-                out.buf.extend_from_slice(&x.to_le_bytes());
-            }
-            index += 1;
-            match r.peek()? {
-                b',' => r.i += 1,
-                b']' => {
-                    r.i += 1;
-                    break;
-                }
-                _ => return Err(Unsure),
-            }
+    array_items(r, |r, index| {
+        let x = r.number()?.as_f64();
+        if !limits.accepts(x) {
+            return Err(Unsure);
         }
-    }
+        if limits.whole {
+            out.index_key(INT32, index);
+            out.buf.extend_from_slice(&(x as i32).to_le_bytes());
+        } else {
+            out.index_key(DOUBLE, index);
+            out.buf.extend_from_slice(&x.to_le_bytes());
+        }
+        Ok(())
+    })?;
     out.close(at);
     Ok(())
+}
+
+/// Calls `each` for every item of an array (the reader then at the item) with its index,
+/// in order: the one loop over the items of number arrays and of arrays of tables.
+fn array_items<'a>(r: &mut Reader<'a>, mut each: impl FnMut(&mut Reader<'a>, usize) -> Sure<()>) -> Sure<()> {
+    r.eat(b'[')?;
+    if r.peek()? == b']' {
+        r.i += 1;
+        return Ok(());
+    }
+    let mut index = 0usize;
+    loop {
+        each(r, index)?;
+        index += 1;
+        match r.peek()? {
+            b',' => r.i += 1,
+            b']' => {
+                r.i += 1;
+                return Ok(());
+            }
+            _ => return Err(Unsure),
+        }
+    }
 }
 
 /// Calls `each` for every key of an object (the reader then at its value), in order.
@@ -575,7 +579,7 @@ fn write_table(r: &mut Reader, out: &mut Out, table: &Table, element: impl FnOnc
     let mut seen = 0u64;
     let (mut used, mut total) = (None, None);
     object_keys(r, |r, key| {
-        let slot = if table.named && key == b"name" {
+        let slot = if table.name.as_deref() == Some(key) {
             if r.null()? {
                 return Err(Unsure);
             }
@@ -585,7 +589,7 @@ fn write_table(r: &mut Reader, out: &mut Out, table: &Table, element: impl FnOnc
             if !name.iter().any(|c| (0x21..=0x7e).contains(c)) {
                 return Err(Unsure);
             }
-            out.element(STRING, b"name");
+            out.element(STRING, key);
             out.string(name);
             0
         } else if let Some(f) = table.fields.iter().position(|f| f.name == key) {
@@ -595,13 +599,15 @@ fn write_table(r: &mut Reader, out: &mut Out, table: &Table, element: impl FnOnc
                     return Err(Unsure);
                 }
             } else if field.array {
-                write_number_array(r, out, key, field.kind)?;
+                write_number_array(r, out, key, field.limits)?;
             } else {
-                let x = write_number(r, out, key, field.kind)?;
-                if key == b"usedBytes" {
-                    used = Some(x);
-                } else if key == b"totalBytes" {
-                    total = Some(x);
+                let x = write_number(r, out, key, field.limits)?;
+                if let Some((part, whole)) = &table.bound {
+                    if key == part.as_slice() {
+                        used = Some(x);
+                    } else if key == whole.as_slice() {
+                        total = Some(x);
+                    }
                 }
             }
             1 + f
@@ -617,7 +623,7 @@ fn write_table(r: &mut Reader, out: &mut Out, table: &Table, element: impl FnOnc
         seen |= 1 << slot;
         Ok(())
     })?;
-    if table.named && seen & 1 == 0 {
+    if table.name.is_some() && seen & 1 == 0 {
         return Err(Unsure);
     }
     for (f, field) in table.fields.iter().enumerate() {
@@ -630,11 +636,9 @@ fn write_table(r: &mut Reader, out: &mut Out, table: &Table, element: impl FnOnc
             return Err(Unsure);
         }
     }
-    if table.bounded {
-        if let (Some(used), Some(total)) = (used, total) {
-            if used > total {
-                return Err(Unsure);
-            }
+    if let (Some(used), Some(total)) = (used, total) {
+        if used > total {
+            return Err(Unsure);
         }
     }
     out.close(at);
@@ -650,26 +654,9 @@ fn write_child(r: &mut Reader, out: &mut Out, child: &Child) -> Sure<()> {
     if !child.repeated {
         return write_table(r, out, &child.table, |out| out.element(DOCUMENT, &child.key));
     }
-    r.eat(b'[')?;
     out.element(ARRAY, &child.key);
     let at = out.open();
-    if r.peek()? == b']' {
-        r.i += 1;
-    } else {
-        let mut index = 0usize;
-        loop {
-            write_table(r, out, &child.table, |out| out.index_key(DOCUMENT, index))?;
-            index += 1;
-            match r.peek()? {
-                b',' => r.i += 1,
-                b']' => {
-                    r.i += 1;
-                    break;
-                }
-                _ => return Err(Unsure),
-            }
-        }
-    }
+    array_items(r, |r, index| write_table(r, out, &child.table, |out| out.index_key(DOCUMENT, index)))?;
     out.close(at);
     Ok(())
 }
@@ -723,6 +710,7 @@ fn iso_millis(text: &[u8]) -> Sure<i64> {
 #[pyclass(frozen)]
 pub struct LineEncoder {
     id_fields: Vec<Vec<u8>>,
+    id_rule: IdRule,
     windows: Vec<Vec<u8>>,
     performance: Vec<u8>,
     date_key: Vec<u8>,
@@ -741,11 +729,34 @@ struct Line {
 const TIMESTAMP: &[u8] = b"timestamp";
 const TIME_WINDOW: &[u8] = b"timeWindow";
 
-fn is_id(text: &[u8]) -> bool {
-    !text.is_empty()
-        && text.len() <= ID_MAX_BYTES
-        && text[0].is_ascii_alphanumeric()
-        && text[1..].iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b':' | b'-'))
+/// The identifier rule, from `schema.ID_PATTERN`'s parts: ASCII characters an identifier
+/// may start with, may hold, and its most characters.
+struct IdRule {
+    start: [bool; 128],
+    chars: [bool; 128],
+    max_len: usize,
+}
+
+impl IdRule {
+    fn new(start: &str, chars: &str, max_len: usize) -> PyResult<IdRule> {
+        let table = |set: &str| -> PyResult<[bool; 128]> {
+            let mut table = [false; 128];
+            for c in set.bytes() {
+                *table.get_mut(usize::from(c)).ok_or_else(|| PyValueError::new_err("id_rule: ASCII characters only"))? =
+                    true;
+            }
+            Ok(table)
+        };
+        Ok(IdRule { start: table(start)?, chars: table(chars)?, max_len })
+    }
+
+    fn allows(&self, text: &[u8]) -> bool {
+        let ok = |table: &[bool; 128], c: u8| table.get(usize::from(c)).copied().unwrap_or(false);
+        !text.is_empty()
+            && text.len() <= self.max_len
+            && ok(&self.start, text[0])
+            && text[1..].iter().all(|&c| ok(&self.chars, c))
+    }
 }
 
 impl LineEncoder {
@@ -764,7 +775,7 @@ impl LineEncoder {
             let slot = if let Some(f) = self.id_fields.iter().position(|f| *f == key) {
                 let text = r.string()?;
                 let text = r.get(text);
-                if !is_id(text) || (f == 0 && self.org_id.as_ref().is_some_and(|o| o != text)) {
+                if !self.id_rule.allows(text) || (f == 0 && self.org_id.as_ref().is_some_and(|o| o != text)) {
                     return Err(Unsure);
                 }
                 out.element(STRING, key);
@@ -837,15 +848,19 @@ type Encoded<'py> = (Bound<'py, PyBytes>, Bound<'py, PyList>, Bound<'py, PyDict>
 
 #[pymethods]
 impl LineEncoder {
-    /// `id_fields`: schema.ID_FIELDS (orgId first, assetId third); `windows`: the time
+    /// `id_fields`: schema.ID_FIELDS (orgId first, assetId third); `id_rule`: (the
+    /// characters an identifier starts with, those it holds, its most characters), all
+    /// ASCII, as schema.ID_PATTERN is built; `windows`: the time
     /// windows' names; `performance`: the name of the metrics' object, whose tables
     /// `spec` describes (see `Table::from_spec`); `date_key`: Extended JSON's date
     /// wrapper; `org_id`: only lines of this org are vouched for; `max_bytes`: the
     /// largest document the server stores.
     #[new]
-    #[pyo3(signature = (id_fields, windows, performance, spec, date_key, org_id, max_bytes))]
+    #[pyo3(signature = (id_fields, id_rule, windows, performance, spec, date_key, org_id, max_bytes))]
+    #[allow(clippy::too_many_arguments)] // one per part of the contract, named at the call
     fn new(
         id_fields: Vec<String>,
+        id_rule: (String, String, usize),
         windows: Vec<String>,
         performance: String,
         spec: &Bound<PyAny>,
@@ -858,6 +873,7 @@ impl LineEncoder {
         }
         Ok(LineEncoder {
             id_fields: id_fields.into_iter().map(String::into_bytes).collect(),
+            id_rule: IdRule::new(&id_rule.0, &id_rule.1, id_rule.2)?,
             windows: windows.into_iter().map(String::into_bytes).collect(),
             performance: performance.into_bytes(),
             date_key: date_key.into_bytes(),

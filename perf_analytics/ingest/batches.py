@@ -91,16 +91,36 @@ class ObjectIds:
 OBJECT_IDS = ObjectIds()
 
 
+def _native_limits(kind: str) -> tuple[float, float, bool]:
+    """(minimum, maximum, whole) of a field of `kind` (of its items, for an array kind)."""
+    limits = schema.LIMITS[schema._ARRAY_OF.get(kind, kind)]
+    return limits.minimum, limits.maximum, limits.whole
+
+
 def _native_table(path: str, table: Table | None) -> tuple[Any, ...]:
-    """The native encoder's description of `table` (performanceData when None):
-    (fields [(name, kind, array, required)], named, bounded, children [(key, repeated,
-    required, description)])."""
+    """The native encoder's description of `table` (performanceData when None), with the
+    contract's limits, so that it checks what `validate_snapshot` checks: (fields [(name,
+    array, required, (minimum, maximum, whole))], the name's key of a named table or None,
+    the (part, whole) of a bounded one or None, children [(key, repeated, required,
+    description)])."""
     fields = [
-        (name, schema._ARRAY_OF[kind] if kind in ARRAY_KINDS else kind, kind in ARRAY_KINDS, required)
+        (name, kind in ARRAY_KINDS, required, _native_limits(kind))
         for name, kind, required in (table.fields if table is not None else ())
     ]
     tables = [(t.key, t.repeated, t.required, _native_table(t.path, t)) for t in children(path)]
-    return fields, table is not None and table.named, table is not None and table.bounded, tables
+    # Read from `schema` when called, so an encoder follows the contract in force.
+    named = schema.NAME if table is not None and table.named else None
+    bounded = schema.BOUND if table is not None and table.bounded else None
+    return fields, named, bounded, tables
+
+
+def _native_encoder(module: Any, org_id: str | None) -> Any:
+    """`module`'s line encoder for the contract in force (`schema`: its identifiers, time
+    windows, tables and limits), vouching for lines of `org_id` only when given."""
+    return module.LineEncoder(
+        list(ID_FIELDS), (schema.ID_START, schema.ID_CHARS, schema.ID_MAX_LENGTH), list(TIME_WINDOWS), PERFORMANCE_DATA,
+        _native_table(PERFORMANCE_DATA, None), DATE_KEY, org_id, MAX_DOCUMENT_BYTES,
+    )
 
 
 @cache
@@ -134,10 +154,7 @@ class BlockEncoder:
         module = _native_module() if native is not False else None
         if native and module is None:
             raise RuntimeError(f"{NATIVE_MODULE} is not built with its line encoder (`make setup` builds it)")
-        self._native = None if module is None else module.LineEncoder(
-            list(ID_FIELDS), list(TIME_WINDOWS), PERFORMANCE_DATA, _native_table(PERFORMANCE_DATA, None),
-            DATE_KEY, org_id, MAX_DOCUMENT_BYTES,
-        )
+        self._native = None if module is None else _native_encoder(module, org_id)
         self._arrow: Any = None
 
     @property
