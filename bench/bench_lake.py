@@ -413,7 +413,7 @@ def mark_synced(uri: str, lake: Path) -> None:
     as synced, as `run_day` requires of a lake it reads."""
     from perf_analytics.sync import sync_snapshots_all_orgs
 
-    empty = MongoClient(uri)
+    empty: MongoClient[dict[str, Any]] = MongoClient(uri)
     try:
         empty.drop_database("bench_lake_empty")
         sync_snapshots_all_orgs(empty["bench_lake_empty"], lake)
