@@ -166,6 +166,48 @@ def test_thresholds_are_configurable() -> None:
     assert only(lowered, "threshold", "memory.usagePercent").height == 1
 
 
+def hot_by_design(t: np.ndarray, c: dict[str, np.ndarray]) -> None:
+    """CPU at 92-95% all day, with dips to about 70% for 75 minutes three times a day."""
+    rng = np.random.default_rng(5)
+    c["cpu"][:] = 93.5 + 1.5 * np.sin(2 * np.pi * t / 86400) + rng.normal(0, 0.3, t.size)
+    for hour in (2.0, 10.0, 18.0):
+        c["cpu"][((t / 3600) % 24 >= hour) & ((t / 3600) % 24 < hour + 1.25)] = 70.0
+
+
+DAY3 = DAY2 + timedelta(days=1)
+
+
+def test_an_asset_that_runs_above_90_every_day_raises_no_threshold_flags() -> None:
+    frames = frames_of(asset_docs(days=3, edit=hot_by_design))
+    flags = flag_anomalies(frames, options=FlagOptions(day=DAY3))
+    assert only(flags, "threshold").is_empty(), only(flags, "threshold").select("start", "message").to_dicts()
+    # Without its usual level to go by, every return above 90% after a dip is an episode.
+    plain = flag_anomalies(frames, options=FlagOptions(day=DAY3, config=AnomalyConfig(threshold_unusual_only=False)))
+    assert only(plain, "threshold", "cpu.usage").height >= 3
+
+
+def test_an_asset_that_runs_above_90_every_day_is_still_flagged_at_its_critical_level() -> None:
+    def edit(t: np.ndarray, c: dict[str, np.ndarray]) -> None:
+        hot_by_design(t, c)
+        c["cpu"][(t >= at(24 + 13)) & (t < at(24 + 13.5))] = 99.5
+
+    flags = only(flag_anomalies(frames_of(asset_docs(days=3, edit=edit)), options=FlagOptions(day=DAY3)), "threshold")
+    assert flags.height == 1
+    row = flags.row(0, named=True)
+    assert (row["metric"], row["severity"]) == ("cpu.usage", "critical")
+    assert T0 + timedelta(seconds=at(24 + 13)) <= row["start"] < T0 + timedelta(seconds=at(24 + 13.5))
+
+
+def test_an_asset_usually_at_40_that_holds_95_is_flagged_once_its_baseline_has_formed() -> None:
+    def edit(t: np.ndarray, c: dict[str, np.ndarray]) -> None:
+        c["cpu"][:] = 40 + 2 * np.sin(2 * np.pi * t / 86400)
+        c["cpu"][(t >= at(24 + 13)) & (t < at(24 + 14))] = 95.0
+
+    flags = only(flag_anomalies(frames_of(asset_docs(days=3, edit=edit)), options=FlagOptions(day=DAY3)), "threshold")
+    assert flags.height == 1
+    assert (flags.item(0, "metric"), flags.item(0, "severity")) == ("cpu.usage", "warning")
+
+
 # ---- outliers, level shifts, flatlines --------------------------------------------------
 
 

@@ -320,7 +320,7 @@ def _flag_day(
     scored = score_points(prepared, base, config, boots)
     parts = [
         reboots,
-        detect_thresholds(points, config),
+        detect_thresholds(points, config, base),
         detect_outliers(scored, config, boots),
         detect_joint_moves(scored, base, config, boots),
         detect_level_shifts(base, config, boots),

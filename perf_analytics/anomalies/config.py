@@ -27,6 +27,9 @@ class AnomalyConfig:
     sustain_minutes: float = 5.0
     disk_sustain_minutes: float = 0.0
     sustain_min_points: int = 3  # at coarse sampling two readings are too few to call sustained
+    # A series whose usual level at that time of day (baseline days, `baseline_min_points`)
+    # is above its threshold runs hot by design: only its critical level is flagged.
+    threshold_unusual_only: bool = True
 
     # Learning period: baselines of a series younger than this are not trusted yet
     # (outliers, level shifts and flatlines wait for it).

@@ -132,12 +132,14 @@ def _settling(df: pl.DataFrame, boots: pl.DataFrame | None, config: AnomalyConfi
 # ---- sustained thresholds ---------------------------------------------------------------
 
 
-def detect_thresholds(points: pl.DataFrame, config: AnomalyConfig) -> pl.DataFrame:
+def detect_thresholds(points: pl.DataFrame, config: AnomalyConfig, base: Baselines | None = None) -> pl.DataFrame:
     """CPU, memory or disk above its threshold for at least the sustain time.
 
     A run of consecutive samples above the threshold is flagged from the sample at which
     it has lasted the sustain time (one interval counts for the first sample), so the
-    flag of a sample never waits for later samples.
+    flag of a sample never waits for later samples. With `threshold_unusual_only` and
+    `base`, a series whose usual level at that time of day is itself above the threshold
+    counts only at its critical level (see `_usual_bar`).
     """
     metric = pl.col("metric")
     limits = (
@@ -152,7 +154,11 @@ def detect_thresholds(points: pl.DataFrame, config: AnomalyConfig) -> pl.DataFra
     df = points.with_columns(limits.alias("lim")).filter(pl.col("lim").is_not_null()).unnest("lim")
     if df.is_empty():
         return empty_flags()
-    above = pl.col("value") > pl.col("t")
+    raised = pl.lit(False)
+    if config.threshold_unusual_only and base is not None:
+        df, raised = _usual_bar(df, base, config)
+    # Where the usual level is above the threshold, the run is one at the critical level.
+    above = pl.when(raised).then(pl.col("value") >= pl.col("c")).otherwise(pl.col("value") > pl.col("t"))
     broken = _seconds(pl.col("timestamp").diff()) > config.gap_intervals * pl.col("interval_s")
     df = df.with_columns(
         ((above != above.shift(1)) | broken.fill_null(True)).cum_sum().over(SERIES).alias("run"),
@@ -161,11 +167,36 @@ def detect_thresholds(points: pl.DataFrame, config: AnomalyConfig) -> pl.DataFra
     count = pl.col("timestamp").cum_count().over([*SERIES, "run"])
     sustained = (held >= pl.col("s") * 60.0 - 1e-9) & ((count >= config.sustain_min_points) | (pl.col("s") == 0))
     flagged = df.filter(above & sustained).with_columns(
-        pl.col("t").alias("ref"),
+        pl.when(raised).then(pl.col("c")).otherwise(pl.col("t")).alias("ref"),
         pl.col("value").alias("score"),
         pl.when(pl.col("value") >= pl.col("c")).then(CRITICAL).otherwise(WARNING).alias("severity"),
     )
     return _flags(flagged, THRESHOLD)
+
+
+def _usual_bar(df: pl.DataFrame, base: Baselines, config: AnomalyConfig) -> tuple[pl.DataFrame, pl.Expr]:
+    """Join each point's usual level and tell where the threshold is the series' usual state.
+
+    The usual level is the time-of-day centre of the baseline days (`base.tod`), trusted
+    from `baseline_min_points` on, so a new series is judged by the threshold alone. A
+    server that runs above its threshold at that hour by design (a batch host, a packed
+    cache) is not news when it does so again: only its critical level is, and where even
+    that is its usual state, the outlier detector speaks for it. Returns the frame with
+    `_usual` and the expression `raised` (its null-free boolean); the centre comes from
+    earlier days only, so today's run cannot raise its own bar.
+    """
+    usual = base.tod.filter(pl.col("n_tod") >= config.baseline_min_points).select(
+        *SERIES, pl.col("tod").cast(pl.Int8), pl.col("med_tod").alias("_usual")
+    )
+    df = df.with_columns((pl.col("timestamp").dt.hour() // config.time_of_day_hours).cast(pl.Int8).alias("tod")).join(
+        usual, on=[*SERIES, "tod"], how="left", maintain_order="left"
+    )
+    raised = (pl.col("_usual") > pl.col("t")).fill_null(False)
+    # Usually at or beyond the critical level too: nothing above it is left to call news.
+    df = df.with_columns(
+        pl.when(pl.col("_usual") >= pl.col("c")).then(pl.lit(math.inf)).otherwise(pl.col("c")).alias("c")
+    )
+    return df, raised
 
 
 # ---- robust outliers against the asset's own baselines ---------------------------------
