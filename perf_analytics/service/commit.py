@@ -463,8 +463,8 @@ class GroupCommitter:
             self._unsettled += unsettled
             log.warning("lastSeen repair of %d record(s) failed: %s", len(unsettled), type(exc).__name__)
             return
-        if applied:
-            log.info("lastSeen: applied %d pending record(s)", applied)
+        if applied:  # a warning: a service stopped uncleanly, or an insert failed midway
+            log.warning("lastSeen: applied %d pending record(s) left by an unfinished batch", applied)
 
     async def _round(self, work: Mapping[tuple[str, str], datetime], records: Mapping[str, list[ObjectId]]) -> None:
         """One lastSeen round, WRITE_CHUNK assets at a time, letting the writer insert one
