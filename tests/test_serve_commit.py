@@ -229,11 +229,12 @@ def test_a_batch_is_on_record_when_answered_and_its_round_deletes_the_record(db:
             await committer.stop()
 
     assets, records = asyncio.run(run())
-    assert all("lastSeen" not in asset for asset in assets)  # answered, not moved yet
-    # One record per org of the batch, naming its snapshots: what a restart would apply.
+    # Answered, lastSeen not moved yet: one record per org of the batch, naming its
+    # snapshots, is what a restart would apply.
     stored = {d["_id"]: d["orgId"] for d in db[SNAPSHOTS].find()}
     assert sorted((r["orgId"], len(r["snapshots"])) for r in records) == [("org-a", 2), ("org-b", 1)]
     assert all(stored[i] == r["orgId"] for r in records for i in r["snapshots"])
+    assert all("lastSeen" not in asset for asset in assets)
     assert db[LAST_SEEN_PENDING].count_documents({}) == 0
     assert db[ASSETS].find_one({"_id": "asset-1"})["lastSeen"] == T0 + timedelta(minutes=2)  # type: ignore[index]
 
