@@ -505,9 +505,15 @@ def record_pending_last_seen(db: Db, by: ObjectId, batch: Mapping[str, Sequence[
 
 
 def clear_pending_last_seen(db: Db, org_id: str, ids: Sequence[ObjectId]) -> None:
-    """Delete an org's pending records whose moves are applied."""
+    """Delete an org's pending records whose moves are applied.
+
+    Filtered by orgId too, except where a compound filter scans the whole collection
+    (FerretDB 1.x, as in `touch_assets`): there the ids alone, which are unique and were
+    written for this org, narrow the delete.
+    """
     if ids:
-        db[LAST_SEEN_PENDING].delete_many({"orgId": org_id, "_id": {"$in": list(ids)}})
+        scoped = probe_capabilities(db).compound_pushdown
+        db[LAST_SEEN_PENDING].delete_many({"_id": {"$in": list(ids)}, **({"orgId": org_id} if scoped else {})})
 
 
 def pending_last_seen_ids(db: Db, *, not_by: ObjectId | None = None) -> list[ObjectId]:
