@@ -486,6 +486,79 @@ def touch_assets(db: Db, org_id: str, last_seen: Mapping[str, datetime]) -> set[
     return set(last_seen) - present
 
 
+LAST_SEEN_PENDING = "last_seen_pending"
+"""Write-ahead records of lastSeen moves not yet applied: one document per org per batch of
+`perf-analytics serve`, `{_id, orgId, by, snapshots: [snapshot _id, ...]}` (`by`: the
+service process that wrote it), written before the batch's insert and deleted once its
+assets' lastSeen moved (see `repair_last_seen`)."""
+
+
+def record_pending_last_seen(db: Db, by: ObjectId, batch: Mapping[str, Sequence[ObjectId]]) -> dict[str, ObjectId]:
+    """Record, in one insert, the snapshot ids of a batch about to be inserted, one document
+    per org; return each org's document id (what `clear_pending_last_seen` deletes)."""
+    records = {org_id: ObjectId() for org_id in batch}
+    if records:
+        db[LAST_SEEN_PENDING].insert_many(
+            [{"_id": records[org_id], "orgId": org_id, "by": by, "snapshots": list(ids)} for org_id, ids in batch.items()]
+        )
+    return records
+
+
+def clear_pending_last_seen(db: Db, org_id: str, ids: Sequence[ObjectId]) -> None:
+    """Delete an org's pending records whose moves are applied.
+
+    Filtered by orgId too, except where a compound filter scans the whole collection
+    (FerretDB 1.x, as in `touch_assets`): there the ids alone, which are unique and were
+    written for this org, narrow the delete.
+    """
+    if ids:
+        scoped = probe_capabilities(db).compound_pushdown
+        db[LAST_SEEN_PENDING].delete_many({"_id": {"$in": list(ids)}, **({"orgId": org_id} if scoped else {})})
+
+
+def pending_last_seen_ids(db: Db, *, not_by: ObjectId | None = None) -> list[ObjectId]:
+    """The ids of the pending records, but for those written by `not_by` (a running
+    service lists those a stopped or killed one left)."""
+    query: Doc = {} if not_by is None else {"by": {"$ne": not_by}}
+    return [doc["_id"] for doc in db[LAST_SEEN_PENDING].find(query, {"_id": 1})]
+
+
+def repair_last_seen(db: Db, ids: Sequence[ObjectId]) -> int:
+    """Apply the pending records `ids` and delete them; return how many were applied.
+
+    A record lists the snapshots of a batch that may or may not have been stored (the
+    service may have died before, during or after the insert): the stored ones are read
+    back by `_id`, and each of their assets moves to its newest of them (`touch_assets`,
+    `$max`, so applying a record twice is harmless and a crash during the repair is not).
+    A record moves only assets of its own org, and only by snapshots of that org. Records
+    go WRITE_CHUNK at a time, each deleted after its moves are acknowledged.
+    """
+    applied = 0
+    scoped = probe_capabilities(db).compound_pushdown
+    for start in range(0, len(ids), WRITE_CHUNK):
+        records = list(db[LAST_SEEN_PENDING].find({"_id": {"$in": list(ids[start : start + WRITE_CHUNK])}}))
+        per_org: dict[str, tuple[list[ObjectId], list[Any]]] = {}
+        for record in records:
+            mine, snapshot_ids = per_org.setdefault(record["orgId"], ([], []))
+            mine.append(record["_id"])
+            snapshot_ids.extend(record.get("snapshots", []))
+        for org_id, (mine, snapshot_ids) in per_org.items():
+            # FerretDB 1.x scans the whole collection for a compound filter: there the
+            # `_id` list alone narrows the read, and the org is checked on each document.
+            query: Doc = {"_id": {"$in": snapshot_ids}, **({"orgId": org_id} if scoped else {})}
+            newest: dict[str, datetime] = {}
+            for doc in db[SNAPSHOTS].find(query, {"orgId": 1, "assetId": 1, "timestamp": 1}):
+                if doc.get("orgId") != org_id:
+                    continue
+                seen = newest.get(doc["assetId"])
+                if seen is None or doc["timestamp"] > seen:
+                    newest[doc["assetId"]] = doc["timestamp"]
+            touch_assets(db, org_id, newest)
+            clear_pending_last_seen(db, org_id, mine)
+            applied += len(mine)
+    return applied
+
+
 MAX_NESTING = 100  # MongoDB stores documents of at most 100 levels of objects and arrays
 MAX_DOCUMENT_BYTES = 16 * 1024 * 1024  # MongoDB's largest document, as BSON
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
 import orjson
 import pytest
+from bson import ObjectId
 
 from perf_analytics.schema import ASSETS, SNAPSHOTS
 from perf_analytics.service.app import open_database
@@ -29,7 +31,13 @@ from perf_analytics.service.payload import (
     prepare_body,
     prepare_snapshots,
 )
-from perf_analytics.store import Db
+from perf_analytics.store import (
+    LAST_SEEN_PENDING,
+    Db,
+    Doc,
+    record_pending_last_seen,
+    repair_last_seen,
+)
 from tests.factories import T0, snapshot
 from tests.test_cli import _closed_port
 
@@ -39,7 +47,7 @@ def prepared(db: Db, *minutes: int, asset: str = "asset-1", org: str = "org-a") 
     return prepare_snapshots(bodies, org, db[SNAPSHOTS], max_items=100)
 
 
-async def _submit_all(committer: GroupCommitter, requests: list[Prepared | Unchecked]) -> list[Any]:
+async def _submit_all(committer: GroupCommitter, requests: Sequence[Prepared | Unchecked]) -> list[Any]:
     committer.start()
     try:
         return await asyncio.gather(
@@ -62,7 +70,7 @@ def test_requests_queued_together_share_one_insert_and_each_gets_its_outcomes(db
     assert [[o.status for o in outcomes] for outcomes in results] == [
         [INSERTED, INSERTED], [INSERTED], [DUPLICATE], [INSERTED],
     ]
-    assert results[0][0] == Outcome(INSERTED, id=requests[0].docs[0]["_id"])  # type: ignore[union-attr]
+    assert results[0][0] == Outcome(INSERTED, id=requests[0].docs[0]["_id"])
     assert results[2][0] == Outcome(DUPLICATE)
     assert (metrics.batch_size.n, metrics.batch_size.total) == (1, 5)
     assert db[SNAPSHOTS].count_documents({}) == 4
@@ -205,3 +213,65 @@ def test_a_round_moves_a_fleet_reporting_at_the_same_seconds_in_few_updates(db: 
     # Eight times of 16 assets: one update each (in arrival order, 128 one by one).
     assert len(updates.statements) == 8
     assert {a["_id"]: a["lastSeen"] for a in db[ASSETS].find()} == moment
+
+
+def test_a_batch_is_on_record_when_answered_and_its_round_deletes_the_record(db: Db) -> None:
+    db[ASSETS].insert_many([{"_id": "asset-1", "orgId": "org-a"}, {"_id": "asset-2", "orgId": "org-b"}])
+    committer = GroupCommitter(db, Metrics(), last_seen_seconds=3600)  # no round until stop()
+
+    async def run() -> tuple[list[Doc], list[Doc]]:
+        committer.start()
+        try:
+            requests = [prepared(db, 1, 2), prepared(db, 3, asset="asset-2", org="org-b")]
+            await asyncio.gather(*(committer.submit(request) for request in requests))
+            return list(db[ASSETS].find()), list(db[LAST_SEEN_PENDING].find())
+        finally:
+            await committer.stop()
+
+    assets, records = asyncio.run(run())
+    # Answered, lastSeen not moved yet: one record per org of the batch, naming its
+    # snapshots, is what a restart would apply.
+    stored = {d["_id"]: d["orgId"] for d in db[SNAPSHOTS].find()}
+    assert sorted((r["orgId"], len(r["snapshots"])) for r in records) == [("org-a", 2), ("org-b", 1)]
+    assert all(stored[i] == r["orgId"] for r in records for i in r["snapshots"])
+    assert all("lastSeen" not in asset for asset in assets)
+    assert db[LAST_SEEN_PENDING].count_documents({}) == 0
+    assert db[ASSETS].find_one({"_id": "asset-1"})["lastSeen"] == T0 + timedelta(minutes=2)  # type: ignore[index]
+
+
+def test_records_left_by_a_killed_service_are_applied_at_start_within_their_org(db: Db) -> None:
+    db[ASSETS].insert_many([
+        {"_id": "asset-1", "orgId": "org-a", "lastSeen": T0},
+        {"_id": "asset-2", "orgId": "org-b", "lastSeen": T0},
+        {"_id": "asset-3", "orgId": "org-b", "lastSeen": T0},
+    ])
+    mine = prepared(db, 5, 7, asset="asset-1").docs
+    theirs = prepared(db, 9, asset="asset-2", org="org-b").docs
+    other = prepared(db, 11, asset="asset-3", org="org-b").docs
+    never_stored = prepared(db, 30, asset="asset-1").docs  # recorded, then the service died before the insert
+    db[SNAPSHOTS].insert_many([*mine, *theirs, *other])
+    killed = ObjectId()
+    record_pending_last_seen(db, killed, {"org-a": [d["_id"] for d in [*mine, *never_stored]],
+                                          "org-b": [d["_id"] for d in theirs]})
+    # A record of org-a naming org-b's snapshot moves nothing of org-b.
+    record_pending_last_seen(db, killed, {"org-a": [d["_id"] for d in other]})
+
+    asyncio.run(_submit_all(GroupCommitter(db, Metrics(), last_seen_seconds=3600), []))
+
+    assert {a["_id"]: a["lastSeen"] for a in db[ASSETS].find()} == {
+        "asset-1": T0 + timedelta(minutes=7), "asset-2": T0 + timedelta(minutes=9), "asset-3": T0,
+    }
+    assert db[LAST_SEEN_PENDING].count_documents({}) == 0
+
+
+def test_a_repair_moves_only_the_assets_of_the_records_org(db: Db) -> None:
+    db[ASSETS].insert_many([{"_id": "asset-1", "orgId": "org-a"}, {"_id": "asset-2", "orgId": "org-b"}])
+    a = prepared(db, 1, asset="asset-1").docs
+    b = prepared(db, 2, asset="asset-2", org="org-b").docs
+    db[SNAPSHOTS].insert_many([*a, *b])
+    records = record_pending_last_seen(db, ObjectId(), {"org-a": [d["_id"] for d in a],
+                                                        "org-b": [d["_id"] for d in b]})
+    assert repair_last_seen(db, [records["org-a"]]) == 1
+    assert db[ASSETS].find_one({"_id": "asset-1"})["lastSeen"] == T0 + timedelta(minutes=1)  # type: ignore[index]
+    assert "lastSeen" not in db[ASSETS].find_one({"_id": "asset-2"})  # type: ignore[operator]
+    assert [r["orgId"] for r in db[LAST_SEEN_PENDING].find()] == ["org-b"]

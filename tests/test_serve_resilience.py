@@ -24,7 +24,7 @@ import pytest
 from perf_analytics import localdb
 from perf_analytics.schema import ASSETS, SNAPSHOTS
 from perf_analytics.service.keys import create_api_key
-from perf_analytics.store import Db, connect_uri, ensure_indexes
+from perf_analytics.store import LAST_SEEN_PENDING, Db, connect_uri, ensure_indexes
 from tests.test_serve import ROUTE, ServiceProcess, agent_snapshot, bearer, post, start_service
 
 
@@ -57,7 +57,12 @@ def test_the_service_answers_503_while_the_database_is_away_and_recovers(
     db.client.close()
     service = start_service(server.uri, "serve_outage", tmp_path)
     try:
-        before, during = agent_snapshot("outage-1", minutes_ago=3), agent_snapshot("outage-1", minutes_ago=2)
+        # Four distinct minutes from one reading of the clock: read apart, two could fall on
+        # one minute when the clock crosses a minute during the test.
+        now = datetime.now(UTC).replace(second=0, microsecond=0)
+        before, during, after, earliest = (
+            agent_snapshot("outage-1", timestamp=(now - timedelta(minutes=m)).isoformat()) for m in (3, 2, 1, 4)
+        )
         assert post(service, key, before).status_code == 200
 
         localdb.stop_server(state)
@@ -77,9 +82,8 @@ def test_the_service_answers_503_while_the_database_is_away_and_recovers(
                 break
             time.sleep(0.5)
         assert retried.status_code == 200, retried.text
-        after = agent_snapshot("outage-1", minutes_ago=1)
         assert post(service, key, after).status_code == 200
-        assert post(service, unseen_key, agent_snapshot("outage-1", minutes_ago=4)).status_code == 200
+        assert post(service, unseen_key, earliest).status_code == 200
         assert httpx.get(f"{service.url}/healthz", timeout=60).status_code == 200
     finally:
         assert service.stop()
@@ -180,3 +184,43 @@ def test_kill_9_under_load_loses_no_acknowledged_snapshot_and_stores_none_twice(
         assert service.stop()
     stored = _stored_keys(db, "org-a")
     assert len(stored) == len(set(stored)) == CLIENTS * PER_CLIENT
+
+
+def _newest_stored(db: Db, org: str) -> dict[str, datetime]:
+    """Each asset's newest stored snapshot: the lastSeen a clean run gives it."""
+    newest: dict[str, datetime] = {}
+    for asset, moment in _stored_keys(db, org):
+        newest[asset] = max(moment, newest.get(asset, moment))
+    return newest
+
+
+@pytest.mark.slow
+def test_a_restart_after_kill_9_moves_every_last_seen_to_its_newest_stored_snapshot(
+    server_uri: str, db: Db, tmp_path: Path
+) -> None:
+    _, key = create_api_key(db, "org-a")
+    run = uuid.uuid4().hex[:6]
+    plan = _load_snapshots(run)
+    db[ASSETS].insert_many([{"_id": f"{run}-{c}", "orgId": "org-a"} for c in range(CLIENTS)])
+    db[ASSETS].insert_one({"_id": f"{run}-b", "orgId": "org-b", "lastSeen": datetime(2020, 1, 1, tzinfo=UTC)})
+    # No lastSeen round for an hour: every acknowledged move is still pending at the kill.
+    slow_rounds = ("--last-seen-seconds", "3600")
+    service = start_service(server_uri, db.name, tmp_path, *slow_rounds)
+    try:
+        asyncio.run(_agents_until_killed(service, key, plan))
+    finally:
+        service.kill()
+    assert service.proc.returncode == -signal.SIGKILL
+    newest = _newest_stored(db, "org-a")
+    assert len(newest) == CLIENTS
+    before = {a["_id"]: a.get("lastSeen") for a in db[ASSETS].find({"orgId": "org-a"})}
+    assert before != newest, "the kill left no lastSeen behind: nothing to repair"
+
+    # A new service, with no request at all, applies what the killed one left.
+    service = start_service(server_uri, db.name, tmp_path, *slow_rounds)
+    assert service.stop()
+    assert {a["_id"]: a.get("lastSeen") for a in db[ASSETS].find({"orgId": "org-a"})} == newest
+    assert "pending record(s) left by an unfinished batch" in service.log()
+    assert db[LAST_SEEN_PENDING].count_documents({}) == 0
+    untouched = db[ASSETS].find_one({"_id": f"{run}-b"})
+    assert untouched is not None and untouched["lastSeen"] == datetime(2020, 1, 1, tzinfo=UTC)

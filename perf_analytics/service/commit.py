@@ -25,9 +25,20 @@ round instead of one per snapshot. On FerretDB an update costs 5 to 40 times an 
 SQLite takes one write at a time: with 1,000 agents posting as fast as they could,
 updates after every batch cut the acknowledged rate to a third. A round runs in chunks
 between insert batches, one round at a time (FerretDB applies concurrent `$max` updates
-of one document as read-modify-write). Requests do not wait for it: a service killed before a
-round leaves lastSeen behind until the asset's next snapshot (or `doctor --fix`), never
-a snapshot lost; a stopped service sends its last round first.
+of one document as read-modify-write). Requests do not wait for it; a stopped service
+sends its last round first.
+
+So that a killed service leaves no lastSeen behind, each batch's snapshot ids are recorded
+(`record_pending_last_seen`: one small document per org, all in one insert) BEFORE the
+batch is inserted, and a round deletes the records whose moves it applied. A service that
+starts applies, in its first round, the records that another process left (each record
+names the process that wrote it): `repair_last_seen` moves each asset to its newest
+stored snapshot among a record's ids; the records of a batch whose insert failed midway
+are repaired the same way. A crash at any point thus ends, after a restart, with every asset's lastSeen at
+its newest stored snapshot. Recording before the insert rather than after it also covers
+a kill between the insert and its answer (stored, never answered); reading recent
+snapshots back at start instead would cost a scan per asset on FerretDB 1.x, which cannot
+narrow a compound filter on its index.
 
 The queue is bounded (`max_queue` snapshots): when full, a request is refused at once
 (503) rather than waiting without limit.
@@ -57,6 +68,10 @@ from perf_analytics.store import (
     WRITE_CHUNK,
     Db,
     Doc,
+    clear_pending_last_seen,
+    pending_last_seen_ids,
+    record_pending_last_seen,
+    repair_last_seen,
     require_key_index,
     sort_write_errors,
     touch_assets,
@@ -162,6 +177,10 @@ class GroupCommitter:
         self._wake = asyncio.Event()
         self._touch_wake = asyncio.Event()
         self._last_seen: dict[tuple[str, str], datetime] = {}
+        self._records: dict[str, list[ObjectId]] = {}  # per org, the pending records of _last_seen's moves
+        self._unsettled: list[ObjectId] = []  # records of unknown outcome: left at start, or a failed insert
+        self.id = ObjectId()  # on this process's records, which the list of those left at start leaves out
+        self._leftover_listed = False
         self._closing = False  # no new requests
         self._written = asyncio.Event()  # the writer has committed the last queued request
         self._batch_done = asyncio.Event()  # set after every batch
@@ -170,6 +189,9 @@ class GroupCommitter:
         metrics.queue_depth = lambda: self._queued
 
     def start(self) -> None:
+        """Start both tasks; the first lastSeen round applies the pending records that a
+        stopped or killed service left."""
+        self._touch_wake.set()
         self._tasks = [asyncio.create_task(self._write_loop()), asyncio.create_task(self._touch_loop())]
 
     async def stop(self) -> None:
@@ -281,15 +303,23 @@ class GroupCommitter:
         if not ready:
             return
         started = time.perf_counter()
+        per_org: dict[str, list[ObjectId]] = {}
+        for one in ready:
+            per_org.setdefault(one.org_id, []).append(one.id)
+        records: dict[str, ObjectId] = {}
         try:
+            # Before the insert: whatever of the batch gets stored is on record (see the module docstring).
+            records = await asyncio.to_thread(record_pending_last_seen, self.db, self.id, per_org)
             outcomes = await asyncio.to_thread(self._insert, ready)
         except PyMongoError as exc:
             # The type only: a server error's text may name hosts, never a key or the URI.
             log.warning("batch of %d snapshot(s) not written: %s", len(ready), type(exc).__name__)
+            self._unsettle(records)
             self._fail(batch, DatabaseUnavailable())
             return
         except Exception as exc:  # a bug: the requests get a 500, the writer lives on
             log.exception("batch of %d snapshot(s) failed", len(ready))
+            self._unsettle(records)
             self._fail(batch, exc)
             return
         self.metrics.insert_seconds.observe(time.perf_counter() - started)
@@ -308,7 +338,15 @@ class GroupCommitter:
                 seen = self._last_seen.get(key)
                 if seen is None or one.timestamp > seen:
                     self._last_seen[key] = one.timestamp
+        for org_id, record in records.items():
+            self._records.setdefault(org_id, []).append(record)
         self._touch_wake.set()
+
+    def _unsettle(self, records: Mapping[str, ObjectId]) -> None:
+        """A batch's insert failed, perhaps midway: its records go to the next round's repair."""
+        if records:
+            self._unsettled.extend(records.values())
+            self._touch_wake.set()
 
     @staticmethod
     def _fail(batch: list[_Pending], exc: Exception) -> None:
@@ -391,37 +429,78 @@ class GroupCommitter:
             await self._touch_wake.wait()
             self._touch_wake.clear()
             final = self._written.is_set()
-            if self._last_seen:
+            if not self._leftover_listed:
+                await self._list_leftover()
+            if self._unsettled:
+                await self._repair()
+            if self._last_seen or self._records:
                 work, self._last_seen = self._last_seen, {}
-                await self._round(work)
+                records, self._records = self._records, {}
+                await self._round(work, records)
             if final:
                 return
             # At most one round per interval; stop() cuts the wait short for the last one.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._written.wait(), timeout=self.last_seen_seconds)
 
-    async def _round(self, work: Mapping[tuple[str, str], datetime]) -> None:
+    async def _list_leftover(self) -> None:
+        """Queue for repair the records left by a service that stopped or was killed (tried
+        again in the next round while the server does not answer)."""
+        try:
+            leftover = await asyncio.to_thread(pending_last_seen_ids, self.db, not_by=self.id)
+        except PyMongoError as exc:
+            log.warning("pending lastSeen records not listed: %s", type(exc).__name__)
+            return
+        self._leftover_listed = True
+        self._unsettled += leftover
+
+    async def _repair(self) -> None:
+        """Apply the unsettled records (`repair_last_seen`); kept for the next round if the server fails."""
+        unsettled, self._unsettled = self._unsettled, []
+        try:
+            applied = await asyncio.to_thread(repair_last_seen, self.db, unsettled)
+        except PyMongoError as exc:
+            self._unsettled += unsettled
+            log.warning("lastSeen repair of %d record(s) failed: %s", len(unsettled), type(exc).__name__)
+            return
+        if applied:  # a warning: a service stopped uncleanly, or an insert failed midway
+            log.warning("lastSeen: applied %d pending record(s) left by an unfinished batch", applied)
+
+    async def _round(self, work: Mapping[tuple[str, str], datetime], records: Mapping[str, list[ObjectId]]) -> None:
         """One lastSeen round, WRITE_CHUNK assets at a time, letting the writer insert one
         batch between chunks while requests wait: a server that takes one write at a time
         (FerretDB on SQLite) would otherwise hold every request for the whole round.
 
         The assets go in order of org and time, so that the assets of a fleet reporting
         at the same second fall in the same chunks and move in one update there
-        (`touch_assets`); in arrival order a chunk holds a few of each second."""
+        (`touch_assets`); in arrival order a chunk holds a few of each second. Once every
+        move is acknowledged, the pending `records` of these moves are deleted."""
         items = sorted(work.items(), key=lambda item: (item[0][0], item[1]))
         for start in range(0, len(items), WRITE_CHUNK):
             try:
                 await asyncio.to_thread(self._touch, dict(items[start : start + WRITE_CHUNK]))
             except PyMongoError as exc:
-                self._keep(dict(items[start:]))
+                self._keep(dict(items[start:]), records)
                 log.warning("lastSeen round for %d asset(s) failed: %s", len(items) - start, type(exc).__name__)
                 return
             if self._queue and not self._written.is_set():
                 self._batch_done.clear()
                 await self._batch_done.wait()
+        try:
+            await asyncio.to_thread(self._clear, records)
+        except PyMongoError as exc:  # applied already: the next round deletes them
+            self._keep({}, records)
+            log.warning("lastSeen records not deleted: %s", type(exc).__name__)
 
-    def _keep(self, work: Mapping[tuple[str, str], datetime]) -> None:
-        """Put a failed round's times back, so the next round sends them (the newest wins)."""
+    def _clear(self, records: Mapping[str, list[ObjectId]]) -> None:
+        for org_id, ids in records.items():
+            clear_pending_last_seen(self.db, org_id, ids)
+
+    def _keep(self, work: Mapping[tuple[str, str], datetime], records: Mapping[str, list[ObjectId]]) -> None:
+        """Put a failed round's times back, so the next round sends them (the newest wins),
+        and its records, which the next round deletes."""
+        for org_id, ids in records.items():
+            self._records.setdefault(org_id, []).extend(ids)
         for key, seen in work.items():
             known = self._last_seen.get(key)
             if known is None or seen > known:
