@@ -11,8 +11,8 @@ ISO 8601 string, as a JSON encoder writes a date):
 - `perf-analytics serve`: wrk keeps 1,000 connections (one per simulated agent) each
   POSTing one snapshot at a time, for `--seconds`; group commit, lastSeen rounds, the
   API key cache and the rate limiter all run as in production (the rate set high);
-  then once more with `--last-seen-seconds 3600`, so that no lastSeen round but the
-  first (small) one falls in the run: the difference is what lastSeen costs. Both are
+  then once more with `--last-seen-seconds 3600`, so that no lastSeen round falls in
+  the run (the first runs at start-up, before any request): the difference is what lastSeen costs. Both are
   run `--rounds` times, alternating; the share of the limit reported is the median of
   the rounds' shares;
 - the original service's per-request path: a minimal Starlette app under the same
@@ -484,7 +484,7 @@ def main() -> int:
           "| server CPU ms per snapshot | every acknowledged stored |")
     print("|---|---:|---:|---:|---:|---:|---|")
     rows = [("`serve` (group commit, lastSeen rounds every 30 s)", serve),
-            ("`serve --last-seen-seconds 3600` (no round but the first)", deferred)]
+            ("`serve --last-seen-seconds 3600` (no lastSeen round in the run)", deferred)]
     if args.before:
         rows.append((f"`serve` of {args.before} (lastSeen rounds every 30 s)", summary(runs.of("before"))))
     if base:
