@@ -39,6 +39,7 @@ def _frames(docs: list[dict[str, Any]]) -> Frames:
     return frames_from_documents([{k: v for k, v in d.items() if k != "_id"} for d in docs])
 
 
+@pytest.mark.slow
 def test_each_days_flags_with_the_kept_state_equal_those_rebuilt_from_the_raw_history() -> None:
     """Day by day over nine days: the state each day returns, carried forward, gives the
     episodes that re-reading the eight days of history gives, and equals a rebuild."""

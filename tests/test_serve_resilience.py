@@ -45,6 +45,7 @@ def _stored_keys(db: Db, org: str) -> list[tuple[str, datetime]]:
     return [(d["assetId"], d["timestamp"]) for d in db[SNAPSHOTS].find({"orgId": org}, {"assetId": 1, "timestamp": 1})]
 
 
+@pytest.mark.slow
 def test_the_service_answers_503_while_the_database_is_away_and_recovers(
     private_server: tuple[Path, localdb.LocalServer], tmp_path: Path
 ) -> None:
