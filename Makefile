@@ -47,7 +47,7 @@ test: setup browser
 # browser, the documented examples), with the ten slowest named so a new slow test shows.
 # CI runs `make test`, the whole suite.
 test-fast: setup
-	$(BIN)/python -m pytest -m "not slow" --durations=10 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not slow" -n 2 --durations=10 $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
