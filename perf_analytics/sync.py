@@ -257,7 +257,7 @@ def _upsert_marks(db: Db, days: set[tuple[str, str]]) -> int:
                 org, day = chunk[0]
                 raise SyncError(
                     f"sync marks of {len(chunk)} day(s) from {org} {day} were taken by other writers "
-                    f"{_MARK_ATTEMPTS} times running; run the load again"
+                    f"{_MARK_ATTEMPTS} times running; run the command again (ingest, restore or migrate all mark this way)"
                 )
             attempt += 1
     return len(ordered)
