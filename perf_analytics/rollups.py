@@ -62,9 +62,9 @@ Definitions (the tests check them against an independent DuckDB SQL / plain-loop
   one. `reboots` counts samples whose uptime is lower than the previous sample's.
 
 Bad data never fails the whole run: duplicate (orgId, assetId, timestamp) rows keep the
-first in frame order (per disk / interface for those frames); NaN is null; percentages
-outside [0, 100] and negative bytes, rates and counts are null (impossible values, not
-measurements); rows without orgId, assetId or timestamp are dropped; optional columns
+first in frame order (per disk / interface for those frames); NaN is null; a value
+outside its field's limits in the contract (`schema.LIMITS`: percentages outside [0, 100],
+negative bytes, rates, counts and uptimes) is null (an impossible value, not a measurement); rows without orgId, assetId or timestamp are dropped; optional columns
 missing from a hand-made frame are null. A frame that lacks a key column or has a column
 of the wrong type raises `RollupError` naming it.
 
@@ -90,8 +90,8 @@ import polars as pl
 import pyarrow as pa
 
 from perf_analytics.errors import InvalidArgument, RollupError
-from perf_analytics.frames import Frames
-from perf_analytics.schema import TIME_WINDOWS
+from perf_analytics.frames import Frames, snake
+from perf_analytics.schema import LIMITS, TABLES, TIME_WINDOWS, Limits
 from perf_analytics.store import Db
 
 WINDOWS: tuple[str, ...] = tuple(TIME_WINDOWS)
@@ -130,21 +130,21 @@ INTERFACE_RATES: tuple[str, ...] = (
     "packets_sent_per_sec",
 )
 
-# Value checks applied before aggregating: outside them a value is impossible and nulled.
-_PERCENT_COLUMNS = ("cpu_usage", "memory_usage_percent", "usage_percent")
-_NON_NEGATIVE_COLUMNS = (
-    "memory_swap_used",
-    "memory_used_bytes",
-    "memory_total_bytes",
-    "system_process_count",
-    "system_thread_count",
-    "system_uptime",
-    "used_bytes",
-    "free_bytes",
-    "total_bytes",
-    *(name for name, _ in DISK_STATS if name.endswith("_per_sec")),
-    *INTERFACE_RATES,
-)
+def _frame_limits() -> dict[str, Limits]:
+    """Each frame column's limits from the contract (`schema.LIMITS` of its field's kind),
+    named as the frames name them: `<table>_<field>` on the snapshot frame, `<field>` on a
+    repeated table's frame. Outside them a value is impossible and nulled before
+    aggregating; the contract is the one place that says what is possible."""
+    limits: dict[str, Limits] = {}
+    for table in TABLES:
+        for name, kind, _ in table.fields:
+            if kind in LIMITS:
+                column = snake(name) if table.repeated else f"{table.key}_{snake(name)}"
+                limits[column] = LIMITS[kind]
+    return limits
+
+
+_LIMITS: Final = _frame_limits()
 
 # Columns each frame must or may have, with their types (missing optional ones become null).
 _SNAPSHOT_COLUMNS: dict[str, pl.DataType] = {
@@ -230,10 +230,11 @@ def _bad_value(column: str, want: pl.DataType) -> pl.Expr | None:
     None for a column that cannot hold such a value."""
     value = pl.col(column).cast(want)
     checks = [value.is_nan()] if want == pl.Float64 else []
-    if column in _PERCENT_COLUMNS:
-        checks.append(~value.is_between(0.0, 100.0))
-    elif column in _NON_NEGATIVE_COLUMNS:
-        checks.append(value < 0)
+    limits = _LIMITS.get(column)
+    if limits is not None and math.isfinite(limits.minimum):
+        checks.append(value < limits.minimum)
+    if limits is not None and math.isfinite(limits.maximum):
+        checks.append(value > limits.maximum)
     return pl.any_horizontal(checks).fill_null(False) if checks else None
 
 

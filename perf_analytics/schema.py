@@ -126,7 +126,7 @@ PERCENT = "percent"  # double in [0, 100]
 PERCENTS = "percents"  # array of PERCENT
 BYTES = "bytes"  # double >= 0
 RATE = "rate"  # double >= 0
-NUMBER = "number"  # any finite double
+SECONDS = "seconds"  # a duration, double >= 0
 COUNT = "count"  # int >= 0
 TEMPERATURE = "temperature"  # double above absolute zero
 
@@ -149,7 +149,7 @@ LIMITS: dict[str, Limits] = {
     PERCENT: Limits(0.0, 100.0),
     BYTES: Limits(0.0),
     RATE: Limits(0.0),
-    NUMBER: Limits(),
+    SECONDS: Limits(0.0),
     COUNT: Limits(0.0, whole=True),
     TEMPERATURE: Limits(ABSOLUTE_ZERO),
 }
@@ -190,7 +190,7 @@ INTERFACE_FIELDS: FieldSpec = (
     ("packetsRecvPerSec", RATE, True),
     ("packetsSentPerSec", RATE, True),
 )
-SYSTEM_FIELDS: FieldSpec = (("uptime", NUMBER, True), ("processCount", COUNT, True), ("threadCount", COUNT, True))
+SYSTEM_FIELDS: FieldSpec = (("uptime", SECONDS, True), ("processCount", COUNT, True), ("threadCount", COUNT, True))
 
 PERFORMANCE_DATA = "performanceData"
 

@@ -25,6 +25,7 @@ import numpy as np
 import polars as pl
 import pytest
 
+from perf_analytics import rollups as rollups_module
 from perf_analytics.errors import InvalidArgument, RollupError
 from perf_analytics.frames import Frames, empty_frames, frames_from_documents
 from perf_analytics.rollups import (
@@ -381,6 +382,26 @@ def test_nan_and_impossible_values_are_ignored_by_the_aggregates() -> None:
     assert (row["cpu_usage_min"], row["cpu_usage_max"], row["cpu_usage_mean"]) == (20.0, 20.0, 20.0)
     assert row["memory_swap_used_max"] is None
     assert row["system_thread_count_min"] == 1000
+
+
+def test_a_value_outside_the_contracts_limits_is_null_in_every_checked_column() -> None:
+    # The rollups' value checks are the contract's (schema.LIMITS): each snapshot column
+    # whose field has a minimum or maximum gets a value just outside it in one sample and
+    # the limit itself in another; only the limit may reach the aggregates.
+    checked = {c: limits for c, limits in rollups_module._LIMITS.items() if c in rollups_module._SNAPSHOT_COLUMNS}
+    assert {"cpu_usage", "memory_usage_percent", "memory_swap_used", "system_uptime", "system_thread_count"} <= set(checked)
+    aggregated = 0
+    for column, limits in checked.items():
+        edge = limits.minimum if math.isfinite(limits.minimum) else limits.maximum
+        outside = edge - 1 if math.isfinite(limits.minimum) else edge + 1
+        if limits.whole:
+            edge, outside = int(edge), int(outside)
+        frames = frames_of([snap(0, **{column: outside}), snap(1, **{column: edge})])
+        row = compute_rollups(frames, windows=["1hour"])["1hour"].assets.row(0, named=True)
+        kept = [v for name, v in row.items() if name.startswith(f"{column}_")]
+        assert all(v == edge for v in kept), (column, row)
+        aggregated += bool(kept)
+    assert aggregated >= 4  # uptime feeds availability, not the asset rollups
 
 
 def test_a_single_sample_gives_one_bucket_per_window_with_its_timewindow_as_interval() -> None:

@@ -115,6 +115,7 @@ def test_timestamps_in_every_accepted_form_become_utc(value: object, expected: d
          "performanceData.network.interfaces[0].bytesSentPerSec", "is required"),
         ("performanceData.system.processCount", 12.5, "performanceData.system.processCount", "whole number"),
         ("performanceData.system.threadCount", -1, "performanceData.system.threadCount", "whole number"),
+        ("performanceData.system.uptime", -60.0, "performanceData.system.uptime", "must be >= 0"),
         ("_id", 12, "_id", "expected an ObjectId or a 24-hex-digit string, got int 12"),
         ("_id", "snap-1", "_id", "expected an ObjectId or a 24-hex-digit string, got string 'snap-1'"),
         ("_id", None, "_id", "expected an ObjectId or a 24-hex-digit string, got null"),
