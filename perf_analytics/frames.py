@@ -317,8 +317,9 @@ def native_frames_from_raw(batches: Sequence[bytes]) -> tuple[Frames, Refused]:
     Equal to `frames_from_arrow` of pymongoarrow's table of the same documents, and the
     same documents left out (listed by position with the reason), without building the
     nested table: the frames' columns are the decoded leaf columns themselves. Each frame
-    is sorted as `frames_from_arrow` sorts it (snapshots sharing (orgId, assetId,
-    timestamp), which the unique index rules out, may come in another order).
+    is sorted as `frames_from_arrow` sorts it, stably: snapshots sharing (orgId, assetId,
+    timestamp), which the unique index rules out, and a snapshot's objects sharing a name
+    keep the order they were read in.
     ModuleNotFoundError without the native decoder.
     """
     shape = arrow_schema(with_id=True)
