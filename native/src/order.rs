@@ -2,9 +2,9 @@
 //! timestamp), nulls first, and each repeated object list by its item name within its
 //! snapshot.
 //!
-//! Each snapshot sort key column becomes one small integer code per row that orders as its values
-//! do (strings ranked among their distinct values, integers offset from their minimum,
-//! null 0), and the codes of a row are packed into one u64 where their bits fit. The
+//! Each key column of the snapshots becomes one small integer code per row that orders as
+//! its values do (strings ranked among their distinct values, integers offset from their
+//! least, null 0), and a row's codes are packed into one u64 where their bits fit. The
 //! (key, row) pairs are then sorted contiguously by a least-significant-digit radix sort,
 //! which is stable: rows with equal keys keep their decoded order. Comparing keys read
 //! from several columns at random (the way this was done before) missed the CPU's caches
@@ -53,9 +53,9 @@ impl Codes {
     }
 }
 
-/// A multiply-rotate hash of a few bytes at a time: the strings ranked here are short
-/// identifiers repeated on millions of rows, where the standard library's keyed hash
-/// cost about as much as the rest of the ranking.
+/// A multiply-rotate hash of eight bytes at a time for the strings ranked here: short
+/// identifiers looked up once a row, which need no defence against chosen keys (what the
+/// standard library's keyed SipHash pays for on every lookup).
 #[derive(Default)]
 struct ShortHasher(u64);
 
