@@ -14,14 +14,16 @@
 //! document, which is then left out of the buffers and reported with its position.
 
 mod loader;
+mod order;
 
 use std::cmp::Ordering;
-use std::collections::HashMap;
 
 use bson::raw::{RawArray, RawBsonRef, RawDocument};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList};
+
+use order::{root_order, Orders};
 
 #[derive(Clone, Copy, PartialEq)]
 enum Kind {
@@ -355,81 +357,6 @@ impl Node {
             child.truncate(rows);
         }
     }
-}
-
-/// Row order of `node` sorted by the `keys` leaves (in order), and, recursively, of each
-/// repeated child: its parents' order, and within a parent the objects sorted by `item`.
-struct Orders {
-    rows: Vec<u32>,
-    children: Vec<Option<Orders>>, // per child of the node (None: a struct, the node's order)
-}
-
-fn leaf_named<'a>(node: &'a Node, name: &str) -> PyResult<&'a Leaf> {
-    node.leaves
-        .iter()
-        .find(|l| l.name == name)
-        .ok_or_else(|| PyValueError::new_err(format!("no column {name:?} to sort by")))
-}
-
-/// One sort key per row, ordered as the leaf's values sort (nulls first): strings are
-/// ranked among the column's distinct values once, so sorting compares integers only.
-fn sort_keys(leaf: &Leaf) -> Vec<i128> {
-    let rows = leaf.rows();
-    match leaf.kind {
-        Kind::Str => {
-            let mut distinct: Vec<&[u8]> = (0..rows).filter(|&r| leaf.valid[r] == 1).map(|r| leaf.str_at(r)).collect();
-            distinct.sort_unstable();
-            distinct.dedup();
-            let rank: HashMap<&[u8], i128> = distinct.iter().enumerate().map(|(i, s)| (*s, i as i128)).collect();
-            (0..rows).map(|r| if leaf.valid[r] == 1 { rank[leaf.str_at(r)] } else { i128::MIN }).collect()
-        }
-        Kind::I64 | Kind::Ts => {
-            (0..rows).map(|r| if leaf.valid[r] == 1 { i128::from(leaf.i64s[r]) } else { i128::MIN }).collect()
-        }
-        // Other kinds never key the frames; comparing them row by row keeps the order right.
-        _ => {
-            let mut rows_sorted: Vec<usize> = (0..rows).collect();
-            rows_sorted.sort_by(|&a, &b| leaf.compare(a, b));
-            let mut keys = vec![0i128; rows];
-            let mut rank = 0i128;
-            for (i, &r) in rows_sorted.iter().enumerate() {
-                if i > 0 && leaf.compare(rows_sorted[i - 1], r) != Ordering::Equal {
-                    rank += 1;
-                }
-                keys[r] = rank;
-            }
-            keys
-        }
-    }
-}
-
-fn root_order(node: &Node, keys: &[String], item: &str) -> PyResult<Orders> {
-    let keys = keys.iter().map(|k| Ok(sort_keys(leaf_named(node, k)?))).collect::<PyResult<Vec<_>>>()?;
-    let mut rows: Vec<u32> = (0..node.rows as u32).collect();
-    rows.sort_unstable_by(|&a, &b| {
-        keys.iter().fold(Ordering::Equal, |o, key| o.then_with(|| key[a as usize].cmp(&key[b as usize])))
-    });
-    child_orders(node, rows, item)
-}
-
-fn child_orders(node: &Node, rows: Vec<u32>, item: &str) -> PyResult<Orders> {
-    let mut children = Vec::with_capacity(node.children.len());
-    for child in &node.children {
-        children.push(if child.repeated {
-            let name = leaf_named(&child.node, item)?;
-            let mut order = Vec::with_capacity(child.node.rows);
-            for &parent in &rows {
-                let start = order.len();
-                let (lo, hi) = (child.offsets[parent as usize] as u32, child.offsets[parent as usize + 1] as u32);
-                order.extend(lo..hi);
-                order[start..].sort_by(|&a, &b| name.compare(a as usize, b as usize));
-            }
-            Some(child_orders(&child.node, order, item)?)
-        } else {
-            Some(child_orders(&child.node, rows.clone(), item)?)
-        });
-    }
-    Ok(Orders { rows, children })
 }
 
 /// One byte per row (0/1) as an Arrow validity bitmap; None when every row is valid.
