@@ -208,6 +208,43 @@ def test_an_asset_usually_at_40_that_holds_95_is_flagged_once_its_baseline_has_f
     assert (flags.item(0, "metric"), flags.item(0, "severity")) == ("cpu.usage", "warning")
 
 
+def nightly_batch(t: np.ndarray, c: dict[str, np.ndarray]) -> None:
+    """CPU about 30% (the ordinary cycle), with a batch job at 95% from 02:00 for 30 minutes every night."""
+    c["cpu"][((t / 3600) % 24 >= 2.0) & ((t / 3600) % 24 < 2.5)] = 95.0
+
+
+def test_a_saturation_the_asset_already_held_that_week_is_no_threshold_flag() -> None:
+    frames = frames_of(asset_docs(days=3, edit=nightly_batch))
+    flags = only(flag_anomalies(frames, options=FlagOptions(day=DAY3)), "threshold")
+    assert flags.is_empty(), flags.select("start", "message").to_dicts()
+    # Its usual level at 02:00 (the median of the hours 00-03) is the cycle's, far below 90%:
+    # judged by that alone, the nightly job is an episode every night.
+    plain = flag_anomalies(frames, options=FlagOptions(day=DAY3, config=AnomalyConfig(threshold_novel_only=False)))
+    assert only(plain, "threshold", "cpu.usage").height == 1
+
+
+def test_an_asset_that_saturates_in_routine_is_still_flagged_beyond_what_it_held() -> None:
+    def edit(t: np.ndarray, c: dict[str, np.ndarray]) -> None:
+        nightly_batch(t, c)
+        c["cpu"][(t >= at(24 + 13)) & (t < at(24 + 13.5))] = 99.5
+
+    flags = only(flag_anomalies(frames_of(asset_docs(days=3, edit=edit)), options=FlagOptions(day=DAY3)), "threshold")
+    assert flags.height == 1
+    row = flags.row(0, named=True)
+    assert (row["metric"], row["severity"]) == ("cpu.usage", "critical")
+    assert T0 + timedelta(seconds=at(24 + 13)) <= row["start"] < T0 + timedelta(seconds=at(24 + 13.5))
+
+
+def test_memory_that_runs_out_again_is_flagged_again() -> None:
+    """Memory is a capacity: a second exhaustion is news, however routine CPU bursts are."""
+
+    def edit(t: np.ndarray, c: dict[str, np.ndarray]) -> None:
+        c["memory"][((t / 3600) % 24 >= 2.0) & ((t / 3600) % 24 < 2.5)] = 93.0
+
+    flags = only(flag_anomalies(frames_of(asset_docs(days=3, edit=edit)), options=FlagOptions(day=DAY3)), "threshold")
+    assert flags.get_column("metric").to_list() == ["memory.usagePercent"]
+
+
 # ---- outliers, level shifts, flatlines --------------------------------------------------
 
 

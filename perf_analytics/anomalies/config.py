@@ -30,6 +30,11 @@ class AnomalyConfig:
     # A series whose usual level at that time of day (baseline days, `baseline_min_points`)
     # is above its threshold runs hot by design: only its critical level is flagged.
     threshold_unusual_only: bool = True
+    # A CPU that already held above its threshold in the baseline days (for
+    # `outlier_sustained_points` samples) saturates in its routine: only its critical level,
+    # or nothing where it held that too, is news (needs `threshold_unusual_only`). CPU is
+    # work being done; memory and disk are capacities, and running out again is news.
+    threshold_novel_only: bool = True
 
     # Learning period: baselines of a series younger than this are not trusted yet
     # (outliers, level shifts and flatlines wait for it).
