@@ -676,6 +676,23 @@ def test_an_agent_that_reports_at_irregular_times_and_then_stops_is_offline() ->
     assert T0 + timedelta(seconds=at(20.5)) <= offline.item(0, "start") <= T0 + timedelta(seconds=at(22))
 
 
+def test_an_agent_with_quiet_and_busy_reporting_days_is_judged_by_its_week() -> None:
+    """Due every 5 minutes; on the first day it paused 55 minutes every hour, on the second
+    it reported like a clock. A 90-minute pause on the third day is within what it does:
+    judged by the second day alone (`gap_pattern_days=1`), it would be a gap."""
+
+    def edit(t: np.ndarray, c: dict[str, np.ndarray]) -> None:
+        first_day = t < 86400
+        c["keep"][first_day & (t % 3600 >= 300)] = False
+        c["keep"][(t >= at(24 + 3)) & (t < at(24 + 4.5))] = False
+
+    frames = frames_of(asset_docs(days=3, edit=edit))
+    flags = flag_anomalies(frames, options=FlagOptions(day=DAY3))
+    assert only(flags, "gap").is_empty(), only(flags, "gap").select("start", "message").rows()
+    one_day = flag_anomalies(frames, options=FlagOptions(day=DAY3, config=AnomalyConfig(gap_pattern_days=1.0)))
+    assert only(one_day, "gap").height == 1
+
+
 def test_disks_and_interfaces_that_come_and_go_and_missing_sections_do_not_break_the_run() -> None:
     docs = asset_docs(disks=("C:", "D:"))
     for i, doc in enumerate(docs):
