@@ -721,3 +721,10 @@ def test_a_negative_threshold_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="cpu_threshold"):
         AnomalyConfig(cpu_threshold=-1.0)
     assert replace(AnomalyConfig(), cpu_threshold=80.0).cpu_threshold == 80.0
+
+
+def test_a_reporting_pattern_longer_than_the_baseline_days_is_a_config_error() -> None:
+    """The pattern is read from the baseline days' state: no state is kept beyond them."""
+    with pytest.raises(ConfigError, match="gap_pattern_days"):
+        AnomalyConfig(gap_pattern_days=8.0)
+    assert AnomalyConfig(gap_pattern_days=3.0, baseline_days=3.0).gap_pattern_days == 3.0
