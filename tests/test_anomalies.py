@@ -208,6 +208,43 @@ def test_an_asset_usually_at_40_that_holds_95_is_flagged_once_its_baseline_has_f
     assert (flags.item(0, "metric"), flags.item(0, "severity")) == ("cpu.usage", "warning")
 
 
+def nightly_batch(t: np.ndarray, c: dict[str, np.ndarray]) -> None:
+    """CPU about 30% (the ordinary cycle), with a batch job at 95% from 02:00 for 30 minutes every night."""
+    c["cpu"][((t / 3600) % 24 >= 2.0) & ((t / 3600) % 24 < 2.5)] = 95.0
+
+
+def test_a_saturation_the_asset_already_held_that_week_is_no_threshold_flag() -> None:
+    frames = frames_of(asset_docs(days=3, edit=nightly_batch))
+    flags = only(flag_anomalies(frames, options=FlagOptions(day=DAY3)), "threshold")
+    assert flags.is_empty(), flags.select("start", "message").to_dicts()
+    # Its usual level at 02:00 (the median of the hours 00-03) is the cycle's, far below 90%:
+    # judged by that alone, the nightly job is an episode every night.
+    plain = flag_anomalies(frames, options=FlagOptions(day=DAY3, config=AnomalyConfig(threshold_novel_only=False)))
+    assert only(plain, "threshold", "cpu.usage").height == 1
+
+
+def test_an_asset_that_saturates_in_routine_is_still_flagged_beyond_what_it_held() -> None:
+    def edit(t: np.ndarray, c: dict[str, np.ndarray]) -> None:
+        nightly_batch(t, c)
+        c["cpu"][(t >= at(24 + 13)) & (t < at(24 + 13.5))] = 99.5
+
+    flags = only(flag_anomalies(frames_of(asset_docs(days=3, edit=edit)), options=FlagOptions(day=DAY3)), "threshold")
+    assert flags.height == 1
+    row = flags.row(0, named=True)
+    assert (row["metric"], row["severity"]) == ("cpu.usage", "critical")
+    assert T0 + timedelta(seconds=at(24 + 13)) <= row["start"] < T0 + timedelta(seconds=at(24 + 13.5))
+
+
+def test_memory_that_runs_out_again_is_flagged_again() -> None:
+    """Memory is a capacity: a second exhaustion is news, however routine CPU bursts are."""
+
+    def edit(t: np.ndarray, c: dict[str, np.ndarray]) -> None:
+        c["memory"][((t / 3600) % 24 >= 2.0) & ((t / 3600) % 24 < 2.5)] = 93.0
+
+    flags = only(flag_anomalies(frames_of(asset_docs(days=3, edit=edit)), options=FlagOptions(day=DAY3)), "threshold")
+    assert flags.get_column("metric").to_list() == ["memory.usagePercent"]
+
+
 # ---- outliers, level shifts, flatlines --------------------------------------------------
 
 
@@ -639,6 +676,23 @@ def test_an_agent_that_reports_at_irregular_times_and_then_stops_is_offline() ->
     assert T0 + timedelta(seconds=at(20.5)) <= offline.item(0, "start") <= T0 + timedelta(seconds=at(22))
 
 
+def test_an_agent_with_quiet_and_busy_reporting_days_is_judged_by_its_week() -> None:
+    """Due every 5 minutes; on the first day it paused 55 minutes every hour, on the second
+    it reported like a clock. A 90-minute pause on the third day is within what it does:
+    judged by the second day alone (`gap_pattern_days=1`), it would be a gap."""
+
+    def edit(t: np.ndarray, c: dict[str, np.ndarray]) -> None:
+        first_day = t < 86400
+        c["keep"][first_day & (t % 3600 >= 300)] = False
+        c["keep"][(t >= at(24 + 3)) & (t < at(24 + 4.5))] = False
+
+    frames = frames_of(asset_docs(days=3, edit=edit))
+    flags = flag_anomalies(frames, options=FlagOptions(day=DAY3))
+    assert only(flags, "gap").is_empty(), only(flags, "gap").select("start", "message").rows()
+    one_day = flag_anomalies(frames, options=FlagOptions(day=DAY3, config=AnomalyConfig(gap_pattern_days=1.0)))
+    assert only(one_day, "gap").height == 1
+
+
 def test_disks_and_interfaces_that_come_and_go_and_missing_sections_do_not_break_the_run() -> None:
     docs = asset_docs(disks=("C:", "D:"))
     for i, doc in enumerate(docs):
@@ -667,3 +721,10 @@ def test_a_negative_threshold_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="cpu_threshold"):
         AnomalyConfig(cpu_threshold=-1.0)
     assert replace(AnomalyConfig(), cpu_threshold=80.0).cpu_threshold == 80.0
+
+
+def test_a_reporting_pattern_longer_than_the_baseline_days_is_a_config_error() -> None:
+    """The pattern is read from the baseline days' state: no state is kept beyond them."""
+    with pytest.raises(ConfigError, match="gap_pattern_days"):
+        AnomalyConfig(gap_pattern_days=8.0)
+    assert AnomalyConfig(gap_pattern_days=3.0, baseline_days=3.0).gap_pattern_days == 3.0

@@ -21,7 +21,7 @@ from perf_analytics.anomalies.baselines import (
     build,
     earlier_agents,
     earlier_boots,
-    yesterdays_spacing,
+    usual_spacing,
 )
 from perf_analytics.anomalies.config import AnomalyConfig
 from perf_analytics.anomalies.detectors import (
@@ -314,7 +314,7 @@ def _flag_day(
     prepared = prepare(points, config)
     own = summarize(prepared, agents, day) if not agents.is_empty() or not points.is_empty() else empty_state()
     base = build(prior, own.filter(pl.col("part") == HOUR), day, config)
-    agents = _with_earlier(agents, base)
+    agents = _with_earlier(agents, base, config)
     reboots = detect_reboots(agents, config)
     boots = pl.concat([earlier_boots(base), reboots.select(*ASSET, "timestamp")])
     scored = score_points(prepared, base, config, boots)
@@ -335,10 +335,10 @@ def _flag_day(
     return _Day(flags, peer_buckets(points, config), dropped, own)
 
 
-def _with_earlier(agents: pl.DataFrame, base: Baselines) -> pl.DataFrame:
+def _with_earlier(agents: pl.DataFrame, base: Baselines, config: AnomalyConfig) -> pl.DataFrame:
     """The day's agent rows after each asset's latest earlier snapshot (from the state), each
-    judged against the longer of its usual spacing so far and the day before's."""
-    p95 = yesterdays_spacing(base)
+    judged against the longer of its usual spacing so far and the earlier days' (`usual_spacing`)."""
+    p95 = usual_spacing(base, config)
     today = agents.join(p95, on=ASSET, how="left").with_columns(
         pl.max_horizontal("usual_spacing_s", "_p95").alias("usual_spacing_s")
     ).drop("_p95")

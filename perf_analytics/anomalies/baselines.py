@@ -260,10 +260,21 @@ def earlier_agents(base: Baselines) -> pl.DataFrame:
     )
 
 
-def yesterdays_spacing(base: Baselines) -> pl.DataFrame:
-    """Per asset, the 95th percentile of its spacings the day before (its usual long pause)."""
-    yesterday = base.day - timedelta(days=1)
-    return base.agents.filter(pl.col("date") == yesterday).select(*ASSET, pl.col("spacing_p95").alias("_p95"))
+def usual_spacing(base: Baselines, config: AnomalyConfig) -> pl.DataFrame:
+    """Per asset, its usual long pause: the longest of its daily 95th-percentile spacings
+    over the `gap_pattern_days` before the day.
+
+    An agent that reports like a clock has the same 95th percentile every day (its
+    interval), whatever outages it had. One that reports irregularly pauses longer on some
+    days than on others; judged by one day's pattern, every busier day before a quieter
+    one makes that day's ordinary pauses look like outages.
+    """
+    since = base.day - timedelta(days=max(1, round(config.gap_pattern_days)))
+    return (
+        base.agents.filter(pl.col("date") >= since)
+        .group_by(ASSET)
+        .agg(pl.col("spacing_p95").max().alias("_p95"))
+    )
 
 
 def earlier_boots(base: Baselines) -> pl.DataFrame:

@@ -30,6 +30,11 @@ class AnomalyConfig:
     # A series whose usual level at that time of day (baseline days, `baseline_min_points`)
     # is above its threshold runs hot by design: only its critical level is flagged.
     threshold_unusual_only: bool = True
+    # A CPU that already held above its threshold in the baseline days (for
+    # `outlier_sustained_points` samples) saturates in its routine: only its critical level,
+    # or nothing where it held that too, is news (needs `threshold_unusual_only`). CPU is
+    # work being done; memory and disk are capacities, and running out again is news.
+    threshold_novel_only: bool = True
 
     # Learning period: baselines of a series younger than this are not trusted yet
     # (outliers, level shifts and flatlines wait for it).
@@ -83,8 +88,12 @@ class AnomalyConfig:
     flatline_min_points: int = 4
     flatline_moving_share: float = 0.8
 
-    # Gaps and offline agents: no snapshot for more than `gap_intervals` reporting intervals.
+    # Gaps and offline agents: no snapshot for more than `gap_intervals` reporting intervals,
+    # or of the agent's usual long pause: the longest of its daily 95th-percentile spacings
+    # over the `gap_pattern_days` before the day (an irregular reporter pauses longer on
+    # some days than on others; a clock-like one has its interval every day).
     gap_intervals: float = 3.0
+    gap_pattern_days: float = 7.0
 
     # Disk-full forecast: the trend of the last `forecast_window_hours` reaches 100% in
     # fewer than `forecast_days` days.
@@ -118,6 +127,8 @@ class AnomalyConfig:
             raise ConfigError(f"time_of_day_hours must divide 24, got {self.time_of_day_hours}")
         if self.history_days * 24 < max(self.baseline_days * 24, self.level_baseline_hours, self.recent_hours):
             raise ConfigError("history_days must cover the longest baseline window")
+        if self.gap_pattern_days > self.baseline_days:
+            raise ConfigError("gap_pattern_days must not exceed baseline_days (the days whose state is read)")
         if self.outlier_sustained_points < 2:
             raise ConfigError(f"outlier_sustained_points must be at least 2, got {self.outlier_sustained_points}")
         if self.joint_points < 1:

@@ -181,9 +181,14 @@ def _usual_bar(df: pl.DataFrame, base: Baselines, config: AnomalyConfig) -> tupl
     from `baseline_min_points` on, so a new series is judged by the threshold alone. A
     server that runs above its threshold at that hour by design (a batch host, a packed
     cache) is not news when it does so again: only its critical level is, and where even
-    that is its usual state, the outlier detector speaks for it. Returns the frame with
-    `_usual` and the expression `raised` (its null-free boolean); the centre comes from
-    earlier days only, so today's run cannot raise its own bar.
+    that is its usual state, the outlier detector speaks for it. With
+    `threshold_novel_only`, the highest level a CPU held in the baseline days (`_held`,
+    the greatest of its hours' `held_hi`) counts as its usual state too: a box that
+    saturates in bursts every few days (a batch job, a build agent) is doing its work when
+    it saturates again. Memory and disks are capacities: a leak or a full disk is news
+    however often it has happened. Returns the frame with `_usual` and the expression
+    `raised` (its null-free boolean); both come from earlier days only, so today's run
+    cannot raise its own bar.
     """
     usual = base.tod.filter(pl.col("n_tod") >= config.baseline_min_points).select(
         *SERIES, pl.col("tod").cast(pl.Int8), pl.col("med_tod").alias("_usual")
@@ -191,10 +196,20 @@ def _usual_bar(df: pl.DataFrame, base: Baselines, config: AnomalyConfig) -> tupl
     df = df.with_columns((pl.col("timestamp").dt.hour() // config.time_of_day_hours).cast(pl.Int8).alias("tod")).join(
         usual, on=[*SERIES, "tod"], how="left", maintain_order="left"
     )
-    raised = (pl.col("_usual") > pl.col("t")).fill_null(False)
+    held = pl.lit(None, dtype=pl.Float64)
+    if config.threshold_novel_only:
+        week = (
+            base.hours.filter((pl.col("date") < base.day) & (pl.col("metric") == "cpu.usage"))
+            .group_by(SERIES)
+            .agg(pl.col("held_hi").max().alias("_held"))
+        )
+        df = df.join(week, on=SERIES, how="left", maintain_order="left")
+        held = pl.col("_held")
+    usual_level = pl.max_horizontal(pl.col("_usual"), held)
+    raised = (usual_level > pl.col("t")).fill_null(False)
     # Usually at or beyond the critical level too: nothing above it is left to call news.
     df = df.with_columns(
-        pl.when(pl.col("_usual") >= pl.col("c")).then(pl.lit(math.inf)).otherwise(pl.col("c")).alias("c")
+        pl.when(usual_level >= pl.col("c")).then(pl.lit(math.inf)).otherwise(pl.col("c")).alias("c")
     )
     return df, raised
 
