@@ -4,7 +4,8 @@ Two sources, one detector configuration (`AnomalyConfig()`, the default) for bot
 
 - `--generator`: a synthetic fleet (`generate_fleet`) with its labels (`fleet_labels`),
   for two seeds; flags run day by day as the nightly pipeline would.
-- `--nab PATH`: the labelled real server metrics in PATH (default `../shared/data/nab`),
+- `--nab PATH`: the labelled real server metrics in PATH (default `$PERF_NAB_DIR`, else
+  `../shared/data/nab` beside the checkout),
   loaded as snapshots and scored exactly as that folder's README says.
 
 With neither option both run. Prints tables and writes `bench/results/anomalies.json`
@@ -30,6 +31,7 @@ import csv
 import hashlib
 import json
 import math
+import os
 import sys
 import time
 from collections import defaultdict
@@ -64,7 +66,8 @@ from perf_analytics.frames import Frames, frames_from_documents  # noqa: E402
 from perf_analytics.synth import FleetSpec, fleet_labels, generate_fleet  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "anomalies.json"
-DEFAULT_NAB = ROOT.parent / "shared" / "data" / "nab"
+# The shared labelled series beside the checkout, unless PERF_NAB_DIR names them elsewhere.
+DEFAULT_NAB = Path(os.environ.get("PERF_NAB_DIR") or ROOT.parent / "shared" / "data" / "nab")
 REAL_GROUPS = ("realAWSCloudwatch", "realKnownCause")
 ARTIFICIAL_GROUPS = ("artificialWithAnomaly", "artificialNoAnomaly")
 
@@ -521,7 +524,7 @@ def main(argv: list[str] | None = None) -> int:
         folder = Path(args.nab) if args.nab is not None else DEFAULT_NAB
         nab = evaluate_nab(folder, cache)
         if nab is None:
-            print(f"\nNAB: no labelled data at {folder} (labels.json missing); skipped")
+            print(f"\nNAB: no labelled data at {folder} (labels.json missing; give --nab PATH or set PERF_NAB_DIR); skipped")
         else:
             _print_nab(nab)
             out["nab"] = nab
