@@ -23,7 +23,10 @@ pub(crate) struct Fields {
 }
 
 impl Fields {
-    pub(crate) fn new<'a>(leaves: impl ExactSizeIterator<Item = &'a str>, children: impl Iterator<Item = &'a str>) -> Fields {
+    pub(crate) fn new<'a>(
+        leaves: impl ExactSizeIterator<Item = &'a str>,
+        children: impl Iterator<Item = &'a str>,
+    ) -> Fields {
         let count = leaves.len();
         let mut names: Vec<Option<Box<str>>> = Vec::new();
         for name in leaves.chain(children) {
