@@ -13,6 +13,7 @@
 //! non-array, non-null value is an empty list; any other mismatch refuses the whole
 //! document, which is then left out of the buffers and reported with its position.
 
+mod fields;
 mod loader;
 mod order;
 
@@ -23,6 +24,7 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList};
 
+use fields::{Fields, Slot};
 use order::{root_order, Orders};
 
 #[derive(Clone, Copy, PartialEq)]
@@ -295,6 +297,7 @@ struct Node {
     rows: usize,
     leaves: Vec<Leaf>,
     children: Vec<Child>,
+    fields: Fields,
 }
 
 impl Node {
@@ -312,26 +315,29 @@ impl Node {
                 Ok(Child { name, repeated, node: Node::from_spec(&sub)?, valid: Vec::new(), offsets: vec![0] })
             })
             .collect::<PyResult<Vec<_>>>()?;
-        Ok(Node { rows: 0, leaves, children })
+        let fields = Fields::new(leaves.iter().map(|l| l.name.as_str()), children.iter().map(|c| c.name.as_str()));
+        Ok(Node { rows: 0, leaves, children, fields })
     }
 
     /// One row from `doc` (None: a missing or non-document object: every column null).
     fn fill(&mut self, doc: Option<&RawDocument>) -> Step {
         let row = self.rows;
         if let Some(doc) = doc {
+            self.fields.rewind();
             for element in doc {
                 let (key, value) = element.map_err(|e| Refusal(format!("malformed BSON: {e}")))?;
                 let key = key.as_str();
                 // A repeated key is read once, as pymongoarrow reads its first occurrence.
-                if let Some(leaf) = self.leaves.iter_mut().find(|l| l.name == key) {
-                    if leaf.rows() == row {
-                        leaf.push(value)?;
+                match self.fields.find(key) {
+                    Some(Slot::Leaf(i)) if self.leaves[i].rows() == row => self.leaves[i].push(value)?,
+                    Some(Slot::Child(i)) => {
+                        let child = &mut self.children[i];
+                        let filled = if child.repeated { child.parent_rows() > row } else { child.node.rows > row };
+                        if !filled {
+                            child.fill(Some(value))?;
+                        }
                     }
-                } else if let Some(child) = self.children.iter_mut().find(|c| c.name == key) {
-                    let filled = if child.repeated { child.parent_rows() > row } else { child.node.rows > row };
-                    if !filled {
-                        child.fill(Some(value))?;
-                    }
+                    _ => {}
                 }
             }
         }
