@@ -241,6 +241,7 @@ def measure(cmd: list[str], env: dict[str, str], port: int, key: str, args: argp
         servers = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
         before = [sum(cpu_seconds(p) for p in servers), cpu_seconds(args.database), _children_cpu()]
         result = run_wrk(port, key, args.agents, args.seconds, args.threads)
+        result.update(batch_metrics(port, result["duration_us"] / 1e6))
         after = [sum(cpu_seconds(p) for p in servers), cpu_seconds(args.database), _children_cpu()]
         # CPU per acknowledged snapshot of each side: the HTTP server's own (HTTP, JSON,
         # validation, BSON, pymongo: what it costs us whatever the database's speed), the
@@ -260,6 +261,25 @@ def measure(cmd: list[str], env: dict[str, str], port: int, key: str, args: argp
     if proc.returncode not in (0, -signal.SIGTERM, -signal.SIGKILL):
         result["server_stderr_tail"] = err.decode(errors="replace")[-500:]
     return result
+
+
+def batch_metrics(port: int, seconds: float) -> dict[str, float]:
+    """From the service's /metrics (one process's, when there are workers): the mean batch,
+    the mean time of a batch at the database, and the share of the run with a batch there
+    (its inserts' seconds over the run's). Empty for a server without /metrics."""
+    try:
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=30).text
+    except httpx.HTTPError:
+        return {}
+    values = dict(line.rsplit(" ", 1) for line in text.splitlines() if " " in line and not line.startswith("#"))
+    try:
+        batches = float(values["perf_serve_batch_size_count"])
+        snapshots = float(values["perf_serve_batch_size_sum"])
+        insert_s = float(values["perf_serve_insert_seconds_sum"])
+    except KeyError:
+        return {}
+    return {"mean_batch": snapshots / max(1.0, batches), "mean_insert_ms": 1000 * insert_s / max(1.0, batches),
+            "database_busy": insert_s / seconds}
 
 
 def _children_cpu() -> float:
@@ -431,13 +451,21 @@ class Interleaved:
 
 def summary(results: list[dict[str, Any]]) -> dict[str, Any]:
     """Medians over the rounds of one kind of run."""
-    return {key: statistics.median(r[key] for r in results)
-            for key in ("share_of_limit", "acknowledged_per_s", "p50_us", "p99_us", "server_cpu_ms_per_ack",
-                        "database_cpu_ms_per_ack", "wrk_cpu_ms_per_ack")} | {
+    keys = ["share_of_limit", "acknowledged_per_s", "p50_us", "p99_us", "server_cpu_ms_per_ack",
+            "database_cpu_ms_per_ack", "wrk_cpu_ms_per_ack"]
+    keys += [key for key in ("mean_batch", "mean_insert_ms", "database_busy") if all(key in r for r in results)]
+    return {key: statistics.median(r[key] for r in results) for key in keys} | {
         "shares": [round(r["share_of_limit"], 3) for r in results],
         "every_acknowledged_stored": all(r["every_acknowledged_stored"] for r in results),
         "acknowledged": sum(r["acknowledged"] for r in results), "stored": sum(r["stored"] for r in results),
     }
+
+
+def _batches(r: dict[str, Any]) -> str:
+    """The batch column of a row: mean size, mean ms at the database, share of the run with a batch there."""
+    if "mean_batch" not in r:
+        return ""
+    return f"{r['mean_batch']:.0f}, {r['mean_insert_ms']:.0f}, {r['database_busy']:.2f}"
 
 
 def main() -> int:
@@ -527,8 +555,9 @@ def main() -> int:
           f"{args.rounds} round(s); load average before {out['load_before'][0]:.1f}, "
           f"after {out['load_after'][0]:.1f}\n")
     print("| path | share of insert limit (median; each round) | acknowledged/s | p50 ms | p99 ms "
-          "| CPU ms per snapshot: server / database / wrk | every acknowledged stored |")
-    print("|---|---:|---:|---:|---:|---:|---|")
+          "| CPU ms per snapshot: server / database / wrk | batches: mean size, ms each, share of the run "
+          "| every acknowledged stored |")
+    print("|---|---:|---:|---:|---:|---:|---:|---|")
     rows = [(f"`serve` (group commit, a lastSeen round every 30 s: {args.seconds // 30} in a run)", serve),
             ("`serve --last-seen-seconds 3600` (no lastSeen round in the run)", deferred)]
     if args.before:
@@ -540,10 +569,10 @@ def main() -> int:
         print(f"| {label} | {r['share_of_limit']:.2f} ({', '.join(f'{x:.2f}' for x in r['shares'])}) | "
               f"{r['acknowledged_per_s']:,.0f} | {r['p50_us'] / 1000:.0f} | {r['p99_us'] / 1000:.0f} | "
               f"{r['server_cpu_ms_per_ack']:.2f} / {r['database_cpu_ms_per_ack']:.2f} / "
-              f"{r['wrk_cpu_ms_per_ack']:.2f} | {'yes' if r['every_acknowledged_stored'] else 'NO'} |")
+              f"{r['wrk_cpu_ms_per_ack']:.2f} | {_batches(r)} | {'yes' if r['every_acknowledged_stored'] else 'NO'} |")
     print(f"| server insert limit (`insert_many`, batches of 1,000), each measurement (CPU ms per snapshot: "
           f"database and client) | {', '.join(f'{x:,.0f}' for x in runs.limits)} | | | | "
-          f"{', '.join(f'{x:.2f}' for x in runs.limit_cpu)} | |")
+          f"{', '.join(f'{x:.2f}' for x in runs.limit_cpu)} | | |")
     if base:
         print(f"\nserve vs per-request: {out['ratio_vs_per_request']:.1f}x")
     return 0
