@@ -329,3 +329,50 @@ def test_a_repair_moves_only_the_assets_of_the_records_org(db: Db) -> None:
     assert db[ASSETS].find_one({"_id": "asset-1"})["lastSeen"] == T0 + timedelta(minutes=1)  # type: ignore[index]
     assert "lastSeen" not in db[ASSETS].find_one({"_id": "asset-2"})  # type: ignore[operator]
     assert [r["orgId"] for r in db[LAST_SEEN_PENDING].find()] == ["org-b"]
+
+
+class _Recording(GroupCommitter):
+    """A committer noting, as each batch leaves for the server, how many requests were
+    answered; its first batch waits until the second is checked (so the order does not
+    hang on which thread finishes first)."""
+
+    def __init__(self, db: Db, answered: list[int], **options: Any) -> None:
+        super().__init__(db, Metrics(), **options)
+        self.answered = answered
+        self.at_dispatch: list[int] = []
+        self.checks = 0
+        self.second_checked = asyncio.Event()
+
+    async def _check_some(self, batch: list[Any]) -> list[Any]:
+        checked = await super()._check_some(batch)
+        self.checks += 1
+        if self.checks == 2:
+            self.second_checked.set()
+        return checked
+
+    async def _at_server(self, ready: Sequence[Any]) -> list[Outcome]:
+        self.at_dispatch.append(len(self.answered))
+        if len(self.at_dispatch) == 1:
+            await self.second_checked.wait()
+        return await super()._at_server(ready)
+
+
+def test_the_next_checked_batch_leaves_for_the_server_before_the_last_ones_requests_are_answered(db: Db) -> None:
+    answered: list[int] = []
+    committer = _Recording(db, answered, max_batch=1)
+
+    async def one(request: Prepared) -> None:
+        await committer.submit(request)
+        answered.append(1)
+
+    async def run() -> None:
+        committer.start()
+        try:
+            await asyncio.gather(*(one(prepared(db, minute)) for minute in (1, 2, 3)))
+        finally:
+            await committer.stop()
+
+    asyncio.run(run())
+    assert len(answered) == 3 and db[SNAPSHOTS].count_documents({}) == 3
+    # The second batch was at the server before the first batch's request had its answer.
+    assert committer.at_dispatch[:2] == [0, 0]

@@ -117,6 +117,13 @@ def _size(batch: list[_Pending]) -> int:
     return sum(item.size for item in batch)
 
 
+def _answer(answers: list[tuple[_Pending, list[Outcome]]]) -> None:
+    """Hand each request its outcomes (a request whose client went away is not answered)."""
+    for item, outcomes in answers:
+        if not item.future.done():
+            item.future.set_result(outcomes)
+
+
 class QueueFull(Exception):
     """The queue holds `max_queue` snapshots already."""
 
@@ -293,12 +300,17 @@ class GroupCommitter:
             await sending
 
     async def _commit(self, batch: list[_Pending]) -> None:
+        answers: list[tuple[_Pending, list[Outcome]]] = []
         try:
-            await self._send(batch)
+            answers = await self._send(batch)
         finally:
             self._queued -= _size(batch)
             self._batch_done.set()
             self._wake.set()
+        if answers:
+            # After the writer's wake-up: the next batch leaves for the server before these
+            # requests write their answers (hundreds of sends), not after.
+            asyncio.get_running_loop().call_soon(_answer, answers)
 
     async def _check_some(self, batch: list[_Pending]) -> list[_Pending]:
         """The requests of `batch` that pass the check (see `_check`); the others are
@@ -319,23 +331,24 @@ class GroupCommitter:
                 item.future.set_exception(refusal)
         return [item for item in batch if item.ready]
 
-    async def _send(self, batch: list[_Pending]) -> None:
+    async def _send(self, batch: list[_Pending]) -> list[tuple[_Pending, list[Outcome]]]:
         batch = [item for item in batch if item.ready]
         ready = [one for item in batch for one in item.ready]
         if not ready:
-            return
+            return []
         async with self._lock:
-            await self._write(batch, ready)
+            return await self._write(batch, ready)
 
-    async def _write(self, batch: list[_Pending], ready: list[Ready]) -> None:
-        """Record the batch's new assets, insert it, answer its requests, keep its moves for the round."""
+    async def _write(self, batch: list[_Pending], ready: list[Ready]) -> list[tuple[_Pending, list[Outcome]]]:
+        """Record the batch's new assets, insert it, keep its moves for the round; return
+        each request's outcomes (a failed batch's requests are failed here, and [] returned)."""
         started = time.perf_counter()
         named = False
         try:
             # Before the insert: whatever of the batch gets stored is on record (see the module docstring).
             await self._name(ready)
             named = True
-            outcomes = await asyncio.to_thread(self._insert, ready)
+            outcomes = await self._at_server(ready)
         except Exception as exc:
             if named:  # stored in part, perhaps: the round moves these assets to what is stored
                 for one in ready:
@@ -347,15 +360,14 @@ class GroupCommitter:
             else:  # a bug: the requests get a 500, the writer lives on
                 log.exception("batch of %d snapshot(s) failed", len(ready))
                 self._fail(batch, exc)
-            return
+            return []
         self.metrics.insert_seconds.observe(time.perf_counter() - started)
         self.metrics.batch_size.observe(len(ready))
+        answers = []
         start = 0
         for item in batch:
-            mine = outcomes[start : start + len(item.ready)]
+            answers.append((item, list(outcomes[start : start + len(item.ready)])))
             start += len(item.ready)
-            if not item.future.done():  # a request whose client went away is not answered
-                item.future.set_result(mine)
         for one, outcome in zip(ready, outcomes, strict=True):
             self.metrics.snapshots[outcome.status] += 1
             if outcome.status != REFUSED:
@@ -364,6 +376,11 @@ class GroupCommitter:
                 seen = self._last_seen.get(key)
                 if seen is None or one.timestamp > seen:
                     self._last_seen[key] = one.timestamp
+        return answers
+
+    async def _at_server(self, ready: Sequence[Ready]) -> list[Outcome]:
+        """`_insert` from a thread."""
+        return await asyncio.to_thread(self._insert, ready)
 
     async def _name(self, ready: Sequence[Ready]) -> None:
         """Put on record, in one write, the assets of `ready` that no record of the coming
