@@ -9,24 +9,32 @@ ISO 8601 string, as a JSON encoder writes a date):
   limit, HTTP, ..., limit): each HTTP run is compared with the mean of the two limits
   around it, so a machine whose speed drifts compares like with like;
 - `perf-analytics serve`: wrk keeps 1,000 connections (one per simulated agent) each
-  POSTing one snapshot at a time, for `--seconds`; group commit, lastSeen rounds, the
-  API key cache and the rate limiter all run as in production (the rate set high);
-  then once more with `--last-seen-seconds 3600`, so that no lastSeen round falls in
-  the run (the first runs at start-up, before any request): the difference is what lastSeen costs. Both are
-  run `--rounds` times, alternating; the share of the limit reported is the median of
-  the rounds' shares;
+  POSTing one snapshot at a time, for `--seconds`; group commit, lastSeen rounds (the
+  first 30 s after start, so a run of 40 s holds one), their pending records, the API key
+  cache and the rate limiter all run as in production (the rate set high); then once more
+  with `--last-seen-seconds 3600`, so that no lastSeen round falls in the run: the
+  difference is what lastSeen costs. Both are run `--rounds` times, alternating, with
+  `--before DIR` (an earlier checkout) and each `--also OPTIONS` (the service with extra
+  options, e.g. `--workers 2`) in the same rounds; the share of the limit reported is the
+  median of the rounds' shares;
 - the original service's per-request path: a minimal Starlette app under the same
   uvicorn that, per request, validates, `insert_one`s the snapshot and `update_one`s the
   asset's lastSeen (filtered by _id and orgId), under the same wrk load (once).
 
 Acknowledged snapshots (200s) per second are compared with the limit; p50 and p99 are
-wrk's latency over every completed request. After each run the stored snapshots are
-counted: every acknowledged one is stored (a few more may be: requests in flight when wrk
-stops). Needs `wrk` on PATH (Debian: apt-get install wrk). Results go to
-bench/results/serve.json and a markdown table on stdout.
+wrk's latency over every completed request. Where the time goes: the CPU per acknowledged
+snapshot of the HTTP server (with its workers), of the database server and of wrk (and,
+for each limit, of the database server and the inserting client together): on a machine
+short of CPU these share the cores, so their sum against the limit's bounds the share;
+and, from the service's /metrics, its mean batch, the mean time a batch spends at the
+database and the share of the run with a batch there (with workers, one worker's). After
+each run the stored snapshots are counted: every acknowledged one is stored (a few more
+may be: requests in flight when wrk stops). Needs `wrk` on PATH (Debian: apt-get install
+wrk). Results go to bench/results/serve.json and a markdown table on stdout.
 
     python bench/bench_serve.py --seconds 40 --rounds 3     # 1,000 agents, 40 s per run
     python bench/bench_serve.py --agents 200 --seconds 5 --rounds 1   # a quick look
+    python bench/bench_serve.py --seconds 40 --rounds 3 --before ../main --also "--workers 2"
 """
 
 from __future__ import annotations
@@ -558,7 +566,7 @@ def main() -> int:
           "| CPU ms per snapshot: server / database / wrk | batches: mean size, ms each, share of the run "
           "| every acknowledged stored |")
     print("|---|---:|---:|---:|---:|---:|---:|---|")
-    rows = [(f"`serve` (group commit, a lastSeen round every 30 s: {args.seconds // 30} in a run)", serve),
+    rows = [("`serve` (group commit, a lastSeen round every 30 s from start)", serve),
             ("`serve --last-seen-seconds 3600` (no lastSeen round in the run)", deferred)]
     if args.before:
         rows.append((f"`serve` of {args.before}", summary(runs.of("before"))))

@@ -285,6 +285,7 @@ def test_batches_of_assets_already_on_record_for_the_round_write_no_record(db: D
     assert sorted(r["assets"] for r in records) == [["asset-1"], ["asset-2"], ["asset-3"]]
     assert writes.commands.count("insert") == 3  # nine batches
     assert metrics.last_seen_records == 3
+    assert "\nperf_serve_last_seen_records_total 3\n" in metrics.render()
     assert writes.commands[-1] == "delete" and db[LAST_SEEN_PENDING].count_documents({}) == 0
     assert {a["_id"]: a["lastSeen"] for a in db[ASSETS].find()} == {
         "asset-1": T0 + timedelta(minutes=4), "asset-2": T0 + timedelta(minutes=4),
