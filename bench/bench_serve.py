@@ -9,24 +9,32 @@ ISO 8601 string, as a JSON encoder writes a date):
   limit, HTTP, ..., limit): each HTTP run is compared with the mean of the two limits
   around it, so a machine whose speed drifts compares like with like;
 - `perf-analytics serve`: wrk keeps 1,000 connections (one per simulated agent) each
-  POSTing one snapshot at a time, for `--seconds`; group commit, lastSeen rounds, the
-  API key cache and the rate limiter all run as in production (the rate set high);
-  then once more with `--last-seen-seconds 3600`, so that no lastSeen round falls in
-  the run (the first runs at start-up, before any request): the difference is what lastSeen costs. Both are
-  run `--rounds` times, alternating; the share of the limit reported is the median of
-  the rounds' shares;
+  POSTing one snapshot at a time, for `--seconds`; group commit, lastSeen rounds (the
+  first 30 s after start, so a run of 40 s holds one), their pending records, the API key
+  cache and the rate limiter all run as in production (the rate set high); then once more
+  with `--last-seen-seconds 3600`, so that no lastSeen round falls in the run: the
+  difference is what lastSeen costs. Both are run `--rounds` times, alternating, with
+  `--before DIR` (an earlier checkout) and each `--also OPTIONS` (the service with extra
+  options, e.g. `--workers 2`) in the same rounds; the share of the limit reported is the
+  median of the rounds' shares;
 - the original service's per-request path: a minimal Starlette app under the same
   uvicorn that, per request, validates, `insert_one`s the snapshot and `update_one`s the
   asset's lastSeen (filtered by _id and orgId), under the same wrk load (once).
 
 Acknowledged snapshots (200s) per second are compared with the limit; p50 and p99 are
-wrk's latency over every completed request. After each run the stored snapshots are
-counted: every acknowledged one is stored (a few more may be: requests in flight when wrk
-stops). Needs `wrk` on PATH (Debian: apt-get install wrk). Results go to
-bench/results/serve.json and a markdown table on stdout.
+wrk's latency over every completed request. Where the time goes: the CPU per acknowledged
+snapshot of the HTTP server (with its workers), of the database server and of wrk (and,
+for each limit, of the database server and the inserting client together): on a machine
+short of CPU these share the cores, so their sum against the limit's bounds the share;
+and, from the service's /metrics, its mean batch, the mean time a batch spends at the
+database and the share of the run with a batch there (with workers, one worker's). After
+each run the stored snapshots are counted: every acknowledged one is stored (a few more
+may be: requests in flight when wrk stops). Needs `wrk` on PATH (Debian: apt-get install
+wrk). Results go to bench/results/serve.json and a markdown table on stdout.
 
     python bench/bench_serve.py --seconds 40 --rounds 3     # 1,000 agents, 40 s per run
     python bench/bench_serve.py --agents 200 --seconds 5 --rounds 1   # a quick look
+    python bench/bench_serve.py --seconds 40 --rounds 3 --before ../main --also "--workers 2"
 """
 
 from __future__ import annotations
@@ -36,6 +44,8 @@ import asyncio
 import json
 import os
 import platform
+import re
+import resource
 import shutil
 import signal
 import socket
@@ -44,8 +54,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -149,13 +161,37 @@ def fresh_db(db: Db, name: str, agents: int) -> Db:
     return target
 
 
-def insert_limit(db: Db, n: int, agents: int) -> float:
-    """Docs/s of insert_many of `n` validated snapshots in batches of 1,000."""
+def database_process(uri: str) -> psutil.Process | None:
+    """The process listening on the URI's loopback port (the database server), if this
+    machine runs it and it may be inspected."""
+    port = int(uri.split("//", 1)[1].split("/", 1)[0].rsplit(":", 1)[1])
+    try:
+        for conn in psutil.net_connections(kind="tcp"):
+            if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port and conn.pid:
+                return psutil.Process(conn.pid)
+    except (psutil.Error, OSError):
+        return None
+    return None
+
+
+def cpu_seconds(process: psutil.Process | None) -> float:
+    """User + system CPU seconds of `process` so far (0 when unknown)."""
+    if process is None:
+        return 0.0
+    times = process.cpu_times()
+    return float(times.user + times.system)
+
+
+def insert_limit(db: Db, n: int, agents: int, server: psutil.Process | None) -> tuple[float, float]:
+    """Docs/s of insert_many of `n` validated snapshots in batches of 1,000, and the CPU
+    milliseconds per document of the database server and this client together."""
     docs = [validate_snapshot(payload(i % agents, i // agents), org_id=ORG) for i in range(n)]
+    cpu = cpu_seconds(server) + time.process_time()
     started = time.perf_counter()
     for i in range(0, n, 1000):
         db[SNAPSHOTS].insert_many(docs[i : i + 1000], ordered=False)
-    return n / (time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    return n / seconds, 1000 * (cpu_seconds(server) + time.process_time() - cpu) / n
 
 
 def free_port() -> int:
@@ -209,14 +245,18 @@ def measure(cmd: list[str], env: dict[str, str], port: int, key: str, args: argp
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         wait_healthy(f"http://127.0.0.1:{port}/healthz", proc)
-        server = psutil.Process(proc.pid)
-        before = server.cpu_times()
+        # The server and its worker processes, the database server, wrk (a child, waited for).
+        servers = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+        before = [sum(cpu_seconds(p) for p in servers), cpu_seconds(args.database), _children_cpu()]
         result = run_wrk(port, key, args.agents, args.seconds, args.threads)
-        after = server.cpu_times()
-        # The server's own CPU (HTTP, JSON, validation, BSON, pymongo) per acknowledged
-        # snapshot: what it costs us whatever the database's speed.
-        cpu = (after.user - before.user) + (after.system - before.system)
-        result["server_cpu_ms_per_ack"] = 1000 * cpu / max(1, result["requests"] - result["status_errors"])
+        result.update(batch_metrics(port, result["duration_us"] / 1e6))
+        after = [sum(cpu_seconds(p) for p in servers), cpu_seconds(args.database), _children_cpu()]
+        # CPU per acknowledged snapshot of each side: the HTTP server's own (HTTP, JSON,
+        # validation, BSON, pymongo: what it costs us whatever the database's speed), the
+        # database's, the load generator's. On a machine short of CPU they share the cores.
+        acked = max(1, result["requests"] - result["status_errors"])
+        for name, b, a in zip(("server", "database", "wrk"), before, after, strict=True):
+            result[f"{name}_cpu_ms_per_ack"] = 1000 * (a - b) / acked
     finally:
         proc.send_signal(signal.SIGTERM if drain else signal.SIGKILL)
         try:
@@ -231,7 +271,32 @@ def measure(cmd: list[str], env: dict[str, str], port: int, key: str, args: argp
     return result
 
 
-def run_serve(db: Db, name: str, env: dict[str, str], args: argparse.Namespace, *extra: str) -> dict[str, Any]:
+def batch_metrics(port: int, seconds: float) -> dict[str, float]:
+    """From the service's /metrics (one process's, when there are workers): the mean batch,
+    the mean time of a batch at the database, and the share of the run with a batch there
+    (its inserts' seconds over the run's). Empty for a server without /metrics."""
+    try:
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=30).text
+    except httpx.HTTPError:
+        return {}
+    values = dict(line.rsplit(" ", 1) for line in text.splitlines() if " " in line and not line.startswith("#"))
+    try:
+        batches = float(values["perf_serve_batch_size_count"])
+        snapshots = float(values["perf_serve_batch_size_sum"])
+        insert_s = float(values["perf_serve_insert_seconds_sum"])
+    except KeyError:
+        return {}
+    return {"mean_batch": snapshots / max(1.0, batches), "mean_insert_ms": 1000 * insert_s / max(1.0, batches),
+            "database_busy": insert_s / seconds}
+
+
+def _children_cpu() -> float:
+    """CPU seconds of this process's children that have been waited for (wrk)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_serve(db: Db, name: str, env: dict[str, str], args: argparse.Namespace, extra: Sequence[str] = ()) -> dict[str, Any]:
     """`perf-analytics serve` on a fresh database under the wrk load (the package that
     `env`'s PYTHONPATH finds)."""
     serve_db = fresh_db(db, name, args.agents)
@@ -355,18 +420,21 @@ class Interleaved:
         self.args = args
         self.names: list[str] = []
         self.limits: list[float] = []
+        self.limit_cpu: list[float] = []  # CPU ms per document of database and client, each limit
         self.runs: list[tuple[str, dict[str, Any]]] = []
 
     def name(self, part: str) -> str:
-        name = f"bench_serve_{self.stamp}_{len(self.names)}_{part}"
+        name = f"bench_serve_{self.stamp}_{len(self.names)}_{re.sub(r'[^A-Za-z0-9]+', '_', part).strip('_')}"
         self.names.append(name)
         return name
 
     def limit(self) -> None:
-        docs_per_s = insert_limit(fresh_db(self.db, self.name("limit"), self.args.agents), self.args.limit_docs,
-                                  self.args.agents)
+        docs_per_s, cpu_ms = insert_limit(fresh_db(self.db, self.name("limit"), self.args.agents),
+                                          self.args.limit_docs, self.args.agents, self.args.database)
         self.limits.append(docs_per_s)
-        print(f"limit: {docs_per_s:,.0f}/s (load {os.getloadavg()[0]:.1f})", file=sys.stderr)
+        self.limit_cpu.append(cpu_ms)
+        print(f"limit: {docs_per_s:,.0f}/s, {cpu_ms:.2f} CPU ms a snapshot (load {os.getloadavg()[0]:.1f})",
+              file=sys.stderr)
 
     def run(self, label: str, measure_run: Any) -> None:
         """`measure_run(name)` (an HTTP run on a database of that name), then a limit."""
@@ -391,12 +459,21 @@ class Interleaved:
 
 def summary(results: list[dict[str, Any]]) -> dict[str, Any]:
     """Medians over the rounds of one kind of run."""
-    return {key: statistics.median(r[key] for r in results)
-            for key in ("share_of_limit", "acknowledged_per_s", "p50_us", "p99_us", "server_cpu_ms_per_ack")} | {
+    keys = ["share_of_limit", "acknowledged_per_s", "p50_us", "p99_us", "server_cpu_ms_per_ack",
+            "database_cpu_ms_per_ack", "wrk_cpu_ms_per_ack"]
+    keys += [key for key in ("mean_batch", "mean_insert_ms", "database_busy") if all(key in r for r in results)]
+    return {key: statistics.median(r[key] for r in results) for key in keys} | {
         "shares": [round(r["share_of_limit"], 3) for r in results],
         "every_acknowledged_stored": all(r["every_acknowledged_stored"] for r in results),
         "acknowledged": sum(r["acknowledged"] for r in results), "stored": sum(r["stored"] for r in results),
     }
+
+
+def _batches(r: dict[str, Any]) -> str:
+    """The batch column of a row: mean size, mean ms at the database, share of the run with a batch there."""
+    if "mean_batch" not in r:
+        return ""
+    return f"{r['mean_batch']:.0f}, {r['mean_insert_ms']:.0f}, {r['database_busy']:.2f}"
 
 
 def main() -> int:
@@ -412,6 +489,8 @@ def main() -> int:
                         help="only time lastSeen rounds of every asset, grouped against one update per asset")
     parser.add_argument("--before", metavar="DIR",
                         help="also serve each round from the checkout at DIR (an earlier commit), lastSeen on")
+    parser.add_argument("--also", action="append", default=[], metavar="OPTIONS",
+                        help="also serve each round with these extra options (e.g. '--max-batch 2000'); repeatable")
     parser.add_argument("--baseline-server", nargs=2, metavar=("DB", "PORT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.baseline_server:
@@ -431,6 +510,7 @@ def main() -> int:
         from perf_analytics import localdb
 
         uri = localdb.start_server(settings.state_dir).uri
+    args.database = database_process(uri)
     if args.last_seen_only:
         rounds = last_seen_rounds(db, args)
         print(f"server: {probe_capabilities(db).server}; a lastSeen round of {args.agents} assets at "
@@ -457,11 +537,13 @@ def main() -> int:
     try:
         for _ in range(args.rounds):
             runs.run("serve", lambda name: run_serve(db, name, env, args))
-            # The same service with lastSeen rounds out of the way (only the first, small
-            # one falls in the run): what the lastSeen updates cost.
-            runs.run("deferred", lambda name: run_serve(db, name, env, args, "--last-seen-seconds", "3600"))
+            # The same service with lastSeen rounds out of the way (the first would come an
+            # hour after start): what the lastSeen updates cost.
+            runs.run("deferred", lambda name: run_serve(db, name, env, args, ["--last-seen-seconds", "3600"]))
             if args.before:
                 runs.run("before", lambda name: run_serve(db, name, before_env, args))
+            for options in args.also:
+                runs.run(options, partial(run_serve, db, env=env, args=args, extra=options.split()))
         if not args.no_baseline:
             runs.run("base", per_request)
     finally:
@@ -470,7 +552,7 @@ def main() -> int:
     base = runs.of("base")
     if args.before:
         out["serve_before"] = summary(runs.of("before"))
-    out.update(limits=runs.limits, runs=runs.runs, serve=serve, serve_last_seen_deferred=deferred,
+    out.update(limits=runs.limits, limit_cpu_ms=runs.limit_cpu, runs=runs.runs, serve=serve, serve_last_seen_deferred=deferred,
                baseline=base[0] if base else None, share_of_limit=serve["share_of_limit"],
                load_after=os.getloadavg())
     if base:
@@ -481,20 +563,24 @@ def main() -> int:
           f"{args.rounds} round(s); load average before {out['load_before'][0]:.1f}, "
           f"after {out['load_after'][0]:.1f}\n")
     print("| path | share of insert limit (median; each round) | acknowledged/s | p50 ms | p99 ms "
-          "| server CPU ms per snapshot | every acknowledged stored |")
-    print("|---|---:|---:|---:|---:|---:|---|")
-    rows = [("`serve` (group commit, lastSeen rounds every 30 s)", serve),
+          "| CPU ms per snapshot: server / database / wrk | batches: mean size, ms each, share of the run "
+          "| every acknowledged stored |")
+    print("|---|---:|---:|---:|---:|---:|---:|---|")
+    rows = [("`serve` (group commit, a lastSeen round every 30 s from start)", serve),
             ("`serve --last-seen-seconds 3600` (no lastSeen round in the run)", deferred)]
     if args.before:
-        rows.append((f"`serve` of {args.before} (lastSeen rounds every 30 s)", summary(runs.of("before"))))
+        rows.append((f"`serve` of {args.before}", summary(runs.of("before"))))
+    rows += [(f"`serve {options}`", summary(runs.of(options))) for options in args.also]
     if base:
         rows.append(("per-request insert + update", summary(base)))
     for label, r in rows:
         print(f"| {label} | {r['share_of_limit']:.2f} ({', '.join(f'{x:.2f}' for x in r['shares'])}) | "
               f"{r['acknowledged_per_s']:,.0f} | {r['p50_us'] / 1000:.0f} | {r['p99_us'] / 1000:.0f} | "
-              f"{r['server_cpu_ms_per_ack']:.2f} | {'yes' if r['every_acknowledged_stored'] else 'NO'} |")
-    print(f"| server insert limit (`insert_many`, batches of 1,000), each measurement | "
-          f"{', '.join(f'{x:,.0f}' for x in runs.limits)} | | | | | |")
+              f"{r['server_cpu_ms_per_ack']:.2f} / {r['database_cpu_ms_per_ack']:.2f} / "
+              f"{r['wrk_cpu_ms_per_ack']:.2f} | {_batches(r)} | {'yes' if r['every_acknowledged_stored'] else 'NO'} |")
+    print(f"| server insert limit (`insert_many`, batches of 1,000), each measurement (CPU ms per snapshot: "
+          f"database and client) | {', '.join(f'{x:,.0f}' for x in runs.limits)} | | | | "
+          f"{', '.join(f'{x:.2f}' for x in runs.limit_cpu)} | | |")
     if base:
         print(f"\nserve vs per-request: {out['ratio_vs_per_request']:.1f}x")
     return 0

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -487,19 +487,20 @@ def touch_assets(db: Db, org_id: str, last_seen: Mapping[str, datetime]) -> set[
 
 
 LAST_SEEN_PENDING = "last_seen_pending"
-"""Write-ahead records of lastSeen moves not yet applied: one document per org per batch of
-`perf-analytics serve`, `{_id, orgId, by, snapshots: [snapshot _id, ...]}` (`by`: the
-service process that wrote it), written before the batch's insert and deleted once its
-assets' lastSeen moved (see `repair_last_seen`)."""
+"""Write-ahead records of lastSeen moves not yet applied, `{_id, orgId, by, assets: [assetId,
+...]}` (`by`: the `perf-analytics serve` process that wrote it). A service names an asset
+here before it inserts the first snapshot of that asset whose move goes into its next
+lastSeen round, and deletes the records once that round applied its moves; a record left
+behind (a killed service) is applied by `repair_last_seen`."""
 
 
-def record_pending_last_seen(db: Db, by: ObjectId, batch: Mapping[str, Sequence[ObjectId]]) -> dict[str, ObjectId]:
-    """Record, in one insert, the snapshot ids of a batch about to be inserted, one document
-    per org; return each org's document id (what `clear_pending_last_seen` deletes)."""
-    records = {org_id: ObjectId() for org_id in batch}
+def record_pending_last_seen(db: Db, by: ObjectId, assets: Mapping[str, Iterable[str]]) -> dict[str, ObjectId]:
+    """Record, in one insert, the assets whose lastSeen is about to move, one document per
+    org; return each org's document id (what `clear_pending_last_seen` deletes)."""
+    records = {org_id: ObjectId() for org_id in assets}
     if records:
         db[LAST_SEEN_PENDING].insert_many(
-            [{"_id": records[org_id], "orgId": org_id, "by": by, "snapshots": list(ids)} for org_id, ids in batch.items()]
+            [{"_id": records[org_id], "orgId": org_id, "by": by, "assets": sorted(ids)} for org_id, ids in assets.items()]
         )
     return records
 
@@ -523,39 +524,48 @@ def pending_last_seen_ids(db: Db, *, not_by: ObjectId | None = None) -> list[Obj
     return [doc["_id"] for doc in db[LAST_SEEN_PENDING].find(query, {"_id": 1})]
 
 
+def newest_stored(db: Db, org_id: str, asset_ids: Iterable[str]) -> dict[str, datetime]:
+    """Each of `asset_ids`' newest stored snapshot of `org_id` (an asset with none is left out).
+
+    One read of the org's snapshots of these assets, reduced here: FerretDB 1.24 has no
+    `$max` or `$first` accumulator in `$group`, and scans the collection for any
+    compound filter anyway. It reads every stored snapshot of the assets, so it is for
+    repairs after an unclean stop, not for every round.
+    """
+    wanted = sorted(set(asset_ids))
+    newest: dict[str, datetime] = {}
+    if not wanted:
+        return newest
+    query = {"orgId": org_id, "assetId": {"$in": wanted}}
+    for doc in db[SNAPSHOTS].find(query, {"_id": 0, "orgId": 1, "assetId": 1, "timestamp": 1}):
+        if doc.get("orgId") != org_id:  # the server filtered already; a tenant's write never rests on that alone
+            continue
+        seen = newest.get(doc["assetId"])
+        if seen is None or doc["timestamp"] > seen:
+            newest[doc["assetId"]] = doc["timestamp"]
+    return newest
+
+
 def repair_last_seen(db: Db, ids: Sequence[ObjectId]) -> int:
     """Apply the pending records `ids` and delete them; return how many were applied.
 
-    A record lists the snapshots of a batch that may or may not have been stored (the
-    service may have died before, during or after the insert): the stored ones are read
-    back by `_id`, and each of their assets moves to its newest of them (`touch_assets`,
-    `$max`, so applying a record twice is harmless and a crash during the repair is not).
-    A record moves only assets of its own org, and only by snapshots of that org. Records
-    go WRITE_CHUNK at a time, each deleted after its moves are acknowledged.
+    A record names assets whose lastSeen a service was about to move when it stopped:
+    each moves to its newest stored snapshot of the record's org (`newest_stored`, then
+    `touch_assets` with `$max`, so applying a record twice is harmless and a crash during
+    the repair is not), one read per org. The records are deleted once their moves are
+    acknowledged.
     """
-    applied = 0
-    scoped = probe_capabilities(db).compound_pushdown
+    per_org: dict[str, tuple[list[ObjectId], set[str]]] = {}
     for start in range(0, len(ids), WRITE_CHUNK):
-        records = list(db[LAST_SEEN_PENDING].find({"_id": {"$in": list(ids[start : start + WRITE_CHUNK])}}))
-        per_org: dict[str, tuple[list[ObjectId], list[Any]]] = {}
-        for record in records:
-            mine, snapshot_ids = per_org.setdefault(record["orgId"], ([], []))
+        for record in db[LAST_SEEN_PENDING].find({"_id": {"$in": list(ids[start : start + WRITE_CHUNK])}}):
+            mine, assets = per_org.setdefault(record["orgId"], ([], set()))
             mine.append(record["_id"])
-            snapshot_ids.extend(record.get("snapshots", []))
-        for org_id, (mine, snapshot_ids) in per_org.items():
-            # FerretDB 1.x scans the whole collection for a compound filter: there the
-            # `_id` list alone narrows the read, and the org is checked on each document.
-            query: Doc = {"_id": {"$in": snapshot_ids}, **({"orgId": org_id} if scoped else {})}
-            newest: dict[str, datetime] = {}
-            for doc in db[SNAPSHOTS].find(query, {"orgId": 1, "assetId": 1, "timestamp": 1}):
-                if doc.get("orgId") != org_id:
-                    continue
-                seen = newest.get(doc["assetId"])
-                if seen is None or doc["timestamp"] > seen:
-                    newest[doc["assetId"]] = doc["timestamp"]
-            touch_assets(db, org_id, newest)
-            clear_pending_last_seen(db, org_id, mine)
-            applied += len(mine)
+            assets.update(record.get("assets", []))
+    applied = 0
+    for org_id, (mine, assets) in per_org.items():
+        touch_assets(db, org_id, newest_stored(db, org_id, assets))
+        clear_pending_last_seen(db, org_id, mine)
+        applied += len(mine)
     return applied
 
 

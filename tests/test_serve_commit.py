@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 import pytest
 from bson import ObjectId
+from pymongo import MongoClient, monitoring
 
 from perf_analytics.schema import ASSETS, SNAPSHOTS
 from perf_analytics.service.app import open_database
@@ -230,13 +231,66 @@ def test_a_batch_is_on_record_when_answered_and_its_round_deletes_the_record(db:
 
     assets, records = asyncio.run(run())
     # Answered, lastSeen not moved yet: one record per org of the batch, naming its
-    # snapshots, is what a restart would apply.
-    stored = {d["_id"]: d["orgId"] for d in db[SNAPSHOTS].find()}
-    assert sorted((r["orgId"], len(r["snapshots"])) for r in records) == [("org-a", 2), ("org-b", 1)]
-    assert all(stored[i] == r["orgId"] for r in records for i in r["snapshots"])
+    # assets, is what a restart would apply.
+    assert sorted((r["orgId"], r["assets"]) for r in records) == [("org-a", ["asset-1"]), ("org-b", ["asset-2"])]
     assert all("lastSeen" not in asset for asset in assets)
     assert db[LAST_SEEN_PENDING].count_documents({}) == 0
     assert db[ASSETS].find_one({"_id": "asset-1"})["lastSeen"] == T0 + timedelta(minutes=2)  # type: ignore[index]
+
+
+class _PendingWrites(monitoring.CommandListener):
+    """The write commands sent to `last_seen_pending`, by command name."""
+
+    def __init__(self) -> None:
+        self.commands: list[str] = []
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        if event.command.get(event.command_name) == LAST_SEEN_PENDING and event.command_name in (
+            "insert", "update", "delete"
+        ):
+            self.commands.append(event.command_name)
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
+def test_batches_of_assets_already_on_record_for_the_round_write_no_record(db: Db, server_uri: str) -> None:
+    """The same agents reporting batch after batch cost one record for the round, not one
+    per batch; a batch with an asset new to the round writes one more, naming only it."""
+    db[ASSETS].insert_many([{"_id": f"asset-{i}", "orgId": "org-a"} for i in (1, 2, 3)])
+    writes = _PendingWrites()
+    client: MongoClient[dict[str, Any]] = MongoClient(server_uri, tz_aware=True, event_listeners=[writes])
+    watched = client[db.name]
+    metrics = Metrics()
+    committer = GroupCommitter(watched, metrics, last_seen_seconds=3600)  # one round, at stop()
+
+    async def run() -> list[Doc]:
+        committer.start()
+        try:
+            for minute in (1, 2, 3, 4):  # one batch each: every request answered before the next
+                await committer.submit(prepared(db, minute, asset="asset-1"))
+                await committer.submit(prepared(db, minute, asset="asset-2"))
+            await committer.submit(prepared(db, 5, 6, asset="asset-3"))
+            return list(db[LAST_SEEN_PENDING].find())
+        finally:
+            await committer.stop()
+
+    try:
+        records = asyncio.run(run())
+    finally:
+        client.close()
+    assert sorted(r["assets"] for r in records) == [["asset-1"], ["asset-2"], ["asset-3"]]
+    assert writes.commands.count("insert") == 3  # nine batches
+    assert metrics.last_seen_records == 3
+    assert "\nperf_serve_last_seen_records_total 3\n" in metrics.render()
+    assert writes.commands[-1] == "delete" and db[LAST_SEEN_PENDING].count_documents({}) == 0
+    assert {a["_id"]: a["lastSeen"] for a in db[ASSETS].find()} == {
+        "asset-1": T0 + timedelta(minutes=4), "asset-2": T0 + timedelta(minutes=4),
+        "asset-3": T0 + timedelta(minutes=6),
+    }
 
 
 def test_records_left_by_a_killed_service_are_applied_at_start_within_their_org(db: Db) -> None:
@@ -244,34 +298,82 @@ def test_records_left_by_a_killed_service_are_applied_at_start_within_their_org(
         {"_id": "asset-1", "orgId": "org-a", "lastSeen": T0},
         {"_id": "asset-2", "orgId": "org-b", "lastSeen": T0},
         {"_id": "asset-3", "orgId": "org-b", "lastSeen": T0},
+        {"_id": "asset-4", "orgId": "org-a", "lastSeen": T0},
     ])
-    mine = prepared(db, 5, 7, asset="asset-1").docs
-    theirs = prepared(db, 9, asset="asset-2", org="org-b").docs
-    other = prepared(db, 11, asset="asset-3", org="org-b").docs
-    never_stored = prepared(db, 30, asset="asset-1").docs  # recorded, then the service died before the insert
-    db[SNAPSHOTS].insert_many([*mine, *theirs, *other])
+    db[SNAPSHOTS].insert_many([
+        *prepared(db, 5, 7, asset="asset-1").docs,
+        *prepared(db, 9, asset="asset-2", org="org-b").docs,
+        *prepared(db, 11, asset="asset-3", org="org-b").docs,
+        *prepared(db, 13, asset="asset-1", org="org-b").docs,  # another org's snapshot of an asset of that name
+    ])
     killed = ObjectId()
-    record_pending_last_seen(db, killed, {"org-a": [d["_id"] for d in [*mine, *never_stored]],
-                                          "org-b": [d["_id"] for d in theirs]})
-    # A record of org-a naming org-b's snapshot moves nothing of org-b.
-    record_pending_last_seen(db, killed, {"org-a": [d["_id"] for d in other]})
+    # asset-4: on record, then the service died before its insert: nothing stored moves it.
+    record_pending_last_seen(db, killed, {"org-a": ["asset-1", "asset-4"], "org-b": ["asset-2"]})
+    # A record of org-a naming org-b's asset moves nothing of org-b.
+    record_pending_last_seen(db, killed, {"org-a": ["asset-3"]})
 
     asyncio.run(_submit_all(GroupCommitter(db, Metrics(), last_seen_seconds=3600), []))
 
     assert {a["_id"]: a["lastSeen"] for a in db[ASSETS].find()} == {
         "asset-1": T0 + timedelta(minutes=7), "asset-2": T0 + timedelta(minutes=9), "asset-3": T0,
+        "asset-4": T0,
     }
     assert db[LAST_SEEN_PENDING].count_documents({}) == 0
 
 
 def test_a_repair_moves_only_the_assets_of_the_records_org(db: Db) -> None:
     db[ASSETS].insert_many([{"_id": "asset-1", "orgId": "org-a"}, {"_id": "asset-2", "orgId": "org-b"}])
-    a = prepared(db, 1, asset="asset-1").docs
-    b = prepared(db, 2, asset="asset-2", org="org-b").docs
-    db[SNAPSHOTS].insert_many([*a, *b])
-    records = record_pending_last_seen(db, ObjectId(), {"org-a": [d["_id"] for d in a],
-                                                        "org-b": [d["_id"] for d in b]})
+    db[SNAPSHOTS].insert_many([*prepared(db, 1, asset="asset-1").docs,
+                               *prepared(db, 2, asset="asset-2", org="org-b").docs])
+    records = record_pending_last_seen(db, ObjectId(), {"org-a": ["asset-1"], "org-b": ["asset-2"]})
     assert repair_last_seen(db, [records["org-a"]]) == 1
     assert db[ASSETS].find_one({"_id": "asset-1"})["lastSeen"] == T0 + timedelta(minutes=1)  # type: ignore[index]
     assert "lastSeen" not in db[ASSETS].find_one({"_id": "asset-2"})  # type: ignore[operator]
     assert [r["orgId"] for r in db[LAST_SEEN_PENDING].find()] == ["org-b"]
+
+
+class _Recording(GroupCommitter):
+    """A committer noting, as each batch leaves for the server, how many requests were
+    answered; its first batch waits until the second is checked (so the order does not
+    hang on which thread finishes first)."""
+
+    def __init__(self, db: Db, answered: list[int], **options: Any) -> None:
+        super().__init__(db, Metrics(), **options)
+        self.answered = answered
+        self.at_dispatch: list[int] = []
+        self.checks = 0
+        self.second_checked = asyncio.Event()
+
+    async def _check_some(self, batch: list[Any]) -> list[Any]:
+        checked = await super()._check_some(batch)
+        self.checks += 1
+        if self.checks == 2:
+            self.second_checked.set()
+        return checked
+
+    async def _at_server(self, ready: Sequence[Any]) -> list[Outcome]:
+        self.at_dispatch.append(len(self.answered))
+        if len(self.at_dispatch) == 1:
+            await self.second_checked.wait()
+        return await super()._at_server(ready)
+
+
+def test_the_next_checked_batch_leaves_for_the_server_before_the_last_ones_requests_are_answered(db: Db) -> None:
+    answered: list[int] = []
+    committer = _Recording(db, answered, max_batch=1)
+
+    async def one(request: Prepared) -> None:
+        await committer.submit(request)
+        answered.append(1)
+
+    async def run() -> None:
+        committer.start()
+        try:
+            await asyncio.gather(*(one(prepared(db, minute)) for minute in (1, 2, 3)))
+        finally:
+            await committer.stop()
+
+    asyncio.run(run())
+    assert len(answered) == 3 and db[SNAPSHOTS].count_documents({}) == 3
+    # The second batch was at the server before the first batch's request had its answer.
+    assert committer.at_dispatch[:2] == [0, 0]

@@ -28,17 +28,23 @@ between insert batches, one round at a time (FerretDB applies concurrent `$max` 
 of one document as read-modify-write). Requests do not wait for it; a stopped service
 sends its last round first.
 
-So that a killed service leaves no lastSeen behind, each batch's snapshot ids are recorded
-(`record_pending_last_seen`: one small document per org, all in one insert) BEFORE the
-batch is inserted, and a round deletes the records whose moves it applied. A service that
-starts applies, in its first round, the records that another process left (each record
-names the process that wrote it): `repair_last_seen` moves each asset to its newest
-stored snapshot among a record's ids; the records of a batch whose insert failed midway
-are repaired the same way. A crash at any point thus ends, after a restart, with every asset's lastSeen at
-its newest stored snapshot. Recording before the insert rather than after it also covers
-a kill between the insert and its answer (stored, never answered); reading recent
-snapshots back at start instead would cost a scan per asset on FerretDB 1.x, which cannot
-narrow a compound filter on its index.
+So that a killed service leaves no lastSeen behind, the assets a round will move are on
+record before their snapshots are inserted: a batch holding an asset that no record of
+the coming round names yet first writes one small document per org naming those assets
+(`record_pending_last_seen`, one insert), and the round deletes its records once it has
+applied its moves. The same agents report in every round, so a fleet costs about one
+such write per round (the first batch or two after a round began), not one per batch:
+on FerretDB every write is a commit of its own, and a record before every batch cost a
+fifth of the acknowledged rate. A batch holds a lock from its record to its moves, and a
+round takes its moves and records under the same lock, so a batch's moves and the record
+that covers them always fall in the same round. A service that starts applies, in its
+first round, the records that another process left (each record names the process that
+wrote it): `repair_last_seen` moves each named asset to its newest stored snapshot of the
+record's org. The assets of a batch whose insert failed midway are moved the same way by
+the next round before it deletes its records. A crash at any point thus ends, after a
+restart, with every asset's lastSeen at its newest stored snapshot. Recording before the
+insert rather than after it also covers a kill between the insert and its answer
+(stored, never answered).
 
 The queue is bounded (`max_queue` snapshots): when full, a request is refused at once
 (503) rather than waiting without limit.
@@ -69,6 +75,7 @@ from perf_analytics.store import (
     Db,
     Doc,
     clear_pending_last_seen,
+    newest_stored,
     pending_last_seen_ids,
     record_pending_last_seen,
     repair_last_seen,
@@ -110,6 +117,13 @@ def _size(batch: list[_Pending]) -> int:
     return sum(item.size for item in batch)
 
 
+def _answer(answers: list[tuple[_Pending, list[Outcome]]]) -> None:
+    """Hand each request its outcomes (a request whose client went away is not answered)."""
+    for item, outcomes in answers:
+        if not item.future.done():
+            item.future.set_result(outcomes)
+
+
 class QueueFull(Exception):
     """The queue holds `max_queue` snapshots already."""
 
@@ -147,6 +161,18 @@ class Ready:
         return {"_id": self.id, "orgId": self.org_id, "assetId": self.asset_id, "timestamp": self.timestamp}
 
 
+@dataclass(frozen=True)
+class _Round:
+    """A lastSeen round's work: each asset's newest time, the pending records that cover
+    these moves and the assets they name (per org), and the assets of batches whose
+    insert failed midway (per org)."""
+
+    work: Mapping[tuple[str, str], datetime]
+    records: Mapping[str, list[ObjectId]]
+    named: Mapping[str, set[str]]
+    doubtful: Mapping[str, set[str]]
+
+
 @dataclass
 class _Pending:
     request: Prepared | Unchecked
@@ -175,10 +201,15 @@ class GroupCommitter:
         self._queued = 0  # snapshots queued, checked or not, until their batch is answered
         self._unchecked = 0  # snapshots in _queue (not taken for checking yet)
         self._wake = asyncio.Event()
-        self._touch_wake = asyncio.Event()
+        # The coming round: its moves, its pending records and the assets they name (per
+        # org), the assets of batches whose insert failed midway; `_lock` guards all four
+        # from a batch's record to its moves (see the module docstring).
         self._last_seen: dict[tuple[str, str], datetime] = {}
-        self._records: dict[str, list[ObjectId]] = {}  # per org, the pending records of _last_seen's moves
-        self._unsettled: list[ObjectId] = []  # records of unknown outcome: left at start, or a failed insert
+        self._records: dict[str, list[ObjectId]] = {}
+        self._named: dict[str, set[str]] = {}
+        self._doubtful: dict[str, set[str]] = {}
+        self._lock = asyncio.Lock()
+        self._unsettled: list[ObjectId] = []  # records another process left, listed at start
         self.id = ObjectId()  # on this process's records, which the list of those left at start leaves out
         self._leftover_listed = False
         self._closing = False  # no new requests
@@ -189,9 +220,8 @@ class GroupCommitter:
         metrics.queue_depth = lambda: self._queued
 
     def start(self) -> None:
-        """Start both tasks; the first lastSeen round applies the pending records that a
+        """Start both tasks; the lastSeen task first applies the pending records that a
         stopped or killed service left."""
-        self._touch_wake.set()
         self._tasks = [asyncio.create_task(self._write_loop()), asyncio.create_task(self._touch_loop())]
 
     async def stop(self) -> None:
@@ -200,7 +230,6 @@ class GroupCommitter:
         self._wake.set()
         await self._tasks[0]
         self._written.set()
-        self._touch_wake.set()
         await self._tasks[1]
 
     async def submit(self, request: Prepared | Unchecked) -> list[Outcome]:
@@ -271,12 +300,17 @@ class GroupCommitter:
             await sending
 
     async def _commit(self, batch: list[_Pending]) -> None:
+        answers: list[tuple[_Pending, list[Outcome]]] = []
         try:
-            await self._send(batch)
+            answers = await self._send(batch)
         finally:
             self._queued -= _size(batch)
             self._batch_done.set()
             self._wake.set()
+        if answers:
+            # After the writer's wake-up: the next batch leaves for the server before these
+            # requests write their answers (hundreds of sends), not after.
+            asyncio.get_running_loop().call_soon(_answer, answers)
 
     async def _check_some(self, batch: list[_Pending]) -> list[_Pending]:
         """The requests of `batch` that pass the check (see `_check`); the others are
@@ -297,39 +331,43 @@ class GroupCommitter:
                 item.future.set_exception(refusal)
         return [item for item in batch if item.ready]
 
-    async def _send(self, batch: list[_Pending]) -> None:
+    async def _send(self, batch: list[_Pending]) -> list[tuple[_Pending, list[Outcome]]]:
         batch = [item for item in batch if item.ready]
         ready = [one for item in batch for one in item.ready]
         if not ready:
-            return
+            return []
+        async with self._lock:
+            return await self._write(batch, ready)
+
+    async def _write(self, batch: list[_Pending], ready: list[Ready]) -> list[tuple[_Pending, list[Outcome]]]:
+        """Record the batch's new assets, insert it, keep its moves for the round; return
+        each request's outcomes (a failed batch's requests are failed here, and [] returned)."""
         started = time.perf_counter()
-        per_org: dict[str, list[ObjectId]] = {}
-        for one in ready:
-            per_org.setdefault(one.org_id, []).append(one.id)
-        records: dict[str, ObjectId] = {}
+        named = False
         try:
             # Before the insert: whatever of the batch gets stored is on record (see the module docstring).
-            records = await asyncio.to_thread(record_pending_last_seen, self.db, self.id, per_org)
-            outcomes = await asyncio.to_thread(self._insert, ready)
-        except PyMongoError as exc:
-            # The type only: a server error's text may name hosts, never a key or the URI.
-            log.warning("batch of %d snapshot(s) not written: %s", len(ready), type(exc).__name__)
-            self._unsettle(records)
-            self._fail(batch, DatabaseUnavailable())
-            return
-        except Exception as exc:  # a bug: the requests get a 500, the writer lives on
-            log.exception("batch of %d snapshot(s) failed", len(ready))
-            self._unsettle(records)
-            self._fail(batch, exc)
-            return
+            await self._name(ready)
+            named = True
+            outcomes = await self._at_server(ready)
+        except Exception as exc:
+            if named:  # stored in part, perhaps: the round moves these assets to what is stored
+                for one in ready:
+                    self._doubtful.setdefault(one.org_id, set()).add(one.asset_id)
+            if isinstance(exc, PyMongoError):
+                # The type only: a server error's text may name hosts, never a key or the URI.
+                log.warning("batch of %d snapshot(s) not written: %s", len(ready), type(exc).__name__)
+                self._fail(batch, DatabaseUnavailable())
+            else:  # a bug: the requests get a 500, the writer lives on
+                log.exception("batch of %d snapshot(s) failed", len(ready))
+                self._fail(batch, exc)
+            return []
         self.metrics.insert_seconds.observe(time.perf_counter() - started)
         self.metrics.batch_size.observe(len(ready))
+        answers = []
         start = 0
         for item in batch:
-            mine = outcomes[start : start + len(item.ready)]
+            answers.append((item, list(outcomes[start : start + len(item.ready)])))
             start += len(item.ready)
-            if not item.future.done():  # a request whose client went away is not answered
-                item.future.set_result(mine)
         for one, outcome in zip(ready, outcomes, strict=True):
             self.metrics.snapshots[outcome.status] += 1
             if outcome.status != REFUSED:
@@ -338,15 +376,26 @@ class GroupCommitter:
                 seen = self._last_seen.get(key)
                 if seen is None or one.timestamp > seen:
                     self._last_seen[key] = one.timestamp
+        return answers
+
+    async def _at_server(self, ready: Sequence[Ready]) -> list[Outcome]:
+        """`_insert` from a thread."""
+        return await asyncio.to_thread(self._insert, ready)
+
+    async def _name(self, ready: Sequence[Ready]) -> None:
+        """Put on record, in one write, the assets of `ready` that no record of the coming
+        round names yet (none, when the same agents report again)."""
+        new: dict[str, set[str]] = {}
+        for one in ready:
+            if one.asset_id not in self._named.get(one.org_id, ()):
+                new.setdefault(one.org_id, set()).add(one.asset_id)
+        if not new:
+            return
+        records = await asyncio.to_thread(record_pending_last_seen, self.db, self.id, new)
+        self.metrics.last_seen_records += len(records)
         for org_id, record in records.items():
             self._records.setdefault(org_id, []).append(record)
-        self._touch_wake.set()
-
-    def _unsettle(self, records: Mapping[str, ObjectId]) -> None:
-        """A batch's insert failed, perhaps midway: its records go to the next round's repair."""
-        if records:
-            self._unsettled.extend(records.values())
-            self._touch_wake.set()
+            self._named.setdefault(org_id, set()).update(new[org_id])
 
     @staticmethod
     def _fail(batch: list[_Pending], exc: Exception) -> None:
@@ -425,23 +474,29 @@ class GroupCommitter:
         return outcomes
 
     async def _touch_loop(self) -> None:
+        """Apply what a stopped service left, then one round per interval (the first one
+        interval after start) and the last one once the writer is done."""
+        await self._settle_leftover()
         while True:
-            await self._touch_wake.wait()
-            self._touch_wake.clear()
-            final = self._written.is_set()
-            if not self._leftover_listed:
-                await self._list_leftover()
-            if self._unsettled:
-                await self._repair()
-            if self._last_seen or self._records:
-                work, self._last_seen = self._last_seen, {}
-                records, self._records = self._records, {}
-                await self._round(work, records)
-            if final:
-                return
-            # At most one round per interval; stop() cuts the wait short for the last one.
+            # stop() cuts the wait short for the last round.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._written.wait(), timeout=self.last_seen_seconds)
+            final = self._written.is_set()
+            await self._settle_leftover()
+            async with self._lock:  # between batches: each batch's moves and record fall on one side
+                coming = _Round(self._last_seen, self._records, self._named, self._doubtful)
+                self._last_seen, self._records, self._named, self._doubtful = {}, {}, {}, {}
+            if coming.work or coming.records or coming.doubtful:
+                await self._round(coming)
+            if final:
+                return
+
+    async def _settle_leftover(self) -> None:
+        """List (once) and apply the records that another process left, until the server answers."""
+        if not self._leftover_listed:
+            await self._list_leftover()
+        if self._unsettled:
+            await self._repair()
 
     async def _list_leftover(self) -> None:
         """Queue for repair the records left by a service that stopped or was killed (tried
@@ -455,7 +510,7 @@ class GroupCommitter:
         self._unsettled += leftover
 
     async def _repair(self) -> None:
-        """Apply the unsettled records (`repair_last_seen`); kept for the next round if the server fails."""
+        """Apply the records left at start (`repair_last_seen`); kept for the next round if the server fails."""
         unsettled, self._unsettled = self._unsettled, []
         try:
             applied = await asyncio.to_thread(repair_last_seen, self.db, unsettled)
@@ -463,45 +518,55 @@ class GroupCommitter:
             self._unsettled += unsettled
             log.warning("lastSeen repair of %d record(s) failed: %s", len(unsettled), type(exc).__name__)
             return
-        if applied:  # a warning: a service stopped uncleanly, or an insert failed midway
+        if applied:  # a warning: a service stopped uncleanly
             log.warning("lastSeen: applied %d pending record(s) left by an unfinished batch", applied)
 
-    async def _round(self, work: Mapping[tuple[str, str], datetime], records: Mapping[str, list[ObjectId]]) -> None:
+    async def _round(self, coming: _Round) -> None:
         """One lastSeen round, WRITE_CHUNK assets at a time, letting the writer insert one
         batch between chunks while requests wait: a server that takes one write at a time
         (FerretDB on SQLite) would otherwise hold every request for the whole round.
 
         The assets go in order of org and time, so that the assets of a fleet reporting
         at the same second fall in the same chunks and move in one update there
-        (`touch_assets`); in arrival order a chunk holds a few of each second. Once every
-        move is acknowledged, the pending `records` of these moves are deleted."""
-        items = sorted(work.items(), key=lambda item: (item[0][0], item[1]))
+        (`touch_assets`); in arrival order a chunk holds a few of each second. The assets
+        of a batch whose insert failed midway then move to their newest stored snapshot.
+        Once every move is acknowledged, the round's pending records are deleted; a round
+        that fails goes back, whole, into the next one."""
+        items = sorted(coming.work.items(), key=lambda item: (item[0][0], item[1]))
         for start in range(0, len(items), WRITE_CHUNK):
             try:
                 await asyncio.to_thread(self._touch, dict(items[start : start + WRITE_CHUNK]))
             except PyMongoError as exc:
-                self._keep(dict(items[start:]), records)
+                self._keep(_Round(dict(items[start:]), coming.records, coming.named, coming.doubtful))
                 log.warning("lastSeen round for %d asset(s) failed: %s", len(items) - start, type(exc).__name__)
                 return
             if self._queue and not self._written.is_set():
                 self._batch_done.clear()
                 await self._batch_done.wait()
         try:
-            await asyncio.to_thread(self._clear, records)
-        except PyMongoError as exc:  # applied already: the next round deletes them
-            self._keep({}, records)
-            log.warning("lastSeen records not deleted: %s", type(exc).__name__)
+            await asyncio.to_thread(self._settle, coming)
+        except PyMongoError as exc:  # the moves are applied; the repair and the deletes are tried again
+            self._keep(_Round({}, coming.records, coming.named, coming.doubtful))
+            log.warning("lastSeen records not settled: %s", type(exc).__name__)
 
-    def _clear(self, records: Mapping[str, list[ObjectId]]) -> None:
-        for org_id, ids in records.items():
+    def _settle(self, coming: _Round) -> None:
+        """Move the round's doubtful assets to what is stored, then delete its records."""
+        for org_id, assets in coming.doubtful.items():
+            touch_assets(self.db, org_id, newest_stored(self.db, org_id, assets))
+        for org_id, ids in coming.records.items():
             clear_pending_last_seen(self.db, org_id, ids)
 
-    def _keep(self, work: Mapping[tuple[str, str], datetime], records: Mapping[str, list[ObjectId]]) -> None:
-        """Put a failed round's times back, so the next round sends them (the newest wins),
-        and its records, which the next round deletes."""
-        for org_id, ids in records.items():
+    def _keep(self, failed: _Round) -> None:
+        """Put a failed round back into the coming one: its times (the newest wins), its
+        records with the assets they name (deleted after the coming round), its doubtful
+        assets."""
+        for org_id, ids in failed.records.items():
             self._records.setdefault(org_id, []).extend(ids)
-        for key, seen in work.items():
+        for org_id, assets in failed.named.items():
+            self._named.setdefault(org_id, set()).update(assets)
+        for org_id, assets in failed.doubtful.items():
+            self._doubtful.setdefault(org_id, set()).update(assets)
+        for key, seen in failed.work.items():
             known = self._last_seen.get(key)
             if known is None or seen > known:
                 self._last_seen[key] = seen

@@ -48,6 +48,7 @@ class Metrics:
     snapshots: Counter[str] = field(default_factory=Counter)  # inserted, duplicate, refused
     checks: Counter[str] = field(default_factory=Counter)  # snapshots checked as "columns" or one by one ("record")
     orphan_updates: int = 0
+    last_seen_records: int = 0  # pending lastSeen records written (about one per org per round)
     batch_size: Histogram = field(default_factory=lambda: Histogram(BATCH_BUCKETS))
     insert_seconds: Histogram = field(default_factory=lambda: Histogram(SECONDS_BUCKETS))
     queue_depth: Callable[[], int] = lambda: 0
@@ -78,6 +79,9 @@ class Metrics:
             "# HELP perf_serve_orphan_updates_total lastSeen updates for ids the org has no asset for.",
             "# TYPE perf_serve_orphan_updates_total counter",
             f"perf_serve_orphan_updates_total {self.orphan_updates}",
+            "# HELP perf_serve_last_seen_records_total Pending lastSeen records written before inserts.",
+            "# TYPE perf_serve_last_seen_records_total counter",
+            f"perf_serve_last_seen_records_total {self.last_seen_records}",
             "# HELP perf_serve_batch_size Snapshots per insert (group commit).",
             "# TYPE perf_serve_batch_size histogram",
             *self.batch_size.lines("perf_serve_batch_size"),
