@@ -5,9 +5,12 @@ payload, 1,000 assets of one org, each request a new (asset, timestamp); the tim
 ISO 8601 string, as a JSON encoder writes a date):
 
 - the limit: `insert_many` of already validated documents in batches of 1,000 straight
-  into the server, nothing else, measured before and after EVERY HTTP run (limit, HTTP,
-  limit, HTTP, ..., limit): each HTTP run is compared with the mean of the two limits
-  around it, so a machine whose speed drifts compares like with like;
+  into a fresh collection, nothing else, measured before and after EVERY HTTP run (limit,
+  HTTP, limit, HTTP, ..., limit): each HTTP run is compared with the mean of the two
+  limits around it, so a machine whose speed drifts compares like with like; each limit
+  inserts as many snapshots as the run before it stored (inserting slows as a collection
+  grows), so the first, before any run, only estimates and the first run is compared with
+  the limit after it (`--limit-docs N`: N every time);
 - `perf-analytics serve`: wrk keeps 1,000 connections (one per simulated agent) each
   POSTing one snapshot at a time, for `--seconds`; group commit, lastSeen rounds (the
   first 30 s after start, so a run of 40 s holds one), their pending records, the API key
@@ -83,6 +86,7 @@ from perf_analytics.store import (
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 ORG = "org-bench"
+FIRST_LIMIT_DOCS = 20_000  # the first limit, before any run has said how many a run stores
 BASE_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z; each request adds one second per asset
 
 PAYLOAD: dict[str, Any] = {
@@ -411,7 +415,12 @@ class Interleaved:
     """HTTP runs, each between two measurements of the insert limit on a fresh database.
 
     The limit is measured first, then after every HTTP run; run i is compared with the
-    mean of limits i and i + 1 (the machine as it was around that run).
+    mean of limits i and i + 1 (the machine as it was around that run). Inserting gets
+    slower as a collection grows (on FerretDB about a quarter slower from 20,000 to 80,000
+    snapshots), so each limit after a run inserts as many snapshots as that run stored
+    (`--limit-docs 0`, the default): a run is compared with the server filling a collection
+    as large. The first limit, before any run, inserts 20,000 and only estimates: the first
+    run is compared with the limit after it alone. `--limit-docs N` inserts N every time.
     """
 
     def __init__(self, db: Db, stamp: str, args: argparse.Namespace) -> None:
@@ -421,6 +430,7 @@ class Interleaved:
         self.names: list[str] = []
         self.limits: list[float] = []
         self.limit_cpu: list[float] = []  # CPU ms per document of database and client, each limit
+        self.limit_docs: list[int] = []  # snapshots each limit inserted
         self.runs: list[tuple[str, dict[str, Any]]] = []
 
     def name(self, part: str) -> str:
@@ -428,23 +438,25 @@ class Interleaved:
         self.names.append(name)
         return name
 
-    def limit(self) -> None:
+    def limit(self, docs: int) -> None:
         docs_per_s, cpu_ms = insert_limit(fresh_db(self.db, self.name("limit"), self.args.agents),
-                                          self.args.limit_docs, self.args.agents, self.args.database)
+                                          docs, self.args.agents, self.args.database)
         self.limits.append(docs_per_s)
         self.limit_cpu.append(cpu_ms)
-        print(f"limit: {docs_per_s:,.0f}/s, {cpu_ms:.2f} CPU ms a snapshot (load {os.getloadavg()[0]:.1f})",
-              file=sys.stderr)
+        self.limit_docs.append(docs)
+        print(f"limit of {docs:,}: {docs_per_s:,.0f}/s, {cpu_ms:.2f} CPU ms a snapshot "
+              f"(load {os.getloadavg()[0]:.1f})", file=sys.stderr)
 
     def run(self, label: str, measure_run: Any) -> None:
         """`measure_run(name)` (an HTTP run on a database of that name), then a limit."""
+        matched = self.args.limit_docs == 0
         if not self.limits:
-            self.limit()
+            self.limit(FIRST_LIMIT_DOCS if matched else self.args.limit_docs)
         result = measure_run(self.name(label))
         result["load_after"] = os.getloadavg()[0]
         self.runs.append((label, result))
-        self.limit()
-        around = self.limits[-2:]
+        self.limit(max(1000, result["stored"]) if matched else self.args.limit_docs)
+        around = self.limits[-1:] if matched and len(self.runs) == 1 else self.limits[-2:]
         result["limit_around"] = around
         result["share_of_limit"] = result["acknowledged_per_s"] / statistics.fmean(around)
         print(f"{label}: {result['share_of_limit']:.2f} of the limit", file=sys.stderr)
@@ -482,7 +494,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=40, help="length of each HTTP run")
     parser.add_argument("--rounds", type=int, default=3, help="serve runs of each kind (with and without lastSeen)")
     parser.add_argument("--threads", type=int, default=2, help="wrk threads")
-    parser.add_argument("--limit-docs", type=int, default=20_000, help="snapshots for each limit measurement")
+    parser.add_argument("--limit-docs", type=int, default=0,
+                        help="snapshots for each limit measurement (0: as many as the run before it stored)")
     parser.add_argument("--workers", type=int, default=1, help="serve --workers")
     parser.add_argument("--no-baseline", action="store_true", help="skip the per-request path")
     parser.add_argument("--last-seen-only", action="store_true",
@@ -552,7 +565,7 @@ def main() -> int:
     base = runs.of("base")
     if args.before:
         out["serve_before"] = summary(runs.of("before"))
-    out.update(limits=runs.limits, limit_cpu_ms=runs.limit_cpu, runs=runs.runs, serve=serve, serve_last_seen_deferred=deferred,
+    out.update(limits=runs.limits, limit_cpu_ms=runs.limit_cpu, limit_docs=runs.limit_docs, runs=runs.runs, serve=serve, serve_last_seen_deferred=deferred,
                baseline=base[0] if base else None, share_of_limit=serve["share_of_limit"],
                load_after=os.getloadavg())
     if base:
@@ -578,8 +591,9 @@ def main() -> int:
               f"{r['acknowledged_per_s']:,.0f} | {r['p50_us'] / 1000:.0f} | {r['p99_us'] / 1000:.0f} | "
               f"{r['server_cpu_ms_per_ack']:.2f} / {r['database_cpu_ms_per_ack']:.2f} / "
               f"{r['wrk_cpu_ms_per_ack']:.2f} | {_batches(r)} | {'yes' if r['every_acknowledged_stored'] else 'NO'} |")
-    print(f"| server insert limit (`insert_many`, batches of 1,000), each measurement (CPU ms per snapshot: "
-          f"database and client) | {', '.join(f'{x:,.0f}' for x in runs.limits)} | | | | "
+    print(f"| server insert limit (`insert_many`, batches of 1,000), each measurement as snapshots/s (snapshots "
+          f"inserted; CPU ms per snapshot: database and client) | "
+          f"{', '.join(f'{x:,.0f} ({n:,})' for x, n in zip(runs.limits, runs.limit_docs, strict=True))} | | | | "
           f"{', '.join(f'{x:.2f}' for x in runs.limit_cpu)} | | |")
     if base:
         print(f"\nserve vs per-request: {out['ratio_vs_per_request']:.1f}x")
