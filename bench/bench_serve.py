@@ -579,7 +579,7 @@ def main() -> int:
           "| CPU ms per snapshot: server / database / wrk | batches: mean size, ms each, share of the run "
           "| every acknowledged stored |")
     print("|---|---:|---:|---:|---:|---:|---:|---|")
-    rows = [("`serve` (group commit, a lastSeen round every 30 s from start)", serve),
+    rows = [("`serve` (group commit, lastSeen rounds every 30 s, the first 30 s after start)", serve),
             ("`serve --last-seen-seconds 3600` (no lastSeen round in the run)", deferred)]
     if args.before:
         rows.append((f"`serve` of {args.before}", summary(runs.of("before"))))
