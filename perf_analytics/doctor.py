@@ -45,8 +45,11 @@ from perf_analytics.schema import (
 )
 from perf_analytics.store import (
     KEY_INDEX,
+    AssetStats,
     Db,
     Doc,
+    asset_snapshot_stats,
+    count_asset_snapshot,
     ensure_indexes,
     is_duplicate_key,
     missing_indexes,
@@ -209,13 +212,13 @@ class _OrgScan:
     could match (a document with any off-type kind, an assetId or agentId that is not an
     identifier string, including missing or array values), so a false one answers the
     check with nothing found, and a true one sends the check to the server. `stats` is
-    what `_asset_stats` computes, by the same per-document step.
+    what `store.asset_snapshot_stats` computes, by the same per-document step.
     """
 
     snapshots: int
     off_type: bool
     bad_ids: bool
-    stats: dict[Any, tuple[int, datetime | None]]
+    stats: AssetStats
 
 
 def _scans_per_query(db: Db) -> bool:
@@ -231,7 +234,7 @@ def _scans_per_query(db: Db) -> bool:
 
 def _scan_org(db: Db, org_id: str) -> _OrgScan:
     """Read `org_id`'s snapshots once and answer every check's healthy case (`_OrgScan`)."""
-    stats: dict[Any, tuple[int, datetime | None]] = {}
+    stats: AssetStats = {}
     snapshots = 0
     off_type = bad_ids = False
     # No projection: every field's type is checked, and FerretDB applies one after
@@ -240,7 +243,7 @@ def _scan_org(db: Db, org_id: str) -> _OrgScan:
         snapshots += 1
         off_type = off_type or bool(off_type_kinds(doc))
         bad_ids = bad_ids or not (is_valid_id(doc.get("assetId")) and is_valid_id(doc.get("agentId")))
-        _count_asset(stats, doc)
+        count_asset_snapshot(stats, doc)
     return _OrgScan(snapshots, off_type, bad_ids, stats)
 
 
@@ -485,46 +488,13 @@ def _chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
     return (items[i : i + size] for i in range(0, len(items), size))
 
 
-def _asset_stats(db: Db, org_id: str) -> dict[Any, tuple[int, datetime | None]]:
-    """Per assetId of `org_id`'s snapshots: how many, and the newest BSON-date timestamp.
-
-    One `$group` on servers with a `$max` accumulator. FerretDB 1.24 has none (and no
-    `$first`), and sorts without an index, so one find_one per asset would scan the
-    collection once per asset; there this is one projected scan reduced here instead.
-    """
-    newest_date = {"$max": {"$cond": [{"$eq": [{"$type": "$timestamp"}, "date"]}, "$timestamp", None]}}
-    pipeline: list[Doc] = [
-        {"$match": {"orgId": org_id}},
-        {"$group": {"_id": "$assetId", "n": {"$sum": 1}, "newest": newest_date}},
-    ]
-    try:
-        return {row["_id"]: (row["n"], row["newest"]) for row in db[SNAPSHOTS].aggregate(pipeline)}
-    except OperationFailure as exc:
-        if exc.code != _NOT_IMPLEMENTED:
-            raise
-    stats: dict[Any, tuple[int, datetime | None]] = {}
-    projection = {"_id": 0, "assetId": 1, "timestamp": 1}
-    for doc in db[SNAPSHOTS].find({"orgId": org_id}, projection, batch_size=BATCH_SIZE):
-        _count_asset(stats, doc)
-    return stats
-
-
-def _count_asset(stats: dict[Any, tuple[int, datetime | None]], doc: Doc) -> None:
-    """Add one snapshot to its assetId's (count, newest BSON-date timestamp)."""
-    asset_id, moment = doc.get("assetId"), doc.get("timestamp")
-    count, newest = stats.get(asset_id, (0, None))
-    if isinstance(moment, datetime) and (newest is None or moment > newest):
-        newest = moment
-    stats[asset_id] = (count + 1, newest)
-
-
 def _check_assets(db: Db, org_id: str, *, fix: bool, scan: _OrgScan | None) -> tuple[Check, Check]:
     """Orphaned snapshots (no asset in the org) and assets whose lastSeen lags.
 
     An assetId matches an asset the way `store.touch_assets` matches it: a 24-hex id
     names the ObjectId or the string _id, compared as values (not as text).
     """
-    stats = scan.stats if scan is not None else _asset_stats(db, org_id)
+    stats = scan.stats if scan is not None else asset_snapshot_stats(db, org_id)
     named = sorted(a for a in stats if isinstance(a, str))
     candidates = {asset_id: _id_values(asset_id) for asset_id in named}
     last_seen: dict[Any, Any] = {}
