@@ -186,18 +186,6 @@ def test_an_asset_that_runs_above_90_every_day_raises_no_threshold_flags() -> No
     assert only(plain, "threshold", "cpu.usage").height >= 3
 
 
-def test_an_asset_that_runs_above_90_every_day_is_still_flagged_at_its_critical_level() -> None:
-    def edit(t: np.ndarray, c: dict[str, np.ndarray]) -> None:
-        hot_by_design(t, c)
-        c["cpu"][(t >= at(24 + 13)) & (t < at(24 + 13.5))] = 99.5
-
-    flags = only(flag_anomalies(frames_of(asset_docs(days=3, edit=edit)), options=FlagOptions(day=DAY3)), "threshold")
-    assert flags.height == 1
-    row = flags.row(0, named=True)
-    assert (row["metric"], row["severity"]) == ("cpu.usage", "critical")
-    assert T0 + timedelta(seconds=at(24 + 13)) <= row["start"] < T0 + timedelta(seconds=at(24 + 13.5))
-
-
 def test_an_asset_usually_at_40_that_holds_95_is_flagged_once_its_baseline_has_formed() -> None:
     def edit(t: np.ndarray, c: dict[str, np.ndarray]) -> None:
         c["cpu"][:] = 40 + 2 * np.sin(2 * np.pi * t / 86400)
@@ -223,9 +211,10 @@ def test_a_saturation_the_asset_already_held_that_week_is_no_threshold_flag() ->
     assert only(plain, "threshold", "cpu.usage").height == 1
 
 
-def test_an_asset_that_saturates_in_routine_is_still_flagged_beyond_what_it_held() -> None:
+@pytest.mark.parametrize("routine", [hot_by_design, nightly_batch], ids=["above-90-every-day", "nightly-saturation"])
+def test_an_asset_hot_by_routine_is_still_flagged_at_its_critical_level(routine: Edit) -> None:
     def edit(t: np.ndarray, c: dict[str, np.ndarray]) -> None:
-        nightly_batch(t, c)
+        routine(t, c)
         c["cpu"][(t >= at(24 + 13)) & (t < at(24 + 13.5))] = 99.5
 
     flags = only(flag_anomalies(frames_of(asset_docs(days=3, edit=edit)), options=FlagOptions(day=DAY3)), "threshold")
