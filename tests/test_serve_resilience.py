@@ -149,6 +149,20 @@ async def _agents_until_killed(service: ServiceProcess, key: str, plan: list[lis
     return told
 
 
+def _killed_under_load(
+    server_uri: str, db: Db, tmp_path: Path, key: str, plan: list[list[dict[str, Any]]], *args: str
+) -> list[tuple[str, str, str]]:
+    """Start a service (with `args`), load it with `plan` until it is killed with kill -9
+    mid-load; what the clients were told."""
+    service = start_service(server_uri, db.name, tmp_path, *args)
+    try:
+        told = asyncio.run(_agents_until_killed(service, key, plan))
+    finally:
+        service.kill()
+    assert service.proc.returncode == -signal.SIGKILL
+    return told
+
+
 @pytest.mark.slow
 def test_kill_9_under_load_loses_no_acknowledged_snapshot_and_stores_none_twice(
     server_uri: str, db: Db, tmp_path: Path
@@ -156,12 +170,7 @@ def test_kill_9_under_load_loses_no_acknowledged_snapshot_and_stores_none_twice(
     _, key = create_api_key(db, "org-a")
     run = uuid.uuid4().hex[:6]
     plan = _load_snapshots(run)
-    service = start_service(server_uri, db.name, tmp_path)
-    try:
-        told = asyncio.run(_agents_until_killed(service, key, plan))
-    finally:
-        service.kill()
-    assert service.proc.returncode == -signal.SIGKILL
+    told = _killed_under_load(server_uri, db, tmp_path, key, plan)
 
     stored = _stored_keys(db, "org-a")
     assert len(stored) == len(set(stored)), "a snapshot is stored twice"
@@ -206,12 +215,7 @@ def test_a_restart_after_kill_9_moves_every_last_seen_to_its_newest_stored_snaps
     db[ASSETS].insert_one({"_id": f"{run}-b", "orgId": "org-b", "lastSeen": datetime(2020, 1, 1, tzinfo=UTC)})
     # No lastSeen round for an hour: every acknowledged move is still pending at the kill.
     slow_rounds = ("--last-seen-seconds", "3600")
-    service = start_service(server_uri, db.name, tmp_path, *slow_rounds)
-    try:
-        asyncio.run(_agents_until_killed(service, key, plan))
-    finally:
-        service.kill()
-    assert service.proc.returncode == -signal.SIGKILL
+    _killed_under_load(server_uri, db, tmp_path, key, plan, *slow_rounds)
     newest = _newest_stored(db, "org-a")
     assert len(newest) == CLIENTS
     before = {a["_id"]: a.get("lastSeen") for a in db[ASSETS].find({"orgId": "org-a"})}
