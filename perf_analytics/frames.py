@@ -66,6 +66,12 @@ def snake(name: str) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
 
 
+def column_name(table: Table, name: str) -> str:
+    """The frame column of `table`'s field `name`: `<field>` on a repeated table's own frame,
+    `<table>_<field>` on the snapshots frame (`memory_usage_percent`)."""
+    return snake(name) if table.repeated else f"{table.key}_{snake(name)}"
+
+
 def _arrow_type(kind: str) -> pa.DataType:
     if kind == COUNT:
         return pa.int64()
@@ -134,7 +140,7 @@ def _snapshot_columns(table: Table) -> list[pl.Expr]:
     list: no section is not a sum of 0)."""
     base = _column(table.path)
     if not table.repeated:
-        return [base.struct.field(name).alias(f"{table.key}_{snake(name)}") for name, _, _ in table.fields]
+        return [base.struct.field(name).alias(column_name(table, name)) for name, _, _ in table.fields]
     if not table.sum_prefix:
         return []
     return [
@@ -332,7 +338,7 @@ def native_frames_from_raw(batches: Sequence[bytes]) -> tuple[Frames, Refused]:
         if not table.repeated:
             node = parent["children"][table.key]["node"]
             for name, kind, _ in table.fields:
-                columns[f"{table.key}_{snake(name)}"] = _leaf(node["leaves"][name], _arrow_type(kind), rows)
+                columns[column_name(table, name)] = _leaf(node["leaves"][name], _arrow_type(kind), rows)
             continue
         child = parent["children"][table.key]
         if table.sum_prefix:

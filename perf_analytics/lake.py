@@ -90,7 +90,7 @@ from perf_analytics.errors import (
     QueryError,
     UnreadableLakeFile,
 )
-from perf_analytics.frames import empty_frames, snake
+from perf_analytics.frames import column_name, empty_frames, snake
 from perf_analytics.manifest import manifest_path
 from perf_analytics.rollups import Rollups, compute_availability, compute_rollups
 from perf_analytics.schema import COUNT, ID_RULE, PERCENTS, Table, is_valid_id
@@ -424,7 +424,7 @@ def _metric_columns(table: Table) -> list[str]:
     """A table's columns in `snapshot_metrics`, as `frames._snapshot_columns` makes them."""
     base = _path_sql(table.path)
     if not table.repeated:
-        return [f"{base}[{_literal(name)}] AS {_ident(f'{table.key}_{snake(name)}')}" for name, _, _ in table.fields]
+        return [f"{base}[{_literal(name)}] AS {_ident(column_name(table, name))}" for name, _, _ in table.fields]
     if not table.sum_prefix:
         return []
     # As in the frames: a snapshot without the list has no sum (null, not 0); an empty list sums to 0.

@@ -90,7 +90,7 @@ import polars as pl
 import pyarrow as pa
 
 from perf_analytics.errors import InvalidArgument, RollupError
-from perf_analytics.frames import Frames, snake
+from perf_analytics.frames import Frames, column_name
 from perf_analytics.schema import LIMITS, TABLES, TIME_WINDOWS, Limits
 from perf_analytics.store import Db
 
@@ -139,8 +139,7 @@ def _frame_limits() -> dict[str, Limits]:
     for table in TABLES:
         for name, kind, _ in table.fields:
             if kind in LIMITS:
-                column = snake(name) if table.repeated else f"{table.key}_{snake(name)}"
-                limits[column] = LIMITS[kind]
+                limits[column_name(table, name)] = LIMITS[kind]
     return limits
 
 
