@@ -437,7 +437,7 @@ def _metric_columns(table: Table) -> list[str]:
 
 def _item_sql(table: Table) -> str:
     """One row per object of a repeated table, as `frames._item_frame` makes them."""
-    fields = ", ".join(f"item[{_literal(name)}] AS {_ident(snake(name))}" for name, _, _ in table.fields)
+    fields = ", ".join(f"item[{_literal(name)}] AS {_ident(column_name(table, name))}" for name, _, _ in table.fields)
     return (
         f"SELECT orgId, assetId, \"timestamp\", item['name'] AS {_ident(table.item)}, {fields}, date FROM ("
         f"SELECT orgId, assetId, \"timestamp\", date, unnest({_path_sql(table.path)}) AS item FROM snapshots WHERE typed"

@@ -25,9 +25,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from perf_analytics import rollups as rollups_module
 from perf_analytics.errors import InvalidArgument, RollupError
-from perf_analytics.frames import Frames, empty_frames, frames_from_documents
+from perf_analytics.frames import Frames, column_name, empty_frames, frames_from_documents
 from perf_analytics.rollups import (
     ASSET_METRICS,
     SKETCH_ALPHA,
@@ -39,7 +38,7 @@ from perf_analytics.rollups import (
     mergeable_rollups,
     upsert_rollups,
 )
-from perf_analytics.schema import validate_snapshot
+from perf_analytics.schema import LIMITS, TABLES, validate_snapshot
 from perf_analytics.store import Db
 from perf_analytics.synth import FleetSpec, fleet_labels, generate_fleet
 
@@ -388,7 +387,14 @@ def test_a_value_outside_the_contracts_limits_is_null_in_every_checked_column() 
     # The rollups' value checks are the contract's (schema.LIMITS): each snapshot column
     # whose field has a minimum or maximum gets a value just outside it in one sample and
     # the limit itself in another; only the limit may reach the aggregates.
-    checked = {c: limits for c, limits in rollups_module._LIMITS.items() if c in rollups_module._SNAPSHOT_COLUMNS}
+    # Derived from the contract itself, not from the rollups' own map of it.
+    checked = {
+        column_name(table, name): LIMITS[kind]
+        for table in TABLES
+        if not table.repeated
+        for name, kind, _ in table.fields
+        if kind in LIMITS and column_name(table, name) in SNAPSHOT_SCHEMA
+    }
     assert {"cpu_usage", "memory_usage_percent", "memory_swap_used", "system_uptime", "system_thread_count"} <= set(checked)
     aggregated = 0
     for column, limits in checked.items():
