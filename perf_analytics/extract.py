@@ -395,11 +395,13 @@ def _combine(parts: Iterator[Extraction]) -> Extraction:
         count += part.skipped_count
     if not frames:
         return Extraction(empty_frames())
+    # Each part is ordered already; a stable sort by the keys alone keeps, for rows sharing
+    # them, the order they were read in (and each snapshot's objects in its own order).
     keys = list(KEYS)
     combined = Frames(
-        pl.concat([f.snapshots for f in frames]).sort(keys),
-        pl.concat([f.disks for f in frames]).sort([*keys, "disk"]),
-        pl.concat([f.interfaces for f in frames]).sort([*keys, "interface"]),
+        pl.concat([f.snapshots for f in frames]).sort(keys, maintain_order=True),
+        pl.concat([f.disks for f in frames]).sort(keys, maintain_order=True),
+        pl.concat([f.interfaces for f in frames]).sort(keys, maintain_order=True),
     )
     return Extraction(combined, skipped[:MAX_REPORTED], count)
 

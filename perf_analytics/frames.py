@@ -153,14 +153,19 @@ def _snapshot_columns(table: Table) -> list[pl.Expr]:
 
 
 def _item_frame(df: pl.DataFrame, table: Table) -> pl.DataFrame:
-    """One row per object of a repeated table, keyed by KEYS and the object's name."""
+    """One row per object of a repeated table, keyed by KEYS and the object's name.
+
+    Ordered by its snapshot's keys, then by snapshot (as read) and name, stably: as the
+    native decoder orders them, so that the objects of two snapshots sharing every key
+    (which the unique index rules out) stay apart, each snapshot's together."""
     return (
         df.select(*KEYS, _column(table.path).alias("item"))
+        .with_row_index("snapshot")
         .explode("item")
         .drop_nulls("item")
         .unnest("item")
+        .sort([*KEYS, "snapshot", "name"], maintain_order=True)
         .select(*KEYS, pl.col("name").alias(table.item), *(pl.col(n).alias(snake(n)) for n, _, _ in table.fields))
-        .sort([*KEYS, table.item])
     )
 
 
@@ -180,7 +185,8 @@ def frames_from_arrow(table: pa.Table) -> Frames:
     assert isinstance(df, pl.DataFrame)
     ids = [c for c in ("_id", "orgId", "agentId", "assetId", "timestamp", "timeWindow") if c in df.columns]
     tables = schema.TABLES
-    snapshots = df.select(*ids, *(c for t in tables for c in _snapshot_columns(t))).sort(list(KEYS))
+    # Stable, as the native decoder orders them: rows sharing every key keep the order read.
+    snapshots = df.select(*ids, *(c for t in tables for c in _snapshot_columns(t))).sort(list(KEYS), maintain_order=True)
     items = {t.frame: _item_frame(df, t) for t in tables if t.repeated}
     return Frames(snapshots, items["disks"], items["interfaces"])
 

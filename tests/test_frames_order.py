@@ -1,4 +1,6 @@
-"""The native decoder's row order, checked on generated documents (Hypothesis).
+"""The frames' row order, checked on generated documents (Hypothesis), for the native
+decoder and for the Polars flattening of a nested table (`frames_from_arrow`, the path of
+pymongoarrow's tables).
 
 The frames come sorted by (orgId, assetId, timestamp), nulls first, each snapshot's disks
 and interfaces by name: the order Polars gives with `maintain_order=True`, so rows with
@@ -9,14 +11,22 @@ wide to pack: the keys compared one by one).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import bson
 import polars as pl
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from perf_analytics.frames import KEYS, native_frames_from_raw
+from perf_analytics.frames import (
+    KEYS,
+    Frames,
+    frames_from_arrow,
+    native_frames_from_raw,
+    native_table_from_raw,
+)
 
 DAY_MS = 86_400_000
 INT64 = 2**63
@@ -71,15 +81,22 @@ def _expected(drawn: list[dict[str, Any]]) -> tuple[list[int], list[float]]:
     return order, disks
 
 
+def _flattened(batches: list[bytes]) -> tuple[Frames, list[Any]]:
+    """The nested table of the batches, unsorted, flattened and sorted by Polars."""
+    table, refused = native_table_from_raw(batches, with_id=True)
+    return frames_from_arrow(table), refused
+
+
+@pytest.mark.parametrize("decode", [native_frames_from_raw, _flattened], ids=["native", "flattened"])
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(timestamp_ranges.flatmap(_snapshots), st.integers(1, 7))
-def test_native_frames_sort_as_polars_sorts_the_keys_stably_with_nulls_first(
-    drawn: list[dict[str, Any]], per_batch: int
+def test_frames_sort_as_polars_sorts_the_keys_stably_with_nulls_first(
+    decode: Callable[[list[bytes]], tuple[Frames, list[Any]]], drawn: list[dict[str, Any]], per_batch: int
 ) -> None:
     docs = _documents(drawn)
     batches = [b"".join(bson.encode(d) for d in docs[i : i + per_batch]) for i in range(0, len(docs), per_batch)]
 
-    frames, refused = native_frames_from_raw(batches)
+    frames, refused = decode(batches)
 
     order, disks = _expected(drawn)
     assert refused == []
