@@ -4,7 +4,10 @@
 //! are declared in, so the field after the last one matched is nearly always the next
 //! one read: trying it first makes the common lookup one name comparison, where a search
 //! down the list costs one per earlier column. Any other order (or an unknown key) falls
-//! back to that search, so the result is the same for every document.
+//! back to that search, so the result is the same for every document. The walker
+//! compares the expected name with the key's bytes where they lie (`walk::Key`).
+
+use crate::walk::Key;
 
 /// A node's field: its leaf (column) or its child object, by index.
 #[derive(Clone, Copy)]
@@ -16,7 +19,8 @@ pub(crate) enum Slot {
 /// A node's field names, leaves then children, with a cursor on the field expected next.
 pub(crate) struct Fields {
     /// The names in slot order; None for a name an earlier slot already has, which a
-    /// search down the list never reaches either.
+    /// search down the list never reaches either, and for one with a NUL byte, which no
+    /// BSON key has (compared in place, it would run past the key's terminator).
     names: Vec<Option<Box<str>>>,
     leaves: usize,
     next: usize,
@@ -31,7 +35,7 @@ impl Fields {
         let mut names: Vec<Option<Box<str>>> = Vec::new();
         for name in leaves.chain(children) {
             let seen = names.iter().flatten().any(|n| &**n == name);
-            names.push((!seen).then(|| name.into()));
+            names.push((!seen && !name.contains('\0')).then(|| name.into()));
         }
         Fields { names, leaves: count, next: 0 }
     }
@@ -41,14 +45,17 @@ impl Fields {
         self.next = 0;
     }
 
-    /// The slot named `key` (None: not a column of this node); the slot after it is tried
-    /// first for the next key.
-    pub(crate) fn find(&mut self, key: &str) -> Option<Slot> {
-        let expected = self.names.get(self.next).and_then(Option::as_deref) == Some(key);
-        let index = if expected {
-            self.next
-        } else {
-            self.names.iter().position(|n| n.as_deref() == Some(key))?
+    /// The name of the field expected next, for the walker to compare in place.
+    pub(crate) fn expected(&self) -> Option<&[u8]> {
+        self.names.get(self.next).and_then(Option::as_deref).map(str::as_bytes)
+    }
+
+    /// The slot of `key` (None: not a column of this node); the slot after it is
+    /// expected next.
+    pub(crate) fn find(&mut self, key: Key) -> Option<Slot> {
+        let index = match key {
+            Key::Expected => self.next,
+            Key::Other(key) => self.names.iter().position(|n| n.as_deref() == Some(key))?,
         };
         self.next = index + 1;
         Some(if index < self.leaves { Slot::Leaf(index) } else { Slot::Child(index - self.leaves) })

@@ -1,8 +1,8 @@
 //! Raw BSON snapshot batches decoded straight into Arrow column buffers.
 //!
 //! Python describes the columns it wants (a tree of nodes, see `Node::from_spec`) and
-//! passes the raw batches the server sent; this module walks each document once with the
-//! `bson` crate's raw API (no document is materialised) and returns, per node, the
+//! passes the raw batches the server sent; this module walks each document once (`walk`:
+//! no document is materialised, keys are compared in place) and returns, per node, the
 //! buffers of Arrow arrays: validity bitmaps, values, offsets. Python wraps them with
 //! `pyarrow.Array.from_buffers` without copying.
 //!
@@ -16,16 +16,17 @@
 mod fields;
 mod loader;
 mod order;
+mod walk;
 
 use std::cmp::Ordering;
 
-use bson::raw::{RawArray, RawBsonRef, RawDocument};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList};
 
 use fields::{Fields, Slot};
 use order::{root_order, Orders};
+use walk::{Doc, Key, Malformed, Value};
 
 #[derive(Clone, Copy, PartialEq)]
 enum Kind {
@@ -61,59 +62,72 @@ impl Kind {
     }
 }
 
-/// Why a document was refused, in pymongoarrow's words.
-struct Refusal(String);
+/// Why a document was refused: a type the column does not take (in pymongoarrow's
+/// words), or bytes that are not BSON (where, and why).
+enum Refusal {
+    Type(String),
+    Malformed(Malformed),
+}
+
+impl Refusal {
+    /// The same refusal seen from one level out, inside the element `key`.
+    fn within(self, key: &str) -> Refusal {
+        match self {
+            Refusal::Malformed(e) => Refusal::Malformed(e.at(key.as_bytes())),
+            other => other,
+        }
+    }
+
+    fn reason(self) -> String {
+        match self {
+            Refusal::Type(reason) => reason,
+            Refusal::Malformed(e) => e.message(),
+        }
+    }
+}
+
+impl From<Malformed> for Refusal {
+    fn from(e: Malformed) -> Refusal {
+        Refusal::Malformed(e)
+    }
+}
 
 type Step = Result<(), Refusal>;
 
 /// The BSON type's name as pymongoarrow words it, so both decoders give the same reason.
-fn type_name(value: &RawBsonRef) -> &'static str {
+fn type_name(value: &Value) -> &'static str {
     match value {
-        RawBsonRef::Double(_) => "double",
-        RawBsonRef::String(_) => "string",
-        RawBsonRef::Array(_) => "array",
-        RawBsonRef::Document(_) => "document",
-        RawBsonRef::Boolean(_) => "boolean",
-        RawBsonRef::Null => "null",
-        RawBsonRef::Int32(_) => "int32",
-        RawBsonRef::Int64(_) => "int64",
-        RawBsonRef::DateTime(_) => "datetime",
-        RawBsonRef::ObjectId(_) => "objectId",
-        RawBsonRef::Decimal128(_) => "decimal128",
-        RawBsonRef::Binary(_) => "binary",
-        RawBsonRef::Timestamp(_) => "timestamp",
-        RawBsonRef::RegularExpression(_) => "regex",
-        RawBsonRef::JavaScriptCode(_) => "code",
-        RawBsonRef::JavaScriptCodeWithScope(_) => "codeWithScope",
-        RawBsonRef::Symbol(_) => "symbol",
-        RawBsonRef::Undefined => "undefined",
-        RawBsonRef::MinKey => "minkey",
-        RawBsonRef::MaxKey => "maxkey",
-        RawBsonRef::DbPointer(_) => "dbPointer",
+        Value::Double(_) => "double",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Document(_) => "document",
+        Value::Boolean(_) => "boolean",
+        Value::Null => "null",
+        Value::Int32(_) => "int32",
+        Value::Int64(_) => "int64",
+        Value::DateTime(_) => "datetime",
+        Value::ObjectId(_) => "objectId",
+        Value::Other(name) => name,
     }
 }
 
-fn refuse(kind: Kind, value: &RawBsonRef) -> Refusal {
-    Refusal(format!("Got unexpected type `{}` instead of expected type `{}`", type_name(value), kind.expected()))
+fn refuse(kind: Kind, value: &Value) -> Refusal {
+    Refusal::Type(format!("Got unexpected type `{}` instead of expected type `{}`", type_name(value), kind.expected()))
 }
 
 /// A double, as a double column reads it (None: the value is not a number).
-fn as_double(value: &RawBsonRef) -> Option<f64> {
+fn as_double(value: &Value) -> Option<f64> {
     match *value {
-        RawBsonRef::Double(v) => Some(v),
-        RawBsonRef::Int32(v) => Some(f64::from(v)),
-        RawBsonRef::Int64(v) => Some(v as f64),
-        RawBsonRef::Boolean(v) => Some(if v { 1.0 } else { 0.0 }),
+        Value::Double(v) => Some(v),
+        Value::Int32(v) => Some(f64::from(v)),
+        Value::Int64(v) => Some(v as f64),
+        Value::Boolean(v) => Some(if v { 1.0 } else { 0.0 }),
         _ => None,
     }
 }
 
-fn is_null(value: &RawBsonRef) -> bool {
-    matches!(value, RawBsonRef::Null) || matches!(value, RawBsonRef::Double(v) if v.is_nan())
-}
-
-fn malformed(err: bson::error::Error) -> PyErr {
-    PyValueError::new_err(format!("malformed BSON: {err}"))
+fn is_null(value: &Value) -> bool {
+    matches!(value, Value::Null) || matches!(value, Value::Double(v) if v.is_nan())
 }
 
 /// One column: one value per row of its node.
@@ -148,7 +162,7 @@ impl Leaf {
         }
     }
 
-    fn push(&mut self, value: RawBsonRef) -> Step {
+    fn push(&mut self, value: Value) -> Step {
         if is_null(&value) {
             self.push_null();
             return Ok(());
@@ -158,22 +172,22 @@ impl Leaf {
                 Some(x) => self.f64s.push(x),
                 None => return Err(refuse(self.kind, &v)),
             },
-            (Kind::I64, RawBsonRef::Double(x)) => self.i64s.push(x as i64),
+            (Kind::I64, Value::Double(x)) => self.i64s.push(x as i64),
             (Kind::I64, v) => match as_double(&v) {
                 Some(_) => self.i64s.push(match v {
-                    RawBsonRef::Int32(x) => i64::from(x),
-                    RawBsonRef::Int64(x) => x,
-                    _ => i64::from(matches!(v, RawBsonRef::Boolean(true))),
+                    Value::Int32(x) => i64::from(x),
+                    Value::Int64(x) => x,
+                    _ => i64::from(matches!(v, Value::Boolean(true))),
                 }),
                 None => return Err(refuse(self.kind, &v)),
             },
-            (Kind::Str, RawBsonRef::String(s)) => {
+            (Kind::Str, Value::String(s)) => {
                 self.bytes.extend_from_slice(s.as_bytes());
                 self.offsets.push(self.bytes.len() as i32);
             }
-            (Kind::Ts, RawBsonRef::DateTime(d)) => self.i64s.push(d.timestamp_millis()),
-            (Kind::Oid, RawBsonRef::ObjectId(o)) => self.bytes.extend_from_slice(&o.bytes()),
-            (Kind::F64List, RawBsonRef::Array(items)) => self.push_list(items)?,
+            (Kind::Ts, Value::DateTime(millis)) => self.i64s.push(millis),
+            (Kind::Oid, Value::ObjectId(o)) => self.bytes.extend_from_slice(&o),
+            (Kind::F64List, Value::Array(items)) => self.push_list(items).map_err(|r| r.within(&self.name))?,
             (Kind::F64List, _) => self.offsets.push(self.f64s.len() as i32),
             (_, v) => return Err(refuse(self.kind, &v)),
         }
@@ -181,9 +195,10 @@ impl Leaf {
         Ok(())
     }
 
-    fn push_list(&mut self, items: &RawArray) -> Step {
-        for item in items {
-            let item = item.map_err(|e| Refusal(format!("{}: {e}", self.name)))?;
+    fn push_list(&mut self, items: Doc) -> Step {
+        let mut items = items.elements();
+        while let Some(item) = items.next(None) {
+            let (_, item) = item?;
             if is_null(&item) {
                 self.f64s.push(0.0);
                 self.inner.push(0);
@@ -251,22 +266,27 @@ struct Child {
 }
 
 impl Child {
-    fn fill(&mut self, value: Option<RawBsonRef>) -> Step {
+    fn fill(&mut self, value: Option<Value>) -> Step {
         if !self.repeated {
             return self.node.fill(match value {
-                Some(RawBsonRef::Document(doc)) => Some(doc),
+                Some(Value::Document(doc)) => Some(doc),
                 _ => None,
             });
         }
         match value {
             None => self.valid.push(0),
             Some(v) if is_null(&v) => self.valid.push(0),
-            Some(RawBsonRef::Array(items)) => {
-                for item in items {
-                    let item = item.map_err(|e| Refusal(format!("{}: {e}", self.name)))?;
-                    self.node.fill(match item {
-                        RawBsonRef::Document(doc) => Some(doc),
+            Some(Value::Array(items)) => {
+                let mut items = items.elements();
+                while let Some(item) = items.next(None) {
+                    let (index, item) = item?;
+                    let doc = match item {
+                        Value::Document(doc) => Some(doc),
                         _ => None,
+                    };
+                    self.node.fill(doc).map_err(|r| match index {
+                        Key::Other(index) => r.within(index),
+                        Key::Expected => r,
                     })?;
                 }
                 self.valid.push(1);
@@ -320,13 +340,13 @@ impl Node {
     }
 
     /// One row from `doc` (None: a missing or non-document object: every column null).
-    fn fill(&mut self, doc: Option<&RawDocument>) -> Step {
+    fn fill(&mut self, doc: Option<Doc>) -> Step {
         let row = self.rows;
         if let Some(doc) = doc {
             self.fields.rewind();
-            for element in doc {
-                let (key, value) = element.map_err(|e| Refusal(format!("malformed BSON: {e}")))?;
-                let key = key.as_str();
+            let mut elements = doc.elements();
+            while let Some(element) = elements.next(self.fields.expected()) {
+                let (key, value) = element?;
                 // A repeated key is read once, as pymongoarrow reads its first occurrence.
                 match self.fields.find(key) {
                     Some(Slot::Leaf(i)) if self.leaves[i].rows() == row => self.leaves[i].push(value)?,
@@ -334,7 +354,7 @@ impl Node {
                         let child = &mut self.children[i];
                         let filled = if child.repeated { child.parent_rows() > row } else { child.node.rows > row };
                         if !filled {
-                            child.fill(Some(value))?;
+                            child.fill(Some(value)).map_err(|r| r.within(&child.name))?;
                         }
                     }
                     _ => {}
@@ -455,9 +475,10 @@ fn node_dict<'py>(py: Python<'py>, node: &Node, order: Option<&Orders>) -> PyRes
 ///
 /// Returns (columns, refused): `columns` a dict per node (`rows`, `leaves`, `children`,
 /// `order`) of Arrow buffers; `refused` a list of (position of the document among all of
-/// the batches' documents, reason) for the documents left out. With `sort` = (keys, item),
-/// each node's `order` holds its rows' sorted order as uint32 (see `Orders`), else None.
-/// Malformed BSON raises ValueError.
+/// the batches' documents, reason) for the documents left out, malformed ones among them
+/// ("malformed BSON at <dotted path>: <reason>"). With `sort` = (keys, item), each node's
+/// `order` holds its rows' sorted order as uint32 (see `Orders`), else None. Batches
+/// that cannot be cut into documents raise ValueError.
 #[pyfunction]
 #[pyo3(signature = (batches, spec, sort=None))]
 fn decode_batches<'py>(
@@ -481,11 +502,12 @@ fn decode_batches<'py>(
             if length < 5 || end > data.len() {
                 return Err(PyValueError::new_err("malformed BSON: a document's length runs past its batch"));
             }
-            let doc = RawDocument::from_bytes(&data[offset..end]).map_err(malformed)?;
+            let doc = Doc::new(&data[offset..end])
+                .map_err(|e| PyValueError::new_err(format!("{} (document {position})", e.message())))?;
             let rows = root.rows;
-            if let Err(Refusal(reason)) = root.fill(Some(doc)) {
+            if let Err(refusal) = root.fill(Some(doc)) {
                 root.truncate(rows);
-                refused.push((position, reason));
+                refused.push((position, refusal.reason()));
             }
             position += 1;
             offset = end;
