@@ -50,6 +50,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 from bson.codec_options import CodecOptions
+from bson.errors import InvalidBSON
 from pymongoarrow.api import Schema
 from pymongoarrow.context import PyMongoArrowContext
 from pymongoarrow.types import ObjectIdType
@@ -191,8 +192,15 @@ def _bisect(
 def refused_problem(raw: bytes, codec: CodecOptions[Any], reason: str = "") -> Problem:
     """The Problem record of a document the contract's types refused (`reason`: why, if
     known), naming its off-type kinds; ExtractError when it shows none of the kinds
-    `doctor --fix` repairs, since leaving it out silently would hide a bug."""
-    doc = bson.decode(raw, codec_options=codec)
+    `doctor --fix` repairs, since leaving it out silently would hide a bug, or when it is
+    not BSON at all (a damaged document no repair can read)."""
+    try:
+        doc = bson.decode(raw, codec_options=codec)
+    except InvalidBSON as exc:
+        raise ExtractError(
+            f"a stored snapshot is not valid BSON ({reason or exc}): the server returned a damaged "
+            "document, which `doctor --fix` cannot repair"
+        ) from None
     kinds = off_type_kinds(doc)
     if not kinds:
         why = f"({reason})" if reason else "with the contract's types"

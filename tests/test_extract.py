@@ -8,6 +8,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import bson
 import polars as pl
 import pyarrow.parquet as pq
 import pytest
@@ -15,7 +16,12 @@ from bson import ObjectId
 from pymongo import MongoClient, monitoring
 
 from perf_analytics.errors import ExtractError, InvalidArgument
-from perf_analytics.extract import extract_window, extract_window_all_orgs, iter_window
+from perf_analytics.extract import (
+    extract_window,
+    extract_window_all_orgs,
+    frames_from_raw_batches,
+    iter_window,
+)
 from perf_analytics.frames import KEYS, frames_from_documents
 from perf_analytics.schema import ID_NOT_OBJECTID, SNAPSHOTS, validate_snapshot
 from perf_analytics.store import Db
@@ -207,6 +213,20 @@ def test_a_refused_document_that_doctor_cannot_repair_stops_the_read(db: Db) -> 
         f"snapshot {docs[6]['_id']} cannot be read (Got unexpected type `int32` instead of expected type "
         "`string`) and is none of the off-type kinds `doctor --fix` repairs"
     )
+
+
+def test_a_damaged_document_in_a_batch_is_a_one_line_error_naming_the_element() -> None:
+    # A server never stores such a document, but a damaged one read back must stop the
+    # read with the decoder's reason, not with pymongo's traceback from reporting it.
+    doc = {"_id": ObjectId(), **validate_snapshot(series(1)[0])}
+    good = bson.encode(doc)
+    damaged = bytearray(good)
+    damaged[damaged.index(b"usage\x00") - 1] = 0x20  # an element type BSON does not have
+    with pytest.raises(ExtractError) as info:
+        frames_from_raw_batches([good + bytes(damaged)], decoder="native")
+    message = str(info.value)
+    assert message.startswith("a stored snapshot is not valid BSON (")
+    assert "performanceData.cpu.usage" in message and "\n" not in message
 
 
 def test_parts_of_one_cursor_never_hold_another_orgs_documents(db: Db) -> None:
