@@ -196,8 +196,8 @@ def _usual_bar(df: pl.DataFrame, base: Baselines, config: AnomalyConfig) -> tupl
     sample of its spells too: a CPU-bound job takes all the CPU it is given, so a spell that
     touched saturation once shows that saturating is how its jobs run; whether a spell is
     longer or busier than the week's is the level-shift and outlier rules' to say. Memory
-    and disks are capacities: a leak or a full disk is news
-    however often it has happened. Returns the frame with `_usual` and the expression
+    and disks are capacities: a leak or a full disk is news however often it has
+    happened. Returns the frame with `_usual` and the expression
     `raised` (its null-free boolean); both come from earlier days only, so today's run
     cannot raise its own bar.
     """
