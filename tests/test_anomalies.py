@@ -224,6 +224,44 @@ def test_an_asset_hot_by_routine_is_still_flagged_at_its_critical_level(routine:
     assert T0 + timedelta(seconds=at(24 + 13)) <= row["start"] < T0 + timedelta(seconds=at(24 + 13.5))
 
 
+def idle_with_spells(*spells: tuple[float, float, float]) -> Edit:
+    """A CPU idle at 0.1% that works in spells: (from hour, to hour, level) since T0."""
+
+    def edit(t: np.ndarray, c: dict[str, np.ndarray]) -> None:
+        rng = np.random.default_rng(5)
+        c["cpu"] = 0.1 + rng.uniform(0.0, 0.02, t.size)
+        for lo, hi, level in spells:
+            spell = (t >= lo * 3600) & (t < hi * 3600)
+            c["cpu"][spell] = level + rng.normal(0.0, 5.0, int(spell.sum()))
+
+    return edit
+
+
+def test_an_idle_host_whose_spells_peaked_at_saturation_is_not_flagged_when_one_holds_it() -> None:
+    """A worker idle at 0.1% whose job spells touched 95% for a sample on the second day:
+    on the fourth a spell holds 95% for half an hour. The job takes all the CPU it gets;
+    that is its work, not a shortage. A CPU with a daily rhythm that touched 95% once is
+    still flagged when it holds it (only a saturation it held counts as its routine)."""
+
+    def idle(t: np.ndarray, c: dict[str, np.ndarray]) -> None:
+        idle_with_spells((24 + 1, 24 + 3, 40.0), (72 + 13, 72 + 15, 40.0))(t, c)
+        c["cpu"][(t >= (24 + 2) * 3600) & (t < (24 + 2) * 3600 + 300)] = 95.0
+        c["cpu"][(t >= (72 + 14) * 3600) & (t < (72 + 14.5) * 3600)] = 95.0
+
+    def rhythm(t: np.ndarray, c: dict[str, np.ndarray]) -> None:
+        c["cpu"][(t >= (24 + 2) * 3600) & (t < (24 + 2) * 3600 + 300)] = 95.0
+        c["cpu"][(t >= (72 + 14) * 3600) & (t < (72 + 14.5) * 3600)] = 95.0
+
+    day4 = DAY2 + timedelta(days=2)
+    frames = frames_of(asset_docs(days=4, edit=idle))
+    flags = flag_anomalies(frames, options=FlagOptions(day=day4))
+    assert only(flags, "threshold").is_empty(), only(flags, "threshold").get_column("message").to_list()
+    plain = FlagOptions(day=day4, config=AnomalyConfig(threshold_idle_spells=False))
+    assert only(flag_anomalies(frames, options=plain), "threshold", "cpu.usage").height == 1
+    busy = only(flag_anomalies(frames_of(asset_docs(days=4, edit=rhythm)), options=FlagOptions(day=day4)), "threshold")
+    assert busy.get_column("metric").to_list() == ["cpu.usage"]
+
+
 def test_memory_that_runs_out_again_is_flagged_again() -> None:
     """Memory is a capacity: a second exhaustion is news, however routine CPU bursts are."""
 
@@ -364,6 +402,26 @@ def test_a_service_that_bursts_for_hours_at_a_time_is_no_level_shift() -> None:
     day3 = DAY2 + timedelta(days=1)
     flags = flag_anomalies(frames_of(asset_docs(days=3, edit=edit)), options=FlagOptions(day=day3))
     assert only(flags, "level_shift").is_empty(), only(flags, "level_shift").get_column("message").to_list()
+
+
+def test_with_level_idle_any_hour_an_idle_host_busy_at_a_new_hour_like_earlier_is_no_level_shift() -> None:
+    """A host idle at 0.1% ran a four-hour job at 60% one night; three days later a job
+    at 55% runs in the afternoon. The afternoon never saw it, but the host's work comes
+    when it comes: it has run like that this week, so nothing new (with the setting on;
+    by default the time of day decides). A job at 95% is new either way. A CPU with a
+    daily rhythm keeps the time-of-day rule (the other level-shift tests)."""
+    day4 = DAY2 + timedelta(days=2)
+    any_hour = FlagOptions(day=day4, config=AnomalyConfig(level_idle_any_hour=True))
+    like_before = idle_with_spells((24 + 1, 24 + 5, 60.0), (72 + 13, 72 + 17, 55.0))
+    frames = frames_of(asset_docs(days=4, edit=like_before))
+    flags = flag_anomalies(frames, options=any_hour)
+    assert only(flags, "level_shift").is_empty(), only(flags, "level_shift").get_column("message").to_list()
+    by_the_clock = FlagOptions(day=day4)  # the default
+    assert only(flag_anomalies(frames, options=by_the_clock), "level_shift", "cpu.usage").height == 1
+    busier = idle_with_spells((24 + 1, 24 + 5, 60.0), (72 + 13, 72 + 17, 95.0))
+    flags = only(flag_anomalies(frames_of(asset_docs(days=4, edit=busier)), options=any_hour), "level_shift", "cpu.usage")
+    assert flags.height == 1
+    assert T0 + timedelta(hours=72 + 13) < flags.item(0, "start") <= T0 + timedelta(hours=72 + 16)
 
 
 def test_a_spike_shorter_than_the_recent_window_is_no_level_shift() -> None:

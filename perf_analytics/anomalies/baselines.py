@@ -26,10 +26,11 @@ from datetime import UTC, date, datetime, timedelta
 import polars as pl
 
 from perf_analytics.anomalies.config import AnomalyConfig
-from perf_analytics.anomalies.series import ASSET, SERIES, floored_sigma
+from perf_analytics.anomalies.series import ASSET, LEVEL, SERIES, floored_sigma
 from perf_analytics.anomalies.state import AGENT, HOUR, PAIR, TIME
 
 IQR_TO_SIGMA = 1.349  # the interquartile range of a normal distribution, in standard deviations
+_MAD_TO_SIGMA = 1.4826  # a median absolute deviation of a normal distribution, in standard deviations
 
 
 def _hour_start() -> pl.Expr:
@@ -163,7 +164,8 @@ def level_windows(base: Baselines, config: AnomalyConfig) -> pl.DataFrame:
     (the hour itself included), `lo_recent`/`hi_recent` the least and greatest of them, `med_base`, `noise_base` and `n_base` those of the
     `level_baseline_hours` before that window began, and `seen_max`/`seen_min` the
     highest and lowest `med_recent` of the same time of day in the baseline days (of any
-    hour, with `level_novel_time_of_day` off).
+    hour, with `level_novel_time_of_day` off); with `level_idle_any_hour`,
+    `seen_any_max`/`seen_any_min` those of any hour.
     """
     recent_h = max(1, round(config.level_recent_minutes / 60))
     base_h = max(1, round(config.level_baseline_hours))
@@ -185,20 +187,52 @@ def level_windows(base: Baselines, config: AnomalyConfig) -> pl.DataFrame:
         "noise_base",
         "n_base",
     )
+    earlier = hours.filter(pl.col("date") < base.day)
     seen_by = [*SERIES, "tod"] if config.level_novel_time_of_day else SERIES
-    seen = (
-        hours.filter(pl.col("date") < base.day)
-        .group_by(seen_by)
-        .agg(pl.col("med_recent").max().alias("seen_max"), pl.col("med_recent").min().alias("seen_min"))
+    seen = earlier.group_by(seen_by).agg(
+        pl.col("med_recent").max().alias("seen_max"), pl.col("med_recent").min().alias("seen_min")
     )
-    return (
+    df = (
         hours.filter(pl.col("date") == base.day)
         .select(*SERIES, "kind", "hour", "hour_start", "tod", "last", "interval_s", "med_recent", "lo_recent",
                 "hi_recent", "n_recent")
         .join(before, on=[*SERIES, "hour_start"], how="left")
         .join(seen, on=seen_by, how="left")
-        .join(base.week.select(*SERIES, "first_seen").unique(SERIES), on=SERIES, how="left")
-        .sort([*SERIES, "hour_start"])
+    )
+    if config.level_idle_any_hour:
+        # Every hour's levels, for a series idle at every time of day (`idle_series`).
+        anywhere = earlier.group_by(SERIES).agg(
+            pl.col("med_recent").max().alias("seen_any_max"), pl.col("med_recent").min().alias("seen_any_min")
+        )
+        df = df.join(anywhere, on=SERIES, how="left")
+    return df.join(base.week.select(*SERIES, "first_seen").unique(SERIES), on=SERIES, how="left").sort(
+        [*SERIES, "hour_start"]
+    )
+
+
+def idle_series(base: Baselines, config: AnomalyConfig) -> pl.DataFrame:
+    """Per series of the baseline days: `idle`, whether it does next to nothing at every
+    time of day, and `peak`, its highest sample.
+
+    Idle: the usual level of each time of day (the median of its hourly medians) lies
+    within `level_shift_z` noise units (the median step as a standard deviation, floored as
+    every spread is) of zero. A batch host, a disk written in sessions, a worker fed by a
+    queue idles most of every hour and works in spells when work arrives, at no fixed hour;
+    a series with a daily rhythm has a time of day that is usually busy, and memory or a
+    temperature never sits at zero (levels, `LEVEL`, are never idle).
+    """
+    prev = base.hours.filter((pl.col("date") < base.day) & (pl.col("kind") != LEVEL))
+    per_tod = prev.group_by([*SERIES, "tod"]).agg(
+        pl.col("kind").first(), pl.col("q50").median().alias("_usual"), pl.col("step").median().alias("_step")
+    )
+    noise = floored_sigma(_MAD_TO_SIGMA * pl.col("_step") / math.sqrt(2.0), pl.col("_usual"))
+    peaks = prev.group_by(SERIES).agg(pl.col("hi").max().alias("peak"))
+    return (
+        per_tod.group_by(SERIES)
+        .agg(pl.col("kind").first(), pl.col("_usual").abs().max(), pl.col("_step").median())
+        .with_columns((pl.col("_usual") <= config.level_shift_z * noise).alias("idle"))
+        .join(peaks, on=SERIES, how="left")
+        .select(*SERIES, "idle", "peak")
     )
 
 

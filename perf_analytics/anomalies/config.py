@@ -35,6 +35,11 @@ class AnomalyConfig:
     # or nothing where it held that too, is news (needs `threshold_unusual_only`). CPU is
     # work being done; memory and disk are capacities, and running out again is news.
     threshold_novel_only: bool = True
+    # A CPU idle at every time of day (as for `level_idle_any_hour`) whose spells reached
+    # its threshold in the baseline days, if only for a sample, runs CPU-bound jobs: the
+    # job takes all the CPU it is given, so its spells saturate by design (with
+    # `threshold_novel_only`, the spells' peak counts as its usual state).
+    threshold_idle_spells: bool = True
 
     # Learning period: baselines of a series younger than this are not trusted yet
     # (outliers, level shifts and flatlines wait for it).
@@ -81,6 +86,11 @@ class AnomalyConfig:
     # go by, any day that differs from it looks new, so level shifts learn for two days.
     level_learn_hours: float = 48.0
     level_novel_time_of_day: bool = True  # beyond the levels of that time of day (else of any hour)
+    # A series idle at every time of day (each one's usual level within `level_shift_z`
+    # noise units of zero) works in spells that come when work arrives, not by the clock:
+    # with this on, its new level must pass the levels of every hour of the baseline days.
+    # Off by default: on NAB's held-out series it cost a labelled spell (bench/README.md).
+    level_idle_any_hour: bool = False
 
     # Flatlines: a metric that moves on at least `flatline_moving_share` of its samples
     # (over the previous day) repeats the same value for `flatline_minutes` or longer.

@@ -16,7 +16,13 @@ from datetime import datetime
 
 import polars as pl
 
-from perf_analytics.anomalies.baselines import Baselines, level_windows, moving_shares, trend_sums
+from perf_analytics.anomalies.baselines import (
+    Baselines,
+    idle_series,
+    level_windows,
+    moving_shares,
+    trend_sums,
+)
 from perf_analytics.anomalies.config import AnomalyConfig
 from perf_analytics.anomalies.joint import detect_joint
 from perf_analytics.anomalies.series import ASSET, PERCENT, RATE, SERIES, floored_sigma
@@ -185,8 +191,13 @@ def _usual_bar(df: pl.DataFrame, base: Baselines, config: AnomalyConfig) -> tupl
     `threshold_novel_only`, the highest level a CPU held in the baseline days (`_held`,
     the greatest of its hours' `held_hi`) counts as its usual state too: a box that
     saturates in bursts every few days (a batch job, a build agent) is doing its work when
-    it saturates again. Memory and disks are capacities: a leak or a full disk is news
-    however often it has happened. Returns the frame with `_usual` and the expression
+    it saturates again. With `threshold_idle_spells`, a CPU idle at every time of day
+    (`baselines.idle_series`: a worker that runs jobs when they arrive) counts the highest
+    sample of its spells too: a CPU-bound job takes all the CPU it is given, so a spell that
+    touched saturation once shows that saturating is how its jobs run; whether a spell is
+    longer or busier than the week's is the level-shift and outlier rules' to say. Memory
+    and disks are capacities: a leak or a full disk is news however often it has
+    happened. Returns the frame with `_usual` and the expression
     `raised` (its null-free boolean); both come from earlier days only, so today's run
     cannot raise its own bar.
     """
@@ -205,6 +216,11 @@ def _usual_bar(df: pl.DataFrame, base: Baselines, config: AnomalyConfig) -> tupl
         )
         df = df.join(week, on=SERIES, how="left", maintain_order="left")
         held = pl.col("_held")
+        if config.threshold_idle_spells:
+            spells = idle_series(base, config).filter(pl.col("idle") & (pl.col("metric") == "cpu.usage"))
+            df = df.join(spells.select(*SERIES, pl.col("peak").alias("_spell_peak")), on=SERIES, how="left",
+                         maintain_order="left")
+            held = pl.max_horizontal(held, pl.col("_spell_peak"))
     usual_level = pl.max_horizontal(pl.col("_usual"), held)
     raised = (usual_level > pl.col("t")).fill_null(False)
     # Usually at or beyond the critical level too: nothing above it is left to call news.
@@ -404,6 +420,8 @@ def detect_level_shifts(base: Baselines, config: AnomalyConfig, boots: pl.DataFr
     df = level_windows(base, config).filter(~pl.col("metric").str.contains(_DISK_USAGE))
     if df.is_empty():
         return empty_flags()
+    if config.level_idle_any_hour:
+        df = df.join(idle_series(base, config).select(*SERIES, "idle"), on=SERIES, how="left")
     recent_s = config.level_recent_minutes * 60.0
     # Spreads are the series' sample-to-sample noise (the median step, as a standard
     # deviation of one sample), not its spread over the day: counting the daily swing as
@@ -422,11 +440,8 @@ def detect_level_shifts(base: Baselines, config: AnomalyConfig, boots: pl.DataFr
         .otherwise((pl.col("hi_recent") - pl.col("med_base")).clip(upper_bound=0.0))
     )
     noise = floored_sigma(_MAD_TO_SIGMA * pl.col("noise_base") / math.sqrt(2.0), pl.col("med_base"))
-    beyond = (
-        pl.when(up)
-        .then(pl.col("lo_recent") - pl.col("seen_max"))
-        .otherwise(pl.col("seen_min") - pl.col("hi_recent"))
-    )
+    seen_max, seen_min = _seen_levels(config)
+    beyond = pl.when(up).then(pl.col("lo_recent") - seen_max).otherwise(seen_min - pl.col("hi_recent"))
     novel = (beyond / noise >= config.level_shift_z).fill_null(False)
     z = change / noise
     is_rate = pl.col("kind") == RATE
@@ -462,6 +477,28 @@ def detect_level_shifts(base: Baselines, config: AnomalyConfig, boots: pl.DataFr
         pl.max_horizontal("interval_s", pl.lit(3600.0)).alias("interval_s"),
     )
     return _flags(flagged, LEVEL_SHIFT)
+
+
+def _seen_levels(config: AnomalyConfig) -> tuple[pl.Expr, pl.Expr]:
+    """The highest and lowest levels of the baseline days a new level must pass.
+
+    Those of the same time of day, so a daily rhythm's busy hours are no shift at that hour
+    and a night that now runs like the day is. A series idle at every time of day
+    (`baselines.idle_series`: a batch host, a disk written in sessions, a worker fed by a
+    queue) works when work arrives, at no fixed hour: with `level_idle_any_hour` its busy
+    spells (its hourly medians rise once it is busy for more than half of an hour) are
+    judged against the spells of every hour of the week. A spell like Tuesday night's is
+    no new level on Thursday afternoon; one busier than any spell of the week still is.
+    """
+    if not config.level_idle_any_hour:
+        return pl.col("seen_max"), pl.col("seen_min")
+    # Every hour's levels include that time of day's, so this only ever raises the bar (and
+    # a time of day never seen before stays unjudged, as without the rule).
+    idles = pl.col("idle").fill_null(False) & pl.col("seen_max").is_not_null()
+    return (
+        pl.when(idles).then(pl.col("seen_any_max")).otherwise(pl.col("seen_max")),
+        pl.when(idles).then(pl.col("seen_any_min")).otherwise(pl.col("seen_min")),
+    )
 
 
 # ---- flatlines ------------------------------------------------------------------------
