@@ -377,3 +377,47 @@ def test_the_next_checked_batch_leaves_for_the_server_before_the_last_ones_reque
     assert len(answered) == 3 and db[SNAPSHOTS].count_documents({}) == 3
     # The second batch was at the server before the first batch's request had its answer.
     assert committer.at_dispatch[:2] == [0, 0]
+
+
+class _AssetReads(monitoring.CommandListener):
+    """The `find` commands sent to `assets`, by the orgId they filter on."""
+
+    def __init__(self) -> None:
+        self.orgs: list[str] = []
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        if event.command_name == "find" and event.command.get("find") == ASSETS:
+            self.orgs.append(event.command["filter"].get("orgId", "(none)"))
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
+def test_a_round_reads_which_assets_are_its_orgs_once_per_org_and_moves_no_other_orgs_asset(
+    db: Db, server_uri: str
+) -> None:
+    """200 assets of org-a move in four chunks after one org-filtered read (not one per
+    chunk); org-a's snapshots naming org-b's asset move nothing of org-b."""
+    fleet = [f"asset-{i}" for i in range(200)]
+    db[ASSETS].insert_many([{"_id": a, "orgId": "org-a"} for a in fleet])
+    db[ASSETS].insert_many([{"_id": "b-1", "orgId": "org-b"}, {"_id": "b-2", "orgId": "org-b"}])
+    moment = {a: T0 + timedelta(seconds=i) for i, a in enumerate(fleet)}  # 200 distinct times
+    reads = _AssetReads()
+    client: MongoClient[dict[str, Any]] = MongoClient(server_uri, tz_aware=True, event_listeners=[reads])
+    watched = client[db.name]
+    metrics = Metrics()
+    try:
+        bodies = [snapshot(orgId="org-a", assetId=a, timestamp=t.isoformat()) for a, t in {**moment, "b-1": T0}.items()]
+        requests = [prepare_snapshots(bodies, "org-a", watched[SNAPSHOTS], max_items=len(bodies)),
+                    prepared(db, 1, asset="b-2", org="org-b")]
+        asyncio.run(_submit_all(GroupCommitter(watched, metrics, last_seen_seconds=3600), requests))
+    finally:
+        client.close()
+    assert sorted(reads.orgs) == ["org-a", "org-b"]
+    assert {a["_id"]: a["lastSeen"] for a in db[ASSETS].find({"orgId": "org-a"})} == moment
+    assert "lastSeen" not in db[ASSETS].find_one({"_id": "b-1"})  # type: ignore[operator]
+    assert db[ASSETS].find_one({"_id": "b-2"})["lastSeen"] == T0 + timedelta(minutes=1)  # type: ignore[index]
+    assert metrics.orphan_updates == 1
