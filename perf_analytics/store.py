@@ -5,11 +5,13 @@ Every function that touches tenant data takes an org id and puts it in its filte
 
 from __future__ import annotations
 
+import os
 import re
+import socket
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import bson
@@ -546,11 +548,64 @@ def clear_pending_last_seen(db: Db, org_id: str, ids: Sequence[ObjectId]) -> Non
         db[LAST_SEEN_PENDING].delete_many({"_id": {"$in": list(ids)}, **({"orgId": org_id} if scoped else {})})
 
 
-def pending_last_seen_ids(db: Db, *, not_by: ObjectId | None = None) -> list[ObjectId]:
-    """The ids of the pending records, but for those written by `not_by` (a running
-    service lists those a stopped or killed one left)."""
-    query: Doc = {} if not_by is None else {"by": {"$ne": not_by}}
-    return [doc["_id"] for doc in db[LAST_SEEN_PENDING].find(query, {"_id": 1})]
+LAST_SEEN_WRITERS = "last_seen_writers"
+"""The lease of each `perf-analytics serve` process that writes pending records, `{_id: its
+id (the records' `by`), at: when it last renewed, every: its round interval in seconds,
+host, pid}`. A writer takes its lease before its first record and renews it every round;
+a process that stops deletes it. Records whose writer holds a live lease are that
+writer's to apply and delete: another process (a sibling worker, a restarted one)
+repairs only the records of a writer whose lease is gone, expired, or held by a process
+of this host that no longer runs (a worker killed with -9: repaired at once by the
+worker started in its place, not an expiry later) (`left_pending_last_seen_ids`)."""
+
+LEASE_ROUNDS = 3
+"""Rounds a writer may miss before its lease expires."""
+LEASE_MARGIN = timedelta(seconds=60)
+"""Beyond LEASE_ROUNDS intervals: a long round (a lease is renewed before and after each)
+and clocks of two machines that differ a little do not expire a live lease."""
+
+
+def renew_last_seen_lease(db: Db, by: ObjectId, every: float) -> None:
+    """Take or renew the lease of writer `by`, whose rounds come every `every` seconds."""
+    lease = {"at": datetime.now(UTC), "every": every, "host": socket.gethostname(), "pid": os.getpid()}
+    db[LAST_SEEN_WRITERS].update_one({"_id": by}, {"$set": lease}, upsert=True)
+
+
+def end_last_seen_lease(db: Db, by: ObjectId) -> None:
+    """Give up the lease of writer `by` (it has applied and deleted its records)."""
+    db[LAST_SEEN_WRITERS].delete_one({"_id": by})
+
+
+def left_pending_last_seen_ids(db: Db, *, me: ObjectId) -> list[ObjectId]:
+    """The ids of the pending records that a gone writer left: written by another process
+    than `me` whose lease (`LAST_SEEN_WRITERS`) is missing, was last renewed more than
+    LEASE_ROUNDS of its intervals plus LEASE_MARGIN ago, or names a process of this host
+    that has exited. The leases of such writers are deleted. A record of a live writer, a
+    sibling worker in the middle of its round, is left to that writer. (A process id
+    reused by another process looks alive: its lease then expires by time.)
+
+    A writer takes its lease before it writes its first record, so a record without a
+    lease is one whose writer stopped (or one written before leases existed).
+    """
+    now, host = datetime.now(UTC), socket.gethostname()
+    expired: set[Any] = set()
+    live: set[Any] = set()
+    for lease in db[LAST_SEEN_WRITERS].find():
+        at = lease.get("at")
+        at = at.replace(tzinfo=UTC) if isinstance(at, datetime) and at.tzinfo is None else at
+        every = lease.get("every")
+        exited = lease.get("host") == host and isinstance(lease.get("pid"), int) and not localdb._alive(lease["pid"])
+        if not exited and isinstance(at, datetime) and isinstance(every, int | float) and (
+            now - at <= LEASE_ROUNDS * timedelta(seconds=every) + LEASE_MARGIN
+        ):
+            live.add(lease["_id"])
+        else:
+            expired.add(lease["_id"])
+    left = [doc["_id"] for doc in db[LAST_SEEN_PENDING].find({}, {"_id": 1, "by": 1})
+            if doc.get("by") != me and doc.get("by") not in live]
+    if expired:
+        db[LAST_SEEN_WRITERS].delete_many({"_id": {"$in": sorted(expired, key=str)}})
+    return left
 
 
 AssetStats = dict[Any, tuple[int, datetime | None]]

@@ -38,11 +38,17 @@ such write per round (the first batch or two after a round began), not one per b
 on FerretDB every write is a commit of its own, and a record before every batch cost a
 fifth of the acknowledged rate. A batch holds a lock from its record to its moves, and a
 round takes its moves and records under the same lock, so a batch's moves and the record
-that covers them always fall in the same round. A service that starts applies, in its
-first round, the records that another process left (each record names the process that
-wrote it): `repair_last_seen` moves each named asset to its newest stored snapshot of the
-record's org. The assets of a batch whose insert failed midway are moved the same way by
-the next round before it deletes its records. A crash at any point thus ends, after a
+that covers them always fall in the same round. Each process holds a lease
+(`LAST_SEEN_WRITERS`), taken before its first record and renewed every round; at start
+and before every round a process applies the records whose writer's lease is gone or
+expired (each record names the process that wrote it), never those of a sibling worker
+that is alive, whose current round they protect: `repair_last_seen` moves each named
+asset to its newest stored snapshot of the record's org. A worker killed with -9 (or a
+whole service) and started again takes a new id; its old records are repaired at once,
+since the lease names a process of this host that has exited (on another host, once the
+lease expires: LEASE_ROUNDS intervals and LEASE_MARGIN). The assets of a batch
+whose insert failed midway are moved the same way by the next round before it deletes
+its records. A crash at any point thus ends, after a
 restart, with every asset's lastSeen at its newest stored snapshot. Recording before the
 insert rather than after it also covers a kill between the insert and its answer
 (stored, never answered).
@@ -76,10 +82,12 @@ from perf_analytics.store import (
     Db,
     Doc,
     clear_pending_last_seen,
+    end_last_seen_lease,
+    left_pending_last_seen_ids,
     move_last_seen,
     owned_assets,
-    pending_last_seen_ids,
     record_pending_last_seen,
+    renew_last_seen_lease,
     repair_last_seen,
     require_key_index,
     settle_last_seen,
@@ -211,9 +219,9 @@ class GroupCommitter:
         self._named: dict[str, set[str]] = {}
         self._doubtful: dict[str, set[str]] = {}
         self._lock = asyncio.Lock()
-        self._unsettled: list[ObjectId] = []  # records another process left, listed at start
-        self.id = ObjectId()  # on this process's records, which the list of those left at start leaves out
-        self._leftover_listed = False
+        self._unsettled: list[ObjectId] = []  # records that a gone process left, to repair
+        self.id = ObjectId()  # on this process's records and its lease
+        self._leased = False  # the lease is taken (before the first record)
         self._closing = False  # no new requests
         self._written = asyncio.Event()  # the writer has committed the last queued request
         self._batch_done = asyncio.Event()  # set after every batch
@@ -393,6 +401,9 @@ class GroupCommitter:
                 new.setdefault(one.org_id, set()).add(one.asset_id)
         if not new:
             return
+        if not self._leased:  # a record without a lease would count as left by a gone process
+            await asyncio.to_thread(renew_last_seen_lease, self.db, self.id, self.last_seen_seconds)
+            self._leased = True
         records = await asyncio.to_thread(record_pending_last_seen, self.db, self.id, new)
         self.metrics.last_seen_records += len(records)
         for org_id, record in records.items():
@@ -476,14 +487,17 @@ class GroupCommitter:
         return outcomes
 
     async def _touch_loop(self) -> None:
-        """Apply what a stopped service left, then one round per interval (the first one
-        interval after start) and the last one once the writer is done."""
+        """Apply what a gone process left, then one round per interval (the first one
+        interval after start) and the last one once the writer is done; renew the lease
+        before and after every round, and give it up at the end."""
+        await self._renew()
         await self._settle_leftover()
         while True:
             # stop() cuts the wait short for the last round.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._written.wait(), timeout=self.last_seen_seconds)
             final = self._written.is_set()
+            await self._renew()
             await self._settle_leftover()
             async with self._lock:  # between batches: each batch's moves and record fall on one side
                 coming = _Round(self._last_seen, self._records, self._named, self._doubtful)
@@ -491,25 +505,31 @@ class GroupCommitter:
             if coming.work or coming.records or coming.doubtful:
                 await self._round(coming)
             if final:
-                return
+                break
+            await self._renew()
+        if not (self._records or self._doubtful):  # a failed last round's records stay under the lease until it expires
+            with contextlib.suppress(PyMongoError):
+                await asyncio.to_thread(end_last_seen_lease, self.db, self.id)
+
+    async def _renew(self) -> None:
+        """Renew this process's lease (a server that does not answer: tried again next time)."""
+        try:
+            await asyncio.to_thread(renew_last_seen_lease, self.db, self.id, self.last_seen_seconds)
+        except PyMongoError as exc:
+            log.warning("lastSeen lease not renewed: %s", type(exc).__name__)
+            return
+        self._leased = True
 
     async def _settle_leftover(self) -> None:
-        """List (once) and apply the records that another process left, until the server answers."""
-        if not self._leftover_listed:
-            await self._list_leftover()
-        if self._unsettled:
-            await self._repair()
-
-    async def _list_leftover(self) -> None:
-        """Queue for repair the records left by a service that stopped or was killed (tried
-        again in the next round while the server does not answer)."""
+        """List and apply the records that a gone process left (`left_pending_last_seen_ids`)."""
         try:
-            leftover = await asyncio.to_thread(pending_last_seen_ids, self.db, not_by=self.id)
+            left = await asyncio.to_thread(left_pending_last_seen_ids, self.db, me=self.id)
         except PyMongoError as exc:
             log.warning("pending lastSeen records not listed: %s", type(exc).__name__)
-            return
-        self._leftover_listed = True
-        self._unsettled += leftover
+        else:
+            self._unsettled += [record for record in left if record not in self._unsettled]
+        if self._unsettled:
+            await self._repair()
 
     async def _repair(self) -> None:
         """Apply the records left at start (`repair_last_seen`); kept for the next round if the server fails."""
