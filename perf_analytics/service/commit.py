@@ -46,10 +46,10 @@ that is alive, whose current round they protect: `repair_last_seen` moves each n
 asset to its newest stored snapshot of the record's org. A worker killed with -9 (or a
 whole service) and started again takes a new id; its old records are repaired at once,
 since the lease names a process of this host that has exited (on another host, once the
-lease expires: LEASE_ROUNDS intervals and LEASE_MARGIN). The assets of a batch
-whose insert failed midway are moved the same way by the next round before it deletes
-its records. A crash at any point thus ends, after a
-restart, with every asset's lastSeen at its newest stored snapshot. Recording before the
+lease expires: LEASE_ROUNDS intervals and LEASE_MARGIN). The assets of a batch whose
+insert failed midway are moved the same way by the next round before it deletes its
+records. A crash at any point thus ends, after a restart, with every asset's lastSeen at
+its newest stored snapshot. Recording before the
 insert rather than after it also covers a kill between the insert and its answer
 (stored, never answered).
 
@@ -532,7 +532,7 @@ class GroupCommitter:
             await self._repair()
 
     async def _repair(self) -> None:
-        """Apply the records left at start (`repair_last_seen`); kept for the next round if the server fails."""
+        """Apply the records a gone process left (`repair_last_seen`); kept for the next round if the server fails."""
         unsettled, self._unsettled = self._unsettled, []
         try:
             applied = await asyncio.to_thread(repair_last_seen, self.db, unsettled)
@@ -554,8 +554,11 @@ class GroupCommitter:
         chunk's 64 updates). The assets go in order of org and time, so that the assets
         of a fleet reporting at the same second fall in the same chunks and move in one
         update there (`move_last_seen`); in arrival order a chunk holds a few of each
-        second. The assets
-        of a batch whose insert failed midway then move to their newest stored snapshot.
+        second. On a server without compound pushdown the moves are then filtered by the
+        _id values that read returned (see `move_last_seen`): an asset deleted and
+        created again under the same _id in another org during the round (seconds) is
+        the one case that read does not cover. The assets of a batch whose insert failed
+        midway then move to their newest stored snapshot.
         Once every move is acknowledged, the round's pending records are deleted; a round
         that fails goes back, whole, into the next one."""
         try:
