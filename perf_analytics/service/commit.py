@@ -222,6 +222,8 @@ class GroupCommitter:
         self._unsettled: list[ObjectId] = []  # records that a gone process left, to repair
         self.id = ObjectId()  # on this process's records and its lease
         self._leased = False  # the lease is taken (before the first record)
+        # One renewal at a time: two concurrent upserts of one new lease may both insert it.
+        self._lease_lock = asyncio.Lock()
         self._closing = False  # no new requests
         self._written = asyncio.Event()  # the writer has committed the last queued request
         self._batch_done = asyncio.Event()  # set after every batch
@@ -402,8 +404,7 @@ class GroupCommitter:
         if not new:
             return
         if not self._leased:  # a record without a lease would count as left by a gone process
-            await asyncio.to_thread(renew_last_seen_lease, self.db, self.id, self.last_seen_seconds)
-            self._leased = True
+            await self._take_lease()
         records = await asyncio.to_thread(record_pending_last_seen, self.db, self.id, new)
         self.metrics.last_seen_records += len(records)
         for org_id, record in records.items():
@@ -514,11 +515,15 @@ class GroupCommitter:
     async def _renew(self) -> None:
         """Renew this process's lease (a server that does not answer: tried again next time)."""
         try:
-            await asyncio.to_thread(renew_last_seen_lease, self.db, self.id, self.last_seen_seconds)
+            await self._take_lease()
         except PyMongoError as exc:
             log.warning("lastSeen lease not renewed: %s", type(exc).__name__)
-            return
-        self._leased = True
+
+    async def _take_lease(self) -> None:
+        """Take or renew this process's lease (`renew_last_seen_lease`), one renewal at a time."""
+        async with self._lease_lock:
+            await asyncio.to_thread(renew_last_seen_lease, self.db, self.id, self.last_seen_seconds)
+            self._leased = True
 
     async def _settle_leftover(self) -> None:
         """List and apply the records that a gone process left (`left_pending_last_seen_ids`)."""
