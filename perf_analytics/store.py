@@ -5,11 +5,13 @@ Every function that touches tenant data takes an org id and puts it in its filte
 
 from __future__ import annotations
 
+import os
 import re
+import socket
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import bson
@@ -433,57 +435,86 @@ def bulk_write_chunked(collection: Collection[Doc], ops: Sequence[Any]) -> int:
 
 
 SHARED_FROM = 16
-"""Assets of one touch sharing one time from which FerretDB gets them as one `UpdateMany`.
+"""Assets of one move sharing one time from which FerretDB gets them as one `UpdateMany`.
 
-FerretDB 1.24 reads its whole collection for an `$in` on _id (one more such read: the
-org-filtered read of `touch_assets` is one already), then spends less per document than
-on one `UpdateOne` each (measured at 1,000 assets of 2,000: 11-23 s against 15-34 s,
-under load). For a few assets the extra read of a large assets collection could cost more
-than it saves. A server that narrows `{_id: {$in}}` by its index takes any group of two or
-more as one statement."""
+FerretDB 1.24 reads its whole collection for an `$in` on _id, then spends less per
+document than on one `UpdateOne` each (measured at 1,000 assets of 2,000: 11-23 s against
+15-34 s, under load). For a few assets that extra read of a large assets collection could
+cost more than it saves. A server that narrows `{_id: {$in}}` by its index takes any group
+of two or more as one statement."""
 
 
-def touch_assets(db: Db, org_id: str, last_seen: Mapping[str, datetime]) -> set[str]:
-    """Move each asset's lastSeen forward to the given time; return the ids with no asset.
+def owned_assets(db: Db, org_id: str, asset_ids: Iterable[str]) -> dict[str, list[Any]]:
+    """Of `asset_ids`, those that are assets of `org_id`, each with the `_id` values that
+    name it in `assets` (one org-filtered read).
 
-    One org-filtered read finds which of the ids are assets of this org; only those are
-    updated, with `$max`, which never moves lastSeen backwards. Assets given the same time
-    (a fleet reporting at the same second) share one `UpdateMany` of their _ids (see
-    SHARED_FROM); the others get one `UpdateOne` each, by exact `_id`. The updates filter
-    by orgId too, except on servers that cannot narrow a compound filter (FerretDB 1.x
-    scans the whole collection for `{_id, orgId}` but uses the key for `{_id}`: 11 ms
-    against 0.7 ms an update at 700 assets). There they filter by the `_id` values that
-    the org-filtered read just returned, which are unique and belong to this org.
+    A 24-hex assetId may name both an ObjectId asset and a string asset of the same text;
+    each found is listed. The _id values are compared themselves, not their text:
+    str(ObjectId) is lower-case hex, so an upper-case assetId would otherwise look like an
+    orphan.
     """
-    if not last_seen:
-        return set()
     candidates: dict[str, list[Any]] = {}
-    for asset_id in last_seen:
+    for asset_id in asset_ids:
         f = asset_id_filter(asset_id)
         candidates[asset_id] = f["$in"] if isinstance(f, dict) else [f]
+    if not candidates:
+        return {}
     ids = [value for values in candidates.values() for value in values]
-    # Compare the _id values themselves, not their text: str(ObjectId) is lower-case hex,
-    # so an upper-case assetId would otherwise look like an orphan.
     found = {d["_id"] for d in db[ASSETS].find({"orgId": org_id, "_id": {"$in": ids}}, {"_id": 1})}
-    present = {asset_id for asset_id, values in candidates.items() if any(v in found for v in values)}
-    # The _ids found, by the time they move to: a 24-hex id may name both an ObjectId asset
-    # and a string asset of the same text, and each is updated by its exact _id.
-    by_time: dict[datetime, list[Any]] = {}
-    for asset_id, seen in last_seen.items():
-        by_time.setdefault(seen, []).extend(value for value in candidates[asset_id] if value in found)
+    owned = {asset_id: [v for v in values if v in found] for asset_id, values in candidates.items()}
+    return {asset_id: values for asset_id, values in owned.items() if values}
+
+
+def move_last_seen(db: Db, org_id: str, last_seen: Mapping[str, datetime], owned: Mapping[str, Sequence[Any]]) -> None:
+    """Move lastSeen forward, with `$max` (never backwards), for each asset of `last_seen`
+    that `owned` lists, by the `_id` values it lists; the others are left alone.
+
+    `owned` is what `owned_assets` read for this same org, shortly before (a lastSeen
+    round reads it once for all its chunks, so every chunk is not one more read of the
+    collection on a server without index pushdown). Assets given the same time (a fleet
+    reporting at the same second) share one `UpdateMany` of their _ids, filtered by orgId
+    too (see SHARED_FROM); the others get one `UpdateOne` each, by exact `_id`, filtered by
+    orgId too except on servers that cannot narrow a compound filter: FerretDB 1.x reads
+    and decodes the whole collection for `{_id, orgId}` (1,000 assets, 64 updates: 1.0 s)
+    but leaves `{_id}` to SQLite (0.2 s). There the filter is the `_id` value the
+    org-filtered read returned for this org: _id values are unique in the collection, so
+    the update can reach no other org's asset unless, between that read and the update,
+    the asset was deleted and an asset of the same _id created in another org.
+    """
     now = datetime.now(UTC)
     scoped = probe_capabilities(db).compound_pushdown
     shared_from = 2 if scoped else SHARED_FROM
+    by_time: dict[datetime, list[Any]] = {}
+    for asset_id, seen in last_seen.items():
+        by_time.setdefault(seen, []).extend(owned.get(asset_id, ()))
     ops: list[UpdateOne | UpdateMany] = []
     for seen, values in by_time.items():
         update = {"$max": {"lastSeen": seen}, "$set": {"updatedAt": now}}
         if len(values) >= shared_from:
-            ops.append(UpdateMany({"_id": {"$in": values}, **({"orgId": org_id} if scoped else {})}, update))
+            # FerretDB reads the whole collection for `$in` whether orgId is there or not
+            # (measured the same: 171 and 180 ms for 64 of 1,000), so it is always there.
+            ops.append(UpdateMany({"_id": {"$in": values}, "orgId": org_id}, update))
         else:
             ops.extend(UpdateOne({"_id": value, "orgId": org_id} if scoped else {"_id": value}, update)
                        for value in values)
     bulk_write_chunked(db[ASSETS], ops)
-    return set(last_seen) - present
+
+
+def touch_assets(db: Db, org_id: str, last_seen: Mapping[str, datetime]) -> set[str]:
+    """Move each asset's lastSeen forward to the given time; return the ids with no asset:
+    one org-filtered read (`owned_assets`), then the moves (`move_last_seen`)."""
+    if not last_seen:
+        return set()
+    owned = owned_assets(db, org_id, last_seen)
+    move_last_seen(db, org_id, last_seen, owned)
+    return set(last_seen) - set(owned)
+
+
+def settle_last_seen(db: Db, org_id: str, asset_ids: Iterable[str]) -> set[str]:
+    """Move each of `asset_ids`' lastSeen to its newest stored snapshot of `org_id`
+    (`newest_stored`, then `touch_assets`): what a repair does for assets whose moves may
+    be lost. Returns the ids with no asset."""
+    return touch_assets(db, org_id, newest_stored(db, org_id, asset_ids))
 
 
 LAST_SEEN_PENDING = "last_seen_pending"
@@ -517,11 +548,64 @@ def clear_pending_last_seen(db: Db, org_id: str, ids: Sequence[ObjectId]) -> Non
         db[LAST_SEEN_PENDING].delete_many({"_id": {"$in": list(ids)}, **({"orgId": org_id} if scoped else {})})
 
 
-def pending_last_seen_ids(db: Db, *, not_by: ObjectId | None = None) -> list[ObjectId]:
-    """The ids of the pending records, but for those written by `not_by` (a running
-    service lists those a stopped or killed one left)."""
-    query: Doc = {} if not_by is None else {"by": {"$ne": not_by}}
-    return [doc["_id"] for doc in db[LAST_SEEN_PENDING].find(query, {"_id": 1})]
+LAST_SEEN_WRITERS = "last_seen_writers"
+"""The lease of each `perf-analytics serve` process that writes pending records, `{_id: its
+id (the records' `by`), at: when it last renewed, every: its round interval in seconds,
+host, pid}`. A writer takes its lease before its first record and renews it every round;
+a process that stops deletes it. Records whose writer holds a live lease are that
+writer's to apply and delete: another process (a sibling worker, a restarted one)
+repairs only the records of a writer whose lease is gone, expired, or held by a process
+of this host that no longer runs (a worker killed with -9: repaired at once by the
+worker started in its place, not an expiry later) (`left_pending_last_seen_ids`)."""
+
+LEASE_ROUNDS = 3
+"""Rounds a writer may miss before its lease expires."""
+LEASE_MARGIN = timedelta(seconds=60)
+"""Beyond LEASE_ROUNDS intervals: a long round (a lease is renewed before and after each)
+and clocks of two machines that differ a little do not expire a live lease."""
+
+
+def renew_last_seen_lease(db: Db, by: ObjectId, every: float) -> None:
+    """Take or renew the lease of writer `by`, whose rounds come every `every` seconds."""
+    lease = {"at": datetime.now(UTC), "every": every, "host": socket.gethostname(), "pid": os.getpid()}
+    db[LAST_SEEN_WRITERS].update_one({"_id": by}, {"$set": lease}, upsert=True)
+
+
+def end_last_seen_lease(db: Db, by: ObjectId) -> None:
+    """Give up the lease of writer `by` (it has applied and deleted its records)."""
+    db[LAST_SEEN_WRITERS].delete_one({"_id": by})
+
+
+def left_pending_last_seen_ids(db: Db, *, me: ObjectId) -> list[ObjectId]:
+    """The ids of the pending records that a gone writer left: written by another process
+    than `me` whose lease (`LAST_SEEN_WRITERS`) is missing, was last renewed more than
+    LEASE_ROUNDS of its intervals plus LEASE_MARGIN ago, or names a process of this host
+    that has exited. The leases of such writers are deleted. A record of a live writer, a
+    sibling worker in the middle of its round, is left to that writer. (A process id
+    reused by another process looks alive: its lease then expires by time.)
+
+    A writer takes its lease before it writes its first record, so a record without a
+    lease is one whose writer stopped (or one written before leases existed).
+    """
+    now, host = datetime.now(UTC), socket.gethostname()
+    expired: set[Any] = set()
+    live: set[Any] = set()
+    for lease in db[LAST_SEEN_WRITERS].find():
+        at = lease.get("at")
+        at = at.replace(tzinfo=UTC) if isinstance(at, datetime) and at.tzinfo is None else at
+        every = lease.get("every")
+        exited = lease.get("host") == host and isinstance(lease.get("pid"), int) and not localdb._alive(lease["pid"])
+        if not exited and isinstance(at, datetime) and isinstance(every, int | float) and (
+            now - at <= LEASE_ROUNDS * timedelta(seconds=every) + LEASE_MARGIN
+        ):
+            live.add(lease["_id"])
+        else:
+            expired.add(lease["_id"])
+    left = [doc["_id"] for doc in db[LAST_SEEN_PENDING].find({}, {"_id": 1, "by": 1})
+            if doc.get("by") != me and doc.get("by") not in live]
+    if expired:
+        db[LAST_SEEN_WRITERS].delete_many({"_id": {"$in": sorted(expired, key=str)}})
+    return left
 
 
 AssetStats = dict[Any, tuple[int, datetime | None]]
@@ -577,8 +661,8 @@ def repair_last_seen(db: Db, ids: Sequence[ObjectId]) -> int:
     """Apply the pending records `ids` and delete them; return how many were applied.
 
     A record names assets whose lastSeen a service was about to move when it stopped:
-    each moves to its newest stored snapshot of the record's org (`newest_stored`, then
-    `touch_assets` with `$max`, so applying a record twice is harmless and a crash during
+    each moves to its newest stored snapshot of the record's org (`settle_last_seen`,
+    with `$max`, so applying a record twice is harmless and a crash during
     the repair is not), one read per org. The records are deleted once their moves are
     acknowledged.
     """
@@ -590,7 +674,7 @@ def repair_last_seen(db: Db, ids: Sequence[ObjectId]) -> int:
             assets.update(record.get("assets", []))
     applied = 0
     for org_id, (mine, assets) in per_org.items():
-        touch_assets(db, org_id, newest_stored(db, org_id, assets))
+        settle_last_seen(db, org_id, assets)
         clear_pending_last_seen(db, org_id, mine)
         applied += len(mine)
     return applied

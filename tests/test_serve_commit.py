@@ -4,9 +4,10 @@ insert, each learns its own outcome, lastSeen follows, the queue stays bounded."
 from __future__ import annotations
 
 import asyncio
+import subprocess
 from collections import Counter
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -34,9 +35,13 @@ from perf_analytics.service.payload import (
 )
 from perf_analytics.store import (
     LAST_SEEN_PENDING,
+    LAST_SEEN_WRITERS,
+    LEASE_MARGIN,
+    LEASE_ROUNDS,
     Db,
     Doc,
     record_pending_last_seen,
+    renew_last_seen_lease,
     repair_last_seen,
 )
 from tests.factories import T0, snapshot
@@ -377,3 +382,112 @@ def test_the_next_checked_batch_leaves_for_the_server_before_the_last_ones_reque
     assert len(answered) == 3 and db[SNAPSHOTS].count_documents({}) == 3
     # The second batch was at the server before the first batch's request had its answer.
     assert committer.at_dispatch[:2] == [0, 0]
+
+
+class _AssetReads(monitoring.CommandListener):
+    """The `find` commands sent to `assets`, by the orgId they filter on."""
+
+    def __init__(self) -> None:
+        self.orgs: list[str] = []
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        if event.command_name == "find" and event.command.get("find") == ASSETS:
+            self.orgs.append(event.command["filter"].get("orgId", "(none)"))
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
+def test_a_round_reads_which_assets_are_its_orgs_once_per_org_and_moves_no_other_orgs_asset(
+    db: Db, server_uri: str
+) -> None:
+    """200 assets of org-a move in four chunks after one org-filtered read (not one per
+    chunk); org-a's snapshots naming org-b's asset move nothing of org-b."""
+    fleet = [f"asset-{i}" for i in range(200)]
+    db[ASSETS].insert_many([{"_id": a, "orgId": "org-a"} for a in fleet])
+    db[ASSETS].insert_many([{"_id": "b-1", "orgId": "org-b"}, {"_id": "b-2", "orgId": "org-b"}])
+    moment = {a: T0 + timedelta(seconds=i) for i, a in enumerate(fleet)}  # 200 distinct times
+    reads = _AssetReads()
+    client: MongoClient[dict[str, Any]] = MongoClient(server_uri, tz_aware=True, event_listeners=[reads])
+    watched = client[db.name]
+    metrics = Metrics()
+    try:
+        bodies = [snapshot(orgId="org-a", assetId=a, timestamp=t.isoformat()) for a, t in {**moment, "b-1": T0}.items()]
+        requests = [prepare_snapshots(bodies, "org-a", watched[SNAPSHOTS], max_items=len(bodies)),
+                    prepared(db, 1, asset="b-2", org="org-b")]
+        asyncio.run(_submit_all(GroupCommitter(watched, metrics, last_seen_seconds=3600), requests))
+    finally:
+        client.close()
+    assert sorted(reads.orgs) == ["org-a", "org-b"]
+    assert {a["_id"]: a["lastSeen"] for a in db[ASSETS].find({"orgId": "org-a"})} == moment
+    assert "lastSeen" not in db[ASSETS].find_one({"_id": "b-1"})  # type: ignore[operator]
+    assert db[ASSETS].find_one({"_id": "b-2"})["lastSeen"] == T0 + timedelta(minutes=1)  # type: ignore[index]
+    assert metrics.orphan_updates == 1
+
+
+def test_a_worker_starting_beside_a_live_sibling_leaves_the_siblings_pending_records_alone(db: Db) -> None:
+    """Two workers of one service: the second, starting while the first holds a record for
+    its coming round, repairs nothing of it; the first applies and deletes it itself."""
+    db[ASSETS].insert_many([{"_id": "asset-1", "orgId": "org-a"}, {"_id": "asset-2", "orgId": "org-a"}])
+    first = GroupCommitter(db, Metrics(), last_seen_seconds=3600)  # one round, at stop()
+
+    async def run() -> tuple[list[Doc], list[Doc]]:
+        first.start()
+        try:
+            await first.submit(prepared(db, 1, 2))
+            second = GroupCommitter(db, Metrics(), last_seen_seconds=3600)
+            await _submit_all(second, [prepared(db, 3, asset="asset-2")])  # starts, writes, stops
+            return list(db[LAST_SEEN_PENDING].find()), list(db[ASSETS].find())
+        finally:
+            await first.stop()
+
+    records, assets = asyncio.run(run())
+    assert [(r["by"], r["assets"]) for r in records] == [(first.id, ["asset-1"])]
+    assert {a["_id"]: a.get("lastSeen") for a in assets} == {"asset-1": None, "asset-2": T0 + timedelta(minutes=3)}
+    assert db[LAST_SEEN_PENDING].count_documents({}) == 0
+    assert db[ASSETS].find_one({"_id": "asset-1"})["lastSeen"] == T0 + timedelta(minutes=2)  # type: ignore[index]
+    assert db[LAST_SEEN_WRITERS].count_documents({}) == 0  # both gave up their leases
+
+
+def test_records_of_a_writer_whose_lease_expired_are_repaired_and_its_lease_removed(db: Db) -> None:
+    """A worker killed with -9 renews its lease no more: once it is older than
+    LEASE_ROUNDS intervals and the margin, a starting process repairs its records; a live
+    writer's records stay."""
+    db[ASSETS].insert_many([{"_id": "asset-1", "orgId": "org-a"}, {"_id": "asset-2", "orgId": "org-a"}])
+    db[SNAPSHOTS].insert_many([*prepared(db, 5, asset="asset-1").docs, *prepared(db, 6, asset="asset-2").docs])
+    killed, alive = ObjectId(), ObjectId()
+    renew_last_seen_lease(db, killed, 30)
+    renew_last_seen_lease(db, alive, 30)
+    expired = datetime.now(UTC) - LEASE_ROUNDS * timedelta(seconds=30) - LEASE_MARGIN - timedelta(seconds=5)
+    db[LAST_SEEN_WRITERS].update_one({"_id": killed}, {"$set": {"at": expired}})
+    record_pending_last_seen(db, killed, {"org-a": ["asset-1"]})
+    kept = record_pending_last_seen(db, alive, {"org-a": ["asset-2"]})
+
+    asyncio.run(_submit_all(GroupCommitter(db, Metrics(), last_seen_seconds=3600), []))
+
+    assert db[ASSETS].find_one({"_id": "asset-1"})["lastSeen"] == T0 + timedelta(minutes=5)  # type: ignore[index]
+    assert "lastSeen" not in db[ASSETS].find_one({"_id": "asset-2"})  # type: ignore[operator]
+    assert [r["_id"] for r in db[LAST_SEEN_PENDING].find()] == [kept["org-a"]]
+    assert [w["_id"] for w in db[LAST_SEEN_WRITERS].find()] == [alive]
+
+
+def test_records_of_a_writer_of_this_host_that_exited_are_repaired_before_its_lease_expires(db: Db) -> None:
+    """A worker killed with -9 and started again: its lease is fresh, but names a process
+    that has exited, so the new worker repairs its records at once."""
+    db[ASSETS].insert_one({"_id": "asset-1", "orgId": "org-a"})
+    db[SNAPSHOTS].insert_many(prepared(db, 5, asset="asset-1").docs)
+    killed = ObjectId()
+    renew_last_seen_lease(db, killed, 3600)
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # exited and reaped: its id names no running process
+    db[LAST_SEEN_WRITERS].update_one({"_id": killed}, {"$set": {"pid": gone.pid}})
+    record_pending_last_seen(db, killed, {"org-a": ["asset-1"]})
+
+    asyncio.run(_submit_all(GroupCommitter(db, Metrics(), last_seen_seconds=3600), []))
+
+    assert db[ASSETS].find_one({"_id": "asset-1"})["lastSeen"] == T0 + timedelta(minutes=5)  # type: ignore[index]
+    assert db[LAST_SEEN_PENDING].count_documents({}) == 0
+    assert db[LAST_SEEN_WRITERS].count_documents({}) == 0

@@ -212,6 +212,7 @@ def test_a_fleet_reporting_at_one_time_moves_in_one_update_statement(db: Db, ser
     finally:
         client.close()
     assert len(updates.statements) == 1
+    assert updates.statements[0]["q"]["orgId"] == "org-a"  # a shared update is scoped on every server
     assert missing == {"b-1"}  # another org's asset is no asset of this org
     assert {a["_id"]: a["lastSeen"] for a in db[ASSETS].find({"orgId": "org-a"})} == {
         **dict.fromkeys(fleet, T0), "ahead": T0 + MS  # $max: never backwards, in a shared update too
