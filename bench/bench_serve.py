@@ -383,9 +383,9 @@ def last_seen_rounds(db: Db, args: argparse.Namespace) -> dict[str, Any]:
     for the round, then in order of time WRITE_CHUNK assets a `move_last_seen`, so a
     second's assets share an update) against the org-filtered read and one `$max`
     UpdateOne per asset, WRITE_CHUNK assets at a time in arrival order (the way before,
-    `one_by_one`), alternating, on the same
-    assets (and as many of another org beside them); each round moves every asset one
-    minute on. The share is the median of the rounds' time ratios."""
+    `one_by_one`), alternating, on the same assets (and as many of another org beside
+    them); each round moves every asset one minute on. The share is the median of the
+    rounds' time ratios."""
     target = fresh_db(db, f"bench_serve_rounds_{datetime.now(UTC):%Y%m%d%H%M%S}", args.agents)
     target[ASSETS].insert_many([{"_id": f"other-{i}", "orgId": "org-other"} for i in range(args.agents)])
     times = round_times(args.agents, args.threads)

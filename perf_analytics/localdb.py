@@ -132,7 +132,8 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` of this host still runs (a zombie counts as exited)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -205,7 +206,7 @@ def server_status(state_dir: str | os.PathLike[str]) -> LocalServer | None:
         server = LocalServer(**info)
     except TypeError:
         return None
-    if _alive(server.pid) and _ping(server.port):
+    if process_alive(server.pid) and _ping(server.port):
         return server
     return None
 
@@ -301,11 +302,11 @@ def stop_server(state_dir: str | os.PathLike[str]) -> LocalServer | None:
         else:
             os.kill(server.pid, signal.SIGTERM)
             deadline = time.monotonic() + 10
-            while _alive(server.pid) and time.monotonic() < deadline:
+            while process_alive(server.pid) and time.monotonic() < deadline:
                 with contextlib.suppress(ChildProcessError):
                     os.waitpid(server.pid, os.WNOHANG)
                 time.sleep(0.05)
-            if _alive(server.pid):
+            if process_alive(server.pid):
                 os.kill(server.pid, signal.SIGKILL)
         _record_path(state).unlink(missing_ok=True)
         return server

@@ -594,7 +594,7 @@ def left_pending_last_seen_ids(db: Db, *, me: ObjectId) -> list[ObjectId]:
         at = lease.get("at")
         at = at.replace(tzinfo=UTC) if isinstance(at, datetime) and at.tzinfo is None else at
         every = lease.get("every")
-        exited = lease.get("host") == host and isinstance(lease.get("pid"), int) and not localdb._alive(lease["pid"])
+        exited = lease.get("host") == host and isinstance(lease.get("pid"), int) and not localdb.process_alive(lease["pid"])
         if not exited and isinstance(at, datetime) and isinstance(every, int | float) and (
             now - at <= LEASE_ROUNDS * timedelta(seconds=every) + LEASE_MARGIN
         ):

@@ -26,11 +26,10 @@ from datetime import UTC, date, datetime, timedelta
 import polars as pl
 
 from perf_analytics.anomalies.config import AnomalyConfig
-from perf_analytics.anomalies.series import ASSET, LEVEL, SERIES, floored_sigma
+from perf_analytics.anomalies.series import ASSET, LEVEL, SERIES, floored_sigma, step_noise
 from perf_analytics.anomalies.state import AGENT, HOUR, PAIR, TIME
 
 IQR_TO_SIGMA = 1.349  # the interquartile range of a normal distribution, in standard deviations
-_MAD_TO_SIGMA = 1.4826  # a median absolute deviation of a normal distribution, in standard deviations
 
 
 def _hour_start() -> pl.Expr:
@@ -210,27 +209,31 @@ def level_windows(base: Baselines, config: AnomalyConfig) -> pl.DataFrame:
     )
 
 
-def idle_series(base: Baselines, config: AnomalyConfig) -> pl.DataFrame:
-    """Per series of the baseline days: `idle`, whether it does next to nothing at every
-    time of day, and `peak`, its highest sample.
+def earlier_hours(base: Baselines) -> pl.DataFrame:
+    """The hourly rows of the baseline days (those before the day judged)."""
+    return base.hours.filter(pl.col("date") < base.day)
+
+
+def idle_series(earlier: pl.DataFrame, config: AnomalyConfig) -> pl.DataFrame:
+    """Per series of `earlier` (`earlier_hours`, or some of its series): `idle`, whether
+    it does next to nothing at every time of day, and `peak`, its highest sample.
 
     Idle: the usual level of each time of day (the median of its hourly medians) lies
-    within `level_shift_z` noise units (the median step as a standard deviation, floored as
-    every spread is) of zero. A batch host, a disk written in sessions, a worker fed by a
-    queue idles most of every hour and works in spells when work arrives, at no fixed hour;
-    a series with a daily rhythm has a time of day that is usually busy, and memory or a
-    temperature never sits at zero (levels, `LEVEL`, are never idle).
+    within `level_shift_z` noise units (`step_noise` of the median step) of zero. A batch
+    host, a disk written in sessions, a worker fed by a queue idles most of every hour and
+    works in spells when work arrives, at no fixed hour; a series with a daily rhythm has
+    a time of day that is usually busy, and memory or a temperature never sits at zero
+    (levels, `LEVEL`, are never idle).
     """
-    prev = base.hours.filter((pl.col("date") < base.day) & (pl.col("kind") != LEVEL))
+    prev = earlier.filter(pl.col("kind") != LEVEL)
     per_tod = prev.group_by([*SERIES, "tod"]).agg(
         pl.col("kind").first(), pl.col("q50").median().alias("_usual"), pl.col("step").median().alias("_step")
     )
-    noise = floored_sigma(_MAD_TO_SIGMA * pl.col("_step") / math.sqrt(2.0), pl.col("_usual"))
     peaks = prev.group_by(SERIES).agg(pl.col("hi").max().alias("peak"))
     return (
         per_tod.group_by(SERIES)
         .agg(pl.col("kind").first(), pl.col("_usual").abs().max(), pl.col("_step").median())
-        .with_columns((pl.col("_usual") <= config.level_shift_z * noise).alias("idle"))
+        .with_columns((pl.col("_usual") <= config.level_shift_z * step_noise(pl.col("_step"), pl.col("_usual"))).alias("idle"))
         .join(peaks, on=SERIES, how="left")
         .select(*SERIES, "idle", "peak")
     )

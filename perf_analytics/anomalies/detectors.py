@@ -18,6 +18,7 @@ import polars as pl
 
 from perf_analytics.anomalies.baselines import (
     Baselines,
+    earlier_hours,
     idle_series,
     level_windows,
     moving_shares,
@@ -25,7 +26,15 @@ from perf_analytics.anomalies.baselines import (
 )
 from perf_analytics.anomalies.config import AnomalyConfig
 from perf_analytics.anomalies.joint import detect_joint
-from perf_analytics.anomalies.series import ASSET, PERCENT, RATE, SERIES, floored_sigma
+from perf_analytics.anomalies.series import (
+    ASSET,
+    CPU,
+    MAD_TO_SIGMA,
+    PERCENT,
+    RATE,
+    SERIES,
+    step_noise,
+)
 from perf_analytics.anomalies.state import DISK_USAGE, trend_time
 
 INFO, WARNING, CRITICAL = 0, 1, 2
@@ -64,7 +73,6 @@ FLAG_SCHEMA: dict[str, pl.DataType] = {
 }
 FLAG_COLUMNS = tuple(FLAG_SCHEMA)
 
-_MAD_TO_SIGMA = 1.4826
 _PEER_SCALE_FLOOR = 0.1
 _DISK_USAGE = DISK_USAGE
 
@@ -149,7 +157,7 @@ def detect_thresholds(points: pl.DataFrame, config: AnomalyConfig, base: Baselin
     """
     metric = pl.col("metric")
     limits = (
-        pl.when(metric == "cpu.usage")
+        pl.when(metric == CPU)
         .then(pl.struct(t=pl.lit(config.cpu_threshold), c=pl.lit(config.cpu_critical), s=pl.lit(config.sustain_minutes)))
         .when(metric == "memory.usagePercent")
         .then(pl.struct(t=pl.lit(config.memory_threshold), c=pl.lit(config.memory_critical), s=pl.lit(config.sustain_minutes)))
@@ -209,15 +217,12 @@ def _usual_bar(df: pl.DataFrame, base: Baselines, config: AnomalyConfig) -> tupl
     )
     held = pl.lit(None, dtype=pl.Float64)
     if config.threshold_novel_only:
-        week = (
-            base.hours.filter((pl.col("date") < base.day) & (pl.col("metric") == "cpu.usage"))
-            .group_by(SERIES)
-            .agg(pl.col("held_hi").max().alias("_held"))
-        )
+        cpu_hours = earlier_hours(base).filter(pl.col("metric") == CPU)
+        week = cpu_hours.group_by(SERIES).agg(pl.col("held_hi").max().alias("_held"))
         df = df.join(week, on=SERIES, how="left", maintain_order="left")
         held = pl.col("_held")
         if config.threshold_idle_spells:
-            spells = idle_series(base, config).filter(pl.col("idle") & (pl.col("metric") == "cpu.usage"))
+            spells = idle_series(cpu_hours, config).filter(pl.col("idle"))
             df = df.join(spells.select(*SERIES, pl.col("peak").alias("_spell_peak")), on=SERIES, how="left",
                          maintain_order="left")
             held = pl.max_horizontal(held, pl.col("_spell_peak"))
@@ -421,7 +426,7 @@ def detect_level_shifts(base: Baselines, config: AnomalyConfig, boots: pl.DataFr
     if df.is_empty():
         return empty_flags()
     if config.level_idle_any_hour:
-        df = df.join(idle_series(base, config).select(*SERIES, "idle"), on=SERIES, how="left")
+        df = df.join(idle_series(earlier_hours(base), config).select(*SERIES, "idle"), on=SERIES, how="left")
     recent_s = config.level_recent_minutes * 60.0
     # Spreads are the series' sample-to-sample noise (the median step, as a standard
     # deviation of one sample), not its spread over the day: counting the daily swing as
@@ -439,7 +444,7 @@ def detect_level_shifts(base: Baselines, config: AnomalyConfig, boots: pl.DataFr
         .then((pl.col("lo_recent") - pl.col("med_base")).clip(lower_bound=0.0))
         .otherwise((pl.col("hi_recent") - pl.col("med_base")).clip(upper_bound=0.0))
     )
-    noise = floored_sigma(_MAD_TO_SIGMA * pl.col("noise_base") / math.sqrt(2.0), pl.col("med_base"))
+    noise = step_noise(pl.col("noise_base"), pl.col("med_base"))
     seen_max, seen_min = _seen_levels(config)
     beyond = pl.when(up).then(pl.col("lo_recent") - seen_max).otherwise(seen_min - pl.col("hi_recent"))
     novel = (beyond / noise >= config.level_shift_z).fill_null(False)
@@ -590,7 +595,7 @@ def detect_disk_forecasts(points: pl.DataFrame, base: Baselines, config: Anomaly
 # ---- peers ----------------------------------------------------------------------------
 
 
-PEER_METRICS = ("cpu.usage", "memory.usagePercent")
+PEER_METRICS = (CPU, "memory.usagePercent")
 
 
 def peer_buckets(points: pl.DataFrame, config: AnomalyConfig) -> pl.DataFrame:
@@ -618,7 +623,7 @@ def detect_peers_in(buckets: pl.DataFrame, config: AnomalyConfig) -> pl.DataFram
         pl.len().over(fleet).alias("n"),
     ).with_columns((pl.col("value") - pl.col("ref")).abs().median().over(fleet).alias("mad"))
     diff = pl.col("value") - pl.col("ref")
-    z = diff / pl.max_horizontal(_MAD_TO_SIGMA * pl.col("mad"), pl.lit(_PEER_SCALE_FLOOR * 4))
+    z = diff / pl.max_horizontal(MAD_TO_SIGMA * pl.col("mad"), pl.lit(_PEER_SCALE_FLOOR * 4))
     flagged = per_asset.filter(
         (pl.col("n") >= config.peer_min_assets)
         & (z.abs() >= config.peer_z)

@@ -24,7 +24,7 @@ from perf_analytics.anomalies.detectors import (
     THRESHOLD,
     TIME,
 )
-from perf_analytics.anomalies.series import SERIES
+from perf_analytics.anomalies.series import CPU, SERIES
 
 EPISODE_SCHEMA: dict[str, pl.DataType] = {
     "orgId": pl.String(),
@@ -71,7 +71,7 @@ def _label() -> pl.Expr:
         pl.when(metric.str.ends_with(".bytesRecvPerSec")).then(pl.lit("received bytes/s")).otherwise(pl.lit("sent bytes/s"))
     )
     return (
-        pl.when(metric == "cpu.usage")
+        pl.when(metric == CPU)
         .then(pl.lit("CPU"))
         .when(metric == "memory.usagePercent")
         .then(pl.lit("Memory"))
@@ -87,7 +87,7 @@ def _label() -> pl.Expr:
 
 def _unit() -> pl.Expr:
     metric = pl.col("metric")
-    percent = (metric == "cpu.usage") | metric.str.ends_with("usagePercent")
+    percent = (metric == CPU) | metric.str.ends_with("usagePercent")
     return pl.when(percent).then(pl.lit("%")).otherwise(pl.lit(""))
 
 

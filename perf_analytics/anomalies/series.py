@@ -14,6 +14,7 @@ agent that reports irregularly is judged against its own pattern, not a nominal 
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 
 import polars as pl
@@ -25,12 +26,14 @@ PERCENT = "percent"
 RATE = "rate"
 LEVEL = "level"
 
+CPU = "cpu.usage"  # the CPU's metric
+
 ASSET = ["orgId", "assetId"]
 SERIES = ["orgId", "assetId", "metric"]
 
 # (frame column, metric name, kind) of the snapshot metrics the detectors watch.
 SNAPSHOT_METRICS = (
-    ("cpu_usage", "cpu.usage", PERCENT),
+    ("cpu_usage", CPU, PERCENT),
     ("memory_usage_percent", "memory.usagePercent", PERCENT),
     ("cpu_temperature", "cpu.temperature", LEVEL),
 )
@@ -242,3 +245,13 @@ def floored_sigma(sigma: pl.Expr, median: pl.Expr) -> pl.Expr:
     """A spread no smaller than its kind's floor and a small share of the level."""
     floor = pl.col("kind").replace_strict(SCALE_FLOOR, default=0.5, return_dtype=pl.Float64)
     return pl.max_horizontal(sigma, floor, SCALE_FLOOR_RELATIVE * median.abs())
+
+
+MAD_TO_SIGMA = 1.4826  # a median absolute deviation of a normal distribution, in standard deviations
+
+
+def step_noise(step: pl.Expr, level: pl.Expr) -> pl.Expr:
+    """A series' sample-to-sample noise as the standard deviation of one sample, from its
+    median absolute step (a step is the difference of two samples: sqrt(2) of one's
+    spread), floored as every spread is (`floored_sigma`) at its `level`."""
+    return floored_sigma(MAD_TO_SIGMA * step / math.sqrt(2.0), level)
