@@ -158,11 +158,25 @@ def payload(agent: int, second: int) -> dict[str, Any]:
                 timestamp=moment.isoformat().replace("+00:00", "Z"))
 
 
-def fresh_db(db: Db, name: str, agents: int) -> Db:
+# The embedded server's state directory when the bench runs on it (set by main), else None.
+EMBEDDED: str | None = None
+
+
+def fresh_db(db: Db, name: str, agents: int, *, id_paths: bool = True) -> Db:
+    """A new database `name` with the indexes and `agents` assets of ORG.
+
+    On the embedded server, `id_paths` then indexes its collections' _id paths as a command
+    of ours does when it starts on it (`localdb.index_id_paths`); the checkout of `--before`
+    predates that, and its runs go without.
+    """
     target = db.client[name]
     db.client.drop_database(name)
     ensure_indexes(target)
     target[ASSETS].insert_many([{"_id": f"asset-{i}", "orgId": ORG, "name": f"asset {i}"} for i in range(agents)])
+    if EMBEDDED is not None and id_paths:
+        from perf_analytics import localdb
+
+        localdb.index_id_paths(EMBEDDED, live_rows=localdb.LIVE_INDEX_ROWS)
     return target
 
 
@@ -301,10 +315,11 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def run_serve(db: Db, name: str, env: dict[str, str], args: argparse.Namespace, extra: Sequence[str] = ()) -> dict[str, Any]:
+def run_serve(db: Db, name: str, env: dict[str, str], args: argparse.Namespace, extra: Sequence[str] = (),
+              *, id_paths: bool = True) -> dict[str, Any]:
     """`perf-analytics serve` on a fresh database under the wrk load (the package that
     `env`'s PYTHONPATH finds)."""
-    serve_db = fresh_db(db, name, args.agents)
+    serve_db = fresh_db(db, name, args.agents, id_paths=id_paths)
     _, key = create_api_key(serve_db, ORG, name="bench")
     port = free_port()
     cmd = [sys.executable, "-m", "perf_analytics.cli", "--db", name, "serve", "--port", str(port),
@@ -526,7 +541,8 @@ def main() -> int:
     if not uri:
         from perf_analytics import localdb
 
-        uri = localdb.start_server(settings.state_dir).uri
+        global EMBEDDED
+        uri, EMBEDDED = localdb.start_server(settings.state_dir).uri, settings.state_dir
     args.database = database_process(uri)
     if args.last_seen_only:
         rounds = last_seen_rounds(db, args)
@@ -558,7 +574,7 @@ def main() -> int:
             # hour after start): what the lastSeen updates cost.
             runs.run("deferred", lambda name: run_serve(db, name, env, args, ["--last-seen-seconds", "3600"]))
             if args.before:
-                runs.run("before", lambda name: run_serve(db, name, before_env, args))
+                runs.run("before", lambda name: run_serve(db, name, before_env, args, id_paths=False))
             for options in args.also:
                 runs.run(options, partial(run_serve, db, env=env, args=args, extra=options.split()))
         if not args.no_baseline:

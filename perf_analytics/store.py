@@ -434,16 +434,6 @@ def bulk_write_chunked(collection: Collection[Doc], ops: Sequence[Any]) -> int:
     return len(ops)
 
 
-SHARED_FROM = 16
-"""Assets of one move sharing one time from which FerretDB gets them as one `UpdateMany`.
-
-FerretDB 1.24 reads its whole collection for an `$in` on _id, then spends less per
-document than on one `UpdateOne` each (measured at 1,000 assets of 2,000: 11-23 s against
-15-34 s, under load). For a few assets that extra read of a large assets collection could
-cost more than it saves. A server that narrows `{_id: {$in}}` by its index takes any group
-of two or more as one statement."""
-
-
 def owned_assets(db: Db, org_id: str, asset_ids: Iterable[str]) -> dict[str, list[Any]]:
     """Of `asset_ids`, those that are assets of `org_id`, each with the `_id` values that
     name it in `assets` (one org-filtered read).
@@ -471,28 +461,28 @@ def move_last_seen(db: Db, org_id: str, last_seen: Mapping[str, datetime], owned
 
     `owned` is what `owned_assets` read for this same org, shortly before (a lastSeen
     round reads it once for all its chunks, so every chunk is not one more read of the
-    collection on a server without index pushdown). Assets given the same time (a fleet
-    reporting at the same second) share one `UpdateMany` of their _ids, filtered by orgId
-    too (see SHARED_FROM); the others get one `UpdateOne` each, by exact `_id`, filtered by
-    orgId too except on servers that cannot narrow a compound filter: FerretDB 1.x reads
-    and decodes the whole collection for `{_id, orgId}` (1,000 assets, 64 updates: 1.0 s)
-    but leaves `{_id}` to SQLite (0.2 s). There the filter is the `_id` value the
-    org-filtered read returned for this org: _id values are unique in the collection, so
-    the update can reach no other org's asset unless, between that read and the update,
-    the asset was deleted and an asset of the same _id created in another org.
+    collection on a server without index pushdown).
+
+    On a server that narrows compound filters by its indexes, assets given the same time
+    (a fleet reporting at the same second) share one `UpdateMany` of their _ids filtered by
+    orgId, and the others get one `UpdateOne` each by `{_id, orgId}`. FerretDB 1.x reads and
+    decodes the whole collection for both `{_id, orgId}` and `$in`, but leaves `{_id}` alone
+    to SQLite, so there every asset gets its own `UpdateOne` by the `_id` value the
+    org-filtered read returned for this org (1,000 assets among 2,000: 0.7-0.9 s, against
+    4.9-5.3 s grouped by time; on a server without the _id path index of
+    `localdb.index_id_paths`, 6.2-8.7 s against 9.5-11.7 s). _id values are unique in the
+    collection, so the update can reach no other org's asset unless, between that read and
+    the update, the asset was deleted and an asset of the same _id created in another org.
     """
     now = datetime.now(UTC)
     scoped = probe_capabilities(db).compound_pushdown
-    shared_from = 2 if scoped else SHARED_FROM
     by_time: dict[datetime, list[Any]] = {}
     for asset_id, seen in last_seen.items():
         by_time.setdefault(seen, []).extend(owned.get(asset_id, ()))
     ops: list[UpdateOne | UpdateMany] = []
     for seen, values in by_time.items():
         update = {"$max": {"lastSeen": seen}, "$set": {"updatedAt": now}}
-        if len(values) >= shared_from:
-            # FerretDB reads the whole collection for `$in` whether orgId is there or not
-            # (measured the same: 171 and 180 ms for 64 of 1,000), so it is always there.
+        if scoped and len(values) > 1:
             ops.append(UpdateMany({"_id": {"$in": values}, "orgId": org_id}, update))
         else:
             ops.extend(UpdateOne({"_id": value, "orgId": org_id} if scoped else {"_id": value}, update)

@@ -138,3 +138,80 @@ def test_cli_start_status_and_stop(cli: CliRunner, state_dir: Path) -> None:
     assert stopped.stdout == f"stopped {server.kind} (pid {server.pid})\n"
     assert cli.invoke(app, ["localdb", "status"]).exit_code == 3
     assert cli.invoke(app, ["localdb", "stop"]).stdout == "no local server was running\n"
+
+
+def _sqlite_indexes(state: Path, db_name: str) -> dict[str, str]:
+    """Index name -> table name, as SQLite's schema of the server's file for `db_name` has them."""
+    import sqlite3
+
+    con = sqlite3.connect(f"file:{state / 'ferretdb' / (db_name + '.sqlite')}?mode=ro", uri=True)
+    try:
+        return dict(con.execute("SELECT name, tbl_name FROM sqlite_master WHERE type = 'index'").fetchall())
+    finally:
+        con.close()
+
+
+def _lookup_plan(state: Path, db_name: str, table: str) -> str:
+    """SQLite's plan for the statement FerretDB rewrites a document with, found by _id."""
+    import sqlite3
+
+    con = sqlite3.connect(f"file:{state / 'ferretdb' / (db_name + '.sqlite')}?mode=ro", uri=True)
+    try:
+        rows = con.execute(
+            f'EXPLAIN QUERY PLAN UPDATE "{table}" SET _ferretdb_sjson = ? WHERE {localdb.ID_PATH} = ?', ("{}", '"a"')
+        ).fetchall()
+        return " ".join(str(row[-1]) for row in rows)
+    finally:
+        con.close()
+
+
+def test_ferretdb_collections_get_an_index_on_the_path_their_id_lookups_use(state_dir: Path) -> None:
+    server = localdb.start_server(state_dir)
+    if server.kind != "ferretdb":
+        pytest.skip("the _id path index is for FerretDB's SQLite files; this server is mongod")
+    client: MongoClient[dict[str, object]] = MongoClient(server.uri, serverSelectionTimeoutMS=5000)
+    try:
+        db = client["lookups"]
+        db.assets.insert_many([{"_id": f"a{i}", "orgId": "o", "n": i} for i in range(50)])
+        db.big.insert_many([{"_id": i} for i in range(60)])
+        tables = set(_sqlite_indexes(state_dir, "lookups").values())
+        table = next(tbl for tbl in tables if tbl.startswith("assets"))
+        big = next(tbl for tbl in tables if tbl.startswith("big"))
+        assert "USING INDEX" not in _lookup_plan(state_dir, "lookups", table)  # FerretDB's own index is not used
+
+        # A command of the running server's (what every command on the embedded default does first)
+        # indexes the small collections, and leaves those above its row limit for the next start.
+        assert localdb.index_id_paths(state_dir, live_rows=55) == [table]
+        assert localdb.start_server(state_dir).pid == server.pid
+        assert f"USING INDEX {table}{localdb.ID_PATH_SUFFIX}" in _lookup_plan(state_dir, "lookups", table)
+        assert localdb.index_id_paths(state_dir, live_rows=10) == []  # assets done, big above the limit
+
+        # The server neither lists the index nor minds it: lookups, updates, deletes and index
+        # commands behave as before, and dropping the collection drops it.
+        assert [ix["name"] for ix in db.assets.list_indexes()] == ["_id_"]
+        assert db.assets.update_one({"_id": "a7"}, {"$set": {"n": -7}}).modified_count == 1
+        assert db.assets.find_one({"_id": "a7"}) == {"_id": "a7", "orgId": "o", "n": -7}
+        assert db.assets.delete_many({"_id": {"$in": ["a1", "a2"]}}).deleted_count == 2
+        db.assets.create_index("orgId")
+        db.assets.drop_indexes()
+        assert [ix["name"] for ix in db.assets.list_indexes()] == ["_id_"]
+        assert db.assets.count_documents({}) == 48
+
+        client.close()
+        localdb.stop_server(state_dir)
+        server = localdb.start_server(state_dir)  # stopped: every collection, however large
+        assert f"{big}{localdb.ID_PATH_SUFFIX}" in _sqlite_indexes(state_dir, "lookups")
+        client = MongoClient(server.uri, serverSelectionTimeoutMS=5000)
+        db = client["lookups"]
+        db.big.drop()
+        assert not any(tbl == big for tbl in _sqlite_indexes(state_dir, "lookups").values())
+        assert db.assets.find_one({"_id": "a7"}) == {"_id": "a7", "orgId": "o", "n": -7}
+    finally:
+        client.close()
+
+
+def test_an_unreadable_data_file_is_left_to_the_server(state_dir: Path) -> None:
+    (state_dir / "ferretdb").mkdir(parents=True)
+    (state_dir / "ferretdb" / "junk.sqlite").write_bytes(b"not a database at all" * 100)
+    assert localdb.index_id_paths(state_dir) == []
+    assert (state_dir / "ferretdb" / "junk.sqlite").read_bytes() == b"not a database at all" * 100

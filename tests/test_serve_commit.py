@@ -40,6 +40,7 @@ from perf_analytics.store import (
     LEASE_ROUNDS,
     Db,
     Doc,
+    probe_capabilities,
     record_pending_last_seen,
     renew_last_seen_lease,
     repair_last_seen,
@@ -202,7 +203,9 @@ def test_a_whole_fleet_waiting_at_once_goes_out_in_two_halves(db: Db) -> None:
 
 def test_a_round_moves_a_fleet_reporting_at_the_same_seconds_in_few_updates(db: Db, server_uri: str) -> None:
     """Arrival order mixes the seconds (asset 0 at minute 1, asset 1 at minute 2, ...,
-    asset 8 at minute 1 again); the round still gives each time's assets one update."""
+    asset 8 at minute 1 again); the round still gives each time's assets one update on a
+    server that narrows it by its index (on FerretDB, one update by exact _id per asset:
+    `store.move_last_seen`)."""
     from tests.test_store import _watched
 
     fleet = [f"asset-{i}" for i in range(128)]
@@ -217,7 +220,7 @@ def test_a_round_moves_a_fleet_reporting_at_the_same_seconds_in_few_updates(db: 
         client.close()
     assert [o.status for o in results[0]] == [INSERTED] * len(fleet)
     # Eight times of 16 assets: one update each (in arrival order, 128 one by one).
-    assert len(updates.statements) == 8
+    assert len(updates.statements) == (8 if probe_capabilities(db).compound_pushdown else len(fleet))
     assert {a["_id"]: a["lastSeen"] for a in db[ASSETS].find()} == moment
 
 
