@@ -89,7 +89,8 @@ class AnomalyConfig:
     # A series idle at every time of day (each one's usual level within `level_shift_z`
     # noise units of zero) works in spells that come when work arrives, not by the clock:
     # with this on, its new level must pass the levels of every hour of the baseline days.
-    # Off by default: on NAB's held-out series it cost a labelled spell (bench/README.md).
+    # Off by default: on NAB's series it costs labelled spells (a disk's held-out window, a
+    # tweet volume's) and NAB's own score (36.71 -> 35.33 standard; bench/README.md).
     level_idle_any_hour: bool = False
 
     # Flatlines: a metric that moves on at least `flatline_moving_share` of its samples
