@@ -551,8 +551,8 @@ worker started in its place, not an expiry later) (`left_pending_last_seen_ids`)
 LEASE_ROUNDS = 3
 """Rounds a writer may miss before its lease expires."""
 LEASE_MARGIN = timedelta(seconds=60)
-"""Beyond LEASE_ROUNDS intervals: a long round (a lease is renewed before and after each)
-and clocks of two machines that differ a little do not expire a live lease."""
+"""Beyond LEASE_ROUNDS intervals: a long round (a lease is renewed once an interval, before
+its round) and clocks of two machines that differ a little do not expire a live lease."""
 
 
 def renew_last_seen_lease(db: Db, by: ObjectId, every: float) -> None:

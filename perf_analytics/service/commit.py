@@ -490,7 +490,8 @@ class GroupCommitter:
     async def _touch_loop(self) -> None:
         """Apply what a gone process left, then one round per interval (the first one
         interval after start) and the last one once the writer is done; renew the lease
-        before and after every round, and give it up at the end."""
+        once an interval, before its round (it lasts LEASE_ROUNDS intervals and LEASE_MARGIN), and give it
+        up at the end."""
         await self._renew()
         await self._settle_leftover()
         while True:
@@ -507,7 +508,6 @@ class GroupCommitter:
                 await self._round(coming)
             if final:
                 break
-            await self._renew()
         if not (self._records or self._doubtful):  # a failed last round's records stay under the lease until it expires
             with contextlib.suppress(PyMongoError):
                 await asyncio.to_thread(end_last_seen_lease, self.db, self.id)
@@ -555,8 +555,8 @@ class GroupCommitter:
 
         Which of the round's assets belong to their org is read once per org for the
         whole round (`owned_assets`), not once per chunk: on FerretDB every such read
-        decodes the whole assets collection (31 ms at 1,000 assets, against 0.2 s for a
-        chunk's 64 updates). The assets go in order of org and time, so that the assets
+        decodes the whole assets collection (31 ms at 1,000 assets, against 45 ms for a
+        chunk's 64 updates on the embedded server). The assets go in order of org and time, so that the assets
         of a fleet reporting at the same second fall in the same chunks and move in one
         update there (`move_last_seen`); in arrival order a chunk holds a few of each
         second. On a server without compound pushdown the moves are then filtered by the
