@@ -395,8 +395,8 @@ def one_by_one(db: Db, items: list[tuple[str, datetime]]) -> None:
 
 def last_seen_rounds(db: Db, args: argparse.Namespace) -> dict[str, Any]:
     """One lastSeen round of every agent's asset, the service's way (one org-filtered read
-    for the round, then in order of time WRITE_CHUNK assets a `move_last_seen`, so a
-    second's assets share an update) against the org-filtered read and one `$max`
+    for the round, then in order of time WRITE_CHUNK assets a `move_last_seen`, so on
+    MongoDB a second's assets share an update) against the org-filtered read and one `$max`
     UpdateOne per asset, WRITE_CHUNK assets at a time in arrival order (the way before,
     `one_by_one`), alternating, on the same assets (and as many of another org beside
     them); each round moves every asset one minute on. The share is the median of the
@@ -519,6 +519,9 @@ def main() -> int:
     parser.add_argument("--no-baseline", action="store_true", help="skip the per-request path")
     parser.add_argument("--last-seen-only", action="store_true",
                         help="only time lastSeen rounds of every asset, grouped against one update per asset")
+    parser.add_argument("--no-id-paths", action="store_true",
+                        help="on the embedded server, leave the collections without the _id path index "
+                             "(localdb.index_id_paths), as before it existed")
     parser.add_argument("--before", metavar="DIR",
                         help="also serve each round from the checkout at DIR (an earlier commit), lastSeen on")
     parser.add_argument("--also", action="append", default=[], metavar="OPTIONS",
@@ -542,7 +545,8 @@ def main() -> int:
         from perf_analytics import localdb
 
         global EMBEDDED
-        uri, EMBEDDED = localdb.start_server(settings.state_dir).uri, settings.state_dir
+        uri = localdb.start_server(settings.state_dir).uri
+        EMBEDDED = None if args.no_id_paths else settings.state_dir
     args.database = database_process(uri)
     if args.last_seen_only:
         rounds = last_seen_rounds(db, args)
