@@ -421,9 +421,9 @@ def present_keys(db: Db, org_id: str, docs: Sequence[Mapping[str, Any]]) -> set[
     return wanted & found
 
 
-# FerretDB 1.24 (SQLite) never answers an update command of more than 100 statements
-# (seen with UpdateOne and ReplaceOne batches; 100 answer at once, 101 hang). Every
-# bulk update goes out in chunks below that.
+# FerretDB 1.24 (SQLite) never answers an update command of 100 statements or more
+# (UpdateOne and ReplaceOne batches, 200 documents: 99 statements answer in 0.45 s, 100
+# and 101 still had no answer after 15 s). Every bulk update goes out in chunks below that.
 WRITE_CHUNK = 64
 
 
