@@ -21,6 +21,7 @@ from perf_analytics.config import Settings
 from perf_analytics.store import Db, connect_uri, ensure_indexes
 
 _SERVER_NOTE: list[str] = []
+_STATE: list[Path] = []  # the state directory of the session's private FerretDB, if one was started
 
 
 def pytest_report_header(config: pytest.Config) -> str:
@@ -39,6 +40,8 @@ def server_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     state = tmp_path_factory.mktemp("localdb")
     server = localdb.start_server(state)
     _SERVER_NOTE.append(f"{server.kind} on port {server.port}")
+    if server.kind == "ferretdb":
+        _STATE.append(state)
     try:
         yield server.uri
     finally:
@@ -63,8 +66,11 @@ def raw_db(server_uri: str, db_name: str) -> Iterator[Db]:
 
 @pytest.fixture
 def db(raw_db: Db) -> Db:
-    """An empty database with the snapshot indexes in place."""
+    """An empty database with the snapshot indexes in place (on the private FerretDB, with
+    the _id path index the embedded server gives its collections, as a command would)."""
     ensure_indexes(raw_db)
+    for state in _STATE:
+        localdb.index_id_paths(state, live_rows=localdb.LIVE_INDEX_ROWS)
     return raw_db
 
 
