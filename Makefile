@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 
 # The native extension (native/, Rust through maturin): the raw BSON decoder and the
 # loader's line encoder, rebuilt when any of its sources changes; a few minutes on 2 cores
-# the first time. Without it extraction still works, on pymongoarrow, at about 5x the CPU,
+# the first time. Without it extraction still works, on pymongoarrow, at about 10x the CPU,
 # and loading on Arrow at 3.4-4x, so set-up insists on it.
 $(NATIVE): $(STAMP) native/Cargo.toml native/Cargo.lock native/pyproject.toml $(wildcard native/src/*.rs)
 	@command -v cargo >/dev/null || { echo "cargo not found: install Rust (https://rustup.rs) to build native/"; exit 1; }

@@ -225,7 +225,7 @@ def _native() -> ModuleType | None:
     try:
         return importlib.import_module(NATIVE_MODULE)
     except ImportError:
-        log.warning("%s is not built: raw BSON is decoded by pymongoarrow, about 5x the CPU "
+        log.warning("%s is not built: raw BSON is decoded by pymongoarrow, about 10x the CPU "
                     "(`make setup` builds it)", NATIVE_MODULE)
         return None
 

@@ -215,18 +215,37 @@ def test_a_refused_document_that_doctor_cannot_repair_stops_the_read(db: Db) -> 
     )
 
 
+def _damaged_pair() -> tuple[ObjectId, bytes]:
+    """Two documents as one raw batch, the second with an element type BSON does not have."""
+    good = bson.encode({"_id": ObjectId(), **validate_snapshot(series(1)[0])})
+    oid = ObjectId()
+    damaged = bytearray(bson.encode({"_id": oid, **validate_snapshot(series(1)[0])}))
+    damaged[damaged.index(b"usage\x00") - 1] = 0x20
+    return oid, good + bytes(damaged)
+
+
 def test_a_damaged_document_in_a_batch_is_a_one_line_error_naming_the_element() -> None:
     # A server never stores such a document, but a damaged one read back must stop the
     # read with the decoder's reason, not with pymongo's traceback from reporting it.
-    doc = {"_id": ObjectId(), **validate_snapshot(series(1)[0])}
-    good = bson.encode(doc)
-    damaged = bytearray(good)
-    damaged[damaged.index(b"usage\x00") - 1] = 0x20  # an element type BSON does not have
+    oid, batch = _damaged_pair()
     with pytest.raises(ExtractError) as info:
-        frames_from_raw_batches([good + bytes(damaged)], decoder="native")
+        frames_from_raw_batches([batch], decoder="native")
     message = str(info.value)
-    assert message.startswith("a stored snapshot is not valid BSON (")
+    assert message.startswith(f"a stored snapshot (_id={oid}) is not valid BSON (")
     assert "performanceData.cpu.usage" in message and "\n" not in message
+
+
+def test_pymongoarrow_refuses_a_damaged_document_too_instead_of_reading_part_of_it() -> None:
+    # pymongoarrow's builder stops at an element it cannot step over and keeps the rest
+    # of the document as missing values; the fallback path checks the batch first.
+    oid, batch = _damaged_pair()
+    with pytest.raises(ExtractError) as info:
+        frames_from_raw_batches([batch], decoder="pymongoarrow")
+    message = str(info.value)
+    assert message.startswith(f"a stored snapshot (_id={oid}) is not valid BSON (")
+    assert "\n" not in message
+    good = batch[: int.from_bytes(batch[:4], "little")]  # the first document alone
+    assert frames_from_raw_batches([good], decoder="pymongoarrow").frames.snapshots.height == 1
 
 
 def test_parts_of_one_cursor_never_hold_another_orgs_documents(db: Db) -> None:
@@ -336,3 +355,11 @@ def test_extraction_reads_the_contract_from_schema_without_importing_doctor() ->
     code = "import sys, perf_analytics.extract; print('perf_analytics.doctor' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"
+
+
+def test_a_damaged_document_with_a_string_id_is_named_by_it() -> None:
+    raw = bytearray(bson.encode({"_id": "snap-7", **validate_snapshot(series(1)[0])}))
+    raw[raw.index(b"usage\x00") - 1] = 0x20
+    with pytest.raises(ExtractError) as info:
+        frames_from_raw_batches([bytes(raw)], decoder="pymongoarrow")
+    assert str(info.value).startswith("a stored snapshot (_id='snap-7') is not valid BSON (")
