@@ -183,7 +183,7 @@ def test_ferretdb_collections_get_an_index_on_the_path_their_id_lookups_use(stat
         # indexes the small collections, and leaves those above its row limit for the next start.
         assert localdb.index_id_paths(state_dir, live_rows=55) == [table]
         assert localdb.start_server(state_dir).pid == server.pid
-        assert f"USING INDEX {table}{localdb.ID_PATH_SUFFIX}" in _lookup_plan(state_dir, "lookups", table)
+        assert f"USING INDEX {localdb.ID_PATH_PREFIX}{table}" in _lookup_plan(state_dir, "lookups", table)
         assert localdb.index_id_paths(state_dir, live_rows=10) == []  # assets done, big above the limit
 
         # The server neither lists the index nor minds it: lookups, updates, deletes and index
@@ -193,6 +193,8 @@ def test_ferretdb_collections_get_an_index_on_the_path_their_id_lookups_use(stat
         assert db.assets.find_one({"_id": "a7"}) == {"_id": "a7", "orgId": "o", "n": -7}
         assert db.assets.delete_many({"_id": {"$in": ["a1", "a2"]}}).deleted_count == 2
         db.assets.create_index("orgId")
+        db.assets.create_index("n", name="*_id_path")  # any name a client gives is free: ours starts with "$"
+        assert sorted(ix["name"] for ix in db.assets.list_indexes()) == ["*_id_path", "_id_", "orgId_1"]
         db.assets.drop_indexes()
         assert [ix["name"] for ix in db.assets.list_indexes()] == ["_id_"]
         assert db.assets.count_documents({}) == 48
@@ -200,7 +202,7 @@ def test_ferretdb_collections_get_an_index_on_the_path_their_id_lookups_use(stat
         client.close()
         localdb.stop_server(state_dir)
         server = localdb.start_server(state_dir)  # stopped: every collection, however large
-        assert f"{big}{localdb.ID_PATH_SUFFIX}" in _sqlite_indexes(state_dir, "lookups")
+        assert f"{localdb.ID_PATH_PREFIX}{big}" in _sqlite_indexes(state_dir, "lookups")
         client = MongoClient(server.uri, serverSelectionTimeoutMS=5000)
         db = client["lookups"]
         db.big.drop()
@@ -215,3 +217,39 @@ def test_an_unreadable_data_file_is_left_to_the_server(state_dir: Path) -> None:
     (state_dir / "ferretdb" / "junk.sqlite").write_bytes(b"not a database at all" * 100)
     assert localdb.index_id_paths(state_dir) == []
     assert (state_dir / "ferretdb" / "junk.sqlite").read_bytes() == b"not a database at all" * 100
+
+
+def _ferretdb_like_file(path: Path, tables: dict[str, int]) -> None:
+    """A SQLite file laid out as FerretDB's data files are: `_ferretdb_collections` naming
+    each table, each table one JSON document a row (`rows` of them, _id 0, 1, ...)."""
+    import sqlite3
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    con = sqlite3.connect(path)  # a plain path, not a URI: any character of it is the file's
+    try:
+        con.execute("CREATE TABLE _ferretdb_collections (name TEXT, table_name TEXT, settings TEXT)")
+        for table, rows in tables.items():
+            con.execute("INSERT INTO _ferretdb_collections VALUES (?, ?, '{}')", (table, table))
+            quoted = '"' + table.replace('"', '""') + '"'
+            con.execute(f"CREATE TABLE {quoted} (_ferretdb_sjson TEXT)")
+            con.executemany(f"INSERT INTO {quoted} VALUES (?)", [(f'{{"_id": {i}}}',) for i in range(rows)])
+        con.commit()
+    finally:
+        con.close()
+
+
+def test_a_table_indexed_on_the_path_under_another_name_gets_no_second_index(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "state" / "ferretdb" / "db.sqlite"
+    _ferretdb_like_file(path, {"old_11111111": 3, "new_22222222": 3})
+    con = sqlite3.connect(path)
+    con.execute(f'CREATE INDEX "old_11111111_*_id_path" ON "old_11111111" ({localdb.ID_PATH})')
+    con.close()
+    assert localdb.index_id_paths(tmp_path / "state") == ["new_22222222"]
+    con = sqlite3.connect(path)
+    try:
+        names = sorted(name for (name,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'index'"))
+    finally:
+        con.close()
+    assert names == [f"{localdb.ID_PATH_PREFIX}new_22222222", "old_11111111_*_id_path"]
