@@ -252,7 +252,9 @@ def index_id_paths(state_dir: str | os.PathLike[str], *, live_rows: int | None =
 
 def _index_file(path: Path, live_rows: int | None) -> list[str]:
     done: list[str] = []
-    con = sqlite3.connect(f"file:{path}?mode=rw", uri=True, timeout=2.0, isolation_level=None)
+    # as_uri escapes the path: in `file:{path}` a "?" or "#" of the state directory ended
+    # the path there, and SQLite opened, or created, that other file without mode=rw.
+    con = sqlite3.connect(f"{path.absolute().as_uri()}?mode=rw", uri=True, timeout=2.0, isolation_level=None)
     try:
         # Known by what they index, whatever their name (SQLite keeps each CREATE INDEX as written).
         indexed = {

@@ -253,3 +253,10 @@ def test_a_table_indexed_on_the_path_under_another_name_gets_no_second_index(tmp
     finally:
         con.close()
     assert names == [f"{localdb.ID_PATH_PREFIX}new_22222222", "old_11111111_*_id_path"]
+
+
+def test_a_state_directory_whose_name_a_uri_would_cut_is_indexed_in_place(tmp_path: Path) -> None:
+    state = tmp_path / "state?x=1#2%41"
+    _ferretdb_like_file(state / "ferretdb" / "db.sqlite", {"assets_11111111": 3})
+    assert localdb.index_id_paths(state) == ["assets_11111111"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state?x=1#2%41"]  # no file made beside it
