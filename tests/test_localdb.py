@@ -155,10 +155,11 @@ def _lookup_plan(state: Path, db_name: str, table: str) -> str:
     """SQLite's plan for the statement FerretDB rewrites a document with, found by _id."""
     import sqlite3
 
+    quoted = '"' + table.replace('"', '""') + '"'
     con = sqlite3.connect(f"file:{state / 'ferretdb' / (db_name + '.sqlite')}?mode=ro", uri=True)
     try:
         rows = con.execute(
-            f'EXPLAIN QUERY PLAN UPDATE "{table}" SET _ferretdb_sjson = ? WHERE {localdb.ID_PATH} = ?', ("{}", '"a"')
+            f"EXPLAIN QUERY PLAN UPDATE {quoted} SET _ferretdb_sjson = ? WHERE {localdb.ID_PATH} = ?", ("{}", '"a"')
         ).fetchall()
         return " ".join(str(row[-1]) for row in rows)
     finally:
@@ -170,21 +171,25 @@ def test_ferretdb_collections_get_an_index_on_the_path_their_id_lookups_use(stat
     if server.kind != "ferretdb":
         pytest.skip("the _id path index is for FerretDB's SQLite files; this server is mongod")
     client: MongoClient[dict[str, object]] = MongoClient(server.uri, serverSelectionTimeoutMS=5000)
+    odd_name = "It's odd; -- ü"  # FerretDB makes no collection whose name has a '"': its SQL would break
     try:
         db = client["lookups"]
         db.assets.insert_many([{"_id": f"a{i}", "orgId": "o", "n": i} for i in range(50)])
         db.big.insert_many([{"_id": i} for i in range(60)])
+        db[odd_name].insert_many([{"_id": f"x{i}"} for i in range(5)])
         tables = set(_sqlite_indexes(state_dir, "lookups").values())
         table = next(tbl for tbl in tables if tbl.startswith("assets"))
         big = next(tbl for tbl in tables if tbl.startswith("big"))
+        odd = next(tbl for tbl in tables if tbl.startswith("it's odd"))
         assert "USING INDEX" not in _lookup_plan(state_dir, "lookups", table)  # FerretDB's own index is not used
 
-        # A command of the running server's (what every command on the embedded default does first)
-        # indexes the small collections, and leaves those above its row limit for the next start.
-        assert localdb.index_id_paths(state_dir, live_rows=55) == [table]
-        assert localdb.start_server(state_dir).pid == server.pid
+        # While the server runs, the collections up to the row limit are indexed, and those
+        # above it are left for the next start.
+        assert sorted(localdb.index_id_paths(state_dir, live_rows=55)) == sorted([table, odd])
+        assert localdb.index_id_paths(state_dir, live_rows=55) == []
+        assert f"{localdb.ID_PATH_PREFIX}{big}" not in _sqlite_indexes(state_dir, "lookups")
         assert f"USING INDEX {localdb.ID_PATH_PREFIX}{table}" in _lookup_plan(state_dir, "lookups", table)
-        assert localdb.index_id_paths(state_dir, live_rows=10) == []  # assets done, big above the limit
+        assert f"USING INDEX {localdb.ID_PATH_PREFIX}{odd}" in _lookup_plan(state_dir, "lookups", odd)
 
         # The server neither lists the index nor minds it: lookups, updates, deletes and index
         # commands behave as before, and dropping the collection drops it.
@@ -192,6 +197,8 @@ def test_ferretdb_collections_get_an_index_on_the_path_their_id_lookups_use(stat
         assert db.assets.update_one({"_id": "a7"}, {"$set": {"n": -7}}).modified_count == 1
         assert db.assets.find_one({"_id": "a7"}) == {"_id": "a7", "orgId": "o", "n": -7}
         assert db.assets.delete_many({"_id": {"$in": ["a1", "a2"]}}).deleted_count == 2
+        assert db[odd_name].update_one({"_id": "x3"}, {"$set": {"n": 3}}).modified_count == 1
+        assert db[odd_name].find_one({"_id": "x3"}) == {"_id": "x3", "n": 3}
         db.assets.create_index("orgId")
         db.assets.create_index("n", name="*_id_path")  # any name a client gives is free: ours starts with "$"
         assert sorted(ix["name"] for ix in db.assets.list_indexes()) == ["*_id_path", "_id_", "orgId_1"]
@@ -205,6 +212,15 @@ def test_ferretdb_collections_get_an_index_on_the_path_their_id_lookups_use(stat
         assert f"{localdb.ID_PATH_PREFIX}{big}" in _sqlite_indexes(state_dir, "lookups")
         client = MongoClient(server.uri, serverSelectionTimeoutMS=5000)
         db = client["lookups"]
+
+        # A collection made since: a command finding the server running (what every command
+        # on the embedded default does first) indexes it.
+        db.later.insert_one({"_id": 1})
+        later = next(tbl for tbl in _sqlite_indexes(state_dir, "lookups").values() if tbl.startswith("later"))
+        assert f"{localdb.ID_PATH_PREFIX}{later}" not in _sqlite_indexes(state_dir, "lookups")
+        assert localdb.start_server(state_dir).pid == server.pid
+        assert f"{localdb.ID_PATH_PREFIX}{later}" in _sqlite_indexes(state_dir, "lookups")
+
         db.big.drop()
         assert not any(tbl == big for tbl in _sqlite_indexes(state_dir, "lookups").values())
         assert db.assets.find_one({"_id": "a7"}) == {"_id": "a7", "orgId": "o", "n": -7}
