@@ -276,3 +276,61 @@ def test_a_state_directory_whose_name_a_uri_would_cut_is_indexed_in_place(tmp_pa
     _ferretdb_like_file(state / "ferretdb" / "db.sqlite", {"assets_11111111": 3})
     assert localdb.index_id_paths(state) == ["assets_11111111"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["state?x=1#2%41"]  # no file made beside it
+
+
+def test_the_servers_sqlite_finds_every_kind_of_id_through_an_index_built_by_ours(state_dir: Path) -> None:
+    """The index is built by Python's SQLite and kept by the server's own: both must compute
+    the same key for every _id, or the server's updates and deletes by _id miss the row."""
+    import sqlite3
+    from datetime import UTC, datetime
+
+    from bson import ObjectId
+
+    server = localdb.start_server(state_dir)
+    if server.kind != "ferretdb":
+        pytest.skip("the _id path index is for FerretDB's SQLite files; this server is mongod")
+    ids: list[object] = [
+        "plain", 'quo"te', "back\\slash", "<b>&amp;</b>", "é ünï 😀", "tab\tnew\nline\x01", "", 7, -(2**40),
+        1.5, 1e300, -0.25, True, ObjectId(), datetime(2026, 12, 3, 6, 7, 8, 9000, tzinfo=UTC), {"a": 1, "b": "x"},
+    ]
+    client: MongoClient[dict[str, object]] = MongoClient(server.uri, serverSelectionTimeoutMS=5000, tz_aware=True)
+    try:
+        coll = client["kinds"]["docs"]
+        coll.insert_many([{"_id": value, "n": 0} for value in ids])
+        assert len(localdb.index_id_paths(state_dir, live_rows=localdb.LIVE_INDEX_ROWS)) == 1
+        for value in ids:  # the server writes each back by _id, through the index
+            assert coll.update_one({"_id": value}, {"$set": {"n": 1}}).matched_count == 1
+        assert [doc["n"] for doc in coll.find()] == [1] * len(ids)
+        for value in ids[::2]:
+            assert coll.delete_one({"_id": value}).deleted_count == 1
+        assert sorted(repr(doc["_id"]) for doc in coll.find()) == sorted(repr(value) for value in ids[1::2])
+        coll.insert_many([{"_id": value, "n": 2} for value in ids[::2]])  # keys the server's SQLite computes
+        con = sqlite3.connect(f"{(state_dir / 'ferretdb' / 'kinds.sqlite').absolute().as_uri()}?mode=ro", uri=True)
+        try:
+            assert con.execute("PRAGMA integrity_check").fetchall() == [("ok",)]  # our SQLite's keys agree
+        finally:
+            con.close()
+    finally:
+        client.close()
+
+
+def test_a_data_file_another_writer_holds_is_skipped_and_indexed_by_a_later_call(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "state" / "ferretdb" / "db.sqlite"
+    _ferretdb_like_file(path, {"assets_11111111": 3})
+    writer = sqlite3.connect(path, isolation_level=None)
+    try:
+        writer.execute("BEGIN IMMEDIATE")  # a server in the middle of its write transaction
+        writer.execute("INSERT INTO assets_11111111 VALUES ('{\"_id\": 99}')")
+        assert localdb.index_id_paths(tmp_path / "state", live_rows=localdb.LIVE_INDEX_ROWS) == []
+        writer.execute("COMMIT")
+    finally:
+        writer.close()
+    assert localdb.index_id_paths(tmp_path / "state", live_rows=localdb.LIVE_INDEX_ROWS) == ["assets_11111111"]
+    con = sqlite3.connect(path)
+    try:
+        assert con.execute("SELECT count(*) FROM assets_11111111").fetchone() == (4,)  # the writer's row kept
+        assert con.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    finally:
+        con.close()
