@@ -36,10 +36,12 @@ log = logging.getLogger(__name__)
 # FerretDB 1.x with SQLite finds a document by _id through the path `_ferretdb_sjson->'$._id'`
 # (every document an update rewrites, a delete, a find by _id alone) while its unique _id
 # index is on `_ferretdb_sjson->"_id"`. SQLite does not take the two for one expression,
-# so each such lookup scans the whole table: a lastSeen round of 1,000 assets among 2,000
-# costs 5.3 s, and grows with the assets stored. An index on the path the lookups use
-# brings it to 0.48 s. The server never reads SQLite's schema, so it neither lists nor
-# minds this index; dropping the collection drops it with the table.
+# so each such lookup scans the whole table: 1,000 `UpdateOne({_id})` among 2,000 assets,
+# 64 to a command, take 5.3 s, and grow with the assets stored. An index on the path the
+# lookups use brings them to 0.48 s (bench/README.md). The server never reads SQLite's
+# schema, so it neither lists nor minds this index; dropping the collection drops it with
+# the table. Python's SQLite builds it and the server's own keeps it: both compute the
+# same key for every kind of _id (tests/test_localdb.py checks it with integrity_check).
 ID_PATH = "_ferretdb_sjson->'$._id'"
 # Before the table's name. FerretDB names an index of a collection table + "_" + the index's
 # name, any name a client gives (one named "*_id_path" was refused while ours was
