@@ -36,12 +36,18 @@ log = logging.getLogger(__name__)
 # FerretDB 1.x with SQLite finds a document by _id through the path `_ferretdb_sjson->'$._id'`
 # (every document an update rewrites, a delete, a find by _id alone) while its unique _id
 # index is on `_ferretdb_sjson->"_id"`. SQLite does not take the two for one expression,
-# so each such lookup scans the whole table: a lastSeen round of 1,000 assets among 2,000
-# costs 5.3 s, and grows with the assets stored. An index on the path the lookups use
-# brings it to 0.48 s. The server never reads SQLite's schema, so it neither lists nor
-# minds this index; dropping the collection drops it with the table.
+# so each such lookup scans the whole table: 1,000 `UpdateOne({_id})` among 2,000 assets,
+# 64 to a command, take 5.3 s, and grow with the assets stored. An index on the path the
+# lookups use brings them to 0.48 s (bench/README.md). The server never reads SQLite's
+# schema, so it neither lists nor minds this index; dropping the collection drops it with
+# the table. Python's SQLite builds it and the server's own keeps it: both compute the
+# same key for every kind of _id (tests/test_localdb.py checks it with integrity_check).
 ID_PATH = "_ferretdb_sjson->'$._id'"
-ID_PATH_SUFFIX = "_*_id_path"  # after FerretDB's table name; its own index names are table + "_" + name
+# Before the table's name. FerretDB names an index of a collection table + "_" + the index's
+# name, any name a client gives (one named "*_id_path" was refused while ours was
+# table + "_*_id_path"), and a table after its collection, whose name holds no "$": so no
+# name of FerretDB's starts with one.
+ID_PATH_PREFIX = "$_id_path:"
 # While the server runs, building the index holds SQLite's write lock, which FerretDB waits
 # for up to 10 s: tables beyond this many rows are left for the next start, when no one waits.
 LIVE_INDEX_ROWS = 100_000
@@ -248,19 +254,25 @@ def index_id_paths(state_dir: str | os.PathLike[str], *, live_rows: int | None =
 
 def _index_file(path: Path, live_rows: int | None) -> list[str]:
     done: list[str] = []
-    con = sqlite3.connect(f"file:{path}?mode=rw", uri=True, timeout=2.0, isolation_level=None)
+    # as_uri escapes the path: in `file:{path}` a "?" or "#" of the state directory ended
+    # the path there, and SQLite opened, or created, that other file without mode=rw.
+    con = sqlite3.connect(f"{path.absolute().as_uri()}?mode=rw", uri=True, timeout=2.0, isolation_level=None)
     try:
-        known = {name for (name,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+        # Known by what they index, whatever their name (SQLite keeps each CREATE INDEX as written).
+        indexed = {
+            table
+            for table, sql in con.execute("SELECT tbl_name, sql FROM sqlite_master WHERE type = 'index'")
+            if isinstance(sql, str) and sql.endswith(f"({ID_PATH})")
+        }
         tables = [t for (t,) in con.execute("SELECT table_name FROM _ferretdb_collections")]
         for table in tables:
-            index = table + ID_PATH_SUFFIX
-            if index in known:
+            if table in indexed:
                 continue
             if live_rows is not None:
                 (rows,) = con.execute(f"SELECT coalesce(max(rowid), 0) FROM {_quoted(table)}").fetchone()
                 if rows > live_rows:
                     continue
-            con.execute(f"CREATE INDEX IF NOT EXISTS {_quoted(index)} ON {_quoted(table)} ({ID_PATH})")
+            con.execute(f"CREATE INDEX IF NOT EXISTS {_quoted(ID_PATH_PREFIX + table)} ON {_quoted(table)} ({ID_PATH})")
             done.append(table)
     finally:
         con.close()

@@ -472,7 +472,11 @@ def move_last_seen(db: Db, org_id: str, last_seen: Mapping[str, datetime], owned
     4.9-5.3 s grouped by time; on a server without the _id path index of
     `localdb.index_id_paths`, 6.2-8.7 s against 9.5-11.7 s). _id values are unique in the
     collection, so the update can reach no other org's asset unless, between that read and
-    the update, the asset was deleted and an asset of the same _id created in another org.
+    the update, the asset left this org: deleted and created again under the same _id in
+    another org, or given another orgId. `touch_assets` reads right before; a lastSeen
+    round reads once for all its chunks, so there that stretch is the round (seconds).
+    FerretDB itself finds a document and then writes it back by _id, so `{_id, orgId}`
+    would shorten that stretch there, not close it.
     """
     now = datetime.now(UTC)
     scoped = probe_capabilities(db).compound_pushdown
@@ -551,8 +555,9 @@ worker started in its place, not an expiry later) (`left_pending_last_seen_ids`)
 LEASE_ROUNDS = 3
 """Rounds a writer may miss before its lease expires."""
 LEASE_MARGIN = timedelta(seconds=60)
-"""Beyond LEASE_ROUNDS intervals: a long round (a lease is renewed once an interval, before
-its round) and clocks of two machines that differ a little do not expire a live lease."""
+"""Beyond LEASE_ROUNDS intervals: a long round (a lease is renewed before each round, so
+renewals come an interval and a round apart) and clocks of two machines that differ a
+little do not expire a live lease."""
 
 
 def renew_last_seen_lease(db: Db, by: ObjectId, every: float) -> None:

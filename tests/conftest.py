@@ -66,8 +66,10 @@ def raw_db(server_uri: str, db_name: str) -> Iterator[Db]:
 
 @pytest.fixture
 def db(raw_db: Db) -> Db:
-    """An empty database with the snapshot indexes in place (on the private FerretDB, with
-    the _id path index the embedded server gives its collections, as a command would)."""
+    """An empty database with the snapshot indexes in place (on the private FerretDB, the
+    snapshot collection with the _id path index a command of the embedded server gives it;
+    a collection a test makes later, `assets` among them, goes without, as it would until
+    the next command)."""
     ensure_indexes(raw_db)
     for state in _STATE:
         localdb.index_id_paths(state, live_rows=localdb.LIVE_INDEX_ROWS)

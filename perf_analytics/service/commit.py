@@ -490,8 +490,8 @@ class GroupCommitter:
     async def _touch_loop(self) -> None:
         """Apply what a gone process left, then one round per interval (the first one
         interval after start) and the last one once the writer is done; renew the lease
-        once an interval, before its round (it lasts LEASE_ROUNDS intervals and LEASE_MARGIN), and give it
-        up at the end."""
+        after each wait, before its round (renewals come an interval and a round apart; a
+        lease lasts LEASE_ROUNDS intervals and LEASE_MARGIN), and give it up at the end."""
         await self._renew()
         await self._settle_leftover()
         while True:
@@ -556,14 +556,15 @@ class GroupCommitter:
         Which of the round's assets belong to their org is read once per org for the
         whole round (`owned_assets`), not once per chunk: on FerretDB every such read
         decodes the whole assets collection (31 ms at 1,000 assets, against 45 ms for a
-        chunk's 64 updates on the embedded server). The assets go in order of org and time, so that the assets
-        of a fleet reporting at the same second fall in the same chunks and move in one
-        update there (`move_last_seen`); in arrival order a chunk holds a few of each
-        second. On a server without compound pushdown the moves are then filtered by the
-        _id values that read returned (see `move_last_seen`): an asset deleted and
-        created again under the same _id in another org during the round (seconds) is
-        the one case that read does not cover. The assets of a batch whose insert failed
-        midway then move to their newest stored snapshot.
+        chunk's 64 updates on the embedded server). The assets go in order of org and
+        time, so that on MongoDB the assets of a fleet reporting at the same second fall in
+        the same chunks and move in one update there (`move_last_seen`); in arrival order a
+        chunk holds a few of each second. On a server without compound pushdown (FerretDB)
+        each asset moves by the _id value that read returned (see `move_last_seen`): an
+        asset that leaves its org during the round (seconds), deleted and created again
+        under the same _id in another org or given another orgId, is the case that read
+        does not cover. The assets of a batch whose insert failed midway then move to their
+        newest stored snapshot.
         Once every move is acknowledged, the round's pending records are deleted; a round
         that fails goes back, whole, into the next one."""
         try:
