@@ -424,6 +424,108 @@ def test_with_level_idle_any_hour_an_idle_host_busy_at_a_new_hour_like_earlier_i
     assert T0 + timedelta(hours=72 + 13) < flags.item(0, "start") <= T0 + timedelta(hours=72 + 16)
 
 
+RECV = "network.interfaces[eth0].bytesRecvPerSec"
+
+
+def spells_of(column: str, floor: float, jitter: float, *spells: tuple[float, float, float]) -> Edit:
+    """`column` at `floor` (times a jitter of a few per cent, or plus `jitter` for a
+    percentage) that works in spells: (from hour, to hour, level) since T0."""
+
+    def edit(t: np.ndarray, c: dict[str, np.ndarray]) -> None:
+        rng = np.random.default_rng(9)
+        if column == "recv":
+            c[column] = floor * np.exp(rng.normal(0.0, jitter, t.size))
+        else:
+            c[column] = floor + rng.normal(0.0, jitter, t.size)
+        for lo, hi, level in spells:
+            spell = (t >= lo * 3600) & (t < hi * 3600)
+            c[column][spell] = level * np.exp(rng.normal(0.0, 0.05, int(spell.sum())))
+
+    return edit
+
+
+@pytest.mark.parametrize("per", [1, 300], ids=["a-second", "per-5-minutes"])
+def test_a_small_rate_busy_all_day_is_no_idle_series_whatever_its_unit(per: int) -> None:
+    """Requests counted at 0.1-0.3 a second with a daily rhythm (Poisson counts of 5
+    minutes) are busy at every hour, whatever unit they are counted in: an evening surge
+    to 4 a second does not make a night at 4 a second any less new at night, with
+    `level_idle_any_hour` on too. Judged against zero on the log scale with a noise
+    floor in fixed units, the same series counted per second looked idle (its usual
+    level below log1p(x) = 0.4) and its night surge was dropped; counted per 5 minutes,
+    it did not."""
+
+    def edit(t: np.ndarray, c: dict[str, np.ndarray]) -> None:
+        rng = np.random.default_rng(3)
+        rate = 0.2 + 0.1 * np.sin(2 * np.pi * (t / 86400 - 0.5))
+        for lo, hi in ((24 + 18, 24 + 22), (72 + 1, 72 + 5)):
+            rate[(t >= lo * 3600) & (t < hi * 3600)] = 4.0
+        c["recv"] = rng.poisson(rate * 300).astype(np.float64) / 300 * per
+
+    day4 = DAY2 + timedelta(days=2)
+    frames = frames_of(asset_docs(days=4, edit=edit))
+    for config in (AnomalyConfig(), AnomalyConfig(level_idle_any_hour=True)):
+        flags = only(flag_anomalies(frames, options=FlagOptions(day=day4, config=config)), "level_shift", RECV)
+        assert flags.height == 1, (config.level_idle_any_hour, flags.get_column("message").to_list())
+        assert T0 + timedelta(hours=72 + 1) < flags.item(0, "start") <= T0 + timedelta(hours=72 + 4)
+
+
+def test_a_batch_host_idle_at_its_own_floor_between_spells_is_idle() -> None:
+    """A batch host's interface idles at 2 KB/s of background traffic and its CPU at 2%
+    (the system's own work), both far from zero in their units; its jobs move 50 MB/s
+    and take the CPU to 95%. Idle is the series' own floor, not zero: with
+    `level_idle_any_hour`, an afternoon transfer like a night's earlier in the week is
+    no level shift (one three times faster is), and by default a job holding the CPU at
+    95% like an earlier spell is no threshold flag. Judged against zero, neither was
+    idle (log1p of 2 KB/s is 7.6; 2% is 7 noise units) and both were flagged."""
+    day4 = DAY2 + timedelta(days=2)
+
+    def host(transfer: float) -> Edit:
+        net = spells_of("recv", 2000.0, 0.05, (24 + 1, 24 + 5, 5e7), (72 + 13, 72 + 17, transfer))
+        cpu = spells_of("cpu", 2.0, 0.3, (24 + 1, 24 + 5, 60.0), (72 + 13, 72 + 15, 40.0))
+
+        def edit(t: np.ndarray, c: dict[str, np.ndarray]) -> None:
+            net(t, c)
+            cpu(t, c)
+            c["cpu"][(t >= (24 + 2) * 3600) & (t < (24 + 2) * 3600 + 300)] = 95.0
+            c["cpu"][(t >= (72 + 14) * 3600) & (t < (72 + 14.5) * 3600)] = 95.0
+
+        return edit
+
+    frames = frames_of(asset_docs(days=4, edit=host(4.5e7)))
+    any_hour = FlagOptions(day=day4, config=AnomalyConfig(level_idle_any_hour=True))
+    flags = flag_anomalies(frames, options=any_hour)
+    assert only(flags, "level_shift", RECV).is_empty(), only(flags, "level_shift").get_column("message").to_list()
+    assert only(flags, "threshold").is_empty(), only(flags, "threshold").get_column("message").to_list()
+    by_the_clock = flag_anomalies(frames, options=FlagOptions(day=day4))
+    assert only(by_the_clock, "level_shift", RECV).height == 1
+    assert only(by_the_clock, "threshold").is_empty()
+    plain = FlagOptions(day=day4, config=AnomalyConfig(threshold_idle_spells=False))
+    assert only(flag_anomalies(frames, options=plain), "threshold", "cpu.usage").height == 1
+    faster = flag_anomalies(frames_of(asset_docs(days=4, edit=host(1.5e8))), options=any_hour)
+    assert only(faster, "level_shift", RECV).height == 1
+
+
+def test_memory_is_never_an_idle_series() -> None:
+    """Memory is a capacity held, not work done: memory at 5% whose week held 60% for
+    four hours one night is no idle series, so 60% held on an afternoon is still a new
+    level for the afternoon with `level_idle_any_hour` on (and an idle CPU beside it
+    changes nothing). Low and flat between spells an order of magnitude higher, it would
+    pass both of the idle tests of a work metric."""
+    day4 = DAY2 + timedelta(days=2)
+    memory = spells_of("memory", 5.0, 0.05, (24 + 1, 24 + 5, 60.0), (72 + 13, 72 + 17, 60.0))
+    cpu = idle_with_spells((24 + 1, 24 + 5, 60.0))
+
+    def edit(t: np.ndarray, c: dict[str, np.ndarray]) -> None:
+        memory(t, c)
+        cpu(t, c)
+
+    frames = frames_of(asset_docs(days=4, edit=edit))
+    any_hour = FlagOptions(day=day4, config=AnomalyConfig(level_idle_any_hour=True))
+    flags = only(flag_anomalies(frames, options=any_hour), "level_shift")
+    assert flags.get_column("metric").to_list() == ["memory.usagePercent"]
+    assert T0 + timedelta(hours=72 + 13) < flags.item(0, "start") <= T0 + timedelta(hours=72 + 16)
+
+
 def test_a_spike_shorter_than_the_recent_window_is_no_level_shift() -> None:
     def edit(t: np.ndarray, c: dict[str, np.ndarray]) -> None:
         c["memory"][(t >= at(24 + 12)) & (t < at(24 + 13))] += 25.0

@@ -26,7 +26,15 @@ from datetime import UTC, date, datetime, timedelta
 import polars as pl
 
 from perf_analytics.anomalies.config import AnomalyConfig
-from perf_analytics.anomalies.series import ASSET, LEVEL, SERIES, floored_sigma, step_noise
+from perf_analytics.anomalies.series import (
+    ASSET,
+    CPU,
+    MAD_TO_SIGMA,
+    RATE,
+    SCALE_FLOOR_RELATIVE,
+    SERIES,
+    floored_sigma,
+)
 from perf_analytics.anomalies.state import AGENT, HOUR, PAIR, TIME
 
 IQR_TO_SIGMA = 1.349  # the interquartile range of a normal distribution, in standard deviations
@@ -214,27 +222,65 @@ def earlier_hours(base: Baselines) -> pl.DataFrame:
     return base.hours.filter(pl.col("date") < base.day)
 
 
+# An idle series' usual level is at most this share of its spells' peak, in its own units:
+# an order of magnitude below the work it does when busy.
+IDLE_SHARE_OF_SPELLS = 0.1
+
+
 def idle_series(earlier: pl.DataFrame, config: AnomalyConfig) -> pl.DataFrame:
     """Per series of `earlier` (`earlier_hours`, or some of its series): `idle`, whether
     it does next to nothing at every time of day, and `peak`, its highest sample.
 
-    Idle: the usual level of each time of day (the median of its hourly medians) lies
-    within `level_shift_z` noise units (`step_noise` of the median step) of zero. A batch
-    host, a disk written in sessions, a worker fed by a queue idles most of every hour and
-    works in spells when work arrives, at no fixed hour; a series with a daily rhythm has
-    a time of day that is usually busy, and memory or a temperature never sits at zero
-    (levels, `LEVEL`, are never idle).
+    A batch host, a disk written in sessions, a worker fed by a queue is off most of every
+    hour and works in spells when work arrives, at no fixed hour. Off is the series' own
+    floor, not zero in some unit: an idle CPU sits at its operating system's 0.1-3%, an
+    idle disk or interface at its background of a few bytes or kilobytes a second. So
+    idle is judged in the series' own terms, the same whatever unit it is counted in:
+
+    - *at its floor at every time of day*: each 3-hour time of day's usual level (the
+      median of its hourly medians, so at least half of that time of day's hours have at
+      least half of their samples there or lower) lies within `level_shift_z` noise units
+      of the series' floor, the median of its quietest hour. The noise unit is the
+      series' own sample-to-sample noise (its median step times `MAD_TO_SIGMA` over
+      sqrt 2, and at least `SCALE_FLOOR_RELATIVE` of the level, as every spread), with
+      no floor in fixed units (`SCALE_FLOOR`): such a floor is what made a rate counted in
+      small units (tweets or requests a second) look idle although busy all day. A
+      series with a daily rhythm has a time of day that is usually busy; a busy series'
+      level stands clear of its floor by more than its noise.
+    - *and working in spells far above it*: the usual level of every time of day is at
+      most `IDLE_SHARE_OF_SPELLS` (a tenth) of the highest level its spells held for
+      `outlier_sustained_points` samples, in the metric's own units (byte rates off their
+      log scale). An idle host's floor and its work differ by orders of magnitude (0.1%
+      against 60-100% of a CPU, bytes against megabytes a second); a steady service whose
+      quietest and busiest hours stay within a few times of each other is not idle, nor
+      is a series that was at its floor all week (nothing to compare a spell with).
+
+    Only work done can idle: the CPU and byte rates. Memory and disk usage are
+    capacities held and temperatures a physical state (`LEVEL`): they never are idle.
     """
-    prev = earlier.filter(pl.col("kind") != LEVEL)
-    per_tod = prev.group_by([*SERIES, "tod"]).agg(
+    work = earlier.filter((pl.col("metric") == CPU) | (pl.col("kind") == RATE))
+    per_tod = work.group_by([*SERIES, "tod"]).agg(
         pl.col("kind").first(), pl.col("q50").median().alias("_usual"), pl.col("step").median().alias("_step")
     )
-    peaks = prev.group_by(SERIES).agg(pl.col("hi").max().alias("peak"))
+    whole = work.group_by(SERIES).agg(
+        pl.col("q50").min().alias("_floor"),
+        pl.col("held_hi").max().alias("_spells"),
+        pl.col("hi").max().alias("peak"),
+    )
+    usual, floor, spells = pl.col("_usual"), pl.col("_floor"), pl.col("_spells")
+    noise = pl.max_horizontal(MAD_TO_SIGMA * pl.col("_step") / math.sqrt(2.0), SCALE_FLOOR_RELATIVE * usual.abs())
+    is_rate = pl.col("kind") == RATE
+
+    def own_units(x: pl.Expr) -> pl.Expr:
+        return pl.when(is_rate).then(x.exp() - 1.0).otherwise(x)
+
+    at_floor = usual - floor <= config.level_shift_z * noise
+    in_spells = own_units(usual) <= IDLE_SHARE_OF_SPELLS * own_units(spells)
     return (
         per_tod.group_by(SERIES)
-        .agg(pl.col("kind").first(), pl.col("_usual").abs().max(), pl.col("_step").median())
-        .with_columns((pl.col("_usual") <= config.level_shift_z * step_noise(pl.col("_step"), pl.col("_usual"))).alias("idle"))
-        .join(peaks, on=SERIES, how="left")
+        .agg(pl.col("kind").first(), pl.col("_usual").max(), pl.col("_step").median())
+        .join(whole, on=SERIES, how="left")
+        .with_columns((at_floor & in_spells).fill_null(False).alias("idle"))
         .select(*SERIES, "idle", "peak")
     )
 

@@ -86,11 +86,14 @@ class AnomalyConfig:
     # go by, any day that differs from it looks new, so level shifts learn for two days.
     level_learn_hours: float = 48.0
     level_novel_time_of_day: bool = True  # beyond the levels of that time of day (else of any hour)
-    # A series idle at every time of day (each one's usual level within `level_shift_z`
-    # noise units of zero) works in spells that come when work arrives, not by the clock:
-    # with this on, its new level must pass the levels of every hour of the baseline days.
-    # Off by default: on NAB's series it costs labelled spells (a disk's held-out window, a
-    # tweet volume's) and NAB's own score (36.71 -> 35.33 standard; bench/README.md).
+    # A series idle at every time of day (a CPU or byte rate whose every time of day is
+    # usually at its own floor, within `level_shift_z` units of its own noise, and a tenth
+    # or less of its spells' peak: `baselines.idle_series`) works in spells that come when
+    # work arrives, not by the clock: with this on, its new level must pass the levels of
+    # every hour of the baseline days.
+    # Off by default: on NAB's series it costs a labelled spell (a disk's held-out window,
+    # one its CPU also shows, unlabelled) and NAB's own score (36.71 -> 36.11 standard;
+    # bench/README.md).
     level_idle_any_hour: bool = False
 
     # Flatlines: a metric that moves on at least `flatline_moving_share` of its samples
