@@ -230,7 +230,7 @@ def refused_problem(raw: bytes, codec: CodecOptions[Any], reason: str = "") -> P
 
 
 # Structure only: any date is read as a number of milliseconds, so none is out of range.
-_CHECK = CodecOptions(datetime_conversion=DatetimeConversion.DATETIME_MS)
+_CHECK: CodecOptions[Any] = CodecOptions(datetime_conversion=DatetimeConversion.DATETIME_MS)
 
 
 def _check_bson(pieces: Sequence[bytes], codec: CodecOptions[Any]) -> None:

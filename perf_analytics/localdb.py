@@ -213,7 +213,22 @@ def server_status(state_dir: str | os.PathLike[str]) -> LocalServer | None:
     A record of a format version this code does not know is refused (ServerError), not
     taken for "no server": that would start a second server over the same data files.
     """
-    record = _record_path(Path(state_dir))
+    server = recorded_server(state_dir)
+    if server is not None and _ping(server.port):
+        return server
+    return None
+
+
+def recorded_server(state_dir: str | os.PathLike[str]) -> LocalServer | None:
+    """The server that the record of `state_dir` names when its process still runs from
+    that directory, whether or not it answers (a busy or stopped server holds the data
+    files all the same); None when there is no record or its process is gone.
+
+    Raises:
+        ServerError: the record has a format version this code does not know.
+    """
+    state = Path(state_dir)
+    record = _record_path(state)
     try:
         info = json.loads(record.read_text())
     except (FileNotFoundError, ValueError):
@@ -229,9 +244,21 @@ def server_status(state_dir: str | os.PathLike[str]) -> LocalServer | None:
         server = LocalServer(**info)
     except TypeError:
         return None
-    if process_alive(server.pid) and _ping(server.port):
-        return server
-    return None
+    if not process_alive(server.pid) or not _runs_from(server.pid, state):
+        return None
+    return server
+
+
+def _runs_from(pid: int, state: Path) -> bool:
+    """Whether process `pid` is a server of `state` (its command line names the
+    directory), not another program that has since been given the same pid. True when
+    the system does not say (no /proc)."""
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return True
+    where = os.fsencode(state.resolve())
+    return any(where in arg for arg in args)
 
 
 def index_id_paths(state_dir: str | os.PathLike[str], *, live_rows: int | None = None) -> list[str]:
@@ -321,7 +348,7 @@ def start_server(
     """
     state = Path(state_dir).resolve()
     with _locked(state):
-        running = server_status(state)
+        running = server_status(state) or _answering(recorded_server(state), state)
         if running is not None:
             if running.kind == "ferretdb":
                 index_id_paths(state, live_rows=LIVE_INDEX_ROWS)
@@ -362,17 +389,39 @@ def start_server(
         raise ServerError(f"{kind} did not answer on 127.0.0.1:{port} within {START_TIMEOUT_S:.0f}s", retryable=True)
 
 
+def _answering(server: LocalServer | None, state: Path) -> LocalServer | None:
+    """`server`, a process of `state` that did not answer one ping, once it answers;
+    None when there is none. It holds the data files, so a second server is never
+    started beside it: after START_TIMEOUT_S without an answer, ServerError."""
+    if server is None:
+        return None
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if not process_alive(server.pid):
+            return None
+        if _ping(server.port, timeout_ms=1000):
+            return server
+        time.sleep(0.2)
+    raise ServerError(
+        f"the {server.kind} server of {state} (pid {server.pid}) runs but has not answered on 127.0.0.1:"
+        f"{server.port} for {START_TIMEOUT_S:.0f}s; a second server over the same files is not started. "
+        "Stop it with `perf-analytics localdb stop`, then run the command again",
+        retryable=True,
+    )
+
+
 def stop_server(state_dir: str | os.PathLike[str]) -> LocalServer | None:
     """Stop the server running from `state_dir`; return what was stopped (None if nothing)."""
     state = Path(state_dir).resolve()
     with _locked(state):
-        server = server_status(state)
+        server = recorded_server(state)  # answering or not: a hung server is stopped too
         if server is None:
             _record_path(state).unlink(missing_ok=True)
             return None
         own = _STARTED.pop(server.pid, None)
         if own is not None:
             own.terminate()
+            own.send_signal(signal.SIGCONT)  # a stopped process acts on SIGTERM only once resumed
             try:
                 own.wait(timeout=10)
             except subprocess.TimeoutExpired:
@@ -380,6 +429,8 @@ def stop_server(state_dir: str | os.PathLike[str]) -> LocalServer | None:
                 own.wait()
         else:
             os.kill(server.pid, signal.SIGTERM)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(server.pid, signal.SIGCONT)  # a stopped process acts on SIGTERM only once resumed
             deadline = time.monotonic() + 10
             while process_alive(server.pid) and time.monotonic() < deadline:
                 with contextlib.suppress(ChildProcessError):

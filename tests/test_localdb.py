@@ -5,6 +5,7 @@ These run with or without MONGODB_URI: they always start a private mongod or Fer
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -138,6 +139,66 @@ def test_cli_start_status_and_stop(cli: CliRunner, state_dir: Path) -> None:
     assert stopped.stdout == f"stopped {server.kind} (pid {server.pid})\n"
     assert cli.invoke(app, ["localdb", "status"]).exit_code == 3
     assert cli.invoke(app, ["localdb", "stop"]).stdout == "no local server was running\n"
+
+
+def _servers_of(state: Path) -> list[int]:
+    """Pids of the server processes whose command line names `state`."""
+    where = str(state.resolve())
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline", "status"]):
+        args = proc.info["cmdline"] or []
+        if proc.info["status"] != psutil.STATUS_ZOMBIE and any(where in arg for arg in args) and (
+            "ferretdb" in args[0] or "mongod" in args[0]
+        ):
+            found.append(proc.info["pid"])
+    return found
+
+
+def test_a_server_that_does_not_answer_is_never_doubled_and_stop_still_stops_it(
+    cli: CliRunner, state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server that runs but does not answer (here: stopped with SIGSTOP; in life, a busy
+    or stuck one) still holds the data files: starting again must wait for it or say so,
+    never start a second server over the same files."""
+    import signal
+
+    server = localdb.start_server(state_dir)
+    monkeypatch.setattr(localdb, "START_TIMEOUT_S", 3.0)
+    os.kill(server.pid, signal.SIGSTOP)
+    try:
+        assert localdb.server_status(state_dir) is None  # it does not answer...
+        assert localdb.recorded_server(state_dir) == server  # ...but it runs from here
+        with pytest.raises(localdb.ServerError, match=f"pid {server.pid}.*localdb stop"):
+            localdb.start_server(state_dir)
+        assert _servers_of(state_dir) == [server.pid]
+        status = cli.invoke(app, ["localdb", "status"])
+        assert status.exit_code == 3
+        assert status.stdout.startswith(f"{server.kind} (pid {server.pid}) runs but does not answer")
+    finally:
+        os.kill(server.pid, signal.SIGCONT)
+    assert localdb.start_server(state_dir) == server  # answering again: the same server
+
+    os.kill(server.pid, signal.SIGSTOP)
+    stopped = localdb.stop_server(state_dir)  # a stopped server is stopped all the same
+    assert stopped == server
+    assert _exited(server.pid)
+    assert _servers_of(state_dir) == []
+
+
+def test_a_record_whose_pid_now_belongs_to_another_program_is_no_server(state_dir: Path) -> None:
+    server = localdb.start_server(state_dir)
+    localdb.stop_server(state_dir)
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        record = {"version": localdb.STATE_VERSION, "kind": server.kind, "pid": other.pid, "port": server.port,
+                  "state_dir": server.state_dir}
+        (state_dir / "server.json").write_text(json.dumps(record))
+        assert localdb.recorded_server(state_dir) is None
+        assert localdb.stop_server(state_dir) is None
+        assert other.poll() is None  # not ours: left alone
+    finally:
+        other.kill()
+        other.wait()
 
 
 def _sqlite_indexes(state: Path, db_name: str) -> dict[str, str]:

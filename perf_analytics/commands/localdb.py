@@ -57,7 +57,12 @@ def status(ctx: click.Context) -> None:
     Example:
       perf-analytics localdb status
     """
-    server = localdb.server_status(settings_of(ctx).state_dir)
+    state = settings_of(ctx).state_dir
+    server = localdb.server_status(state)
+    if server is None and (hung := localdb.recorded_server(state)) is not None:
+        click.echo(f"{hung.kind} (pid {hung.pid}) runs but does not answer on 127.0.0.1:{hung.port}; "
+                   "`perf-analytics localdb stop` stops it")
+        ctx.exit(3)
     if server is None:
         kind, binary = localdb.find_server_binary(settings_of(ctx))
         where = binary or "not installed (run `perf-analytics localdb install`)"
