@@ -262,6 +262,37 @@ def test_an_idle_host_whose_spells_peaked_at_saturation_is_not_flagged_when_one_
     assert busy.get_column("metric").to_list() == ["cpu.usage"]
 
 
+def test_a_time_of_day_busy_on_the_one_day_it_was_seen_does_not_make_an_idle_host_busy() -> None:
+    """A worker idle at 0.1% whose recording begins at noon: on its first whole day a job
+    spell fills the morning (06:00-09:00, about 60%, touching 99% once), the only morning
+    seen so far; on the third day a spell holds 95% for half an hour. One morning's spell
+    is no rhythm: the host is idle at every time of day seen twice, and its spells
+    saturate by design. With every time of day seen judged (`idle_tod_min_days=1`) the
+    morning counts as usually busy and the saturation is flagged, as it is when the
+    morning was busy on both days (a daily rhythm)."""
+
+    def spells(t: np.ndarray, c: dict[str, np.ndarray]) -> None:
+        idle_with_spells((20, 21, 40.0), (24 + 6, 24 + 9, 60.0))(t, c)
+        c["cpu"][(t >= (24 + 7) * 3600) & (t < (24 + 7) * 3600 + 300)] = 99.0
+        c["cpu"][(t >= (48 + 14) * 3600) & (t < (48 + 14.5) * 3600)] = 95.0
+
+    def from_noon(t: np.ndarray, c: dict[str, np.ndarray]) -> None:
+        spells(t, c)
+        c["keep"] = t >= 12 * 3600
+
+    def every_morning(t: np.ndarray, c: dict[str, np.ndarray]) -> None:
+        spells(t, c)
+        c["cpu"][(t >= 6 * 3600) & (t < 9 * 3600)] = 60.0 + np.random.default_rng(7).normal(0.0, 5.0, 36)
+
+    day3 = DAY2 + timedelta(days=1)
+    frames = frames_of(asset_docs(days=3, edit=from_noon))
+    assert only(flag_anomalies(frames, options=FlagOptions(day=day3)), "threshold").is_empty()
+    seen_once = FlagOptions(day=day3, config=AnomalyConfig(idle_tod_min_days=1))
+    assert only(flag_anomalies(frames, options=seen_once), "threshold", "cpu.usage").height == 1
+    rhythm = flag_anomalies(frames_of(asset_docs(days=3, edit=every_morning)), options=FlagOptions(day=day3))
+    assert only(rhythm, "threshold", "cpu.usage").height == 1
+
+
 def test_memory_that_runs_out_again_is_flagged_again() -> None:
     """Memory is a capacity: a second exhaustion is news, however routine CPU bursts are."""
 

@@ -240,7 +240,12 @@ def idle_series(earlier: pl.DataFrame, config: AnomalyConfig) -> pl.DataFrame:
     - *at its floor at every time of day*: each 3-hour time of day's usual level (the
       median of its hourly medians, so at least half of that time of day's hours have at
       least half of their samples there or lower) lies within `level_shift_z` noise units
-      of the series' floor, the median of its quietest hour. The noise unit is the
+      of the series' floor, the median of its quietest hour. Usual means seen on
+      `idle_tod_min_days` (2) baseline days or more: a series that idles works in spells
+      that come when work arrives, at no fixed hour, so the busy hours of a time of day
+      seen on one day only are a spell, not yet a rhythm (a rhythm shows on every day;
+      level shifts learn for two days for the same reason). A time of day seen once is
+      left out, and a series with none seen twice is not idle. The noise unit is the
       series' own sample-to-sample noise (its median step times `MAD_TO_SIGMA` over
       sqrt 2, and at least `SCALE_FLOOR_RELATIVE` of the level, as every spread), with
       no floor in fixed units (`SCALE_FLOOR`): such a floor is what made a rate counted in
@@ -260,7 +265,16 @@ def idle_series(earlier: pl.DataFrame, config: AnomalyConfig) -> pl.DataFrame:
     """
     work = earlier.filter((pl.col("metric") == CPU) | (pl.col("kind") == RATE))
     per_tod = work.group_by([*SERIES, "tod"]).agg(
-        pl.col("kind").first(), pl.col("q50").median().alias("_usual"), pl.col("step").median().alias("_step")
+        pl.col("kind").first(),
+        pl.col("q50").median().alias("_usual"),
+        pl.col("step").median().alias("_step"),
+        pl.col("date").n_unique().alias("_days"),
+    )
+    # A time of day seen on fewer than `idle_tod_min_days` baseline days has no usual
+    # level yet: its usual level is left out (null), and a series none of whose times of
+    # day has one is not idle.
+    per_tod = per_tod.with_columns(
+        pl.when(pl.col("_days") >= config.idle_tod_min_days).then(pl.col("_usual")).alias("_usual")
     )
     whole = work.group_by(SERIES).agg(
         pl.col("q50").min().alias("_floor"),

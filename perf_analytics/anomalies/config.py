@@ -95,6 +95,13 @@ class AnomalyConfig:
     # one its CPU also shows, unlabelled) and NAB's own score (36.71 -> 36.11 standard;
     # bench/README.md).
     level_idle_any_hour: bool = False
+    # Whether a series idles at a time of day (`baselines.idle_series`, read by
+    # `threshold_idle_spells` and `level_idle_any_hour`) is judged from the times of day
+    # the baseline days saw on at least this many days. An idle series works in spells
+    # that come when work arrives, at no fixed hour: a time of day busy on the one day it
+    # was seen is a spell, not yet a rhythm (a rhythm shows on every day; level shifts
+    # learn for two days for the same reason). 1 judges every time of day seen.
+    idle_tod_min_days: int = 2
 
     # Flatlines: a metric that moves on at least `flatline_moving_share` of its samples
     # (over the previous day) repeats the same value for `flatline_minutes` or longer.
