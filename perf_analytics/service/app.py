@@ -11,9 +11,11 @@ queue full. Keys and the database URI appear in no log line and no answer.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import os
+import sys
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -55,6 +57,32 @@ log = logging.getLogger("perf_analytics.serve")
 ROUTE = "/api/agent/performance"
 OPTIONS_ENV = "PERF_SERVE_OPTIONS"
 MAX_LIMIT = 1000  # snapshots one GET returns at most
+GIL_SWITCH_S = 0.001
+"""How long the event loop may hold the interpreter before a waiting thread gets it
+(Python's default is 0.005 s). The thread that sends a batch to the database needs it to
+build the batch's message and to read the answer; under load the loop is rarely idle, and
+each such wait leaves the database idle between batches."""
+
+GC_THRESHOLDS = (50_000, 20, 100)
+"""The cyclic collector's thresholds in a service process (Python's default: 700, 10, 10).
+
+The service's objects are freed by reference counting as each request ends; the
+collector only finds cycles. But a request's objects live until its batch is answered
+(hundreds of milliseconds), so with the default every 700 allocations the collector
+walked the thousands of objects of the requests in flight, for nothing: measured under
+1,000 agents, about 2.8 s of every 25, with pauses of 60 to 170 ms (the oldest
+generation) in which neither the loop nor the thread sending a batch could run, and the
+database sat idle. With these thresholds a run of 25 s collects once or twice; cyclic
+garbage waits for at most 50,000 more objects than were freed."""
+
+
+def tune_interpreter() -> None:
+    """The interpreter settings of a service process (`GIL_SWITCH_S`, `GC_THRESHOLDS`):
+    what was loaded at start-up is frozen out of the collector's walks."""
+    sys.setswitchinterval(GIL_SWITCH_S)
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 @dataclass(frozen=True)
@@ -413,7 +441,9 @@ def app_from_environment() -> ServiceApp:
     options = ServiceOptions(**json.loads(os.environ.get(OPTIONS_ENV, "{}")))
     if settings.uri is None:
         raise ConfigError("no database URI in the environment (MONGODB_URI)")
-    return create_app(open_database(settings.uri, settings.db, options.db_timeout_ms), options)
+    app = create_app(open_database(settings.uri, settings.db, options.db_timeout_ms), options)
+    tune_interpreter()  # a process of its own: the settings touch nothing else
+    return app
 
 
 def run_service(

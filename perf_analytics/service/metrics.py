@@ -8,6 +8,7 @@ answered it.
 
 from __future__ import annotations
 
+import gc
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -91,5 +92,14 @@ class Metrics:
             "# HELP perf_serve_queue_depth Snapshots waiting for their batch.",
             "# TYPE perf_serve_queue_depth gauge",
             f"perf_serve_queue_depth {self.queue_depth()}",
+            "# HELP python_gc_collections_total Times the cyclic collector ran, by generation.",
+            "# TYPE python_gc_collections_total counter",
         ]
+        stats = gc.get_stats()
+        lines += [f'python_gc_collections_total{{generation="{g}"}} {s["collections"]}' for g, s in enumerate(stats)]
+        lines += [
+            "# HELP python_gc_objects_collected_total Objects the cyclic collector freed, by generation.",
+            "# TYPE python_gc_objects_collected_total counter",
+        ]
+        lines += [f'python_gc_objects_collected_total{{generation="{g}"}} {s["collected"]}' for g, s in enumerate(stats)]
         return "\n".join(lines) + "\n"
