@@ -348,7 +348,7 @@ def start_server(
     """
     state = Path(state_dir).resolve()
     with _locked(state):
-        running = server_status(state) or _answering(recorded_server(state), state)
+        running = _answering(recorded_server(state), state)
         if running is not None:
             if running.kind == "ferretdb":
                 index_id_paths(state, live_rows=LIVE_INDEX_ROWS)
@@ -390,9 +390,10 @@ def start_server(
 
 
 def _answering(server: LocalServer | None, state: Path) -> LocalServer | None:
-    """`server`, a process of `state` that did not answer one ping, once it answers;
-    None when there is none. It holds the data files, so a second server is never
-    started beside it: after START_TIMEOUT_S without an answer, ServerError."""
+    """`server` (a process of `state`: `recorded_server`) once it answers a ping, at once
+    when it answers the first; None when there is none or it exits meanwhile. It holds
+    the data files, so a second server is never started beside it: after
+    START_TIMEOUT_S without an answer, ServerError."""
     if server is None:
         return None
     deadline = time.monotonic() + START_TIMEOUT_S
@@ -418,19 +419,17 @@ def stop_server(state_dir: str | os.PathLike[str]) -> LocalServer | None:
         if server is None:
             _record_path(state).unlink(missing_ok=True)
             return None
+        os.kill(server.pid, signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(server.pid, signal.SIGCONT)  # a stopped process acts on SIGTERM only once resumed
         own = _STARTED.pop(server.pid, None)
         if own is not None:
-            own.terminate()
-            own.send_signal(signal.SIGCONT)  # a stopped process acts on SIGTERM only once resumed
             try:
                 own.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 own.kill()
                 own.wait()
         else:
-            os.kill(server.pid, signal.SIGTERM)
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(server.pid, signal.SIGCONT)  # a stopped process acts on SIGTERM only once resumed
             deadline = time.monotonic() + 10
             while process_alive(server.pid) and time.monotonic() < deadline:
                 with contextlib.suppress(ChildProcessError):

@@ -8,6 +8,7 @@ share the services without seeing each other's snapshots.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -425,16 +426,21 @@ def test_healthz_says_ok_when_the_database_answers_and_the_key_index_is_there(se
     assert (answer.status_code, answer.json()) == (200, {"status": "ok"})
 
 
+def _metric_values(text: str) -> dict[str, float]:
+    """Each sample of a Prometheus text scrape, by name and labels."""
+    return {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines() if line and not line.startswith("#")
+    }
+
+
 def test_metrics_count_requests_rejects_batches_and_the_queue(setup: Setup) -> None:
     assert post(setup.svc, setup.key_a, agent_snapshot(unique("metrics"))).status_code == 200
     assert post(setup.svc, setup.key_a, b"{").status_code == 400
     answer = httpx.get(f"{setup.svc.url}/metrics", timeout=60)
     assert answer.status_code == 200
     assert answer.headers["content-type"].startswith("text/plain; version=0.0.4")
-    values = {
-        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
-        for line in answer.text.splitlines() if line and not line.startswith("#")
-    }
+    values = _metric_values(answer.text)
     assert values['perf_serve_requests_total{method="POST",route="/api/agent/performance",status="200"}'] >= 1
     assert values['perf_serve_rejects_total{reason="invalid_json"}'] >= 1
     assert values['perf_serve_snapshots_total{outcome="inserted"}'] >= 1
@@ -444,12 +450,8 @@ def test_metrics_count_requests_rejects_batches_and_the_queue(setup: Setup) -> N
     assert values["perf_serve_queue_depth"] == 0
 
 
-def _metric_values(service: ServiceProcess) -> dict[str, float]:
-    answer = httpx.get(f"{service.url}/metrics", timeout=60)
-    return {
-        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
-        for line in answer.text.splitlines() if line and not line.startswith("#")
-    }
+def _scrape(service: ServiceProcess) -> dict[str, float]:
+    return _metric_values(httpx.get(f"{service.url}/metrics", timeout=60).text)
 
 
 def test_requests_in_flight_do_not_keep_the_cyclic_collector_running(setup: Setup) -> None:
@@ -458,10 +460,8 @@ def test_requests_in_flight_do_not_keep_the_cyclic_collector_running(setup: Setu
     requests in flight (and the oldest generation paused everything for 60-170 ms under
     1,000 agents): 400 requests, 100 at a time, must not set the collector off more than
     twice (GC_THRESHOLDS)."""
-    import asyncio
-
     gen0 = 'python_gc_collections_total{generation="0"}'
-    before = _metric_values(setup.svc)[gen0]
+    before = _scrape(setup.svc)[gen0]
     asset = unique("gc")
 
     async def agents() -> list[int]:
@@ -475,7 +475,7 @@ def test_requests_in_flight_do_not_keep_the_cyclic_collector_running(setup: Setu
         return [answer.status_code for answer in answers]
 
     assert asyncio.run(agents()) == [200] * 400
-    after = _metric_values(setup.svc)
+    after = _scrape(setup.svc)
     assert after[gen0] - before <= 2
     assert setup.db[SNAPSHOTS].count_documents({"orgId": "org-a", "assetId": asset}) == 400
 
